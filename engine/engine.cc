@@ -1,0 +1,618 @@
+#include "engine/engine.h"
+
+#include <cstdio>
+#include <exception>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "base/clock.h"
+#include "base/status_error.h"
+
+namespace ember {
+namespace {
+
+// Internal control flow of a run (ignite's _EngineTerminateException and
+// _EngineTerminateSingleEpochException). Never escape Run().
+struct TerminateSignal {};
+struct TerminateEpochSignal {};
+
+// Wraps an exception thrown by an EXCEPTION_RAISED handler, so that the outer level of the run
+// does not call the handlers a second time (ignite does, issue #1234).
+struct HandledException {
+  std::exception_ptr error;
+};
+
+std::string OptionalToString(const std::optional<int64_t>& v) {
+  return v ? absl::StrCat(*v) : "None";
+}
+
+// Reads an optional integer entry of a state dict: absent -> error, None -> nullopt.
+absl::StatusOr<std::optional<int64_t>> ReadOptionalInt(const StateDict& d, const std::string& key) {
+  const StateScalar* value = d.Find(key);
+  if (std::holds_alternative<std::monostate>(*value)) return std::optional<int64_t>();
+  if (const int64_t* v = std::get_if<int64_t>(value)) return std::optional<int64_t>(*v);
+  return absl::InvalidArgumentError(
+      absl::StrCat("state_dict entry '", key, "' must be an integer or None"));
+}
+
+}  // namespace
+
+// ---- HandlerHandle ---------------------------------------------------------------------
+
+bool HandlerHandle::Remove() {
+  std::shared_ptr<Engine*> engine = engine_.lock();
+  if (!engine || ids_.empty()) return false;
+  bool removed = (*engine)->RemoveHandlers(ids_);
+  ids_.clear();
+  return removed;
+}
+
+bool HandlerHandle::registered() const { return !engine_.expired() && !ids_.empty(); }
+
+// ---- Registration ----------------------------------------------------------------------
+
+Engine::~Engine() = default;
+
+void Engine::RegisterEvents(std::initializer_list<Event> events) {
+  for (Event event : events) {
+    if (event.is_builtin()) continue;
+    size_t index = event.id() - Event::kFirstCustomId;
+    if (registered_custom_.size() <= index) registered_custom_.resize(index + 1, false);
+    registered_custom_[index] = true;
+    if (handlers_.size() <= event.id()) handlers_.resize(event.id() + 1);
+  }
+}
+
+bool Engine::IsRegistered(Event event) const {
+  if (event.is_builtin()) return true;
+  if (event.id() < Event::kFirstCustomId) return false;
+  size_t index = event.id() - Event::kFirstCustomId;
+  return index < registered_custom_.size() && registered_custom_[index];
+}
+
+absl::StatusOr<HandlerHandle> Engine::Register(const EventList& events, const HandlerFn& fn) {
+  if (events.specs().empty()) {
+    return absl::InvalidArgumentError("a handler must be registered on at least one event");
+  }
+  // Validate everything first, so that a bad spec registers nothing.
+  std::vector<EventFilter> filters;
+  for (const EventSpec& spec : events.specs()) {
+    Event event = spec.event();
+    if (!IsRegistered(event)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Event ", event.name(), " is not a valid event for this Engine. ",
+                       "Register custom events with RegisterEvents() first."));
+    }
+    if (spec.args().empty()) {
+      filters.emplace_back();
+      continue;
+    }
+    absl::StatusOr<EventFilter> filter = EventFilter::Create(spec.args());
+    if (!filter.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(spec.DebugString(), ": ", filter.status().message()));
+    }
+    if (!filter->is_trivial() && event.attr() == EventAttr::kNone) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          spec.DebugString(), ": event ", event.name(),
+          " has no iteration or epoch to filter on; filters apply to STARTED, EPOCH_*, "
+          "GET_BATCH_*, ITERATION_*, COMPLETED and custom events registered with an attribute"));
+    }
+    filters.push_back(*std::move(filter));
+  }
+  HandlerHandle handle;
+  handle.engine_ = self_;
+  for (size_t i = 0; i < filters.size(); ++i) {
+    auto entry = std::make_unique<HandlerEntry>();
+    entry->id = next_handler_id_++;
+    entry->filter = std::move(filters[i]);
+    entry->fn = fn;
+    handle.ids_.push_back(entry->id);
+    handlers_[events.specs()[i].event().id()].push_back(std::move(entry));
+  }
+  return handle;
+}
+
+bool Engine::RemoveHandlers(const std::vector<uint64_t>& ids) {
+  bool removed = false;
+  for (auto& list : handlers_) {
+    for (auto& entry : list) {
+      for (uint64_t id : ids) {
+        if (entry->id == id && !entry->removed) {
+          entry->removed = true;
+          removed = true;
+        }
+      }
+    }
+  }
+  needs_compaction_ = needs_compaction_ || removed;
+  if (firing_depth_ == 0) Compact();
+  return removed;
+}
+
+void Engine::Compact() {
+  if (!needs_compaction_) return;
+  for (auto& list : handlers_) {
+    std::erase_if(list, [](const std::unique_ptr<HandlerEntry>& e) { return e->removed; });
+  }
+  needs_compaction_ = false;
+}
+
+std::optional<Event> Engine::last_event() const {
+  if (last_event_ < 0) return std::nullopt;
+  return Event(static_cast<uint16_t>(last_event_));
+}
+
+absl::StatusOr<int64_t> Engine::EventAttributeValue(Event event) const {
+  switch (event.attr()) {
+    case EventAttr::kIteration:
+      return state_.iteration;
+    case EventAttr::kEpoch:
+      return state_.epoch;
+    case EventAttr::kNone:
+      break;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("Unknown event name '", event.name(), "': it has no iteration or epoch"));
+}
+
+void Engine::FireHandlers(Event event) {
+  auto& list = handlers_[event.id()];
+  int64_t value = 0;
+  switch (event.attr()) {
+    case EventAttr::kIteration:
+      value = state_.iteration;
+      break;
+    case EventAttr::kEpoch:
+      value = state_.epoch;
+      break;
+    case EventAttr::kNone:
+      break;
+  }
+  ++firing_depth_;
+  struct DepthGuard {
+    Engine* engine;
+    ~DepthGuard() {
+      if (--engine->firing_depth_ == 0) engine->Compact();
+    }
+  } guard{this};
+  // Index loop: handlers added while firing run too (as in ignite); entries are heap-allocated
+  // so that a running handler is never moved.
+  for (size_t i = 0; i < list.size(); ++i) {
+    HandlerEntry* entry = list[i].get();
+    if (entry->removed) continue;
+    if (!entry->filter.is_trivial() && !entry->filter.Matches(*this, value)) continue;
+    entry->fn(*this);
+  }
+}
+
+absl::Status Engine::FireEvent(Event event) {
+  if (!IsRegistered(event)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Event ", event.name(), " is not a valid event for this Engine."));
+  }
+  Fire(event);
+  return absl::OkStatus();
+}
+
+// ---- Termination -----------------------------------------------------------------------
+
+void Engine::Terminate(bool skip_completed) {
+  should_terminate_ = true;
+  skip_completed_ = skip_completed;
+}
+
+void Engine::TerminateEpoch(bool skip_epoch_completed) {
+  epoch_termination_ = skip_epoch_completed ? EpochTermination::kSkipEpochCompleted
+                                            : EpochTermination::kTerminate;
+}
+
+void Engine::RaiseTermination(bool in_epoch_body) {
+  if (should_terminate_) throw TerminateSignal{};
+  if (epoch_termination_ != EpochTermination::kNone) {
+    if (!in_epoch_body) {
+      std::optional<Event> at = last_event();
+      throw std::logic_error(absl::StrCat(
+          "The method terminate_epoch() should not be called on Event.STARTED or "
+          "Event.EPOCH_STARTED (it was called at ",
+          at ? at->name() : "?", ", epoch ", state_.epoch, ")"));
+    }
+    throw TerminateEpochSignal{};
+  }
+}
+
+bool Engine::IsDone() const {
+  const State& s = state_;
+  if (s.max_iters && s.iteration >= *s.max_iters) return true;
+  if (s.epoch_length && s.max_epochs && s.iteration >= *s.epoch_length * *s.max_epochs) {
+    return true;
+  }
+  return s.max_epochs && s.epoch >= *s.max_epochs;
+}
+
+// ---- Run -------------------------------------------------------------------------------
+
+absl::Status Engine::Run(RunOptions options) {
+  return RunImpl(nullptr, std::nullopt, nullptr, options);
+}
+
+absl::Status Engine::PrepareRun(bool has_data, std::optional<int64_t> data_length,
+                                const RunOptions& options) {
+  if (options.max_epochs && *options.max_epochs < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_epochs must be >= 1, got ", *options.max_epochs));
+  }
+  if (options.max_iters && *options.max_iters < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_iters must be >= 1, got ", *options.max_iters));
+  }
+  if (options.epoch_length && *options.epoch_length < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("epoch_length must be >= 1, got ", *options.epoch_length));
+  }
+  if (state_.max_epochs) {
+    // A previous state exists: check and apply the overridden arguments.
+    if (options.max_epochs) {
+      if (*options.max_epochs < state_.epoch) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "Argument max_epochs should be greater than or equal to the start epoch defined in "
+            "the state: ",
+            *options.max_epochs, " vs ", state_.epoch,
+            ". Please, set engine.state().max_epochs = std::nullopt before calling Run() in "
+            "order to restart the training from the beginning."));
+      }
+      state_.max_epochs = options.max_epochs;
+    }
+    if (options.epoch_length && options.epoch_length != state_.epoch_length) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Argument epoch_length should be same as in the state, but given ",
+                       *options.epoch_length, " vs ", OptionalToString(state_.epoch_length)));
+    }
+  }
+  if (!state_.max_epochs || IsDone()) {
+    // A new state.
+    std::optional<int64_t> epoch_length = options.epoch_length;
+    if (!epoch_length) {
+      if (!has_data) {
+        return absl::InvalidArgumentError("epoch_length should be provided if data is None");
+      }
+      epoch_length = data_length;
+      if (epoch_length && *epoch_length < 1) {
+        return absl::InvalidArgumentError("Input data has zero size. Please provide non-empty data");
+      }
+    }
+    std::optional<int64_t> max_epochs = options.max_epochs;
+    if (options.max_iters) {
+      if (options.max_epochs) {
+        return absl::InvalidArgumentError(
+            "Arguments max_iters and max_epochs are mutually exclusive. Please provide only "
+            "max_epochs or max_iters.");
+      }
+      if (epoch_length) max_epochs = (*options.max_iters + *epoch_length - 1) / *epoch_length;
+    } else if (!max_epochs) {
+      max_epochs = 1;
+    }
+    state_.iteration = 0;
+    state_.epoch = 0;
+    state_.max_epochs = max_epochs;
+    state_.max_iters = options.max_iters;
+    state_.epoch_length = epoch_length;
+    init_iter_.reset();
+  } else {
+    if (!state_.epoch_length && !has_data) {
+      return absl::InvalidArgumentError("epoch_length should be provided if data is None");
+    }
+    // Resuming after terminate(): the next epoch is a whole one. Otherwise a partly done epoch
+    // is completed (the data restarts from its beginning; only the count is offset).
+    if (should_terminate_) {
+      init_iter_ = 0;
+    } else {
+      init_iter_ = state_.epoch_length ? state_.iteration % *state_.epoch_length : state_.iteration;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Engine::RunImpl(DataIter* data, std::optional<int64_t> data_length,
+                             const std::type_info* batch_type, const RunOptions& options) {
+  if (!registration_error_.ok()) {
+    absl::Status error = registration_error_;
+    registration_error_ = absl::OkStatus();
+    return absl::InvalidArgumentError(
+        absl::StrCat("a handler registration failed: ", error.message()));
+  }
+  if (running_) {
+    return absl::FailedPreconditionError("Run() called while this engine is already running");
+  }
+  if (data != nullptr && step_batch_type_ == nullptr) {
+    return absl::InvalidArgumentError(
+        "this engine's step takes no batch (step(Engine&)); run it without data: "
+        "Run({.epoch_length = N})");
+  }
+  if (data == nullptr && step_batch_type_ != nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "this engine's step takes a batch of type ", step_batch_type_->name(),
+        "; Run() without data needs a step that takes only (Engine&)"));
+  }
+  if (data != nullptr && *batch_type != *step_batch_type_) {
+    return absl::InvalidArgumentError(absl::StrCat("the data yields batches of type ",
+                                                   batch_type->name(), " but the step takes ",
+                                                   step_batch_type_->name()));
+  }
+  if (absl::Status s = PrepareRun(data != nullptr, data_length, options); !s.ok()) return s;
+
+  data_ = data;
+  batch_type_ = batch_type;
+  running_ = true;
+  absl::Status status;
+  try {
+    RunLoop();
+  } catch (const HandledException& handled) {
+    status = ErrorStatus(handled.error);
+  } catch (...) {
+    // Exceptions outside the epoch body (STARTED, EPOCH_STARTED, EPOCH_COMPLETED, COMPLETED
+    // handlers) and those the epoch body did not swallow.
+    try {
+      HandleException(std::current_exception());
+    } catch (const HandledException& handled) {
+      status = ErrorStatus(handled.error);
+    } catch (...) {
+      status = ErrorStatus(std::current_exception());
+    }
+  }
+  running_ = false;
+  in_step_ = false;
+  data_ = nullptr;
+  state_.batch = nullptr;
+  current_exception_ = nullptr;
+  return status;
+}
+
+void Engine::RunLoop() {
+  should_terminate_ = false;
+  skip_completed_ = false;
+  epoch_termination_ = EpochTermination::kNone;
+  state_.epoch_time = 0.0;
+  state_.run_time = 0.0;
+  Clock* clock = RealClock();
+  const double start = clock->NowSeconds();
+  try {
+    Fire(Events::Started());
+    MaybeTerminate(/*in_epoch_body=*/false);
+    bool iterator_ready = false;
+    while (!IsDone() && !should_terminate_) {
+      ++state_.epoch;
+      const double epoch_start = clock->NowSeconds();
+      Fire(Events::EpochStarted());
+      MaybeTerminate(/*in_epoch_body=*/false);
+      if (!iterator_ready) {
+        if (data_ != nullptr) data_->Restart();
+        iterator_ready = true;
+      }
+      RunEpoch();
+      state_.epoch_time = clock->NowSeconds() - epoch_start;
+      const bool skip = epoch_termination_ == EpochTermination::kSkipEpochCompleted;
+      if (!skip) {
+        Fire(Events::EpochCompleted());
+        state_.epoch_time = clock->NowSeconds() - epoch_start;
+      }
+      // terminate_epoch() called at EPOCH_COMPLETED has no effect.
+      epoch_termination_ = EpochTermination::kNone;
+      MaybeTerminate(/*in_epoch_body=*/false);
+    }
+    state_.run_time = clock->NowSeconds() - start;
+    Fire(Events::Completed());
+  } catch (const TerminateSignal&) {
+    Fire(Events::Terminate());
+    state_.run_time = clock->NowSeconds() - start;
+    if (!skip_completed_) Fire(Events::Completed());
+  }
+}
+
+void Engine::RunEpoch() {
+  int64_t& iter_counter = iter_counter_;
+  iter_counter = init_iter_.value_or(0);
+  init_iter_.reset();
+  bool should_exit = false;
+  try {
+    while (true) {
+      state_.batch = nullptr;
+      state_.output.reset();
+      if (data_ != nullptr) {
+        // GET_BATCH_STARTED is not fired again right after a restart of the data.
+        if (last_event_ != Event::kDataloaderStopIteration) {
+          Fire(Events::GetBatchStarted());
+          MaybeTerminate(/*in_epoch_body=*/true);
+        }
+        const void* batch = data_->Next();
+        if (batch == nullptr) {
+          if (!state_.epoch_length) {
+            // Data of unknown length: the first pass defines the epoch length.
+            if (iter_counter == 0) {
+              throw StatusError(absl::InvalidArgumentError(
+                  "Input data has zero size: the data source yielded no batch"));
+            }
+            state_.epoch_length = iter_counter;
+            if (state_.max_iters) {
+              state_.max_epochs = (*state_.max_iters + iter_counter - 1) / iter_counter;
+            }
+            break;
+          }
+          if (should_exit) {
+            // The data could not be restarted.
+            if (!IsDone()) {
+              std::optional<int64_t> total =
+                  state_.max_epochs ? std::optional<int64_t>(*state_.epoch_length *
+                                                              *state_.max_epochs)
+                                    : state_.max_iters;
+              Warn(absl::StrCat("Data iterator can not provide data anymore but required total "
+                                "number of iterations to run is not reached. Current iteration: ",
+                                state_.iteration, " vs Total iterations to run : ",
+                                OptionalToString(total)));
+            }
+            break;
+          }
+          Fire(Events::DataloaderStopIteration());
+          MaybeTerminate(/*in_epoch_body=*/true);
+          data_->Restart();
+          should_exit = true;
+          continue;
+        }
+        state_.batch = batch;
+        state_.batch_type = batch_type_;
+        Fire(Events::GetBatchCompleted());
+        MaybeTerminate(/*in_epoch_body=*/true);
+      }
+      ++iter_counter;
+      should_exit = false;
+      ++state_.iteration;
+      Fire(Events::IterationStarted());
+      MaybeTerminate(/*in_epoch_body=*/true);
+      in_step_ = true;
+      step_(*this, state_.batch);
+      in_step_ = false;
+      Fire(Events::IterationCompleted());
+      MaybeTerminate(/*in_epoch_body=*/true);
+      if (state_.epoch_length && iter_counter == *state_.epoch_length) break;
+      if (state_.max_iters && state_.iteration == *state_.max_iters) {
+        should_terminate_ = true;
+        throw TerminateSignal{};
+      }
+    }
+  } catch (const TerminateEpochSignal&) {
+    Fire(Events::TerminateSingleEpoch());
+    if (data_ != nullptr) data_->Restart();
+  } catch (const TerminateSignal&) {
+    throw;
+  } catch (const HandledException&) {
+    throw;
+  } catch (...) {
+    // Swallowed by an EXCEPTION_RAISED handler: the epoch ends here. Otherwise it propagates
+    // with in_step_ still telling where it came from.
+    HandleException(std::current_exception());
+    in_step_ = false;
+  }
+}
+
+void Engine::HandleException(std::exception_ptr error) {
+  bool has_handler = false;
+  for (const auto& entry : handlers_[Event::kExceptionRaised]) {
+    has_handler = has_handler || !entry->removed;
+  }
+  if (!has_handler) std::rethrow_exception(error);
+  current_exception_ = error;
+  try {
+    Fire(Events::ExceptionRaised());
+  } catch (...) {
+    current_exception_ = nullptr;
+    throw HandledException{std::current_exception()};
+  }
+  current_exception_ = nullptr;
+}
+
+absl::Status Engine::ErrorStatus(std::exception_ptr error) const {
+  std::optional<Event> at = last_event();
+  std::string where = absl::StrCat(" [", in_step_ ? "in the step function" : "at ",
+                                   in_step_ ? "" : (at ? at->name() : "start"),
+                                   ", epoch ", state_.epoch, ", iteration ", state_.iteration, "]");
+  try {
+    std::rethrow_exception(error);
+  } catch (const StatusError& e) {
+    return absl::Status(e.status().code(), absl::StrCat(e.status().message(), where));
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat(e.what(), where));
+  } catch (...) {
+    return absl::UnknownError(absl::StrCat("unknown exception", where));
+  }
+}
+
+void Engine::Warn(const std::string& message) {
+  if (warning_handler_) {
+    warning_handler_(message);
+  } else {
+    std::fprintf(stderr, "[ember] WARNING: %s\n", message.c_str());
+  }
+}
+
+// ---- state_dict ------------------------------------------------------------------------
+
+StateDict Engine::GetStateDict() const {
+  auto opt = [](const std::optional<int64_t>& v) -> StateScalar {
+    if (v) return *v;
+    return std::monostate();
+  };
+  StateDict d;
+  d.Set("epoch_length", opt(state_.epoch_length));
+  d.Set("max_epochs", opt(state_.max_epochs));
+  d.Set("iteration", state_.iteration);
+  if (state_.max_iters) d.Set("max_iters", *state_.max_iters);
+  for (const std::string& key : user_keys_) {
+    const StateScalar* value = state_.user.Find(key);
+    d.Set(key, value ? *value : StateScalar());
+  }
+  return d;
+}
+
+absl::Status Engine::LoadStateDict(const StateDict& d) {
+  for (const char* key : {"epoch_length", "max_epochs"}) {
+    if (!d.Contains(key)) {
+      return absl::InvalidArgumentError(absl::StrCat("Required state attribute '", key,
+                                                     "' is absent in provided state_dict '",
+                                                     d.KeysRepr(), "'"));
+    }
+  }
+  if (d.Contains("iteration") == d.Contains("epoch")) {
+    return absl::InvalidArgumentError(
+        "state_dict should contain only one of '('iteration', 'epoch')' keys");
+  }
+  for (const std::string& key : user_keys_) {
+    if (!d.Contains(key)) {
+      return absl::InvalidArgumentError(absl::StrCat("Required user state attribute '", key,
+                                                     "' is absent in provided state_dict '",
+                                                     d.KeysRepr(), "'"));
+    }
+  }
+  absl::StatusOr<std::optional<int64_t>> epoch_length = ReadOptionalInt(d, "epoch_length");
+  if (!epoch_length.ok()) return epoch_length.status();
+  absl::StatusOr<std::optional<int64_t>> max_epochs = ReadOptionalInt(d, "max_epochs");
+  if (!max_epochs.ok()) return max_epochs.status();
+  std::optional<int64_t> max_iters;
+  if (d.Contains("max_iters")) {
+    absl::StatusOr<std::optional<int64_t>> v = ReadOptionalInt(d, "max_iters");
+    if (!v.ok()) return v.status();
+    max_iters = *v;
+  }
+  const std::string counter = d.Contains("iteration") ? "iteration" : "epoch";
+  const int64_t* count = d.GetIf<int64_t>(counter);
+  if (count == nullptr || *count < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("state_dict entry '", counter, "' must be a non-negative integer"));
+  }
+  if (*epoch_length && **epoch_length < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("state_dict entry 'epoch_length' must be >= 1, got ", **epoch_length));
+  }
+  if (counter == "epoch" && !*epoch_length) {
+    return absl::InvalidArgumentError(
+        "If epoch is provided in the state dict, epoch_length should not be None. Input state "
+        "dict: " + d.KeysRepr());
+  }
+  state_.epoch_length = *epoch_length;
+  state_.max_epochs = *max_epochs;
+  state_.max_iters = max_iters;
+  for (const std::string& key : user_keys_) state_.user.Set(key, *d.Find(key));
+  if (counter == "iteration") {
+    state_.iteration = *count;
+    state_.epoch = state_.epoch_length ? *count / *state_.epoch_length : 0;
+  } else {
+    state_.epoch = *count;
+    state_.iteration = *state_.epoch_length * *count;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace ember

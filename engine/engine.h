@@ -1,0 +1,464 @@
+// File: engine/engine.h
+//
+// Engine runs a step function over data for a number of epochs and fires events around it, in
+// pytorch-ignite's order (v0.5.3; see README.md, "Engine"). Handlers registered on an event run
+// in registration order. It is ignite's Engine in C++: the same event order, filters, resume
+// rules, terminate / terminate_epoch semantics and state_dict, with these deliberate
+// differences:
+//   - errors are values: Run() returns absl::Status (ignite raises);
+//   - an EXCEPTION_RAISED handler that rethrows is called once (ignite calls it twice);
+//   - invalid arguments (max_epochs < 1, epoch_length < 1, a batch of the wrong type) are
+//     reported before anything runs.
+//
+// Thread safety: not thread-safe. One thread registers handlers and drives Run(); Terminate()
+// and TerminateEpoch() must be called from that thread too (from a handler, or from another
+// engine's handler running on the same thread, as EarlyStopping does). Distributed use: every
+// rank must register the same handlers in the same order, so that events fire identically.
+//
+// Example:
+//   std::vector<Batch> data = ...;
+//   ember::Engine trainer([&](ember::Engine& e, const Batch& b) { return Step(b); });
+//   trainer.On(ember::Events::IterationCompleted().Every(100), [](ember::Engine& e) {
+//     std::printf("iteration %lld\n", static_cast<long long>(e.state().iteration));
+//   });
+//   absl::Status s = trainer.Run(data, {.max_epochs = 5});
+//
+// The step function is called as step(engine, batch) with the batch by const reference, or as
+// step(engine) for runs without data. What it returns becomes state().output (std::any; void
+// leaves it empty); returning a non-OK absl::Status or absl::StatusOr, or throwing, raises an
+// exception inside the run (EXCEPTION_RAISED handlers see it; without one, Run returns it).
+//
+// Handlers are callables taking (Engine&) or (), returning void or absl::Status (non-OK is
+// raised like an exception). EXCEPTION_RAISED handlers may take (Engine&, std::exception_ptr).
+// A copyable handler is copied; a non-copyable lvalue (a handler object the caller owns, such
+// as a Checkpoint) is referenced and must outlive its registration; a non-copyable rvalue, a
+// std::unique_ptr or an absl::StatusOr<std::unique_ptr<H>> is owned by the engine.
+#ifndef EMBER_ENGINE_ENGINE_H_
+#define EMBER_ENGINE_ENGINE_H_
+
+#include <any>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <iterator>
+#include <memory>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <typeinfo>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "base/status_error.h"
+#include "engine/events.h"
+#include "engine/state.h"
+#include "engine/state_dict.h"
+
+namespace ember {
+
+// A source of batches, for data that is not a container: streams, generators, data of unknown
+// length. The engine calls Next() until it returns nullptr, then Restart() (ignite resets the
+// iterator only when it runs out, not at every epoch boundary).
+template <typename Batch>
+class DataSource {
+ public:
+  virtual ~DataSource() = default;
+  // Number of batches, when known; the engine then uses it as the default epoch_length.
+  virtual std::optional<int64_t> size() const { return std::nullopt; }
+  // The next batch, or nullptr at the end. The pointer stays valid until the next call.
+  virtual const Batch* Next() = 0;
+  // Starts again from the beginning. A one-shot stream may do nothing: Next() then keeps
+  // returning nullptr, and the engine ends the run with a warning.
+  virtual void Restart() = 0;
+};
+
+// Arguments of Engine::Run, as ignite's run(data, max_epochs, max_iters, epoch_length).
+struct RunOptions {
+  std::optional<int64_t> max_epochs;
+  std::optional<int64_t> max_iters;
+  std::optional<int64_t> epoch_length;
+};
+
+class Engine;
+
+namespace engine_internal {
+template <typename C>
+concept Iterable = requires(const C& c) {
+  std::begin(c);
+  std::end(c);
+};
+}  // namespace engine_internal
+
+// Returned by handler registration; Remove() unregisters the handler (on every event it was
+// registered on). Copyable; safe to use after the engine is gone (it then does nothing).
+class HandlerHandle {
+ public:
+  HandlerHandle() = default;
+  // Returns true if the handler was still registered.
+  bool Remove();
+  bool registered() const;
+
+ private:
+  friend class Engine;
+  std::weak_ptr<Engine*> engine_;
+  std::vector<uint64_t> ids_;
+};
+
+class Engine {
+ public:
+  // `step` is step(Engine&, const Batch&) or step(Engine&); see the header comment.
+  template <typename Step>
+  explicit Engine(Step step);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // ---- Handlers and events -------------------------------------------------------------
+  // Registers `handler` on every event of `events`, checking the filters (ignite's argument
+  // rules and messages) and that custom events were registered.
+  template <typename H>
+  absl::StatusOr<HandlerHandle> AddEventHandler(const EventList& events, H&& handler);
+  // Like AddEventHandler, but an invalid registration is not an error here: it makes the next
+  // Run() fail with the registration's error (so `On` chains read simply, and no error is lost).
+  template <typename H>
+  HandlerHandle On(const EventList& events, H&& handler);
+
+  // Makes custom events valid for this engine (ignite's register_events).
+  void RegisterEvents(std::initializer_list<Event> events);
+  bool IsRegistered(Event event) const;
+  // Fires `event` (built-in or registered custom) now, running its handlers.
+  absl::Status FireEvent(Event event);
+
+  // ---- Running ---------------------------------------------------------------------------
+  // Runs over a container of batches (anything with begin()/end() yielding const Batch&).
+  template <typename Container>
+    requires engine_internal::Iterable<Container>
+  absl::Status Run(const Container& data, RunOptions options = {});
+  // Runs over a DataSource.
+  template <typename Batch>
+  absl::Status Run(DataSource<Batch>& data, RunOptions options = {});
+  // Runs without data (ignite's run(None, epoch_length=...)); needs an epoch_length.
+  absl::Status Run(RunOptions options);
+
+  // Stops the run after the current event's handlers; fires TERMINATE, then COMPLETED unless
+  // skip_completed. A later Run() resumes at the next epoch.
+  void Terminate(bool skip_completed = false);
+  // Ends the current epoch after the current event's handlers; fires TERMINATE_SINGLE_EPOCH,
+  // then EPOCH_COMPLETED unless skip_epoch_completed; the run goes on with the next epoch.
+  // Not allowed from STARTED or EPOCH_STARTED (the run fails).
+  void TerminateEpoch(bool skip_epoch_completed = false);
+  bool should_terminate() const { return should_terminate_; }
+
+  // ---- State -----------------------------------------------------------------------------
+  State& state() { return state_; }
+  const State& state() const { return state_; }
+  // The last event fired (ignite's last_event_name), if any.
+  std::optional<Event> last_event() const;
+  // The exception being handled, inside EXCEPTION_RAISED handlers; null elsewhere.
+  std::exception_ptr current_exception() const { return current_exception_; }
+  // The counter that filters of `event` see: the iteration or the epoch.
+  absl::StatusOr<int64_t> EventAttributeValue(Event event) const;
+
+  // ignite's state_dict(): epoch_length, max_epochs, iteration (max_iters when set), then the
+  // user keys (values from state().user).
+  StateDict GetStateDict() const;
+  // ignite's load_state_dict: needs epoch_length, max_epochs and exactly one of iteration or
+  // epoch, plus every user key.
+  absl::Status LoadStateDict(const StateDict& state_dict);
+  void set_state_dict_user_keys(std::vector<std::string> keys) {
+    user_keys_ = std::move(keys);
+  }
+  const std::vector<std::string>& state_dict_user_keys() const { return user_keys_; }
+
+  // Where warnings go (a one-shot stream that ran dry, ...). Default: stderr.
+  void set_warning_handler(std::function<void(const std::string&)> handler) {
+    warning_handler_ = std::move(handler);
+  }
+
+ private:
+  using HandlerFn = std::function<void(Engine&)>;
+  using StepFn = std::function<void(Engine&, const void*)>;
+
+  struct HandlerEntry {
+    uint64_t id;
+    EventFilter filter;
+    HandlerFn fn;
+    bool removed = false;
+  };
+
+  // Type-erased data iterator for one Run.
+  class DataIter {
+   public:
+    virtual ~DataIter() = default;
+    virtual const void* Next() = 0;
+    virtual void Restart() = 0;
+  };
+  template <typename Container>
+  class ContainerIter;
+  template <typename Batch>
+  class SourceIter;
+
+  enum class EpochTermination : uint8_t { kNone, kTerminate, kSkipEpochCompleted };
+
+  absl::Status RunImpl(DataIter* data, std::optional<int64_t> data_length,
+                       const std::type_info* batch_type, const RunOptions& options);
+  absl::Status PrepareRun(bool has_data, std::optional<int64_t> data_length,
+                          const RunOptions& options);
+  void RunLoop();
+  void RunEpoch();
+  bool IsDone() const;
+  void HandleException(std::exception_ptr error);
+  absl::Status ErrorStatus(std::exception_ptr error) const;
+  void Warn(const std::string& message);
+
+  // Fires `event`: runs its handlers (filters applied), in registration order.
+  void Fire(Event event) {
+    last_event_ = event.id();
+    if (!handlers_[event.id()].empty()) FireHandlers(event);
+  }
+  void FireHandlers(Event event);
+  // Throws the internal terminate signals when a terminate was requested.
+  void MaybeTerminate(bool in_epoch_body) {
+    if (should_terminate_ || epoch_termination_ != EpochTermination::kNone)
+      RaiseTermination(in_epoch_body);
+  }
+  void RaiseTermination(bool in_epoch_body);
+
+  absl::StatusOr<HandlerHandle> Register(const EventList& events, const HandlerFn& fn);
+  bool RemoveHandlers(const std::vector<uint64_t>& ids);
+  void Compact();
+
+  template <typename F>
+  static void InvokeHandler(F& f, Engine& engine);
+  template <typename H>
+  static HandlerFn MakeHandlerFn(H&& handler);
+  template <typename R>
+  static void StoreOutput(Engine& engine, R&& result);
+
+  friend class HandlerHandle;
+
+  State state_;
+  StepFn step_;
+  const std::type_info* step_batch_type_ = nullptr;  // null: the step takes no batch
+
+  std::vector<std::vector<std::unique_ptr<HandlerEntry>>> handlers_;  // by event id
+  std::vector<bool> registered_custom_;  // by event id - kFirstCustomId
+  uint64_t next_handler_id_ = 1;
+  int firing_depth_ = 0;
+  bool needs_compaction_ = false;
+  absl::Status registration_error_;
+  std::shared_ptr<Engine*> self_;
+
+  // Run state.
+  DataIter* data_ = nullptr;
+  const std::type_info* batch_type_ = nullptr;
+  bool running_ = false;
+  bool should_terminate_ = false;
+  bool skip_completed_ = false;
+  EpochTermination epoch_termination_ = EpochTermination::kNone;
+  std::optional<int64_t> init_iter_;
+  int64_t iter_counter_ = 0;
+  int last_event_ = -1;
+  bool in_step_ = false;
+  std::exception_ptr current_exception_;
+
+  std::vector<std::string> user_keys_;
+  std::function<void(const std::string&)> warning_handler_;
+};
+
+// ---- Implementation details (templates) --------------------------------------------------
+
+namespace engine_internal {
+
+template <typename T>
+struct StepTraits : StepTraits<decltype(&T::operator())> {};
+template <typename C, typename R, typename E, typename B>
+struct StepTraits<R (C::*)(E, B) const> {
+  using Batch = std::remove_cvref_t<B>;
+};
+template <typename C, typename R, typename E, typename B>
+struct StepTraits<R (C::*)(E, B)> {
+  using Batch = std::remove_cvref_t<B>;
+};
+template <typename R, typename E, typename B>
+struct StepTraits<R (*)(E, B)> {
+  using Batch = std::remove_cvref_t<B>;
+};
+
+template <typename T>
+struct IsStatusOr : std::false_type {};
+template <typename T>
+struct IsStatusOr<absl::StatusOr<T>> : std::true_type {};
+
+template <typename T>
+struct IsOwnedHandler : std::false_type {};
+template <typename T>
+struct IsOwnedHandler<std::unique_ptr<T>> : std::true_type {};
+
+template <typename C>
+concept HasSize = requires(const C& c) { std::size(c); };
+
+}  // namespace engine_internal
+
+template <typename Container>
+class Engine::ContainerIter final : public Engine::DataIter {
+ public:
+  explicit ContainerIter(const Container& data)
+      : data_(data), it_(std::begin(data)), end_(std::end(data)) {}
+  const void* Next() override {
+    if (it_ == end_) return nullptr;
+    const auto& batch = *it_;
+    ++it_;
+    return static_cast<const void*>(&batch);
+  }
+  void Restart() override { it_ = std::begin(data_); }
+
+ private:
+  const Container& data_;
+  decltype(std::begin(std::declval<const Container&>())) it_;
+  decltype(std::end(std::declval<const Container&>())) end_;
+};
+
+template <typename Batch>
+class Engine::SourceIter final : public Engine::DataIter {
+ public:
+  explicit SourceIter(DataSource<Batch>& source) : source_(source) {}
+  const void* Next() override { return static_cast<const void*>(source_.Next()); }
+  void Restart() override { source_.Restart(); }
+
+ private:
+  DataSource<Batch>& source_;
+};
+
+template <typename R>
+void Engine::StoreOutput(Engine& engine, R&& result) {
+  using T = std::remove_cvref_t<R>;
+  if constexpr (std::is_same_v<T, absl::Status>) {
+    ThrowIfError(std::forward<R>(result));
+  } else if constexpr (engine_internal::IsStatusOr<T>::value) {
+    if (!result.ok()) throw StatusError(result.status());
+    engine.state_.output = *std::forward<R>(result);
+  } else {
+    engine.state_.output = std::forward<R>(result);
+  }
+}
+
+template <typename Step>
+Engine::Engine(Step step) : self_(std::make_shared<Engine*>(this)) {
+  handlers_.resize(Event::kFirstCustomId);
+  if constexpr (std::is_invocable_v<Step&, Engine&>) {
+    step_batch_type_ = nullptr;
+    step_ = [step = std::move(step)](Engine& engine, const void*) mutable {
+      if constexpr (std::is_void_v<std::invoke_result_t<Step&, Engine&>>) {
+        step(engine);
+      } else {
+        StoreOutput(engine, step(engine));
+      }
+    };
+  } else {
+    using Batch = typename engine_internal::StepTraits<Step>::Batch;
+    static_assert(std::is_invocable_v<Step&, Engine&, const Batch&>,
+                  "the step must be callable as step(Engine&, const Batch&) or step(Engine&)");
+    step_batch_type_ = &typeid(Batch);
+    step_ = [step = std::move(step)](Engine& engine, const void* batch) mutable {
+      const Batch& b = *static_cast<const Batch*>(batch);
+      if constexpr (std::is_void_v<std::invoke_result_t<Step&, Engine&, const Batch&>>) {
+        step(engine, b);
+      } else {
+        StoreOutput(engine, step(engine, b));
+      }
+    };
+  }
+}
+
+template <typename F>
+void Engine::InvokeHandler(F& f, Engine& engine) {
+  if constexpr (std::is_invocable_v<F&, Engine&, std::exception_ptr>) {
+    using R = std::invoke_result_t<F&, Engine&, std::exception_ptr>;
+    if constexpr (std::is_void_v<R>) {
+      f(engine, engine.current_exception());
+    } else {
+      ThrowIfError(f(engine, engine.current_exception()));
+    }
+  } else if constexpr (std::is_invocable_v<F&, Engine&>) {
+    if constexpr (std::is_void_v<std::invoke_result_t<F&, Engine&>>) {
+      f(engine);
+    } else {
+      ThrowIfError(f(engine));
+    }
+  } else {
+    static_assert(std::is_invocable_v<F&>,
+                  "a handler must be callable as h(Engine&), h(), or h(Engine&, "
+                  "std::exception_ptr) for EXCEPTION_RAISED");
+    if constexpr (std::is_void_v<std::invoke_result_t<F&>>) {
+      f();
+    } else {
+      ThrowIfError(f());
+    }
+  }
+}
+
+template <typename H>
+Engine::HandlerFn Engine::MakeHandlerFn(H&& handler) {
+  using D = std::remove_cvref_t<H>;
+  if constexpr (engine_internal::IsOwnedHandler<D>::value) {
+    std::shared_ptr<typename D::element_type> owned(std::move(handler));
+    return [owned](Engine& engine) { InvokeHandler(*owned, engine); };
+  } else if constexpr (std::is_copy_constructible_v<D>) {
+    return [f = D(std::forward<H>(handler))](Engine& engine) mutable {
+      InvokeHandler(f, engine);
+    };
+  } else if constexpr (std::is_lvalue_reference_v<H>) {
+    D* f = &handler;
+    return [f](Engine& engine) { InvokeHandler(*f, engine); };
+  } else {
+    auto owned = std::make_shared<D>(std::forward<H>(handler));
+    return [owned](Engine& engine) { InvokeHandler(*owned, engine); };
+  }
+}
+
+template <typename H>
+absl::StatusOr<HandlerHandle> Engine::AddEventHandler(const EventList& events, H&& handler) {
+  using D = std::remove_cvref_t<H>;
+  if constexpr (engine_internal::IsStatusOr<D>::value) {
+    if (!handler.ok()) return handler.status();
+    return Register(events, MakeHandlerFn(std::move(*handler)));
+  } else {
+    return Register(events, MakeHandlerFn(std::forward<H>(handler)));
+  }
+}
+
+template <typename H>
+HandlerHandle Engine::On(const EventList& events, H&& handler) {
+  absl::StatusOr<HandlerHandle> handle = AddEventHandler(events, std::forward<H>(handler));
+  if (handle.ok()) return *std::move(handle);
+  if (registration_error_.ok()) registration_error_ = handle.status();
+  return HandlerHandle();
+}
+
+template <typename Container>
+  requires engine_internal::Iterable<Container>
+absl::Status Engine::Run(const Container& data, RunOptions options) {
+  using Batch = std::remove_cvref_t<decltype(*std::begin(data))>;
+  static_assert(std::is_lvalue_reference_v<decltype(*std::begin(data))>,
+                "Run(container) needs iterators that yield references; wrap other data in a "
+                "DataSource");
+  ContainerIter<Container> iter(data);
+  std::optional<int64_t> length;
+  if constexpr (engine_internal::HasSize<Container>) {
+    length = static_cast<int64_t>(std::size(data));
+  }
+  return RunImpl(&iter, length, &typeid(Batch), options);
+}
+
+template <typename Batch>
+absl::Status Engine::Run(DataSource<Batch>& data, RunOptions options) {
+  SourceIter<Batch> iter(data);
+  return RunImpl(&iter, data.size(), &typeid(Batch), options);
+}
+
+}  // namespace ember
+
+#endif  // EMBER_ENGINE_ENGINE_H_

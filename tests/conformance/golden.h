@@ -1,0 +1,19 @@
+// File: tests/conformance/golden.h
+//
+// Loads one scenario of golden-public.jsonl (recorded on pytorch-ignite v0.5.3) by name.
+#ifndef EMBER_TESTS_CONFORMANCE_GOLDEN_H_
+#define EMBER_TESTS_CONFORMANCE_GOLDEN_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
+
+namespace ember::testing {
+
+// {"scenario", "inputs", "expected"} of the named scenario; NotFound if it is not in the file.
+absl::StatusOr<nlohmann::json> LoadGoldenScenario(const std::string& name);
+
+}  // namespace ember::testing
+
+#endif  // EMBER_TESTS_CONFORMANCE_GOLDEN_H_
