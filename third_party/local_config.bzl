@@ -63,10 +63,7 @@ def _ember_config_impl(rctx):
         rctx.symlink(cuda_home + "/include", "cuda_include")
         build.append("""cc_library(
     name = "nccl",
-    hdrs = glob(
-        ["cuda_include/*.h", "cuda_include/crt/*.h", "cuda_include/crt/*.hpp"],
-        allow_empty = True,
-    ),
+    hdrs = glob(["cuda_include/**"]),
     includes = ["cuda_include"],
     linkopts = ["-L{lib}", "-Wl,-rpath,{lib}", "-lnccl", "-lcudart"],
 )""".format(lib = cuda_home + "/lib64"))
