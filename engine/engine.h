@@ -339,9 +339,10 @@ void Engine::StoreOutput(Engine& engine, R&& result) {
     ThrowIfError(std::forward<R>(result));
   } else if constexpr (engine_internal::IsStatusOr<T>::value) {
     if (!result.ok()) throw StatusError(result.status());
-    engine.state_.output = *std::forward<R>(result);
+    using V = std::remove_cvref_t<decltype(*result)>;
+    engine.state_.output.template emplace<V>(*std::forward<R>(result));
   } else {
-    engine.state_.output = std::forward<R>(result);
+    engine.state_.output.template emplace<T>(std::forward<R>(result));
   }
 }
 
