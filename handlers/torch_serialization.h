@@ -1,0 +1,73 @@
+// File: handlers/torch_serialization.h
+//
+// Reads and writes Python's torch.save format (the zip archive of PyTorch >= 1.6) so that
+//   - a checkpoint written here opens in Python with a plain torch.load(path) — also under
+//     PyTorch 2.6+'s default weights_only=True, because the pickle uses only what that reader
+//     allows: builtin containers and scalars, collections.OrderedDict,
+//     torch._utils._rebuild_tensor_v2 and the torch.*Storage classes through persistent ids;
+//   - a file saved by Python's torch.save (PyTorch 1.x or 2.x) loads here as a Value.
+//
+// Layout written: <archive>/data.pkl (pickle protocol 2), <archive>/data/<key> (one record per
+// storage; tensors that share a storage are written once, views keep their offset and strides),
+// <archive>/version, and <archive>/ember_checksum, a small text record with the format version and
+// the CRC-32 and size of every other record. Python ignores that record; ReadTorchSave verifies it
+// when present, so a corrupted Ember checkpoint is reported, never loaded.
+//
+// Reading never executes code: an unknown pickle opcode or global, a malformed archive, a
+// truncated file, a record whose size does not match its tensor, or out-of-bounds strides give an
+// error that names the file (or the `name` given for in-memory bytes) and what is wrong. The
+// legacy non-zip format (PyTorch < 1.6) is reported as unsupported.
+//
+// Thread safety: the functions are reentrant; a Value must not be mutated while it is written.
+// Tensors are written from CPU memory without an intermediate copy (non-CPU tensors are copied to
+// the CPU first); loaded tensors own the archive's record buffers (no copy after extraction).
+//
+// Example:
+//   ember::Value ckpt = ember::Value::Dict();
+//   ckpt.Set("model", ember::ModuleStateDict(*model));
+//   EMBER_RETURN_IF_ERROR(ember::WriteTorchSave(ckpt, sink));
+//   EMBER_ASSIGN_OR_RETURN(ember::Value back, ember::ReadTorchSaveFile("ckpt.pt"));
+#ifndef EMBER_HANDLERS_TORCH_SERIALIZATION_H_
+#define EMBER_HANDLERS_TORCH_SERIALIZATION_H_
+
+#include <cstddef>
+#include <functional>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "handlers/value.h"
+
+namespace ember {
+
+// Version of Ember's additions to the torch.save layout (the ember_checksum record).
+inline constexpr int kEmberCheckpointFormatVersion = 1;
+
+// Receives the archive's bytes in order. A non-OK status aborts the write and is returned.
+using ByteSink = std::function<absl::Status(const void* data, size_t size)>;
+
+// Writes `value` in torch.save's zip format to `sink`. Tensors may live on any device.
+absl::Status WriteTorchSave(const Value& value, const ByteSink& sink);
+
+// The same, into memory.
+absl::StatusOr<std::string> SerializeTorchSave(const Value& value);
+
+// Reads a torch.save archive from a file.
+absl::StatusOr<Value> ReadTorchSaveFile(const std::string& path);
+
+// Reads a torch.save archive from memory; `name` is used in error messages.
+absl::StatusOr<Value> ReadTorchSave(std::string_view bytes, std::string_view name);
+
+// What a file says about itself, without unpickling: whether it carries Ember's checksum record
+// and whether every record matches it.
+struct ArchiveCheck {
+  bool has_checksum = false;
+  int format_version = 0;
+  int records = 0;
+};
+absl::StatusOr<ArchiveCheck> VerifyTorchSaveFile(const std::string& path);
+
+}  // namespace ember
+
+#endif  // EMBER_HANDLERS_TORCH_SERIALIZATION_H_
