@@ -1015,10 +1015,11 @@ absl::Status WriteTorchSave(const Value& value, const ByteSink& sink) {
     absl::StrAppendFormat(&checksum, "crc32 %s %08x %d\n", record, Crc32(data, size), size);
   };
   try {
+    // After the first sink error the rest of the archive is discarded but reported as
+    // written: the writer's destructor finalizes the archive and must not throw.
     caffe2::serialize::PyTorchStreamWriter writer([&](const void* data, size_t size) -> size_t {
-      if (!sink_status.ok()) return 0;
-      sink_status = sink(data, size);
-      return sink_status.ok() ? size : 0;
+      if (sink_status.ok()) sink_status = sink(data, size);
+      return size;
     });
     writer.writeRecord("data.pkl", pickler.bytes().data(), pickler.bytes().size());
     add_checksum("data.pkl", pickler.bytes().data(), pickler.bytes().size());
