@@ -16,6 +16,7 @@
 #include <string_view>
 #include <unordered_map>
 #include <utility>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -24,6 +25,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "base/crc32.h"
 #include "base/status_macros.h"
 
 namespace ember {
@@ -68,17 +70,7 @@ std::optional<torch::ScalarType> StorageDtype(std::string_view global) {
   return std::nullopt;
 }
 
-uint32_t Crc32(const void* data, size_t size) {
-  uLong crc = crc32(0L, Z_NULL, 0);
-  const Bytef* p = static_cast<const Bytef*>(data);
-  while (size > 0) {
-    uInt chunk = static_cast<uInt>(std::min<size_t>(size, 1u << 30));
-    crc = crc32(crc, p, chunk);
-    p += chunk;
-    size -= chunk;
-  }
-  return static_cast<uint32_t>(crc);
-}
+uint32_t Crc32(const void* data, size_t size) { return ember::Crc32(0, data, size); }
 
 // ---- Pickle writer (protocol 2) ---------------------------------------------------------
 
@@ -1006,36 +998,213 @@ absl::Status CheckMagic(std::string_view head, const std::string& name) {
 
 }  // namespace
 
-absl::Status WriteTorchSave(const Value& value, const ByteSink& sink) {
+namespace {
+
+// ---- Zip writer ------------------------------------------------------------------------
+//
+// The stored (uncompressed) zip layout that PyTorch's own writer produces: each record's data is
+// aligned to 64 bytes with an "FB" padding extra field; zip64 fields where a size or offset needs
+// them. Differences: the CRC-32 is computed while the data streams to the sink (flag bit 3 and a
+// data descriptor carry it), so each byte of tensor data is read once, and that CRC also feeds
+// Ember's checksum record. This replaces caffe2's PyTorchStreamWriter, which CRCs every record
+// a second time and cannot hand us its CRCs.
+class ZipWriter {
+ public:
+  static constexpr size_t kParallelCrcBytes = size_t{8} << 20;
+
+  ZipWriter(const ByteSink& sink, bool force_zip64) : sink_(sink), force_zip64_(force_zip64) {}
+
+  // Writes one record; returns its CRC-32.
+  absl::StatusOr<uint32_t> Record(const std::string& name, const void* data, size_t size) {
+    const std::string full = "archive/" + name;
+    const bool zip64 = force_zip64_ || size >= 0xFFFFFFFFull || offset_ >= 0xFFFFFFFFull;
+    std::string header;
+    Put32(header, 0x04034b50);
+    Put16(header, zip64 ? 45 : 20);
+    Put16(header, 0x0008);  // sizes and CRC follow in a data descriptor
+    Put16(header, 0);       // stored
+    Put16(header, 0);
+    Put16(header, 0x21);    // 1980-01-01, as PyTorch writes
+    Put32(header, 0);
+    Put32(header, zip64 ? 0xFFFFFFFF : 0);
+    Put32(header, zip64 ? 0xFFFFFFFF : 0);
+    Put16(header, static_cast<uint16_t>(full.size()));
+    std::string extra;
+    if (zip64) {
+      Put16(extra, 0x0001);
+      Put16(extra, 16);
+      Put64(extra, size);
+      Put64(extra, size);
+    }
+    // Pad so that the data starts on a 64-byte boundary ("FB" field, as PyTorch does).
+    size_t data_start = offset_ + header.size() + 2 + full.size() + extra.size() + 4;
+    size_t pad = (64 - data_start % 64) % 64;
+    Put16(extra, 0x4246);
+    Put16(extra, static_cast<uint16_t>(pad));
+    extra.append(pad, 'Z');
+    Put16(header, static_cast<uint16_t>(extra.size()));
+    header += full;
+    header += extra;
+    const uint64_t local_offset = offset_;
+    EMBER_RETURN_IF_ERROR(Emit(header.data(), header.size()));
+
+    // Large records: the CRC runs on a helper thread while the data streams to the sink, so
+    // the save costs about max(write, CRC) instead of their sum (the bytes are only read, never
+    // copied, by either).
+    uint32_t crc = 0;
+    if (size >= kParallelCrcBytes) {
+      std::thread crc_thread([&crc, data, size] { crc = Crc32(data, size); });
+      absl::Status written = Emit(data, size);
+      crc_thread.join();
+      EMBER_RETURN_IF_ERROR(written);
+    } else {
+      crc = Crc32(data, size);
+      EMBER_RETURN_IF_ERROR(Emit(data, size));
+    }
+    std::string descriptor;
+    Put32(descriptor, 0x08074b50);
+    Put32(descriptor, static_cast<uint32_t>(crc));
+    if (zip64) {
+      Put64(descriptor, size);
+      Put64(descriptor, size);
+    } else {
+      Put32(descriptor, static_cast<uint32_t>(size));
+      Put32(descriptor, static_cast<uint32_t>(size));
+    }
+    EMBER_RETURN_IF_ERROR(Emit(descriptor.data(), descriptor.size()));
+    entries_.push_back({full, static_cast<uint32_t>(crc), size, local_offset, zip64});
+    return static_cast<uint32_t>(crc);
+  }
+
+  absl::Status Finish() {
+    const uint64_t cd_offset = offset_;
+    std::string cd;
+    for (const Entry& e : entries_) {
+      const bool big_size = e.zip64 && (force_zip64_ || e.size >= 0xFFFFFFFFull);
+      const bool big_offset = force_zip64_ || e.offset >= 0xFFFFFFFFull;
+      std::string extra;
+      if (big_size || big_offset) {
+        Put16(extra, 0x0001);
+        Put16(extra, static_cast<uint16_t>((big_size ? 16 : 0) + (big_offset ? 8 : 0)));
+        if (big_size) {
+          Put64(extra, e.size);
+          Put64(extra, e.size);
+        }
+        if (big_offset) Put64(extra, e.offset);
+      }
+      Put32(cd, 0x02014b50);
+      Put16(cd, extra.empty() ? 20 : 45);
+      Put16(cd, extra.empty() ? 20 : 45);
+      Put16(cd, 0x0008);
+      Put16(cd, 0);
+      Put16(cd, 0);
+      Put16(cd, 0x21);
+      Put32(cd, e.crc);
+      Put32(cd, big_size ? 0xFFFFFFFF : static_cast<uint32_t>(e.size));
+      Put32(cd, big_size ? 0xFFFFFFFF : static_cast<uint32_t>(e.size));
+      Put16(cd, static_cast<uint16_t>(e.name.size()));
+      Put16(cd, static_cast<uint16_t>(extra.size()));
+      Put16(cd, 0);
+      Put16(cd, 0);
+      Put16(cd, 0);
+      Put32(cd, 0);
+      Put32(cd, big_offset ? 0xFFFFFFFF : static_cast<uint32_t>(e.offset));
+      cd += e.name;
+      cd += extra;
+    }
+    EMBER_RETURN_IF_ERROR(Emit(cd.data(), cd.size()));
+    const uint64_t cd_size = cd.size();
+    const bool zip64_end = force_zip64_ || entries_.size() >= 0xFFFF || cd_offset >= 0xFFFFFFFFull ||
+                           cd_size >= 0xFFFFFFFFull;
+    std::string end;
+    if (zip64_end) {
+      const uint64_t eocd64_offset = offset_;
+      Put32(end, 0x06064b50);
+      Put64(end, 44);
+      Put16(end, 45);
+      Put16(end, 45);
+      Put32(end, 0);
+      Put32(end, 0);
+      Put64(end, entries_.size());
+      Put64(end, entries_.size());
+      Put64(end, cd_size);
+      Put64(end, cd_offset);
+      Put32(end, 0x07064b50);
+      Put32(end, 0);
+      Put64(end, eocd64_offset);
+      Put32(end, 1);
+    }
+    Put32(end, 0x06054b50);
+    Put16(end, 0);
+    Put16(end, 0);
+    Put16(end, zip64_end ? 0xFFFF : static_cast<uint16_t>(entries_.size()));
+    Put16(end, zip64_end ? 0xFFFF : static_cast<uint16_t>(entries_.size()));
+    Put32(end, zip64_end ? 0xFFFFFFFF : static_cast<uint32_t>(cd_size));
+    Put32(end, zip64_end ? 0xFFFFFFFF : static_cast<uint32_t>(cd_offset));
+    Put16(end, 0);
+    return Emit(end.data(), end.size());
+  }
+
+ private:
+  struct Entry {
+    std::string name;
+    uint32_t crc;
+    uint64_t size;
+    uint64_t offset;
+    bool zip64;
+  };
+
+  static void Put16(std::string& s, uint16_t v) {
+    s.push_back(static_cast<char>(v & 0xff));
+    s.push_back(static_cast<char>(v >> 8));
+  }
+  static void Put32(std::string& s, uint32_t v) {
+    for (int i = 0; i < 4; ++i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+  }
+  static void Put64(std::string& s, uint64_t v) {
+    for (int i = 0; i < 8; ++i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+  }
+  absl::Status Emit(const void* data, size_t size) {
+    if (size == 0) return absl::OkStatus();
+    EMBER_RETURN_IF_ERROR(sink_(data, size));
+    offset_ += size;
+    return absl::OkStatus();
+  }
+
+  const ByteSink& sink_;
+  bool force_zip64_;
+  uint64_t offset_ = 0;
+  std::vector<Entry> entries_;
+};
+
+}  // namespace
+
+namespace serialization_internal {
+
+absl::Status WriteTorchSaveImpl(const Value& value, const ByteSink& sink, bool force_zip64) {
   PickleWriter pickler;
   EMBER_RETURN_IF_ERROR(pickler.Write(value));
-  absl::Status sink_status;
+  ZipWriter zip(sink, force_zip64);
   std::string checksum = absl::StrCat(kChecksumMagic, " ", kEmberCheckpointFormatVersion, "\n");
-  auto add_checksum = [&](const std::string& record, const void* data, size_t size) {
-    absl::StrAppendFormat(&checksum, "crc32 %s %08x %d\n", record, Crc32(data, size), size);
+  auto record = [&](const std::string& name, const void* data, size_t size) -> absl::Status {
+    EMBER_ASSIGN_OR_RETURN(uint32_t crc, zip.Record(name, data, size));
+    absl::StrAppendFormat(&checksum, "crc32 %s %08x %d\n", name, crc, size);
+    return absl::OkStatus();
   };
-  try {
-    // After the first sink error the rest of the archive is discarded but reported as
-    // written: the writer's destructor finalizes the archive and must not throw.
-    caffe2::serialize::PyTorchStreamWriter writer([&](const void* data, size_t size) -> size_t {
-      if (sink_status.ok()) sink_status = sink(data, size);
-      return size;
-    });
-    writer.writeRecord("data.pkl", pickler.bytes().data(), pickler.bytes().size());
-    add_checksum("data.pkl", pickler.bytes().data(), pickler.bytes().size());
-    for (const PickleWriter::StorageRecord& s : pickler.storages()) {
-      const std::string record = absl::StrCat("data/", s.key);
-      writer.writeRecord(record, s.data, s.nbytes);
-      add_checksum(record, s.data, s.nbytes);
-      if (!sink_status.ok()) return sink_status;
-    }
-    writer.writeRecord(kChecksumRecord, checksum.data(), checksum.size());
-    writer.writeEndOfFile();
-  } catch (const c10::Error& e) {
-    if (!sink_status.ok()) return sink_status;
-    return absl::InternalError(absl::StrCat("torch.save archive writer: ", CppError(e)));
+  EMBER_RETURN_IF_ERROR(record("data.pkl", pickler.bytes().data(), pickler.bytes().size()));
+  for (const PickleWriter::StorageRecord& s : pickler.storages()) {
+    EMBER_RETURN_IF_ERROR(record(absl::StrCat("data/", s.key), s.data, s.nbytes));
   }
-  return sink_status;
+  const std::string version = "3\n";  // caffe2 kMinProducedFileFormatVersion, as torch.save
+  EMBER_RETURN_IF_ERROR(zip.Record("version", version.data(), version.size()).status());
+  EMBER_RETURN_IF_ERROR(zip.Record(kChecksumRecord, checksum.data(), checksum.size()).status());
+  return zip.Finish();
+}
+
+}  // namespace serialization_internal
+
+absl::Status WriteTorchSave(const Value& value, const ByteSink& sink) {
+  return serialization_internal::WriteTorchSaveImpl(value, sink, /*force_zip64=*/false);
 }
 
 absl::StatusOr<std::string> SerializeTorchSave(const Value& value) {

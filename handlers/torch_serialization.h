@@ -68,6 +68,12 @@ struct ArchiveCheck {
 };
 absl::StatusOr<ArchiveCheck> VerifyTorchSaveFile(const std::string& path);
 
+namespace serialization_internal {
+// WriteTorchSave with zip64 records forced on (as for records or archives over 4 GiB), so that
+// tests can check that readers accept the zip64 layout without writing 4 GiB.
+absl::Status WriteTorchSaveImpl(const Value& value, const ByteSink& sink, bool force_zip64);
+}  // namespace serialization_internal
+
 }  // namespace ember
 
 #endif  // EMBER_HANDLERS_TORCH_SERIALIZATION_H_

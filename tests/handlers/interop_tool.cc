@@ -1,4 +1,5 @@
 // interop_tool write FILE   writes the recipe matrix with Ember's writer
+// interop_tool write-zip64 FILE   the same with zip64 records (as archives over 4 GiB have)
 // interop_tool check FILE   reads a file written by Python's torch.save and checks it
 // interop_tool expect-error FILE SUBSTRING   reading FILE must fail with SUBSTRING in the message
 #include <cmath>
@@ -56,13 +57,20 @@ Value Matrix() {
   return m;
 }
 
-int Write(const std::string& path) {
-  absl::StatusOr<std::string> bytes = SerializeTorchSave(Matrix());
-  if (!bytes.ok()) {
-    std::fprintf(stderr, "%s\n", bytes.status().ToString().c_str());
+int Write(const std::string& path, bool zip64) {
+  std::string bytes;
+  absl::Status s = serialization_internal::WriteTorchSaveImpl(
+      Matrix(),
+      [&](const void* d, size_t n) {
+        bytes.append(static_cast<const char*>(d), n);
+        return absl::OkStatus();
+      },
+      zip64);
+  if (!s.ok()) {
+    std::fprintf(stderr, "%s\n", s.ToString().c_str());
     return 1;
   }
-  std::ofstream(path, std::ios::binary) << *bytes;
+  std::ofstream(path, std::ios::binary) << bytes;
   return 0;
 }
 
@@ -155,7 +163,8 @@ int ExpectError(const std::string& path, const std::string& substring) {
 
 int main(int argc, char** argv) {
   std::string mode = argc > 1 ? argv[1] : "";
-  if (mode == "write" && argc == 3) return ember::Write(argv[2]);
+  if (mode == "write" && argc == 3) return ember::Write(argv[2], /*zip64=*/false);
+  if (mode == "write-zip64" && argc == 3) return ember::Write(argv[2], /*zip64=*/true);
   if (mode == "check" && argc == 3) return ember::CheckPython(argv[2]);
   if (mode == "expect-error" && argc == 4) return ember::ExpectError(argv[2], argv[3]);
   std::fprintf(stderr, "usage: interop_tool write|check FILE | expect-error FILE SUBSTRING\n");

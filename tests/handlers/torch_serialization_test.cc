@@ -339,3 +339,43 @@ TEST(TorchSave, WriterErrorsComeBackFromTheSink) {
 
 }  // namespace
 }  // namespace ember
+
+namespace ember {
+namespace {
+
+TEST(TorchSave, Zip64LayoutReadsBack) {
+  Value v = Value::Dict();
+  v.Set("w", testing::RecipeTensor(torch::kFloat64, {7, 3}));
+  v.Set("name", "zip64");
+  std::string bytes;
+  ASSERT_TRUE(serialization_internal::WriteTorchSaveImpl(
+                  v, [&](const void* d, size_t n) {
+                    bytes.append(static_cast<const char*>(d), n);
+                    return absl::OkStatus();
+                  },
+                  /*force_zip64=*/true)
+                  .ok());
+  absl::StatusOr<Value> back = ReadTorchSave(bytes, "zip64.pt");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_TRUE(*back == v);
+}
+
+TEST(TorchSave, RecordDataIs64ByteAligned) {
+  Value v = Value::Dict();
+  v.Set("a", torch::ones({3}));
+  v.Set("b", torch::ones({5}, torch::kFloat64));
+  absl::StatusOr<std::string> bytes = SerializeTorchSave(v);
+  ASSERT_TRUE(bytes.ok());
+  std::string_view all(*bytes);
+  for (const char* name : {"archive/data/0", "archive/data/1"}) {
+    size_t at = all.find(name);
+    ASSERT_NE(at, std::string::npos);
+    // Local header: 30 bytes, then the name, then the extra field; the data follows.
+    size_t header = at - 30;
+    uint16_t extra = static_cast<uint8_t>(all[header + 28]) | (static_cast<uint8_t>(all[header + 29]) << 8);
+    EXPECT_EQ((at + std::strlen(name) + extra) % 64, 0u) << name;
+  }
+}
+
+}  // namespace
+}  // namespace ember

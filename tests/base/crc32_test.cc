@@ -1,0 +1,47 @@
+// The accelerated CRC-32 equals zlib's for every length, alignment and starting value.
+#include "base/crc32.h"
+
+#include <zlib.h>
+
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace ember {
+namespace {
+
+uint32_t Reference(uint32_t crc, const unsigned char* p, size_t n) {
+  return static_cast<uint32_t>(crc32(crc, p, static_cast<uInt>(n)));
+}
+
+TEST(Crc32, MatchesZlibEverywhere) {
+  std::mt19937 rng(42);
+  std::vector<unsigned char> buf(1 << 16);
+  for (auto& b : buf) b = static_cast<unsigned char>(rng());
+  for (size_t offset : {0, 1, 3, 8, 15}) {
+    for (size_t n = 0; n < 700; ++n) {
+      ASSERT_EQ(Crc32(0, buf.data() + offset, n), Reference(0, buf.data() + offset, n))
+          << "offset " << offset << " length " << n;
+    }
+  }
+  for (size_t n : {size_t{4096}, size_t{65519}, size_t{65536} - 16}) {
+    uint32_t start = static_cast<uint32_t>(rng());
+    EXPECT_EQ(Crc32(start, buf.data(), n), Reference(start, buf.data(), n)) << n;
+  }
+}
+
+TEST(Crc32, KnownValueAndChaining) {
+  const std::string s = "123456789";
+  EXPECT_EQ(Crc32(0, s.data(), s.size()), 0xCBF43926u);  // the standard check value
+  std::string big(100000, 'x');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 7);
+  uint32_t whole = Crc32(0, big.data(), big.size());
+  uint32_t split = Crc32(Crc32(0, big.data(), 333), big.data() + 333, big.size() - 333);
+  EXPECT_EQ(whole, split);
+  EXPECT_EQ(whole, Reference(0, reinterpret_cast<const unsigned char*>(big.data()), big.size()));
+}
+
+}  // namespace
+}  // namespace ember
