@@ -1,0 +1,60 @@
+// File: distributed/consensus.h
+//
+// Consensus: reduces the values that the handlers of one event firing propose, across all
+// ranks, in ONE collective, so that every rank takes the same decision at the same iteration.
+//
+// The values are all-gathered (one Communicator::AllGather of n doubles per rank) and reduced
+// locally, in rank order, with each value's own reduction (SUM, MEAN, MIN, MAX, ...): one
+// collective serves handlers that need different reductions, every rank computes bit-identical
+// results (the same operations in the same order), and each rank's own proposal stays
+// available (to report WHICH ranks saw a NaN). For the few doubles of a firing the all-gather
+// costs what an all-reduce does (both latency-bound); see README, "Performance".
+//
+// Thread safety: as the Communicator (one thread). Reduce allocates only when n or the world
+// size grows (buffers are reused).
+#ifndef EMBER_DISTRIBUTED_CONSENSUS_H_
+#define EMBER_DISTRIBUTED_CONSENSUS_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "distributed/communicator.h"
+
+namespace ember::dist {
+
+enum class Reduction : uint8_t {
+  kSum,
+  kMean,
+  kMin,
+  kMax,
+  kAnyNonZero,  // 1 if any rank proposed a non-zero value (NaN counts as non-zero), else 0
+};
+
+const char* ReductionName(Reduction r);
+
+class Consensus {
+ public:
+  explicit Consensus(Communicator* comm) : comm_(comm) {}
+
+  Communicator* comm() const { return comm_; }
+
+  // Reduces values[i] with ops[i] across ranks into reduced[i]. MIN and MAX ignore NaN unless
+  // every rank proposed NaN; SUM and MEAN propagate it.
+  absl::Status Reduce(absl::Span<const double> values, absl::Span<const Reduction> ops,
+                      absl::Span<double> reduced, absl::Time deadline);
+
+  // Every rank's values from the last Reduce: rank r's value i.
+  double rank_value(int rank, size_t i) const { return gathered_[rank * n_ + i]; }
+
+ private:
+  Communicator* comm_;
+  size_t n_ = 0;
+  std::vector<double> gathered_;
+};
+
+}  // namespace ember::dist
+
+#endif  // EMBER_DISTRIBUTED_CONSENSUS_H_

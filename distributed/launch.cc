@@ -1,0 +1,122 @@
+#include "distributed/launch.h"
+
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "base/status_macros.h"
+#include "distributed/mpi_communicator.h"
+#include "distributed/nccl_communicator.h"
+#include "distributed/single_process_communicator.h"
+
+namespace ember::dist {
+namespace {
+
+// An NCCL communicator together with the MPI communicator that bootstrapped it (kept alive so
+// that MPI is finalised after NCCL is torn down).
+class BootstrappedCommunicator final : public Communicator {
+ public:
+  BootstrappedCommunicator(std::unique_ptr<Communicator> bootstrap, std::unique_ptr<Communicator> main)
+      : bootstrap_(std::move(bootstrap)), main_(std::move(main)) {}
+  ~BootstrappedCommunicator() override { main_.reset(); }
+  int rank() const override { return main_->rank(); }
+  int world_size() const override { return main_->world_size(); }
+  int local_rank() const override { return main_->local_rank(); }
+  std::string backend() const override { return main_->backend(); }
+
+ protected:
+  absl::Status DoAllReduce(absl::Span<double> v, ReduceOp op, absl::Time d) override {
+    return main_->AllReduce(v, op, d);
+  }
+  absl::Status DoAllReduce(absl::Span<float> v, ReduceOp op, absl::Time d) override {
+    return main_->AllReduce(v, op, d);
+  }
+  absl::Status DoAllGather(absl::Span<const double> s, absl::Span<double> r, absl::Time d) override {
+    return main_->AllGather(s, r, d);
+  }
+  absl::Status DoBroadcast(std::string& b, int root, absl::Time d) override {
+    return main_->Broadcast(b, root, d);
+  }
+  absl::Status DoBarrier(absl::Time d) override { return main_->Barrier(d); }
+
+ private:
+  std::unique_ptr<Communicator> bootstrap_;
+  std::unique_ptr<Communicator> main_;
+};
+
+absl::StatusOr<std::unique_ptr<Communicator>> LaunchMpi(const LaunchInfo& info) {
+  if (!info.mpi_launched) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "backend mpi: this process was not started by an MPI launcher (launcher: ", info.launcher,
+        "); start it with mpirun (or srun --mpi=pmix), or use another backend"));
+  }
+  EMBER_ASSIGN_OR_RETURN(std::unique_ptr<MpiCommunicator> mpi, MpiCommunicator::Create());
+  if (info.world_size > 0 && (mpi->world_size() != info.world_size || mpi->rank() != info.rank)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "MPI says rank ", mpi->rank(), " of ", mpi->world_size(), " but the ", info.launcher,
+        " environment says rank ", info.rank, " of ", info.world_size));
+  }
+  return std::unique_ptr<Communicator>(std::move(mpi));
+}
+
+absl::StatusOr<std::unique_ptr<Communicator>> LaunchNccl(const LaunchOptions& options,
+                                                         const LaunchInfo& info) {
+  NcclOptions nccl;
+  nccl.rank = info.rank;
+  nccl.world_size = info.world_size;
+  nccl.local_rank = info.local_rank;
+  nccl.init_timeout = options.init_timeout;
+  std::unique_ptr<Communicator> bootstrap;
+  if (info.mpi_launched) {
+    EMBER_ASSIGN_OR_RETURN(bootstrap, LaunchMpi(info));
+    nccl.rank = bootstrap->rank();
+    nccl.world_size = bootstrap->world_size();
+    nccl.local_rank = bootstrap->local_rank();
+    nccl.bootstrap = bootstrap.get();
+  } else {
+    nccl.master_addr = info.master_addr;
+    nccl.master_port = info.master_port;
+  }
+  EMBER_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, CreateNcclCommunicator(nccl));
+  if (!bootstrap) return comm;
+  return std::unique_ptr<Communicator>(
+      new BootstrappedCommunicator(std::move(bootstrap), std::move(comm)));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Communicator>> Launch(const LaunchOptions& options,
+                                                     const LaunchInfo& info) {
+  const std::string& b = options.backend;
+  if (b == "single") {
+    if (info.world_size > 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "backend single, but the ", info.launcher, " launcher started rank ", info.rank, " of ",
+          info.world_size, "; use --backend=auto, mpi or nccl"));
+    }
+    return std::unique_ptr<Communicator>(new SingleProcessCommunicator());
+  }
+  if (b == "mpi") return LaunchMpi(info);
+  if (b == "nccl") return LaunchNccl(options, info);
+  if (b != "auto") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown backend '", b, "'; allowed: auto, single, mpi, nccl"));
+  }
+  if (NcclBuilt() && CudaDeviceCount() > 0 && info.world_size > 1) return LaunchNccl(options, info);
+  if (info.mpi_launched) return LaunchMpi(info);
+  if (info.world_size <= 1) return std::unique_ptr<Communicator>(new SingleProcessCommunicator());
+  return absl::FailedPreconditionError(absl::StrCat(
+      "rank ", info.rank, " of ", info.world_size, " (", info.launcher,
+      " launcher) but no backend can connect the ranks: NCCL needs CUDA devices",
+      NcclBuilt() ? "" : " and a build with NCCL", ", MPI needs an MPI launcher (mpirun, srun --mpi=pmix)"));
+}
+
+absl::StatusOr<std::unique_ptr<Communicator>> Launch(const LaunchOptions& options) {
+  EMBER_ASSIGN_OR_RETURN(LaunchInfo info, ReadLaunchInfo());
+  return Launch(options, info);
+}
+
+}  // namespace ember::dist

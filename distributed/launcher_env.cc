@@ -1,0 +1,150 @@
+#include "distributed/launcher_env.h"
+
+#include <cstdlib>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "base/status_macros.h"
+
+namespace ember::dist {
+namespace {
+
+struct Scheme {
+  const char* launcher;
+  const char* rank;
+  const char* size;
+  const char* local_rank;  // may be null
+  const char* local_size;  // may be null
+  bool mpi;
+};
+
+constexpr Scheme kSchemes[] = {
+    {"openmpi", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
+     "OMPI_COMM_WORLD_LOCAL_SIZE", true},
+    {"pmix", "PMIX_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS", true},
+    {"mpich", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS", true},
+    {"slurm", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE", false},
+    {"torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", false},
+};
+
+absl::StatusOr<std::optional<int>> ReadInt(const EnvLookup& getenv, const char* name, int min,
+                                           const char* allowed) {
+  if (name == nullptr) return std::optional<int>();
+  std::optional<std::string> value = getenv(name);
+  if (!value) return std::optional<int>();
+  std::string text = *value;
+  // SLURM_NTASKS_PER_NODE and SLURM_TASKS_PER_NODE may read "2(x3)" or "2,1": take the first.
+  if (std::string(name) == "SLURM_NTASKS_PER_NODE") text = text.substr(0, text.find_first_of("(,"));
+  int v;
+  if (!absl::SimpleAtoi(text, &v) || v < min) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("launcher environment: ", name, "='", *value, "' is not ", allowed));
+  }
+  return std::optional<int>(v);
+}
+
+}  // namespace
+
+absl::StatusOr<LaunchInfo> ReadLaunchInfo(const EnvLookup& getenv) {
+  for (const Scheme& s : kSchemes) {
+    EMBER_ASSIGN_OR_RETURN(std::optional<int> rank, ReadInt(getenv, s.rank, 0, "an integer >= 0"));
+    if (!rank) continue;
+    EMBER_ASSIGN_OR_RETURN(std::optional<int> size, ReadInt(getenv, s.size, 1, "an integer >= 1"));
+    if (!size && std::string(s.launcher) == "pmix") {
+      // PMIx without PMI_SIZE: the size comes from the launcher that started us (Slurm) or MPI.
+      EMBER_ASSIGN_OR_RETURN(size, ReadInt(getenv, "SLURM_NTASKS", 1, "an integer >= 1"));
+      if (!size) {
+        LaunchInfo info;
+        info.launcher = s.launcher;
+        info.rank = *rank;
+        info.world_size = 0;  // unknown until MPI_Init; MPI tells
+        info.mpi_launched = true;
+        return info;
+      }
+    }
+    if (!size) {
+      return absl::InvalidArgumentError(absl::StrCat("launcher environment: ", s.rank, "=", *rank,
+                                                     " is set but ", s.size,
+                                                     " is not; set both (or neither)"));
+    }
+    if (*rank >= *size) {
+      return absl::InvalidArgumentError(absl::StrCat("launcher environment: ", s.rank, "=", *rank,
+                                                     " is not below ", s.size, "=", *size));
+    }
+    EMBER_ASSIGN_OR_RETURN(std::optional<int> local_rank,
+                           ReadInt(getenv, s.local_rank, 0, "an integer >= 0"));
+    EMBER_ASSIGN_OR_RETURN(std::optional<int> local_size,
+                           ReadInt(getenv, s.local_size, 1, "an integer >= 1"));
+    if (local_rank && local_size && *local_rank >= *local_size) {
+      return absl::InvalidArgumentError(absl::StrCat("launcher environment: ", s.local_rank, "=",
+                                                     *local_rank, " is not below ", s.local_size,
+                                                     "=", *local_size));
+    }
+    if (local_size && *local_size > *size) {
+      return absl::InvalidArgumentError(absl::StrCat("launcher environment: ", s.local_size, "=",
+                                                     *local_size, " exceeds ", s.size, "=", *size));
+    }
+    LaunchInfo info;
+    info.launcher = s.launcher;
+    info.rank = *rank;
+    info.world_size = *size;
+    info.local_rank = local_rank.value_or(0);
+    info.local_world_size = local_size.value_or(local_rank ? *local_rank + 1 : 1);
+    info.mpi_launched = s.mpi;
+    if (std::string(s.launcher) == "slurm") {
+      // srun with a PMI plugin also lets MPI bootstrap.
+      info.mpi_launched = getenv("PMI_FD").has_value() || getenv("PMIX_NAMESPACE").has_value() ||
+                          getenv("PMIX_RANK").has_value();
+    }
+    if (std::string(s.launcher) == "torchrun") {
+      info.master_addr = getenv("MASTER_ADDR").value_or("");
+      EMBER_ASSIGN_OR_RETURN(std::optional<int> port,
+                             ReadInt(getenv, "MASTER_PORT", 1, "a TCP port (1-65535)"));
+      if (port && *port > 65535) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "launcher environment: MASTER_PORT='", *port, "' is not a TCP port (1-65535)"));
+      }
+      info.master_port = port.value_or(0);
+      if (*size > 1 && (info.master_addr.empty() || info.master_port == 0)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "launcher environment: WORLD_SIZE=", *size,
+            " needs MASTER_ADDR and MASTER_PORT (the rendezvous address of rank 0)"));
+      }
+    }
+    return info;
+  }
+  // A size without a rank is a partial environment too.
+  for (const Scheme& s : kSchemes) {
+    if (getenv(s.size).has_value() && std::string(s.size) != "PMI_SIZE" &&
+        std::string(s.size) != "SLURM_NTASKS") {
+      return absl::InvalidArgumentError(absl::StrCat("launcher environment: ", s.size,
+                                                     " is set but ", s.rank, " is not"));
+    }
+  }
+  LaunchInfo info;
+  info.launcher = "none";
+  return info;
+}
+
+absl::StatusOr<LaunchInfo> ReadLaunchInfo() {
+  return ReadLaunchInfo([](const std::string& name) -> std::optional<std::string> {
+    const char* v = std::getenv(name.c_str());
+    if (v == nullptr) return std::nullopt;
+    return std::string(v);
+  });
+}
+
+EnvLookup MapEnv(std::map<std::string, std::string> env) {
+  return [env = std::move(env)](const std::string& name) -> std::optional<std::string> {
+    auto it = env.find(name);
+    if (it == env.end()) return std::nullopt;
+    return it->second;
+  };
+}
+
+}  // namespace ember::dist

@@ -1,0 +1,50 @@
+// File: distributed/launcher_env.h
+//
+// Reads rank, world size and local rank from the environment that a launcher sets:
+//   OpenMPI mpirun     OMPI_COMM_WORLD_RANK, _SIZE, _LOCAL_RANK, _LOCAL_SIZE
+//   PMIx (srun --mpi=pmix, prte)  PMIX_RANK (+ PMI_SIZE or the next launcher's size)
+//   MPICH / Hydra      PMI_RANK, PMI_SIZE, MPI_LOCALRANKID, MPI_LOCALNRANKS
+//   Slurm srun         SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_NTASKS_PER_NODE
+//   torchrun-style     RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT
+// in that order of precedence (an mpirun inside a Slurm allocation reports OpenMPI's numbers).
+// No launcher variables at all means a single process. A partial set (RANK without WORLD_SIZE),
+// a value that is not an integer, or one out of range (rank >= world size) is an error that
+// names the variable and its value.
+//
+// Thread-safe (reads a snapshot of the environment passed in, or the process environment).
+#ifndef EMBER_DISTRIBUTED_LAUNCHER_ENV_H_
+#define EMBER_DISTRIBUTED_LAUNCHER_ENV_H_
+
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace ember::dist {
+
+struct LaunchInfo {
+  std::string launcher;  // "none", "openmpi", "pmix", "mpich", "slurm", "torchrun"
+  int rank = 0;
+  int world_size = 1;
+  int local_rank = 0;
+  int local_world_size = 1;
+  std::string master_addr;  // torchrun-style only
+  int master_port = 0;
+  // True when an MPI library can bootstrap this job (launched by mpirun, srun with PMI(x), ...).
+  bool mpi_launched = false;
+};
+
+// `getenv` returns a variable's value or nullopt; the default reads the process environment.
+using EnvLookup = std::function<std::optional<std::string>(const std::string&)>;
+
+absl::StatusOr<LaunchInfo> ReadLaunchInfo(const EnvLookup& getenv);
+absl::StatusOr<LaunchInfo> ReadLaunchInfo();
+
+// For tests: an EnvLookup over a map.
+EnvLookup MapEnv(std::map<std::string, std::string> env);
+
+}  // namespace ember::dist
+
+#endif  // EMBER_DISTRIBUTED_LAUNCHER_ENV_H_

@@ -1,0 +1,50 @@
+// File: distributed/mpi_communicator.h
+//
+// MpiCommunicator: the Communicator over MPI_COMM_WORLD (OpenMPI 4.1 here). Each collective is
+// the non-blocking MPI call (MPI_Iallreduce, MPI_Iallgather, MPI_Ibcast, MPI_Ibarrier) polled
+// with MPI_Test until it completes or the deadline passes; so a dead or stalled peer gives
+// kDeadlineExceeded, not a hang. MPI cannot cancel a collective: after a deadline the process
+// must end (the destructor then skips MPI_Finalize, which would block).
+//
+// Create() initialises MPI (MPI_THREAD_FUNNELED) unless it already is; the destructor finalises
+// it if Create initialised it. One per process. Used by one thread.
+#ifndef EMBER_DISTRIBUTED_MPI_COMMUNICATOR_H_
+#define EMBER_DISTRIBUTED_MPI_COMMUNICATOR_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "distributed/communicator.h"
+
+namespace ember::dist {
+
+class MpiCommunicator final : public Communicator {
+ public:
+  static absl::StatusOr<std::unique_ptr<MpiCommunicator>> Create();
+  ~MpiCommunicator() override;
+
+  int rank() const override { return rank_; }
+  int world_size() const override { return world_size_; }
+  int local_rank() const override { return local_rank_; }
+  std::string backend() const override { return "mpi"; }
+
+ protected:
+  absl::Status DoAllReduce(absl::Span<double> values, ReduceOp op, absl::Time deadline) override;
+  absl::Status DoAllReduce(absl::Span<float> values, ReduceOp op, absl::Time deadline) override;
+  absl::Status DoAllGather(absl::Span<const double> send, absl::Span<double> recv,
+                           absl::Time deadline) override;
+  absl::Status DoBroadcast(std::string& bytes, int root, absl::Time deadline) override;
+  absl::Status DoBarrier(absl::Time deadline) override;
+
+ private:
+  MpiCommunicator() = default;
+  bool finalize_ = false;
+  int rank_ = 0;
+  int world_size_ = 1;
+  int local_rank_ = 0;
+};
+
+}  // namespace ember::dist
+
+#endif  // EMBER_DISTRIBUTED_MPI_COMMUNICATOR_H_

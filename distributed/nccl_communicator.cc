@@ -1,0 +1,261 @@
+// The NCCL backend (built when the build found NCCL; see nccl_communicator.h).
+#include "distributed/nccl_communicator.h"
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "base/status_macros.h"
+#include "distributed/tcp_rendezvous.h"
+
+namespace ember::dist {
+namespace {
+
+absl::Status CudaError(const char* what, cudaError_t e) {
+  return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(e)));
+}
+
+absl::Status NcclError(const char* what, ncclResult_t r) {
+  return absl::InternalError(absl::StrCat(what, ": ", ncclGetErrorString(r)));
+}
+
+ncclRedOp_t ToNccl(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum:
+      return ncclSum;
+    case ReduceOp::kMin:
+      return ncclMin;
+    case ReduceOp::kMax:
+      return ncclMax;
+  }
+  return ncclSum;
+}
+
+absl::StatusOr<std::string> ShareIdThroughFile(const NcclOptions& o, const std::string& id,
+                                               absl::Time deadline) {
+  if (o.rank == 0) {
+    const std::string tmp = absl::StrCat(o.rendezvous_file, ".tmp.", ::getpid());
+    {
+      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+      out << id;
+      if (!out.flush()) return absl::UnavailableError(absl::StrCat("cannot write ", tmp));
+    }
+    if (std::rename(tmp.c_str(), o.rendezvous_file.c_str()) != 0) {
+      return absl::UnavailableError(absl::StrCat("cannot publish ", o.rendezvous_file));
+    }
+    return id;
+  }
+  while (true) {
+    std::ifstream in(o.rendezvous_file, std::ios::binary);
+    std::stringstream buffer;
+    buffer << in.rdbuf();
+    if (in && buffer.str().size() == id.size()) return buffer.str();
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("NCCL rendezvous: ", o.rendezvous_file, " did not appear in time"));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+class NcclCommunicator final : public Communicator {
+ public:
+  ~NcclCommunicator() override {
+    if (comm_ != nullptr) {
+      if (poisoned().ok()) {
+        ncclCommDestroy(comm_);
+      } else {
+        ncclCommAbort(comm_);
+      }
+    }
+    if (device_buffer_ != nullptr) cudaFree(device_buffer_);
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+
+  static absl::StatusOr<std::unique_ptr<Communicator>> Create(const NcclOptions& o) {
+    std::unique_ptr<NcclCommunicator> c(new NcclCommunicator());
+    c->rank_ = o.rank;
+    c->world_size_ = o.world_size;
+    c->local_rank_ = o.local_rank;
+    int devices = 0;
+    cudaError_t e = cudaGetDeviceCount(&devices);
+    if (e != cudaSuccess || devices == 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "NCCL backend: no CUDA device visible to rank ", o.rank, " (",
+          e == cudaSuccess ? "0 devices" : cudaGetErrorString(e), ")"));
+    }
+    c->device_ = o.local_rank % devices;
+    if ((e = cudaSetDevice(c->device_)) != cudaSuccess) return CudaError("cudaSetDevice", e);
+    if ((e = cudaStreamCreateWithFlags(&c->stream_, cudaStreamNonBlocking)) != cudaSuccess) {
+      return CudaError("cudaStreamCreate", e);
+    }
+    const absl::Time deadline = absl::Now() + o.init_timeout;
+    ncclUniqueId id;
+    if (o.rank == 0) {
+      ncclResult_t r = ncclGetUniqueId(&id);
+      if (r != ncclSuccess) return NcclError("ncclGetUniqueId", r);
+    }
+    std::string bytes(reinterpret_cast<const char*>(&id), sizeof(id));
+    if (o.bootstrap != nullptr) {
+      EMBER_RETURN_IF_ERROR(o.bootstrap->Broadcast(bytes, 0, deadline));
+    } else if (!o.master_addr.empty()) {
+      EMBER_ASSIGN_OR_RETURN(bytes, ShareFromRank0(o.rank, o.world_size, o.master_addr,
+                                                   o.master_port, bytes, deadline));
+    } else if (!o.rendezvous_file.empty()) {
+      EMBER_ASSIGN_OR_RETURN(bytes, ShareIdThroughFile(o, bytes, deadline));
+    } else if (o.world_size > 1) {
+      return absl::InvalidArgumentError(
+          "NCCL backend: no way to share the ncclUniqueId (give a bootstrap communicator, "
+          "MASTER_ADDR/MASTER_PORT, or a rendezvous file)");
+    }
+    if (bytes.size() != sizeof(id)) return absl::DataLossError("NCCL rendezvous: bad unique id");
+    std::memcpy(&id, bytes.data(), sizeof(id));
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    config.blocking = 0;
+    ncclResult_t r = ncclCommInitRankConfig(&c->comm_, o.world_size, id, o.rank, &config);
+    if (r != ncclSuccess && r != ncclInProgress) return NcclError("ncclCommInitRankConfig", r);
+    EMBER_RETURN_IF_ERROR(c->WaitComm("ncclCommInitRank", deadline));
+    return std::unique_ptr<Communicator>(std::move(c));
+  }
+
+  int rank() const override { return rank_; }
+  int world_size() const override { return world_size_; }
+  int local_rank() const override { return local_rank_; }
+  std::string backend() const override { return "nccl"; }
+
+ protected:
+  absl::Status DoAllReduce(absl::Span<double> v, ReduceOp op, absl::Time deadline) override {
+    return Staged(v.data(), v.size() * sizeof(double), v.data(), v.size() * sizeof(double), deadline,
+                  [&](void* buf) {
+                    return ncclAllReduce(buf, buf, v.size(), ncclFloat64, ToNccl(op), comm_, stream_);
+                  });
+  }
+  absl::Status DoAllReduce(absl::Span<float> v, ReduceOp op, absl::Time deadline) override {
+    return Staged(v.data(), v.size() * sizeof(float), v.data(), v.size() * sizeof(float), deadline,
+                  [&](void* buf) {
+                    return ncclAllReduce(buf, buf, v.size(), ncclFloat32, ToNccl(op), comm_, stream_);
+                  });
+  }
+  absl::Status DoAllGather(absl::Span<const double> send, absl::Span<double> recv,
+                           absl::Time deadline) override {
+    const size_t in = send.size() * sizeof(double);
+    return Staged(send.data(), in, recv.data(), recv.size() * sizeof(double), deadline,
+                  [&](void* buf) {
+                    // recv region starts at buf; rank r's slot is where our input must be.
+                    char* base = static_cast<char*>(buf);
+                    return ncclAllGather(base + rank_ * in, base, send.size(), ncclFloat64, comm_,
+                                         stream_);
+                  },
+                  /*input_offset=*/rank_ * in);
+  }
+  absl::Status DoBroadcast(std::string& bytes, int root, absl::Time deadline) override {
+    uint64_t size = bytes.size();
+    EMBER_RETURN_IF_ERROR(Staged(&size, 8, &size, 8, deadline, [&](void* buf) {
+      return ncclBroadcast(buf, buf, 8, ncclChar, root, comm_, stream_);
+    }));
+    bytes.resize(size);
+    if (size == 0) return absl::OkStatus();
+    return Staged(bytes.data(), size, bytes.data(), size, deadline, [&](void* buf) {
+      return ncclBroadcast(buf, buf, size, ncclChar, root, comm_, stream_);
+    });
+  }
+  absl::Status DoBarrier(absl::Time deadline) override {
+    float one = 1;
+    return DoAllReduce(absl::MakeSpan(&one, 1), ReduceOp::kSum, deadline);
+  }
+
+ private:
+  NcclCommunicator() = default;
+
+  // Waits until the communicator has no operation in progress, or aborts it at the deadline.
+  absl::Status WaitComm(const char* what, absl::Time deadline) {
+    while (true) {
+      ncclResult_t state;
+      ncclResult_t r = ncclCommGetAsyncError(comm_, &state);
+      if (r != ncclSuccess) return NcclError(what, r);
+      if (state == ncclSuccess) return absl::OkStatus();
+      if (state != ncclInProgress) return NcclError(what, state);
+      if (absl::Now() > deadline) {
+        ncclCommAbort(comm_);
+        comm_ = nullptr;
+        return absl::DeadlineExceededError(
+            absl::StrCat(what, ": not every rank joined before the deadline; NCCL communicator aborted"));
+      }
+      std::this_thread::yield();
+    }
+  }
+
+  // Copies `in` to the device (at input_offset), runs `op` on the device buffer, copies `out`
+  // back, polling the stream and NCCL's async error state against the deadline.
+  template <typename Op>
+  absl::Status Staged(const void* in, size_t in_bytes, void* out, size_t out_bytes,
+                      absl::Time deadline, Op op, size_t input_offset = 0) {
+    if (comm_ == nullptr) return absl::FailedPreconditionError("NCCL communicator was aborted");
+    const size_t need = std::max(in_bytes + input_offset, out_bytes);
+    if (need > capacity_) {
+      if (device_buffer_ != nullptr) cudaFree(device_buffer_);
+      cudaError_t e = cudaMalloc(&device_buffer_, need);
+      if (e != cudaSuccess) return CudaError("cudaMalloc", e);
+      capacity_ = need;
+    }
+    char* buf = static_cast<char*>(device_buffer_);
+    cudaError_t e = cudaMemcpyAsync(buf + input_offset, in, in_bytes, cudaMemcpyHostToDevice, stream_);
+    if (e != cudaSuccess) return CudaError("cudaMemcpyAsync", e);
+    ncclResult_t r = op(buf);
+    if (r != ncclSuccess && r != ncclInProgress) return NcclError("NCCL collective", r);
+    EMBER_RETURN_IF_ERROR(WaitComm("NCCL collective enqueue", deadline));
+    e = cudaMemcpyAsync(out, buf, out_bytes, cudaMemcpyDeviceToHost, stream_);
+    if (e != cudaSuccess) return CudaError("cudaMemcpyAsync", e);
+    while (true) {
+      e = cudaStreamQuery(stream_);
+      if (e == cudaSuccess) return absl::OkStatus();
+      if (e != cudaErrorNotReady) return CudaError("cudaStreamQuery", e);
+      ncclResult_t state;
+      if (ncclCommGetAsyncError(comm_, &state) == ncclSuccess && state != ncclSuccess &&
+          state != ncclInProgress) {
+        return NcclError("NCCL collective", state);
+      }
+      if (absl::Now() > deadline) {
+        ncclCommAbort(comm_);
+        comm_ = nullptr;
+        return absl::DeadlineExceededError(
+            "NCCL collective: not every rank joined before the deadline; NCCL communicator aborted");
+      }
+      std::this_thread::yield();
+    }
+  }
+
+  int rank_ = 0;
+  int world_size_ = 1;
+  int local_rank_ = 0;
+  int device_ = 0;
+  cudaStream_t stream_ = nullptr;
+  ncclComm_t comm_ = nullptr;
+  void* device_buffer_ = nullptr;
+  size_t capacity_ = 0;
+};
+
+}  // namespace
+
+bool NcclBuilt() { return true; }
+
+int CudaDeviceCount() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
+}
+
+absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(const NcclOptions& options) {
+  return NcclCommunicator::Create(options);
+}
+
+}  // namespace ember::dist

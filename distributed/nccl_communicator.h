@@ -1,0 +1,49 @@
+// File: distributed/nccl_communicator.h
+//
+// The NCCL backend: one CUDA device per local rank (device = local_rank % device count), a
+// communicator of its own on its own non-blocking CUDA stream. The ncclUniqueId of rank 0 reaches
+// the other ranks through a bootstrap Communicator (MPI), a TCP rendezvous at MASTER_ADDR:PORT
+// (torchrun-style launches), or a file on a shared filesystem. The NCCL communicator is created
+// non-blocking; every operation is polled (cudaStreamQuery, ncclCommGetAsyncError) until it
+// completes or the deadline passes, and then ncclCommAbort() frees the GPU and the call returns
+// kDeadlineExceeded: a dead peer never hangs a rank.
+//
+// Host buffers (the per-event consensus values) are staged through a device buffer.
+//
+// Builds without NCCL (no nccl.h / libnccl.so under CUDA_HOME or /usr/local/cuda at build time)
+// keep this API: NcclBuilt() is false and CreateNcclCommunicator returns kUnimplemented with a
+// message that says so.
+#ifndef EMBER_DISTRIBUTED_NCCL_COMMUNICATOR_H_
+#define EMBER_DISTRIBUTED_NCCL_COMMUNICATOR_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "distributed/communicator.h"
+
+namespace ember::dist {
+
+struct NcclOptions {
+  int rank = 0;
+  int world_size = 1;
+  int local_rank = 0;
+  // How rank 0's ncclUniqueId reaches the others: the first that is set is used.
+  Communicator* bootstrap = nullptr;  // e.g. an MpiCommunicator (not owned)
+  std::string master_addr;            // TCP rendezvous (torchrun-style)
+  int master_port = 0;
+  std::string rendezvous_file;        // shared filesystem
+  absl::Duration init_timeout = absl::Seconds(300);
+};
+
+// True when this build has the NCCL backend.
+bool NcclBuilt();
+// CUDA devices visible to this process (0 without CUDA, without a driver, or without NCCL).
+int CudaDeviceCount();
+
+absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(const NcclOptions& options);
+
+}  // namespace ember::dist
+
+#endif  // EMBER_DISTRIBUTED_NCCL_COMMUNICATOR_H_

@@ -1,0 +1,24 @@
+// File: distributed/tcp_rendezvous.h
+//
+// ShareFromRank0: rank 0 listens on `port` and sends `payload` to each of the other
+// world_size - 1 ranks, which connect to `addr`:`port` (retrying until it listens). Used to hand
+// out NCCL's ncclUniqueId in torchrun-style launches (MASTER_ADDR, MASTER_PORT). Every step is
+// bounded by `deadline`. IPv4 and IPv6 host names or addresses. Thread-safe (no shared state).
+#ifndef EMBER_DISTRIBUTED_TCP_RENDEZVOUS_H_
+#define EMBER_DISTRIBUTED_TCP_RENDEZVOUS_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace ember::dist {
+
+// On rank 0 returns `payload` after every peer received it; elsewhere returns what rank 0 sent.
+absl::StatusOr<std::string> ShareFromRank0(int rank, int world_size, const std::string& addr,
+                                           int port, const std::string& payload,
+                                           absl::Time deadline);
+
+}  // namespace ember::dist
+
+#endif  // EMBER_DISTRIBUTED_TCP_RENDEZVOUS_H_
