@@ -24,21 +24,20 @@ const char* ReductionName(Reduction r) {
 }
 
 absl::Status Consensus::Reduce(absl::Span<const double> values, absl::Span<const Reduction> ops,
-                               absl::Span<double> reduced, absl::Time deadline) {
-  if (ops.size() != values.size() || reduced.size() != values.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("Consensus::Reduce: ", values.size(), " values, ",
-                                                   ops.size(), " reductions, ", reduced.size(),
-                                                   " outputs"));
-  }
+                               absl::Span<double> reduced, absl::Span<double> per_rank,
+                               absl::Time deadline) {
   const int world = comm_->world_size();
-  n_ = values.size();
-  if (gathered_.size() < n_ * static_cast<size_t>(world)) gathered_.resize(n_ * static_cast<size_t>(world));
-  absl::Span<double> recv(gathered_.data(), n_ * static_cast<size_t>(world));
-  if (absl::Status s = comm_->AllGather(values, recv, deadline); !s.ok()) return s;
-  for (size_t i = 0; i < n_; ++i) {
-    double acc = gathered_[i];
+  const size_t n = values.size();
+  if (ops.size() != n || reduced.size() != n || per_rank.size() != n * static_cast<size_t>(world)) {
+    return absl::InvalidArgumentError(absl::StrCat("Consensus::Reduce: ", n, " values, ",
+                                                   ops.size(), " reductions, ", reduced.size(),
+                                                   " outputs, ", per_rank.size(), " per-rank slots"));
+  }
+  if (absl::Status s = comm_->AllGather(values, per_rank, deadline); !s.ok()) return s;
+  for (size_t i = 0; i < n; ++i) {
+    double acc = per_rank[i];
     for (int r = 1; r < world; ++r) {
-      const double v = gathered_[static_cast<size_t>(r) * n_ + i];
+      const double v = per_rank[static_cast<size_t>(r) * n + i];
       switch (ops[i]) {
         case Reduction::kSum:
         case Reduction::kMean:

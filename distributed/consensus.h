@@ -10,13 +10,11 @@
 // available (to report WHICH ranks saw a NaN). For the few doubles of a firing the all-gather
 // costs what an all-reduce does (both latency-bound); see README, "Performance".
 //
-// Thread safety: as the Communicator (one thread). Reduce allocates only when n or the world
-// size grows (buffers are reused).
+// Thread safety: as the Communicator (one thread). Reduce does not allocate.
 #ifndef EMBER_DISTRIBUTED_CONSENSUS_H_
 #define EMBER_DISTRIBUTED_CONSENSUS_H_
 
 #include <cstdint>
-#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
@@ -41,18 +39,15 @@ class Consensus {
 
   Communicator* comm() const { return comm_; }
 
-  // Reduces values[i] with ops[i] across ranks into reduced[i]. MIN and MAX ignore NaN unless
+  // Reduces values[i] with ops[i] across ranks into reduced[i]; per_rank (world_size * n)
+  // receives every rank's values (rank r's value i at r * n + i). MIN and MAX ignore NaN unless
   // every rank proposed NaN; SUM and MEAN propagate it.
   absl::Status Reduce(absl::Span<const double> values, absl::Span<const Reduction> ops,
-                      absl::Span<double> reduced, absl::Time deadline);
-
-  // Every rank's values from the last Reduce: rank r's value i.
-  double rank_value(int rank, size_t i) const { return gathered_[rank * n_ + i]; }
+                      absl::Span<double> reduced, absl::Span<double> per_rank,
+                      absl::Time deadline);
 
  private:
   Communicator* comm_;
-  size_t n_ = 0;
-  std::vector<double> gathered_;
 };
 
 }  // namespace ember::dist

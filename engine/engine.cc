@@ -1,6 +1,7 @@
 #include "engine/engine.h"
 
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <stdexcept>
 #include <string>
@@ -9,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "base/clock.h"
 #include "base/status_error.h"
 
@@ -74,7 +76,9 @@ bool Engine::IsRegistered(Event event) const {
   return index < registered_custom_.size() && registered_custom_[index];
 }
 
-absl::StatusOr<HandlerHandle> Engine::Register(const EventList& events, const HandlerFn& fn) {
+absl::StatusOr<HandlerHandle> Engine::Register(const EventList& events, const HandlerFn& fn,
+                                               SynchronizedHandler* sync,
+                                               std::shared_ptr<void> owned) {
   if (events.specs().empty()) {
     return absl::InvalidArgumentError("a handler must be registered on at least one event");
   }
@@ -111,6 +115,8 @@ absl::StatusOr<HandlerHandle> Engine::Register(const EventList& events, const Ha
     entry->id = next_handler_id_++;
     entry->filter = std::move(filters[i]);
     entry->fn = fn;
+    entry->sync = sync;
+    entry->owned = owned;
     handle.ids_.push_back(entry->id);
     handlers_[events.specs()[i].event().id()].push_back(std::move(entry));
   }
@@ -181,12 +187,103 @@ void Engine::FireHandlers(Event event) {
     }
   } guard{this};
   // Index loop: handlers added while firing run too (as in ignite); entries are heap-allocated
-  // so that a running handler is never moved.
+  // so that a running handler is never moved. Synchronized handlers propose here and decide
+  // after one collective at the end of the firing.
+  const size_t first_handler = pending_.size();
+  const size_t first_value = proposals_.size();
   for (size_t i = 0; i < list.size(); ++i) {
     HandlerEntry* entry = list[i].get();
     if (entry->removed) continue;
     if (!entry->filter.is_trivial() && !entry->filter.Matches(*this, value)) continue;
-    entry->fn(*this);
+    if (entry->sync == nullptr) {
+      entry->fn(*this);
+      continue;
+    }
+    const size_t n = entry->sync->num_values();
+    const size_t offset = proposals_.size();
+    proposals_.resize(offset + n, 0.0);
+    for (size_t k = 0; k < n; ++k) reductions_.push_back(entry->sync->reduction(k));
+    pending_.push_back(entry);
+    pending_offsets_.push_back(offset);
+    ThrowIfError(entry->sync->Propose(*this, absl::MakeSpan(proposals_.data() + offset, n)));
+  }
+  if (pending_.size() > first_handler) Agree(event, first_handler, first_value);
+}
+
+void Engine::Agree(Event event, size_t first_handler, size_t first_value) {
+  // Pops this firing's proposals off the shared buffers however it ends.
+  struct Pop {
+    Engine* e;
+    size_t handlers, values;
+    ~Pop() {
+      e->pending_.resize(handlers);
+      e->pending_offsets_.resize(handlers);
+      e->proposals_.resize(values);
+      e->reductions_.resize(values);
+    }
+  } pop{this, first_handler, first_value};
+  const size_t n = proposals_.size() - first_value;
+  const int world = consensus_.comm()->world_size();
+  // Each firing gets its own slice of reduced_/per_rank_ (a nested firing uses the next one).
+  const size_t reduced_at = reduced_.size();
+  const size_t per_rank_at = per_rank_.size();
+  reduced_.resize(reduced_at + n);
+  per_rank_.resize(per_rank_at + n * static_cast<size_t>(world));
+  struct PopResults {
+    Engine* e;
+    size_t reduced, per_rank;
+    ~PopResults() {
+      e->reduced_.resize(reduced);
+      e->per_rank_.resize(per_rank);
+    }
+  } pop_results{this, reduced_at, per_rank_at};
+  ++agreements_;
+  absl::Status s = consensus_.Reduce(
+      absl::MakeConstSpan(proposals_.data() + first_value, n),
+      absl::MakeConstSpan(reductions_.data() + first_value, n),
+      absl::MakeSpan(reduced_.data() + reduced_at, n),
+      absl::MakeSpan(per_rank_.data() + per_rank_at, n * static_cast<size_t>(world)),
+      absl::Now() + collective_timeout_);
+  if (!s.ok()) {
+    throw StatusError(absl::Status(
+        s.code(), absl::StrCat("agreement of ", n, " value(s) from ", pending_.size() - first_handler,
+                               " synchronized handler(s) at ", event.name(), " failed on rank ",
+                               consensus_.comm()->rank(), " of ", world, ": ", s.message())));
+  }
+  absl::Span<const double> reduced(reduced_.data() + reduced_at, n);
+  absl::Span<const double> per_rank(per_rank_.data() + per_rank_at, n * static_cast<size_t>(world));
+  for (size_t h = first_handler; h < pending_.size(); ++h) {
+    const size_t offset = pending_offsets_[h] - first_value;
+    const size_t count = pending_[h]->sync->num_values();
+    Agreement agreement(reduced.subspan(offset, count), per_rank, offset, n, world);
+    ThrowIfError(pending_[h]->sync->Decide(*this, agreement));
+  }
+  if (verify_agreement_) {
+    // A digest of what every rank now holds: the reduced values and the run's decisions.
+    uint64_t digest = 1469598103934665603ull;
+    auto mix = [&digest](uint64_t v) { digest = (digest ^ v) * 1099511628211ull; };
+    mix(event.id());
+    mix(static_cast<uint64_t>(state_.iteration));
+    mix(static_cast<uint64_t>(state_.epoch));
+    for (double v : reduced) {
+      uint64_t bits;
+      std::memcpy(&bits, &v, sizeof(bits));
+      mix(bits);
+    }
+    mix(should_terminate_ ? 1 : 0);
+    mix(static_cast<uint64_t>(epoch_termination_));
+    double mine;
+    std::memcpy(&mine, &digest, sizeof(mine));
+    std::vector<double> all(static_cast<size_t>(world));
+    ThrowIfError(consensus_.comm()->AllGather(absl::MakeConstSpan(&mine, 1), absl::MakeSpan(all),
+                                              absl::Now() + collective_timeout_));
+    for (int r = 0; r < world; ++r) {
+      if (std::memcmp(&all[static_cast<size_t>(r)], &mine, sizeof(mine)) != 0) {
+        throw StatusError(absl::InternalError(absl::StrCat(
+            "ranks diverged at ", event.name(), ": rank ", r, "'s decisions differ from rank ",
+            consensus_.comm()->rank(), "'s")));
+      }
+    }
   }
 }
 

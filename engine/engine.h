@@ -28,6 +28,11 @@
 // leaves it empty); returning a non-OK absl::Status or absl::StatusOr, or throwing, raises an
 // exception inside the run (EXCEPTION_RAISED handlers see it; without one, Run returns it).
 //
+// Distributed runs: set_communicator() gives the engine the job's Communicator (default: a
+// single-process one, the same code path). SynchronizedHandlers (synchronized_handler.h) due at
+// one firing are agreed on in one collective with a deadline (set_collective_timeout); a failed
+// or timed-out collective fails the run with an error naming the event and iteration.
+//
 // Handlers are callables taking (Engine&) or (), returning void or absl::Status (non-OK is
 // raised like an exception). EXCEPTION_RAISED handlers may take (Engine&, std::exception_ptr).
 // A copyable handler is copied; a non-copyable lvalue (a handler object the caller owns, such
@@ -51,10 +56,15 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "base/status_error.h"
+#include "distributed/communicator.h"
+#include "distributed/consensus.h"
+#include "distributed/single_process_communicator.h"
 #include "engine/events.h"
 #include "engine/state.h"
 #include "engine/state_dict.h"
+#include "engine/synchronized_handler.h"
 
 namespace ember {
 
@@ -172,6 +182,21 @@ class Engine {
   }
   const std::vector<std::string>& state_dict_user_keys() const { return user_keys_; }
 
+  // ---- Distributed -----------------------------------------------------------------------
+  // The communicator that synchronized handlers agree through (not owned; null restores the
+  // built-in single-process one). Set it before Run.
+  void set_communicator(dist::Communicator* comm) {
+    consensus_ = dist::Consensus(comm != nullptr ? comm : &single_process_);
+  }
+  dist::Communicator& communicator() const { return *consensus_.comm(); }
+  // How long one agreement may wait for the other ranks (default 300 s).
+  void set_collective_timeout(absl::Duration timeout) { collective_timeout_ = timeout; }
+  // Debug: after each agreement, all-gather a digest of every rank's resulting decisions and
+  // fail if any rank differs (one more collective per synchronized firing).
+  void set_verify_agreement(bool verify) { verify_agreement_ = verify; }
+  // Number of agreements (collectives issued for synchronized handlers) so far.
+  int64_t agreements() const { return agreements_; }
+
   // Where warnings go (a one-shot stream that ran dry, ...). Default: stderr.
   void set_warning_handler(std::function<void(const std::string&)> handler) {
     warning_handler_ = std::move(handler);
@@ -184,7 +209,9 @@ class Engine {
   struct HandlerEntry {
     uint64_t id;
     EventFilter filter;
-    HandlerFn fn;
+    HandlerFn fn;                          // plain handlers
+    SynchronizedHandler* sync = nullptr;   // synchronized handlers
+    std::shared_ptr<void> owned;           // keeps an owned synchronized handler alive
     bool removed = false;
   };
 
@@ -226,7 +253,12 @@ class Engine {
   }
   void RaiseTermination(bool in_epoch_body);
 
-  absl::StatusOr<HandlerHandle> Register(const EventList& events, const HandlerFn& fn);
+  absl::StatusOr<HandlerHandle> Register(const EventList& events, const HandlerFn& fn,
+                                         SynchronizedHandler* sync = nullptr,
+                                         std::shared_ptr<void> owned = nullptr);
+  // Reduces the proposals of the synchronized handlers collected since `first` in one
+  // collective and lets each decide.
+  void Agree(Event event, size_t first_handler, size_t first_value);
   bool RemoveHandlers(const std::vector<uint64_t>& ids);
   void Compact();
 
@@ -266,6 +298,19 @@ class Engine {
 
   std::vector<std::string> user_keys_;
   std::function<void(const std::string&)> warning_handler_;
+
+  // Distributed agreement (buffers are reused; nested firings use them as a stack).
+  dist::SingleProcessCommunicator single_process_;
+  dist::Consensus consensus_{&single_process_};
+  absl::Duration collective_timeout_ = absl::Seconds(300);
+  bool verify_agreement_ = false;
+  int64_t agreements_ = 0;
+  std::vector<HandlerEntry*> pending_;
+  std::vector<size_t> pending_offsets_;
+  std::vector<double> proposals_;
+  std::vector<dist::Reduction> reductions_;
+  std::vector<double> reduced_;
+  std::vector<double> per_rank_;
 };
 
 // ---- Implementation details (templates) --------------------------------------------------
@@ -425,7 +470,24 @@ absl::StatusOr<HandlerHandle> Engine::AddEventHandler(const EventList& events, H
   using D = std::remove_cvref_t<H>;
   if constexpr (engine_internal::IsStatusOr<D>::value) {
     if (!handler.ok()) return handler.status();
-    return Register(events, MakeHandlerFn(std::move(*handler)));
+    return AddEventHandler(events, std::move(*handler));
+  } else if constexpr (engine_internal::IsOwnedHandler<D>::value) {
+    using T = typename D::element_type;
+    if constexpr (std::is_base_of_v<SynchronizedHandler, T>) {
+      std::shared_ptr<T> owned(std::move(handler));
+      SynchronizedHandler* sync = owned.get();
+      return Register(events, nullptr, sync, std::move(owned));
+    } else {
+      return Register(events, MakeHandlerFn(std::forward<H>(handler)));
+    }
+  } else if constexpr (std::is_base_of_v<SynchronizedHandler, D>) {
+    if constexpr (std::is_lvalue_reference_v<H>) {
+      return Register(events, nullptr, &handler);  // referenced: must outlive its registration
+    } else {
+      auto owned = std::make_shared<D>(std::forward<H>(handler));
+      SynchronizedHandler* sync = owned.get();
+      return Register(events, nullptr, sync, std::move(owned));
+    }
   } else {
     return Register(events, MakeHandlerFn(std::forward<H>(handler)));
   }
