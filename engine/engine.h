@@ -386,6 +386,8 @@ void Engine::StoreOutput(Engine& engine, R&& result) {
     if (!result.ok()) throw StatusError(result.status());
     using V = std::remove_cvref_t<decltype(*result)>;
     engine.state_.output.template emplace<V>(*std::forward<R>(result));
+  } else if constexpr (std::is_same_v<T, std::any>) {
+    engine.state_.output = std::forward<R>(result);  // a step that returns std::any
   } else {
     engine.state_.output.template emplace<T>(std::forward<R>(result));
   }
