@@ -1,0 +1,205 @@
+#include "base/testing/fault_injection_file_system.h"
+
+#include <unistd.h>
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+
+namespace ember::testing {
+namespace {
+
+class FaultFile final : public WritableFile {
+ public:
+  FaultFile(FaultInjectionFileSystem* fs, std::unique_ptr<WritableFile> base)
+      : fs_(fs), base_(std::move(base)) {}
+  absl::Status Append(const void* data, size_t size) override {
+    if (absl::Status s = fs_->Mutate("append " + path()); !s.ok()) return s;
+    absl::Status s = base_->Append(data, size);
+    if (s.ok()) fs_->Appended(path(), size);
+    return s;
+  }
+  absl::Status Sync() override {
+    if (absl::Status s = fs_->Mutate("fsync " + path()); !s.ok()) return s;
+    absl::Status s = base_->Sync();
+    if (s.ok()) fs_->Synced(path());
+    return s;
+  }
+  absl::Status Close() override {
+    if (absl::Status s = fs_->Mutate("close " + path()); !s.ok()) {
+      (void)base_->Close();
+      return s;
+    }
+    return base_->Close();
+  }
+  const std::string& path() const override { return base_->path(); }
+
+ private:
+  FaultInjectionFileSystem* fs_;
+  std::unique_ptr<WritableFile> base_;
+};
+
+}  // namespace
+
+void FaultInjectionFileSystem::FailOp(int n, absl::Status error) {
+  std::lock_guard<std::mutex> lock(mu_);
+  fail_at_ = ops_ + n;
+  fail_from_ = false;
+  error_ = std::move(error);
+}
+
+void FaultInjectionFileSystem::FailFrom(int n, absl::Status error) {
+  std::lock_guard<std::mutex> lock(mu_);
+  fail_at_ = ops_ + n;
+  fail_from_ = true;
+  error_ = std::move(error);
+}
+
+void FaultInjectionFileSystem::ClearFaults() {
+  std::lock_guard<std::mutex> lock(mu_);
+  fail_at_.reset();
+}
+
+int FaultInjectionFileSystem::ops() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return ops_;
+}
+
+std::vector<std::string> FaultInjectionFileSystem::log() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return log_;
+}
+
+absl::Status FaultInjectionFileSystem::Mutate(const std::string& what) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int n = ops_++;
+  log_.push_back(what);
+  if (fail_at_ && (n == *fail_at_ || (fail_from_ && n > *fail_at_))) {
+    log_.back() += " [FAILED]";
+    return absl::Status(error_.code(), absl::StrCat(what, ": ", error_.message()));
+  }
+  return absl::OkStatus();
+}
+
+void FaultInjectionFileSystem::Appended(const std::string& path, size_t size) {
+  std::lock_guard<std::mutex> lock(mu_);
+  files_[path].size += size;
+}
+
+void FaultInjectionFileSystem::Synced(const std::string& path) {
+  std::lock_guard<std::mutex> lock(mu_);
+  files_[path].synced = files_[path].size;
+}
+
+absl::StatusOr<std::unique_ptr<WritableFile>> FaultInjectionFileSystem::NewWritableFile(
+    const std::string& path) {
+  if (absl::Status s = Mutate("create " + path); !s.ok()) return s;
+  const bool existed = target()->Exists(path);
+  std::optional<std::string> old;
+  if (existed) {
+    absl::StatusOr<std::string> content = target()->ReadFile(path);
+    if (content.ok()) old = *content;
+  }
+  absl::StatusOr<std::unique_ptr<WritableFile>> file = target()->NewWritableFile(path);
+  if (!file.ok()) return file.status();
+  std::lock_guard<std::mutex> lock(mu_);
+  files_[path] = FileState{};
+  if (!existed) {
+    journal_[DirName(path)].push_back({DirOp::kCreate, path, "", std::nullopt});
+  }
+  return std::unique_ptr<WritableFile>(new FaultFile(this, *std::move(file)));
+}
+
+absl::Status FaultInjectionFileSystem::Rename(const std::string& from, const std::string& to) {
+  if (absl::Status s = Mutate(absl::StrCat("rename ", from, " -> ", to)); !s.ok()) return s;
+  std::optional<std::string> replaced;
+  if (target()->Exists(to)) {
+    absl::StatusOr<std::string> content = target()->ReadFile(to);
+    if (content.ok()) replaced = *content;
+  }
+  if (absl::Status s = target()->Rename(from, to); !s.ok()) return s;
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = files_.find(from);
+  if (it != files_.end()) {
+    files_[to] = it->second;
+    files_.erase(from);
+  } else {
+    files_.erase(to);
+  }
+  journal_[DirName(to)].push_back({DirOp::kRename, from, to, replaced});
+  return absl::OkStatus();
+}
+
+absl::Status FaultInjectionFileSystem::RemoveFile(const std::string& path) {
+  if (absl::Status s = Mutate("remove " + path); !s.ok()) return s;
+  std::optional<std::string> content;
+  absl::StatusOr<std::string> c = target()->ReadFile(path);
+  if (c.ok()) content = *c;
+  if (absl::Status s = target()->RemoveFile(path); !s.ok()) return s;
+  std::lock_guard<std::mutex> lock(mu_);
+  files_.erase(path);
+  journal_[DirName(path)].push_back({DirOp::kRemove, path, "", content});
+  return absl::OkStatus();
+}
+
+absl::Status FaultInjectionFileSystem::SyncDir(const std::string& dir) {
+  if (absl::Status s = Mutate("fsync " + dir + "/"); !s.ok()) return s;
+  if (absl::Status s = target()->SyncDir(dir); !s.ok()) return s;
+  std::lock_guard<std::mutex> lock(mu_);
+  journal_.erase(dir);
+  return absl::OkStatus();
+}
+
+absl::Status FaultInjectionFileSystem::CreateDirs(const std::string& dir) {
+  if (absl::Status s = Mutate("mkdir " + dir); !s.ok()) return s;
+  return target()->CreateDirs(dir);
+}
+
+absl::Status FaultInjectionFileSystem::Chmod(const std::string& path, unsigned mode) {
+  if (absl::Status s = Mutate("chmod " + path); !s.ok()) return s;
+  return target()->Chmod(path, mode);
+}
+
+absl::Status FaultInjectionFileSystem::SimulateCrash() {
+  std::lock_guard<std::mutex> lock(mu_);
+  // 1. File data after the last fsync is lost.
+  for (const auto& [path, state] : files_) {
+    if (!target()->Exists(path)) continue;
+    if (::truncate(path.c_str(), static_cast<off_t>(state.synced)) != 0) {
+      return ErrnoStatus(errno, "truncate", path);
+    }
+  }
+  files_.clear();
+  // 2. Directory entries changed after the directory's last fsync are undone, newest first.
+  auto write = [&](const std::string& path, const std::string& content) -> absl::Status {
+    absl::StatusOr<std::unique_ptr<WritableFile>> f = target()->NewWritableFile(path);
+    if (!f.ok()) return f.status();
+    if (absl::Status s = (*f)->Append(content.data(), content.size()); !s.ok()) return s;
+    return (*f)->Close();
+  };
+  for (auto& [dir, ops] : journal_) {
+    for (auto it = ops.rbegin(); it != ops.rend(); ++it) {
+      switch (it->kind) {
+        case DirOp::kCreate:
+          (void)target()->RemoveFile(it->a);
+          break;
+        case DirOp::kRename:
+          if (target()->Exists(it->b)) (void)target()->Rename(it->b, it->a);
+          if (it->saved) {
+            if (absl::Status s = write(it->b, *it->saved); !s.ok()) return s;
+          }
+          break;
+        case DirOp::kRemove:
+          if (it->saved) {
+            if (absl::Status s = write(it->a, *it->saved); !s.ok()) return s;
+          }
+          break;
+      }
+    }
+  }
+  journal_.clear();
+  log_.push_back("CRASH");
+  return absl::OkStatus();
+}
+
+}  // namespace ember::testing

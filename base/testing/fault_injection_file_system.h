@@ -1,0 +1,79 @@
+// File: base/testing/fault_injection_file_system.h
+//
+// FaultInjectionFileSystem: a FileSystem over a real one (files really are written, in a test's
+// temporary directory) that can
+//   - fail the n-th mutating operation from now (create, append, fsync, close, chmod, rename,
+//     remove, fsync of a directory, mkdir) with a given error (ENOSPC, EIO, ...);
+//   - SimulateCrash(): drop everything that was not made durable, as a power loss would: file
+//     data appended after the file's last fsync, and directory entries (creations, renames,
+//     removals) made after the directory's last fsync (as leveldb's fault_injection_test does).
+// It logs every mutating operation ("rename a -> b"), so tests can check the protocol's order.
+//
+// Thread-safe (one mutex), so an asynchronous writer can use it.
+#ifndef EMBER_BASE_TESTING_FAULT_INJECTION_FILE_SYSTEM_H_
+#define EMBER_BASE_TESTING_FAULT_INJECTION_FILE_SYSTEM_H_
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "base/file_system.h"
+
+namespace ember::testing {
+
+class FaultInjectionFileSystem final : public FileSystemWrapper {
+ public:
+  explicit FaultInjectionFileSystem(FileSystem* base = FileSystem::Default())
+      : FileSystemWrapper(base) {}
+
+  // The `n`-th mutating operation from now (0 = the next one) fails with `error`; only that one.
+  void FailOp(int n, absl::Status error);
+  // Every mutating operation from the `n`-th on fails with `error` (a full disk stays full).
+  void FailFrom(int n, absl::Status error);
+  void ClearFaults();
+  // Mutating operations performed (or attempted) so far, and their log.
+  int ops() const;
+  std::vector<std::string> log() const;
+  // Drops what a power loss would drop (see the header comment); then everything is durable.
+  absl::Status SimulateCrash();
+
+  absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path) override;
+  absl::Status Rename(const std::string& from, const std::string& to) override;
+  absl::Status RemoveFile(const std::string& path) override;
+  absl::Status SyncDir(const std::string& dir) override;
+  absl::Status CreateDirs(const std::string& dir) override;
+  absl::Status Chmod(const std::string& path, unsigned mode) override;
+
+  // Used by the files it hands out.
+  absl::Status Mutate(const std::string& what);
+  void Appended(const std::string& path, size_t size);
+  void Synced(const std::string& path);
+
+ private:
+  struct FileState {
+    size_t size = 0;
+    size_t synced = 0;
+  };
+  struct DirOp {
+    enum Kind { kCreate, kRename, kRemove } kind;
+    std::string a, b;                   // path (create/remove), from/to (rename)
+    std::optional<std::string> saved;   // content replaced or removed
+  };
+
+  mutable std::mutex mu_;
+  int ops_ = 0;
+  std::vector<std::string> log_;
+  std::optional<int> fail_at_;
+  bool fail_from_ = false;
+  absl::Status error_;
+  std::map<std::string, FileState> files_;        // files written through us
+  std::map<std::string, std::vector<DirOp>> journal_;  // by directory, since its last fsync
+};
+
+}  // namespace ember::testing
+
+#endif  // EMBER_BASE_TESTING_FAULT_INJECTION_FILE_SYSTEM_H_
