@@ -1181,7 +1181,8 @@ class ZipWriter {
 
 namespace serialization_internal {
 
-absl::Status WriteTorchSaveImpl(const Value& value, const ByteSink& sink, bool force_zip64) {
+absl::Status WriteTorchSaveImpl(const Value& value, const ByteSink& sink, bool force_zip64,
+                                const ExtraRecords& extra_records) {
   PickleWriter pickler;
   EMBER_RETURN_IF_ERROR(pickler.Write(value));
   ZipWriter zip(sink, force_zip64);
@@ -1195,6 +1196,12 @@ absl::Status WriteTorchSaveImpl(const Value& value, const ByteSink& sink, bool f
   for (const PickleWriter::StorageRecord& s : pickler.storages()) {
     EMBER_RETURN_IF_ERROR(record(absl::StrCat("data/", s.key), s.data, s.nbytes));
   }
+  for (const auto& [name, bytes] : extra_records) {
+    if (name == kChecksumRecord || name == "data.pkl" || name == "version" || name.rfind("data/", 0) == 0) {
+      return absl::InvalidArgumentError(absl::StrCat("extra record name '", name, "' is reserved"));
+    }
+    EMBER_RETURN_IF_ERROR(record(name, bytes.data(), bytes.size()));
+  }
   const std::string version = "3\n";  // caffe2 kMinProducedFileFormatVersion, as torch.save
   EMBER_RETURN_IF_ERROR(zip.Record("version", version.data(), version.size()).status());
   EMBER_RETURN_IF_ERROR(zip.Record(kChecksumRecord, checksum.data(), checksum.size()).status());
@@ -1203,8 +1210,10 @@ absl::Status WriteTorchSaveImpl(const Value& value, const ByteSink& sink, bool f
 
 }  // namespace serialization_internal
 
-absl::Status WriteTorchSave(const Value& value, const ByteSink& sink) {
-  return serialization_internal::WriteTorchSaveImpl(value, sink, /*force_zip64=*/false);
+absl::Status WriteTorchSave(const Value& value, const ByteSink& sink,
+                            const ExtraRecords& extra_records) {
+  return serialization_internal::WriteTorchSaveImpl(value, sink, /*force_zip64=*/false,
+                                                    extra_records);
 }
 
 absl::StatusOr<std::string> SerializeTorchSave(const Value& value) {
@@ -1247,6 +1256,21 @@ absl::StatusOr<Value> ReadTorchSaveFile(const std::string& path) {
   try {
     caffe2::serialize::PyTorchStreamReader reader(path);
     return ReadArchive(reader, path);
+  } catch (const c10::Error& e) {
+    return absl::DataLossError(
+        absl::StrCat(path, ": unreadable torch.save archive (truncated or corrupted?): ", CppError(e)));
+  }
+}
+
+absl::StatusOr<std::string> ReadTorchSaveRecord(const std::string& path, const std::string& record) {
+  EMBER_RETURN_IF_ERROR(CheckFileMagic(path));
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(path);
+    if (!reader.hasRecord(record)) {
+      return absl::NotFoundError(absl::StrCat(path, ": no record '", record, "'"));
+    }
+    auto [ptr, size] = reader.getRecord(record);
+    return std::string(static_cast<const char*>(ptr.get()), size);
   } catch (const c10::Error& e) {
     return absl::DataLossError(
         absl::StrCat(path, ": unreadable torch.save archive (truncated or corrupted?): ", CppError(e)));

@@ -34,6 +34,8 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -47,8 +49,16 @@ inline constexpr int kEmberCheckpointFormatVersion = 1;
 // Receives the archive's bytes in order. A non-OK status aborts the write and is returned.
 using ByteSink = std::function<absl::Status(const void* data, size_t size)>;
 
+// Extra records stored beside the pickle (Python ignores them; the checksum covers them).
+using ExtraRecords = std::vector<std::pair<std::string, std::string>>;
+
 // Writes `value` in torch.save's zip format to `sink`. Tensors may live on any device.
-absl::Status WriteTorchSave(const Value& value, const ByteSink& sink);
+absl::Status WriteTorchSave(const Value& value, const ByteSink& sink,
+                            const ExtraRecords& extra_records = {});
+
+// Reads one record of an archive (e.g. an extra record) without unpickling or verifying the
+// other records (cheap: for listing checkpoints); NotFound if absent.
+absl::StatusOr<std::string> ReadTorchSaveRecord(const std::string& path, const std::string& record);
 
 // The same, into memory.
 absl::StatusOr<std::string> SerializeTorchSave(const Value& value);
@@ -71,7 +81,8 @@ absl::StatusOr<ArchiveCheck> VerifyTorchSaveFile(const std::string& path);
 namespace serialization_internal {
 // WriteTorchSave with zip64 records forced on (as for records or archives over 4 GiB), so that
 // tests can check that readers accept the zip64 layout without writing 4 GiB.
-absl::Status WriteTorchSaveImpl(const Value& value, const ByteSink& sink, bool force_zip64);
+absl::Status WriteTorchSaveImpl(const Value& value, const ByteSink& sink, bool force_zip64,
+                                const ExtraRecords& extra_records = {});
 }  // namespace serialization_internal
 
 }  // namespace ember

@@ -1,0 +1,595 @@
+#include "handlers/checkpoint.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "base/status_macros.h"
+#include "distributed/root_action.h"
+#include "handlers/torch_serialization.h"
+
+namespace ember {
+namespace {
+
+// Ascending priority; NaN below every number (Ember: a NaN score can always be replaced).
+bool PriorityLess(double a, double b) {
+  if (std::isnan(a)) return !std::isnan(b);
+  if (std::isnan(b)) return false;
+  return a < b;
+}
+
+void SortSaved(std::vector<Checkpoint::Item>& saved) {
+  std::stable_sort(saved.begin(), saved.end(), [](const Checkpoint::Item& x, const Checkpoint::Item& y) {
+    return PriorityLess(x.priority, y.priority);
+  });
+}
+
+Value CloneTensors(const Value& v) {
+  switch (v.kind()) {
+    case Value::Kind::kTensor:
+      return Value(v.as_tensor().detach().clone());
+    case Value::Kind::kList:
+    case Value::Kind::kTuple: {
+      std::vector<Value> items;
+      for (const Value& item : v.items()) items.push_back(CloneTensors(item));
+      return v.is_list() ? Value::List(std::move(items)) : Value::Tuple(std::move(items));
+    }
+    case Value::Kind::kDict: {
+      Value d = Value::Dict(v.ordered());
+      for (size_t i = 0; i < v.size(); ++i) d.Set(v.keys()[i], CloneTensors(v.values()[i]));
+      return d;
+    }
+    default:
+      return v;
+  }
+}
+
+// Formats a str.format-style pattern with the given fields ("None" for missing ones).
+absl::StatusOr<std::string> FormatPattern(const std::string& pattern,
+                                          const std::map<std::string, std::optional<std::string>>& fields) {
+  std::string out;
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    char c = pattern[i];
+    if (c == '{' && i + 1 < pattern.size() && pattern[i + 1] == '{') {
+      out += '{';
+      ++i;
+      continue;
+    }
+    if (c == '}' && i + 1 < pattern.size() && pattern[i + 1] == '}') {
+      out += '}';
+      ++i;
+      continue;
+    }
+    if (c != '{') {
+      out += c;
+      continue;
+    }
+    size_t end = pattern.find('}', i);
+    if (end == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("filename_pattern '", pattern, "': unmatched '{'"));
+    }
+    const std::string field = pattern.substr(i + 1, end - i - 1);
+    auto it = fields.find(field);
+    if (it == fields.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "filename_pattern '", pattern, "': unknown field '{", field,
+          "}'; allowed: {filename_prefix}, {name}, {global_step}, {score_name}, {score}, {ext}"));
+    }
+    out += it->second.value_or("None");
+    i = end;
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string FormatScore(const Score& score) {
+  switch (score.kind) {
+    case Score::Kind::kBool:
+      return score.value != 0 ? "True" : "False";
+    case Score::Kind::kInt:
+      if (std::isfinite(score.value) && score.value == std::floor(score.value)) {
+        return absl::StrFormat("%.0f", score.value);
+      }
+      break;
+    case Score::Kind::kFloat:
+      break;
+  }
+  if (std::isnan(score.value)) return "nan";
+  if (std::isinf(score.value)) return score.value > 0 ? "inf" : "-inf";
+  return absl::StrFormat("%.4f", score.value);
+}
+
+// ---- Saveable --------------------------------------------------------------------------
+
+Saveable::Saveable(torch::nn::Module& module)
+    : get_([&module]() -> absl::StatusOr<Value> { return ModuleStateDict(module); }),
+      set_([&module](const Value& v, bool strict) { return LoadModuleStateDict(module, v, strict); }) {}
+
+Saveable::Saveable(torch::optim::Optimizer& optimizer)
+    : get_([&optimizer]() { return OptimizerStateDict(optimizer); }),
+      set_([&optimizer](const Value& v, bool) { return LoadOptimizerStateDict(optimizer, v); }) {}
+
+Saveable::Saveable(Engine& engine)
+    : get_([&engine]() -> absl::StatusOr<Value> { return EngineStateDict(engine); }),
+      set_([&engine](const Value& v, bool) { return LoadEngineStateDict(engine, v); }) {}
+
+Saveable::Saveable(Stateful& stateful)
+    : get_([&stateful]() -> absl::StatusOr<Value> { return stateful.StateDict(); }),
+      set_([&stateful](const Value& v, bool) { return stateful.LoadStateDict(v); }) {}
+
+Saveable::Saveable(std::function<absl::StatusOr<Value>()> state_dict,
+                   std::function<absl::Status(const Value&, bool)> load)
+    : get_(std::move(state_dict)), set_(std::move(load)) {}
+
+// ---- Checkpoint ------------------------------------------------------------------------
+
+Event Checkpoint::SavedCheckpointEvent() { return Event::Custom("SAVED_CHECKPOINT"); }
+
+absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Create(ObjectMap to_save,
+                                                               std::shared_ptr<SaveHandler> save_handler,
+                                                               CheckpointOptions options) {
+  if (to_save.empty()) return absl::InvalidArgumentError("Checkpoint: no objects to checkpoint (to_save is empty)");
+  if (save_handler == nullptr) return absl::InvalidArgumentError("Checkpoint: save_handler is null");
+  if (options.n_saved && *options.n_saved < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Checkpoint: n_saved must be >= 1 (or unset to keep every checkpoint), got ", *options.n_saved));
+  }
+  if (options.keep_last < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("Checkpoint: keep_last must be >= 0, got ", options.keep_last));
+  }
+  if (options.save_on_rank < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("Checkpoint: save_on_rank must be >= 0, got ", options.save_on_rank));
+  }
+  if (options.score_reduction == dist::Reduction::kSum || options.score_reduction == dist::Reduction::kAnyNonZero) {
+    return absl::InvalidArgumentError(absl::StrCat("Checkpoint: score_reduction must be MEAN, MIN or MAX, got ",
+                                                   dist::ReductionName(options.score_reduction)));
+  }
+  for (size_t i = 0; i < to_save.size(); ++i) {
+    if (to_save[i].first.empty()) return absl::InvalidArgumentError("Checkpoint: an object has an empty name");
+    for (size_t j = 0; j < i; ++j) {
+      if (to_save[i].first == to_save[j].first) {
+        return absl::InvalidArgumentError(absl::StrCat("Checkpoint: two objects are named '", to_save[i].first, "'"));
+      }
+    }
+    if (options.include_self && to_save[i].first == "checkpointer") {
+      return absl::InvalidArgumentError(
+          "Checkpoint: with include_self, no object may be named 'checkpointer'");
+    }
+  }
+  std::unique_ptr<Checkpoint> c(new Checkpoint(std::move(to_save), std::move(save_handler), std::move(options)));
+  if (!c->options_.filename_pattern.empty()) {
+    // Validate the pattern now, not at the first save.
+    EMBER_RETURN_IF_ERROR(c->Filename(Score(0.5), int64_t{1}).status());
+  }
+  return c;
+}
+
+Checkpoint::Checkpoint(ObjectMap to_save, std::shared_ptr<SaveHandler> save_handler, CheckpointOptions options)
+    : to_save_(std::move(to_save)), save_handler_(std::move(save_handler)), options_(std::move(options)) {}
+
+Checkpoint::~Checkpoint() {
+  if (writer_.joinable()) {
+    writer_.join();
+    if (!writer_status_.ok()) {
+      std::fprintf(stderr, "[ember] Checkpoint: background save failed: %s\n", writer_status_.ToString().c_str());
+    }
+  }
+}
+
+absl::Status Checkpoint::Attach(Engine& engine, const EventList& events) {
+  EMBER_RETURN_IF_ERROR(engine.AddEventHandler(events, *this).status());
+  return engine.AddEventHandler(Events::Completed(), [this](Engine& e) { return Flush(e.communicator()); })
+      .status();
+}
+
+std::string Checkpoint::ObjectName() const { return to_save_.size() == 1 ? to_save_[0].first : "checkpoint"; }
+
+std::string Checkpoint::Basename() const {
+  return options_.filename_prefix.empty() ? ObjectName() : absl::StrCat(options_.filename_prefix, "_", ObjectName());
+}
+
+absl::StatusOr<std::string> Checkpoint::Filename(const std::optional<Score>& score,
+                                                 std::optional<int64_t> global_step) const {
+  const std::string score_text = score ? FormatScore(*score) : "";
+  if (!options_.filename_pattern.empty()) {
+    std::map<std::string, std::optional<std::string>> fields = {
+        {"filename_prefix", options_.filename_prefix},
+        {"name", ObjectName()},
+        {"ext", std::string("pt")},
+        {"score_name", options_.score_name.empty() ? std::nullopt : std::optional<std::string>(options_.score_name)},
+        {"score", score ? std::optional<std::string>(score_text) : std::nullopt},
+        {"global_step", global_step ? std::optional<std::string>(absl::StrCat(*global_step)) : std::nullopt},
+    };
+    return FormatPattern(options_.filename_pattern, fields);
+  }
+  std::string name = Basename();
+  if (global_step) absl::StrAppend(&name, "_", *global_step);
+  if (score) {
+    if (!options_.score_name.empty()) {
+      absl::StrAppend(&name, "_", options_.score_name, "=", score_text);
+    } else {
+      absl::StrAppend(&name, "_", score_text);
+    }
+  }
+  return absl::StrCat(name, ".pt");
+}
+
+absl::StatusOr<Value> Checkpoint::BuildCheckpoint() const {
+  Value checkpoint = Value::Dict();
+  for (const auto& [name, object] : to_save_) {
+    EMBER_ASSIGN_OR_RETURN(Value state, object.StateDict());
+    checkpoint.Set(name, std::move(state));
+  }
+  if (to_save_.size() == 1) {
+    Value single = checkpoint.values()[0];
+    if (options_.include_self && single.is_dict()) single.Set("checkpointer", StateDict());
+    return single;
+  }
+  if (options_.include_self) checkpoint.Set("checkpointer", StateDict());
+  return checkpoint;
+}
+
+bool Checkpoint::IsProtected(const std::string& filename) const {
+  return std::find(protected_.begin(), protected_.end(), filename) != protected_.end();
+}
+
+absl::Status Checkpoint::Propose(Engine& engine, absl::Span<double> values) {
+  if (options_.score_function) {
+    Score s = options_.score_function(engine);
+    local_kind_ = s.kind;
+    values[0] = s.value;
+  } else if (!options_.score_name.empty()) {
+    auto it = engine.state().metrics.find(options_.score_name);
+    if (it == engine.state().metrics.end()) {
+      return absl::NotFoundError(absl::StrCat("Checkpoint: metric '", options_.score_name,
+                                              "' is not in state().metrics of the engine it is attached to"));
+    }
+    local_kind_ = Score::Kind::kFloat;
+    values[0] = it->second;
+  } else {
+    values[0] = 0;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Checkpoint::RestoreFromHandler(dist::Communicator& comm) {
+  // The saving rank lists what is there; every rank adopts the same list.
+  std::string listing;
+  const absl::Time deadline = absl::Now() + options_.save_timeout;
+  absl::Status s = dist::RunOnRoot(comm, options_.save_on_rank, deadline, [&]() -> absl::Status {
+    EMBER_ASSIGN_OR_RETURN(auto files, save_handler_->List());
+    for (const auto& [filename, meta] : files) {
+      if (meta.basename != Basename()) continue;
+      absl::StrAppendFormat(&listing, "%s\t%.17g\t%d\n", filename, meta.priority, meta.save_index);
+    }
+    return absl::OkStatus();
+  });
+  EMBER_RETURN_IF_ERROR(s);
+  EMBER_RETURN_IF_ERROR(comm.Broadcast(listing, options_.save_on_rank, deadline));
+  for (absl::string_view line : absl::StrSplit(listing, '\n', absl::SkipEmpty())) {
+    std::vector<std::string> f = absl::StrSplit(line, '\t');
+    Item item{0, f[0], 0};
+    if (f.size() != 3 || !absl::SimpleAtoi(f[2], &item.save_index)) continue;
+    if (f[1] == "nan" || f[1] == "-nan") {
+      item.priority = std::nan("");
+    } else if (!absl::SimpleAtod(f[1], &item.priority)) {
+      continue;
+    }
+    bool known = false;
+    for (const Item& mine : saved_) known = known || mine.filename == item.filename;
+    if (!known) saved_.push_back(item);
+    next_index_ = std::max(next_index_, item.save_index + 1);
+  }
+  SortSaved(saved_);
+  return absl::OkStatus();
+}
+
+absl::Status Checkpoint::Flush(dist::Communicator& comm) {
+  if (!options_.async_save) return absl::OkStatus();
+  absl::Status outcome = dist::RunOnRoot(comm, options_.save_on_rank, absl::Now() + options_.save_timeout,
+                                         [&]() -> absl::Status {
+                                           if (writer_.joinable()) writer_.join();
+                                           absl::Status s = writer_status_;
+                                           writer_status_ = absl::OkStatus();
+                                           return s;
+                                         });
+  if (!outcome.ok()) {
+    // The background save failed: forget the file it was writing (on every rank).
+    for (const std::string& f : writer_files_) {
+      std::erase_if(saved_, [&](const Item& i) { return i.filename == f; });
+    }
+  }
+  writer_files_.clear();
+  return outcome;
+}
+
+absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
+  dist::Communicator& comm = engine.communicator();
+  if (options_.save_on_rank >= comm.world_size()) {
+    return absl::InvalidArgumentError(absl::StrCat("Checkpoint: save_on_rank ", options_.save_on_rank,
+                                                   " is not a rank of this job (world size ",
+                                                   comm.world_size(), ")"));
+  }
+  if (!restored_) {
+    restored_ = true;
+    EMBER_RETURN_IF_ERROR(RestoreFromHandler(comm));
+  }
+  EMBER_RETURN_IF_ERROR(Flush(comm));
+
+  std::optional<int64_t> global_step;
+  if (options_.global_step_transform) {
+    Event event = engine.last_event().value_or(Events::Completed());
+    global_step = options_.global_step_transform(engine, event);
+  }
+  std::optional<Score> score;
+  double priority;
+  if (has_score()) {
+    Score s(agreement.value(0));
+    s.kind = local_kind_;
+    score = s;
+    priority = s.value;
+  } else {
+    if (!global_step) global_step = engine.state().iteration;
+    priority = static_cast<double>(*global_step);
+  }
+
+  const bool keep_all = !options_.n_saved.has_value();
+  const size_t n_saved = keep_all ? 0 : static_cast<size_t>(*options_.n_saved);
+  // Priority-ranked entries only (the keep_last extras are tracked apart below).
+  const bool full = !keep_all && saved_.size() >= n_saved;
+  if (options_.keep_last == 0 && full && !saved_.empty()) {
+    const double lowest = saved_.front().priority;
+    const bool improves = !std::isnan(priority) &&
+                          (std::isnan(lowest) || priority > lowest ||
+                           (options_.greater_or_equal && priority == lowest));
+    if (!improves) return absl::OkStatus();
+  }
+
+  EMBER_ASSIGN_OR_RETURN(std::string filename, Filename(score, global_step));
+  std::vector<Item> next = saved_;
+  std::erase_if(next, [&](const Item& i) { return i.filename == filename; });  // replaced by rename
+  next.push_back(Item{priority, filename, next_index_});
+  SortSaved(next);
+  // Retention: the best n_saved by priority, plus the keep_last most recent.
+  std::vector<std::string> evicted;
+  if (!keep_all) {
+    std::vector<Item> by_recency = next;
+    std::sort(by_recency.begin(), by_recency.end(),
+              [](const Item& a, const Item& b) { return a.save_index > b.save_index; });
+    std::vector<std::string> keep;
+    for (size_t i = 0; i < next.size() && i < n_saved; ++i) keep.push_back(next[next.size() - 1 - i].filename);
+    for (size_t i = 0; i < by_recency.size() && i < static_cast<size_t>(options_.keep_last); ++i) {
+      keep.push_back(by_recency[i].filename);
+    }
+    std::vector<Item> kept;
+    for (const Item& item : next) {
+      if (std::find(keep.begin(), keep.end(), item.filename) != keep.end()) {
+        kept.push_back(item);
+      } else if (!IsProtected(item.filename)) {
+        evicted.push_back(item.filename);
+      }
+    }
+    next = std::move(kept);
+  }
+  // With include_self the file holds the list as it will be after this save (as ignite).
+  std::vector<Item> before = std::move(saved_);
+  saved_ = next;
+  absl::StatusOr<Value> checkpoint = BuildCheckpoint();
+  saved_ = std::move(before);
+  if (!checkpoint.ok()) return checkpoint.status();
+
+  CheckpointMetadata meta;
+  meta.basename = Basename();
+  meta.score_name = options_.score_name;
+  meta.priority = priority;
+  meta.save_index = next_index_;
+  meta.global_step = global_step;
+
+  auto save_then_remove = [this, filename, meta, evicted](const Value& ckpt) -> absl::Status {
+    // 1. The new checkpoint, durably. 2. Only then the ones it replaces.
+    EMBER_RETURN_IF_ERROR(save_handler_->Save(ckpt, filename, meta));
+    for (const std::string& old : evicted) {
+      if (absl::Status s = save_handler_->Remove(old); !s.ok()) {
+        std::fprintf(stderr, "[ember] Checkpoint: could not remove %s: %s\n",
+                     save_handler_->Location(old).c_str(), s.ToString().c_str());
+      }
+    }
+    return absl::OkStatus();
+  };
+  const absl::Time deadline = absl::Now() + options_.save_timeout;
+  if (options_.async_save) {
+    // The state is copied here, on the training thread; the write happens in the background.
+    absl::Status started = dist::RunOnRoot(comm, options_.save_on_rank, deadline, [&]() -> absl::Status {
+      Value copy = CloneTensors(*checkpoint);
+      writer_ = std::thread([this, copy = std::move(copy), save_then_remove]() {
+        writer_status_ = save_then_remove(copy);
+      });
+      return absl::OkStatus();
+    });
+    EMBER_RETURN_IF_ERROR(started);
+    writer_files_ = {filename};
+  } else {
+    absl::Status saved = dist::RunOnRoot(comm, options_.save_on_rank, deadline,
+                                         [&]() { return save_then_remove(*checkpoint); });
+    if (!saved.ok()) return saved;  // nothing recorded: saved_ still names only files that exist
+  }
+  saved_ = std::move(next);
+  ++next_index_;
+  engine.RegisterEvents({SavedCheckpointEvent()});
+  return engine.FireEvent(SavedCheckpointEvent());
+}
+
+std::optional<std::string> Checkpoint::last_checkpoint() const {
+  if (saved_.empty()) return std::nullopt;
+  return save_handler_->Location(saved_.back().filename);
+}
+
+std::optional<std::string> Checkpoint::latest_checkpoint() const {
+  if (saved_.empty()) return std::nullopt;
+  const Item* latest = &saved_[0];
+  for (const Item& i : saved_) {
+    if (i.save_index > latest->save_index) latest = &i;
+  }
+  return save_handler_->Location(latest->filename);
+}
+
+std::optional<double> Checkpoint::best_score() const {
+  if (saved_.empty() || !has_score()) return std::nullopt;
+  return saved_.back().priority;
+}
+
+void Checkpoint::Reset() {
+  // ignite's reset(): forget the list (the files stay, and are not adopted again).
+  saved_.clear();
+  restored_ = true;
+}
+
+Value Checkpoint::StateDict() const {
+  Value list = Value::List();
+  for (const Item& i : saved_) {
+    const bool integral = std::isfinite(i.priority) && i.priority == std::floor(i.priority) && !has_score();
+    list.Append(Value::Tuple({integral ? Value(static_cast<int64_t>(i.priority)) : Value(i.priority), i.filename}));
+  }
+  Value d = Value::Dict(/*ordered=*/true);
+  d.Set("_saved", std::move(list));
+  return d;
+}
+
+absl::Status Checkpoint::LoadStateDict(const Value& state) {
+  const Value* list = state.is_dict() ? state.Find("_saved") : nullptr;
+  if (list == nullptr) {
+    std::vector<std::string> keys;
+    for (const Value& k : state.keys()) keys.push_back(k.DebugString());
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Required state attribute '_saved' is absent in provided state_dict 'dict_keys([",
+        absl::StrJoin(keys, ", "), "])'"));
+  }
+  if (!list->is_sequence()) return absl::InvalidArgumentError("Checkpoint state: '_saved' must be a list");
+  std::vector<Item> items;
+  int64_t index = 0;
+  for (const Value& entry : list->items()) {
+    if (!entry.is_sequence() || entry.items().size() != 2 || !entry.items()[0].is_number() ||
+        !entry.items()[1].is_string()) {
+      return absl::InvalidArgumentError("Checkpoint state: '_saved' entries must be (priority, filename)");
+    }
+    items.push_back(Item{entry.items()[0].as_double(), entry.items()[1].as_string(), index++});
+  }
+  saved_ = std::move(items);
+  next_index_ = std::max(next_index_, index);
+  restored_ = true;  // the loaded list is authoritative (ignite: load replaces the list)
+  return absl::OkStatus();
+}
+
+absl::Status Checkpoint::LoadObjects(const ObjectMap& to_load, const Value& checkpoint, bool strict) {
+  if (!checkpoint.is_dict()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Argument checkpoint should be a dictionary (a loaded checkpoint), but given ", checkpoint.kind_name()));
+  }
+  if (to_load.size() == 1 && checkpoint.Find(to_load[0].first) == nullptr) {
+    return to_load[0].second.LoadStateDict(checkpoint, strict);
+  }
+  for (const auto& [name, object] : to_load) {
+    if (checkpoint.Find(name) == nullptr) {
+      std::vector<std::string> keys;
+      for (const Value& k : checkpoint.keys()) keys.push_back(k.DebugString());
+      return absl::InvalidArgumentError(absl::StrCat("Key '", name, "' from to_load is not found in the checkpoint: dict_keys([",
+                                                     absl::StrJoin(keys, ", "), "])"));
+    }
+  }
+  for (const auto& [name, object] : to_load) {
+    absl::Status s = object.LoadStateDict(*checkpoint.Find(name), strict);
+    if (!s.ok()) return absl::Status(s.code(), absl::StrCat("loading '", name, "': ", s.message()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<std::string>> Checkpoint::ResumeLatest(dist::Communicator& comm,
+                                                                     const ObjectMap* to_load) {
+  if (!restored_) {
+    restored_ = true;
+    EMBER_RETURN_IF_ERROR(RestoreFromHandler(comm));
+  }
+  std::vector<Item> newest_first = saved_;
+  std::sort(newest_first.begin(), newest_first.end(),
+            [](const Item& a, const Item& b) { return a.save_index > b.save_index; });
+  // The saving rank finds the newest file that reads back intact and broadcasts its bytes.
+  std::string chosen, bytes;
+  const absl::Time deadline = absl::Now() + options_.save_timeout;
+  EMBER_RETURN_IF_ERROR(dist::RunOnRoot(comm, options_.save_on_rank, deadline, [&]() -> absl::Status {
+    for (const Item& item : newest_first) {
+      absl::StatusOr<std::string> b = save_handler_->ReadBytes(item.filename);
+      absl::Status ok = b.status();
+      if (ok.ok()) ok = ReadTorchSave(*b, save_handler_->Location(item.filename)).status();
+      if (!ok.ok()) {
+        std::fprintf(stderr, "[ember] Checkpoint: skipping %s: %s\n",
+                     save_handler_->Location(item.filename).c_str(), ok.ToString().c_str());
+        continue;
+      }
+      chosen = item.filename;
+      bytes = *std::move(b);
+      break;
+    }
+    return absl::OkStatus();
+  }));
+  EMBER_RETURN_IF_ERROR(comm.Broadcast(chosen, options_.save_on_rank, deadline));
+  if (chosen.empty()) return std::optional<std::string>();
+  EMBER_RETURN_IF_ERROR(comm.Broadcast(bytes, options_.save_on_rank, deadline));
+  const std::string location = save_handler_->Location(chosen);
+  EMBER_ASSIGN_OR_RETURN(Value checkpoint, ReadTorchSave(bytes, location));
+  if (options_.include_self) {
+    const Value* self = checkpoint.Find("checkpointer");
+    if (self != nullptr) EMBER_RETURN_IF_ERROR(LoadStateDict(*self));
+    checkpoint.Erase("checkpointer");
+  }
+  EMBER_RETURN_IF_ERROR(LoadObjects(to_load != nullptr ? *to_load : to_save_, checkpoint));
+  Protect(chosen);
+  return std::optional<std::string>(location);
+}
+
+absl::StatusOr<std::unique_ptr<Checkpoint>> CreateModelCheckpoint(ModelCheckpointOptions o,
+                                                                  ObjectMap to_save,
+                                                                  dist::Communicator* comm) {
+  if (to_save.empty()) return absl::InvalidArgumentError("No objects to checkpoint found.");
+  EMBER_ASSIGN_OR_RETURN(std::unique_ptr<DiskSaver> saver,
+                         DiskSaver::Create({.dirname = o.dirname,
+                                            .atomic = o.atomic,
+                                            .create_dir = o.create_dir,
+                                            .require_empty = o.require_empty,
+                                            .save_on_rank = o.save_on_rank,
+                                            .fs = o.fs},
+                                           comm));
+  return Checkpoint::Create(std::move(to_save), std::shared_ptr<SaveHandler>(std::move(saver)),
+                            {.filename_prefix = o.filename_prefix,
+                             .score_function = o.score_function,
+                             .score_name = o.score_name,
+                             .n_saved = o.n_saved,
+                             .keep_last = o.keep_last,
+                             .global_step_transform = o.global_step_transform,
+                             .filename_pattern = o.filename_pattern,
+                             .include_self = o.include_self,
+                             .greater_or_equal = o.greater_or_equal,
+                             .save_on_rank = o.save_on_rank,
+                             .score_reduction = o.score_reduction,
+                             .async_save = o.async_save});
+}
+
+std::function<int64_t(const Engine&, Event)> GlobalStepFromEngine(const Engine& other) {
+  return [&other](const Engine&, Event event) -> int64_t {
+    absl::StatusOr<int64_t> v = other.EventAttributeValue(event);
+    return v.ok() ? *v : other.state().epoch;
+  };
+}
+
+}  // namespace ember

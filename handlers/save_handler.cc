@@ -1,0 +1,231 @@
+#include "handlers/save_handler.h"
+
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "base/atomic_file.h"
+#include "base/status_macros.h"
+#include "distributed/root_action.h"
+#include "handlers/torch_serialization.h"
+
+namespace ember {
+namespace {
+
+constexpr char kMetaRecord[] = "ember_meta";
+
+std::string Absolute(const std::string& dir) {
+  if (!dir.empty() && dir[0] == '/') return dir;
+  char cwd[4096];
+  if (::getcwd(cwd, sizeof(cwd)) == nullptr) return dir;
+  return JoinPath(cwd, dir);
+}
+
+}  // namespace
+
+// One "key=value" per line; the priority as %.17g (or nan/inf) so it round-trips exactly.
+std::string CheckpointMetadata::Serialize() const {
+  std::string out = "ember_checkpoint_meta=1\n";
+  absl::StrAppend(&out, "basename=", basename, "\n");
+  absl::StrAppend(&out, "score_name=", score_name, "\n");
+  absl::StrAppendFormat(&out, "priority=%.17g\n", priority);
+  absl::StrAppend(&out, "save_index=", save_index, "\n");
+  if (global_step) absl::StrAppend(&out, "global_step=", *global_step, "\n");
+  return out;
+}
+
+absl::StatusOr<CheckpointMetadata> CheckpointMetadata::Parse(const std::string& text) {
+  CheckpointMetadata m;
+  bool versioned = false;
+  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
+    std::pair<std::string, std::string> kv = absl::StrSplit(line, absl::MaxSplits('=', 1));
+    const std::string& k = kv.first;
+    const std::string& v = kv.second;
+    bool ok = true;
+    if (k == "ember_checkpoint_meta") {
+      versioned = v == "1";
+    } else if (k == "basename") {
+      m.basename = v;
+    } else if (k == "score_name") {
+      m.score_name = v;
+    } else if (k == "priority") {
+      if (v == "nan" || v == "-nan") {
+        m.priority = std::nan("");
+      } else {
+        ok = absl::SimpleAtod(v, &m.priority);
+      }
+    } else if (k == "save_index") {
+      ok = absl::SimpleAtoi(v, &m.save_index);
+    } else if (k == "global_step") {
+      int64_t gs;
+      ok = absl::SimpleAtoi(v, &gs);
+      m.global_step = gs;
+    }
+    if (!ok) return absl::DataLossError(absl::StrCat("checkpoint metadata: bad value for ", k, ": '", v, "'"));
+  }
+  if (!versioned) return absl::DataLossError("checkpoint metadata: missing or unknown version");
+  return m;
+}
+
+absl::StatusOr<std::unique_ptr<DiskSaver>> DiskSaver::Create(DiskSaverOptions options,
+                                                             dist::Communicator* comm) {
+  if (options.dirname.empty()) return absl::InvalidArgumentError("DiskSaver: dirname is empty");
+  if (options.save_on_rank < 0 || (comm && options.save_on_rank >= comm->world_size())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "DiskSaver: save_on_rank ", options.save_on_rank, " is not a rank of this job (world size ",
+        comm ? comm->world_size() : 1, ")"));
+  }
+  if (options.fs == nullptr) options.fs = FileSystem::Default();
+  const std::string dir = Absolute(options.dirname);
+  FileSystem* fs = options.fs;
+  auto check = [&]() -> absl::Status {
+    if (!fs->Exists(dir)) {
+      if (!options.create_dir) {
+        return absl::NotFoundError(absl::StrCat("Directory path '", dir, "' is not found"));
+      }
+      EMBER_RETURN_IF_ERROR(fs->CreateDirs(dir));
+    }
+    if (!fs->IsDirectory(dir)) {
+      return absl::FailedPreconditionError(absl::StrCat("'", dir, "' is not a directory"));
+    }
+    if (::access(dir.c_str(), W_OK | X_OK) != 0) {
+      return absl::PermissionDeniedError(absl::StrCat("checkpoint directory '", dir, "' is not writable"));
+    }
+    EMBER_ASSIGN_OR_RETURN(std::vector<std::string> names, fs->ListDir(dir));
+    std::vector<std::string> existing;
+    for (const std::string& name : names) {
+      if (IsTempName(name)) {
+        // A temporary file of a save that crashed: ours by its name, never a checkpoint.
+        (void)fs->RemoveFile(JoinPath(dir, name));
+        continue;
+      }
+      if (absl::EndsWith(name, ".pt")) existing.push_back(name);
+    }
+    if (options.require_empty && !existing.empty()) {
+      std::sort(existing.begin(), existing.end());
+      return absl::AlreadyExistsError(absl::StrCat(
+          "Files ['", absl::StrJoin(existing, "', '"), "'] with extension '.pt' are already present in the "
+          "directory ", dir, ". If you want to use this directory anyway, pass `require_empty=false`."));
+    }
+    return absl::OkStatus();
+  };
+  absl::Status verdict;
+  if (comm != nullptr) {
+    verdict = dist::RunOnRoot(*comm, options.save_on_rank, absl::Now() + absl::Seconds(300), check);
+  } else {
+    verdict = check();
+  }
+  if (!verdict.ok()) return verdict;
+  return std::unique_ptr<DiskSaver>(new DiskSaver(std::move(options), dir));
+}
+
+std::string DiskSaver::Location(const std::string& filename) const {
+  return JoinPath(dirname_, filename);
+}
+
+absl::Status DiskSaver::Save(const Value& checkpoint, const std::string& filename,
+                             const CheckpointMetadata& metadata) {
+  const std::string path = Location(filename);
+  auto write = [&](const AppendFn& append) {
+    return WriteTorchSave(checkpoint, append, {{kMetaRecord, metadata.Serialize()}});
+  };
+  return options_.atomic ? WriteFileAtomically(options_.fs, path, write)
+                         : WriteFileDirectly(options_.fs, path, write);
+}
+
+absl::Status DiskSaver::Remove(const std::string& filename) {
+  const std::string path = Location(filename);
+  EMBER_RETURN_IF_ERROR(options_.fs->RemoveFile(path));
+  return options_.fs->SyncDir(dirname_);
+}
+
+absl::StatusOr<std::vector<std::pair<std::string, CheckpointMetadata>>> DiskSaver::List() {
+  EMBER_ASSIGN_OR_RETURN(std::vector<std::string> names, options_.fs->ListDir(dirname_));
+  std::sort(names.begin(), names.end());
+  std::vector<std::pair<std::string, CheckpointMetadata>> out;
+  for (const std::string& name : names) {
+    if (!absl::EndsWith(name, ".pt")) continue;
+    absl::StatusOr<std::string> meta = ReadTorchSaveRecord(Location(name), kMetaRecord);
+    if (!meta.ok()) {
+      if (meta.status().code() != absl::StatusCode::kNotFound) {
+        std::fprintf(stderr, "[ember] DiskSaver: skipping %s: %s\n", Location(name).c_str(),
+                     std::string(meta.status().message()).c_str());
+      }
+      continue;  // not ours, or unreadable: never adopted, never deleted
+    }
+    absl::StatusOr<CheckpointMetadata> parsed = CheckpointMetadata::Parse(*meta);
+    if (!parsed.ok()) continue;
+    out.emplace_back(name, *parsed);
+  }
+  return out;
+}
+
+absl::StatusOr<Value> DiskSaver::Load(const std::string& filename) {
+  return ReadTorchSaveFile(Location(filename));
+}
+
+absl::StatusOr<std::string> DiskSaver::ReadBytes(const std::string& filename) {
+  return options_.fs->ReadFile(Location(filename));
+}
+
+absl::StatusOr<std::string> InMemorySaver::ReadBytes(const std::string& filename) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = files_.find(filename);
+  if (it == files_.end()) return absl::NotFoundError(absl::StrCat("no checkpoint ", filename));
+  return it->second.first;
+}
+
+absl::Status InMemorySaver::Save(const Value& checkpoint, const std::string& filename,
+                                 const CheckpointMetadata& metadata) {
+  EMBER_ASSIGN_OR_RETURN(std::string bytes, SerializeTorchSave(checkpoint));
+  std::lock_guard<std::mutex> lock(mu_);
+  files_[filename] = {std::move(bytes), metadata};
+  ops_.push_back("save " + filename);
+  return absl::OkStatus();
+}
+
+absl::Status InMemorySaver::Remove(const std::string& filename) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ops_.push_back("remove " + filename);
+  if (files_.erase(filename) == 0) return absl::NotFoundError(absl::StrCat("no checkpoint ", filename));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::pair<std::string, CheckpointMetadata>>> InMemorySaver::List() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::pair<std::string, CheckpointMetadata>> out;
+  for (const auto& [name, entry] : files_) out.emplace_back(name, entry.second);
+  return out;
+}
+
+absl::StatusOr<Value> InMemorySaver::Load(const std::string& filename) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = files_.find(filename);
+  if (it == files_.end()) return absl::NotFoundError(absl::StrCat("no checkpoint ", filename));
+  return ReadTorchSave(it->second.first, filename);
+}
+
+std::vector<std::string> InMemorySaver::filenames() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::string> out;
+  for (const auto& [name, entry] : files_) out.push_back(name);
+  return out;
+}
+
+std::vector<std::string> InMemorySaver::ops() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return ops_;
+}
+
+}  // namespace ember

@@ -1,0 +1,680 @@
+// Checkpoint, DiskSaver and ModelCheckpoint against the ckpt_* scenarios recorded on ignite
+// v0.5.3, with Ember's deliberate differences shown and explained; crash safety under injected
+// faults; retention that survives restarts; resume; asynchronous saving.
+#include "handlers/checkpoint.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "base/atomic_file.h"
+#include "base/file_system.h"
+#include "base/testing/fault_injection_file_system.h"
+#include "engine/engine.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "handlers/save_handler.h"
+#include "handlers/torch_serialization.h"
+#include "nlohmann/json.hpp"
+#include "tests/conformance/golden.h"
+
+namespace ember {
+namespace {
+
+using ::nlohmann::json;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+json Golden(const std::string& name) {
+  absl::StatusOr<json> g = testing::LoadGoldenScenario(name);
+  EXPECT_TRUE(g.ok()) << g.status();
+  return g.ok() ? *g : json();
+}
+
+std::string TempDir(const std::string& name) {
+  const char* base = std::getenv("TEST_TMPDIR");
+  std::string dir = JoinPath(base ? base : "/tmp", name);
+  FileSystem* fs = FileSystem::Default();
+  if (fs->Exists(dir)) {
+    std::vector<std::string> names = *fs->ListDir(dir);
+    for (const std::string& f : names) (void)fs->RemoveFile(JoinPath(dir, f));
+  }
+  return dir;
+}
+
+std::vector<std::string> Files(const std::string& dir) {
+  std::vector<std::string> names = *FileSystem::Default()->ListDir(dir);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// A user object: {"value": n}.
+class ValueObject : public Stateful {
+ public:
+  explicit ValueObject(int64_t v) : v_(v) {}
+  Value StateDict() const override {
+    Value d = Value::Dict();
+    d.Set("value", v_);
+    return d;
+  }
+  absl::Status LoadStateDict(const Value& s) override {
+    const Value* v = s.Find("value");
+    if (v == nullptr || !v->is_int()) return absl::InvalidArgumentError("no 'value'");
+    v_ = v->as_int();
+    return absl::OkStatus();
+  }
+  int64_t v_;
+};
+
+// Logs the save handler's requests, as the scenarios' "ops".
+class RecordingSaver : public SaveHandler {
+ public:
+  explicit RecordingSaver(std::shared_ptr<SaveHandler> base) : base_(std::move(base)) {}
+  absl::Status Save(const Value& c, const std::string& f, const CheckpointMetadata& m) override {
+    ops.push_back(json::array({"save", f}));
+    return base_->Save(c, f, m);
+  }
+  absl::Status Remove(const std::string& f) override {
+    ops.push_back(json::array({"remove", f}));
+    return base_->Remove(f);
+  }
+  absl::StatusOr<std::vector<std::pair<std::string, CheckpointMetadata>>> List() override { return base_->List(); }
+  absl::StatusOr<Value> Load(const std::string& f) override { return base_->Load(f); }
+  absl::StatusOr<std::string> ReadBytes(const std::string& f) override { return base_->ReadBytes(f); }
+  std::string Location(const std::string& f) const override { return base_->Location(f); }
+  json ops = json::array();
+
+ private:
+  std::shared_ptr<SaveHandler> base_;
+};
+
+// Ember's order of the same requests: the new file is saved BEFORE the one it replaces is removed,
+// and a file with the same name is replaced by rename (no remove). ignite removes first, so a
+// failed save leaves nothing (DESIGN.md, "Where Ember differs").
+json EmberOrder(const json& ignite_ops) {
+  json out = json::array();
+  for (size_t i = 0; i < ignite_ops.size(); ++i) {
+    const json& op = ignite_ops[i];
+    if (op[0] == "write") continue;
+    if (op[0] == "remove" && i + 1 < ignite_ops.size() && ignite_ops[i + 1][0] == "save") {
+      if (ignite_ops[i + 1][1] != op[1]) {
+        out.push_back(ignite_ops[i + 1]);
+        out.push_back(op);
+      } else {
+        out.push_back(ignite_ops[i + 1]);
+      }
+      ++i;
+      continue;
+    }
+    out.push_back(op);
+  }
+  return out;
+}
+
+json SavedJson(const Checkpoint& c) {
+  json saved = json::array();
+  Value sd = c.StateDict();
+  for (const Value& entry : sd.Find("_saved")->items()) {
+    const Value& p = entry.items()[0];
+    json pj = p.is_int() ? json(p.as_int()) : std::isnan(p.as_double()) ? json("nan") : json(p.as_double());
+    saved.push_back(json::array({pj, entry.items()[1].as_string()}));
+  }
+  return {{"_saved", saved}};
+}
+
+int Identity(Engine&, const int& b) { return b; }
+
+struct Run {
+  std::shared_ptr<RecordingSaver> saver;
+  std::unique_ptr<Checkpoint> checkpoint;
+};
+
+// The retention scenarios: scores by epoch, global step = epoch, DiskSaver in a fresh directory.
+void CheckRetention(const std::string& name) {
+  SCOPED_TRACE(name);
+  json g = Golden(name);
+  json in = g["inputs"];
+  const std::string dir = TempDir(name);
+  std::vector<double> scores;
+  for (const json& s : in["scores"]) scores.push_back(s.is_string() ? std::nan("") : s.get<double>());
+  ValueObject model(1);
+  auto disk = DiskSaver::Create({.dirname = dir});
+  ASSERT_TRUE(disk.ok()) << disk.status();
+  auto saver = std::make_shared<RecordingSaver>(std::shared_ptr<SaveHandler>(*std::move(disk)));
+  auto ckpt = Checkpoint::Create(
+      {{"model", model}}, saver,
+      {.score_function = [&](const Engine& e) { return Score(scores[e.state().epoch - 1]); },
+       .score_name = in["score_name"],
+       .n_saved = in["n_saved"].get<int>(),
+       .global_step_transform = [](const Engine& e, Event) { return e.state().epoch; },
+       .greater_or_equal = in["greater_or_equal"].get<bool>()});
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  std::vector<int> data(in["engine"]["data_len"].get<int>(), 0);
+  Engine trainer(Identity);
+  trainer.On(Events::EpochCompleted(), **ckpt);
+  ASSERT_TRUE(trainer.Run(data, {.max_epochs = in["engine"]["max_epochs"].get<int>()}).ok());
+  EXPECT_EQ(json(Files(dir)), g["expected"]["files"]);
+  EXPECT_EQ(saver->ops, EmberOrder(g["expected"]["ops"]));
+  EXPECT_EQ(BaseName(*(*ckpt)->last_checkpoint()), g["expected"]["last_checkpoint"].get<std::string>());
+  EXPECT_EQ(SavedJson(**ckpt), g["expected"]["saved_state"]);
+}
+
+TEST(CheckpointConformance, RetentionIncreasing) { CheckRetention("ckpt_retention_increasing"); }
+TEST(CheckpointConformance, RetentionDecreasing) { CheckRetention("ckpt_retention_decreasing"); }
+TEST(CheckpointConformance, RetentionEqualFirstKept) { CheckRetention("ckpt_retention_equal_first_kept"); }
+TEST(CheckpointConformance, RetentionEqualGreaterOrEqual) { CheckRetention("ckpt_retention_equal_greater_or_equal"); }
+TEST(CheckpointConformance, RetentionNoisyN3) { CheckRetention("ckpt_retention_noisy_n3_greater_or_equal"); }
+
+// Ember differs: a NaN score ranks below every finite score, so a later real score replaces it.
+// ignite keeps model_1_acc=nan.pt forever ("p > nan" is always false).
+TEST(CheckpointConformance, NanScoreIsReplaceable) {
+  json g = Golden("ckpt_retention_nan_score");
+  ASSERT_EQ(g["expected"]["files"], json::array({"model_1_acc=nan.pt"}));
+  const std::string dir = TempDir("nan_score");
+  std::vector<double> scores = {std::nan(""), 0.5, 0.9, 0.7};
+  ValueObject model(1);
+  auto ckpt = CreateModelCheckpoint(
+      {.dirname = dir,
+       .score_function = [&](const Engine& e) { return Score(scores[e.state().epoch - 1]); },
+       .score_name = "acc",
+       .global_step_transform = [](const Engine& e, Event) { return e.state().epoch; }},
+      {{"model", model}});
+  ASSERT_TRUE(ckpt.ok());
+  std::vector<int> data = {0, 1};
+  Engine trainer(Identity);
+  trainer.On(Events::EpochCompleted(), **ckpt);
+  ASSERT_TRUE(trainer.Run(data, {.max_epochs = 4}).ok());
+  EXPECT_THAT(Files(dir), ElementsAre("model_3_acc=0.9000.pt"));
+}
+
+TEST(CheckpointConformance, ScoreWithoutGlobalStepCollides) {
+  json g = Golden("ckpt_score_no_global_step_collision");
+  InMemorySaver* memory = new InMemorySaver();
+  auto saver = std::make_shared<RecordingSaver>(std::shared_ptr<SaveHandler>(memory));
+  std::vector<int> scores = {1, 2, 2, 2};
+  ValueObject model(1);
+  auto ckpt = Checkpoint::Create({{"model", model}}, saver,
+                                 {.score_function = [&](const Engine& e) { return Score(scores[e.state().epoch - 1]); },
+                                  .n_saved = 2,
+                                  .greater_or_equal = true});
+  ASSERT_TRUE(ckpt.ok());
+  std::vector<int> data = {0};
+  Engine trainer(Identity);
+  trainer.On(Events::EpochCompleted(), **ckpt);
+  ASSERT_TRUE(trainer.Run(data, {.max_epochs = 4}).ok());
+  EXPECT_EQ(json(memory->filenames()), g["expected"]["files"]);
+  EXPECT_EQ(saver->ops, EmberOrder(g["expected"]["ops"]));
+  EXPECT_EQ(SavedJson(**ckpt), g["expected"]["saved_state"]);
+}
+
+TEST(CheckpointConformance, ModelCheckpointIterationDefaultAndContent) {
+  json g = Golden("ckpt_last_k_iteration_default");
+  const std::string dir = TempDir("last_k");
+  ValueObject model(3);
+  auto ckpt = CreateModelCheckpoint({.dirname = dir, .filename_prefix = "run", .n_saved = 2}, {{"model", model}});
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  std::vector<int> data = {0, 1, 2};
+  Engine trainer(Identity);
+  trainer.On(Events::EpochCompleted(), **ckpt);
+  ASSERT_TRUE(trainer.Run(data, {.max_epochs = 4}).ok());
+  EXPECT_EQ(json(Files(dir)), g["expected"]["files"]);
+  EXPECT_EQ(BaseName(*(*ckpt)->last_checkpoint()), g["expected"]["last_checkpoint"].get<std::string>());
+  for (const std::string& f : Files(dir)) {
+    absl::StatusOr<Value> v = ReadTorchSaveFile(JoinPath(dir, f));
+    ASSERT_TRUE(v.ok()) << v.status();
+    EXPECT_EQ(v->Find("value")->as_int(), g["expected"]["file_content"][f]["value"].get<int>());
+  }
+}
+
+TEST(CheckpointConformance, EveryTwoEpochsDocstringAndKeepAll) {
+  json g = Golden("ckpt_every2_docstring");
+  const std::string dir = TempDir("every2");
+  ValueObject model(1);
+  auto ckpt = CreateModelCheckpoint({.dirname = dir, .filename_prefix = "myprefix", .n_saved = 2, .require_empty = false},
+                                    {{"mymodel", model}});
+  ASSERT_TRUE(ckpt.ok());
+  std::vector<int> data(5, 0);
+  Engine trainer(Identity);
+  trainer.On(Events::EpochCompleted().Every(2), **ckpt);
+  ASSERT_TRUE(trainer.Run(data, {.max_epochs = 6}).ok());
+  EXPECT_EQ(json(Files(dir)), g["expected"]["files"]);
+
+  json all = Golden("ckpt_n_saved_none_keeps_all");
+  const std::string dir2 = TempDir("keep_all");
+  auto keep = CreateModelCheckpoint({.dirname = dir2, .filename_prefix = "all", .n_saved = std::nullopt},
+                                    {{"model", model}});
+  ASSERT_TRUE(keep.ok());
+  std::vector<int> data2(4, 0);
+  Engine t2(Identity);
+  t2.On(Events::IterationCompleted().Every(3), **keep);
+  ASSERT_TRUE(t2.Run(data2, {.max_epochs = 3}).ok());
+  EXPECT_EQ(json(Files(dir2)), all["expected"]["files"]);
+  EXPECT_EQ((*keep)->saved().size(), all["expected"]["n_saved_entries"].get<size_t>());
+  EXPECT_EQ(BaseName(*(*keep)->last_checkpoint()), all["expected"]["last_checkpoint"].get<std::string>());
+}
+
+TEST(CheckpointConformance, ScoreFormatting) {
+  json g = Golden("ckpt_score_formatting");
+  std::map<std::string, Score> scores = {
+      {"int 3", Score(3)},           {"float 0.87654321", Score(0.87654321)},
+      {"float -0.123", Score(-0.123)}, {"float 1e-05", Score(1e-05)},
+      {"float 0.00005", Score(0.00005)}, {"float 0.99995", Score(0.99995)},
+      {"float 12345.678901", Score(12345.678901)}, {"float 2.0", Score(2.0)},
+      {"bool True", Score(true)},    {"float nan", Score(std::nan(""))},
+      {"float inf", Score(INFINITY)}, {"float -inf", Score(-INFINITY)},
+      {"numpy.float32 0.1", Score(0.1f)}, {"numpy.int64 7", Score(int64_t{7})}};
+  for (const json& r : g["expected"]["results"]) {
+    const std::string what = r["score"];
+    if (!r.contains("filename")) continue;  // tensors and strings: a C++ score is a number by type
+    ASSERT_TRUE(scores.count(what)) << what;
+    auto memory = std::make_shared<InMemorySaver>();
+    ValueObject model(1);
+    Score s = scores.at(what);
+    auto ckpt = Checkpoint::Create({{"model", model}}, memory,
+                                   {.score_function = [s](const Engine&) { return s; }, .score_name = "s", .n_saved = std::nullopt});
+    ASSERT_TRUE(ckpt.ok());
+    std::vector<int> data = {0};
+    Engine engine(Identity);
+    engine.On(Events::Completed(), **ckpt);
+    ASSERT_TRUE(engine.Run(data).ok());
+    EXPECT_THAT(memory->filenames(), ElementsAre(r["filename"].get<std::string>())) << what;
+  }
+}
+
+TEST(CheckpointConformance, FixedFilenameIsReplacedByRename) {
+  json g = Golden("ckpt_fixed_filename");
+  const std::string dir = TempDir("fixed");
+  ValueObject model(1);
+  auto disk = DiskSaver::Create({.dirname = dir});
+  auto saver = std::make_shared<RecordingSaver>(std::shared_ptr<SaveHandler>(*std::move(disk)));
+  auto ckpt = Checkpoint::Create({{"model", model}}, saver, {.filename_pattern = "{name}.{ext}"});
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  std::vector<int> data = {0, 1};
+  Engine trainer(Identity);
+  trainer.On(Events::EpochCompleted(), **ckpt);
+  ASSERT_TRUE(trainer.Run(data, {.max_epochs = 3}).ok());
+  EXPECT_EQ(json(Files(dir)), g["expected"]["files"]);
+  EXPECT_EQ(saver->ops, json::parse(R"([["save","model.pt"],["save","model.pt"],["save","model.pt"]])"));
+  EXPECT_EQ(SavedJson(**ckpt), g["expected"]["saved_state"]);
+  EXPECT_THAT(std::string(Checkpoint::Create({{"model", model}}, saver, {.filename_pattern = "{nme}.{ext}"}).status().message()),
+              HasSubstr("unknown field '{nme}'"));
+}
+
+TEST(CheckpointConformance, LastCheckpointIsBestLatestIsMostRecent) {
+  json g = Golden("ckpt_last_checkpoint_is_best_not_latest");
+  const std::string dir = TempDir("best_not_latest");
+  std::vector<double> scores = {0.9, 0.1, 0.2};
+  ValueObject model(1);
+  auto ckpt = CreateModelCheckpoint(
+      {.dirname = dir, .score_function = [&](const Engine& e) { return Score(scores[e.state().epoch - 1]); },
+       .score_name = "acc", .n_saved = 3,
+       .global_step_transform = [](const Engine& e, Event) { return e.state().epoch; }},
+      {{"model", model}});
+  std::vector<int> data = {0};
+  Engine trainer(Identity);
+  trainer.On(Events::EpochCompleted(), **ckpt);
+  ASSERT_TRUE(trainer.Run(data, {.max_epochs = 3}).ok());
+  EXPECT_EQ(json(Files(dir)), g["expected"]["files"]);
+  EXPECT_EQ(BaseName(*(*ckpt)->last_checkpoint()), g["expected"]["last_checkpoint"].get<std::string>());
+  EXPECT_EQ(*(*ckpt)->latest_checkpoint(), JoinPath(dir, "model_3_acc=0.2000.pt"));  // Ember addition
+  EXPECT_EQ((*(*ckpt)->last_checkpoint())[0], '/');  // absolute path, as DiskSaver's
+}
+
+TEST(CheckpointConformance, GlobalStepFromTrainerOnEvaluator) {
+  json g = Golden("ckpt_global_step_from_engine_on_evaluator");
+  const std::string dir = TempDir("gsfe");
+  std::vector<double> acc = {0.7, 0.75, 0.72, 0.8, 0.78};
+  ValueObject model(1);
+  std::vector<int> train(4, 0), val(2, 0);
+  Engine trainer(Identity);
+  Engine evaluator(Identity);
+  trainer.On(Events::EpochCompleted(), [&] { ASSERT_TRUE(evaluator.Run(val).ok()); });
+  evaluator.On(Events::Completed(), [&](Engine& e) { e.state().metrics["acc"] = acc[trainer.state().epoch - 1]; });
+  auto ckpt = CreateModelCheckpoint({.dirname = dir, .filename_prefix = "best", .score_name = "acc", .n_saved = 2,
+                                     .global_step_transform = GlobalStepFromEngine(trainer)},
+                                    {{"model", model}});
+  ASSERT_TRUE(ckpt.ok());
+  evaluator.On(Events::Completed(), **ckpt);
+  ASSERT_TRUE(trainer.Run(train, {.max_epochs = 5}).ok());
+  EXPECT_EQ(json(Files(dir)), g["expected"]["files"]);
+  EXPECT_EQ(SavedJson(**ckpt), g["expected"]["saved_state"]);
+}
+
+// Ember differs: the new file is written durably before the old one is removed, and a save is
+// recorded only after it succeeded. In ignite the same failure leaves NO checkpoint on disk and a
+// last_checkpoint that names a missing file.
+TEST(CheckpointConformance, FailedSaveKeepsThePreviousCheckpoint) {
+  json g = Golden("ckpt_save_failure_semantics");
+  ASSERT_EQ(g["expected"]["atomic_RuntimeError"]["files"], json::array());
+  const std::string dir = TempDir("save_failure");
+  ValueObject model(1);
+  Saveable failing([&]() -> absl::StatusOr<Value> {
+                     if (model.v_ == 2) return absl::InternalError("simulated write failure");
+                     return model.StateDict();
+                   },
+                   [](const Value&, bool) { return absl::OkStatus(); });
+  auto ckpt = CreateModelCheckpoint({.dirname = dir}, {{"model", failing}});
+  ASSERT_TRUE(ckpt.ok());
+  std::vector<int> data = {0};
+  Engine trainer([&](Engine& e, const int&) { model.v_ = e.state().epoch; });
+  trainer.On(Events::EpochCompleted(), **ckpt);
+  absl::Status s = trainer.Run(data, {.max_epochs = 2});
+  EXPECT_THAT(std::string(s.message()), HasSubstr("simulated write failure"));
+  EXPECT_THAT(Files(dir), ElementsAre("model_1.pt"));
+  EXPECT_EQ(BaseName(*(*ckpt)->last_checkpoint()), "model_1.pt");
+  EXPECT_TRUE(ReadTorchSaveFile(*(*ckpt)->last_checkpoint()).ok());
+}
+
+TEST(CheckpointConformance, AtomicFileModeIsWorldReadable) {
+  json g = Golden("ckpt_disk_saver_atomic_file_mode");
+  const std::string dir = TempDir("modes");
+  mode_t old = ::umask(077);
+  auto atomic = DiskSaver::Create({.dirname = dir});
+  auto plain = DiskSaver::Create({.dirname = dir, .atomic = false, .require_empty = false});
+  Value v = Value::Dict();
+  v.Set("a", 1);
+  ASSERT_TRUE((*atomic)->Save(v, "atomic.pt", {}).ok());
+  ASSERT_TRUE((*plain)->Save(v, "plain.pt", {}).ok());
+  ::umask(old);
+  struct stat st;
+  ::stat(JoinPath(dir, "atomic.pt").c_str(), &st);
+  EXPECT_EQ(st.st_mode & 0777, 0644u);
+  ::stat(JoinPath(dir, "plain.pt").c_str(), &st);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+}
+
+TEST(CheckpointConformance, FileContentSingleVsMulti) {
+  json g = Golden("ckpt_file_content_single_vs_multi");
+  const std::string dir = TempDir("content");
+  torch::nn::Linear model(2, 1);
+  {
+    torch::NoGradGuard no_grad;
+    model->weight.copy_(torch::tensor({{1.0f, -2.0f}}));
+    model->bias.copy_(torch::tensor({0.5f}));
+  }
+  ValueObject extra(42);
+  std::vector<int> data = {0, 1, 2};
+  Engine trainer(Identity);
+  auto single = CreateModelCheckpoint({.dirname = dir, .filename_prefix = "single"}, {{"model", model}});
+  auto multi = CreateModelCheckpoint({.dirname = dir, .filename_prefix = "multi", .require_empty = false},
+                                     {{"model", model}, {"trainer", trainer}, {"extra", extra}});
+  auto self = CreateModelCheckpoint({.dirname = dir, .filename_prefix = "single_self", .require_empty = false, .include_self = true},
+                                    {{"model", model}});
+  ASSERT_TRUE(single.ok() && multi.ok() && self.ok());
+  trainer.On(Events::Completed(), **single);
+  trainer.On(Events::Completed(), **multi);
+  trainer.On(Events::Completed(), **self);
+  ASSERT_TRUE(trainer.Run(data, {.max_epochs = 2}).ok());
+  EXPECT_EQ(json(Files(dir)), g["expected"]["files"]);
+  Value m = *ReadTorchSaveFile(JoinPath(dir, "multi_checkpoint_6.pt"));
+  EXPECT_EQ(m.Find("trainer")->Find("iteration")->as_int(), 6);
+  EXPECT_EQ(m.Find("extra")->Find("value")->as_int(), 42);
+  EXPECT_FLOAT_EQ(m.Find("model")->Find("weight")->as_tensor()[0][1].item<float>(), -2.0f);
+  Value s = *ReadTorchSaveFile(JoinPath(dir, "single_model_6.pt"));
+  EXPECT_TRUE(s.Find("weight") != nullptr && s.Find("model") == nullptr);
+  Value ss = *ReadTorchSaveFile(JoinPath(dir, "single_self_model_6.pt"));
+  EXPECT_EQ(ss.Find("checkpointer")->Find("_saved")->items()[0].items()[1].as_string(), "single_self_model_6.pt");
+  absl::Status load = Checkpoint::LoadObjects({{"model", model}}, ss);
+  EXPECT_THAT(std::string(load.message()), HasSubstr("Unexpected key(s) in state_dict: \"'checkpointer'\""));
+}
+
+TEST(CheckpointConformance, LoadObjectsRules) {
+  json g = Golden("ckpt_load_objects_rules")["expected"];
+  ValueObject o(0), a(0), b(0);
+  Value direct = Value::Dict();
+  direct.Set("value", 5);
+  ASSERT_TRUE(Checkpoint::LoadObjects({{"model", o}}, direct).ok());
+  EXPECT_EQ(o.v_, g["single_key_direct_state_dict"].get<int>());
+  Value nested = Value::Dict();
+  nested.Set("model", direct);
+  nested.Find("model");
+  Value six = Value::Dict();
+  six.Set("value", 6);
+  nested.Set("model", six);
+  ASSERT_TRUE(Checkpoint::LoadObjects({{"model", o}}, nested).ok());
+  EXPECT_EQ(o.v_, g["single_key_nested"].get<int>());
+  Value multi = Value::Dict();
+  Value one = Value::Dict(), two = Value::Dict(), three = Value::Dict();
+  one.Set("value", 1);
+  two.Set("value", 2);
+  three.Set("value", 3);
+  multi.Set("a", one);
+  multi.Set("b", two);
+  multi.Set("unused", three);
+  ASSERT_TRUE(Checkpoint::LoadObjects({{"a", a}, {"b", b}}, multi).ok());
+  EXPECT_EQ(json::array({a.v_, b.v_}), g["multi_keys_extra_key_ignored"]);
+  Value only_a = Value::Dict();
+  only_a.Set("a", one);
+  EXPECT_THAT(std::string(Checkpoint::LoadObjects({{"a", a}, {"b", b}}, only_a).message()),
+              HasSubstr("Key 'b' from to_load is not found in the checkpoint: dict_keys(['a'])"));
+  EXPECT_THAT(std::string(Checkpoint::LoadObjects({{"a", a}}, Value(3)).message()),
+              HasSubstr("Argument checkpoint should be a dictionary"));
+  auto memory = std::make_shared<InMemorySaver>();
+  auto ckpt = Checkpoint::Create({{"a", a}}, memory);
+  Value bad = Value::Dict();
+  bad.Set("saved", Value::List());
+  EXPECT_EQ(std::string((*ckpt)->LoadStateDict(bad).message()),
+            g["checkpoint_load_state_dict_missing_key"]["message"].get<std::string>());
+  Value good = Value::Dict();
+  good.Set("_saved", Value::List({Value::Tuple({0.5, "m_0.5000.pt"}), Value::Tuple({0.9, "m_0.9000.pt"})}));
+  ASSERT_TRUE((*ckpt)->LoadStateDict(good).ok());
+  EXPECT_EQ(*(*ckpt)->last_checkpoint(), g["checkpoint_load_state_dict_then_last_checkpoint"].get<std::string>());
+}
+
+TEST(CheckpointConformance, ResetBetweenRuns) {
+  json g = Golden("ckpt_reset_between_runs")["expected"];
+  const std::string dir = TempDir("reset");
+  ValueObject model(1);
+  auto ckpt = CreateModelCheckpoint({.dirname = dir, .filename_prefix = "PREFIX", .n_saved = 2}, {{"model", model}});
+  std::vector<int> data = {0, 1};
+  Engine trainer(Identity);
+  trainer.On(Events::EpochCompleted(), **ckpt);
+  ASSERT_TRUE(trainer.Run(data, {.max_epochs = 10}).ok());
+  EXPECT_EQ(json(Files(dir)), g["after_first_run"]["files"]);
+  (*ckpt)->Reset();
+  trainer.state().max_epochs.reset();
+  ASSERT_TRUE(trainer.Run(data, {.max_epochs = 2}).ok());
+  EXPECT_EQ(json(Files(dir)), g["after_second_run"]["files"]);
+  EXPECT_EQ(BaseName(*(*ckpt)->last_checkpoint()), g["after_second_run"]["last_checkpoint"].get<std::string>());
+}
+
+TEST(CheckpointConformance, SavedCheckpointEvent) {
+  auto memory = std::make_shared<InMemorySaver>();
+  ValueObject model(1);
+  auto ckpt = Checkpoint::Create({{"model", model}}, memory, {.n_saved = 1});
+  std::vector<int> data = {0, 1};
+  Engine trainer(Identity);
+  // As in ignite, the event is registered at the first save; register it first to listen early.
+  EXPECT_FALSE(trainer.AddEventHandler(Checkpoint::SavedCheckpointEvent(), [] {}).ok());
+  trainer.RegisterEvents({Checkpoint::SavedCheckpointEvent()});
+  int fired = 0;
+  trainer.On(Checkpoint::SavedCheckpointEvent(), [&] { ++fired; });
+  trainer.On(Events::EpochCompleted(), **ckpt);
+  ASSERT_TRUE(trainer.Run(data, {.max_epochs = 3}).ok());
+  EXPECT_EQ(fired, 3);
+}
+
+TEST(Checkpoint, InvalidArgumentsFailAtCreate) {
+  auto memory = std::make_shared<InMemorySaver>();
+  ValueObject model(1);
+  // ignite v0.5.3 accepts n_saved=0 and fails with IndexError at the first save.
+  EXPECT_THAT(std::string(Checkpoint::Create({{"model", model}}, memory, {.n_saved = 0}).status().message()),
+              HasSubstr("n_saved must be >= 1"));
+  EXPECT_THAT(std::string(Checkpoint::Create({}, memory).status().message()), HasSubstr("no objects to checkpoint"));
+  EXPECT_THAT(std::string(Checkpoint::Create({{"m", model}, {"m", model}}, memory).status().message()),
+              HasSubstr("two objects are named 'm'"));
+  EXPECT_THAT(std::string(Checkpoint::Create({{"checkpointer", model}}, memory, {.include_self = true}).status().message()),
+              HasSubstr("no object may be named 'checkpointer'"));
+  const std::string dir = TempDir("require_empty");
+  ASSERT_TRUE(FileSystem::Default()->CreateDirs(dir).ok());
+  ASSERT_TRUE(WriteFileAtomically(FileSystem::Default(), dir + "/other.pt", [](const AppendFn& a) { return a("x", 1); }).ok());
+  EXPECT_THAT(std::string(DiskSaver::Create({.dirname = dir}).status().message()),
+              HasSubstr("with extension '.pt' are already present"));
+  EXPECT_THAT(std::string(DiskSaver::Create({.dirname = dir + "/missing", .create_dir = false}).status().message()),
+              HasSubstr("is not found"));
+}
+
+// ---- Crash safety ------------------------------------------------------------------------
+
+TEST(CheckpointCrashSafety, EveryFailedStepOfASaveThenACrashLosesNothing) {
+  for (absl::Status error : {absl::ResourceExhaustedError("No space left on device"),
+                             absl::DataLossError("Input/output error")}) {
+    // Count the file-system operations of the second save (the atomic write: create, one append
+    // per record piece, fsync, close, chmod, rename, fsync dir; then the old file's removal:
+    // remove, fsync dir), then fail each of them in turn.
+    int second_save_ops = 0;
+    {
+      const std::string dir = TempDir("crash_count");
+      testing::FaultInjectionFileSystem fs;
+      ValueObject model(1);
+      auto ckpt = CreateModelCheckpoint({.dirname = dir, .n_saved = 1, .fs = &fs}, {{"model", model}});
+      std::vector<int> data = {0};
+      Engine trainer(Identity);
+      trainer.On(Events::EpochCompleted(), **ckpt);
+      int before = 0;
+      trainer.On(Events::EpochStarted().Once(2), [&] { before = fs.ops(); });
+      ASSERT_TRUE(trainer.Run(data, {.max_epochs = 2}).ok());
+      second_save_ops = fs.ops() - before;
+      ASSERT_GE(second_save_ops, kAtomicWriteOps + 2);
+    }
+    for (int step = 0; step < second_save_ops; ++step) {
+      SCOPED_TRACE(::testing::Message() << error << ", failing operation " << step << " of the 2nd save");
+      const std::string dir = TempDir("crash");
+      testing::FaultInjectionFileSystem fs;
+      ValueObject model(1);
+      auto ckpt = CreateModelCheckpoint({.dirname = dir, .n_saved = 1, .fs = &fs}, {{"model", model}});
+      ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+      std::vector<int> data = {0};
+      Engine trainer([&](Engine& e, const int&) { model.v_ = e.state().epoch; });
+      trainer.On(Events::EpochCompleted(), **ckpt);
+      // Armed after the first save (a checkpoint decides at the end of its event's firing).
+      trainer.On(Events::EpochStarted().Once(2), [&] { fs.FailOp(step, error); });
+      absl::Status s = trainer.Run(data, {.max_epochs = 2});
+      const bool save_failed = step < second_save_ops - 2;
+      if (save_failed) {
+        EXPECT_EQ(s.code(), error.code()) << s;
+        EXPECT_THAT(std::string(s.message()), HasSubstr(JoinPath(dir, "model_2.pt")));
+      } else {
+        EXPECT_TRUE(s.ok()) << s;  // the new file is durable; a failed removal is only a warning
+      }
+      ASSERT_TRUE(fs.SimulateCrash().ok());
+      // The saved list names only files that exist and load, and at least one checkpoint does.
+      ASSERT_FALSE((*ckpt)->saved().empty());
+      for (const Checkpoint::Item& item : (*ckpt)->saved()) {
+        absl::StatusOr<Value> v = ReadTorchSaveFile(JoinPath(dir, item.filename));
+        EXPECT_TRUE(v.ok()) << item.filename << ": " << v.status();
+      }
+      std::vector<std::string> files = Files(dir);
+      EXPECT_THAT(files, ::testing::Contains(BaseName(*(*ckpt)->last_checkpoint())));
+      for (const std::string& f : files) {
+        if (IsTempName(f)) continue;
+        EXPECT_TRUE(ReadTorchSaveFile(JoinPath(dir, f)).ok()) << f;
+      }
+    }
+  }
+}
+
+// ---- Retention across restarts, resume -----------------------------------------------------
+
+TEST(CheckpointRestart, ResumedRunKeepsCountingAndNeverTouchesForeignFiles) {
+  const std::string dir = TempDir("restart");
+  std::vector<double> scores = {0.1, 0.5, 0.3, 0.4, 0.2, 0.6, 0.45};
+  ValueObject model(1);
+  auto options = [&](bool require_empty) {
+    return ModelCheckpointOptions{
+        .dirname = dir,
+        .score_function = [&](const Engine& e) { return Score(scores[e.state().epoch - 1]); },
+        .score_name = "acc",
+        .n_saved = 2,
+        .keep_last = 1,
+        .require_empty = require_empty,
+        .global_step_transform = [](const Engine& e, Event) { return e.state().epoch; }};
+  };
+  std::vector<int> data = {0};
+  {
+    auto ckpt = CreateModelCheckpoint(options(true), {{"model", model}});
+    Engine trainer(Identity);
+    trainer.On(Events::EpochCompleted(), **ckpt);
+    ASSERT_TRUE(trainer.Run(data, {.max_epochs = 4}).ok());
+    // Best two (0.5 @2, 0.4 @4) and the latest (@4).
+    EXPECT_THAT(Files(dir), ElementsAre("model_2_acc=0.5000.pt", "model_4_acc=0.4000.pt"));
+  }
+  // Someone else's file, and a temporary file left by a crash.
+  ASSERT_TRUE(WriteFileAtomically(FileSystem::Default(), dir + "/notes.pt", [](const AppendFn& a) { return a("x", 1); }).ok());
+  ASSERT_TRUE(WriteFileAtomically(FileSystem::Default(), dir + "/.model_5_acc=0.2000.pt.ember-tmp",
+                                  [](const AppendFn& a) { return a("torn", 4); }).ok());
+  auto ckpt = CreateModelCheckpoint(options(false), {{"model", model}});
+  ASSERT_TRUE(ckpt.ok());
+  Engine trainer(Identity);
+  ASSERT_TRUE(trainer.LoadStateDict({{"epoch", int64_t{4}}, {"max_epochs", int64_t{7}}, {"epoch_length", int64_t{1}}}).ok());
+  auto resumed = (*ckpt)->ResumeLatest(trainer.communicator());
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(**resumed, JoinPath(dir, "model_4_acc=0.4000.pt"));
+  trainer.On(Events::EpochCompleted(), **ckpt);
+  ASSERT_TRUE(trainer.Run(data).ok());
+  // Epochs 5-7 scored 0.2, 0.6, 0.45: best two are 0.6 @6 and 0.5 @2, latest is @7; the file
+  // resumed from (@4) is protected; notes.pt is not ours; the stale temporary file is gone.
+  EXPECT_THAT(Files(dir), ElementsAre("model_2_acc=0.5000.pt", "model_4_acc=0.4000.pt", "model_6_acc=0.6000.pt",
+                                      "model_7_acc=0.4500.pt", "notes.pt"));
+}
+
+TEST(CheckpointRestart, ResumeSkipsACorruptNewestCheckpoint) {
+  const std::string dir = TempDir("resume_corrupt");
+  torch::nn::Linear model(3, 2);
+  std::vector<int> data = {0};
+  {
+    auto ckpt = CreateModelCheckpoint({.dirname = dir, .n_saved = 3}, {{"model", model}});
+    Engine trainer([&](Engine&, const int&) {
+      torch::NoGradGuard g;
+      model->weight.add_(1.0);
+    });
+    trainer.On(Events::EpochCompleted(), **ckpt);
+    ASSERT_TRUE(trainer.Run(data, {.max_epochs = 3}).ok());
+  }
+  // Flip a byte in the middle of the newest file.
+  const std::string newest = JoinPath(dir, "model_3.pt");
+  std::string bytes = *FileSystem::Default()->ReadFile(newest);
+  bytes[bytes.size() / 2] ^= 0x40;
+  ASSERT_TRUE(WriteFileAtomically(FileSystem::Default(), newest, [&](const AppendFn& a) { return a(bytes.data(), bytes.size()); }).ok());
+  torch::nn::Linear fresh(3, 2);
+  auto ckpt = CreateModelCheckpoint({.dirname = dir, .n_saved = 3, .require_empty = false}, {{"model", fresh}});
+  Engine trainer(Identity);
+  auto resumed = (*ckpt)->ResumeLatest(trainer.communicator());
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(**resumed, JoinPath(dir, "model_2.pt"));
+}
+
+TEST(CheckpointAsync, BackgroundSaveErrorsSurfaceAtFlush) {
+  const std::string dir = TempDir("async");
+  testing::FaultInjectionFileSystem fs;
+  torch::nn::Linear model(4, 4);
+  auto ckpt = CreateModelCheckpoint({.dirname = dir, .n_saved = 2, .async_save = true, .fs = &fs}, {{"model", model}});
+  ASSERT_TRUE(ckpt.ok());
+  std::vector<int> data = {0};
+  Engine trainer([&](Engine&, const int&) {
+    torch::NoGradGuard g;
+    model->weight.add_(1.0);  // the copy taken at save time must not see later updates
+  });
+  ASSERT_TRUE((*ckpt)->Attach(trainer, Events::EpochCompleted()).ok());
+  ASSERT_TRUE(trainer.Run(data, {.max_epochs = 2}).ok());
+  EXPECT_THAT(Files(dir), ElementsAre("model_1.pt", "model_2.pt"));
+  Value first = *ReadTorchSaveFile(JoinPath(dir, "model_1.pt"));
+  Value second = *ReadTorchSaveFile(JoinPath(dir, "model_2.pt"));
+  EXPECT_FLOAT_EQ((second.Find("weight")->as_tensor() - first.Find("weight")->as_tensor()).mean().item<float>(), 1.0f);
+  // A background failure is reported at the end of the run, on the run's status.
+  fs.FailFrom(0, absl::ResourceExhaustedError("No space left on device"));
+  absl::Status s = trainer.Run(data, {.max_epochs = 3});
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  fs.ClearFaults();
+  for (const Checkpoint::Item& item : (*ckpt)->saved()) {
+    EXPECT_TRUE(FileSystem::Default()->Exists(JoinPath(dir, item.filename))) << item.filename;
+  }
+}
+
+}  // namespace
+}  // namespace ember
