@@ -1,0 +1,76 @@
+// Runs under mpirun (2 and 4 ranks, inside bazel test):
+//   mpi_checks            the communicator conformance suite on MPI_COMM_WORLD, every rank
+//   mpi_checks stall K    rank K stops itself (SIGSTOP) at iteration 3 of an engine run; every
+//                         other rank must fail within the deadline with an error that names the
+//                         event and the iteration, and exit non-zero.
+//   mpi_checks exit K     rank K exits (as a crash would) at iteration 3; same expectation.
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "distributed/mpi_communicator.h"
+#include "engine/engine.h"
+#include "gtest/gtest.h"
+#include "handlers/terminate_on_nan.h"
+#include "tests/distributed/communicator_checks.h"
+
+namespace {
+
+ember::dist::Communicator* g_comm = nullptr;
+
+TEST(Mpi, Conformance) { ember::dist::testing::CheckAll(*g_comm); }
+
+TEST(Mpi, LocalRankAndSize) {
+  EXPECT_EQ(g_comm->backend(), "mpi");
+  EXPECT_GE(g_comm->local_rank(), 0);
+  EXPECT_LT(g_comm->local_rank(), g_comm->world_size());
+}
+
+int Fault(const std::string& kind, int victim) {
+  ember::dist::Communicator& comm = *g_comm;
+  std::vector<int> data(100, 0);
+  ember::Engine engine([&](ember::Engine& e, const int&) {
+    if (comm.rank() == victim && e.state().iteration == 3) {
+      std::fprintf(stderr, "rank %d: %s at iteration 3\n", victim, kind.c_str());
+      std::fflush(stderr);
+      if (kind == "stall") ::raise(SIGSTOP);
+      ::_exit(9);
+    }
+    return 1.0;
+  });
+  engine.set_communicator(&comm);
+  engine.set_collective_timeout(absl::Seconds(3));
+  engine.On(ember::Events::IterationCompleted(), ember::TerminateOnNan());
+  const absl::Time start = absl::Now();
+  absl::Status s = engine.Run(data);
+  std::printf("rank %d: %s after %.1fs\n", comm.rank(), s.ToString().c_str(),
+              absl::ToDoubleSeconds(absl::Now() - start));
+  std::fflush(stdout);
+  return s.ok() ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  auto comm = ember::dist::MpiCommunicator::Create();
+  if (!comm.ok()) {
+    std::fprintf(stderr, "%s\n", comm.status().ToString().c_str());
+    return 2;
+  }
+  g_comm = comm->get();
+  if (argc == 3) {
+    int rc = Fault(argv[1], std::atoi(argv[2]));
+    // After a failed collective, MPI cannot be finalised; end the process now.
+    std::fflush(nullptr);
+    ::_exit(rc);
+  }
+  int rc = RUN_ALL_TESTS();
+  std::printf("rank %d of %d: %s\n", g_comm->rank(), g_comm->world_size(), rc == 0 ? "PASSED" : "FAILED");
+  return rc;
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs the MPI conformance suite on N ranks, then the fault cases: a rank that stalls (SIGSTOP)
+# or exits mid-run must make every other rank fail within the deadline, naming the event and
+# iteration, and the job must end non-zero instead of hanging.
+set -uo pipefail
+binary=$1
+n=$2
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# The ranks are not the test: keep gtest in them from writing bazel's test.xml.
+unset XML_OUTPUT_FILE TEST_PREMATURE_EXIT_FILE GTEST_OUTPUT
+mpi=(mpirun --oversubscribe -np "$n" --mca btl self,vader)
+fail() { echo "FAIL: $*"; exit 1; }
+
+out=$(timeout 300 "${mpi[@]}" "$binary" 2>&1)
+rc=$?
+echo "$out" | tail -n 40
+[[ $rc -eq 0 ]] || fail "conformance suite exited $rc"
+[[ $(grep -c "of $n: PASSED" <<<"$out") -eq $n ]] || fail "not every rank passed"
+
+for kind in stall exit; do
+  victim=$((n - 1))
+  start=$(date +%s)
+  out=$(timeout 120 "${mpi[@]}" "$binary" "$kind" "$victim" 2>&1)
+  rc=$?
+  took=$(( $(date +%s) - start ))
+  echo "== $kind of rank $victim: exit $rc after ${took}s"
+  echo "$out" | grep -E "^rank " | head -n 20
+  [[ $rc -ne 0 ]] || fail "$kind: the job exited 0"
+  [[ $rc -ne 124 ]] || fail "$kind: the job hung"
+  if [[ $kind == stall ]]; then
+    # The survivors detect the stall themselves (mpirun cannot): each names event and iteration.
+    survivors=$(grep -c "DEADLINE_EXCEEDED: agreement of 1 value(s) from 1 synchronized handler(s) at ITERATION_COMPLETED failed on rank .* \[at ITERATION_COMPLETED, epoch 1, iteration 3\]" <<<"$out")
+    [[ $survivors -ge 1 ]] || fail "stall: no survivor reported the deadline with event and iteration"
+  fi
+  [[ $took -lt 60 ]] || fail "$kind: took ${took}s"
+done
+echo OK
