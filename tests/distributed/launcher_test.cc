@@ -1,0 +1,130 @@
+// Launcher environments (OpenMPI, PMIx, MPICH, Slurm, torchrun-style): what they say, what
+// partial or inconsistent ones get; Launch's backend choice; the TCP rendezvous.
+#include <unistd.h>
+
+#include <map>
+#include <thread>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "distributed/launch.h"
+#include "distributed/launcher_env.h"
+#include "distributed/nccl_communicator.h"
+#include "distributed/tcp_rendezvous.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace ember::dist {
+namespace {
+
+using ::testing::HasSubstr;
+
+LaunchInfo Read(std::map<std::string, std::string> env) {
+  absl::StatusOr<LaunchInfo> info = ReadLaunchInfo(MapEnv(std::move(env)));
+  EXPECT_TRUE(info.ok()) << info.status();
+  return info.ok() ? *info : LaunchInfo();
+}
+
+std::string Error(std::map<std::string, std::string> env) {
+  absl::StatusOr<LaunchInfo> info = ReadLaunchInfo(MapEnv(std::move(env)));
+  EXPECT_FALSE(info.ok());
+  return info.ok() ? "" : std::string(info.status().message());
+}
+
+TEST(LauncherEnv, EachLauncher) {
+  LaunchInfo none = Read({});
+  EXPECT_EQ(none.launcher, "none");
+  EXPECT_EQ(none.world_size, 1);
+  EXPECT_FALSE(none.mpi_launched);
+
+  LaunchInfo ompi = Read({{"OMPI_COMM_WORLD_RANK", "3"}, {"OMPI_COMM_WORLD_SIZE", "4"},
+                          {"OMPI_COMM_WORLD_LOCAL_RANK", "1"}, {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"},
+                          {"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "1"}});
+  EXPECT_EQ(ompi.launcher, "openmpi");  // mpirun inside a Slurm allocation: OpenMPI's numbers
+  EXPECT_EQ(ompi.rank, 3);
+  EXPECT_EQ(ompi.world_size, 4);
+  EXPECT_EQ(ompi.local_rank, 1);
+  EXPECT_EQ(ompi.local_world_size, 2);
+  EXPECT_TRUE(ompi.mpi_launched);
+
+  LaunchInfo mpich = Read({{"PMI_RANK", "2"}, {"PMI_SIZE", "8"}, {"MPI_LOCALRANKID", "2"}, {"MPI_LOCALNRANKS", "4"}});
+  EXPECT_EQ(mpich.launcher, "mpich");
+  EXPECT_EQ(mpich.local_rank, 2);
+
+  LaunchInfo pmix = Read({{"PMIX_RANK", "5"}, {"SLURM_NTASKS", "8"}});
+  EXPECT_EQ(pmix.launcher, "pmix");
+  EXPECT_EQ(pmix.world_size, 8);
+
+  LaunchInfo slurm = Read({{"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "8"}, {"SLURM_LOCALID", "1"},
+                           {"SLURM_NTASKS_PER_NODE", "4(x2)"}});
+  EXPECT_EQ(slurm.launcher, "slurm");
+  EXPECT_EQ(slurm.local_world_size, 4);
+  EXPECT_FALSE(slurm.mpi_launched);
+
+  LaunchInfo torchrun = Read({{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"LOCAL_RANK", "1"}, {"LOCAL_WORLD_SIZE", "2"},
+                              {"MASTER_ADDR", "10.0.0.1"}, {"MASTER_PORT", "29500"}});
+  EXPECT_EQ(torchrun.launcher, "torchrun");
+  EXPECT_EQ(torchrun.master_addr, "10.0.0.1");
+  EXPECT_EQ(torchrun.master_port, 29500);
+}
+
+TEST(LauncherEnv, PartialOrInconsistentEnvironmentsNameTheVariable) {
+  EXPECT_THAT(Error({{"RANK", "1"}}), HasSubstr("RANK=1 is set but WORLD_SIZE is not"));
+  EXPECT_THAT(Error({{"WORLD_SIZE", "2"}}), HasSubstr("WORLD_SIZE is set but RANK is not"));
+  EXPECT_THAT(Error({{"RANK", "2"}, {"WORLD_SIZE", "2"}}), HasSubstr("RANK=2 is not below WORLD_SIZE=2"));
+  EXPECT_THAT(Error({{"RANK", "x"}, {"WORLD_SIZE", "2"}}), HasSubstr("RANK='x' is not an integer >= 0"));
+  EXPECT_THAT(Error({{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "0"}}),
+              HasSubstr("OMPI_COMM_WORLD_SIZE='0' is not an integer >= 1"));
+  EXPECT_THAT(Error({{"RANK", "0"}, {"WORLD_SIZE", "2"}}), HasSubstr("needs MASTER_ADDR and MASTER_PORT"));
+  EXPECT_THAT(Error({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "h"}, {"MASTER_PORT", "99999"}}),
+              HasSubstr("MASTER_PORT='99999' is not a TCP port"));
+  EXPECT_THAT(Error({{"RANK", "0"}, {"WORLD_SIZE", "4"}, {"LOCAL_RANK", "3"}, {"LOCAL_WORLD_SIZE", "2"},
+                     {"MASTER_ADDR", "h"}, {"MASTER_PORT", "1"}}),
+              HasSubstr("LOCAL_RANK=3 is not below LOCAL_WORLD_SIZE=2"));
+}
+
+TEST(Launch, BackendChoiceAndErrors) {
+  LaunchInfo single;
+  single.launcher = "none";
+  absl::StatusOr<std::unique_ptr<Communicator>> c = Launch({.backend = "auto"}, single);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ((*c)->backend(), "single");
+  EXPECT_THAT(std::string(Launch({.backend = "gloo"}, single).status().message()),
+              HasSubstr("unknown backend 'gloo'; allowed: auto, single, mpi, nccl"));
+  EXPECT_THAT(std::string(Launch({.backend = "mpi"}, single).status().message()),
+              HasSubstr("not started by an MPI launcher"));
+  LaunchInfo torchrun = Read({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", "1"}});
+  EXPECT_THAT(std::string(Launch({.backend = "single"}, torchrun).status().message()),
+              HasSubstr("backend single, but the torchrun launcher started rank 0 of 2"));
+  if (CudaDeviceCount() == 0) {
+    EXPECT_THAT(std::string(Launch({.backend = "auto"}, torchrun).status().message()),
+                HasSubstr("no backend can connect the ranks"));
+    absl::Status nccl = Launch({.backend = "nccl", .init_timeout = absl::Seconds(2)}, torchrun).status();
+    EXPECT_FALSE(nccl.ok());
+    EXPECT_THAT(std::string(nccl.message()), ::testing::AnyOf(HasSubstr("no CUDA device"), HasSubstr("no NCCL backend")));
+  }
+}
+
+TEST(TcpRendezvous, Rank0HandsItsPayloadToEveryRank) {
+  const int world = 4;
+  const int port = 20000 + (::getpid() % 20000);
+  std::vector<absl::StatusOr<std::string>> got(world, absl::UnknownError("not run"));
+  std::vector<std::thread> threads;
+  for (int r = world - 1; r >= 0; --r) {  // the others start first and must retry
+    threads.emplace_back([&, r] {
+      got[r] = ShareFromRank0(r, world, "localhost", port, r == 0 ? std::string("id-\x00\x01", 5) : "",
+                              absl::Now() + absl::Seconds(20));
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < world; ++r) {
+    ASSERT_TRUE(got[r].ok()) << r << ": " << got[r].status();
+    EXPECT_EQ(*got[r], std::string("id-\x00\x01", 5));
+  }
+  absl::StatusOr<std::string> lonely = ShareFromRank0(1, 2, "127.0.0.1", port + 1, "", absl::Now() + absl::Milliseconds(300));
+  EXPECT_EQ(lonely.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(std::string(lonely.status().message()), HasSubstr("rank 0 never listened on 127.0.0.1:"));
+}
+
+}  // namespace
+}  // namespace ember::dist
