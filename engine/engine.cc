@@ -238,12 +238,14 @@ void Engine::Agree(Event event, size_t first_handler, size_t first_value) {
     }
   } pop_results{this, reduced_at, per_rank_at};
   ++agreements_;
+  // A single process cannot wait on anyone: skip reading the clock for a deadline.
+  const absl::Time deadline =
+      world > 1 ? absl::Now() + collective_timeout_ : absl::InfiniteFuture();
   absl::Status s = consensus_.Reduce(
       absl::MakeConstSpan(proposals_.data() + first_value, n),
       absl::MakeConstSpan(reductions_.data() + first_value, n),
       absl::MakeSpan(reduced_.data() + reduced_at, n),
-      absl::MakeSpan(per_rank_.data() + per_rank_at, n * static_cast<size_t>(world)),
-      absl::Now() + collective_timeout_);
+      absl::MakeSpan(per_rank_.data() + per_rank_at, n * static_cast<size_t>(world)), deadline);
   if (!s.ok()) {
     throw StatusError(absl::Status(
         s.code(), absl::StrCat("agreement of ", n, " value(s) from ", pending_.size() - first_handler,

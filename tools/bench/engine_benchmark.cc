@@ -15,6 +15,11 @@
 #include "base/clock.h"
 #include "benchmark/benchmark.h"
 #include "engine/engine.h"
+#include "handlers/checkpoint.h"
+#include "handlers/early_stopping.h"
+#include "handlers/save_handler.h"
+#include "handlers/terminate_on_nan.h"
+#include "handlers/timer.h"
 
 namespace {
 std::atomic<int64_t> g_allocations{0};
@@ -120,6 +125,32 @@ void BM_EngineFilteredHandlers(benchmark::State& state) {
   benchmark::DoNotOptimize(fired);
 }
 BENCHMARK(BM_EngineFilteredHandlers)->Unit(benchmark::kMicrosecond);
+
+void BM_EngineRealHandlers(benchmark::State& state) {
+  // The real Timer (resume/pause/step per iteration), TerminateOnNan (synchronized: one
+  // agreement per iteration, through the single-process communicator), EarlyStopping and a
+  // Checkpoint (in memory) per epoch.
+  std::vector<int> data(kEpochLength, 1);
+  Engine engine([](Engine&, const int& b) { return 0.5 * b; });
+  Timer timer(/*average=*/true);
+  if (!timer.Attach(engine, {.start = Events::EpochStarted(), .pause = Events::IterationCompleted(),
+                             .resume = Events::IterationStarted(), .step = Events::IterationCompleted()})
+           .ok()) {
+    state.SkipWithError("timer");
+  }
+  engine.On(Events::IterationCompleted(), TerminateOnNan());
+  auto es = EarlyStopping::Create({.patience = 1000000, .score_function = [](const Engine&) { return 1.0; }}, engine);
+  engine.On(Events::EpochCompleted(), *std::move(es));
+  struct Counter : Stateful {
+    Value StateDict() const override { return Value(int64_t{1}); }
+    absl::Status LoadStateDict(const Value&) override { return absl::OkStatus(); }
+  } counter;
+  auto ckpt = Checkpoint::Create({{"counter", counter}}, std::make_shared<InMemorySaver>(), {.n_saved = 1});
+  engine.On(Events::EpochCompleted(), *std::move(ckpt));
+  for (auto _ : state) RunOnce(engine, data, kEpochLength);
+  Report(state, engine, data);
+}
+BENCHMARK(BM_EngineRealHandlers)->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 }  // namespace ember
