@@ -35,19 +35,38 @@ void SortSaved(std::vector<Checkpoint::Item>& saved) {
   });
 }
 
-Value CloneTensors(const Value& v) {
+// A copy of `v` whose tensors own their memory. Tensors of `reuse` (the previous copy, which no
+// writer uses any more) with the same dtype and shape are written into instead of allocated:
+// fresh pages would cost more than the copy itself.
+Value CopyState(const Value& v, const Value* reuse) {
   switch (v.kind()) {
-    case Value::Kind::kTensor:
-      return Value(v.as_tensor().detach().clone());
+    case Value::Kind::kTensor: {
+      const torch::Tensor& src = v.as_tensor();
+      if (reuse != nullptr && reuse->is_tensor()) {
+        torch::Tensor dst = reuse->as_tensor();
+        if (dst.defined() && src.defined() && dst.scalar_type() == src.scalar_type() &&
+            dst.sizes() == src.sizes() && dst.is_contiguous() && src.device().is_cpu()) {
+          dst.copy_(src.detach());
+          return Value(dst);
+        }
+      }
+      return Value(src.detach().clone(at::MemoryFormat::Contiguous));
+    }
     case Value::Kind::kList:
     case Value::Kind::kTuple: {
       std::vector<Value> items;
-      for (const Value& item : v.items()) items.push_back(CloneTensors(item));
+      const bool same = reuse != nullptr && reuse->kind() == v.kind() && reuse->items().size() == v.items().size();
+      for (size_t i = 0; i < v.items().size(); ++i) {
+        items.push_back(CopyState(v.items()[i], same ? &reuse->items()[i] : nullptr));
+      }
       return v.is_list() ? Value::List(std::move(items)) : Value::Tuple(std::move(items));
     }
     case Value::Kind::kDict: {
       Value d = Value::Dict(v.ordered());
-      for (size_t i = 0; i < v.size(); ++i) d.Set(v.keys()[i], CloneTensors(v.values()[i]));
+      for (size_t i = 0; i < v.size(); ++i) {
+        const Value* old = reuse != nullptr ? reuse->Find(v.keys()[i]) : nullptr;
+        d.Set(v.keys()[i], CopyState(v.values()[i], old));
+      }
       return d;
     }
     default:
@@ -412,10 +431,9 @@ absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
   if (options_.async_save) {
     // The state is copied here, on the training thread; the write happens in the background.
     absl::Status started = dist::RunOnRoot(comm, options_.save_on_rank, deadline, [&]() -> absl::Status {
-      Value copy = CloneTensors(*checkpoint);
-      writer_ = std::thread([this, copy = std::move(copy), save_then_remove]() {
-        writer_status_ = save_then_remove(copy);
-      });
+      auto copy = std::make_shared<Value>(CopyState(*checkpoint, &copy_cache_));
+      copy_cache_ = *copy;  // reused by the next save, once this writer is done (Flush)
+      writer_ = std::thread([this, copy, save_then_remove]() { writer_status_ = save_then_remove(*copy); });
       return absl::OkStatus();
     });
     EMBER_RETURN_IF_ERROR(started);

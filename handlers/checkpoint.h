@@ -197,6 +197,7 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
   std::thread writer_;
   absl::Status writer_status_;
   std::vector<std::string> writer_files_;  // the file the background save writes
+  Value copy_cache_;                         // the last copy; its buffers are reused
 };
 
 struct ModelCheckpointOptions {
