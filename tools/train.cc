@@ -1,0 +1,481 @@
+// train: Ember's distributed trainer. Data-parallel SGD of an MLP classifier: every rank trains on
+// its shard, gradients are all-reduced every step (bucketed: one collective per bucket), each epoch
+// ends with an evaluation on the held-out split whose metrics are all-reduced; ModelCheckpoint,
+// EarlyStopping, TerminateOnNan, a Timer, progress on rank 0 and a JSON-lines metrics log.
+//
+//   bazel run --run_under="mpirun -np 4 --oversubscribe" //tools:train -- --epochs=3
+//   bazel run //tools:train -- --data=synthetic --epochs=5          (one process)
+//
+// Each rank prints one final JSON line: {"rank", "world_size", "epoch", "iteration", "stopped_by",
+// "best_checkpoint", "latest_checkpoint", "best_score"}. Exit code: 0 completed, early stopping or
+// preemption; 3 terminate_on_nan; 1 errors (bad flags, data, output directory, a failed collective
+// or save).
+#include <signal.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "base/file_system.h"
+#include "base/status_macros.h"
+#include "distributed/launch.h"
+#include "engine/engine.h"
+#include "handlers/checkpoint.h"
+#include "handlers/early_stopping.h"
+#include "handlers/terminate_on_nan.h"
+#include "handlers/timer.h"
+#include "tools/data.h"
+
+ABSL_FLAG(std::string, data, "fashion-mnist", "fashion-mnist | mnist:DIR | csv:PATH | synthetic");
+ABSL_FLAG(std::string, hidden, "256,128", "hidden layer sizes, comma-separated");
+ABSL_FLAG(int, epochs, 5, "maximum number of epochs (>= 1)");
+ABSL_FLAG(int, batch_size, 64, "samples per batch on each rank (>= 1)");
+ABSL_FLAG(double, lr, 0.05, "SGD learning rate (> 0)");
+ABSL_FLAG(double, momentum, 0.9, "SGD momentum (>= 0, < 1)");
+ABSL_FLAG(int64_t, seed, 0, "random seed (weights and data order)");
+ABSL_FLAG(std::string, output_dir, "runs/train", "checkpoints and metrics.jsonl go here");
+ABSL_FLAG(int, n_saved, 2, "best checkpoints kept, by validation accuracy (>= 1)");
+ABSL_FLAG(int, patience, 3, "early stopping patience in epochs (>= 1)");
+ABSL_FLAG(bool, resume, false, "continue from the newest valid checkpoint in --output_dir");
+ABSL_FLAG(std::string, backend, "auto", "auto | single | mpi | nccl");
+ABSL_FLAG(std::string, device, "cpu", "cpu | cuda (the local rank picks the GPU)");
+ABSL_FLAG(double, deadline_s, 120, "seconds a collective may wait for the other ranks");
+ABSL_FLAG(std::string, inject_nan, "", "testing aid: RANK:ITERATION makes that rank's loss NaN there");
+ABSL_FLAG(std::string, progress, "auto", "auto | bar | lines | none (rank 0 only)");
+ABSL_FLAG(int, threads, 1, "intra-op threads per rank");
+
+namespace ember::tools {
+namespace {
+
+std::atomic<int> g_signals{0};
+
+void OnSignal(int) {
+  if (g_signals.fetch_add(1) >= 1) {
+    static const char kMsg[] = "train: second signal, exiting now\n";
+    (void)!::write(2, kMsg, sizeof(kMsg) - 1);
+    ::_exit(1);
+  }
+}
+
+struct Batch {
+  torch::Tensor x, y;
+};
+
+// This rank's shard of the training split, reshuffled every epoch from (seed, epoch), so that an
+// interrupted and resumed run sees the same batches as an uninterrupted one.
+class ShardSource : public DataSource<Batch> {
+ public:
+  ShardSource(const Split& split, int rank, int world, int batch_size, uint64_t seed, const Engine* trainer)
+      : split_(split), rank_(rank), shard_(split.size() / world), batch_(batch_size), seed_(seed), trainer_(trainer) {}
+  std::optional<int64_t> size() const override { return (shard_ + batch_ - 1) / batch_; }
+  void Restart() override {
+    torch::Generator gen = at::detail::createCPUGenerator(seed_ * 1000003 + static_cast<uint64_t>(trainer_->state().epoch));
+    torch::Tensor perm = torch::randperm(split_.size(), gen, torch::kInt64);
+    indices_ = perm.slice(0, rank_ * shard_, (rank_ + 1) * shard_);
+    next_ = 0;
+  }
+  const Batch* Next() override {
+    if (next_ >= shard_) return nullptr;
+    torch::Tensor idx = indices_.slice(0, next_, std::min(next_ + batch_, shard_));
+    next_ += batch_;
+    current_ = {split_.x.index_select(0, idx), split_.y.index_select(0, idx)};
+    return &current_;
+  }
+
+ private:
+  const Split& split_;
+  int rank_;
+  int64_t shard_;
+  int64_t batch_;
+  uint64_t seed_;
+  const Engine* trainer_;
+  torch::Tensor indices_;
+  int64_t next_ = 0;
+  Batch current_;
+};
+
+// Gradients all-reduced (SUM, then / world) in buckets of at most kBucket floats, one collective
+// per bucket.
+class GradientReducer {
+ public:
+  static constexpr int64_t kBucket = 1 << 22;
+  GradientReducer(std::vector<torch::Tensor> params, dist::Communicator* comm) : params_(std::move(params)), comm_(comm) {
+    int64_t used = 0;
+    for (size_t i = 0; i < params_.size(); ++i) {
+      const int64_t n = params_[i].numel();
+      if (buckets_.empty() || used + n > kBucket) {
+        buckets_.push_back({});
+        used = 0;
+      }
+      buckets_.back().push_back(i);
+      used += n;
+    }
+    for (const auto& b : buckets_) {
+      int64_t n = 0;
+      for (size_t i : b) n += params_[i].numel();
+      flat_.push_back(torch::empty({n}, torch::kFloat32));
+    }
+  }
+  absl::Status Reduce(absl::Time deadline) {
+    const float scale = 1.0f / static_cast<float>(comm_->world_size());
+    for (size_t b = 0; b < buckets_.size(); ++b) {
+      torch::Tensor& flat = flat_[b];
+      int64_t at = 0;
+      for (size_t i : buckets_[b]) {
+        const int64_t n = params_[i].numel();
+        flat.slice(0, at, at + n).copy_(params_[i].grad().reshape({-1}));
+        at += n;
+      }
+      EMBER_RETURN_IF_ERROR(comm_->AllReduce(absl::MakeSpan(flat.data_ptr<float>(), flat.numel()),
+                                             dist::ReduceOp::kSum, deadline));
+      flat.mul_(scale);
+      at = 0;
+      for (size_t i : buckets_[b]) {
+        const int64_t n = params_[i].numel();
+        params_[i].mutable_grad().copy_(flat.slice(0, at, at + n).view_as(params_[i]));
+        at += n;
+      }
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  std::vector<torch::Tensor> params_;
+  dist::Communicator* comm_;
+  std::vector<std::vector<size_t>> buckets_;
+  std::vector<torch::Tensor> flat_;
+};
+
+// Agrees on preemption: a SIGTERM/SIGINT on any rank stops every rank at the same iteration.
+class PreemptionHandler : public SynchronizedHandler {
+ public:
+  size_t num_values() const override { return 1; }
+  dist::Reduction reduction(size_t) const override { return dist::Reduction::kAnyNonZero; }
+  absl::Status Propose(Engine&, absl::Span<double> v) override {
+    v[0] = g_signals.load() > 0 ? 1.0 : 0.0;
+    return absl::OkStatus();
+  }
+  absl::Status Decide(Engine& e, const Agreement& a) override {
+    if (a.value(0) != 0 && !preempted) {
+      preempted = true;
+      e.Terminate();
+    }
+    return absl::OkStatus();
+  }
+  bool preempted = false;
+};
+
+absl::StatusOr<std::vector<int64_t>> ParseHidden(const std::string& text) {
+  std::vector<int64_t> sizes;
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    int64_t v;
+    if (!absl::SimpleAtoi(part, &v) || v < 1 || v > 1 << 16) {
+      return absl::InvalidArgumentError(absl::StrCat("--hidden='", text, "': '", part,
+                                                     "' is not a layer size (1-65536); example: --hidden=256,128"));
+    }
+    sizes.push_back(v);
+  }
+  return sizes;
+}
+
+struct NanAt {
+  int rank = -1;
+  int64_t iteration = -1;
+};
+
+absl::StatusOr<NanAt> ParseInjectNan(const std::string& text, int world) {
+  if (text.empty()) return NanAt{};
+  std::vector<std::string> parts = absl::StrSplit(text, ':');
+  NanAt at;
+  if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &at.rank) || !absl::SimpleAtoi(parts[1], &at.iteration) ||
+      at.rank < 0 || at.rank >= world || at.iteration < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--inject_nan='", text, "': expected RANK:ITERATION with RANK in [0, ",
+                                                   world, ") and ITERATION >= 1"));
+  }
+  return at;
+}
+
+absl::Status ValidateFlags() {
+  auto bad = [](const std::string& m) { return absl::InvalidArgumentError(m); };
+  if (absl::GetFlag(FLAGS_epochs) < 1) return bad(absl::StrCat("--epochs must be >= 1, got ", absl::GetFlag(FLAGS_epochs)));
+  if (absl::GetFlag(FLAGS_batch_size) < 1) {
+    return bad(absl::StrCat("--batch_size must be >= 1, got ", absl::GetFlag(FLAGS_batch_size)));
+  }
+  const double lr = absl::GetFlag(FLAGS_lr);
+  if (!(lr > 0) || !std::isfinite(lr)) return bad(absl::StrCat("--lr must be a finite number > 0, got ", lr));
+  const double m = absl::GetFlag(FLAGS_momentum);
+  if (!(m >= 0 && m < 1)) return bad(absl::StrCat("--momentum must be in [0, 1), got ", m));
+  if (absl::GetFlag(FLAGS_n_saved) < 1) return bad(absl::StrCat("--n_saved must be >= 1, got ", absl::GetFlag(FLAGS_n_saved)));
+  if (absl::GetFlag(FLAGS_patience) < 1) return bad(absl::StrCat("--patience must be >= 1, got ", absl::GetFlag(FLAGS_patience)));
+  if (!(absl::GetFlag(FLAGS_deadline_s) > 0)) {
+    return bad(absl::StrCat("--deadline_s must be > 0, got ", absl::GetFlag(FLAGS_deadline_s)));
+  }
+  const std::string p = absl::GetFlag(FLAGS_progress);
+  if (p != "auto" && p != "bar" && p != "lines" && p != "none") {
+    return bad(absl::StrCat("--progress='", p, "': allowed: auto, bar, lines, none"));
+  }
+  const std::string d = absl::GetFlag(FLAGS_device);
+  if (d != "cpu" && d != "cuda") return bad(absl::StrCat("--device='", d, "': allowed: cpu, cuda"));
+  if (d == "cuda" && !torch::cuda::is_available()) {
+    return bad("--device=cuda, but this LibTorch has no CUDA or no GPU is visible; use --device=cpu");
+  }
+  if (absl::GetFlag(FLAGS_threads) < 1) return bad(absl::StrCat("--threads must be >= 1, got ", absl::GetFlag(FLAGS_threads)));
+  if (absl::GetFlag(FLAGS_output_dir).empty()) return bad("--output_dir is empty");
+  return absl::OkStatus();
+}
+
+std::string JsonString(const std::optional<std::string>& s) {
+  if (!s) return "null";
+  std::string out = "\"";
+  for (char c : *s) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "\"";
+}
+
+struct Outcome {
+  std::string stopped_by = "error";
+  int exit_code = 1;
+};
+
+int Main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("Ember's distributed trainer: data-parallel SGD of an MLP classifier.");
+  absl::ParseCommandLine(argc, argv);
+  torch::set_num_threads(absl::GetFlag(FLAGS_threads));
+  ::signal(SIGTERM, OnSignal);
+  ::signal(SIGINT, OnSignal);
+
+  absl::StatusOr<std::unique_ptr<dist::Communicator>> world = dist::Launch({.backend = absl::GetFlag(FLAGS_backend)});
+  if (!world.ok()) {
+    std::fprintf(stderr, "train: error: %s\n", std::string(world.status().message()).c_str());
+    return 1;
+  }
+  dist::Communicator& comm = **world;
+  const int rank = comm.rank();
+  const int world_size = comm.world_size();
+  const absl::Duration deadline = absl::Seconds(absl::GetFlag(FLAGS_deadline_s));
+  Outcome outcome;
+  std::optional<std::string> best, latest;
+  std::optional<double> best_score;
+  int64_t final_epoch = 0, final_iteration = 0;
+
+  auto fail = [&](const absl::Status& s) {
+    std::fprintf(stderr, "train: rank %d: error: %s\n", rank, std::string(s.message()).c_str());
+    outcome = Outcome{};
+  };
+
+  absl::Status status = [&]() -> absl::Status {
+    EMBER_RETURN_IF_ERROR(ValidateFlags());
+    EMBER_ASSIGN_OR_RETURN(std::vector<int64_t> hidden, ParseHidden(absl::GetFlag(FLAGS_hidden)));
+    EMBER_ASSIGN_OR_RETURN(NanAt nan_at, ParseInjectNan(absl::GetFlag(FLAGS_inject_nan), world_size));
+    const uint64_t seed = static_cast<uint64_t>(absl::GetFlag(FLAGS_seed));
+    const int batch_size = absl::GetFlag(FLAGS_batch_size);
+    EMBER_ASSIGN_OR_RETURN(Dataset data, LoadDataset(absl::GetFlag(FLAGS_data), seed));
+    if (data.train.size() / world_size < batch_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the ", data.train.size(), " training samples of ", data.name, " cannot be sharded over ", world_size,
+          " ranks with --batch_size=", batch_size, " (each rank needs at least one full batch)"));
+    }
+    if (data.val.size() < world_size) {
+      return absl::InvalidArgumentError(absl::StrCat("the validation split has ", data.val.size(),
+                                                     " samples, fewer than the ", world_size, " ranks"));
+    }
+    torch::Device device = absl::GetFlag(FLAGS_device) == "cuda"
+                               ? torch::Device(torch::kCUDA, comm.local_rank() % std::max<int64_t>(1, torch::cuda::device_count()))
+                               : torch::Device(torch::kCPU);
+
+    // The model: an MLP with ReLU between layers; the same initial weights on every rank.
+    torch::manual_seed(seed);
+    torch::nn::Sequential model;
+    int64_t in = data.train.x.size(1);
+    for (int64_t h : hidden) {
+      model->push_back(torch::nn::Linear(in, h));
+      model->push_back(torch::nn::ReLU());
+      in = h;
+    }
+    model->push_back(torch::nn::Linear(in, data.num_classes));
+    model->to(device);
+    torch::optim::SGD optimizer(model->parameters(),
+                                torch::optim::SGDOptions(absl::GetFlag(FLAGS_lr)).momentum(absl::GetFlag(FLAGS_momentum)));
+    GradientReducer reducer(model->parameters(), &comm);
+
+    Engine trainer([&](Engine& e, const Batch& b) -> absl::StatusOr<double> {
+      optimizer.zero_grad();
+      torch::Tensor loss = torch::nn::functional::cross_entropy(model->forward(b.x.to(device)), b.y.to(device));
+      loss.backward();
+      EMBER_RETURN_IF_ERROR(reducer.Reduce(absl::Now() + deadline));
+      optimizer.step();
+      if (rank == nan_at.rank && e.state().iteration == nan_at.iteration) return std::nan("");
+      return loss.item<double>();
+    });
+    trainer.set_communicator(&comm);
+    trainer.set_collective_timeout(deadline);
+    ShardSource train_source(data.train, rank, world_size, batch_size, seed, &trainer);
+
+    // Evaluation on this rank's shard of the held-out split; the sums are all-reduced.
+    const int64_t val_shard = data.val.size() / world_size;
+    std::vector<Batch> val_batches;
+    for (int64_t at = rank * val_shard; at < (rank + 1) * val_shard; at += 512) {
+      const int64_t end = std::min((rank + 1) * val_shard, at + 512);
+      val_batches.push_back({data.val.x.slice(0, at, end), data.val.y.slice(0, at, end)});
+    }
+    double sums[3];  // loss sum, correct, count
+    Engine evaluator([&](Engine&, const Batch& b) {
+      torch::NoGradGuard no_grad;
+      torch::Tensor logits = model->forward(b.x.to(device));
+      sums[0] += torch::nn::functional::cross_entropy(logits, b.y.to(device),
+                                                       torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                     .item<double>();
+      sums[1] += logits.argmax(1).eq(b.y.to(device)).sum().item<double>();
+      sums[2] += static_cast<double>(b.y.size(0));
+    });
+    evaluator.set_communicator(&comm);
+    evaluator.set_collective_timeout(deadline);
+    evaluator.On(Events::Started(), [&] { sums[0] = sums[1] = sums[2] = 0; });
+    evaluator.On(Events::Completed(), [&](Engine& e) -> absl::Status {
+      EMBER_RETURN_IF_ERROR(comm.AllReduce(absl::MakeSpan(sums, 3), dist::ReduceOp::kSum, absl::Now() + deadline));
+      e.state().metrics["val_loss"] = sums[0] / sums[2];
+      e.state().metrics["val_accuracy"] = sums[1] / sums[2];
+      trainer.state().metrics = e.state().metrics;
+      return absl::OkStatus();
+    });
+
+    // Handlers, constructed the same way on every rank.
+    TerminateOnNan ton;
+    trainer.On(Events::IterationCompleted(), ton);
+    PreemptionHandler preemption;
+    trainer.On(Events::IterationCompleted(), preemption);
+    Timer timer(/*average=*/true);
+    EMBER_RETURN_IF_ERROR(timer.Attach(trainer, {.start = Events::EpochStarted(), .pause = Events::IterationCompleted(),
+                                                 .resume = Events::IterationStarted(), .step = Events::IterationCompleted()}));
+    EMBER_ASSIGN_OR_RETURN(std::unique_ptr<EarlyStopping> es,
+                           EarlyStopping::Create({.patience = absl::GetFlag(FLAGS_patience), .score_name = "val_accuracy"}, trainer));
+    const std::string out_dir = absl::GetFlag(FLAGS_output_dir);
+    EMBER_ASSIGN_OR_RETURN(
+        std::unique_ptr<Checkpoint> ckpt,
+        CreateModelCheckpoint({.dirname = out_dir,
+                               .score_name = "val_accuracy",
+                               .n_saved = absl::GetFlag(FLAGS_n_saved),
+                               .keep_last = 1,
+                               .require_empty = !absl::GetFlag(FLAGS_resume),
+                               .global_step_transform = GlobalStepFromEngine(trainer)},
+                              {{"model", *model}, {"optimizer", optimizer}, {"trainer", trainer}, {"early_stopping", *es}}, &comm));
+    evaluator.On(Events::Completed(), *es);
+    evaluator.On(Events::Completed(), *ckpt);
+    trainer.On(Events::EpochCompleted(), [&]() -> absl::Status { return evaluator.Run(val_batches); });
+
+    // Rank 0: progress and the metrics log.
+    std::string progress = absl::GetFlag(FLAGS_progress);
+    if (progress == "auto") progress = ::isatty(2) ? "bar" : "lines";
+    double epoch_loss = 0;
+    int64_t epoch_steps = 0;
+    absl::Time epoch_start = absl::Now(), last_line = absl::Now();
+    trainer.On(Events::EpochStarted(), [&] {
+      epoch_loss = 0;
+      epoch_steps = 0;
+      epoch_start = absl::Now();
+    });
+    trainer.On(Events::IterationCompleted(), [&](Engine& e) {
+      if (const double* l = e.state().output_as<double>()) epoch_loss += *l;
+      ++epoch_steps;
+      if (rank != 0 || progress == "none") return;
+      const int64_t len = *e.state().epoch_length;
+      const int64_t in_epoch = (e.state().iteration - 1) % len + 1;
+      if (progress == "bar") {
+        const int width = 30;
+        const int filled = static_cast<int>(width * in_epoch / len);
+        std::fprintf(stderr, "\repoch %lld/%lld [%s%s] %lld/%lld loss %.4f", static_cast<long long>(e.state().epoch),
+                     static_cast<long long>(*e.state().max_epochs), std::string(filled, '#').c_str(),
+                     std::string(width - filled, '.').c_str(), static_cast<long long>(in_epoch),
+                     static_cast<long long>(len), epoch_loss / epoch_steps);
+      } else if (absl::Now() - last_line > absl::Seconds(5) || in_epoch == len) {
+        last_line = absl::Now();
+        std::fprintf(stderr, "epoch %lld/%lld iteration %lld/%lld loss %.4f\n", static_cast<long long>(e.state().epoch),
+                     static_cast<long long>(*e.state().max_epochs), static_cast<long long>(in_epoch),
+                     static_cast<long long>(len), epoch_loss / epoch_steps);
+      }
+    });
+    std::ofstream metrics_log;
+    if (rank == 0) metrics_log.open(JoinPath(out_dir, "metrics.jsonl"), std::ios::app);
+    trainer.On(Events::EpochCompleted(), [&](Engine& e) {
+      if (rank != 0) return;
+      const double seconds = absl::ToDoubleSeconds(absl::Now() - epoch_start);
+      const double samples_per_s = static_cast<double>(epoch_steps) * batch_size * world_size / seconds;
+      const std::string line = absl::StrFormat(
+          "{\"epoch\": %d, \"iteration\": %d, \"train_loss\": %.6f, \"val_loss\": %.6f, \"val_accuracy\": %.6f, "
+          "\"samples_per_s\": %.1f, \"world_size\": %d, \"time_per_iteration_s\": %.6f}",
+          e.state().epoch, e.state().iteration, epoch_loss / std::max<int64_t>(1, epoch_steps),
+          e.state().metrics["val_loss"], e.state().metrics["val_accuracy"], samples_per_s, world_size, timer.value());
+      metrics_log << line << "\n";
+      metrics_log.flush();
+      if (progress == "bar") std::fprintf(stderr, "\n");
+      std::fprintf(stderr, "%s\n", line.c_str());
+    });
+
+    if (absl::GetFlag(FLAGS_resume)) {
+      EMBER_ASSIGN_OR_RETURN(std::optional<std::string> from, ckpt->ResumeLatest(comm));
+      if (rank == 0) {
+        std::fprintf(stderr, "%s\n", from ? absl::StrCat("resumed from ", *from).c_str()
+                                          : "no checkpoint to resume from: starting fresh");
+      }
+    }
+    absl::Status run = trainer.Run(train_source, {.max_epochs = absl::GetFlag(FLAGS_epochs)});
+    final_epoch = trainer.state().epoch;
+    final_iteration = trainer.state().iteration;
+    if (!run.ok()) return run;
+    if (preemption.preempted) {
+      // Save where we are: an evaluation fires the checkpoint (keep_last keeps it).
+      EMBER_RETURN_IF_ERROR(evaluator.Run(val_batches));
+      outcome = {"preempted", 0};
+    } else if (ton.terminated_at()) {
+      outcome = {"terminate_on_nan", 3};
+    } else if (es->stop_reason() != EarlyStopping::StopReason::kNone) {
+      outcome = {"early_stopping", 0};
+    } else {
+      outcome = {"completed", 0};
+    }
+    best = ckpt->last_checkpoint();
+    latest = ckpt->latest_checkpoint();
+    best_score = ckpt->best_score();
+    return absl::OkStatus();
+  }();
+  if (!status.ok()) fail(status);
+
+  std::printf("{\"rank\": %d, \"world_size\": %d, \"epoch\": %lld, \"iteration\": %lld, \"stopped_by\": \"%s\", "
+              "\"best_checkpoint\": %s, \"latest_checkpoint\": %s, \"best_score\": %s}\n",
+              rank, world_size, static_cast<long long>(final_epoch), static_cast<long long>(final_iteration),
+              outcome.stopped_by.c_str(), JsonString(best).c_str(), JsonString(latest).c_str(),
+              best_score ? absl::StrFormat("%.6f", *best_score).c_str() : "null");
+  std::fflush(stdout);
+  std::fflush(stderr);
+  // Meet before exiting: mpirun ends the whole job at the first non-zero exit, so every rank's
+  // final line must be out first. After a failed collective there is no meeting: exit now.
+  if (comm.poisoned().ok() && comm.Barrier(absl::Now() + absl::Seconds(30)).ok() && outcome.exit_code == 0) {
+    world->reset();  // finalises MPI
+    return 0;
+  }
+  std::fflush(nullptr);
+  ::_exit(outcome.exit_code);
+}
+
+}  // namespace
+}  // namespace ember::tools
+
+int main(int argc, char** argv) { return ember::tools::Main(argc, argv); }
