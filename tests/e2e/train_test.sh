@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# End-to-end tests of //tools:train, as a user runs it: one process and under mpirun.
+#   train_test.sh TRAIN CKPT MODE
+set -uo pipefail
+train=$(realpath "$1")
+ckpt=$(realpath "$2")
+mode=$3
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+unset XML_OUTPUT_FILE TEST_PREMATURE_EXIT_FILE
+work=${TEST_TMPDIR:-$(mktemp -d)}/$mode
+rm -rf "$work"
+mkdir -p "$work"
+mpi() { local n=$1; shift; timeout 600 mpirun --oversubscribe -np "$n" --mca btl self,vader "$@"; }
+fail() { echo "FAIL: $*"; exit 1; }
+field() { sed -n "s/.*\"$2\": \([^,}]*\).*/\1/p" <<<"$1" | head -n 1 | tr -d '"'; }
+finals() { grep -E '^\{"rank"' <<<"$1"; }
+
+case $mode in
+synthetic)
+  out=$("$train" --data=synthetic --epochs=8 --output_dir="$work/one" --progress=none 2>&1); rc=$?
+  echo "$out" | tail -n 3
+  [[ $rc -eq 0 ]] || fail "1 rank exited $rc"
+  line=$(finals "$out")
+  awk -v s="$(field "$line" best_score)" 'BEGIN { exit !(s > 0.9) }' || fail "1 rank: best_score $(field "$line" best_score) <= 0.9"
+  out=$(mpi 4 "$train" --data=synthetic --epochs=8 --output_dir="$work/four" --progress=none 2>&1); rc=$?
+  finals "$out"
+  [[ $rc -eq 0 ]] || fail "4 ranks exited $rc"
+  [[ $(finals "$out" | wc -l) -eq 4 ]] || fail "not 4 final lines"
+  # Every rank agrees on where it stopped, why, and which checkpoints exist.
+  [[ $(finals "$out" | sed 's/"rank": [0-9]*, //' | sort -u | wc -l) -eq 1 ]] || fail "ranks disagree"
+  line=$(finals "$out" | head -n 1)
+  awk -v s="$(field "$line" best_score)" 'BEGIN { exit !(s > 0.9) }' || fail "4 ranks: best_score <= 0.9"
+  best=$(field "$line" best_checkpoint)
+  [[ $best == /* && -f $best ]] || fail "best checkpoint '$best' is not an absolute path to a file"
+  "$ckpt" list "$work/four" || fail "ckpt list found a corrupt file"
+  [[ $(wc -l <"$work/four/metrics.jsonl") -eq $(field "$line" epoch) ]] || fail "one metrics line per epoch expected"
+  grep -q '"world_size": 4' "$work/four/metrics.jsonl" || fail "metrics log lacks world_size"
+  # Python reads the best checkpoint with a plain torch.load, and the model state loads strictly.
+  /usr/bin/python3 - "$best" <<'PY' || fail "python could not load the checkpoint"
+import sys, torch
+ck = torch.load(sys.argv[1])
+assert set(ck) == {"model", "optimizer", "trainer", "early_stopping"}, ck.keys()
+model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+model.load_state_dict(ck["model"])
+print("python: loaded", sys.argv[1], "trainer state", dict(ck["trainer"]))
+PY
+  ;;
+nan)
+  out=$(mpi 2 "$train" --data=synthetic --epochs=3 --inject_nan=1:7 --output_dir="$work/nan" --progress=none 2>&1); rc=$?
+  finals "$out"
+  echo "$out" | grep TerminateOnNan
+  [[ $rc -eq 3 ]] || fail "expected exit code 3, got $rc"
+  [[ $(finals "$out" | grep -c '"iteration": 7, "stopped_by": "terminate_on_nan"') -eq 2 ]] || fail "both ranks must stop at iteration 7"
+  grep -q "non-finite output on rank(s) 1 at iteration 7" <<<"$out" || fail "the message does not name rank 1 and iteration 7"
+  ;;
+resume)
+  common=(--data=synthetic --patience=100 --seed=7 --progress=none --n_saved=1)
+  mpi 2 "$train" "${common[@]}" --epochs=4 --output_dir="$work/straight" >"$work/a.log" 2>&1 || fail "uninterrupted run: $(tail -n 5 "$work/a.log")"
+  mpi 2 "$train" "${common[@]}" --epochs=2 --output_dir="$work/resumed" >"$work/b.log" 2>&1 || fail "first half: $(tail -n 5 "$work/b.log")"
+  mpi 2 "$train" "${common[@]}" --epochs=4 --output_dir="$work/resumed" --resume >"$work/c.log" 2>&1 || fail "resumed half: $(tail -n 5 "$work/c.log")"
+  grep -q "resumed from $work/resumed/checkpoint_2_" "$work/c.log" || fail "did not resume from epoch 2: $(grep -i resum "$work/c.log")"
+  a=$(finals "$(cat "$work/a.log")" | head -n 1)
+  c=$(finals "$(cat "$work/c.log")" | head -n 1)
+  [[ $(field "$a" iteration) == $(field "$c" iteration) ]] || fail "iterations differ: $a vs $c"
+  sa=$("$ckpt" show "$(field "$a" latest_checkpoint)" | grep -o '"model[^}]*}' )
+  sc=$("$ckpt" show "$(field "$c" latest_checkpoint)" | grep -o '"model[^}]*}' )
+  [[ -n $sa && "$sa" == "$sc" ]] || fail "weights differ after resume:\n$sa\nvs\n$sc"
+  echo "weights identical: $(wc -l <<<"$sa") model tensors"
+  ;;
+bad_input)
+  expect_error() {  # expected message, then args
+    local msg=$1; shift
+    out=$("$train" "$@" 2>&1); rc=$?
+    [[ $rc -eq 1 ]] || fail "$* exited $rc, expected 1"
+    grep -qF -- "$msg" <<<"$out" || fail "$*: message lacks '$msg': $out"
+    echo "ok: $* -> $(grep error <<<"$out" | head -n 1)"
+  }
+  expect_error "--epochs must be >= 1, got 0" --epochs=0 --data=synthetic --output_dir="$work/x"
+  expect_error "--hidden='256,x'" --hidden=256,x --data=synthetic --output_dir="$work/x"
+  expect_error "no train-images-idx3-ubyte or train-images-idx3-ubyte.gz in /nonexistent" --data=mnist:/nonexistent --output_dir="$work/x"
+  printf 'label,a,b\n1,0.5,0.25\n0,0.1\n' >"$work/bad.csv"
+  expect_error "bad.csv:3: 1 features, expected 2" --data=csv:"$work/bad.csv" --output_dir="$work/x"
+  expect_error "cannot be sharded over 1 ranks with --batch_size=100000" --data=synthetic --batch_size=100000 --output_dir="$work/x"
+  mkdir -p "$work/full"
+  echo keep >"$work/full/precious.pt"
+  expect_error "with extension '.pt' are already present" --data=synthetic --output_dir="$work/full"
+  [[ $(cat "$work/full/precious.pt") == keep && $(ls "$work/full") == precious.pt ]] || fail "the output dir was touched"
+  touch "$work/afile"
+  expect_error "is not a directory" --data=synthetic --output_dir="$work/afile"
+  out=$(mpi 2 "$train" --epochs=0 --data=synthetic --output_dir="$work/y" 2>&1); rc=$?
+  [[ $rc -ne 0 && $(grep -c -- "--epochs must be >= 1" <<<"$out") -eq 2 ]] || fail "2 ranks: each rank must report the bad flag"
+  ;;
+preempt)
+  mpi 2 "$train" --data=synthetic --epochs=1000 --patience=1000 --output_dir="$work/p" --progress=none >"$work/p.log" 2>&1 &
+  job=$!
+  for _ in $(seq 1 100); do [[ -f $work/p/metrics.jsonl ]] && break; sleep 0.2; done
+  victim=$(pgrep -f -- "--output_dir=$work/p" | grep -v "^$job\$" | while read -r p; do
+    [[ $(cat /proc/$p/comm) == train ]] && echo "$p"; done | tail -n 1)
+  [[ -n $victim ]] || fail "no trainer process found"
+  kill -TERM "$victim"
+  wait "$job"; rc=$?
+  cat "$work/p.log" | grep -E '^\{"rank"'
+  [[ $rc -eq 0 ]] || fail "preempted job exited $rc"
+  [[ $(grep -c '"stopped_by": "preempted"' "$work/p.log") -eq 2 ]] || fail "both ranks must report preempted"
+  "$ckpt" verify "$work"/p/*.pt || fail "checkpoints after preemption do not verify"
+  ;;
+fashion_mnist)
+  out=$(mpi 2 "$train" --epochs=3 --output_dir="$work/fm" --progress=none 2>&1); rc=$?
+  echo "$out" | grep -E 'val_accuracy|"rank"'
+  [[ $rc -eq 0 ]] || fail "exited $rc"
+  line=$(finals "$out" | head -n 1)
+  awk -v s="$(field "$line" best_score)" 'BEGIN { exit !(s > 0.85) }' || fail "test accuracy $(field "$line" best_score) <= 0.85"
+  ;;
+*) fail "unknown mode $mode" ;;
+esac
+echo OK
