@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -27,6 +28,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -240,6 +242,20 @@ absl::Status ValidateFlags() {
   return absl::OkStatus();
 }
 
+// `bazel run` starts the binary in its runfiles tree; relative paths mean the user's directory.
+std::string UserPath(const std::string& path) {
+  const char* cwd = std::getenv("BUILD_WORKING_DIRECTORY");
+  if (path.empty() || path[0] == '/' || cwd == nullptr) return path;
+  return JoinPath(cwd, path);
+}
+
+std::string UserDataSpec(const std::string& spec) {
+  for (const char* prefix : {"mnist:", "csv:"}) {
+    if (absl::StartsWith(spec, prefix)) return prefix + UserPath(spec.substr(std::string(prefix).size()));
+  }
+  return spec;
+}
+
 std::string JsonString(const std::optional<std::string>& s) {
   if (!s) return "null";
   std::string out = "\"";
@@ -287,7 +303,7 @@ int Main(int argc, char** argv) {
     EMBER_ASSIGN_OR_RETURN(NanAt nan_at, ParseInjectNan(absl::GetFlag(FLAGS_inject_nan), world_size));
     const uint64_t seed = static_cast<uint64_t>(absl::GetFlag(FLAGS_seed));
     const int batch_size = absl::GetFlag(FLAGS_batch_size);
-    EMBER_ASSIGN_OR_RETURN(Dataset data, LoadDataset(absl::GetFlag(FLAGS_data), seed));
+    EMBER_ASSIGN_OR_RETURN(Dataset data, LoadDataset(UserDataSpec(absl::GetFlag(FLAGS_data)), seed));
     if (data.train.size() / world_size < batch_size) {
       return absl::InvalidArgumentError(absl::StrCat(
           "the ", data.train.size(), " training samples of ", data.name, " cannot be sharded over ", world_size,
@@ -367,7 +383,7 @@ int Main(int argc, char** argv) {
                                                  .resume = Events::IterationStarted(), .step = Events::IterationCompleted()}));
     EMBER_ASSIGN_OR_RETURN(std::unique_ptr<EarlyStopping> es,
                            EarlyStopping::Create({.patience = absl::GetFlag(FLAGS_patience), .score_name = "val_accuracy"}, trainer));
-    const std::string out_dir = absl::GetFlag(FLAGS_output_dir);
+    const std::string out_dir = UserPath(absl::GetFlag(FLAGS_output_dir));
     EMBER_ASSIGN_OR_RETURN(
         std::unique_ptr<Checkpoint> ckpt,
         CreateModelCheckpoint({.dirname = out_dir,
@@ -434,6 +450,11 @@ int Main(int argc, char** argv) {
       if (rank == 0) {
         std::fprintf(stderr, "%s\n", from ? absl::StrCat("resumed from ", *from).c_str()
                                           : "no checkpoint to resume from: starting fresh");
+      }
+      if (from && trainer.state().epoch > absl::GetFlag(FLAGS_epochs)) {
+        return absl::InvalidArgumentError(absl::StrCat("--epochs=", absl::GetFlag(FLAGS_epochs), " but ", *from,
+                                                       " is already at epoch ", trainer.state().epoch,
+                                                       "; give --epochs greater than that to train further"));
       }
     }
     absl::Status run = trainer.Run(train_source, {.max_epochs = absl::GetFlag(FLAGS_epochs)});

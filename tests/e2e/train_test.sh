@@ -104,6 +104,26 @@ preempt)
   [[ $(grep -c '"stopped_by": "preempted"' "$work/p.log") -eq 2 ]] || fail "both ranks must report preempted"
   "$ckpt" verify "$work"/p/*.pt || fail "checkpoints after preemption do not verify"
   ;;
+kill9)
+  # kill -9 of the whole job at several moments (often while it saves): whatever is left under a
+  # final name loads; only temporary files may be torn.
+  for delay in 2.9 4.6 6.4; do
+    dir="$work/k$delay"
+    mpi 2 "$train" --data=synthetic --epochs=1000 --patience=1000 --hidden=512,512 --output_dir="$dir" --progress=none >/dev/null 2>&1 &
+    job=$!
+    sleep "$delay"
+    pkill -9 -f -- "--output_dir=$dir"
+    kill -9 "$job" 2>/dev/null
+    wait "$job" 2>/dev/null
+    shopt -s nullglob
+    files=("$dir"/*.pt)
+    echo "killed after ${delay}s: ${#files[@]} checkpoint(s), temporary: $(ls -A "$dir" | grep -c ember-tmp || true)"
+    [[ ${#files[@]} -eq 0 ]] || "$ckpt" verify "${files[@]}" || fail "a checkpoint under a final name does not load after kill -9"
+  done
+  # ...and the next run resumes from them, cleaning up the temporary files.
+  out=$(mpi 2 "$train" --data=synthetic --epochs=5 --patience=1000 --hidden=512,512 --output_dir="$work/k6.4" --resume --progress=none 2>&1) || fail "resume after kill -9: $out"
+  [[ $(ls -A "$work/k6.4" | grep -c ember-tmp) -eq 0 ]] || fail "stale temporary files were not removed"
+  ;;
 fashion_mnist)
   out=$(mpi 2 "$train" --epochs=3 --output_dir="$work/fm" --progress=none 2>&1); rc=$?
   echo "$out" | grep -E 'val_accuracy|"rank"'
