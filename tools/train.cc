@@ -395,6 +395,11 @@ int Main(int argc, char** argv) {
                               {{"model", *model}, {"optimizer", optimizer}, {"trainer", trainer}, {"early_stopping", *es}}, &comm));
     evaluator.On(Events::Completed(), *es);
     evaluator.On(Events::Completed(), *ckpt);
+    // Training throughput is measured up to here, before the evaluation.
+    double epoch_seconds = 0;
+    absl::Time epoch_start = absl::Now();
+    trainer.On(Events::EpochStarted(), [&] { epoch_start = absl::Now(); });
+    trainer.On(Events::EpochCompleted(), [&] { epoch_seconds = absl::ToDoubleSeconds(absl::Now() - epoch_start); });
     trainer.On(Events::EpochCompleted(), [&]() -> absl::Status { return evaluator.Run(val_batches); });
 
     // Rank 0: progress and the metrics log.
@@ -402,11 +407,10 @@ int Main(int argc, char** argv) {
     if (progress == "auto") progress = ::isatty(2) ? "bar" : "lines";
     double epoch_loss = 0;
     int64_t epoch_steps = 0;
-    absl::Time epoch_start = absl::Now(), last_line = absl::Now();
+    absl::Time last_line = absl::Now();
     trainer.On(Events::EpochStarted(), [&] {
       epoch_loss = 0;
       epoch_steps = 0;
-      epoch_start = absl::Now();
     });
     trainer.On(Events::IterationCompleted(), [&](Engine& e) {
       if (const double* l = e.state().output_as<double>()) epoch_loss += *l;
@@ -432,8 +436,7 @@ int Main(int argc, char** argv) {
     if (rank == 0) metrics_log.open(JoinPath(out_dir, "metrics.jsonl"), std::ios::app);
     trainer.On(Events::EpochCompleted(), [&](Engine& e) {
       if (rank != 0) return;
-      const double seconds = absl::ToDoubleSeconds(absl::Now() - epoch_start);
-      const double samples_per_s = static_cast<double>(epoch_steps) * batch_size * world_size / seconds;
+      const double samples_per_s = static_cast<double>(epoch_steps) * batch_size * world_size / epoch_seconds;
       const std::string line = absl::StrFormat(
           "{\"epoch\": %d, \"iteration\": %d, \"train_loss\": %.6f, \"val_loss\": %.6f, \"val_accuracy\": %.6f, "
           "\"samples_per_s\": %.1f, \"world_size\": %d, \"time_per_iteration_s\": %.6f}",
