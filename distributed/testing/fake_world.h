@@ -22,6 +22,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -36,6 +37,14 @@ class FakeWorld {
 
   int world_size() const { return world_size_; }
   Communicator* comm(int rank) { return comms_[rank].get(); }
+
+  // Runs fn(communicator of rank r) on one thread per rank and waits for all of them.
+  template <typename F>
+  void RunOnEveryRank(F fn) {
+    std::vector<std::thread> threads;
+    for (int r = 0; r < world_size_; ++r) threads.emplace_back([this, &fn, r] { fn(*comms_[r]); });
+    for (auto& t : threads) t.join();
+  }
 
   void Stall(int rank);
   void Kill(int rank);

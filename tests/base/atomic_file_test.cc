@@ -9,6 +9,7 @@
 #include "absl/status/status.h"
 #include "base/file_system.h"
 #include "base/testing/fault_injection_file_system.h"
+#include "base/testing/temp_dir.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -18,17 +19,7 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::UnorderedElementsAre;
 
-std::string TempDir(const std::string& name) {
-  const char* base = std::getenv("TEST_TMPDIR");
-  std::string dir = JoinPath(base ? base : "/tmp", name);
-  FileSystem* fs = FileSystem::Default();
-  if (fs->Exists(dir)) {
-    std::vector<std::string> names = *fs->ListDir(dir);
-    for (const std::string& f : names) (void)fs->RemoveFile(JoinPath(dir, f));
-  }
-  EXPECT_TRUE(fs->CreateDirs(dir).ok());
-  return dir;
-}
+using testing::TempDir;
 
 auto Content(const std::string& text) {
   return [text](const AppendFn& append) { return append(text.data(), text.size()); };

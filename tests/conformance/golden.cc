@@ -5,6 +5,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
 
 namespace ember::testing {
 
@@ -24,6 +25,12 @@ absl::StatusOr<nlohmann::json> LoadGoldenScenario(const std::string& name) {
     if (scenario.value("scenario", "") == name) return scenario;
   }
   return absl::NotFoundError(absl::StrCat("scenario '", name, "' not in ", path));
+}
+
+nlohmann::json Golden(const std::string& name) {
+  absl::StatusOr<nlohmann::json> scenario = LoadGoldenScenario(name);
+  EXPECT_TRUE(scenario.ok()) << scenario.status();
+  return scenario.ok() ? *scenario : nlohmann::json();
 }
 
 }  // namespace ember::testing

@@ -14,6 +14,9 @@ namespace ember::testing {
 // {"scenario", "inputs", "expected"} of the named scenario; NotFound if it is not in the file.
 absl::StatusOr<nlohmann::json> LoadGoldenScenario(const std::string& name);
 
+// The same inside a test: a missing scenario is a test failure, and an empty JSON is returned.
+nlohmann::json Golden(const std::string& name);
+
 }  // namespace ember::testing
 
 #endif  // EMBER_TESTS_CONFORMANCE_GOLDEN_H_

@@ -22,18 +22,7 @@ namespace {
 
 using ::nlohmann::json;
 
-json Golden(const std::string& name) {
-  absl::StatusOr<json> g = testing::LoadGoldenScenario(name);
-  EXPECT_TRUE(g.ok()) << g.status();
-  return g.ok() ? *g : json();
-}
-
-template <typename F>
-void OnEveryRank(dist::testing::FakeWorld& world, F fn) {
-  std::vector<std::thread> threads;
-  for (int r = 0; r < world.world_size(); ++r) threads.emplace_back([&, r] { fn(*world.comm(r)); });
-  for (auto& t : threads) t.join();
-}
+using testing::Golden;
 
 TEST(DistScenarios, EarlyStoppingOnPerRankScoresStopsEveryRankAtOneEpoch) {
   json unreduced = Golden("dist_early_stopping_unreduced_diverges");
@@ -43,7 +32,7 @@ TEST(DistScenarios, EarlyStoppingOnPerRankScoresStopsEveryRankAtOneEpoch) {
   dist::testing::FakeWorld world(2);
   std::vector<int64_t> epochs(2);
   std::vector<json> calls(2, json::array());
-  OnEveryRank(world, [&](dist::Communicator& comm) {
+  world.RunOnEveryRank([&](dist::Communicator& comm) {
     const json& scores = unreduced["inputs"]["scores_by_rank"][std::to_string(comm.rank())];
     std::vector<int> data = {0, 1};
     Engine trainer([](Engine&, const int&) { return 1.0; });
@@ -83,7 +72,7 @@ TEST(DistScenarios, CheckpointOnEveryRankOnlyTheSavingRankWrites) {
     dist::testing::FakeWorld world(2);
     std::vector<std::shared_ptr<InMemorySaver>> savers = {std::make_shared<InMemorySaver>(), std::make_shared<InMemorySaver>()};
     std::vector<std::vector<std::string>> kept(2);
-    OnEveryRank(world, [&](dist::Communicator& comm) {
+    world.RunOnEveryRank([&](dist::Communicator& comm) {
       const int r = comm.rank();
       const json& scores = g["inputs"]["scores_by_rank"][std::to_string(r)];
       struct Obj : Stateful {

@@ -25,14 +25,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-// Runs fn(comm) on every rank of a fake world, one thread each.
-template <typename F>
-void OnEveryRank(testing::FakeWorld& world, F fn) {
-  std::vector<std::thread> threads;
-  for (int r = 0; r < world.world_size(); ++r) threads.emplace_back([&, r] { fn(*world.comm(r)); });
-  for (auto& t : threads) t.join();
-}
-
 TEST(SingleProcess, Conformance) {
   SingleProcessCommunicator comm;
   testing::CheckAll(comm);
@@ -43,7 +35,7 @@ class FakeWorldConformance : public ::testing::TestWithParam<int> {};
 
 TEST_P(FakeWorldConformance, AllChecks) {
   testing::FakeWorld world(GetParam());
-  OnEveryRank(world, [](Communicator& c) { testing::CheckAll(c); });
+  world.RunOnEveryRank([](Communicator& c) { testing::CheckAll(c); });
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, FakeWorldConformance, ::testing::Values(1, 2, 4));
@@ -53,7 +45,7 @@ TEST(FakeWorldFaults, StalledRankMakesTheOthersFailAtTheDeadlineAndPoisons) {
   world.Stall(1);
   std::vector<absl::Status> status(3);
   std::vector<double> elapsed(3);
-  OnEveryRank(world, [&](Communicator& c) {
+  world.RunOnEveryRank([&](Communicator& c) {
     if (c.rank() == 1) return;  // a stalled process never even returns
     const absl::Time start = absl::Now();
     double v = 1;
@@ -76,7 +68,7 @@ TEST(FakeWorldFaults, KilledRankMidRunFailsEveryEngineWithTheEventAndIteration) 
   testing::FakeWorld world(4);
   std::vector<absl::Status> status(4);
   std::vector<int64_t> iteration(4);
-  OnEveryRank(world, [&](Communicator& c) {
+  world.RunOnEveryRank([&](Communicator& c) {
     std::vector<int> data(10, 0);
     Engine engine([&](Engine& e, const int&) {
       if (c.rank() == 2 && e.state().iteration == 5) {
@@ -121,7 +113,7 @@ class Divergent : public SynchronizedHandler {
 TEST(FakeWorldFaults, DecisionDigestCatchesDivergingRanks) {
   testing::FakeWorld world(2);
   std::vector<absl::Status> status(2);
-  OnEveryRank(world, [&](Communicator& c) {
+  world.RunOnEveryRank([&](Communicator& c) {
     std::vector<int> data = {0, 1, 2, 3};
     Engine engine([](Engine&, const int&) { return 1.0; });
     engine.set_communicator(&c);
@@ -139,7 +131,7 @@ TEST(RootAction, EveryRankGetsTheRootsOutcome) {
   testing::FakeWorld world(3);
   std::vector<absl::Status> status(3);
   std::vector<int> ran(3, 0);
-  OnEveryRank(world, [&](Communicator& c) {
+  world.RunOnEveryRank([&](Communicator& c) {
     status[c.rank()] = RunOnRoot(c, 1, absl::Now() + absl::Seconds(10), [&] {
       ++ran[c.rank()];
       return absl::ResourceExhaustedError("write /ckpt/model_3.pt: No space left on device");
@@ -156,7 +148,7 @@ TEST(RootAction, EveryRankGetsTheRootsOutcome) {
 TEST(Consensus, ReductionsAreDeterministicAndNanAware) {
   testing::FakeWorld world(3);
   std::vector<std::vector<double>> reduced(3, std::vector<double>(5));
-  OnEveryRank(world, [&](Communicator& c) {
+  world.RunOnEveryRank([&](Communicator& c) {
     Consensus consensus(&c);
     const double r = c.rank();
     std::vector<double> values = {r, r, r == 1 ? std::nan("") : r, r == 2 ? std::nan("") : 0.0, 0.1 * (r + 1)};

@@ -18,11 +18,7 @@ namespace {
 using ::nlohmann::json;
 using ::testing::HasSubstr;
 
-json Golden(const std::string& name) {
-  absl::StatusOr<json> scenario = testing::LoadGoldenScenario(name);
-  EXPECT_TRUE(scenario.ok()) << scenario.status();
-  return scenario.ok() ? *scenario : json();
-}
+using testing::Golden;
 
 std::vector<int> Ints(const json& j) { return j.get<std::vector<int>>(); }
 

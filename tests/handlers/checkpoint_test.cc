@@ -15,6 +15,7 @@
 #include "base/atomic_file.h"
 #include "base/file_system.h"
 #include "base/testing/fault_injection_file_system.h"
+#include "base/testing/temp_dir.h"
 #include "engine/engine.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -30,22 +31,9 @@ using ::nlohmann::json;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-json Golden(const std::string& name) {
-  absl::StatusOr<json> g = testing::LoadGoldenScenario(name);
-  EXPECT_TRUE(g.ok()) << g.status();
-  return g.ok() ? *g : json();
-}
+using testing::Golden;
 
-std::string TempDir(const std::string& name) {
-  const char* base = std::getenv("TEST_TMPDIR");
-  std::string dir = JoinPath(base ? base : "/tmp", name);
-  FileSystem* fs = FileSystem::Default();
-  if (fs->Exists(dir)) {
-    std::vector<std::string> names = *fs->ListDir(dir);
-    for (const std::string& f : names) (void)fs->RemoveFile(JoinPath(dir, f));
-  }
-  return dir;
-}
+using testing::TempDir;
 
 std::vector<std::string> Files(const std::string& dir) {
   std::vector<std::string> names = *FileSystem::Default()->ListDir(dir);

@@ -29,11 +29,7 @@ using ::testing::HasSubstr;
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-json Golden(const std::string& name) {
-  absl::StatusOr<json> g = testing::LoadGoldenScenario(name);
-  EXPECT_TRUE(g.ok()) << g.status();
-  return g.ok() ? *g : json();
-}
+using testing::Golden;
 
 double Num(const json& j) {
   if (j.is_string()) {
