@@ -1,7 +1,7 @@
 #include "handlers/torch_serialization.h"
 
 #include <caffe2/serialize/file_adapter.h>
-#include <caffe2/serialize/in_memory_adapter.h>
+#include <caffe2/serialize/read_adapter_interface.h>
 #include <caffe2/serialize/inline_container.h>
 #include <torch/torch.h>
 #include <zlib.h>
@@ -982,6 +982,24 @@ absl::StatusOr<Value> ReadArchive(caffe2::serialize::PyTorchStreamReader& reader
   return unpickler.Load();
 }
 
+// caffe2's MemoryReadAdapter copies whatever range the zip reader asks for, and a corrupt
+// central directory makes it ask past the end of the buffer (found by libFuzzer: a segfault).
+// This one returns a short read instead, which the zip reader reports as an error.
+class BoundedMemoryAdapter final : public caffe2::serialize::ReadAdapterInterface {
+ public:
+  explicit BoundedMemoryAdapter(std::string_view bytes) : bytes_(bytes) {}
+  size_t size() const override { return bytes_.size(); }
+  size_t read(uint64_t pos, void* buf, size_t n, const char* = "") const override {
+    if (pos >= bytes_.size()) return 0;
+    n = std::min<size_t>(n, bytes_.size() - static_cast<size_t>(pos));
+    std::memcpy(buf, bytes_.data() + pos, n);
+    return n;
+  }
+
+ private:
+  std::string_view bytes_;
+};
+
 // Checks the leading bytes before handing the data to the zip reader.
 absl::Status CheckMagic(std::string_view head, const std::string& name) {
   if (head.size() >= 4 && head.substr(0, 4) == std::string_view("PK\x03\x04", 4)) {
@@ -1229,8 +1247,7 @@ absl::StatusOr<Value> ReadTorchSave(std::string_view bytes, std::string_view nam
   const std::string name(name_view);
   EMBER_RETURN_IF_ERROR(CheckMagic(bytes.substr(0, 4), name));
   try {
-    auto adapter = std::make_shared<caffe2::serialize::MemoryReadAdapter>(
-        bytes.data(), static_cast<off_t>(bytes.size()));
+    auto adapter = std::make_shared<BoundedMemoryAdapter>(bytes);
     caffe2::serialize::PyTorchStreamReader reader(adapter);
     return ReadArchive(reader, name);
   } catch (const c10::Error& e) {

@@ -16,6 +16,8 @@ PACKAGES=(
   nlohmann-json3-dev                      # JSON for golden scenarios, metrics logs, tools
   dataset-fashion-mnist                   # the trainer's default data, nothing to download
   python3-torch                           # Python interoperability tests (/usr/bin/python3)
+  iproute2 util-linux                     # ip netns, unshare (failure tests)
+  clang-14 libclang-rt-14-dev             # libFuzzer runs (tools/fuzz/run_libfuzzer.sh)
 )
 
 if [[ $(id -u) -eq 0 ]]; then SUDO=(); else SUDO=(sudo); fi
