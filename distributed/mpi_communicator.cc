@@ -7,12 +7,15 @@
 #include <climits>
 #include <cstdint>
 #include <string>
+#include <cstring>
 #include <thread>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
+#include "distributed/launcher_env.h"
 
 namespace ember::dist {
 namespace {
@@ -74,11 +77,25 @@ absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::Create() {
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
   MPI_Comm_rank(MPI_COMM_WORLD, &comm->rank_);
   MPI_Comm_size(MPI_COMM_WORLD, &comm->world_size_);
-  MPI_Comm node;
-  if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, comm->rank_, MPI_INFO_NULL,
-                          &node) == MPI_SUCCESS) {
-    MPI_Comm_rank(node, &comm->local_rank_);
-    MPI_Comm_free(&node);
+  // The local rank comes from the launcher (mpirun, srun and Hydra set it per host). Not from
+  // MPI_Comm_split_type(MPI_COMM_TYPE_SHARED): OpenMPI 4.1 judges locality by host name, and
+  // with hosts that share a name (containers, network namespaces) the call hangs.
+  absl::StatusOr<LaunchInfo> info = ReadLaunchInfo();
+  if (info.ok() && info->world_size == comm->world_size_ && info->rank == comm->rank_) {
+    comm->local_rank_ = info->local_rank;
+  } else {
+    // No launcher variables: ranks with the same host name count as one host.
+    char name[MPI_MAX_PROCESSOR_NAME] = {};
+    int len = 0;
+    MPI_Get_processor_name(name, &len);
+    std::vector<char> all(static_cast<size_t>(MPI_MAX_PROCESSOR_NAME) * comm->world_size_);
+    MPI_Allgather(name, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, all.data(), MPI_MAX_PROCESSOR_NAME, MPI_CHAR,
+                  MPI_COMM_WORLD);
+    for (int r = 0; r < comm->rank_; ++r) {
+      if (std::strncmp(all.data() + static_cast<size_t>(r) * MPI_MAX_PROCESSOR_NAME, name, MPI_MAX_PROCESSOR_NAME) == 0) {
+        ++comm->local_rank_;
+      }
+    }
   }
   return comm;
 }
