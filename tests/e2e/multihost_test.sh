@@ -9,18 +9,10 @@
 set -uo pipefail
 train=$(realpath "$1")
 ckpt=$(realpath "$2")
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-skip_xml=${XML_OUTPUT_FILE:-}
-unset XML_OUTPUT_FILE TEST_PREMATURE_EXIT_FILE
+MODE=multihost
+source "$(dirname "$0")/lib.sh"
 work=${TEST_TMPDIR:-$(mktemp -d)}/multihost
 rm -rf "$work" && mkdir -p "$work"
-fail() { echo "FAIL: $*"; exit 1; }
-skip() {
-  echo "SKIPPED: $*"
-  [[ -n $skip_xml ]] && printf '<?xml version="1.0" encoding="UTF-8"?>\n<testsuites><testsuite name="multihost" tests="1" skipped="1"><testcase name="multihost" result="skipped"><skipped message="%s"/></testcase></testsuite></testsuites>\n' "$*" >"$skip_xml"
-  exit 0
-}
-field() { sed -n "s/.*\"$2\": \([^,}]*\).*/\1/p" <<<"$1" | head -n 1 | tr -d '"'; }
 
 id=$$
 h1=ember$id-a h2=ember$id-b v1=ev$id-a v2=ev$id-b

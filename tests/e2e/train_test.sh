@@ -5,25 +5,12 @@ set -uo pipefail
 train=$(realpath "$1")
 ckpt=$(realpath "$2")
 mode=$3
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-SKIP_XML=${XML_OUTPUT_FILE:-}
-unset XML_OUTPUT_FILE TEST_PREMATURE_EXIT_FILE
+MODE=$mode
+source "$(dirname "$0")/lib.sh"
 work=${TEST_TMPDIR:-$(mktemp -d)}/$mode
 rm -rf "$work"
 mkdir -p "$work"
 mpi() { local n=$1; shift; timeout 600 mpirun --oversubscribe -np "$n" --mca btl self,vader "$@"; }
-fail() { echo "FAIL: $*"; exit 1; }
-field() { sed -n "s/.*\"$2\": \([^,}]*\).*/\1/p" <<<"$1" | head -n 1 | tr -d '"'; }
-finals() { grep -E '^\{"rank"' <<<"$1"; }
-# Reports the test as skipped (with the reason) in the test.xml that .ci/run counts.
-skip() {
-  echo "SKIPPED: $*"
-  if [[ -n ${SKIP_XML:-} ]]; then
-    printf '<?xml version="1.0" encoding="UTF-8"?>\n<testsuites><testsuite name="%s" tests="1" skipped="1"><testcase name="%s" result="skipped"><skipped message="%s"/></testcase></testsuite></testsuites>\n' \
-      "$mode" "$mode" "$*" >"$SKIP_XML"
-  fi
-  exit 0
-}
 
 case $mode in
 synthetic)
