@@ -513,8 +513,7 @@ void Engine::RunLoop() {
 }
 
 void Engine::RunEpoch() {
-  int64_t& iter_counter = iter_counter_;
-  iter_counter = init_iter_.value_or(0);
+  int64_t iter_counter = init_iter_.value_or(0);
   init_iter_.reset();
   bool should_exit = false;
   try {

@@ -291,7 +291,6 @@ class Engine {
   bool skip_completed_ = false;
   EpochTermination epoch_termination_ = EpochTermination::kNone;
   std::optional<int64_t> init_iter_;
-  int64_t iter_counter_ = 0;
   int last_event_ = -1;
   bool in_step_ = false;
   std::exception_ptr current_exception_;

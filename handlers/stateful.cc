@@ -66,6 +66,48 @@ bool GetBool(const Value& group, const char* key, bool fallback) {
   return v && v->is_bool() ? v->as_bool() : fallback;
 }
 
+// Adam and AdamW share their options and per-parameter state in LibTorch (two sets of types).
+template <typename Options>
+void SaveAdamOptions(const Options& o, Value& g) {
+  g.Set("lr", o.lr());
+  g.Set("betas", Value::Tuple({std::get<0>(o.betas()), std::get<1>(o.betas())}));
+  g.Set("eps", o.eps());
+  g.Set("weight_decay", o.weight_decay());
+  g.Set("amsgrad", o.amsgrad());
+  g.Set("maximize", false);
+  g.Set("foreach", Value());
+  g.Set("capturable", false);
+}
+
+template <typename Options>
+void LoadAdamOptions(const Value& g, Options& o) {
+  o.lr(GetDouble(g, "lr", o.lr()));
+  o.eps(GetDouble(g, "eps", o.eps()));
+  o.weight_decay(GetDouble(g, "weight_decay", o.weight_decay()));
+  o.amsgrad(GetBool(g, "amsgrad", o.amsgrad()));
+  if (const Value* b = Get(g, "betas"); b && b->is_sequence() && b->items().size() == 2) {
+    o.betas({b->items()[0].as_double(), b->items()[1].as_double()});
+  }
+}
+
+template <typename ParamState>
+void SaveAdamState(const ParamState& a, Value& s) {
+  s.Set("step", torch::tensor(static_cast<double>(a.step()), torch::kFloat32));
+  s.Set("exp_avg", a.exp_avg());
+  s.Set("exp_avg_sq", a.exp_avg_sq());
+  if (a.max_exp_avg_sq().defined()) s.Set("max_exp_avg_sq", a.max_exp_avg_sq());
+}
+
+template <typename ParamState, typename TensorOf>
+std::unique_ptr<ParamState> LoadAdamState(int64_t steps, const TensorOf& tensor) {
+  auto st = std::make_unique<ParamState>();
+  st->step(steps);
+  st->exp_avg(tensor("exp_avg"));
+  st->exp_avg_sq(tensor("exp_avg_sq"));
+  st->max_exp_avg_sq(tensor("max_exp_avg_sq"));
+  return st;
+}
+
 }  // namespace
 
 Value ModuleStateDict(const torch::nn::Module& module) {
@@ -119,23 +161,9 @@ absl::StatusOr<Value> OptimizerStateDict(const torch::optim::Optimizer& optimize
       g.Set("foreach", Value());
       g.Set("differentiable", false);
     } else if (const auto* adam = dynamic_cast<const torch::optim::AdamOptions*>(&options)) {
-      g.Set("lr", adam->lr());
-      g.Set("betas", Value::Tuple({std::get<0>(adam->betas()), std::get<1>(adam->betas())}));
-      g.Set("eps", adam->eps());
-      g.Set("weight_decay", adam->weight_decay());
-      g.Set("amsgrad", adam->amsgrad());
-      g.Set("maximize", false);
-      g.Set("foreach", Value());
-      g.Set("capturable", false);
+      SaveAdamOptions(*adam, g);
     } else if (const auto* adamw = dynamic_cast<const torch::optim::AdamWOptions*>(&options)) {
-      g.Set("lr", adamw->lr());
-      g.Set("betas", Value::Tuple({std::get<0>(adamw->betas()), std::get<1>(adamw->betas())}));
-      g.Set("eps", adamw->eps());
-      g.Set("weight_decay", adamw->weight_decay());
-      g.Set("amsgrad", adamw->amsgrad());
-      g.Set("maximize", false);
-      g.Set("foreach", Value());
-      g.Set("capturable", false);
+      SaveAdamOptions(*adamw, g);
     } else {
       return absl::UnimplementedError(
           "optimizer state_dict: only SGD, Adam and AdamW are supported");
@@ -148,15 +176,9 @@ absl::StatusOr<Value> OptimizerStateDict(const torch::optim::Optimizer& optimize
         if (const auto* m = dynamic_cast<const torch::optim::SGDParamState*>(it->second.get())) {
           s.Set("momentum_buffer", m->momentum_buffer().defined() ? Value(m->momentum_buffer()) : Value());
         } else if (const auto* a = dynamic_cast<const torch::optim::AdamParamState*>(it->second.get())) {
-          s.Set("step", torch::tensor(static_cast<double>(a->step()), torch::kFloat32));
-          s.Set("exp_avg", a->exp_avg());
-          s.Set("exp_avg_sq", a->exp_avg_sq());
-          if (a->max_exp_avg_sq().defined()) s.Set("max_exp_avg_sq", a->max_exp_avg_sq());
+          SaveAdamState(*a, s);
         } else if (const auto* w = dynamic_cast<const torch::optim::AdamWParamState*>(it->second.get())) {
-          s.Set("step", torch::tensor(static_cast<double>(w->step()), torch::kFloat32));
-          s.Set("exp_avg", w->exp_avg());
-          s.Set("exp_avg_sq", w->exp_avg_sq());
-          if (w->max_exp_avg_sq().defined()) s.Set("max_exp_avg_sq", w->max_exp_avg_sq());
+          SaveAdamState(*w, s);
         }
         state.Set(index, std::move(s));
       }
@@ -209,21 +231,9 @@ absl::Status LoadOptimizerStateDict(torch::optim::Optimizer& optimizer, const Va
       sgd->weight_decay(GetDouble(g, "weight_decay", sgd->weight_decay()));
       sgd->nesterov(GetBool(g, "nesterov", sgd->nesterov()));
     } else if (auto* adam = dynamic_cast<torch::optim::AdamOptions*>(&options)) {
-      adam->lr(GetDouble(g, "lr", adam->lr()));
-      adam->eps(GetDouble(g, "eps", adam->eps()));
-      adam->weight_decay(GetDouble(g, "weight_decay", adam->weight_decay()));
-      adam->amsgrad(GetBool(g, "amsgrad", adam->amsgrad()));
-      if (const Value* b = Get(g, "betas"); b && b->is_sequence() && b->items().size() == 2) {
-        adam->betas({b->items()[0].as_double(), b->items()[1].as_double()});
-      }
+      LoadAdamOptions(g, *adam);
     } else if (auto* adamw = dynamic_cast<torch::optim::AdamWOptions*>(&options)) {
-      adamw->lr(GetDouble(g, "lr", adamw->lr()));
-      adamw->eps(GetDouble(g, "eps", adamw->eps()));
-      adamw->weight_decay(GetDouble(g, "weight_decay", adamw->weight_decay()));
-      adamw->amsgrad(GetBool(g, "amsgrad", adamw->amsgrad()));
-      if (const Value* b = Get(g, "betas"); b && b->is_sequence() && b->items().size() == 2) {
-        adamw->betas({b->items()[0].as_double(), b->items()[1].as_double()});
-      }
+      LoadAdamOptions(g, *adamw);
     } else {
       return absl::UnimplementedError("optimizer state_dict: only SGD, Adam and AdamW are supported");
     }
@@ -251,19 +261,9 @@ absl::Status LoadOptimizerStateDict(torch::optim::Optimizer& optimizer, const Va
                         : step->is_tensor() ? static_cast<int64_t>(step->as_tensor().item<double>())
                         : step->is_number() ? static_cast<int64_t>(step->as_double()) : 0;
         if (dynamic_cast<torch::optim::AdamOptions*>(&options)) {
-          auto st = std::make_unique<torch::optim::AdamParamState>();
-          st->step(steps);
-          st->exp_avg(tensor("exp_avg"));
-          st->exp_avg_sq(tensor("exp_avg_sq"));
-          st->max_exp_avg_sq(tensor("max_exp_avg_sq"));
-          optimizer.state()[key] = std::move(st);
+          optimizer.state()[key] = LoadAdamState<torch::optim::AdamParamState>(steps, tensor);
         } else {
-          auto st = std::make_unique<torch::optim::AdamWParamState>();
-          st->step(steps);
-          st->exp_avg(tensor("exp_avg"));
-          st->exp_avg_sq(tensor("exp_avg_sq"));
-          st->max_exp_avg_sq(tensor("max_exp_avg_sq"));
-          optimizer.state()[key] = std::move(st);
+          optimizer.state()[key] = LoadAdamState<torch::optim::AdamWParamState>(steps, tensor);
         }
       }
     }

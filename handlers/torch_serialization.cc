@@ -1243,66 +1243,58 @@ absl::StatusOr<std::string> SerializeTorchSave(const Value& value) {
   return out;
 }
 
-absl::StatusOr<Value> ReadTorchSave(std::string_view bytes, std::string_view name_view) {
-  const std::string name(name_view);
-  EMBER_RETURN_IF_ERROR(CheckMagic(bytes.substr(0, 4), name));
-  try {
-    auto adapter = std::make_shared<BoundedMemoryAdapter>(bytes);
-    caffe2::serialize::PyTorchStreamReader reader(adapter);
-    return ReadArchive(reader, name);
-  } catch (const c10::Error& e) {
-    return absl::DataLossError(
-        absl::StrCat(name, ": unreadable torch.save archive (truncated or corrupted?): ", CppError(e)));
-  }
-}
-
 namespace {
 
-absl::Status CheckFileMagic(const std::string& path) {
+absl::Status Unreadable(const std::string& name, const c10::Error& e) {
+  return absl::DataLossError(
+      absl::StrCat(name, ": unreadable torch.save archive (truncated or corrupted?): ", CppError(e)));
+}
+
+// Checks the file's leading bytes, opens it with caffe2's reader and runs `use` on it; the
+// reader's exceptions become DATA_LOSS errors naming the file.
+template <typename T, typename F>
+absl::StatusOr<T> WithFileReader(const std::string& path, F use) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open for reading"));
   char head[4] = {0, 0, 0, 0};
   in.read(head, 4);
-  return CheckMagic(std::string_view(head, static_cast<size_t>(in.gcount())), path);
+  EMBER_RETURN_IF_ERROR(CheckMagic(std::string_view(head, static_cast<size_t>(in.gcount())), path));
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(path);
+    return use(reader);
+  } catch (const c10::Error& e) {
+    return Unreadable(path, e);
+  }
 }
 
 }  // namespace
 
-absl::StatusOr<Value> ReadTorchSaveFile(const std::string& path) {
-  EMBER_RETURN_IF_ERROR(CheckFileMagic(path));
+absl::StatusOr<Value> ReadTorchSave(std::string_view bytes, std::string_view name_view) {
+  const std::string name(name_view);
+  EMBER_RETURN_IF_ERROR(CheckMagic(bytes.substr(0, 4), name));
   try {
-    caffe2::serialize::PyTorchStreamReader reader(path);
-    return ReadArchive(reader, path);
+    caffe2::serialize::PyTorchStreamReader reader(std::make_shared<BoundedMemoryAdapter>(bytes));
+    return ReadArchive(reader, name);
   } catch (const c10::Error& e) {
-    return absl::DataLossError(
-        absl::StrCat(path, ": unreadable torch.save archive (truncated or corrupted?): ", CppError(e)));
+    return Unreadable(name, e);
   }
+}
+
+absl::StatusOr<Value> ReadTorchSaveFile(const std::string& path) {
+  return WithFileReader<Value>(path, [&](caffe2::serialize::PyTorchStreamReader& r) { return ReadArchive(r, path); });
 }
 
 absl::StatusOr<std::string> ReadTorchSaveRecord(const std::string& path, const std::string& record) {
-  EMBER_RETURN_IF_ERROR(CheckFileMagic(path));
-  try {
-    caffe2::serialize::PyTorchStreamReader reader(path);
-    if (!reader.hasRecord(record)) {
-      return absl::NotFoundError(absl::StrCat(path, ": no record '", record, "'"));
-    }
-    auto [ptr, size] = reader.getRecord(record);
-    return std::string(static_cast<const char*>(ptr.get()), size);
-  } catch (const c10::Error& e) {
-    return absl::DataLossError(
-        absl::StrCat(path, ": unreadable torch.save archive (truncated or corrupted?): ", CppError(e)));
-  }
+  return WithFileReader<std::string>(
+      path, [&](caffe2::serialize::PyTorchStreamReader& r) -> absl::StatusOr<std::string> {
+        if (!r.hasRecord(record)) return absl::NotFoundError(absl::StrCat(path, ": no record '", record, "'"));
+        auto [ptr, size] = r.getRecord(record);
+        return std::string(static_cast<const char*>(ptr.get()), size);
+      });
 }
 
 absl::StatusOr<ArchiveCheck> VerifyTorchSaveFile(const std::string& path) {
-  EMBER_RETURN_IF_ERROR(CheckFileMagic(path));
-  try {
-    caffe2::serialize::PyTorchStreamReader reader(path);
-    return VerifyReader(reader, path);
-  } catch (const c10::Error& e) {
-    return absl::DataLossError(
-        absl::StrCat(path, ": unreadable torch.save archive (truncated or corrupted?): ", CppError(e)));
-  }
+  return WithFileReader<ArchiveCheck>(path, [&](caffe2::serialize::PyTorchStreamReader& r) { return VerifyReader(r, path); });
 }
 
 }  // namespace ember
