@@ -59,6 +59,12 @@ class Communicator {
   int64_t collectives() const { return collectives_.load(std::memory_order_relaxed); }
   // The error that poisoned the communicator, or OK.
   absl::Status poisoned() const { return poison_; }
+  // Marks the communicator failed from outside (a communicator bootstrapped over it failed, a
+  // start-up step timed out): later calls fail, and shutdown skips steps that would wait on the
+  // peers. The first error is kept.
+  void Poison(absl::Status error) {
+    if (poison_.ok() && !error.ok()) poison_ = std::move(error);
+  }
 
  protected:
   virtual absl::Status DoAllReduce(absl::Span<double> values, ReduceOp op, absl::Time deadline) = 0;

@@ -21,7 +21,13 @@ class BootstrappedCommunicator final : public Communicator {
  public:
   BootstrappedCommunicator(std::unique_ptr<Communicator> bootstrap, std::unique_ptr<Communicator> main)
       : bootstrap_(std::move(bootstrap)), main_(std::move(main)) {}
-  ~BootstrappedCommunicator() override { main_.reset(); }
+  ~BootstrappedCommunicator() override {
+    // After a failed NCCL collective the peers' state is unknown: the bootstrap (MPI) must not
+    // finalise either, or MPI_Finalize can block on a stalled peer.
+    absl::Status failed = poisoned().ok() ? main_->poisoned() : poisoned();
+    if (!failed.ok()) bootstrap_->Poison(failed);
+    main_.reset();
+  }
   int rank() const override { return main_->rank(); }
   int world_size() const override { return main_->world_size(); }
   int local_rank() const override { return main_->local_rank(); }
@@ -47,13 +53,14 @@ class BootstrappedCommunicator final : public Communicator {
   std::unique_ptr<Communicator> main_;
 };
 
-absl::StatusOr<std::unique_ptr<Communicator>> LaunchMpi(const LaunchInfo& info) {
+absl::StatusOr<std::unique_ptr<Communicator>> LaunchMpi(const LaunchOptions& options,
+                                                        const LaunchInfo& info) {
   if (!info.mpi_launched) {
     return absl::FailedPreconditionError(absl::StrCat(
         "backend mpi: this process was not started by an MPI launcher (launcher: ", info.launcher,
         "); start it with mpirun (or srun --mpi=pmix), or use another backend"));
   }
-  EMBER_ASSIGN_OR_RETURN(std::unique_ptr<MpiCommunicator> mpi, MpiCommunicator::Create());
+  EMBER_ASSIGN_OR_RETURN(std::unique_ptr<MpiCommunicator> mpi, MpiCommunicator::Create(options.init_timeout));
   if (info.world_size > 0 && (mpi->world_size() != info.world_size || mpi->rank() != info.rank)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "MPI says rank ", mpi->rank(), " of ", mpi->world_size(), " but the ", info.launcher,
@@ -71,7 +78,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> LaunchNccl(const LaunchOptions& op
   nccl.init_timeout = options.init_timeout;
   std::unique_ptr<Communicator> bootstrap;
   if (info.mpi_launched) {
-    EMBER_ASSIGN_OR_RETURN(bootstrap, LaunchMpi(info));
+    EMBER_ASSIGN_OR_RETURN(bootstrap, LaunchMpi(options, info));
     nccl.rank = bootstrap->rank();
     nccl.world_size = bootstrap->world_size();
     nccl.local_rank = bootstrap->local_rank();
@@ -99,14 +106,14 @@ absl::StatusOr<std::unique_ptr<Communicator>> Launch(const LaunchOptions& option
     }
     return std::unique_ptr<Communicator>(new SingleProcessCommunicator());
   }
-  if (b == "mpi") return LaunchMpi(info);
+  if (b == "mpi") return LaunchMpi(options, info);
   if (b == "nccl") return LaunchNccl(options, info);
   if (b != "auto") {
     return absl::InvalidArgumentError(
         absl::StrCat("unknown backend '", b, "'; allowed: auto, single, mpi, nccl"));
   }
   if (NcclBuilt() && CudaDeviceCount() > 0 && info.world_size > 1) return LaunchNccl(options, info);
-  if (info.mpi_launched) return LaunchMpi(info);
+  if (info.mpi_launched) return LaunchMpi(options, info);
   if (info.world_size <= 1) return std::unique_ptr<Communicator>(new SingleProcessCommunicator());
   return absl::FailedPreconditionError(absl::StrCat(
       "rank ", info.rank, " of ", info.world_size, " (", info.launcher,

@@ -64,7 +64,8 @@ absl::Status Wait(MPI_Request* request, const char* what, absl::Time deadline) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::Create() {
+absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::Create(absl::Duration init_timeout) {
+  const absl::Time deadline = absl::Now() + init_timeout;
   std::unique_ptr<MpiCommunicator> comm(new MpiCommunicator());
   int initialized = 0;
   MPI_Initialized(&initialized);
@@ -89,8 +90,14 @@ absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::Create() {
     int len = 0;
     MPI_Get_processor_name(name, &len);
     std::vector<char> all(static_cast<size_t>(MPI_MAX_PROCESSOR_NAME) * comm->world_size_);
-    MPI_Allgather(name, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, all.data(), MPI_MAX_PROCESSOR_NAME, MPI_CHAR,
-                  MPI_COMM_WORLD);
+    MPI_Request request;
+    int rc = MPI_Iallgather(name, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, all.data(), MPI_MAX_PROCESSOR_NAME,
+                            MPI_CHAR, MPI_COMM_WORLD, &request);
+    if (rc != MPI_SUCCESS) return MpiError("MPI_Iallgather (host names)", rc);
+    if (absl::Status s = Wait(&request, "MPI_Iallgather (host names)", deadline); !s.ok()) {
+      comm->Poison(s);  // a peer never joined: MPI_Finalize would block on it
+      return s;
+    }
     for (int r = 0; r < comm->rank_; ++r) {
       if (std::strncmp(all.data() + static_cast<size_t>(r) * MPI_MAX_PROCESSOR_NAME, name, MPI_MAX_PROCESSOR_NAME) == 0) {
         ++comm->local_rank_;

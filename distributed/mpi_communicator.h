@@ -7,7 +7,9 @@
 // must end (the destructor then skips MPI_Finalize, which would block).
 //
 // Create() initialises MPI (MPI_THREAD_FUNNELED) unless it already is; the destructor finalises
-// it if Create initialised it. One per process. Used by one thread.
+// it if Create initialised it and nothing failed. One per process. Used by one thread. Start-up
+// is bounded too: without launcher variables the local rank comes from an all-gather of host
+// names that fails with kDeadlineExceeded after `init_timeout`.
 #ifndef EMBER_DISTRIBUTED_MPI_COMMUNICATOR_H_
 #define EMBER_DISTRIBUTED_MPI_COMMUNICATOR_H_
 
@@ -15,13 +17,15 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "distributed/communicator.h"
 
 namespace ember::dist {
 
 class MpiCommunicator final : public Communicator {
  public:
-  static absl::StatusOr<std::unique_ptr<MpiCommunicator>> Create();
+  static absl::StatusOr<std::unique_ptr<MpiCommunicator>> Create(
+      absl::Duration init_timeout = absl::Seconds(300));
   ~MpiCommunicator() override;
 
   int rank() const override { return rank_; }

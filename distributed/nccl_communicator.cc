@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
+#include "distributed/file_rendezvous.h"
 #include "distributed/tcp_rendezvous.h"
 
 namespace ember::dist {
@@ -39,33 +40,6 @@ ncclRedOp_t ToNccl(ReduceOp op) {
       return ncclMax;
   }
   return ncclSum;
-}
-
-absl::StatusOr<std::string> ShareIdThroughFile(const NcclOptions& o, const std::string& id,
-                                               absl::Time deadline) {
-  if (o.rank == 0) {
-    const std::string tmp = absl::StrCat(o.rendezvous_file, ".tmp.", ::getpid());
-    {
-      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-      out << id;
-      if (!out.flush()) return absl::UnavailableError(absl::StrCat("cannot write ", tmp));
-    }
-    if (std::rename(tmp.c_str(), o.rendezvous_file.c_str()) != 0) {
-      return absl::UnavailableError(absl::StrCat("cannot publish ", o.rendezvous_file));
-    }
-    return id;
-  }
-  while (true) {
-    std::ifstream in(o.rendezvous_file, std::ios::binary);
-    std::stringstream buffer;
-    buffer << in.rdbuf();
-    if (in && buffer.str().size() == id.size()) return buffer.str();
-    if (absl::Now() > deadline) {
-      return absl::DeadlineExceededError(
-          absl::StrCat("NCCL rendezvous: ", o.rendezvous_file, " did not appear in time"));
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
 }
 
 class NcclCommunicator final : public Communicator {
@@ -112,7 +86,8 @@ class NcclCommunicator final : public Communicator {
       EMBER_ASSIGN_OR_RETURN(bytes, ShareFromRank0(o.rank, o.world_size, o.master_addr,
                                                    o.master_port, bytes, deadline));
     } else if (!o.rendezvous_file.empty()) {
-      EMBER_ASSIGN_OR_RETURN(bytes, ShareIdThroughFile(o, bytes, deadline));
+      EMBER_ASSIGN_OR_RETURN(bytes, ShareThroughFile(o.rank, o.rendezvous_file, o.rendezvous_run_id,
+                                                     bytes, deadline));
     } else if (o.world_size > 1) {
       return absl::InvalidArgumentError(
           "NCCL backend: no way to share the ncclUniqueId (give a bootstrap communicator, "

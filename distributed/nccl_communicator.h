@@ -33,7 +33,8 @@ struct NcclOptions {
   Communicator* bootstrap = nullptr;  // e.g. an MpiCommunicator (not owned)
   std::string master_addr;            // TCP rendezvous (torchrun-style)
   int master_port = 0;
-  std::string rendezvous_file;        // shared filesystem
+  std::string rendezvous_file;        // shared filesystem (file_rendezvous.h)
+  std::string rendezvous_run_id;      // required with rendezvous_file: rejects stale files
   absl::Duration init_timeout = absl::Seconds(300);
 };
 

@@ -131,8 +131,17 @@ absl::StatusOr<std::string> ShareFromRank0(int rank, int world_size, const std::
           absl::StrCat("rendezvous: cannot resolve MASTER_ADDR '", addr, "': ", gai_strerror(rc)));
     }
     for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
-      Fd fd(::socket(a->ai_family, a->ai_socktype, a->ai_protocol));
-      if (fd.get() < 0 || ::connect(fd.get(), a->ai_addr, a->ai_addrlen) != 0) continue;
+      // Non-blocking connect, bounded by the deadline: an address that drops SYNs (a cut
+      // link, a firewall) must not block for the kernel's minutes-long connect timeout.
+      Fd fd(::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK, a->ai_protocol));
+      if (fd.get() < 0) continue;
+      if (::connect(fd.get(), a->ai_addr, a->ai_addrlen) != 0) {
+        if (errno != EINPROGRESS) continue;
+        if (!WaitFor(fd.get(), POLLOUT, deadline, "rendezvous connect").ok()) continue;
+        int error = 0;
+        socklen_t len = sizeof(error);
+        if (::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &error, &len) != 0 || error != 0) continue;
+      }
       ::freeaddrinfo(found);
       absl::StatusOr<std::string> head = RecvAll(fd.get(), 8, deadline);
       if (!head.ok()) return head.status();

@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -167,7 +168,6 @@ absl::StatusOr<int64_t> Engine::EventAttributeValue(Event event) const {
 }
 
 void Engine::FireHandlers(Event event) {
-  auto& list = handlers_[event.id()];
   int64_t value = 0;
   switch (event.attr()) {
     case EventAttr::kIteration:
@@ -191,8 +191,9 @@ void Engine::FireHandlers(Event event) {
   // after one collective at the end of the firing.
   const size_t first_handler = pending_.size();
   const size_t first_value = proposals_.size();
-  for (size_t i = 0; i < list.size(); ++i) {
-    HandlerEntry* entry = list[i].get();
+  // handlers_ is indexed afresh on every step: a handler that registers events may grow it.
+  for (size_t i = 0; i < handlers_[event.id()].size(); ++i) {
+    HandlerEntry* entry = handlers_[event.id()][i].get();
     if (entry->removed) continue;
     if (!entry->filter.is_trivial() && !entry->filter.Matches(*this, value)) continue;
     if (entry->sync == nullptr) {
@@ -224,19 +225,11 @@ void Engine::Agree(Event event, size_t first_handler, size_t first_value) {
   } pop{this, first_handler, first_value};
   const size_t n = proposals_.size() - first_value;
   const int world = consensus_.comm()->world_size();
-  // Each firing gets its own slice of reduced_/per_rank_ (a nested firing uses the next one).
-  const size_t reduced_at = reduced_.size();
-  const size_t per_rank_at = per_rank_.size();
-  reduced_.resize(reduced_at + n);
-  per_rank_.resize(per_rank_at + n * static_cast<size_t>(world));
-  struct PopResults {
-    Engine* e;
-    size_t reduced, per_rank;
-    ~PopResults() {
-      e->reduced_.resize(reduced);
-      e->per_rank_.resize(per_rank);
-    }
-  } pop_results{this, reduced_at, per_rank_at};
+  // This firing's results live on its own stack frame: a Decide that fires an event with
+  // synchronized handlers (Checkpoint fires SAVED_CHECKPOINT) runs a nested agreement that may
+  // grow the engine's shared buffers, and must not move what this firing is still reading.
+  absl::InlinedVector<double, 16> reduced_buffer(n);
+  absl::InlinedVector<double, 64> per_rank_buffer(n * static_cast<size_t>(world));
   ++agreements_;
   // A single process cannot wait on anyone: skip reading the clock for a deadline.
   const absl::Time deadline =
@@ -244,16 +237,15 @@ void Engine::Agree(Event event, size_t first_handler, size_t first_value) {
   absl::Status s = consensus_.Reduce(
       absl::MakeConstSpan(proposals_.data() + first_value, n),
       absl::MakeConstSpan(reductions_.data() + first_value, n),
-      absl::MakeSpan(reduced_.data() + reduced_at, n),
-      absl::MakeSpan(per_rank_.data() + per_rank_at, n * static_cast<size_t>(world)), deadline);
+      absl::MakeSpan(reduced_buffer), absl::MakeSpan(per_rank_buffer), deadline);
   if (!s.ok()) {
     throw StatusError(absl::Status(
         s.code(), absl::StrCat("agreement of ", n, " value(s) from ", pending_.size() - first_handler,
                                " synchronized handler(s) at ", event.name(), " failed on rank ",
                                consensus_.comm()->rank(), " of ", world, ": ", s.message())));
   }
-  absl::Span<const double> reduced(reduced_.data() + reduced_at, n);
-  absl::Span<const double> per_rank(per_rank_.data() + per_rank_at, n * static_cast<size_t>(world));
+  absl::Span<const double> reduced(reduced_buffer);
+  absl::Span<const double> per_rank(per_rank_buffer);
   for (size_t h = first_handler; h < pending_.size(); ++h) {
     const size_t offset = pending_offsets_[h] - first_value;
     const size_t count = pending_[h]->sync->num_values();
@@ -468,6 +460,7 @@ absl::Status Engine::RunImpl(DataIter* data, std::optional<int64_t> data_length,
   data_ = nullptr;
   state_.batch = nullptr;
   current_exception_ = nullptr;
+  raised_at_ = -1;
   return status;
 }
 
@@ -518,14 +511,18 @@ void Engine::RunEpoch() {
   bool should_exit = false;
   try {
     while (true) {
-      state_.batch = nullptr;
-      state_.output.reset();
+      // As ignite: the previous step's output is cleared only once a new batch was fetched, so
+      // handlers at EPOCH_COMPLETED still see the last output when data of unknown length runs
+      // out.
+      if (data_ == nullptr) state_.output.reset();
       if (data_ != nullptr) {
         // GET_BATCH_STARTED is not fired again right after a restart of the data.
         if (last_event_ != Event::kDataloaderStopIteration) {
           Fire(Events::GetBatchStarted());
           MaybeTerminate(/*in_epoch_body=*/true);
         }
+        // The previous batch is valid only until Next() is called again (DataSource's contract).
+        state_.batch = nullptr;
         const void* batch = data_->Next();
         if (batch == nullptr) {
           if (!state_.epoch_length) {
@@ -562,6 +559,7 @@ void Engine::RunEpoch() {
         }
         state_.batch = batch;
         state_.batch_type = batch_type_;
+        state_.output.reset();
         Fire(Events::GetBatchCompleted());
         MaybeTerminate(/*in_epoch_body=*/true);
       }
@@ -603,6 +601,7 @@ void Engine::HandleException(std::exception_ptr error) {
   }
   if (!has_handler) std::rethrow_exception(error);
   current_exception_ = error;
+  raised_at_ = last_event_;
   try {
     Fire(Events::ExceptionRaised());
   } catch (...) {
@@ -610,10 +609,16 @@ void Engine::HandleException(std::exception_ptr error) {
     throw HandledException{std::current_exception()};
   }
   current_exception_ = nullptr;
+  // A failed collective is never swallowed: the communicator is poisoned, the peers' state is
+  // unknown and every later agreement would fail. The handlers observed it; the run ends here,
+  // on every rank, with the collective's error.
+  if (!consensus_.comm()->poisoned().ok()) throw HandledException{error};
+  raised_at_ = -1;  // swallowed
 }
 
 absl::Status Engine::ErrorStatus(std::exception_ptr error) const {
   std::optional<Event> at = last_event();
+  if (raised_at_ >= 0) at = Event(static_cast<uint16_t>(raised_at_));
   std::string where = absl::StrCat(" [", in_step_ ? "in the step function" : "at ",
                                    in_step_ ? "" : (at ? at->name() : "start"),
                                    ", epoch ", state_.epoch, ", iteration ", state_.iteration, "]");

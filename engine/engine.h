@@ -292,6 +292,9 @@ class Engine {
   EpochTermination epoch_termination_ = EpochTermination::kNone;
   std::optional<int64_t> init_iter_;
   int last_event_ = -1;
+  // The event at which the exception being handled was raised (errors name it, not
+  // EXCEPTION_RAISED); -1 when none.
+  int raised_at_ = -1;
   bool in_step_ = false;
   std::exception_ptr current_exception_;
 
@@ -308,8 +311,6 @@ class Engine {
   std::vector<size_t> pending_offsets_;
   std::vector<double> proposals_;
   std::vector<dist::Reduction> reductions_;
-  std::vector<double> reduced_;
-  std::vector<double> per_rank_;
 };
 
 // ---- Implementation details (templates) --------------------------------------------------

@@ -1,12 +1,19 @@
 // Launcher environments (OpenMPI, PMIx, MPICH, Slurm, torchrun-style): what they say, what
 // partial or inconsistent ones get; Launch's backend choice; the TCP rendezvous.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
 
 #include <map>
 #include <thread>
 #include <vector>
 
 #include "absl/time/clock.h"
+#include "distributed/file_rendezvous.h"
 #include "distributed/launch.h"
 #include "distributed/launcher_env.h"
 #include "distributed/nccl_communicator.h"
@@ -124,6 +131,77 @@ TEST(TcpRendezvous, Rank0HandsItsPayloadToEveryRank) {
   absl::StatusOr<std::string> lonely = ShareFromRank0(1, 2, "127.0.0.1", port + 1, "", absl::Now() + absl::Milliseconds(300));
   EXPECT_EQ(lonely.status().code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_THAT(std::string(lonely.status().message()), HasSubstr("rank 0 never listened on 127.0.0.1:"));
+}
+
+// A rank 0 whose listen queue is full drops the SYNs: a blocking connect() then waits for the
+// kernel's retries (minutes). The rendezvous must give up at its deadline.
+TEST(TcpRendezvous, ConnectIsBoundedByTheDeadline) {
+  int listener = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(listener, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+  socklen_t len = sizeof(sa);
+  ASSERT_EQ(::getsockname(listener, reinterpret_cast<sockaddr*>(&sa), &len), 0);
+  ASSERT_EQ(::listen(listener, 0), 0);
+  // Fill the accept queue (never accepted).
+  std::vector<int> fillers;
+  for (int i = 0; i < 8; ++i) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    (void)::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa));
+    fillers.push_back(fd);
+  }
+  ::usleep(200 * 1000);
+  const absl::Time start = absl::Now();
+  absl::StatusOr<std::string> got =
+      ShareFromRank0(1, 2, "127.0.0.1", ntohs(sa.sin_port), "", absl::Now() + absl::Seconds(2));
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kDeadlineExceeded) << got.status();
+  EXPECT_LT(took, absl::Seconds(6)) << "connect() was not bounded by the deadline";
+  for (int fd : fillers) ::close(fd);
+  ::close(listener);
+}
+
+std::string TempPath(const char* name) {
+  const char* dir = std::getenv("TEST_TMPDIR");
+  return std::string(dir != nullptr ? dir : "/tmp") + "/" + name + "." + std::to_string(::getpid());
+}
+
+TEST(FileRendezvous, EveryRankGetsRank0sPayload) {
+  const std::string path = TempPath("rdv_fresh");
+  const std::string payload("id\x00\x01\n2", 6);
+  std::vector<absl::StatusOr<std::string>> got(3, absl::UnknownError("not run"));
+  std::vector<std::thread> threads;
+  for (int r = 2; r >= 0; --r) {  // readers first: they must wait for the file
+    threads.emplace_back([&, r] {
+      got[r] = ShareThroughFile(r, path, "job-7", r == 0 ? payload : "", absl::Now() + absl::Seconds(10));
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < 3; ++r) {
+    ASSERT_TRUE(got[r].ok()) << got[r].status();
+    EXPECT_EQ(*got[r], payload);
+  }
+}
+
+// A file of the right size left by an earlier job must not be taken for this job's.
+TEST(FileRendezvous, AStaleFileIsNeverAccepted) {
+  const std::string path = TempPath("rdv_stale");
+  ASSERT_TRUE(ShareThroughFile(0, path, "job-6", "old-id", absl::Now() + absl::Seconds(5)).ok());
+  absl::StatusOr<std::string> got = ShareThroughFile(1, path, "job-7", "", absl::Now() + absl::Milliseconds(300));
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(std::string(got.status().message()), HasSubstr("stale: written for run 'job-6'"));
+  // A torn or foreign file is not accepted either.
+  { std::ofstream(path, std::ios::trunc) << "garbage of any size"; }
+  got = ShareThroughFile(1, path, "job-7", "", absl::Now() + absl::Milliseconds(200));
+  EXPECT_THAT(std::string(got.status().message()), HasSubstr("not an Ember rendezvous file"));
+  // Rank 0 of the new job replaces it; the reader then gets the new payload.
+  ASSERT_TRUE(ShareThroughFile(0, path, "job-7", "new-id", absl::Now() + absl::Seconds(5)).ok());
+  got = ShareThroughFile(1, path, "job-7", "", absl::Now() + absl::Seconds(5));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, "new-id");
+  EXPECT_EQ(ShareThroughFile(1, path, "", "", absl::Now()).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

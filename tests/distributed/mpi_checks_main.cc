@@ -4,6 +4,12 @@
 //                         other rank must fail within the deadline with an error that names the
 //                         event and the iteration, and exit non-zero.
 //   mpi_checks exit K     rank K exits (as a crash would) at iteration 3; same expectation.
+//   mpi_checks swallow K  as stall, with an ignite-style EXCEPTION_RAISED handler that logs and
+//                         swallows every exception: a failed collective must still end the run
+//                         on every survivor with DEADLINE_EXCEEDED (handlers observe, never
+//                         swallow it).
+// In the fault modes the process then returns from main normally: the communicator's destructor
+// must not block in MPI_Finalize on the stalled peer (shutdown is bounded in the library).
 #include <signal.h>
 #include <unistd.h>
 
@@ -38,7 +44,7 @@ int Fault(const std::string& kind, int victim) {
     if (comm.rank() == victim && e.state().iteration == 3) {
       std::fprintf(stderr, "rank %d: %s at iteration 3\n", victim, kind.c_str());
       std::fflush(stderr);
-      if (kind == "stall") ::raise(SIGSTOP);
+      if (kind == "stall" || kind == "swallow") ::raise(SIGSTOP);
       ::_exit(9);
     }
     return 1.0;
@@ -46,10 +52,16 @@ int Fault(const std::string& kind, int victim) {
   engine.set_communicator(&comm);
   engine.set_collective_timeout(absl::Seconds(3));
   engine.On(ember::Events::IterationCompleted(), ember::TerminateOnNan());
+  int observed = 0;
+  if (kind == "swallow") {
+    engine.On(ember::Events::ExceptionRaised(), [&](ember::Engine&, std::exception_ptr) {
+      ++observed;  // logs and swallows, as an ignite user's handler would
+    });
+  }
   const absl::Time start = absl::Now();
   absl::Status s = engine.Run(data);
-  std::printf("rank %d: %s after %.1fs\n", comm.rank(), s.ToString().c_str(),
-              absl::ToDoubleSeconds(absl::Now() - start));
+  std::printf("rank %d: %s after %.1fs (EXCEPTION_RAISED handler called %d time(s))\n", comm.rank(),
+              s.ToString().c_str(), absl::ToDoubleSeconds(absl::Now() - start), observed);
   std::fflush(stdout);
   return s.ok() ? 0 : 1;
 }
@@ -66,9 +78,12 @@ int main(int argc, char** argv) {
   g_comm = comm->get();
   if (argc == 3) {
     int rc = Fault(argv[1], std::atoi(argv[2]));
-    // After a failed collective, MPI cannot be finalised; end the process now.
     std::fflush(nullptr);
-    ::_exit(rc);
+    // mpirun tears the job down at the first non-zero exit: give the other survivors (whose
+    // deadlines end within milliseconds of this one's) time to print their own report.
+    if (rc != 0) absl::SleepFor(absl::Seconds(1));
+    comm->reset();  // poisoned: skips MPI_Finalize, which would block on the stalled peer
+    return rc;
   }
   int rc = RUN_ALL_TESTS();
   std::printf("rank %d of %d: %s\n", g_comm->rank(), g_comm->world_size(), rc == 0 ? "PASSED" : "FAILED");

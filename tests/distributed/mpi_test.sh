@@ -17,7 +17,7 @@ echo "$out" | tail -n 40
 [[ $rc -eq 0 ]] || fail "conformance suite exited $rc"
 [[ $(grep -c "of $n: PASSED" <<<"$out") -eq $n ]] || fail "not every rank passed"
 
-for kind in stall exit; do
+for kind in stall swallow exit; do
   victim=$((n - 1))
   start=$(date +%s)
   out=$(timeout 120 "${mpi[@]}" "$binary" "$kind" "$victim" 2>&1)
@@ -27,10 +27,17 @@ for kind in stall exit; do
   echo "$out" | grep -E "^rank " | head -n 20
   [[ $rc -ne 0 ]] || fail "$kind: the job exited 0"
   [[ $rc -ne 124 ]] || fail "$kind: the job hung"
-  if [[ $kind == stall ]]; then
-    # The survivors detect the stall themselves (mpirun cannot): each names event and iteration.
-    survivors=$(grep -c "DEADLINE_EXCEEDED: agreement of 1 value(s) from 1 synchronized handler(s) at ITERATION_COMPLETED failed on rank .* \[at ITERATION_COMPLETED, epoch 1, iteration 3\]" <<<"$out")
-    [[ $survivors -ge 1 ]] || fail "stall: no survivor reported the deadline with event and iteration"
+  if [[ $kind != exit ]]; then
+    # Every survivor detects the stall itself (mpirun cannot) and names event and iteration;
+    # with a swallowing EXCEPTION_RAISED handler too.
+    for ((r = 0; r < victim; ++r)); do
+      grep -q "^rank $r: DEADLINE_EXCEEDED: agreement of 1 value(s) from 1 synchronized handler(s) at ITERATION_COMPLETED failed on rank $r .* \[at ITERATION_COMPLETED, epoch 1, iteration 3\]" <<<"$out" ||
+        fail "$kind: rank $r did not report the deadline with event and iteration"
+    done
+  fi
+  if [[ $kind == swallow ]]; then
+    [[ $(grep -c "EXCEPTION_RAISED handler called 1 time(s)" <<<"$out") -eq $victim ]] ||
+      fail "swallow: the handler must observe the failure exactly once on each survivor"
   fi
   [[ $took -lt 60 ]] || fail "$kind: took ${took}s"
 done

@@ -1,0 +1,210 @@
+// Engine behaviour at its edges: a failed collective cannot be swallowed by an EXCEPTION_RAISED
+// handler; re-entrant firings (a Decide that fires an event with synchronized handlers, a handler
+// that registers events) read only live memory (run under ASan in CI); the documented ignite
+// differences around state().output and state().batch; the order of plain and synchronized
+// handlers within one firing.
+#include <exception>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "distributed/testing/fake_world.h"
+#include "engine/engine.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace ember {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+// A synchronized handler that proposes `value` and records what it saw; optionally fires
+// `nested` (an event with synchronized handlers of its own) from its Decide.
+class Recorder : public SynchronizedHandler {
+ public:
+  Recorder(std::string name, double value, std::vector<std::string>* trace)
+      : name_(std::move(name)), value_(value), trace_(trace) {}
+  size_t num_values() const override { return 2; }
+  dist::Reduction reduction(size_t) const override { return dist::Reduction::kSum; }
+  absl::Status Propose(Engine&, absl::Span<double> v) override {
+    v[0] = value_;
+    v[1] = value_ + 1;
+    if (trace_) trace_->push_back("propose " + name_);
+    return absl::OkStatus();
+  }
+  absl::Status Decide(Engine& engine, const Agreement& a) override {
+    if (nested_) {
+      // Grows the engine's handler table and runs a nested agreement before reading `a`.
+      for (int i = 0; i < 64; ++i) {
+        engine.RegisterEvents({Event::Custom(absl::StrCat("GROW_", name_, "_", i), EventAttr::kNone)});
+      }
+      if (absl::Status s = engine.FireEvent(*nested_); !s.ok()) return s;
+    }
+    seen.push_back(a.value(0));
+    seen.push_back(a.value(1));
+    seen.push_back(a.rank_value(0, 0));
+    if (trace_) trace_->push_back("decide " + name_);
+    return absl::OkStatus();
+  }
+  std::optional<Event> nested_;
+  std::vector<double> seen;
+
+ private:
+  std::string name_;
+  double value_;
+  std::vector<std::string>* trace_;
+};
+
+// Issue 10.4: a Decide that fires an event with synchronized handlers (Checkpoint fires
+// SAVED_CHECKPOINT) must not leave the outer firing reading moved memory.
+TEST(Reentrancy, NestedAgreementFromDecideKeepsTheOuterResultsAlive) {
+  std::vector<int> data(3, 0);
+  Engine engine([](Engine&, const int&) {});
+  const Event saved = Event::Custom("SAVED_SOMETHING", EventAttr::kNone);
+  engine.RegisterEvents({saved});
+  auto outer = std::make_unique<Recorder>("outer", 10, nullptr);
+  auto later = std::make_unique<Recorder>("later", 20, nullptr);
+  outer->nested_ = saved;
+  Recorder* outer_ptr = outer.get();
+  Recorder* later_ptr = later.get();
+  // Many values in the nested firing, so that any shared buffer would have to grow.
+  std::vector<Recorder*> inner;
+  for (int i = 0; i < 40; ++i) {
+    auto r = std::make_unique<Recorder>(absl::StrCat("inner", i), 100 + i, nullptr);
+    inner.push_back(r.get());
+    engine.On(saved, std::move(r));
+  }
+  engine.On(Events::IterationCompleted(), std::move(outer));
+  engine.On(Events::IterationCompleted(), std::move(later));
+  ASSERT_TRUE(engine.Run(data).ok());
+  ASSERT_EQ(later_ptr->seen.size(), 9u);
+  for (int it = 0; it < 3; ++it) {
+    EXPECT_EQ(outer_ptr->seen[3 * it], 10);
+    EXPECT_EQ(outer_ptr->seen[3 * it + 1], 11);
+    EXPECT_EQ(later_ptr->seen[3 * it], 20);
+    EXPECT_EQ(later_ptr->seen[3 * it + 1], 21);
+    EXPECT_EQ(later_ptr->seen[3 * it + 2], 20);
+  }
+  EXPECT_EQ(inner[39]->seen.back(), 139);
+}
+
+// A plain handler that registers events while its event fires (the handler table grows).
+TEST(Reentrancy, HandlerRegisteringEventsWhileFiring) {
+  std::vector<int> data(2, 0);
+  Engine engine([](Engine&, const int&) {});
+  int calls = 0, after = 0;
+  engine.On(Events::IterationCompleted(), [&](Engine& e) {
+    for (int i = 0; i < 200; ++i) {
+      e.RegisterEvents({Event::Custom(absl::StrCat("E", calls, "_", i), EventAttr::kNone)});
+    }
+    ++calls;
+  });
+  engine.On(Events::IterationCompleted(), [&] { ++after; });
+  ASSERT_TRUE(engine.Run(data).ok());
+  EXPECT_EQ(calls, 2);
+  EXPECT_EQ(after, 2);
+}
+
+// Issue 10.9 (documented difference): within one firing, the plain handlers run first (in
+// registration order) and the synchronized ones decide after them, even when registered first;
+// their Propose runs at their place.
+TEST(Order, SynchronizedHandlersDecideAfterThePlainHandlersOfTheFiring) {
+  std::vector<int> data(1, 0);
+  Engine engine([](Engine&, const int&) {});
+  std::vector<std::string> trace;
+  engine.On(Events::EpochCompleted(), [&] { trace.push_back("plain 1"); });
+  engine.On(Events::EpochCompleted(), std::make_unique<Recorder>("sync", 1, &trace));
+  engine.On(Events::EpochCompleted(), [&] { trace.push_back("plain 2"); });
+  ASSERT_TRUE(engine.Run(data).ok());
+  EXPECT_THAT(trace, ElementsAre("plain 1", "propose sync", "plain 2", "decide sync"));
+}
+
+// A stream of 0..n-1 of unknown length.
+class Stream : public DataSource<int> {
+ public:
+  explicit Stream(int n) : n_(n) {}
+  const int* Next() override {
+    if (next_ >= n_) return nullptr;
+    value_ = next_++;
+    return &value_;
+  }
+  void Restart() override { next_ = 0; }
+
+ private:
+  int n_;
+  int next_ = 0;
+  int value_ = 0;
+};
+
+// Issue 10.8: as ignite, the last step's output is still there at EPOCH_COMPLETED and COMPLETED
+// when data of unknown length runs out (ignite clears it only once a new batch was fetched).
+TEST(IgniteParity, LastOutputSurvivesTheEndOfDataOfUnknownLength) {
+  Stream data(3);
+  Engine engine([](Engine&, const int& b) { return b * 10; });
+  std::vector<std::string> seen;
+  auto record = [&](const char* where) {
+    return [&seen, where](Engine& e) {
+      const int* out = e.state().output_as<int>();
+      seen.push_back(absl::StrCat(where, " ", out ? absl::StrCat(*out) : "none"));
+    };
+  };
+  engine.On(Events::GetBatchStarted(), record("GET_BATCH_STARTED"));
+  engine.On(Events::EpochCompleted(), record("EPOCH_COMPLETED"));
+  engine.On(Events::Completed(), record("COMPLETED"));
+  ASSERT_TRUE(engine.Run(data, {.max_epochs = 1}).ok());
+  EXPECT_THAT(seen, ElementsAre("GET_BATCH_STARTED none", "GET_BATCH_STARTED 0", "GET_BATCH_STARTED 10",
+                                "GET_BATCH_STARTED 20", "EPOCH_COMPLETED 20", "COMPLETED 20"));
+}
+
+// Documented difference: Run() clears state().batch when it returns (the batch belongs to the
+// data, which may be gone); the last output stays, as in ignite.
+TEST(IgniteParity, RunClearsTheBatchButKeepsTheOutput) {
+  std::vector<int> data = {1, 2, 3};
+  Engine engine([](Engine&, const int& b) { return b; });
+  const void* batch_at_completed = nullptr;
+  engine.On(Events::Completed(), [&](Engine& e) { batch_at_completed = e.state().batch; });
+  ASSERT_TRUE(engine.Run(data).ok());
+  EXPECT_NE(batch_at_completed, nullptr);
+  EXPECT_EQ(engine.state().batch, nullptr);
+  ASSERT_NE(engine.state().output_as<int>(), nullptr);
+  EXPECT_EQ(*engine.state().output_as<int>(), 3);
+}
+
+// Issue 10.1: an ignite-style EXCEPTION_RAISED handler that logs and swallows everything must not
+// swallow a failed collective: the run ends with the collective's error, naming the event and
+// iteration, and the handler saw it once.
+TEST(CollectiveFailure, IsNeverSwallowedByAnExceptionRaisedHandler) {
+  dist::testing::FakeWorld world(2);
+  std::vector<absl::Status> results(2);
+  std::vector<int> observed(2, 0);
+  std::vector<int64_t> iterations(2, 0);
+  world.RunOnEveryRank([&](dist::Communicator& comm) {
+    const int r = comm.rank();
+    std::vector<int> data(10, 0);
+    Engine engine([&](Engine& e, const int&) {
+      if (r == 1 && e.state().iteration == 3) world.Kill(1);
+    });
+    engine.set_communicator(&comm);
+    engine.set_collective_timeout(absl::Milliseconds(500));
+    engine.On(Events::IterationCompleted(), std::make_unique<Recorder>("flag", 0, nullptr));
+    engine.On(Events::ExceptionRaised(), [&observed, r](Engine&, std::exception_ptr) { ++observed[r]; });
+    results[r] = engine.Run(data, {.max_epochs = 3});
+    iterations[r] = engine.state().iteration;
+  });
+  EXPECT_EQ(results[0].code(), absl::StatusCode::kDeadlineExceeded) << results[0];
+  EXPECT_THAT(std::string(results[0].message()),
+              HasSubstr("at ITERATION_COMPLETED failed on rank 0 of 2"));
+  EXPECT_THAT(std::string(results[0].message()), HasSubstr("[at ITERATION_COMPLETED, epoch 1, iteration 3]"));
+  EXPECT_EQ(observed[0], 1);
+  EXPECT_EQ(iterations[0], 3) << "the run went on after the failed collective";
+  EXPECT_FALSE(results[1].ok());
+}
+
+}  // namespace
+}  // namespace ember
