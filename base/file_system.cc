@@ -137,14 +137,22 @@ class PosixFileSystem final : public FileSystem {
     if (rc != 0) return ErrnoStatus(e, "fsync", dir);
     return absl::OkStatus();
   }
-  absl::Status CreateDirs(const std::string& dir) override {
-    if (dir.empty() || IsDirectory(dir)) return absl::OkStatus();
-    const std::string parent = DirName(dir);
-    if (parent != dir && parent != "." && parent != "/") {
-      if (absl::Status s = CreateDirs(parent); !s.ok()) return s;
-    }
-    if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) return ErrnoStatus(errno, "mkdir", dir);
+  absl::Status CreateDir(const std::string& dir) override {
+    if (::mkdir(dir.c_str(), 0755) != 0) return ErrnoStatus(errno, "mkdir", dir);
     return absl::OkStatus();
+  }
+  absl::Status RemoveDir(const std::string& dir) override {
+    if (::rmdir(dir.c_str()) != 0) return ErrnoStatus(errno, "rmdir", dir);
+    return absl::OkStatus();
+  }
+  bool IsWritableDirectory(const std::string& dir) override {
+    return IsDirectory(dir) && ::access(dir.c_str(), W_OK | X_OK) == 0;
+  }
+  absl::StatusOr<std::string> AbsolutePath(const std::string& path) override {
+    if (!path.empty() && path[0] == '/') return path;
+    char cwd[4096];
+    if (::getcwd(cwd, sizeof(cwd)) == nullptr) return ErrnoStatus(errno, "getcwd", path);
+    return JoinPath(cwd, path);
   }
   absl::StatusOr<std::vector<std::string>> ListDir(const std::string& dir) override {
     DIR* d = ::opendir(dir.c_str());
@@ -174,6 +182,20 @@ class PosixFileSystem final : public FileSystem {
 };
 
 }  // namespace
+
+absl::Status FileSystem::CreateDirs(const std::string& dir) {
+  if (dir.empty() || IsDirectory(dir)) return absl::OkStatus();
+  const std::string parent = DirName(dir);
+  if (parent != dir && parent != "." && parent != "/") {
+    if (absl::Status s = CreateDirs(parent); !s.ok()) return s;
+  }
+  if (absl::Status s = CreateDir(dir); !s.ok()) {
+    if (IsDirectory(dir)) return absl::OkStatus();  // created by someone else meanwhile
+    return s;
+  }
+  // The new entry lives in the parent: make it durable there.
+  return SyncDir(parent == "." ? std::string(".") : parent);
+}
 
 FileSystem* FileSystem::Default() {
   static FileSystem* const fs = new PosixFileSystem();

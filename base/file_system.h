@@ -48,13 +48,23 @@ class FileSystem {
   virtual absl::Status RemoveFile(const std::string& path) = 0;
   // Makes the directory's entries (creations, renames, removals) durable (fsync of the dir).
   virtual absl::Status SyncDir(const std::string& dir) = 0;
-  // Creates `dir` and its missing parents.
-  virtual absl::Status CreateDirs(const std::string& dir) = 0;
+  // Creates one directory (mkdir(2); its parent must exist). Not durable until the parent is
+  // synced (SyncDir of the parent).
+  virtual absl::Status CreateDir(const std::string& dir) = 0;
+  // Removes an empty directory (rmdir(2)); durable once the parent is synced.
+  virtual absl::Status RemoveDir(const std::string& dir) = 0;
+  // Creates `dir` and its missing parents, durably: each new directory's parent is synced, so
+  // that a power loss cannot take the directory (and every checkpoint in it) away.
+  absl::Status CreateDirs(const std::string& dir);
   virtual absl::StatusOr<std::vector<std::string>> ListDir(const std::string& dir) = 0;  // names
   virtual bool Exists(const std::string& path) = 0;
   virtual bool IsDirectory(const std::string& path) = 0;
   virtual absl::StatusOr<uint64_t> FileSize(const std::string& path) = 0;
   virtual absl::Status Chmod(const std::string& path, unsigned mode) = 0;
+  // Whether this process may create and remove entries in `dir` (access(2) W_OK|X_OK).
+  virtual bool IsWritableDirectory(const std::string& dir) = 0;
+  // `path` made absolute against the current directory (getcwd(3)).
+  virtual absl::StatusOr<std::string> AbsolutePath(const std::string& path) = 0;
 };
 
 // Forwards every call to another FileSystem; subclasses override what they change.
@@ -68,7 +78,8 @@ class FileSystemWrapper : public FileSystem {
   absl::Status Rename(const std::string& f, const std::string& t) override { return target_->Rename(f, t); }
   absl::Status RemoveFile(const std::string& p) override { return target_->RemoveFile(p); }
   absl::Status SyncDir(const std::string& d) override { return target_->SyncDir(d); }
-  absl::Status CreateDirs(const std::string& d) override { return target_->CreateDirs(d); }
+  absl::Status CreateDir(const std::string& d) override { return target_->CreateDir(d); }
+  absl::Status RemoveDir(const std::string& d) override { return target_->RemoveDir(d); }
   absl::StatusOr<std::vector<std::string>> ListDir(const std::string& d) override {
     return target_->ListDir(d);
   }
@@ -76,6 +87,10 @@ class FileSystemWrapper : public FileSystem {
   bool IsDirectory(const std::string& p) override { return target_->IsDirectory(p); }
   absl::StatusOr<uint64_t> FileSize(const std::string& p) override { return target_->FileSize(p); }
   absl::Status Chmod(const std::string& p, unsigned mode) override { return target_->Chmod(p, mode); }
+  bool IsWritableDirectory(const std::string& d) override { return target_->IsWritableDirectory(d); }
+  absl::StatusOr<std::string> AbsolutePath(const std::string& p) override {
+    return target_->AbsolutePath(p);
+  }
 
  protected:
   FileSystem* target() const { return target_; }

@@ -324,13 +324,11 @@ absl::Status Checkpoint::Flush(dist::Communicator& comm) {
                                            writer_status_ = absl::OkStatus();
                                            return s;
                                          });
-  if (!outcome.ok()) {
-    // The background save failed: forget the file it was writing (on every rank).
-    for (const std::string& f : writer_files_) {
-      std::erase_if(saved_, [&](const Item& i) { return i.filename == f; });
-    }
-  }
-  writer_files_.clear();
+  // The background save is recorded only now that it succeeded (on every rank, from the saving
+  // rank's verdict); after a failure the list stays what it was: the files it names still exist
+  // (nothing is removed before the new file is durable), so retention goes on tracking them.
+  if (pending_saved_.has_value() && outcome.ok()) saved_ = *std::move(pending_saved_);
+  pending_saved_.reset();
   return outcome;
 }
 
@@ -437,13 +435,13 @@ absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
       return absl::OkStatus();
     });
     EMBER_RETURN_IF_ERROR(started);
-    writer_files_ = {filename};
+    pending_saved_ = std::move(next);  // recorded by Flush once the write succeeded
   } else {
     absl::Status saved = dist::RunOnRoot(comm, options_.save_on_rank, deadline,
                                          [&]() { return save_then_remove(*checkpoint); });
     if (!saved.ok()) return saved;  // nothing recorded: saved_ still names only files that exist
+    saved_ = std::move(next);
   }
-  saved_ = std::move(next);
   ++next_index_;
   engine.RegisterEvents({SavedCheckpointEvent()});
   return engine.FireEvent(SavedCheckpointEvent());
@@ -534,7 +532,8 @@ absl::Status Checkpoint::LoadObjects(const ObjectMap& to_load, const Value& chec
 }
 
 absl::StatusOr<std::optional<std::string>> Checkpoint::ResumeLatest(dist::Communicator& comm,
-                                                                     const ObjectMap* to_load) {
+                                                                     const ObjectMap* to_load,
+                                                                     bool start_over_if_unusable) {
   if (!restored_) {
     restored_ = true;
     EMBER_RETURN_IF_ERROR(RestoreFromHandler(comm));
@@ -542,25 +541,44 @@ absl::StatusOr<std::optional<std::string>> Checkpoint::ResumeLatest(dist::Commun
   std::vector<Item> newest_first = saved_;
   std::sort(newest_first.begin(), newest_first.end(),
             [](const Item& a, const Item& b) { return a.save_index > b.save_index; });
-  // The saving rank finds the newest file that reads back intact and broadcasts its bytes.
-  std::string chosen, bytes;
+  // The saving rank finds the newest file that reads back intact and broadcasts its bytes; the
+  // ones that do not are moved aside and dropped from the list on every rank.
+  std::string chosen, bytes, dropped;
   const absl::Time deadline = absl::Now() + options_.save_timeout;
   EMBER_RETURN_IF_ERROR(dist::RunOnRoot(comm, options_.save_on_rank, deadline, [&]() -> absl::Status {
+    std::vector<std::string> unreadable;
     for (const Item& item : newest_first) {
       absl::StatusOr<std::string> b = save_handler_->ReadBytes(item.filename);
       absl::Status ok = b.status();
       if (ok.ok()) ok = ReadTorchSave(*b, save_handler_->Location(item.filename)).status();
       if (!ok.ok()) {
-        std::fprintf(stderr, "[ember] Checkpoint: skipping %s: %s\n",
+        std::fprintf(stderr, "[ember] Checkpoint: cannot resume from %s: %s\n",
                      save_handler_->Location(item.filename).c_str(), ok.ToString().c_str());
+        if (ok.code() == absl::StatusCode::kDataLoss) {
+          save_handler_->Quarantine(item.filename, ok);
+        } else {
+          unreadable.push_back(absl::StrCat(item.filename, ": ", ok.message()));
+        }
+        absl::StrAppend(&dropped, item.filename, "\n");
         continue;
       }
       chosen = item.filename;
       bytes = *std::move(b);
       break;
     }
+    std::vector<std::string> rejected = save_handler_->Rejected();
+    rejected.insert(rejected.end(), unreadable.begin(), unreadable.end());
+    if (chosen.empty() && !rejected.empty() && !start_over_if_unusable) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "no usable checkpoint to resume from: ", rejected.size(), " file(s) seen, none usable (",
+          absl::StrJoin(rejected, "; "), "); move them away, or ask to start over"));
+    }
     return absl::OkStatus();
   }));
+  EMBER_RETURN_IF_ERROR(comm.Broadcast(dropped, options_.save_on_rank, deadline));
+  for (absl::string_view f : absl::StrSplit(dropped, '\n', absl::SkipEmpty())) {
+    std::erase_if(saved_, [&](const Item& i) { return i.filename == f; });
+  }
   EMBER_RETURN_IF_ERROR(comm.Broadcast(chosen, options_.save_on_rank, deadline));
   if (chosen.empty()) return std::optional<std::string>();
   EMBER_RETURN_IF_ERROR(comm.Broadcast(bytes, options_.save_on_rank, deadline));

@@ -26,8 +26,10 @@
 //
 // Asynchronous saving (async_save): the state is copied on the training thread and written on a
 // background thread on the saving rank; the next save and Flush() wait for it, and an error of a
-// background save is returned there (on every rank), never dropped. Attach() registers a Flush()
-// at the engine's COMPLETED.
+// background save is returned there (on every rank), never dropped. The save enters saved(),
+// last_checkpoint() and latest_checkpoint() only when that wait found it succeeded; until then
+// (and after a failure) they describe the files that are known to be durable. SAVED_CHECKPOINT
+// fires when the write has been started. Attach() registers a Flush() at the engine's COMPLETED.
 //
 // Example:
 //   auto saver = ember::DiskSaver::Create({.dirname = "runs/ckpt"}, &comm);
@@ -143,13 +145,16 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
   const std::vector<Item>& saved() const { return saved_; }
   SaveHandler& save_handler() const { return *save_handler_; }
 
-  // Resume: loads the newest checkpoint of this checkpointer that reads back intact (corrupt ones
-  // are skipped with a warning) into `to_load` (default: the objects it saves), protects it from
-  // removal, and returns its location; nullopt when there is none (a fresh start). The saving
-  // rank reads the file and broadcasts its bytes, so every rank loads the same state even
-  // without a shared filesystem. A collective: call it on every rank.
+  // Resume: loads the newest checkpoint of this checkpointer that reads back intact into
+  // `to_load` (default: the objects it saves), protects it from removal, and returns its
+  // location; nullopt when there is none (a fresh start). Files that are corrupt are never used:
+  // they are moved aside (DiskSaver) and said on stderr; when files were seen but none is usable,
+  // this fails (kFailedPrecondition, naming each file and why) unless start_over_if_unusable.
+  // The saving rank reads the file and broadcasts its bytes, so every rank loads the same state
+  // even without a shared filesystem. A collective: call it on every rank.
   absl::StatusOr<std::optional<std::string>> ResumeLatest(dist::Communicator& comm,
-                                                          const ObjectMap* to_load = nullptr);
+                                                          const ObjectMap* to_load = nullptr,
+                                                          bool start_over_if_unusable = false);
 
   // Never remove `filename` (the checkpoint a run resumed from).
   void Protect(const std::string& filename) { protected_.push_back(filename); }
@@ -196,7 +201,7 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
   // Asynchronous saving (saving rank only).
   std::thread writer_;
   absl::Status writer_status_;
-  std::vector<std::string> writer_files_;  // the file the background save writes
+  std::optional<std::vector<Item>> pending_saved_;  // saved_ once the background save succeeds
   Value copy_cache_;                         // the last copy; its buffers are reused
 };
 

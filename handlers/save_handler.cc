@@ -25,13 +25,6 @@ namespace {
 
 constexpr char kMetaRecord[] = "ember_meta";
 
-std::string Absolute(const std::string& dir) {
-  if (!dir.empty() && dir[0] == '/') return dir;
-  char cwd[4096];
-  if (::getcwd(cwd, sizeof(cwd)) == nullptr) return dir;
-  return JoinPath(cwd, dir);
-}
-
 }  // namespace
 
 // One "key=value" per line; the priority as %.17g (or nan/inf) so it round-trips exactly.
@@ -87,8 +80,8 @@ absl::StatusOr<std::unique_ptr<DiskSaver>> DiskSaver::Create(DiskSaverOptions op
         comm ? comm->world_size() : 1, ")"));
   }
   if (options.fs == nullptr) options.fs = FileSystem::Default();
-  const std::string dir = Absolute(options.dirname);
   FileSystem* fs = options.fs;
+  EMBER_ASSIGN_OR_RETURN(const std::string dir, fs->AbsolutePath(options.dirname));
   auto check = [&]() -> absl::Status {
     if (!fs->Exists(dir)) {
       if (!options.create_dir) {
@@ -99,7 +92,7 @@ absl::StatusOr<std::unique_ptr<DiskSaver>> DiskSaver::Create(DiskSaverOptions op
     if (!fs->IsDirectory(dir)) {
       return absl::FailedPreconditionError(absl::StrCat("'", dir, "' is not a directory"));
     }
-    if (::access(dir.c_str(), W_OK | X_OK) != 0) {
+    if (!fs->IsWritableDirectory(dir)) {
       return absl::PermissionDeniedError(absl::StrCat("checkpoint directory '", dir, "' is not writable"));
     }
     EMBER_ASSIGN_OR_RETURN(std::vector<std::string> names, fs->ListDir(dir));
@@ -155,24 +148,55 @@ absl::StatusOr<std::vector<std::pair<std::string, CheckpointMetadata>>> DiskSave
   std::sort(names.begin(), names.end());
   std::vector<std::pair<std::string, CheckpointMetadata>> out;
   for (const std::string& name : names) {
-    if (!absl::EndsWith(name, ".pt")) continue;
-    absl::StatusOr<std::string> meta = ReadTorchSaveRecord(Location(name), kMetaRecord);
-    if (!meta.ok()) {
-      if (meta.status().code() != absl::StatusCode::kNotFound) {
-        std::fprintf(stderr, "[ember] DiskSaver: skipping %s: %s\n", Location(name).c_str(),
-                     std::string(meta.status().message()).c_str());
-      }
-      continue;  // not ours, or unreadable: never adopted, never deleted
+    if (!absl::EndsWith(name, ".pt") || options_.fs->IsDirectory(Location(name))) continue;
+    // Every file is verified before it is adopted: a corrupt checkpoint is never ranked, never
+    // reported as best or latest, and never deleted or overwritten.
+    absl::StatusOr<RecordLookup> found = ReadRecordAndVerify(Location(name), kMetaRecord, options_.fs);
+    if (!found.ok()) {
+      // Not readable as an archive: whose it is cannot be told, so it is left where it is.
+      std::fprintf(stderr, "[ember] DiskSaver: ignoring %s: %s\n", Location(name).c_str(),
+                   std::string(found.status().message()).c_str());
+      Reject(name, found.status());
+      continue;
     }
-    absl::StatusOr<CheckpointMetadata> parsed = CheckpointMetadata::Parse(*meta);
-    if (!parsed.ok()) continue;
+    if (!found->record) continue;  // not ours: never adopted, never deleted
+    absl::StatusOr<CheckpointMetadata> parsed = CheckpointMetadata::Parse(*found->record);
+    absl::Status integrity = found->integrity.ok() ? parsed.status() : found->integrity;
+    if (!integrity.ok()) {
+      Quarantine(name, integrity);
+      continue;
+    }
     out.emplace_back(name, *parsed);
   }
   return out;
 }
 
+void DiskSaver::Reject(const std::string& filename, const absl::Status& why) {
+  std::lock_guard<std::mutex> lock(mu_);
+  rejected_.push_back(absl::StrCat(filename, ": ", why.message()));
+}
+
+void DiskSaver::Quarantine(const std::string& filename, const absl::Status& why) {
+  // Moved aside under a name that says so (and no longer ends in .pt): kept for inspection,
+  // never adopted again, and a later save of the same name cannot overwrite it.
+  std::string aside = absl::StrCat(filename, ".corrupt");
+  for (int i = 1; options_.fs->Exists(Location(aside)); ++i) aside = absl::StrCat(filename, ".corrupt.", i);
+  absl::Status moved = options_.fs->Rename(Location(filename), Location(aside));
+  if (moved.ok()) moved = options_.fs->SyncDir(dirname_);
+  std::fprintf(stderr, "[ember] DiskSaver: %s is corrupt (%s); %s\n", Location(filename).c_str(),
+               std::string(why.message()).c_str(),
+               moved.ok() ? absl::StrCat("moved aside to ", aside).c_str()
+                          : absl::StrCat("could not move it aside: ", moved.message()).c_str());
+  Reject(filename, absl::DataLossError(absl::StrCat(why.message(), moved.ok() ? absl::StrCat(" (moved aside to ", aside, ")") : "")));
+}
+
+std::vector<std::string> DiskSaver::Rejected() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return rejected_;
+}
+
 absl::StatusOr<Value> DiskSaver::Load(const std::string& filename) {
-  return ReadTorchSaveFile(Location(filename));
+  return ReadTorchSaveFile(Location(filename), options_.fs);
 }
 
 absl::StatusOr<std::string> DiskSaver::ReadBytes(const std::string& filename) {

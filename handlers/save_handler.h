@@ -4,10 +4,12 @@
 // and Remove on the saving rank only (its outcome is then broadcast to every rank), and List at
 // start to rebuild its retention list from what is already there.
 //
-// DiskSaver writes torch.save-format files into a directory through the FileSystem seam:
+// DiskSaver writes and reads torch.save-format files in a directory through the FileSystem seam:
 // atomically by default (temporary file, fsync, rename, fsync of the directory; see
 // base/atomic_file.h), with Ember's metadata in an extra record ("ember_meta") so that a restarted
-// run knows each file's priority and order. InMemorySaver keeps the serialized bytes in memory
+// run knows each file's priority and order. List() verifies every file before it reports it:
+// a corrupt file of Ember's own is moved aside as "NAME.pt.corrupt" (and said on stderr), so it
+// is never ranked, reported, deleted or overwritten. InMemorySaver keeps the serialized bytes in memory
 // (tests, and users who ship checkpoints elsewhere).
 //
 // Thread safety: Save/Remove/List may run on a background thread (asynchronous saving) while the
@@ -54,6 +56,12 @@ class SaveHandler {
   virtual absl::StatusOr<std::vector<std::pair<std::string, CheckpointMetadata>>> List() {
     return std::vector<std::pair<std::string, CheckpointMetadata>>();
   }
+  // Files List() saw and did not adopt because they are unreadable or corrupt, as
+  // "filename: reason" (a corrupt file of Ember's own is moved aside, see DiskSaver).
+  virtual std::vector<std::string> Rejected() const { return {}; }
+  // Sets a corrupt stored checkpoint aside so that it is never used, ranked or overwritten
+  // (DiskSaver renames it; the default does nothing).
+  virtual void Quarantine(const std::string& filename, const absl::Status& why) {}
   virtual absl::StatusOr<Value> Load(const std::string& filename) = 0;
   // The stored bytes of `filename` (to hand a checkpoint to ranks that cannot read the store).
   virtual absl::StatusOr<std::string> ReadBytes(const std::string& filename) = 0;
@@ -83,9 +91,13 @@ class DiskSaver final : public SaveHandler {
                     const CheckpointMetadata& metadata) override;
   absl::Status Remove(const std::string& filename) override;
   absl::StatusOr<std::vector<std::pair<std::string, CheckpointMetadata>>> List() override;
+  std::vector<std::string> Rejected() const override;
   absl::StatusOr<Value> Load(const std::string& filename) override;
   absl::StatusOr<std::string> ReadBytes(const std::string& filename) override;
   std::string Location(const std::string& filename) const override;
+  // Moves a corrupt checkpoint of Ember's own aside ("NAME.pt.corrupt"), says so on stderr and
+  // records it in Rejected().
+  void Quarantine(const std::string& filename, const absl::Status& why) override;
 
   const std::string& dirname() const { return dirname_; }
   const DiskSaverOptions& options() const { return options_; }
@@ -93,8 +105,11 @@ class DiskSaver final : public SaveHandler {
  private:
   DiskSaver(DiskSaverOptions options, std::string dirname)
       : options_(std::move(options)), dirname_(std::move(dirname)) {}
+  void Reject(const std::string& filename, const absl::Status& why);
   DiskSaverOptions options_;
   std::string dirname_;  // absolute
+  mutable std::mutex mu_;
+  std::vector<std::string> rejected_;
 };
 
 class InMemorySaver final : public SaveHandler {

@@ -1250,17 +1250,19 @@ absl::Status Unreadable(const std::string& name, const c10::Error& e) {
       absl::StrCat(name, ": unreadable torch.save archive (truncated or corrupted?): ", CppError(e)));
 }
 
-// Checks the file's leading bytes, opens it with caffe2's reader and runs `use` on it; the
+// Reads the whole file through the FileSystem seam (so that tests can fail the read with EIO),
+// checks its leading bytes, opens it from memory with caffe2's reader and runs `use` on it; the
 // reader's exceptions become DATA_LOSS errors naming the file.
 template <typename T, typename F>
-absl::StatusOr<T> WithFileReader(const std::string& path, F use) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open for reading"));
-  char head[4] = {0, 0, 0, 0};
-  in.read(head, 4);
-  EMBER_RETURN_IF_ERROR(CheckMagic(std::string_view(head, static_cast<size_t>(in.gcount())), path));
+absl::StatusOr<T> WithFileReader(const std::string& path, FileSystem* fs, F use) {
+  if (fs == nullptr) fs = FileSystem::Default();
+  if (fs->IsDirectory(path)) {
+    return absl::FailedPreconditionError(absl::StrCat(path, ": is a directory, not a checkpoint file"));
+  }
+  EMBER_ASSIGN_OR_RETURN(const std::string bytes, fs->ReadFile(path));
+  EMBER_RETURN_IF_ERROR(CheckMagic(std::string_view(bytes).substr(0, 4), path));
   try {
-    caffe2::serialize::PyTorchStreamReader reader(path);
+    caffe2::serialize::PyTorchStreamReader reader(std::make_shared<BoundedMemoryAdapter>(bytes));
     return use(reader);
   } catch (const c10::Error& e) {
     return Unreadable(path, e);
@@ -1280,21 +1282,42 @@ absl::StatusOr<Value> ReadTorchSave(std::string_view bytes, std::string_view nam
   }
 }
 
-absl::StatusOr<Value> ReadTorchSaveFile(const std::string& path) {
-  return WithFileReader<Value>(path, [&](caffe2::serialize::PyTorchStreamReader& r) { return ReadArchive(r, path); });
+absl::StatusOr<Value> ReadTorchSaveFile(const std::string& path, FileSystem* fs) {
+  return WithFileReader<Value>(path, fs, [&](caffe2::serialize::PyTorchStreamReader& r) { return ReadArchive(r, path); });
 }
 
-absl::StatusOr<std::string> ReadTorchSaveRecord(const std::string& path, const std::string& record) {
+absl::StatusOr<std::string> ReadTorchSaveRecord(const std::string& path, const std::string& record,
+                                                FileSystem* fs) {
   return WithFileReader<std::string>(
-      path, [&](caffe2::serialize::PyTorchStreamReader& r) -> absl::StatusOr<std::string> {
+      path, fs, [&](caffe2::serialize::PyTorchStreamReader& r) -> absl::StatusOr<std::string> {
         if (!r.hasRecord(record)) return absl::NotFoundError(absl::StrCat(path, ": no record '", record, "'"));
         auto [ptr, size] = r.getRecord(record);
         return std::string(static_cast<const char*>(ptr.get()), size);
       });
 }
 
-absl::StatusOr<ArchiveCheck> VerifyTorchSaveFile(const std::string& path) {
-  return WithFileReader<ArchiveCheck>(path, [&](caffe2::serialize::PyTorchStreamReader& r) { return VerifyReader(r, path); });
+absl::StatusOr<RecordLookup> ReadRecordAndVerify(const std::string& path, const std::string& record,
+                                                 FileSystem* fs) {
+  return WithFileReader<RecordLookup>(
+      path, fs, [&](caffe2::serialize::PyTorchStreamReader& r) -> absl::StatusOr<RecordLookup> {
+        RecordLookup out;
+        if (!r.hasRecord(record)) return out;
+        auto [ptr, size] = r.getRecord(record);
+        out.record = std::string(static_cast<const char*>(ptr.get()), size);
+        absl::StatusOr<ArchiveCheck> check = VerifyReader(r, path);
+        if (!check.ok()) {
+          out.integrity = check.status();
+        } else if (!check->has_checksum) {
+          out.integrity = absl::DataLossError(absl::StrCat(path, ": has no checksum record"));
+        } else if (!r.hasRecord("data.pkl")) {
+          out.integrity = absl::DataLossError(absl::StrCat(path, ": not a torch.save archive (no data.pkl)"));
+        }
+        return out;
+      });
+}
+
+absl::StatusOr<ArchiveCheck> VerifyTorchSaveFile(const std::string& path, FileSystem* fs) {
+  return WithFileReader<ArchiveCheck>(path, fs, [&](caffe2::serialize::PyTorchStreamReader& r) { return VerifyReader(r, path); });
 }
 
 }  // namespace ember

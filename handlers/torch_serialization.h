@@ -32,6 +32,7 @@
 
 #include <cstddef>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -39,6 +40,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "base/file_system.h"
 #include "handlers/value.h"
 
 namespace ember {
@@ -58,13 +60,16 @@ absl::Status WriteTorchSave(const Value& value, const ByteSink& sink,
 
 // Reads one record of an archive (e.g. an extra record) without unpickling or verifying the
 // other records (cheap: for listing checkpoints); NotFound if absent.
-absl::StatusOr<std::string> ReadTorchSaveRecord(const std::string& path, const std::string& record);
+// File readers go through the FileSystem seam (`fs`, default FileSystem::Default()): the file is
+// read whole, then parsed from memory.
+absl::StatusOr<std::string> ReadTorchSaveRecord(const std::string& path, const std::string& record,
+                                                FileSystem* fs = nullptr);
 
 // The same, into memory.
 absl::StatusOr<std::string> SerializeTorchSave(const Value& value);
 
 // Reads a torch.save archive from a file.
-absl::StatusOr<Value> ReadTorchSaveFile(const std::string& path);
+absl::StatusOr<Value> ReadTorchSaveFile(const std::string& path, FileSystem* fs = nullptr);
 
 // Reads a torch.save archive from memory; `name` is used in error messages.
 absl::StatusOr<Value> ReadTorchSave(std::string_view bytes, std::string_view name);
@@ -76,7 +81,18 @@ struct ArchiveCheck {
   int format_version = 0;
   int records = 0;
 };
-absl::StatusOr<ArchiveCheck> VerifyTorchSaveFile(const std::string& path);
+absl::StatusOr<ArchiveCheck> VerifyTorchSaveFile(const std::string& path, FileSystem* fs = nullptr);
+
+// For files a writer of Ember's own made (an extra record names them): `record` is that record,
+// or nullopt when the archive has none (not ours); `integrity` says whether the archive is
+// intact (Ember's checksum present and matching every record). A non-OK StatusOr: the file
+// cannot be read as an archive at all (unreadable, truncated central directory, not a zip).
+struct RecordLookup {
+  std::optional<std::string> record;
+  absl::Status integrity;
+};
+absl::StatusOr<RecordLookup> ReadRecordAndVerify(const std::string& path, const std::string& record,
+                                                 FileSystem* fs = nullptr);
 
 namespace serialization_internal {
 // WriteTorchSave with zip64 records forced on (as for records or archives over 4 GiB), so that

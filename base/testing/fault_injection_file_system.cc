@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <filesystem>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -58,6 +59,35 @@ void FaultInjectionFileSystem::FailFrom(int n, absl::Status error) {
 void FaultInjectionFileSystem::ClearFaults() {
   std::lock_guard<std::mutex> lock(mu_);
   fail_at_.reset();
+  read_fault_path_.clear();
+}
+
+void FaultInjectionFileSystem::FailReads(std::string path_part, absl::Status error) {
+  std::lock_guard<std::mutex> lock(mu_);
+  read_fault_path_ = std::move(path_part);
+  read_error_ = std::move(error);
+}
+
+void FaultInjectionFileSystem::SetHook(std::function<void(const std::string& op)> hook) {
+  std::lock_guard<std::mutex> lock(mu_);
+  hook_ = std::move(hook);
+}
+
+absl::StatusOr<std::string> FaultInjectionFileSystem::ReadFile(const std::string& path) {
+  std::function<void(const std::string&)> hook;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    hook = hook_;
+  }
+  if (hook) hook("read " + path);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!read_fault_path_.empty() && path.find(read_fault_path_) != std::string::npos) {
+      log_.push_back("read " + path + " [FAILED]");
+      return absl::Status(read_error_.code(), absl::StrCat("read ", path, ": ", read_error_.message()));
+    }
+  }
+  return target()->ReadFile(path);
 }
 
 int FaultInjectionFileSystem::ops() const {
@@ -71,6 +101,12 @@ std::vector<std::string> FaultInjectionFileSystem::log() const {
 }
 
 absl::Status FaultInjectionFileSystem::Mutate(const std::string& what) {
+  std::function<void(const std::string&)> hook;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    hook = hook_;
+  }
+  if (hook) hook(what);
   std::lock_guard<std::mutex> lock(mu_);
   const int n = ops_++;
   log_.push_back(what);
@@ -150,9 +186,20 @@ absl::Status FaultInjectionFileSystem::SyncDir(const std::string& dir) {
   return absl::OkStatus();
 }
 
-absl::Status FaultInjectionFileSystem::CreateDirs(const std::string& dir) {
+absl::Status FaultInjectionFileSystem::CreateDir(const std::string& dir) {
   if (absl::Status s = Mutate("mkdir " + dir); !s.ok()) return s;
-  return target()->CreateDirs(dir);
+  if (absl::Status s = target()->CreateDir(dir); !s.ok()) return s;
+  std::lock_guard<std::mutex> lock(mu_);
+  journal_[DirName(dir)].push_back({DirOp::kMkdir, dir, "", std::nullopt});
+  return absl::OkStatus();
+}
+
+absl::Status FaultInjectionFileSystem::RemoveDir(const std::string& dir) {
+  if (absl::Status s = Mutate("rmdir " + dir); !s.ok()) return s;
+  if (absl::Status s = target()->RemoveDir(dir); !s.ok()) return s;
+  std::lock_guard<std::mutex> lock(mu_);
+  journal_[DirName(dir)].push_back({DirOp::kRmdir, dir, "", std::nullopt});
+  return absl::OkStatus();
 }
 
 absl::Status FaultInjectionFileSystem::Chmod(const std::string& path, unsigned mode) {
@@ -177,7 +224,10 @@ absl::Status FaultInjectionFileSystem::SimulateCrash() {
     if (absl::Status s = (*f)->Append(content.data(), content.size()); !s.ok()) return s;
     return (*f)->Close();
   };
-  for (auto& [dir, ops] : journal_) {
+  // Deepest directories first (reverse path order), so that undoing a directory's creation in
+  // its parent comes after undoing what happened inside it.
+  for (auto d = journal_.rbegin(); d != journal_.rend(); ++d) {
+    auto& ops = d->second;
     for (auto it = ops.rbegin(); it != ops.rend(); ++it) {
       switch (it->kind) {
         case DirOp::kCreate:
@@ -193,6 +243,15 @@ absl::Status FaultInjectionFileSystem::SimulateCrash() {
           if (it->saved) {
             if (absl::Status s = write(it->a, *it->saved); !s.ok()) return s;
           }
+          break;
+        case DirOp::kMkdir: {
+          // The directory was never durably linked into its parent: it and its content go.
+          std::error_code ignored;
+          std::filesystem::remove_all(it->a, ignored);
+          break;
+        }
+        case DirOp::kRmdir:
+          (void)target()->CreateDir(it->a);
           break;
       }
     }

@@ -4,15 +4,20 @@
 // temporary directory) that can
 //   - fail the n-th mutating operation from now (create, append, fsync, close, chmod, rename,
 //     remove, fsync of a directory, mkdir) with a given error (ENOSPC, EIO, ...);
+//   - fail reads (ReadFile) of paths containing a substring with a given error (EIO on resume);
+//   - call a hook before every operation (a test delays an asynchronous writer with it);
 //   - SimulateCrash(): drop everything that was not made durable, as a power loss would: file
-//     data appended after the file's last fsync, and directory entries (creations, renames,
-//     removals) made after the directory's last fsync (as leveldb's fault_injection_test does).
+//     data appended after the file's last fsync, and directory entries (file creations, renames,
+//     removals, and directory creations and removals) made after the parent directory's last
+//     fsync (as leveldb's fault_injection_test does). A directory whose creation is undone
+//     takes everything in it along, fsynced or not.
 // It logs every mutating operation ("rename a -> b"), so tests can check the protocol's order.
 //
 // Thread-safe (one mutex), so an asynchronous writer can use it.
 #ifndef EMBER_BASE_TESTING_FAULT_INJECTION_FILE_SYSTEM_H_
 #define EMBER_BASE_TESTING_FAULT_INJECTION_FILE_SYSTEM_H_
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -35,6 +40,11 @@ class FaultInjectionFileSystem final : public FileSystemWrapper {
   // Every mutating operation from the `n`-th on fails with `error` (a full disk stays full).
   void FailFrom(int n, absl::Status error);
   void ClearFaults();
+  // ReadFile of any path containing `path_part` fails with `error` (until ClearFaults).
+  void FailReads(std::string path_part, absl::Status error);
+  // Called (outside the lock, on the calling thread) before every operation, with its log text
+  // ("create /d/x.pt.tmp", "read /d/x.pt"); may block to delay the caller.
+  void SetHook(std::function<void(const std::string& op)> hook);
   // Mutating operations performed (or attempted) so far, and their log.
   int ops() const;
   std::vector<std::string> log() const;
@@ -45,7 +55,9 @@ class FaultInjectionFileSystem final : public FileSystemWrapper {
   absl::Status Rename(const std::string& from, const std::string& to) override;
   absl::Status RemoveFile(const std::string& path) override;
   absl::Status SyncDir(const std::string& dir) override;
-  absl::Status CreateDirs(const std::string& dir) override;
+  absl::Status CreateDir(const std::string& dir) override;
+  absl::Status RemoveDir(const std::string& dir) override;
+  absl::StatusOr<std::string> ReadFile(const std::string& path) override;
   absl::Status Chmod(const std::string& path, unsigned mode) override;
 
   // Used by the files it hands out.
@@ -59,7 +71,7 @@ class FaultInjectionFileSystem final : public FileSystemWrapper {
     size_t synced = 0;
   };
   struct DirOp {
-    enum Kind { kCreate, kRename, kRemove } kind;
+    enum Kind { kCreate, kRename, kRemove, kMkdir, kRmdir } kind;
     std::string a, b;                   // path (create/remove), from/to (rename)
     std::optional<std::string> saved;   // content replaced or removed
   };
@@ -70,6 +82,9 @@ class FaultInjectionFileSystem final : public FileSystemWrapper {
   std::optional<int> fail_at_;
   bool fail_from_ = false;
   absl::Status error_;
+  std::string read_fault_path_;
+  absl::Status read_error_;
+  std::function<void(const std::string&)> hook_;
   std::map<std::string, FileState> files_;        // files written through us
   std::map<std::string, std::vector<DirOp>> journal_;  // by directory, since its last fsync
 };
