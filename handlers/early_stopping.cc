@@ -142,8 +142,9 @@ absl::Status EarlyStopping::LoadStateDict(const Value& state) {
   }
   const Value& counter = *state.Find("counter");
   const Value& best = *state.Find("best_score");
-  if (!counter.is_int() || counter.as_int() < 0) {
-    return absl::InvalidArgumentError("EarlyStopping state: 'counter' must be an integer >= 0");
+  if (!counter.is_int() || counter.as_int() < 0 || counter.as_int() > INT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat("EarlyStopping state: 'counter' must be an integer >= 0, found ",
+                                                   counter.DebugString()));
   }
   if (!best.is_none() && !best.is_number()) {
     return absl::InvalidArgumentError("EarlyStopping state: 'best_score' must be a number or None");

@@ -66,6 +66,55 @@ bool GetBool(const Value& group, const char* key, bool fallback) {
   return v && v->is_bool() ? v->as_bool() : fallback;
 }
 
+// Checks the types of one loaded parameter group and of the per-parameter state it refers to,
+// so that loading never aborts on a wrong type: an error names the key and the type found.
+absl::Status ValidateGroup(const Value& g, const torch::optim::OptimizerParamGroup& own,
+                           const Value& state, size_t gi) {
+  const std::string at = absl::StrCat("param_groups[", gi, "]");
+  for (const char* key : {"lr", "momentum", "dampening", "weight_decay", "eps"}) {
+    if (const Value* v = Get(g, key); v != nullptr) {
+      EMBER_RETURN_IF_ERROR(v->ToDouble(absl::StrCat(at, "['", key, "']")).status());
+    }
+  }
+  for (const char* key : {"nesterov", "amsgrad"}) {
+    if (const Value* v = Get(g, key); v != nullptr) {
+      EMBER_RETURN_IF_ERROR(v->ToBool(absl::StrCat(at, "['", key, "']")).status());
+    }
+  }
+  if (const Value* b = Get(g, "betas"); b != nullptr) {
+    if (!b->is_sequence() || b->items().size() != 2) {
+      return absl::InvalidArgumentError(absl::StrCat("'", at, "['betas']': expected a pair of numbers, found ",
+                                                     b->kind_name(), " of ", b->size()));
+    }
+    for (size_t i = 0; i < 2; ++i) {
+      EMBER_RETURN_IF_ERROR(b->items()[i].ToDouble(absl::StrCat(at, "['betas'][", i, "]")).status());
+    }
+  }
+  const Value* params = Get(g, "params");
+  for (size_t pi = 0; pi < own.params().size(); ++pi) {
+    const Value* s = state.Find(params->items()[pi]);
+    if (s == nullptr || !s->is_dict()) continue;
+    const std::string where = absl::StrCat("state[", params->items()[pi].as_int(), "]");
+    const torch::Tensor& p = own.params()[pi];
+    for (const char* key : {"momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}) {
+      const Value* v = Get(*s, key);
+      if (v == nullptr || v->is_none()) continue;
+      EMBER_ASSIGN_OR_RETURN(torch::Tensor t, v->ToTensor(absl::StrCat(where, "['", key, "']")));
+      if (t.sizes() != p.sizes()) {
+        return absl::InvalidArgumentError(absl::StrCat("'", where, "['", key, "']': shape ", Shape(t),
+                                                       " does not match the parameter's ", Shape(p)));
+      }
+    }
+    if (const Value* step = Get(*s, "step"); step != nullptr) {
+      if (step->is_tensor() ? step->as_tensor().numel() != 1 : !step->is_number()) {
+        return absl::InvalidArgumentError(absl::StrCat("'", where, "['step']': expected a number or a one-element "
+                                                       "tensor, found ", step->kind_name()));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 // Adam and AdamW share their options and per-parameter state in LibTorch (two sets of types).
 template <typename Options>
 void SaveAdamOptions(const Options& o, Value& g) {
@@ -116,7 +165,7 @@ Value ModuleStateDict(const torch::nn::Module& module) {
   return out;
 }
 
-absl::Status LoadModuleStateDict(torch::nn::Module& module, const Value& state, bool strict) {
+static absl::Status LoadModuleStateDictImpl(torch::nn::Module& module, const Value& state, bool strict) {
   if (!state.is_dict()) {
     return absl::InvalidArgumentError(
         absl::StrCat("a module state_dict must be a dict, got ", state.kind_name()));
@@ -193,7 +242,7 @@ absl::StatusOr<Value> OptimizerStateDict(const torch::optim::Optimizer& optimize
   return out;
 }
 
-absl::Status LoadOptimizerStateDict(torch::optim::Optimizer& optimizer, const Value& sd) {
+static absl::Status LoadOptimizerStateDictImpl(torch::optim::Optimizer& optimizer, const Value& sd) {
   const Value* state = Get(sd, "state");
   const Value* groups = Get(sd, "param_groups");
   if (state == nullptr || !state->is_dict() || groups == nullptr || !groups->is_sequence()) {
@@ -219,6 +268,7 @@ absl::Status LoadOptimizerStateDict(torch::optim::Optimizer& optimizer, const Va
     for (const Value& p : params->items()) {
       if (!p.is_int()) return absl::InvalidArgumentError("param_groups 'params' must hold ints");
     }
+    EMBER_RETURN_IF_ERROR(ValidateGroup(g, own_groups[gi], *state, gi));
   }
   for (size_t gi = 0; gi < own_groups.size(); ++gi) {
     const Value& g = groups->items()[gi];
@@ -305,6 +355,27 @@ absl::Status LoadEngineStateDict(Engine& engine, const Value& state) {
     }
   }
   return engine.LoadStateDict(d);
+}
+
+// LibTorch throws on what no check above foresaw (a dtype it cannot convert): an error, never an
+// abort.
+template <typename F>
+static absl::Status NoThrow(const char* what, F f) {
+  try {
+    return f();
+  } catch (const c10::Error& e) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": ", e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": ", e.what()));
+  }
+}
+
+absl::Status LoadOptimizerStateDict(torch::optim::Optimizer& optimizer, const Value& sd) {
+  return NoThrow("loading an optimizer state_dict", [&] { return LoadOptimizerStateDictImpl(optimizer, sd); });
+}
+
+absl::Status LoadModuleStateDict(torch::nn::Module& module, const Value& state, bool strict) {
+  return NoThrow("loading a module state_dict", [&] { return LoadModuleStateDictImpl(module, state, strict); });
 }
 
 }  // namespace ember

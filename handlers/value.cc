@@ -130,6 +130,38 @@ const torch::Tensor& Value::as_tensor() const {
   return tensor_;
 }
 
+namespace {
+absl::Status Mismatch(absl::string_view what, const char* expected, const Value& found) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("'", what, "': expected ", expected, ", found ", found.kind_name()));
+}
+}  // namespace
+
+absl::StatusOr<double> Value::ToDouble(absl::string_view what) const {
+  if (!is_number()) return Mismatch(what, "a number", *this);
+  return as_double();
+}
+
+absl::StatusOr<int64_t> Value::ToInt(absl::string_view what) const {
+  if (!is_int() && !is_bool()) return Mismatch(what, "an int", *this);
+  return int_;
+}
+
+absl::StatusOr<bool> Value::ToBool(absl::string_view what) const {
+  if (!is_bool()) return Mismatch(what, "a bool", *this);
+  return int_ != 0;
+}
+
+absl::StatusOr<std::string> Value::ToString(absl::string_view what) const {
+  if (!is_string()) return Mismatch(what, "a str", *this);
+  return string_;
+}
+
+absl::StatusOr<torch::Tensor> Value::ToTensor(absl::string_view what) const {
+  if (!is_tensor()) return Mismatch(what, "a tensor", *this);
+  return tensor_;
+}
+
 void Value::Set(Value key, Value value) {
   if (kind_ != Kind::kDict) WrongKind("dict", *this);
   if (Value* existing = FindMutable(key)) {

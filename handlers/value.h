@@ -20,8 +20,12 @@
 
 #include <torch/torch.h>
 
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -63,7 +67,17 @@ class Value {
   bool is_dict() const { return kind_ == Kind::kDict; }
   bool ordered() const { return ordered_; }
 
-  // Scalar accessors; call only on the matching kind (checked with an assert-like abort).
+  // Checked accessors for data read from a file: an error (kInvalidArgument) naming `what` (the
+  // key, e.g. "param_groups[0]['betas'][1]") and the kind found, never an abort. ToDouble takes
+  // int and bool too; ToInt takes bool.
+  absl::StatusOr<double> ToDouble(absl::string_view what) const;
+  absl::StatusOr<int64_t> ToInt(absl::string_view what) const;
+  absl::StatusOr<bool> ToBool(absl::string_view what) const;
+  absl::StatusOr<std::string> ToString(absl::string_view what) const;
+  absl::StatusOr<torch::Tensor> ToTensor(absl::string_view what) const;
+
+  // Unchecked scalar accessors; call only on the matching kind (checked with an assert-like
+  // abort): for values the program built itself, never for values read from a file.
   bool as_bool() const;
   int64_t as_int() const;
   double as_double() const;  // int and bool convert

@@ -184,6 +184,42 @@ std::string ValidArchive() {
   return *bytes;
 }
 
+// Issue 10.6: a checkpoint whose checksum is valid but whose content has the wrong types fails
+// with an error naming the key and the type found; it never aborts.
+TEST(TorchSaveMalformed, WrongTypesInAValidArchiveAreErrorsNamingTheKey) {
+  torch::nn::Linear model(3, 2);
+  torch::optim::Adam adam(model->parameters(), torch::optim::AdamOptions(0.01));
+  model->forward(torch::ones({1, 3})).sum().backward();
+  adam.step();
+  Value sd = *OptimizerStateDict(adam);
+  auto reload = [](const Value& v) { return *ReadTorchSave(*SerializeTorchSave(v), "x.pt"); };
+  auto group = [&](Value& root) -> Value& { return root.FindMutable("param_groups")->mutable_items()[0]; };
+
+  Value bad_betas = sd;
+  group(bad_betas).Set("betas", Value::Tuple({Value("a"), Value("b")}));
+  absl::Status s = LoadOptimizerStateDict(adam, reload(bad_betas));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("'param_groups[0]['betas'][0]': expected a number, found str"));
+
+  Value bad_lr = sd;
+  group(bad_lr).Set("lr", Value::List());
+  EXPECT_THAT(std::string(LoadOptimizerStateDict(adam, reload(bad_lr)).message()),
+              HasSubstr("'param_groups[0]['lr']': expected a number, found list"));
+
+  Value bad_state = sd;
+  bad_state.FindMutable("state")->FindMutable(int64_t{0})->Set("exp_avg", torch::ones({7}));
+  EXPECT_THAT(std::string(LoadOptimizerStateDict(adam, reload(bad_state)).message()),
+              HasSubstr("'state[0]['exp_avg']': shape [7] does not match the parameter's [2, 3]"));
+
+  Value bad_step = sd;
+  bad_step.FindMutable("state")->FindMutable(int64_t{0})->Set("step", torch::ones({3}));
+  EXPECT_THAT(std::string(LoadOptimizerStateDict(adam, reload(bad_step)).message()),
+              HasSubstr("'state[0]['step']'"));
+  // Nothing was changed by the failed loads: the original still loads and steps.
+  ASSERT_TRUE(LoadOptimizerStateDict(adam, reload(sd)).ok());
+  EXPECT_EQ(Value("x").ToInt("k").status().message(), "'k': expected an int, found str");
+}
+
 TEST(TorchSaveMalformed, EveryTruncationIsAnErrorNamingTheFile) {
   const std::string bytes = ValidArchive();
   for (size_t cut = 0; cut < bytes.size(); cut += (cut < 200 || bytes.size() - cut < 200) ? 1 : 97) {
