@@ -29,6 +29,12 @@ for p in "${PACKAGES[@]}"; do
   fi
 done
 
+# Machine-local Bazel settings: the leak suppressions need an absolute path.
+repo=$(cd "$(dirname "$0")/.." && pwd)
+printf '%s\n' "# Written by tools/setup.sh; machine-local." \
+  "build:asan --test_env=LSAN_OPTIONS=suppressions=$repo/tools/lsan_suppressions.txt:print_suppressions=0" \
+  >"$repo/.bazelrc.local"
+
 if [[ ${#missing[@]} -eq 0 ]]; then
   echo "setup: all ${#PACKAGES[@]} packages already installed"
   exit 0

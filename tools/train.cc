@@ -55,6 +55,9 @@ ABSL_FLAG(std::string, output_dir, "runs/train", "checkpoints and metrics.jsonl 
 ABSL_FLAG(int, n_saved, 2, "best checkpoints kept, by validation accuracy (>= 1)");
 ABSL_FLAG(int, patience, 3, "early stopping patience in epochs (>= 1)");
 ABSL_FLAG(bool, resume, false, "continue from the newest valid checkpoint in --output_dir");
+ABSL_FLAG(bool, start_over, false,
+          "with --resume: when checkpoints are there but none is usable (corrupt ones are moved aside "
+          "as NAME.pt.corrupt), train from scratch instead of failing");
 ABSL_FLAG(std::string, backend, "auto", "auto | single | mpi | nccl");
 ABSL_FLAG(std::string, device, "cpu", "cpu | cuda (the local rank picks the GPU)");
 ABSL_FLAG(double, deadline_s, 120, "seconds a collective may wait for the other ranks");
@@ -449,7 +452,14 @@ int Main(int argc, char** argv) {
     });
 
     if (absl::GetFlag(FLAGS_resume)) {
-      EMBER_ASSIGN_OR_RETURN(std::optional<std::string> from, ckpt->ResumeLatest(comm));
+      absl::StatusOr<std::optional<std::string>> resumed =
+          ckpt->ResumeLatest(comm, nullptr, absl::GetFlag(FLAGS_start_over));
+      if (!resumed.ok()) {
+        return absl::Status(resumed.status().code(),
+                            absl::StrCat(resumed.status().message(),
+                                         " (--start_over trains from scratch; the unusable files are kept)"));
+      }
+      std::optional<std::string> from = *resumed;
       if (rank == 0) {
         std::fprintf(stderr, "%s\n", from ? absl::StrCat("resumed from ", *from).c_str()
                                           : "no checkpoint to resume from: starting fresh");
