@@ -1,5 +1,8 @@
 #include "tools/data.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <zlib.h>
 
 #include <cerrno>
@@ -14,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "base/file_system.h"
 #include "base/status_macros.h"
 
 namespace ember::tools {
@@ -21,7 +25,24 @@ namespace {
 
 constexpr char kFashionDir[] = "/usr/share/datasets/fashion-mnist";
 
-bool Exists(const std::string& path) { return std::ifstream(path).good(); }
+// Why `path` cannot be read as a data file, or OK: names the real cause (absent, a directory,
+// permission denied), not only "missing".
+absl::Status Readable(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return ErrnoStatus(errno, "stat", path);
+  if (S_ISDIR(st.st_mode)) return absl::InvalidArgumentError(absl::StrCat(path, " is a directory, not a data file"));
+  if (::access(path.c_str(), R_OK) != 0) return ErrnoStatus(errno, "open", path);
+  return absl::OkStatus();
+}
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+// At most this many classes (a label is a class index; a typo such as 2000000000 must not
+// allocate an output layer of that size).
+constexpr int64_t kMaxClasses = 10000;
 
 // Reads a whole file through zlib (which reads plain files transparently).
 absl::StatusOr<std::string> ReadMaybeGz(const std::string& path) {
@@ -55,9 +76,16 @@ uint32_t BigEndian32(const std::string& s, size_t at) {
 
 // An IDX file in the given directory, gzipped or not.
 absl::StatusOr<std::string> FindIdx(const std::string& dir, const std::string& stem) {
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0) return ErrnoStatus(errno, "stat", dir);
+  if (!S_ISDIR(st.st_mode)) return absl::InvalidArgumentError(absl::StrCat(dir, " is not a directory"));
+  if (::access(dir.c_str(), R_OK | X_OK) != 0) return ErrnoStatus(errno, "open", dir);
   for (const char* suffix : {".gz", ""}) {
     std::string path = absl::StrCat(dir, "/", stem, suffix);
-    if (Exists(path)) return path;
+    if (Exists(path)) {
+      EMBER_RETURN_IF_ERROR(Readable(path));
+      return path;
+    }
   }
   return absl::NotFoundError(absl::StrCat("no ", stem, " or ", stem, ".gz in ", dir));
 }
@@ -142,6 +170,7 @@ absl::StatusOr<torch::Tensor> ReadIdxLabels(const std::string& path) {
   if (bytes.size() != 8 + n) {
     return absl::DataLossError(absl::StrCat(path, ": ", bytes.size() - 8, " labels, header says ", n, " (truncated?)"));
   }
+  if (n == 0) return absl::InvalidArgumentError(absl::StrCat(path, ": the header says 0 labels; a split needs samples"));
   torch::Tensor labels = torch::from_blob(bytes.data() + 8, {static_cast<int64_t>(n)}, torch::kUInt8).to(torch::kInt64);
   if (labels.max().item<int64_t>() > 9) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": label ", labels.max().item<int64_t>(), " outside 0-9"));
@@ -150,6 +179,7 @@ absl::StatusOr<torch::Tensor> ReadIdxLabels(const std::string& path) {
 }
 
 absl::StatusOr<Split> ReadCsv(const std::string& path) {
+  EMBER_RETURN_IF_ERROR(Readable(path));
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
   std::vector<float> features;
@@ -169,6 +199,10 @@ absl::StatusOr<Split> ReadCsv(const std::string& path) {
                                                      "' is not an integer"));
     }
     if (label < 0) return absl::InvalidArgumentError(absl::StrCat(path, ":", line_number, ": negative label ", label));
+    if (label >= kMaxClasses) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ":", line_number, ": label ", label,
+                                                     " is too large: labels are class indices 0-", kMaxClasses - 1));
+    }
     if (dims < 0) dims = static_cast<int64_t>(fields.size()) - 1;
     if (dims < 1 || static_cast<int64_t>(fields.size()) - 1 != dims) {
       return absl::InvalidArgumentError(absl::StrCat(path, ":", line_number, ": ", fields.size() - 1,
@@ -208,6 +242,10 @@ absl::StatusOr<Dataset> LoadDataset(const std::string& spec, uint64_t seed) {
     Dataset d;
     d.name = spec;
     d.num_classes = all.y.max().item<int64_t>() + 1;
+    const int64_t distinct = std::get<0>(at::_unique(all.y)).numel();
+    std::fprintf(stderr, "%s: %lld rows, %lld distinct labels, %lld classes (0-%lld)\n", spec.c_str(),
+                 static_cast<long long>(all.size()), static_cast<long long>(distinct),
+                 static_cast<long long>(d.num_classes), static_cast<long long>(d.num_classes - 1));
     const int64_t held = std::max<int64_t>(1, all.size() / 6);
     d.train = {all.x.slice(0, 0, all.size() - held), all.y.slice(0, 0, all.size() - held)};
     d.val = {all.x.slice(0, all.size() - held), all.y.slice(0, all.size() - held)};

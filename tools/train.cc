@@ -21,10 +21,15 @@
 #include <fstream>
 #include <memory>
 #include <optional>
+#include <iostream>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/flags/internal/program_name.h"
+#include "absl/flags/internal/usage.h"
+#include "absl/flags/usage.h"
+#include "nlohmann/json.hpp"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/status/status.h"
@@ -69,6 +74,11 @@ namespace ember::tools {
 namespace {
 
 std::atomic<int> g_signals{0};
+
+// Bounds of flags whose absurd values would otherwise fail late (a NaN loss at the first step)
+// or silently (a thousand threads per rank).
+constexpr int kMaxThreads = 256;
+constexpr double kMaxLr = 10.0;
 
 void OnSignal(int) {
   if (g_signals.fetch_add(1) >= 1) {
@@ -188,7 +198,10 @@ class PreemptionHandler : public SynchronizedHandler {
 
 absl::StatusOr<std::vector<int64_t>> ParseHidden(const std::string& text) {
   std::vector<int64_t> sizes;
-  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+  if (text.empty()) {
+    return absl::InvalidArgumentError("--hidden is empty; give the hidden layer sizes, e.g. --hidden=256,128");
+  }
+  for (absl::string_view part : absl::StrSplit(text, ',')) {
     int64_t v;
     if (!absl::SimpleAtoi(part, &v) || v < 1 || v > 1 << 16) {
       return absl::InvalidArgumentError(absl::StrCat("--hidden='", text, "': '", part,
@@ -223,7 +236,7 @@ absl::Status ValidateFlags() {
     return bad(absl::StrCat("--batch_size must be >= 1, got ", absl::GetFlag(FLAGS_batch_size)));
   }
   const double lr = absl::GetFlag(FLAGS_lr);
-  if (!(lr > 0) || !std::isfinite(lr)) return bad(absl::StrCat("--lr must be a finite number > 0, got ", lr));
+  if (!(lr > 0) || !(lr <= kMaxLr)) return bad(absl::StrCat("--lr must be in (0, ", kMaxLr, "], got ", lr));
   const double m = absl::GetFlag(FLAGS_momentum);
   if (!(m >= 0 && m < 1)) return bad(absl::StrCat("--momentum must be in [0, 1), got ", m));
   if (absl::GetFlag(FLAGS_n_saved) < 1) return bad(absl::StrCat("--n_saved must be >= 1, got ", absl::GetFlag(FLAGS_n_saved)));
@@ -240,7 +253,9 @@ absl::Status ValidateFlags() {
   if (d == "cuda" && !torch::cuda::is_available()) {
     return bad("--device=cuda, but this LibTorch has no CUDA or no GPU is visible; use --device=cpu");
   }
-  if (absl::GetFlag(FLAGS_threads) < 1) return bad(absl::StrCat("--threads must be >= 1, got ", absl::GetFlag(FLAGS_threads)));
+  if (absl::GetFlag(FLAGS_threads) < 1 || absl::GetFlag(FLAGS_threads) > kMaxThreads) {
+    return bad(absl::StrCat("--threads must be in [1, ", kMaxThreads, "], got ", absl::GetFlag(FLAGS_threads)));
+  }
   if (absl::GetFlag(FLAGS_output_dir).empty()) return bad("--output_dir is empty");
   return absl::OkStatus();
 }
@@ -259,14 +274,10 @@ std::string UserDataSpec(const std::string& spec) {
   return spec;
 }
 
+// A JSON string (every control character escaped), or null.
 std::string JsonString(const std::optional<std::string>& s) {
   if (!s) return "null";
-  std::string out = "\"";
-  for (char c : *s) {
-    if (c == '"' || c == '\\') out += '\\';
-    out += c;
-  }
-  return out + "\"";
+  return nlohmann::json(*s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 struct Outcome {
@@ -276,8 +287,20 @@ struct Outcome {
 
 int Main(int argc, char** argv) {
   absl::SetProgramUsageMessage("Ember's distributed trainer: data-parallel SGD of an MLP classifier.");
+  // --help is a request, not an error: print the trainer's flags and exit 0 (abseil's own
+  // handling exits 1).
+  for (int i = 1; i < argc; ++i) {
+    const absl::string_view arg = argv[i];
+    if (arg == "--help" || arg == "-help" || arg == "-h" || arg == "--helpshort") {
+      absl::flags_internal::SetProgramInvocationName(argv[0]);
+      absl::flags_internal::FlagsHelp(std::cout, "tools/train.", absl::flags_internal::HelpFormat::kHumanReadable,
+                                      absl::ProgramUsageMessage());
+      return 0;
+    }
+  }
   absl::ParseCommandLine(argc, argv);
-  torch::set_num_threads(absl::GetFlag(FLAGS_threads));
+  const int threads = absl::GetFlag(FLAGS_threads);
+  if (threads >= 1 && threads <= kMaxThreads) torch::set_num_threads(threads);  // else ValidateFlags says why
   ::signal(SIGTERM, OnSignal);
   ::signal(SIGINT, OnSignal);
 
@@ -396,6 +419,18 @@ int Main(int argc, char** argv) {
                                .require_empty = !absl::GetFlag(FLAGS_resume),
                                .global_step_transform = GlobalStepFromEngine(trainer)},
                               {{"model", *model}, {"optimizer", optimizer}, {"trainer", trainer}, {"early_stopping", *es}}, &comm));
+    // Whatever ends the run (an error included), the final line reports the checkpoints on disk.
+    struct Report {
+      Checkpoint& ckpt;
+      std::optional<std::string>& best;
+      std::optional<std::string>& latest;
+      std::optional<double>& best_score;
+      ~Report() {
+        best = ckpt.last_checkpoint();
+        latest = ckpt.latest_checkpoint();
+        best_score = ckpt.best_score();
+      }
+    } report{*ckpt, best, latest, best_score};
     evaluator.On(Events::Completed(), *es);
     evaluator.On(Events::Completed(), *ckpt);
     // Training throughput is measured up to here, before the evaluation.
@@ -464,6 +499,18 @@ int Main(int argc, char** argv) {
         std::fprintf(stderr, "%s\n", from ? absl::StrCat("resumed from ", *from).c_str()
                                           : "no checkpoint to resume from: starting fresh");
       }
+      if (from && trainer.state().epoch == absl::GetFlag(FLAGS_epochs) &&
+          trainer.state().iteration == trainer.state().epoch * trainer.state().epoch_length.value_or(0)) {
+        // A finished run: say so and touch nothing (rerunning a finished job must not retrain).
+        if (rank == 0) {
+          std::fprintf(stderr, "train: %s already finished epoch %lld of --epochs=%d: nothing to do\n", from->c_str(),
+                       static_cast<long long>(trainer.state().epoch), absl::GetFlag(FLAGS_epochs));
+        }
+        final_epoch = trainer.state().epoch;
+        final_iteration = trainer.state().iteration;
+        outcome = {"completed", 0};
+        return absl::OkStatus();
+      }
       if (from && trainer.state().epoch > absl::GetFlag(FLAGS_epochs)) {
         return absl::InvalidArgumentError(absl::StrCat("--epochs=", absl::GetFlag(FLAGS_epochs), " but ", *from,
                                                        " is already at epoch ", trainer.state().epoch,
@@ -485,9 +532,6 @@ int Main(int argc, char** argv) {
     } else {
       outcome = {"completed", 0};
     }
-    best = ckpt->last_checkpoint();
-    latest = ckpt->latest_checkpoint();
-    best_score = ckpt->best_score();
     return absl::OkStatus();
   }();
   if (!status.ok()) fail(status);

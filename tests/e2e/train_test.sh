@@ -87,6 +87,27 @@ PY
   out=$(mpi 2 "$train" "${common[@]}" --epochs=1 --output_dir="$work/corrupt" --resume --start_over 2>&1) ||
     fail "--start_over: $(tail -n 3 <<<"$out")"
   [[ $(ls "$work"/corrupt/*.pt | wc -l) -ge 1 ]] || fail "--start_over wrote no checkpoint"
+  # Issue 12.1: rerunning a finished job says so and exits 0, touching nothing.
+  before=$(cd "$work/straight" && ls -l --time-style=+%s.%N && md5sum ./*)
+  out=$(mpi 2 "$train" "${common[@]}" --epochs=4 --output_dir="$work/straight" --resume 2>&1) || fail "rerun of a finished job: $(tail -n 3 <<<"$out")"
+  grep -q "already finished epoch 4 of --epochs=4: nothing to do" <<<"$out" || fail "the rerun does not say it is finished: $(tail -n 3 <<<"$out")"
+  [[ $(finals "$out" | grep -c '"epoch": 4, "iteration": ') -eq 2 ]] || fail "final lines: $(finals "$out")"
+  after=$(cd "$work/straight" && ls -l --time-style=+%s.%N && md5sum ./*)
+  [[ "$before" == "$after" ]] || fail "the rerun touched the directory"
+  # Issue 12.7: an error exit (a rank stalls) reports the checkpoints that are on disk.
+  mpi 2 "$train" "${common[@]}" --epochs=1000 --output_dir="$work/straight" --resume --deadline_s=2 >"$work/stall.log" 2>&1 &
+  job=$!
+  for _ in $(seq 1 150); do grep -q "resumed from" "$work/stall.log" && break; sleep 0.2; done
+  sleep 0.5
+  victim=$(pgrep -f -- "--output_dir=$work/straight" | grep -v "^$job\$" | while read -r p; do
+    [[ $(cat /proc/$p/comm) == train ]] && echo "$p"; done | tail -n 1)
+  [[ -n $victim ]] || fail "no trainer process found"
+  kill -STOP "$victim"
+  wait "$job"
+  kill -9 "$victim" 2>/dev/null
+  finals "$(cat "$work/stall.log")"
+  finals "$(cat "$work/stall.log")" | grep -q '"stopped_by": "error", "best_checkpoint": "/' ||
+    fail "an error exit must report the checkpoints on disk: $(finals "$(cat "$work/stall.log")")"
   ;;
 bad_input)
   expect_error() {  # expected message, then args
@@ -98,7 +119,8 @@ bad_input)
   }
   expect_error "--epochs must be >= 1, got 0" --epochs=0 --data=synthetic --output_dir="$work/x"
   expect_error "--hidden='256,x'" --hidden=256,x --data=synthetic --output_dir="$work/x"
-  expect_error "no train-images-idx3-ubyte or train-images-idx3-ubyte.gz in /nonexistent" --data=mnist:/nonexistent --output_dir="$work/x"
+  mkdir -p "$work/emptydir"
+  expect_error "no train-images-idx3-ubyte or train-images-idx3-ubyte.gz in $work/emptydir" --data=mnist:"$work/emptydir" --output_dir="$work/x"
   printf 'label,a,b\n1,0.5,0.25\n0,0.1\n' >"$work/bad.csv"
   expect_error "bad.csv:3: 1 features, expected 2" --data=csv:"$work/bad.csv" --output_dir="$work/x"
   expect_error "cannot be sharded over 1 ranks with --batch_size=100000" --data=synthetic --batch_size=100000 --output_dir="$work/x"
@@ -110,6 +132,36 @@ bad_input)
   expect_error "is not a directory" --data=synthetic --output_dir="$work/afile"
   out=$(mpi 2 "$train" --epochs=0 --data=synthetic --output_dir="$work/y" 2>&1); rc=$?
   [[ $rc -ne 0 && $(grep -c -- "--epochs must be >= 1" <<<"$out") -eq 2 ]] || fail "2 ranks: each rank must report the bad flag"
+  # Issue 12: one message and exit 1, never a LibTorch abort (exit 134), for each of these.
+  expect_error "--threads must be in [1, 256], got 0" --threads=0 --data=synthetic --output_dir="$work/x"
+  expect_error "--threads must be in [1, 256], got -1" --threads=-1 --data=synthetic --output_dir="$work/x"
+  expect_error "--threads must be in [1, 256], got 100000" --threads=100000 --data=synthetic --output_dir="$work/x"
+  expect_error "--hidden='1,,2': '' is not a layer size" --hidden=1,,2 --data=synthetic --output_dir="$work/x"
+  expect_error "--hidden is empty" --hidden= --data=synthetic --output_dir="$work/x"
+  expect_error "--lr must be in (0, 10], got 1e+308" --lr=1e308 --data=synthetic --output_dir="$work/x"
+  # An IDX label file that says 0 labels.
+  mkdir -p "$work/idx0"
+  /usr/bin/python3 - "$work/idx0" <<'PY'
+import struct, sys
+d = sys.argv[1]
+for split in ("train", "t10k"):  # one image each, but the label files say 0 labels
+    open(f"{d}/{split}-images-idx3-ubyte", "wb").write(struct.pack(">IIII", 2051, 1, 2, 2) + bytes(4))
+    open(f"{d}/{split}-labels-idx1-ubyte", "wb").write(struct.pack(">II", 2049, 0))
+PY
+  expect_error "the header says 0 labels" --data=mnist:"$work/idx0" --output_dir="$work/x"
+  # A CSV label far too large for a class index (it would allocate a 2e9-class layer).
+  { echo "label,a"; for i in $(seq 1 20); do echo "$((i % 2)),0.$i"; done; echo "2000000000,0.5"; } >"$work/big.csv"
+  expect_error "label 2000000000 is too large: labels are class indices 0-9999" --data=csv:"$work/big.csv" --output_dir="$work/x"
+  # Real causes, not "missing" or "no data rows".
+  mkdir -p "$work/adir.csv"
+  expect_error "adir.csv is a directory, not a data file" --data=csv:"$work/adir.csv" --output_dir="$work/x"
+  expect_error "stat $work/nodir: No such file or directory" --data=mnist:"$work/nodir" --output_dir="$work/x"
+  # The final line is valid JSON whatever the path holds (a tab here).
+  out=$("$train" --data=synthetic --epochs=1 --output_dir="$work/tab$(printf '\t')dir" --progress=none 2>/dev/null) || fail "tab in path: exit $?"
+  /usr/bin/python3 -c 'import json, sys; d = json.loads(sys.stdin.read().strip().splitlines()[-1]); assert "\t" in d["best_checkpoint"], d' <<<"$out" ||
+    fail "the final line is not valid JSON: $out"
+  out=$("$train" --help 2>&1); rc=$?
+  [[ $rc -eq 0 ]] || fail "--help exited $rc"
   ;;
 preempt)
   mpi 2 "$train" --data=synthetic --epochs=1000 --patience=1000 --output_dir="$work/p" --progress=none >"$work/p.log" 2>&1 &
