@@ -1,11 +1,6 @@
 #include "distributed/file_rendezvous.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <chrono>
-#include <cstdio>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -13,27 +8,13 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/atomic_file.h"
+#include "base/file_system.h"
 
 namespace ember::dist {
 namespace {
 
 constexpr char kMagic[] = "EMBERRDV1\n";
-
-// The whole file, or nullopt when it cannot be read (absent, or being replaced).
-bool ReadWhole(const std::string& path, std::string* out) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
-  out->clear();
-  char buf[4096];
-  while (true) {
-    ssize_t n = ::read(fd, buf, sizeof(buf));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    out->append(buf, static_cast<size_t>(n));
-  }
-  ::close(fd);
-  return true;
-}
 
 // The payload if `content` is a complete rendezvous file of `run_id`; else why not.
 bool Parse(const std::string& content, const std::string& run_id, std::string* payload,
@@ -75,28 +56,22 @@ absl::StatusOr<std::string> ShareThroughFile(int rank, const std::string& path,
         "file rendezvous: a run id (non-empty, one line) is required so that a file left by an "
         "earlier job is never taken for this one's; got '", run_id, "'"));
   }
+  FileSystem* fs = FileSystem::Default();
   if (rank == 0) {
-    const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
+    // Temporary file, fsync, rename: a reader never sees half a file.
     const std::string content = absl::StrCat(kMagic, run_id, "\n", payload.size(), "\n", payload);
-    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-      return absl::UnavailableError(absl::StrCat("file rendezvous: open ", tmp, ": ", std::strerror(errno)));
-    }
-    const bool written = ::write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size());
-    const int write_errno = errno;
-    ::close(fd);
-    if (!written || std::rename(tmp.c_str(), path.c_str()) != 0) {
-      const int e = written ? errno : write_errno;
-      ::unlink(tmp.c_str());
-      return absl::UnavailableError(absl::StrCat("file rendezvous: cannot publish ", path, ": ", std::strerror(e)));
+    absl::Status published = WriteFileAtomically(
+        fs, path, [&](const AppendFn& append) { return append(content.data(), content.size()); });
+    if (!published.ok()) {
+      return absl::UnavailableError(absl::StrCat("file rendezvous: cannot publish ", path, ": ", published.message()));
     }
     return payload;
   }
   std::string last_seen = "no file";
   while (true) {
-    std::string content, out, why;
-    if (ReadWhole(path, &content)) {
-      if (Parse(content, run_id, &out, &why)) return out;
+    std::string out, why;
+    if (absl::StatusOr<std::string> content = fs->ReadFile(path); content.ok()) {
+      if (Parse(*content, run_id, &out, &why)) return out;
       last_seen = why;
     }
     if (absl::Now() > deadline) {

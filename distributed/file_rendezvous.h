@@ -1,7 +1,7 @@
 // File: distributed/file_rendezvous.h
 //
-// ShareThroughFile: rank 0 publishes `payload` in a file on a filesystem every rank sees (write
-// to a temporary name, then rename: a reader never sees half a file); the other ranks poll for it
+// ShareThroughFile: rank 0 publishes `payload` in a file on a filesystem every rank sees
+// (base/atomic_file.h: a reader never sees half a file); the other ranks poll for it
 // until `deadline`. Used to hand out NCCL's ncclUniqueId when there is neither an MPI bootstrap
 // nor a MASTER_ADDR.
 //

@@ -511,11 +511,12 @@ void Engine::RunEpoch() {
   bool should_exit = false;
   try {
     while (true) {
-      // As ignite: the previous step's output is cleared only once a new batch was fetched, so
-      // handlers at EPOCH_COMPLETED still see the last output when data of unknown length runs
+      // As ignite: the previous step's output is cleared only once a new batch was fetched (below),
+      // so handlers at EPOCH_COMPLETED still see the last output when data of unknown length runs
       // out.
-      if (data_ == nullptr) state_.output.reset();
-      if (data_ != nullptr) {
+      if (data_ == nullptr) {
+        state_.output.reset();
+      } else {
         // GET_BATCH_STARTED is not fired again right after a restart of the data.
         if (last_event_ != Event::kDataloaderStopIteration) {
           Fire(Events::GetBatchStarted());

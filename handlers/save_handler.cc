@@ -183,11 +183,11 @@ void DiskSaver::Quarantine(const std::string& filename, const absl::Status& why)
   for (int i = 1; options_.fs->Exists(Location(aside)); ++i) aside = absl::StrCat(filename, ".corrupt.", i);
   absl::Status moved = options_.fs->Rename(Location(filename), Location(aside));
   if (moved.ok()) moved = options_.fs->SyncDir(dirname_);
+  const std::string outcome = moved.ok() ? absl::StrCat("moved aside to ", aside)
+                                         : absl::StrCat("could not move it aside: ", moved.message());
   std::fprintf(stderr, "[ember] DiskSaver: %s is corrupt (%s); %s\n", Location(filename).c_str(),
-               std::string(why.message()).c_str(),
-               moved.ok() ? absl::StrCat("moved aside to ", aside).c_str()
-                          : absl::StrCat("could not move it aside: ", moved.message()).c_str());
-  Reject(filename, absl::DataLossError(absl::StrCat(why.message(), moved.ok() ? absl::StrCat(" (moved aside to ", aside, ")") : "")));
+               std::string(why.message()).c_str(), outcome.c_str());
+  Reject(filename, absl::DataLossError(absl::StrCat(why.message(), " (", outcome, ")")));
 }
 
 std::vector<std::string> DiskSaver::Rejected() const {

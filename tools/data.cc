@@ -25,20 +25,20 @@ namespace {
 
 constexpr char kFashionDir[] = "/usr/share/datasets/fashion-mnist";
 
-// Why `path` cannot be read as a data file, or OK: names the real cause (absent, a directory,
-// permission denied), not only "missing".
-absl::Status Readable(const std::string& path) {
+// Why `path` cannot be read as a data file (or, with `directory`, listed as a data directory),
+// or OK: names the real cause (absent, the wrong kind, permission denied), not only "missing".
+absl::Status Readable(const std::string& path, bool directory = false) {
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) return ErrnoStatus(errno, "stat", path);
-  if (S_ISDIR(st.st_mode)) return absl::InvalidArgumentError(absl::StrCat(path, " is a directory, not a data file"));
-  if (::access(path.c_str(), R_OK) != 0) return ErrnoStatus(errno, "open", path);
+  if (S_ISDIR(st.st_mode) != directory) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, directory ? " is not a directory" : " is a directory, not a data file"));
+  }
+  if (::access(path.c_str(), directory ? R_OK | X_OK : R_OK) != 0) return ErrnoStatus(errno, "open", path);
   return absl::OkStatus();
 }
 
-bool Exists(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0;
-}
+bool Exists(const std::string& path) { return FileSystem::Default()->Exists(path); }
 
 // At most this many classes (a label is a class index; a typo such as 2000000000 must not
 // allocate an output layer of that size).
@@ -76,10 +76,7 @@ uint32_t BigEndian32(const std::string& s, size_t at) {
 
 // An IDX file in the given directory, gzipped or not.
 absl::StatusOr<std::string> FindIdx(const std::string& dir, const std::string& stem) {
-  struct stat st;
-  if (::stat(dir.c_str(), &st) != 0) return ErrnoStatus(errno, "stat", dir);
-  if (!S_ISDIR(st.st_mode)) return absl::InvalidArgumentError(absl::StrCat(dir, " is not a directory"));
-  if (::access(dir.c_str(), R_OK | X_OK) != 0) return ErrnoStatus(errno, "open", dir);
+  EMBER_RETURN_IF_ERROR(Readable(dir, /*directory=*/true));
   for (const char* suffix : {".gz", ""}) {
     std::string path = absl::StrCat(dir, "/", stem, suffix);
     if (Exists(path)) {

@@ -299,8 +299,6 @@ int Main(int argc, char** argv) {
     }
   }
   absl::ParseCommandLine(argc, argv);
-  const int threads = absl::GetFlag(FLAGS_threads);
-  if (threads >= 1 && threads <= kMaxThreads) torch::set_num_threads(threads);  // else ValidateFlags says why
   ::signal(SIGTERM, OnSignal);
   ::signal(SIGINT, OnSignal);
 
@@ -325,6 +323,7 @@ int Main(int argc, char** argv) {
 
   absl::Status status = [&]() -> absl::Status {
     EMBER_RETURN_IF_ERROR(ValidateFlags());
+    torch::set_num_threads(absl::GetFlag(FLAGS_threads));
     EMBER_ASSIGN_OR_RETURN(std::vector<int64_t> hidden, ParseHidden(absl::GetFlag(FLAGS_hidden)));
     EMBER_ASSIGN_OR_RETURN(NanAt nan_at, ParseInjectNan(absl::GetFlag(FLAGS_inject_nan), world_size));
     const uint64_t seed = static_cast<uint64_t>(absl::GetFlag(FLAGS_seed));

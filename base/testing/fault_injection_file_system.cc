@@ -73,13 +73,17 @@ void FaultInjectionFileSystem::SetHook(std::function<void(const std::string& op)
   hook_ = std::move(hook);
 }
 
-absl::StatusOr<std::string> FaultInjectionFileSystem::ReadFile(const std::string& path) {
+void FaultInjectionFileSystem::RunHook(const std::string& op) {
   std::function<void(const std::string&)> hook;
   {
     std::lock_guard<std::mutex> lock(mu_);
     hook = hook_;
   }
-  if (hook) hook("read " + path);
+  if (hook) hook(op);  // outside the lock: it may block
+}
+
+absl::StatusOr<std::string> FaultInjectionFileSystem::ReadFile(const std::string& path) {
+  RunHook("read " + path);
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!read_fault_path_.empty() && path.find(read_fault_path_) != std::string::npos) {
@@ -101,12 +105,7 @@ std::vector<std::string> FaultInjectionFileSystem::log() const {
 }
 
 absl::Status FaultInjectionFileSystem::Mutate(const std::string& what) {
-  std::function<void(const std::string&)> hook;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    hook = hook_;
-  }
-  if (hook) hook(what);
+  RunHook(what);
   std::lock_guard<std::mutex> lock(mu_);
   const int n = ops_++;
   log_.push_back(what);

@@ -66,6 +66,8 @@ class FaultInjectionFileSystem final : public FileSystemWrapper {
   void Synced(const std::string& path);
 
  private:
+  void RunHook(const std::string& op);
+
   struct FileState {
     size_t size = 0;
     size_t synced = 0;
