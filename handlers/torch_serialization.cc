@@ -913,28 +913,99 @@ absl::StatusOr<std::map<std::string, ChecksumEntry>> ParseChecksum(std::string_v
   return out;
 }
 
-absl::StatusOr<ArchiveCheck> VerifyReader(caffe2::serialize::PyTorchStreamReader& reader,
-                                          const std::string& name) {
-  ArchiveCheck check;
-  if (!reader.hasRecord(kChecksumRecord)) return check;
-  check.has_checksum = true;
-  auto [text_ptr, text_size] = reader.getRecord(kChecksumRecord);
-  std::string_view text(static_cast<const char*>(text_ptr.get()), text_size);
-  EMBER_ASSIGN_OR_RETURN(auto entries, ParseChecksum(text, name, &check.format_version));
-  if (entries.count("data.pkl") == 0) {
-    return absl::DataLossError(absl::StrCat(name, ": checksum record does not cover data.pkl"));
-  }
-  for (const auto& [record, expected] : entries) {
-    if (!reader.hasRecord(record)) {
-      return absl::DataLossError(absl::StrCat(name, ": record ", record, " is missing"));
+uint64_t Le(std::string_view b, size_t at, int n) {
+  uint64_t v = 0;
+  for (int i = n - 1; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(b[at + i]);
+  return v;
+}
+
+// The CRC-32 and size that the zip central directory records for each record, keyed by the
+// reader's record name (the path without the archive's top-level folder). Every offset is
+// bounds-checked: a malformed directory is an error, never a read past the buffer.
+absl::StatusOr<std::map<std::string, ChecksumEntry>> ZipDirectory(std::string_view b,
+                                                                  const std::string& name) {
+  auto bad = [&](const std::string& why) {
+    return absl::DataLossError(absl::StrCat(name, ": malformed zip central directory: ", why));
+  };
+  constexpr size_t kEocd = 22;
+  if (b.size() < kEocd) return bad("file too short");
+  size_t eocd = std::string_view::npos;
+  const size_t lowest = b.size() > kEocd + 65535 ? b.size() - kEocd - 65535 : 0;
+  for (size_t at = b.size() - kEocd + 1; at-- > lowest;) {
+    if (Le(b, at, 4) == 0x06054b50) {
+      eocd = at;
+      break;
     }
+  }
+  if (eocd == std::string_view::npos) return bad("no end-of-directory record");
+  uint64_t count = Le(b, eocd + 10, 2), offset = Le(b, eocd + 16, 4);
+  if ((count == 0xFFFF || offset == 0xFFFFFFFF) && eocd >= 20 && Le(b, eocd - 20, 4) == 0x07064b50) {
+    const uint64_t z = Le(b, eocd - 20 + 8, 8);
+    if (b.size() < 56 || z > b.size() - 56 || Le(b, z, 4) != 0x06064b50) return bad("bad zip64 end-of-directory record");
+    count = Le(b, z + 32, 8);
+    offset = Le(b, z + 48, 8);
+  }
+  std::map<std::string, ChecksumEntry> out;
+  size_t at = offset;
+  for (uint64_t i = 0; i < count; ++i) {
+    if (at > b.size() || b.size() - at < 46 || Le(b, at, 4) != 0x02014b50) {
+      return bad(absl::StrCat("entry ", i, " of ", count, " is out of bounds or has a bad signature"));
+    }
+    const size_t n = Le(b, at + 28, 2), extra = Le(b, at + 30, 2), comment = Le(b, at + 32, 2);
+    if (b.size() - at - 46 < n + extra + comment) return bad(absl::StrCat("entry ", i, " overruns the file"));
+    uint64_t size = Le(b, at + 24, 4);
+    // A zip64 extra field carries the real size when the 32-bit one is saturated.
+    for (size_t e = at + 46 + n; size == 0xFFFFFFFF && e + 4 <= at + 46 + n + extra;) {
+      const size_t id = Le(b, e, 2), len = Le(b, e + 2, 2);
+      if (e + 4 + len > at + 46 + n + extra) break;
+      if (id == 0x0001 && len >= 8) size = Le(b, e + 4, 8);
+      e += 4 + len;
+    }
+    std::string full(b.substr(at + 46, n));
+    const size_t slash = full.find('/');
+    out[slash == std::string::npos ? full : full.substr(slash + 1)] = {
+        static_cast<uint32_t>(Le(b, at + 16, 4)), size};
+    at += 46 + n + extra + comment;
+  }
+  return out;
+}
+
+// Checks every record of the archive `bytes`: its CRC-32 against the zip central directory (any
+// torch.save archive carries one per record) and, where Ember's checksum record is present,
+// against that too (which also covers a record missing from the zip).
+absl::StatusOr<ArchiveCheck> VerifyReader(caffe2::serialize::PyTorchStreamReader& reader,
+                                          std::string_view bytes, const std::string& name) {
+  ArchiveCheck check;
+  EMBER_ASSIGN_OR_RETURN(auto zip, ZipDirectory(bytes, name));
+  std::map<std::string, ChecksumEntry> ember;
+  if (reader.hasRecord(kChecksumRecord)) {
+    check.has_checksum = true;
+    auto [text_ptr, text_size] = reader.getRecord(kChecksumRecord);
+    std::string_view text(static_cast<const char*>(text_ptr.get()), text_size);
+    EMBER_ASSIGN_OR_RETURN(ember, ParseChecksum(text, name, &check.format_version));
+    if (ember.count("data.pkl") == 0) {
+      return absl::DataLossError(absl::StrCat(name, ": checksum record does not cover data.pkl"));
+    }
+    for (const auto& [record, expected] : ember) {
+      if (zip.count(record) == 0 || !reader.hasRecord(record)) {
+        return absl::DataLossError(absl::StrCat(name, ": record ", record, " is missing"));
+      }
+    }
+  }
+  for (const auto& [record, in_zip] : zip) {
+    if (!reader.hasRecord(record)) continue;  // a directory entry, or outside the archive folder
     auto [ptr, size] = reader.getRecord(record);
-    uint32_t crc = Crc32(ptr.get(), size);
-    if (size != expected.size || crc != expected.crc) {
+    const uint32_t crc = Crc32(ptr.get(), size);
+    auto mismatch = [&](const char* against, const ChecksumEntry& expected) {
       return absl::DataLossError(absl::StrFormat(
-          "%s: checksum mismatch in record %s (crc32 %08x, %d bytes; expected %08x, %d bytes): "
+          "%s: %s mismatch in record %s (crc32 %08x, %d bytes; expected %08x, %d bytes): "
           "the file is corrupted",
-          name, record, crc, size, expected.crc, expected.size));
+          name, against, record, crc, size, expected.crc, expected.size));
+    };
+    if (crc != in_zip.crc || size != in_zip.size) return mismatch("zip CRC-32", in_zip);
+    auto it = ember.find(record);
+    if (it != ember.end() && (crc != it->second.crc || size != it->second.size)) {
+      return mismatch("checksum", it->second);
     }
     ++check.records;
   }
@@ -942,8 +1013,8 @@ absl::StatusOr<ArchiveCheck> VerifyReader(caffe2::serialize::PyTorchStreamReader
 }
 
 absl::StatusOr<Value> ReadArchive(caffe2::serialize::PyTorchStreamReader& reader,
-                                  const std::string& name) {
-  EMBER_RETURN_IF_ERROR(VerifyReader(reader, name).status());
+                                  std::string_view bytes, const std::string& name) {
+  EMBER_RETURN_IF_ERROR(VerifyReader(reader, bytes, name).status());
   if (!reader.hasRecord("data.pkl")) {
     return absl::DataLossError(absl::StrCat(name, ": not a torch.save archive (no data.pkl)"));
   }
@@ -1263,7 +1334,7 @@ absl::StatusOr<T> WithFileReader(const std::string& path, FileSystem* fs, F use)
   EMBER_RETURN_IF_ERROR(CheckMagic(std::string_view(bytes).substr(0, 4), path));
   try {
     caffe2::serialize::PyTorchStreamReader reader(std::make_shared<BoundedMemoryAdapter>(bytes));
-    return use(reader);
+    return use(reader, std::string_view(bytes));
   } catch (const c10::Error& e) {
     return Unreadable(path, e);
   }
@@ -1276,20 +1347,20 @@ absl::StatusOr<Value> ReadTorchSave(std::string_view bytes, std::string_view nam
   EMBER_RETURN_IF_ERROR(CheckMagic(bytes.substr(0, 4), name));
   try {
     caffe2::serialize::PyTorchStreamReader reader(std::make_shared<BoundedMemoryAdapter>(bytes));
-    return ReadArchive(reader, name);
+    return ReadArchive(reader, bytes, name);
   } catch (const c10::Error& e) {
     return Unreadable(name, e);
   }
 }
 
 absl::StatusOr<Value> ReadTorchSaveFile(const std::string& path, FileSystem* fs) {
-  return WithFileReader<Value>(path, fs, [&](caffe2::serialize::PyTorchStreamReader& r) { return ReadArchive(r, path); });
+  return WithFileReader<Value>(path, fs, [&](caffe2::serialize::PyTorchStreamReader& r, std::string_view b) { return ReadArchive(r, b, path); });
 }
 
 absl::StatusOr<std::string> ReadTorchSaveRecord(const std::string& path, const std::string& record,
                                                 FileSystem* fs) {
   return WithFileReader<std::string>(
-      path, fs, [&](caffe2::serialize::PyTorchStreamReader& r) -> absl::StatusOr<std::string> {
+      path, fs, [&](caffe2::serialize::PyTorchStreamReader& r, std::string_view) -> absl::StatusOr<std::string> {
         if (!r.hasRecord(record)) return absl::NotFoundError(absl::StrCat(path, ": no record '", record, "'"));
         auto [ptr, size] = r.getRecord(record);
         return std::string(static_cast<const char*>(ptr.get()), size);
@@ -1299,12 +1370,12 @@ absl::StatusOr<std::string> ReadTorchSaveRecord(const std::string& path, const s
 absl::StatusOr<RecordLookup> ReadRecordAndVerify(const std::string& path, const std::string& record,
                                                  FileSystem* fs) {
   return WithFileReader<RecordLookup>(
-      path, fs, [&](caffe2::serialize::PyTorchStreamReader& r) -> absl::StatusOr<RecordLookup> {
+      path, fs, [&](caffe2::serialize::PyTorchStreamReader& r, std::string_view b) -> absl::StatusOr<RecordLookup> {
         RecordLookup out;
         if (!r.hasRecord(record)) return out;
         auto [ptr, size] = r.getRecord(record);
         out.record = std::string(static_cast<const char*>(ptr.get()), size);
-        absl::StatusOr<ArchiveCheck> check = VerifyReader(r, path);
+        absl::StatusOr<ArchiveCheck> check = VerifyReader(r, b, path);
         if (!check.ok()) {
           out.integrity = check.status();
         } else if (!check->has_checksum) {
@@ -1317,7 +1388,7 @@ absl::StatusOr<RecordLookup> ReadRecordAndVerify(const std::string& path, const 
 }
 
 absl::StatusOr<ArchiveCheck> VerifyTorchSaveFile(const std::string& path, FileSystem* fs) {
-  return WithFileReader<ArchiveCheck>(path, fs, [&](caffe2::serialize::PyTorchStreamReader& r) { return VerifyReader(r, path); });
+  return WithFileReader<ArchiveCheck>(path, fs, [&](caffe2::serialize::PyTorchStreamReader& r, std::string_view b) { return VerifyReader(r, b, path); });
 }
 
 }  // namespace ember

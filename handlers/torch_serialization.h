@@ -74,12 +74,14 @@ absl::StatusOr<Value> ReadTorchSaveFile(const std::string& path, FileSystem* fs 
 // Reads a torch.save archive from memory; `name` is used in error messages.
 absl::StatusOr<Value> ReadTorchSave(std::string_view bytes, std::string_view name);
 
-// What a file says about itself, without unpickling: whether it carries Ember's checksum record
-// and whether every record matches it.
+// What a file says about itself, without unpickling: every record's CRC-32 checked against the
+// zip central directory (any torch.save archive, Python's included, carries one per record) and,
+// where Ember's checksum record is present, against that too. Reading (ReadTorchSave*) runs the
+// same checks before it unpickles.
 struct ArchiveCheck {
-  bool has_checksum = false;
+  bool has_checksum = false;  // Ember's checksum record is present (and matched)
   int format_version = 0;
-  int records = 0;
+  int records = 0;            // records whose CRC-32 was verified
 };
 absl::StatusOr<ArchiveCheck> VerifyTorchSaveFile(const std::string& path, FileSystem* fs = nullptr);
 

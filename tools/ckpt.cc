@@ -1,6 +1,9 @@
 // ckpt: inspect and verify Ember checkpoints.
 //   ckpt list DIR          one line per *.pt: name, step, score, size, and whether it verifies
-//   ckpt verify PATH...    checks every record's CRC-32; exit 1 if any file fails
+//   ckpt verify PATH...    one line per file: "ok (...)" or what is wrong; exit 1 if any fails
+// list and verify apply the same checks (Check below): every record's CRC-32 against the zip
+// directory, Ember's checksum record where present, and a full parse of the pickle with the safe
+// reader (no code runs; unknown globals are refused).
 //   ckpt show FILE         the content as JSON: every tensor (dotted key) with dtype, shape and a
 //                          CRC-32 of its values, and every scalar (the trainer state, ...)
 #include <algorithm>
@@ -15,6 +18,7 @@
 #include "absl/strings/str_join.h"
 #include "base/crc32.h"
 #include "base/file_system.h"
+#include "base/status_macros.h"
 #include "handlers/save_handler.h"
 #include "handlers/torch_serialization.h"
 #include "handlers/value.h"
@@ -83,7 +87,19 @@ void Walk(const Value& v, const std::string& key, std::vector<std::string>& tens
   scalars.push_back(absl::StrCat(Json(key), ": ", ScalarJson(v)));
 }
 
+// The one verdict of list and verify: "ok (...)" or the first problem found.
+absl::StatusOr<std::string> Check(const std::string& path) {
+  EMBER_ASSIGN_OR_RETURN(ArchiveCheck check, VerifyTorchSaveFile(path));
+  EMBER_RETURN_IF_ERROR(ReadTorchSaveFile(path).status());
+  return absl::StrCat("ok (", check.records, " records: zip CRC-32",
+                      check.has_checksum ? " and Ember checksum" : "; no Ember checksum", ", pickle parsed)");
+}
+
 int List(const std::string& dir) {
+  if (!FileSystem::Default()->IsDirectory(dir)) {
+    std::fprintf(stderr, "ckpt: %s is not a directory (ckpt list DIR; ckpt verify FILE...)\n", dir.c_str());
+    return 1;
+  }
   absl::StatusOr<std::vector<std::string>> names = FileSystem::Default()->ListDir(dir);
   if (!names.ok()) {
     std::fprintf(stderr, "ckpt: %s\n", std::string(names.status().message()).c_str());
@@ -103,13 +119,11 @@ int List(const std::string& dir) {
       }
     }
     uint64_t size = FileSystem::Default()->FileSize(path).value_or(0);
-    absl::StatusOr<ArchiveCheck> check = VerifyTorchSaveFile(path);
-    std::string status = !check.ok() ? absl::StrCat("CORRUPT: ", check.status().message())
-                         : check->has_checksum ? absl::StrCat("ok (", check->records, " records verified)")
-                                               : "ok (no Ember checksum)";
+    absl::StatusOr<std::string> check = Check(path);
     if (!check.ok()) ++bad;
     std::printf("%-50s %8s %12s %12llu  %s\n", name.c_str(), step.c_str(), score.c_str(),
-                static_cast<unsigned long long>(size), status.c_str());
+                static_cast<unsigned long long>(size),
+                check.ok() ? check->c_str() : absl::StrCat("CORRUPT: ", check.status().message()).c_str());
   }
   return bad == 0 ? 0 : 1;
 }
@@ -117,14 +131,9 @@ int List(const std::string& dir) {
 int Verify(const std::vector<std::string>& paths) {
   int bad = 0;
   for (const std::string& p : paths) {
-    absl::StatusOr<ArchiveCheck> check = VerifyTorchSaveFile(p);
-    absl::Status full = check.ok() ? ReadTorchSaveFile(p).status() : check.status();
-    if (full.ok()) {
-      std::printf("%s: ok\n", p.c_str());
-    } else {
-      std::printf("%s: %s\n", p.c_str(), full.ToString().c_str());
-      ++bad;
-    }
+    absl::StatusOr<std::string> check = Check(p);
+    if (!check.ok()) ++bad;
+    std::printf("%s: %s\n", p.c_str(), check.ok() ? check->c_str() : check.status().ToString().c_str());
   }
   return bad == 0 ? 0 : 1;
 }

@@ -230,7 +230,7 @@ full_disk)
   [[ $(grep -c "No space left on device" <<<"$out") -ge 2 ]] || fail "both ranks must report the full disk"
   grep -q "rank 1: error: rank 0: saving .*/disk/ckpt/checkpoint_.*\.pt failed" <<<"$out" || fail "rank 1 must report rank 0's error naming the file"
   ! grep -q CORRUPT <<<"$out" || fail "a checkpoint left on the full disk does not load"
-  [[ $(grep -c ': ok$' <<<"$out") -ge 1 ]] || fail "no earlier checkpoint survived"
+  [[ $(grep -c ': ok (' <<<"$out") -ge 1 ]] || fail "no earlier checkpoint survived"
   ;;
 fashion_mnist)
   out=$(mpi 2 "$train" --epochs=3 --output_dir="$work/fm" --progress=none 2>&1); rc=$?
@@ -238,6 +238,60 @@ fashion_mnist)
   [[ $rc -eq 0 ]] || fail "exited $rc"
   line=$(finals "$out" | head -n 1)
   awk -v s="$(field "$line" best_score)" 'BEGIN { exit !(s > 0.85) }' || fail "test accuracy $(field "$line" best_score) <= 0.85"
+  ;;
+ckpt_tool)
+  # Issue 12.11: list and verify apply the same checks to any torch.save archive: the zip CRC-32
+  # of every record, Ember's checksum where present, and a safe parse of the pickle.
+  "$train" --data=synthetic --epochs=1 --output_dir="$work/run" --progress=none >/dev/null 2>&1 || fail "training run failed"
+  ember=$(ls "$work"/run/*.pt | head -n 1)
+  /usr/bin/python3 - "$work" "$ember" <<'PY' || fail "could not build the test files"
+import re, struct, sys, zipfile, zlib, torch
+work, ember = sys.argv[1], sys.argv[2]
+torch.manual_seed(0)
+model = torch.nn.Linear(64, 32)
+torch.save({"model": model.state_dict()}, f"{work}/python.pt")
+def flip_in_tensor(src, dst):
+    raw = bytearray(open(src, "rb").read())
+    info = [i for i in zipfile.ZipFile(src).infolist() if "/data/" in i.filename and i.file_size >= 64][0]
+    n, m = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+    raw[info.header_offset + 30 + n + m + 5] ^= 0x01
+    open(dst, "wb").write(bytes(raw))
+flip_in_tensor(f"{work}/python.pt", f"{work}/python_flipped.pt")
+# A hostile pickle in an Ember checkpoint whose Ember checksum was forged to match it.
+src = zipfile.ZipFile(ember)
+records = {i.filename: src.read(i.filename) for i in src.infolist()}
+top = next(iter(records)).split("/")[0]
+records[f"{top}/data.pkl"] = b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00trueq\x00\x85q\x01Rq\x02."
+lines = ["ember-checkpoint 1"]
+for name, data in records.items():
+    short = name.split("/", 1)[1]
+    if short != "ember_checksum":
+        lines.append(f"crc32 {short} {zlib.crc32(data):08x} {len(data)}")
+records[f"{top}/ember_checksum"] = ("\n".join(lines) + "\n").encode()
+with zipfile.ZipFile(f"{work}/hostile.pt", "w", zipfile.ZIP_STORED) as out:
+    for name, data in records.items():
+        out.writestr(name, data)
+PY
+  out=$("$ckpt" verify "$work/python.pt" "$ember" 2>&1) || fail "intact files must verify: $out"
+  echo "$out"
+  grep -q "python.pt: ok (.* records: zip CRC-32; no Ember checksum, pickle parsed)" <<<"$out" || fail "python file: $out"
+  grep -q "checkpoint_.*: ok (.* records: zip CRC-32 and Ember checksum, pickle parsed)" <<<"$out" || fail "ember file: $out"
+  for bad in python_flipped hostile; do
+    out=$("$ckpt" verify "$work/$bad.pt" 2>&1); rc=$?
+    echo "$out"
+    [[ $rc -eq 1 ]] || fail "verify $bad.pt exited $rc: $out"
+  done
+  grep -q "zip CRC-32 mismatch in record data/" <<<"$("$ckpt" verify "$work/python_flipped.pt")" || fail "the flipped byte is not named"
+  grep -q "os.system" <<<"$("$ckpt" verify "$work/hostile.pt")" || fail "the hostile global is not named"
+  mkdir -p "$work/listed"
+  cp "$work/python.pt" "$work/python_flipped.pt" "$work/hostile.pt" "$ember" "$work/listed/"
+  out=$("$ckpt" list "$work/listed" 2>&1); rc=$?
+  echo "$out"
+  [[ $rc -eq 1 ]] || fail "list of a directory with bad files exited $rc"
+  for f in python_flipped hostile; do grep -q "^$f.pt .*CORRUPT: " <<<"$out" || fail "list does not reject $f.pt"; done
+  [[ $(grep -c " ok (" <<<"$out") -eq 2 ]] || fail "list must accept exactly the two intact files"
+  out=$("$ckpt" verify "$work/listed" 2>&1); rc=$?
+  [[ $rc -eq 1 ]] && grep -q "is a directory" <<<"$out" || fail "verify on a directory: $out"
   ;;
 *) fail "unknown mode $mode" ;;
 esac
