@@ -1,0 +1,61 @@
+#include "handlers/metrics_log.h"
+
+#include <cerrno>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "base/atomic_file.h"
+#include "base/status_macros.h"
+
+namespace ember {
+
+absl::StatusOr<std::unique_ptr<MetricsLog>> MetricsLog::Open(std::string path, FileSystem* fs) {
+  std::unique_ptr<MetricsLog> log(new MetricsLog(std::move(path), fs ? fs : FileSystem::Default()));
+  EMBER_RETURN_IF_ERROR(log->Reopen());
+  return log;
+}
+
+absl::Status MetricsLog::Reopen() {
+  out_.close();
+  out_.clear();
+  out_.open(path_, std::ios::app);
+  if (!out_) return ErrnoStatus(errno, "open", path_);
+  return absl::OkStatus();
+}
+
+absl::Status MetricsLog::Append(const nlohmann::json& line) {
+  out_ << line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  out_.flush();
+  if (!out_) return ErrnoStatus(errno, "write", path_);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int> MetricsLog::ResumeAt(int64_t iteration) {
+  out_.close();
+  std::string text;
+  if (fs_->Exists(path_)) {
+    EMBER_ASSIGN_OR_RETURN(text, fs_->ReadFile(path_));
+  }
+  std::string kept;
+  int dropped = 0;
+  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
+    nlohmann::json parsed = nlohmann::json::parse(line.begin(), line.end(), nullptr, /*allow_exceptions=*/false);
+    const bool keep = parsed.is_object() && parsed.contains("iteration") && parsed["iteration"].is_number_integer() &&
+                      parsed["iteration"].get<int64_t>() <= iteration && !line.empty() && line.back() == '}';
+    if (keep) {
+      absl::StrAppend(&kept, line, "\n");
+    } else {
+      ++dropped;
+    }
+  }
+  if (dropped > 0) {
+    EMBER_RETURN_IF_ERROR(WriteFileAtomically(fs_, path_, [&](const AppendFn& append) {
+      return append(kept.data(), kept.size());
+    }));
+  }
+  EMBER_RETURN_IF_ERROR(Reopen());
+  return dropped;
+}
+
+}  // namespace ember
