@@ -260,9 +260,6 @@ absl::StatusOr<Value> Checkpoint::BuildCheckpoint() const {
   return checkpoint;
 }
 
-bool Checkpoint::IsProtected(const std::string& filename) const {
-  return std::find(protected_.begin(), protected_.end(), filename) != protected_.end();
-}
 
 absl::Status Checkpoint::Propose(Engine& engine, absl::Span<double> values) {
   if (options_.score_function) {
@@ -394,7 +391,7 @@ absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
     for (const Item& item : next) {
       if (std::find(keep.begin(), keep.end(), item.filename) != keep.end()) {
         kept.push_back(item);
-      } else if (!IsProtected(item.filename)) {
+      } else {
         evicted.push_back(item.filename);
       }
     }
@@ -533,7 +530,8 @@ absl::Status Checkpoint::LoadObjects(const ObjectMap& to_load, const Value& chec
 
 absl::StatusOr<std::optional<std::string>> Checkpoint::ResumeLatest(dist::Communicator& comm,
                                                                      const ObjectMap* to_load,
-                                                                     bool start_over_if_unusable) {
+                                                                     bool start_over_if_unusable,
+                                                                     Value* loaded) {
   if (!restored_) {
     restored_ = true;
     EMBER_RETURN_IF_ERROR(RestoreFromHandler(comm));
@@ -590,7 +588,7 @@ absl::StatusOr<std::optional<std::string>> Checkpoint::ResumeLatest(dist::Commun
     checkpoint.Erase("checkpointer");
   }
   EMBER_RETURN_IF_ERROR(LoadObjects(to_load != nullptr ? *to_load : to_save_, checkpoint));
-  Protect(chosen);
+  if (loaded != nullptr) *loaded = std::move(checkpoint);
   return std::optional<std::string>(location);
 }
 

@@ -17,7 +17,9 @@
 // Retention survives restarts: on its first call, the checkpointer adopts the files of its own
 // basename already in the save handler (their priority and order are stored inside them), so a
 // resumed run neither forgets old checkpoints nor keeps too many. It never deletes a file it did
-// not write, nor the file the run resumed from (Protect()).
+// not write, and it removes a file only after the checkpoint that replaces it is durable, so the
+// file a run resumed from stays until a newer one is safely on disk (then retention applies to it
+// like to any other).
 //
 // Multi-rank: a SynchronizedHandler. Every rank computes the same priority (the score is reduced
 // across ranks, MEAN by default) and so the same retention bookkeeping; only save_on_rank
@@ -146,18 +148,18 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
   SaveHandler& save_handler() const { return *save_handler_; }
 
   // Resume: loads the newest checkpoint of this checkpointer that reads back intact into
-  // `to_load` (default: the objects it saves), protects it from removal, and returns its
-  // location; nullopt when there is none (a fresh start). Files that are corrupt are never used:
+  // `to_load` (default: the objects it saves) and returns its location; nullopt when there is
+  // none (a fresh start). `loaded`, when given, receives the whole checkpoint as read (to check
+  // settings stored beside the objects). Files that are corrupt are never used:
   // they are moved aside (DiskSaver) and said on stderr; when files were seen but none is usable,
   // this fails (kFailedPrecondition, naming each file and why) unless start_over_if_unusable.
   // The saving rank reads the file and broadcasts its bytes, so every rank loads the same state
   // even without a shared filesystem. A collective: call it on every rank.
   absl::StatusOr<std::optional<std::string>> ResumeLatest(dist::Communicator& comm,
                                                           const ObjectMap* to_load = nullptr,
-                                                          bool start_over_if_unusable = false);
+                                                          bool start_over_if_unusable = false,
+                                                          Value* loaded = nullptr);
 
-  // Never remove `filename` (the checkpoint a run resumed from).
-  void Protect(const std::string& filename) { protected_.push_back(filename); }
   // Waits for an asynchronous save and returns its outcome on every rank (a collective).
   absl::Status Flush(dist::Communicator& comm);
   void Reset();
@@ -187,13 +189,11 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
                                        std::optional<int64_t> global_step) const;
   absl::StatusOr<Value> BuildCheckpoint() const;
   absl::Status RestoreFromHandler(dist::Communicator& comm);
-  bool IsProtected(const std::string& filename) const;
 
   ObjectMap to_save_;
   std::shared_ptr<SaveHandler> save_handler_;
   CheckpointOptions options_;
   std::vector<Item> saved_;
-  std::vector<std::string> protected_;
   int64_t next_index_ = 0;
   bool restored_ = false;
   Score::Kind local_kind_ = Score::Kind::kFloat;

@@ -1,9 +1,11 @@
 #include "handlers/metrics_log.h"
 
 #include <cerrno>
+#include <cmath>
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "base/atomic_file.h"
 #include "base/status_macros.h"
@@ -24,8 +26,22 @@ absl::Status MetricsLog::Reopen() {
   return absl::OkStatus();
 }
 
-absl::Status MetricsLog::Append(const nlohmann::json& line) {
-  out_ << line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+std::string MetricsLog::Format(const nlohmann::ordered_json& line) {
+  auto scalar = [](const nlohmann::ordered_json& v) {
+    if (v.is_number_float() && std::isfinite(v.get<double>())) return absl::StrFormat("%.9g", v.get<double>());
+    return v.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+  };
+  if (!line.is_object()) return scalar(line);
+  std::string out = "{";
+  for (auto it = line.begin(); it != line.end(); ++it) {
+    absl::StrAppend(&out, it == line.begin() ? "" : ", ", scalar(nlohmann::ordered_json(it.key())), ": ",
+                    scalar(it.value()));
+  }
+  return out + "}";
+}
+
+absl::Status MetricsLog::Append(const nlohmann::ordered_json& line) {
+  out_ << Format(line) << "\n";
   out_.flush();
   if (!out_) return ErrnoStatus(errno, "write", path_);
   return absl::OkStatus();

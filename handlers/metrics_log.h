@@ -1,8 +1,9 @@
 // File: handlers/metrics_log.h
 //
 // MetricsLog: a run's JSON-lines log (one object per line, e.g. one per epoch with "epoch" and
-// "iteration"), written by one rank. Append writes a line and flushes it to the OS, so a reader
-// (a dashboard, `tail -f`) sees each line as it is written.
+// "iteration"), written by one rank. Append writes a line, its keys in the order given and
+// floating-point numbers with 9 significant digits (`{"epoch": 1, "val_loss": 0.263115943}`), and
+// flushes it to the OS, so a reader (a dashboard, `tail -f`) sees each line as it is written.
 //
 // Resume: the log must read as one run. ResumeAt(iteration) rewrites it atomically (a crash leaves
 // the old or the new log, never a torn one) keeping only the lines of iterations at or before the
@@ -31,7 +32,9 @@ class MetricsLog {
   // for ResumeAt's rewrite.
   static absl::StatusOr<std::unique_ptr<MetricsLog>> Open(std::string path, FileSystem* fs = nullptr);
 
-  absl::Status Append(const nlohmann::json& line);
+  absl::Status Append(const nlohmann::ordered_json& line);
+  // The line Append writes (without the newline).
+  static std::string Format(const nlohmann::ordered_json& line);
   // Keeps the lines whose "iteration" is <= `iteration`; returns how many were dropped.
   absl::StatusOr<int> ResumeAt(int64_t iteration);
 

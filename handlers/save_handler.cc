@@ -159,7 +159,14 @@ absl::StatusOr<std::vector<std::pair<std::string, CheckpointMetadata>>> DiskSave
       Reject(name, found.status());
       continue;
     }
-    if (!found->record) continue;  // not ours: never adopted, never deleted
+    if (!found->record) {
+      // Not ours (e.g. saved by Python's torch.save): never adopted, never deleted, but said, so
+      // that a resume that finds nothing else can tell the user why it was not used.
+      Reject(name, absl::FailedPreconditionError(
+                       "not written by Ember (no ember_meta record), so its place among the checkpoints is "
+                       "unknown; load it explicitly"));
+      continue;
+    }
     absl::StatusOr<CheckpointMetadata> parsed = CheckpointMetadata::Parse(*found->record);
     absl::Status integrity = found->integrity.ok() ? parsed.status() : found->integrity;
     if (!integrity.ok()) {

@@ -56,8 +56,8 @@ class SaveHandler {
   virtual absl::StatusOr<std::vector<std::pair<std::string, CheckpointMetadata>>> List() {
     return std::vector<std::pair<std::string, CheckpointMetadata>>();
   }
-  // Files List() saw and did not adopt because they are unreadable or corrupt, as
-  // "filename: reason" (a corrupt file of Ember's own is moved aside, see DiskSaver).
+  // Files List() saw and did not adopt, as "filename: reason": unreadable, corrupt (a corrupt file
+  // of Ember's own is moved aside, see DiskSaver), or not written by Ember.
   virtual std::vector<std::string> Rejected() const { return {}; }
   // Sets a corrupt stored checkpoint aside so that it is never used, ranked or overwritten
   // (DiskSaver renames it; the default does nothing).

@@ -37,16 +37,23 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "absl/flags/internal/parse.h"
+#include "base/directory_lock.h"
 #include "base/file_system.h"
 #include "base/status_macros.h"
 #include "distributed/launch.h"
+#include "distributed/root_action.h"
 #include "engine/engine.h"
 #include "handlers/checkpoint.h"
 #include "handlers/early_stopping.h"
+#include "handlers/metrics_log.h"
+#include "handlers/stateful.h"
 #include "handlers/terminate_on_nan.h"
 #include "handlers/timer.h"
+#include "handlers/torch_serialization.h"
 #include "tools/data.h"
 
 ABSL_FLAG(std::string, data, "fashion-mnist", "fashion-mnist | mnist:DIR | csv:PATH | synthetic");
@@ -60,6 +67,12 @@ ABSL_FLAG(std::string, output_dir, "runs/train", "checkpoints and metrics.jsonl 
 ABSL_FLAG(int, n_saved, 2, "best checkpoints kept, by validation accuracy (>= 1)");
 ABSL_FLAG(int, patience, 3, "early stopping patience in epochs (>= 1)");
 ABSL_FLAG(bool, resume, false, "continue from the newest valid checkpoint in --output_dir");
+ABSL_FLAG(std::string, resume_from, "",
+          "continue from this checkpoint file (any torch.save file with the keys model, optimizer, trainer "
+          "and early_stopping, e.g. one written in Python); new checkpoints go to --output_dir");
+ABSL_FLAG(bool, eval_only, false,
+          "with --resume or --resume_from: evaluate the checkpoint's weights on the held-out split on this "
+          "job's ranks, print the metrics line and exit; nothing is written");
 ABSL_FLAG(bool, start_over, false,
           "with --resume: when checkpoints are there but none is usable (corrupt ones are moved aside "
           "as NAME.pt.corrupt), train from scratch instead of failing");
@@ -196,6 +209,103 @@ class PreemptionHandler : public SynchronizedHandler {
   bool preempted = false;
 };
 
+// The settings that decide what a resumed run means, saved in every checkpoint as "run" and
+// checked on resume: a different batch size or number of ranks would silently change what an
+// epoch covers.
+class RunSettings : public Stateful {
+ public:
+  RunSettings(int batch_size, int world_size) : batch_size_(batch_size), world_size_(world_size) {}
+  Value StateDict() const override {
+    Value v = Value::Dict();
+    v.Set("batch_size", Value(int64_t{batch_size_}));
+    v.Set("world_size", Value(int64_t{world_size_}));
+    return v;
+  }
+  absl::Status LoadStateDict(const Value&) override { return absl::OkStatus(); }  // see Check
+
+  // `run` is the checkpoint's "run" record (nullptr: a checkpoint without one, e.g. written in
+  // Python; then the epoch lengths are compared).
+  absl::Status Check(const Value* run, const std::string& from, int64_t old_epoch_length,
+                     int64_t new_epoch_length) const {
+    auto stored = [&](const char* key) -> std::optional<int64_t> {
+      const Value* v = run != nullptr ? run->Find(key) : nullptr;
+      if (v == nullptr || !v->is_int()) return std::nullopt;
+      return v->as_int();
+    };
+    if (auto b = stored("batch_size"); b && *b != batch_size_) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "--batch_size=", batch_size_, " but ", from, " was trained with --batch_size=", *b,
+          ": the length of an epoch and its batches depend on it; resume with --batch_size=", *b,
+          ", or train anew in another --output_dir"));
+    }
+    if (auto w = stored("world_size"); w && *w != world_size_) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "this job has ", world_size_, " rank(s) but ", from, " was written by a job of ", *w,
+          ": each rank's shard, and so what an epoch covers, depend on it; resume on ", *w,
+          " rank(s), or train anew in another --output_dir"));
+    }
+    if (run == nullptr && old_epoch_length != new_epoch_length) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          from, " has epochs of ", old_epoch_length, " iterations but this run's have ", new_epoch_length,
+          ": --batch_size or the number of ranks differs from the run that wrote it"));
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  int batch_size_;
+  int world_size_;
+};
+
+// The flag `name` was given on the command line (not its default).
+bool Given(const char* name) { return absl::flags_internal::WasPresentOnCommandLine(name); }
+
+// Reads a checkpoint file on rank 0 and gives every rank its content.
+absl::StatusOr<Value> ReadOnRootAndShare(dist::Communicator& comm, const std::string& path, absl::Time deadline) {
+  std::string bytes;
+  EMBER_RETURN_IF_ERROR(dist::RunOnRoot(comm, 0, deadline, [&]() -> absl::Status {
+    EMBER_ASSIGN_OR_RETURN(bytes, FileSystem::Default()->ReadFile(path));
+    return ReadTorchSave(bytes, path).status();  // every check, before sharing
+  }));
+  EMBER_RETURN_IF_ERROR(comm.Broadcast(bytes, 0, deadline));
+  return ReadTorchSave(bytes, path);
+}
+
+// Rank 0 owns --output_dir for the run: it creates it, locks it (a second trainer on the same
+// directory, or a requeued job while the ranks of a killed one still wind down, waits up to
+// kLockWait and then fails naming the holder) and, without --resume, refuses a directory that
+// already holds a run. Every rank gets the verdict.
+constexpr absl::Duration kLockWait = absl::Seconds(10);
+
+absl::Status TakeOutputDir(dist::Communicator& comm, const std::string& dir, bool resuming, absl::Time deadline,
+                           std::unique_ptr<DirectoryLock>* lock) {
+  return dist::RunOnRoot(comm, 0, deadline, [&]() -> absl::Status {
+    FileSystem* fs = FileSystem::Default();
+    if (fs->Exists(dir) && !fs->IsDirectory(dir)) {
+      return absl::FailedPreconditionError(absl::StrCat("--output_dir=", dir, " is not a directory"));
+    }
+    EMBER_RETURN_IF_ERROR(fs->CreateDirs(dir));
+    absl::StatusOr<std::unique_ptr<DirectoryLock>> locked = DirectoryLock::Acquire(dir, kLockWait);
+    if (!locked.ok()) {
+      return absl::Status(locked.status().code(),
+                          absl::StrCat("--output_dir: ", locked.status().message(),
+                                       "; wait for that run to end, or choose another --output_dir"));
+    }
+    *lock = *std::move(locked);
+    if (resuming) return absl::OkStatus();
+    EMBER_ASSIGN_OR_RETURN(std::vector<std::string> names, fs->ListDir(dir));
+    std::vector<std::string> runs;
+    for (const std::string& n : names) {
+      if (n == "metrics.jsonl" || absl::EndsWith(n, ".pt") || absl::StrContains(n, ".pt.corrupt")) runs.push_back(n);
+    }
+    std::sort(runs.begin(), runs.end());
+    if (runs.empty()) return absl::OkStatus();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--output_dir=", dir, " already holds a run (", absl::StrJoin(runs, ", "),
+        "): pass --resume to continue it, or choose another --output_dir"));
+  });
+}
+
 absl::StatusOr<std::vector<int64_t>> ParseHidden(const std::string& text) {
   std::vector<int64_t> sizes;
   if (text.empty()) {
@@ -257,6 +367,12 @@ absl::Status ValidateFlags() {
     return bad(absl::StrCat("--threads must be in [1, ", kMaxThreads, "], got ", absl::GetFlag(FLAGS_threads)));
   }
   if (absl::GetFlag(FLAGS_output_dir).empty()) return bad("--output_dir is empty");
+  if (absl::GetFlag(FLAGS_eval_only) && !absl::GetFlag(FLAGS_resume) && absl::GetFlag(FLAGS_resume_from).empty()) {
+    return bad("--eval_only evaluates a checkpoint: give --resume or --resume_from=PATH too");
+  }
+  if (absl::GetFlag(FLAGS_resume) && !absl::GetFlag(FLAGS_resume_from).empty()) {
+    return bad("give --resume (the newest checkpoint in --output_dir) or --resume_from=PATH, not both");
+  }
   return absl::OkStatus();
 }
 
@@ -303,6 +419,7 @@ int Main(int argc, char** argv) {
   ::signal(SIGINT, OnSignal);
 
   absl::StatusOr<std::unique_ptr<dist::Communicator>> world = dist::Launch({.backend = absl::GetFlag(FLAGS_backend)});
+  std::unique_ptr<DirectoryLock> dir_lock;  // rank 0: --output_dir is ours until exit
   if (!world.ok()) {
     std::fprintf(stderr, "train: error: %s\n", std::string(world.status().message()).c_str());
     return 1;
@@ -357,7 +474,9 @@ int Main(int argc, char** argv) {
                                 torch::optim::SGDOptions(absl::GetFlag(FLAGS_lr)).momentum(absl::GetFlag(FLAGS_momentum)));
     GradientReducer reducer(model->parameters(), &comm);
 
+    int64_t epoch_samples = 0;  // this rank's, this epoch (a partial last batch counts its real size)
     Engine trainer([&](Engine& e, const Batch& b) -> absl::StatusOr<double> {
+      epoch_samples += b.y.size(0);
       optimizer.zero_grad();
       torch::Tensor loss = torch::nn::functional::cross_entropy(model->forward(b.x.to(device)), b.y.to(device));
       loss.backward();
@@ -370,11 +489,13 @@ int Main(int argc, char** argv) {
     trainer.set_collective_timeout(deadline);
     ShardSource train_source(data.train, rank, world_size, batch_size, seed, &trainer);
 
-    // Evaluation on this rank's shard of the held-out split; the sums are all-reduced.
-    const int64_t val_shard = data.val.size() / world_size;
+    // Evaluation on this rank's shard of the held-out split; the sums are all-reduced. The shards
+    // cover every sample exactly once whatever the world size (their sizes differ by at most one).
+    const int64_t val_begin = data.val.size() * rank / world_size;
+    const int64_t val_end = data.val.size() * (rank + 1) / world_size;
     std::vector<Batch> val_batches;
-    for (int64_t at = rank * val_shard; at < (rank + 1) * val_shard; at += 512) {
-      const int64_t end = std::min((rank + 1) * val_shard, at + 512);
+    for (int64_t at = val_begin; at < val_end; at += 512) {
+      const int64_t end = std::min(val_end, at + 512);
       val_batches.push_back({data.val.x.slice(0, at, end), data.val.y.slice(0, at, end)});
     }
     double sums[3];  // loss sum, correct, count
@@ -394,6 +515,7 @@ int Main(int argc, char** argv) {
       EMBER_RETURN_IF_ERROR(comm.AllReduce(absl::MakeSpan(sums, 3), dist::ReduceOp::kSum, absl::Now() + deadline));
       e.state().metrics["val_loss"] = sums[0] / sums[2];
       e.state().metrics["val_accuracy"] = sums[1] / sums[2];
+      e.state().metrics["val_samples"] = sums[2];
       trainer.state().metrics = e.state().metrics;
       return absl::OkStatus();
     });
@@ -409,15 +531,25 @@ int Main(int argc, char** argv) {
     EMBER_ASSIGN_OR_RETURN(std::unique_ptr<EarlyStopping> es,
                            EarlyStopping::Create({.patience = absl::GetFlag(FLAGS_patience), .score_name = "val_accuracy"}, trainer));
     const std::string out_dir = UserPath(absl::GetFlag(FLAGS_output_dir));
+    const std::string resume_from = UserPath(absl::GetFlag(FLAGS_resume_from));
+    const bool resuming = absl::GetFlag(FLAGS_resume) || !resume_from.empty();
+    const bool eval_only = absl::GetFlag(FLAGS_eval_only);
+    if (!eval_only) EMBER_RETURN_IF_ERROR(TakeOutputDir(comm, out_dir, resuming, absl::Now() + deadline, &dir_lock));
+    RunSettings settings(batch_size, world_size);
     EMBER_ASSIGN_OR_RETURN(
         std::unique_ptr<Checkpoint> ckpt,
         CreateModelCheckpoint({.dirname = out_dir,
                                .score_name = "val_accuracy",
                                .n_saved = absl::GetFlag(FLAGS_n_saved),
                                .keep_last = 1,
-                               .require_empty = !absl::GetFlag(FLAGS_resume),
+                               .require_empty = !resuming,
                                .global_step_transform = GlobalStepFromEngine(trainer)},
-                              {{"model", *model}, {"optimizer", optimizer}, {"trainer", trainer}, {"early_stopping", *es}}, &comm));
+                              {{"model", *model},
+                               {"optimizer", optimizer},
+                               {"trainer", trainer},
+                               {"early_stopping", *es},
+                               {"run", settings}},
+                              &comm));
     // Whatever ends the run (an error included), the final line reports the checkpoints on disk.
     struct Report {
       Checkpoint& ckpt;
@@ -430,8 +562,6 @@ int Main(int argc, char** argv) {
         best_score = ckpt.best_score();
       }
     } report{*ckpt, best, latest, best_score};
-    evaluator.On(Events::Completed(), *es);
-    evaluator.On(Events::Completed(), *ckpt);
     // Training throughput is measured up to here, before the evaluation.
     double epoch_seconds = 0;
     absl::Time epoch_start = absl::Now();
@@ -448,6 +578,7 @@ int Main(int argc, char** argv) {
     trainer.On(Events::EpochStarted(), [&] {
       epoch_loss = 0;
       epoch_steps = 0;
+      epoch_samples = 0;
     });
     trainer.On(Events::IterationCompleted(), [&](Engine& e) {
       if (const double* l = e.state().output_as<double>()) epoch_loss += *l;
@@ -469,51 +600,132 @@ int Main(int argc, char** argv) {
                      static_cast<long long>(len), epoch_loss / epoch_steps);
       }
     });
-    std::ofstream metrics_log;
-    if (rank == 0) metrics_log.open(JoinPath(out_dir, "metrics.jsonl"), std::ios::app);
+    std::unique_ptr<MetricsLog> metrics_log;  // rank 0
     trainer.On(Events::EpochCompleted(), [&](Engine& e) {
       if (rank != 0) return;
-      const double samples_per_s = static_cast<double>(epoch_steps) * batch_size * world_size / epoch_seconds;
-      const std::string line = absl::StrFormat(
-          "{\"epoch\": %d, \"iteration\": %d, \"train_loss\": %.6f, \"val_loss\": %.6f, \"val_accuracy\": %.6f, "
-          "\"samples_per_s\": %.1f, \"world_size\": %d, \"time_per_iteration_s\": %.6f}",
-          e.state().epoch, e.state().iteration, epoch_loss / std::max<int64_t>(1, epoch_steps),
-          e.state().metrics["val_loss"], e.state().metrics["val_accuracy"], samples_per_s, world_size, timer.value());
-      metrics_log << line << "\n";
-      metrics_log.flush();
+      auto& m = e.state().metrics;
+      const nlohmann::ordered_json line = {
+          {"epoch", e.state().epoch},
+          {"iteration", e.state().iteration},
+          {"train_loss", epoch_loss / std::max<int64_t>(1, epoch_steps)},
+          {"val_loss", m["val_loss"]},
+          {"val_accuracy", m["val_accuracy"]},
+          {"val_samples", static_cast<int64_t>(m["val_samples"])},
+          {"train_samples", epoch_samples * world_size},  // every rank's shard has the same size
+          {"samples_per_s", static_cast<double>(epoch_samples) * world_size / epoch_seconds},
+          {"world_size", world_size},
+          {"time_per_iteration_s", timer.value()}};
+      if (absl::Status s = metrics_log->Append(line); !s.ok()) {
+        std::fprintf(stderr, "train: warning: %s\n", std::string(s.message()).c_str());
+      }
       if (progress == "bar") std::fprintf(stderr, "\n");
-      std::fprintf(stderr, "%s\n", line.c_str());
+      std::fprintf(stderr, "%s\n", MetricsLog::Format(line).c_str());
     });
 
-    if (absl::GetFlag(FLAGS_resume)) {
-      absl::StatusOr<std::optional<std::string>> resumed =
-          ckpt->ResumeLatest(comm, nullptr, absl::GetFlag(FLAGS_start_over));
-      if (!resumed.ok()) {
-        return absl::Status(resumed.status().code(),
-                            absl::StrCat(resumed.status().message(),
-                                         " (--start_over trains from scratch; the unusable files are kept)"));
+    std::optional<std::string> from;
+    if (resuming) {
+      Value loaded;
+      // The settings record is checked, not loaded (a checkpoint written in Python has none).
+      const ObjectMap to_load = {
+          {"model", *model}, {"optimizer", optimizer}, {"trainer", trainer}, {"early_stopping", *es}};
+      if (!resume_from.empty()) {
+        EMBER_ASSIGN_OR_RETURN(loaded, ReadOnRootAndShare(comm, resume_from, absl::Now() + deadline));
+        EMBER_RETURN_IF_ERROR(Checkpoint::LoadObjects(to_load, loaded));
+        from = resume_from;
+      } else {
+        absl::StatusOr<std::optional<std::string>> resumed =
+            ckpt->ResumeLatest(comm, &to_load, absl::GetFlag(FLAGS_start_over), &loaded);
+        if (!resumed.ok()) {
+          return absl::Status(resumed.status().code(),
+                              absl::StrCat(resumed.status().message(),
+                                           " (--start_over trains from scratch, keeping those files; "
+                                           "--resume_from=PATH continues from one file you choose)"));
+        }
+        from = *resumed;
       }
-      std::optional<std::string> from = *resumed;
       if (rank == 0) {
         std::fprintf(stderr, "%s\n", from ? absl::StrCat("resumed from ", *from).c_str()
                                           : "no checkpoint to resume from: starting fresh");
       }
-      if (from && trainer.state().epoch == absl::GetFlag(FLAGS_epochs) &&
-          trainer.state().iteration == trainer.state().epoch * trainer.state().epoch_length.value_or(0)) {
-        // A finished run: say so and touch nothing (rerunning a finished job must not retrain).
-        if (rank == 0) {
-          std::fprintf(stderr, "train: %s already finished epoch %lld of --epochs=%d: nothing to do\n", from->c_str(),
-                       static_cast<long long>(trainer.state().epoch), absl::GetFlag(FLAGS_epochs));
+      if (from && !eval_only) {
+        const int64_t epoch_length = *train_source.size();
+        EMBER_RETURN_IF_ERROR(
+            settings.Check(loaded.Find("run"), *from, trainer.state().epoch_length.value_or(epoch_length), epoch_length));
+        // The learning rate and momentum: a value given on the command line replaces the
+        // checkpoint's; otherwise the checkpoint's stays.
+        struct Knob {
+          const char* name;
+          double flag;
+          double (*get)(torch::optim::SGDOptions&);
+          void (*set)(torch::optim::SGDOptions&, double);
+        };
+        const Knob knobs[] = {
+            {"lr", absl::GetFlag(FLAGS_lr), [](torch::optim::SGDOptions& o) { return o.lr(); },
+             [](torch::optim::SGDOptions& o, double v) { o.lr(v); }},
+            {"momentum", absl::GetFlag(FLAGS_momentum), [](torch::optim::SGDOptions& o) { return o.momentum(); },
+             [](torch::optim::SGDOptions& o, double v) { o.momentum(v); }}};
+        for (const Knob& k : knobs) {
+          auto& o = static_cast<torch::optim::SGDOptions&>(optimizer.param_groups()[0].options());
+          const double stored = k.get(o);
+          if (stored == k.flag) continue;
+          if (Given(k.name)) {
+            for (auto& group : optimizer.param_groups()) k.set(static_cast<torch::optim::SGDOptions&>(group.options()), k.flag);
+          }
+          if (rank == 0) {
+            std::fprintf(stderr, "%s\n", (Given(k.name) ? absl::StrCat("--", k.name, "=", k.flag, " replaces the checkpoint's ", stored)
+                                                        : absl::StrCat("keeping the checkpoint's --", k.name, "=", stored,
+                                                                       " (give --", k.name, " to change it)"))
+                                             .c_str());
+          }
         }
-        final_epoch = trainer.state().epoch;
-        final_iteration = trainer.state().iteration;
-        outcome = {"completed", 0};
-        return absl::OkStatus();
       }
-      if (from && trainer.state().epoch > absl::GetFlag(FLAGS_epochs)) {
-        return absl::InvalidArgumentError(absl::StrCat("--epochs=", absl::GetFlag(FLAGS_epochs), " but ", *from,
-                                                       " is already at epoch ", trainer.state().epoch,
-                                                       "; give --epochs greater than that to train further"));
+    }
+    if (eval_only) {
+      if (!from) return absl::FailedPreconditionError("--eval_only: there is no checkpoint to evaluate");
+      EMBER_RETURN_IF_ERROR(evaluator.Run(val_batches));
+      auto& m = evaluator.state().metrics;
+      if (rank == 0) {
+        std::printf("%s\n", MetricsLog::Format({{"checkpoint", *from},
+                                                {"epoch", trainer.state().epoch},
+                                                {"iteration", trainer.state().iteration},
+                                                {"val_loss", m["val_loss"]},
+                                                {"val_accuracy", m["val_accuracy"]},
+                                                {"val_samples", static_cast<int64_t>(m["val_samples"])},
+                                                {"world_size", world_size}})
+                                 .c_str());
+      }
+      final_epoch = trainer.state().epoch;
+      final_iteration = trainer.state().iteration;
+      outcome = {"evaluated", 0};
+      return absl::OkStatus();
+    }
+    evaluator.On(Events::Completed(), *es);
+    evaluator.On(Events::Completed(), *ckpt);
+    if (from && trainer.state().epoch == absl::GetFlag(FLAGS_epochs) &&
+        trainer.state().iteration == trainer.state().epoch * trainer.state().epoch_length.value_or(0)) {
+      // A finished run: say so and touch nothing (rerunning a finished job must not retrain).
+      if (rank == 0) {
+        std::fprintf(stderr, "train: %s already finished epoch %lld of --epochs=%d: nothing to do\n", from->c_str(),
+                     static_cast<long long>(trainer.state().epoch), absl::GetFlag(FLAGS_epochs));
+      }
+      final_epoch = trainer.state().epoch;
+      final_iteration = trainer.state().iteration;
+      outcome = {"completed", 0};
+      return absl::OkStatus();
+    }
+    if (from && trainer.state().epoch > absl::GetFlag(FLAGS_epochs)) {
+      return absl::InvalidArgumentError(absl::StrCat("--epochs=", absl::GetFlag(FLAGS_epochs), " but ", *from,
+                                                     " is already at epoch ", trainer.state().epoch,
+                                                     "; give --epochs greater than that to train further"));
+    }
+    if (rank == 0) {
+      // The log reads as one run: lines past the checkpoint resumed from (a future that was
+      // abandoned) and a torn last line are dropped.
+      EMBER_ASSIGN_OR_RETURN(metrics_log, MetricsLog::Open(JoinPath(out_dir, "metrics.jsonl")));
+      EMBER_ASSIGN_OR_RETURN(int dropped, metrics_log->ResumeAt(from ? trainer.state().iteration : 0));
+      if (dropped > 0) {
+        std::fprintf(stderr, "train: %s: dropped %d line(s) after iteration %lld, the point this run resumes from\n",
+                     metrics_log->path().c_str(), dropped, static_cast<long long>(from ? trainer.state().iteration : 0));
       }
     }
     absl::Status run = trainer.Run(train_source, {.max_epochs = absl::GetFlag(FLAGS_epochs)});

@@ -36,7 +36,8 @@ synthetic)
   /usr/bin/python3 - "$best" <<'PY' || fail "python could not load the checkpoint"
 import sys, torch
 ck = torch.load(sys.argv[1])
-assert set(ck) == {"model", "optimizer", "trainer", "early_stopping"}, ck.keys()
+assert set(ck) == {"model", "optimizer", "trainer", "early_stopping", "run"}, ck.keys()
+assert ck["run"] == {"batch_size": 64, "world_size": 4}, ck["run"]
 model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
 model.load_state_dict(ck["model"])
 print("python: loaded", sys.argv[1], "trainer state", dict(ck["trainer"]))
@@ -126,7 +127,7 @@ bad_input)
   expect_error "cannot be sharded over 1 ranks with --batch_size=100000" --data=synthetic --batch_size=100000 --output_dir="$work/x"
   mkdir -p "$work/full"
   echo keep >"$work/full/precious.pt"
-  expect_error "with extension '.pt' are already present" --data=synthetic --output_dir="$work/full"
+  expect_error "--output_dir=$work/full already holds a run (precious.pt): pass --resume to continue it" --data=synthetic --output_dir="$work/full"
   [[ $(cat "$work/full/precious.pt") == keep && $(ls "$work/full") == precious.pt ]] || fail "the output dir was touched"
   touch "$work/afile"
   expect_error "is not a directory" --data=synthetic --output_dir="$work/afile"
@@ -292,6 +293,103 @@ PY
   [[ $(grep -c " ok (" <<<"$out") -eq 2 ]] || fail "list must accept exactly the two intact files"
   out=$("$ckpt" verify "$work/listed" 2>&1); rc=$?
   [[ $rc -eq 1 ]] && grep -q "is a directory" <<<"$out" || fail "verify on a directory: $out"
+  ;;
+output_dir)
+  # Issue 12.4: the output directory belongs to one run. A directory holding a run's metrics but
+  # no checkpoint is refused without --resume, naming the trainer's flags; nothing is touched.
+  mkdir -p "$work/old"
+  echo '{"epoch": 1, "iteration": 10}' >"$work/old/metrics.jsonl"
+  out=$("$train" --data=synthetic --epochs=1 --output_dir="$work/old" --progress=none 2>&1); rc=$?
+  [[ $rc -eq 1 ]] || fail "a directory with metrics.jsonl was accepted without --resume (exit $rc)"
+  grep -qF -- "--output_dir=$work/old already holds a run (metrics.jsonl): pass --resume to continue it" <<<"$out" || fail "message: $out"
+  ! grep -q "require_empty" <<<"$out" || fail "the message names ignite's API, not the trainer's flags"
+  [[ $(cat "$work/old/metrics.jsonl") == '{"epoch": 1, "iteration": 10}' ]] || fail "metrics.jsonl was touched"
+  # A second trainer on a directory in use fails, naming the holder; the first is undisturbed.
+  "$train" --data=synthetic --epochs=1000 --patience=1000 --output_dir="$work/busy" --progress=none >"$work/busy.log" 2>&1 &
+  first=$!
+  for _ in $(seq 1 100); do [[ -s $work/busy/metrics.jsonl ]] && break; sleep 0.2; done
+  out=$("$train" --data=synthetic --epochs=1000 --output_dir="$work/busy" --resume --progress=none 2>&1); rc=$?
+  [[ $rc -eq 1 ]] || fail "a second trainer on a directory in use exited $rc"
+  grep -qF -- "--output_dir: $work/busy is in use by another run (pid $first on host" <<<"$out" || fail "message: $out"
+  kill -0 "$first" || fail "the first trainer died"
+  kill -TERM "$first"
+  wait "$first" || fail "the first trainer exited $? after SIGTERM"
+  grep -q '"stopped_by": "preempted"' "$work/busy.log" || fail "the first trainer did not stop cleanly"
+  # A lock left by a killed trainer is not in force: the next run resumes at once.
+  "$train" --data=synthetic --epochs=1000 --patience=1000 --output_dir="$work/busy" --resume --progress=none >/dev/null 2>&1 &
+  victim=$!
+  sleep 2
+  kill -9 "$victim"; wait "$victim" 2>/dev/null
+  [[ -f $work/busy/.ember.lock ]] || fail "no lock file"
+  out=$("$train" --data=synthetic --epochs=1 --output_dir="$work/busy" --resume --progress=none 2>&1); rc=$?
+  [[ $rc -eq 1 ]] && grep -q "already at epoch" <<<"$out" || fail "after kill -9 the lock was still in force: $out"
+
+  # Issue 12.2: a checkpoint written in Python (the layout ckpt show prints, no Ember metadata)
+  # is seen and said; --resume fails naming it; --resume_from continues from it.
+  "$train" --data=synthetic --epochs=2 --output_dir="$work/src" --progress=none >/dev/null 2>&1 || fail "source run"
+  mkdir -p "$work/py"
+  /usr/bin/python3 - "$work/src" "$work/py/from_python.pt" <<'PY' || fail "python re-save"
+import glob, sys, torch
+src = sorted(glob.glob(sys.argv[1] + "/checkpoint_2_*.pt"))[0]
+ck = torch.load(src)
+torch.save({k: ck[k] for k in ("model", "optimizer", "trainer", "early_stopping")}, sys.argv[2])
+PY
+  out=$("$train" --data=synthetic --epochs=3 --output_dir="$work/py" --resume --progress=none 2>&1); rc=$?
+  [[ $rc -eq 1 ]] || fail "--resume with only a Python-written checkpoint exited $rc"
+  grep -q "from_python.pt: not written by Ember (no ember_meta record)" <<<"$out" || fail "the file is not named with its reason: $out"
+  grep -q -- "--resume_from=PATH" <<<"$out" || fail "the message does not name --resume_from: $out"
+  out=$("$train" --data=synthetic --epochs=3 --output_dir="$work/py" --resume_from="$work/py/from_python.pt" --progress=none 2>&1) ||
+    fail "--resume_from a Python checkpoint: $out"
+  grep -q "resumed from $work/py/from_python.pt" <<<"$out" || fail "not resumed: $out"
+  [[ $(field "$(finals "$out")" epoch) == 3 && $(wc -l <"$work/py/metrics.jsonl") -eq 1 ]] || fail "expected one more epoch: $out"
+  [[ -f $work/py/from_python.pt ]] || fail "the Python file was removed"
+
+  # Issue 12.3: settings that change what an epoch means are refused, naming the flag and both
+  # values; a --momentum given on the command line replaces the checkpoint's.
+  out=$("$train" --data=synthetic --epochs=3 --output_dir="$work/src" --resume --batch_size=32 --progress=none 2>&1); rc=$?
+  [[ $rc -eq 1 ]] && grep -q -- "--batch_size=32 but .* was trained with --batch_size=64" <<<"$out" || fail "batch size change: $out"
+  out=$(mpi 2 "$train" --data=synthetic --epochs=3 --output_dir="$work/src" --resume --progress=none 2>&1); rc=$?
+  [[ $rc -eq 1 ]] && grep -q "this job has 2 rank(s) but .* was written by a job of 1" <<<"$out" || fail "world size change: $out"
+  out=$("$train" --data=synthetic --epochs=3 --output_dir="$work/src" --resume --momentum=0.5 --progress=none 2>&1) || fail "momentum: $out"
+  grep -q -- "--momentum=0.5 replaces the checkpoint's 0.9" <<<"$out" || fail "the new momentum is not said: $out"
+  /usr/bin/python3 - "$(field "$(finals "$out")" latest_checkpoint)" <<'PY' || fail "the new momentum was not used"
+import sys, torch
+m = torch.load(sys.argv[1])["optimizer"]["param_groups"][0]["momentum"]
+assert m == 0.5, m
+PY
+
+  # Issue 12.5: a resume from an older checkpoint (the newest is corrupt) leaves metrics.jsonl
+  # reading as one run; the file resumed from is dropped by retention once a newer one is durable.
+  "$train" --data=synthetic --epochs=3 --n_saved=3 --output_dir="$work/m" --progress=none >/dev/null 2>&1 || fail "metrics run"
+  newest=$(ls -t "$work"/m/*.pt | head -n 1)
+  printf 'garbage' | dd of="$newest" bs=1 seek=2000 conv=notrunc status=none
+  out=$("$train" --data=synthetic --epochs=5 --n_saved=1 --output_dir="$work/m" --resume --progress=none 2>&1) || fail "resume: $out"
+  grep -q "dropped 1 line(s) after iteration 256" <<<"$out" || fail "the truncation is not said: $out"
+  /usr/bin/python3 - "$work/m/metrics.jsonl" <<'PY' || fail "metrics.jsonl does not read as one run: $(cat "$work/m/metrics.jsonl")"
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+assert [l["epoch"] for l in lines] == [1, 2, 3, 4, 5], lines
+PY
+  line=$(finals "$out")
+  on_disk=$(cd "$work/m" && ls *.pt | sort | tr '\n' ' ')
+  expected=$(printf '%s\n' "$(basename "$(field "$line" best_checkpoint)")" "$(basename "$(field "$line" latest_checkpoint)")" | sort -u | tr '\n' ' ')
+  [[ $on_disk == "$expected" ]] || fail "checkpoints on disk: $on_disk; expected only best and latest: $expected"
+  ;;
+eval_shards)
+  # Issue 12.10: with 3 ranks every held-out sample is evaluated exactly once, the accuracy equals
+  # that of the same weights on 1 and 2 ranks, and the training count holds the partial batches.
+  out=$(mpi 3 "$train" --data=synthetic --epochs=1 --output_dir="$work/e" --progress=none 2>&1) || fail "3 ranks: $out"
+  m=$(tail -n 1 "$work/e/metrics.jsonl")
+  echo "$m"
+  [[ $(field "$m" val_samples) == 2048 ]] || fail "3 ranks evaluated $(field "$m" val_samples) of 2048 samples"
+  [[ $(field "$m" train_samples) == 8190 ]] || fail "3 ranks trained on $(field "$m" train_samples) samples, expected 3 x 2730 (partial batches counted at their size)"
+  for n in 1 2; do
+    out=$(mpi $n "$train" --data=synthetic --epochs=1 --output_dir="$work/e" --resume --eval_only --progress=none 2>&1) || fail "eval on $n: $out"
+    e=$(grep '^{"checkpoint"' <<<"$out")
+    echo "$n rank(s): $e"
+    [[ $(field "$e" val_samples) == 2048 && $(field "$e" val_accuracy) == $(field "$m" val_accuracy) ]] ||
+      fail "$n rank(s): $e differs from the 3-rank evaluation $m"
+  done
   ;;
 *) fail "unknown mode $mode" ;;
 esac

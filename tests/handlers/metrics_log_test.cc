@@ -26,9 +26,10 @@ TEST(MetricsLog, AppendsOneJsonObjectPerLine) {
   const std::string path = JoinPath(testing::TempDir("metrics_append"), "metrics.jsonl");
   auto log = MetricsLog::Open(path);
   ASSERT_TRUE(log.ok()) << log.status();
-  ASSERT_TRUE((*log)->Append({{"epoch", 1}, {"iteration", 10}, {"dir", "a\tb"}}).ok());
-  ASSERT_TRUE((*log)->Append({{"epoch", 2}, {"iteration", 20}}).ok());
-  EXPECT_EQ(Slurp(path), "{\"dir\":\"a\\tb\",\"epoch\":1,\"iteration\":10}\n{\"epoch\":2,\"iteration\":20}\n");
+  ASSERT_TRUE((*log)->Append({{"epoch", 1}, {"iteration", 10}, {"dir", "a\tb"}, {"loss", 0.1234567891234}}).ok());
+  ASSERT_TRUE((*log)->Append({{"epoch", 2}, {"iteration", 20}, {"loss", nullptr}}).ok());
+  EXPECT_EQ(Slurp(path), "{\"epoch\": 1, \"iteration\": 10, \"dir\": \"a\\tb\", \"loss\": 0.123456789}\n"
+                         "{\"epoch\": 2, \"iteration\": 20, \"loss\": null}\n");
 }
 
 TEST(MetricsLog, ResumeAtDropsTheAbandonedFutureAndATornLine) {
@@ -42,7 +43,7 @@ TEST(MetricsLog, ResumeAtDropsTheAbandonedFutureAndATornLine) {
   EXPECT_EQ(*dropped, 2);
   ASSERT_TRUE((*log)->Append({{"epoch", 3}, {"iteration", 30}}).ok());
   EXPECT_EQ(Slurp(path), "{\"epoch\": 1, \"iteration\": 10}\n{\"epoch\": 2, \"iteration\": 20}\n"
-                         "{\"epoch\":3,\"iteration\":30}\n");
+                         "{\"epoch\": 3, \"iteration\": 30}\n");
   EXPECT_EQ(*(*log)->ResumeAt(0), 3) << "a fresh start empties it";
   EXPECT_EQ(Slurp(path), "");
 }
