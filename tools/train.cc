@@ -45,6 +45,7 @@
 #include "base/file_system.h"
 #include "base/status_macros.h"
 #include "distributed/launch.h"
+#include "distributed/launcher_env.h"
 #include "distributed/root_action.h"
 #include "engine/engine.h"
 #include "handlers/checkpoint.h"
@@ -396,6 +397,28 @@ std::string JsonString(const std::optional<std::string>& s) {
   return nlohmann::json(*s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
+// Every exit prints one final line per rank, even abseil's own exit on a malformed flag.
+std::atomic<bool> g_final_printed{false};
+
+void PrintFinalLine(int rank, int world_size, int64_t epoch, int64_t iteration, const std::string& stopped_by,
+                    const std::optional<std::string>& best, const std::optional<std::string>& latest,
+                    std::optional<double> best_score) {
+  g_final_printed = true;
+  std::printf("{\"rank\": %d, \"world_size\": %d, \"epoch\": %lld, \"iteration\": %lld, \"stopped_by\": \"%s\", "
+              "\"best_checkpoint\": %s, \"latest_checkpoint\": %s, \"best_score\": %s}\n",
+              rank, world_size, static_cast<long long>(epoch), static_cast<long long>(iteration), stopped_by.c_str(),
+              JsonString(best).c_str(), JsonString(latest).c_str(),
+              best_score ? absl::StrFormat("%.6f", *best_score).c_str() : "null");
+  std::fflush(stdout);
+}
+
+void FinalLineAtExit() {
+  if (g_final_printed) return;
+  absl::StatusOr<dist::LaunchInfo> info = dist::ReadLaunchInfo();
+  PrintFinalLine(info.ok() ? info->rank : 0, info.ok() ? info->world_size : 1, 0, 0, "error", std::nullopt,
+                 std::nullopt, std::nullopt);
+}
+
 struct Outcome {
   std::string stopped_by = "error";
   int exit_code = 1;
@@ -414,6 +437,7 @@ int Main(int argc, char** argv) {
       return 0;
     }
   }
+  std::atexit(FinalLineAtExit);
   absl::ParseCommandLine(argc, argv);
   ::signal(SIGTERM, OnSignal);
   ::signal(SIGINT, OnSignal);
@@ -422,7 +446,7 @@ int Main(int argc, char** argv) {
   std::unique_ptr<DirectoryLock> dir_lock;  // rank 0: --output_dir is ours until exit
   if (!world.ok()) {
     std::fprintf(stderr, "train: error: %s\n", std::string(world.status().message()).c_str());
-    return 1;
+    return 1;  // the final line comes from FinalLineAtExit
   }
   dist::Communicator& comm = **world;
   const int rank = comm.rank();
@@ -747,12 +771,7 @@ int Main(int argc, char** argv) {
   }();
   if (!status.ok()) fail(status);
 
-  std::printf("{\"rank\": %d, \"world_size\": %d, \"epoch\": %lld, \"iteration\": %lld, \"stopped_by\": \"%s\", "
-              "\"best_checkpoint\": %s, \"latest_checkpoint\": %s, \"best_score\": %s}\n",
-              rank, world_size, static_cast<long long>(final_epoch), static_cast<long long>(final_iteration),
-              outcome.stopped_by.c_str(), JsonString(best).c_str(), JsonString(latest).c_str(),
-              best_score ? absl::StrFormat("%.6f", *best_score).c_str() : "null");
-  std::fflush(stdout);
+  PrintFinalLine(rank, world_size, final_epoch, final_iteration, outcome.stopped_by, best, latest, best_score);
   std::fflush(stderr);
   // Meet before exiting: mpirun ends the whole job at the first non-zero exit, so every rank's
   // final line must be out first. After a failed collective there is no meeting: exit now.

@@ -161,6 +161,11 @@ PY
   out=$("$train" --data=synthetic --epochs=1 --output_dir="$work/tab$(printf '\t')dir" --progress=none 2>/dev/null) || fail "tab in path: exit $?"
   /usr/bin/python3 -c 'import json, sys; d = json.loads(sys.stdin.read().strip().splitlines()[-1]); assert "\t" in d["best_checkpoint"], d' <<<"$out" ||
     fail "the final line is not valid JSON: $out"
+  # abseil's own flag errors end with the final line too.
+  expect_error "Illegal value 'abc' specified for flag 'epochs'" --epochs=abc
+  finals "$out" | grep -q '"stopped_by": "error"' || fail "no final line after a malformed flag: $out"
+  expect_error "Unknown command line flag 'epoch'" --epoch=3
+  finals "$out" | grep -q '"stopped_by": "error"' || fail "no final line after an unknown flag: $out"
   out=$("$train" --help 2>&1); rc=$?
   [[ $rc -eq 0 ]] || fail "--help exited $rc"
   ;;
