@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
+#include "distributed/default_communicator.h"
 #include "distributed/mpi_communicator.h"
 #include "distributed/nccl_communicator.h"
 #include "distributed/single_process_communicator.h"
@@ -124,6 +125,33 @@ absl::StatusOr<std::unique_ptr<Communicator>> Launch(const LaunchOptions& option
 absl::StatusOr<std::unique_ptr<Communicator>> Launch(const LaunchOptions& options) {
   EMBER_ASSIGN_OR_RETURN(LaunchInfo info, ReadLaunchInfo());
   return Launch(options, info);
+}
+
+World::World(std::unique_ptr<Communicator> comm)
+    : comm_(std::move(comm)), previous_default_(SetDefaultCommunicator(comm_.get())) {}
+
+World::~World() {
+  (void)Shutdown();
+  SetDefaultCommunicator(previous_default_);
+  // Not finalized (a poisoned communicator or a missed barrier): let it go without its
+  // destructor, which would wait in MPI_Finalize for ranks that will never come.
+  if (!shut_down_) (void)comm_.release();
+}
+
+absl::Status World::Shutdown(absl::Duration deadline) {
+  if (shut_down_ || comm_ == nullptr) return absl::OkStatus();
+  absl::Status status = comm_->poisoned();
+  if (status.ok()) status = comm_->Barrier(absl::Now() + deadline);
+  if (!status.ok()) return status;  // not finalized; the destructor lets the communicator go
+  shut_down_ = true;
+  SetDefaultCommunicator(previous_default_);
+  comm_.reset();  // finalizes the backend (MPI_Finalize, ncclCommDestroy)
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<World>> LaunchWorld(const LaunchOptions& options) {
+  EMBER_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, Launch(options));
+  return std::make_unique<World>(std::move(comm));
 }
 
 }  // namespace ember::dist

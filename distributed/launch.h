@@ -10,9 +10,17 @@
 //                     ranks; else MPI when an MPI launcher started the job; else single.
 // A bad or partial environment is an error message here, not a hang later.
 //
+// LaunchWorld returns a World: the communicator plus rank, size and local rank, registered as the
+// process's default communicator (default_communicator.h) for as long as the World lives, so the
+// engines and checkpoints created after it use it without any wiring. Destroying the World (or
+// Shutdown) meets the other ranks at a barrier with a deadline and then finalizes the backend;
+// after a failed collective (the communicator is poisoned) or a missed barrier it does not
+// finalize (MPI_Finalize would wait for the lost rank forever), so the process can always exit.
+//
 // Example:
-//   absl::StatusOr<std::unique_ptr<ember::dist::Communicator>> world =
-//       ember::dist::Launch({.backend = "auto"});
+//   auto world = ember::dist::LaunchWorld();          // absl::StatusOr<std::unique_ptr<World>>
+//   if (!world.ok()) { std::cerr << world.status() << "\n"; return 1; }
+//   ember::Engine trainer(step);                      // agrees through (*world)->communicator()
 #ifndef EMBER_DISTRIBUTED_LAUNCH_H_
 #define EMBER_DISTRIBUTED_LAUNCH_H_
 
@@ -35,6 +43,30 @@ absl::StatusOr<std::unique_ptr<Communicator>> Launch(const LaunchOptions& option
                                                      const LaunchInfo& info);
 // Reads the process environment.
 absl::StatusOr<std::unique_ptr<Communicator>> Launch(const LaunchOptions& options = {});
+
+class World {
+ public:
+  explicit World(std::unique_ptr<Communicator> comm);
+  ~World();
+  World(const World&) = delete;
+  World& operator=(const World&) = delete;
+
+  int rank() const { return comm_->rank(); }
+  int world_size() const { return comm_->world_size(); }
+  int local_rank() const { return comm_->local_rank(); }
+  Communicator& communicator() const { return *comm_; }
+
+  // Meets every rank (bounded by `deadline`) and finalizes; never hangs (see above). Returns the
+  // barrier's error, if any. Idempotent; the destructor calls it.
+  absl::Status Shutdown(absl::Duration deadline = absl::Seconds(30));
+
+ private:
+  std::unique_ptr<Communicator> comm_;
+  Communicator* previous_default_;
+  bool shut_down_ = false;
+};
+
+absl::StatusOr<std::unique_ptr<World>> LaunchWorld(const LaunchOptions& options = {});
 
 }  // namespace ember::dist
 

@@ -290,9 +290,22 @@ absl::Status Engine::FireEvent(Event event) {
   return absl::OkStatus();
 }
 
+bool Engine::HasSynchronizedHandlers() const {
+  for (const auto& entries : handlers_) {
+    for (const auto& h : entries) {
+      if (h->sync != nullptr && !h->removed) return true;
+    }
+  }
+  return false;
+}
+
 // ---- Termination -----------------------------------------------------------------------
 
-void Engine::Terminate(bool skip_completed) {
+void Engine::TerminateBy(std::string who, bool skip_completed) {
+  if (!should_terminate_) {
+    terminated_by_ = std::move(who);
+    terminated_at_ = last_event();
+  }
   should_terminate_ = true;
   skip_completed_ = skip_completed;
 }
@@ -434,6 +447,15 @@ absl::Status Engine::RunImpl(DataIter* data, std::optional<int64_t> data_length,
                                                    batch_type->name(), " but the step takes ",
                                                    step_batch_type_->name()));
   }
+  if (!communicator_chosen_ && HasSynchronizedHandlers()) {
+    if (const int launched = dist::LauncherWorldSize(); launched > 1) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "this process is one of ", launched, " ranks (launcher environment) but this engine's "
+          "synchronized handlers would agree on a single-process communicator, each rank deciding "
+          "alone: create the World (ember::dist::LaunchWorld()) before the engines, or call "
+          "set_communicator()"));
+    }
+  }
   if (absl::Status s = PrepareRun(data != nullptr, data_length, options); !s.ok()) return s;
 
   data_ = data;
@@ -455,6 +477,19 @@ absl::Status Engine::RunImpl(DataIter* data, std::optional<int64_t> data_length,
       status = ErrorStatus(std::current_exception());
     }
   }
+  outcome_ = RunOutcome{};
+  outcome_.epoch = state_.epoch;
+  outcome_.iteration = state_.iteration;
+  if (!status.ok()) {
+    outcome_.kind = RunOutcome::Kind::kFailed;
+    outcome_.status = status;
+  } else if (should_terminate_) {
+    outcome_.kind = RunOutcome::Kind::kTerminated;
+    outcome_.terminated_by = terminated_by_;
+    outcome_.terminated_at = terminated_at_;
+  } else {
+    outcome_.kind = RunOutcome::Kind::kCompleted;
+  }
   running_ = false;
   in_step_ = false;
   data_ = nullptr;
@@ -466,6 +501,8 @@ absl::Status Engine::RunImpl(DataIter* data, std::optional<int64_t> data_length,
 
 void Engine::RunLoop() {
   should_terminate_ = false;
+  terminated_by_.clear();
+  terminated_at_.reset();
   skip_completed_ = false;
   epoch_termination_ = EpochTermination::kNone;
   state_.epoch_time = 0.0;

@@ -28,8 +28,12 @@
 // leaves it empty); returning a non-OK absl::Status or absl::StatusOr, or throwing, raises an
 // exception inside the run (EXCEPTION_RAISED handlers see it; without one, Run returns it).
 //
-// Distributed runs: set_communicator() gives the engine the job's Communicator (default: a
-// single-process one, the same code path). SynchronizedHandlers (synchronized_handler.h) due at
+// Distributed runs: an engine agrees through the process's default communicator (the World of
+// dist::LaunchWorld(), when one was created before the engine), else through a single-process
+// one (the same code path); set_communicator() gives it another one explicitly. Run() refuses to
+// start when the launcher's environment says this is a multi-rank job, the engine has
+// synchronized handlers, and its communicator is the implicit single-process one (a World
+// created after the engine, or none at all): such handlers would decide alone on each rank. SynchronizedHandlers (synchronized_handler.h) due at
 // one firing are agreed on in one collective with a deadline (set_collective_timeout); a failed
 // or timed-out collective fails the run with an error naming the event and iteration.
 //
@@ -60,6 +64,7 @@
 #include "base/status_error.h"
 #include "distributed/communicator.h"
 #include "distributed/consensus.h"
+#include "distributed/default_communicator.h"
 #include "distributed/single_process_communicator.h"
 #include "engine/events.h"
 #include "engine/state.h"
@@ -154,12 +159,30 @@ class Engine {
 
   // Stops the run after the current event's handlers; fires TERMINATE, then COMPLETED unless
   // skip_completed. A later Run() resumes at the next epoch.
-  void Terminate(bool skip_completed = false);
+  void Terminate(bool skip_completed = false) { TerminateBy("", skip_completed); }
+  // Terminate, saying who stopped the run (outcome().terminated_by): Ember's handlers pass their
+  // name ("TerminateOnNan", "EarlyStopping").
+  void TerminateBy(std::string who, bool skip_completed = false);
   // Ends the current epoch after the current event's handlers; fires TERMINATE_SINGLE_EPOCH,
   // then EPOCH_COMPLETED unless skip_epoch_completed; the run goes on with the next epoch.
   // Not allowed from STARTED or EPOCH_STARTED (the run fails).
   void TerminateEpoch(bool skip_epoch_completed = false);
   bool should_terminate() const { return should_terminate_; }
+
+  // How the last Run() ended: completed (every epoch ran), terminated (Terminate() was called;
+  // by whom, at which event and iteration) or failed (the status Run() returned).
+  struct RunOutcome {
+    enum class Kind { kNotRun, kCompleted, kTerminated, kFailed };
+    Kind kind = Kind::kNotRun;
+    std::string terminated_by;        // kTerminated: the TerminateBy name ("" for Terminate())
+    std::optional<Event> terminated_at;
+    int64_t epoch = 0;                // state().epoch and iteration when the run ended
+    int64_t iteration = 0;
+    absl::Status status;              // kFailed: the error
+    bool completed() const { return kind == Kind::kCompleted; }
+    bool terminated() const { return kind == Kind::kTerminated; }
+  };
+  const RunOutcome& outcome() const { return outcome_; }
 
   // ---- State -----------------------------------------------------------------------------
   State& state() { return state_; }
@@ -187,6 +210,7 @@ class Engine {
   // built-in single-process one). Set it before Run.
   void set_communicator(dist::Communicator* comm) {
     consensus_ = dist::Consensus(comm != nullptr ? comm : &single_process_);
+    communicator_chosen_ = comm != nullptr;
   }
   dist::Communicator& communicator() const { return *consensus_.comm(); }
   // How long one agreement may wait for the other ranks (default 300 s).
@@ -214,6 +238,8 @@ class Engine {
     std::shared_ptr<void> owned;           // keeps an owned synchronized handler alive
     bool removed = false;
   };
+
+  bool HasSynchronizedHandlers() const;
 
   // Type-erased data iterator for one Run.
   class DataIter {
@@ -288,6 +314,9 @@ class Engine {
   const std::type_info* batch_type_ = nullptr;
   bool running_ = false;
   bool should_terminate_ = false;
+  std::string terminated_by_;
+  std::optional<Event> terminated_at_;
+  RunOutcome outcome_;
   bool skip_completed_ = false;
   EpochTermination epoch_termination_ = EpochTermination::kNone;
   std::optional<int64_t> init_iter_;
@@ -303,7 +332,8 @@ class Engine {
 
   // Distributed agreement (buffers are reused; nested firings use them as a stack).
   dist::SingleProcessCommunicator single_process_;
-  dist::Consensus consensus_{&single_process_};
+  dist::Consensus consensus_{dist::DefaultCommunicator() != nullptr ? dist::DefaultCommunicator() : &single_process_};
+  bool communicator_chosen_ = dist::DefaultCommunicator() != nullptr;
   absl::Duration collective_timeout_ = absl::Seconds(300);
   bool verify_agreement_ = false;
   int64_t agreements_ = 0;

@@ -16,6 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
+#include "distributed/default_communicator.h"
 #include "distributed/root_action.h"
 #include "handlers/torch_serialization.h"
 
@@ -331,6 +332,12 @@ absl::Status Checkpoint::Flush(dist::Communicator& comm) {
 
 absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
   dist::Communicator& comm = engine.communicator();
+  if (expected_world_size_ > 0 && comm.world_size() != expected_world_size_) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "Checkpoint: created for a job of ", expected_world_size_, " rank(s), but the engine it is attached to "
+        "agrees through a communicator of ", comm.world_size(), ": give that engine the job's communicator "
+        "(create the World with ember::dist::LaunchWorld() before the engines, or call set_communicator())"));
+  }
   if (options_.save_on_rank >= comm.world_size()) {
     return absl::InvalidArgumentError(absl::StrCat("Checkpoint: save_on_rank ", options_.save_on_rank,
                                                    " is not a rank of this job (world size ",
@@ -596,6 +603,7 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> CreateModelCheckpoint(ModelCheckpoin
                                                                   ObjectMap to_save,
                                                                   dist::Communicator* comm) {
   if (to_save.empty()) return absl::InvalidArgumentError("No objects to checkpoint found.");
+  if (comm == nullptr) comm = dist::DefaultCommunicator();
   EMBER_ASSIGN_OR_RETURN(std::unique_ptr<DiskSaver> saver,
                          DiskSaver::Create({.dirname = o.dirname,
                                             .atomic = o.atomic,
@@ -604,7 +612,8 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> CreateModelCheckpoint(ModelCheckpoin
                                             .save_on_rank = o.save_on_rank,
                                             .fs = o.fs},
                                            comm));
-  return Checkpoint::Create(std::move(to_save), std::shared_ptr<SaveHandler>(std::move(saver)),
+  absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::Create(
+      std::move(to_save), std::shared_ptr<SaveHandler>(std::move(saver)),
                             {.filename_prefix = o.filename_prefix,
                              .score_function = o.score_function,
                              .score_name = o.score_name,
@@ -617,6 +626,8 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> CreateModelCheckpoint(ModelCheckpoin
                              .save_on_rank = o.save_on_rank,
                              .score_reduction = o.score_reduction,
                              .async_save = o.async_save});
+  if (ckpt.ok()) (*ckpt)->set_expected_world_size(comm != nullptr ? comm->world_size() : 1);
+  return ckpt;
 }
 
 std::function<int64_t(const Engine&, Event)> GlobalStepFromEngine(const Engine& other) {

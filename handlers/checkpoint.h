@@ -131,6 +131,9 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
                                                             std::shared_ptr<SaveHandler> save_handler,
                                                             CheckpointOptions options = {});
   ~Checkpoint() override;
+  // The world size of the job this checkpoint was created for (CreateModelCheckpoint sets it):
+  // saving from an engine whose communicator has another size is an error.
+  void set_expected_world_size(int n) { expected_world_size_ = n; }
 
   // Fired (on the engine the checkpoint is attached to) after each successful save.
   static Event SavedCheckpointEvent();
@@ -191,6 +194,7 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
   absl::Status RestoreFromHandler(dist::Communicator& comm);
 
   ObjectMap to_save_;
+  int expected_world_size_ = 0;  // CreateModelCheckpoint's communicator's; 0: not checked
   std::shared_ptr<SaveHandler> save_handler_;
   CheckpointOptions options_;
   std::vector<Item> saved_;
@@ -225,8 +229,11 @@ struct ModelCheckpointOptions {
   FileSystem* fs = nullptr;
 };
 
-// ignite's ModelCheckpoint: a Checkpoint with its own DiskSaver. `comm` (every rank calls this)
-// gives every rank the saving rank's verdict on the directory.
+// ignite's ModelCheckpoint: a Checkpoint with its own DiskSaver. `comm` (default: the process's
+// default communicator, i.e. the World of dist::LaunchWorld(), else this process alone; every
+// rank calls this) gives every rank the saving rank's verdict on the directory. The checkpoint
+// then refuses to save from an engine whose communicator has another world size (e.g. an
+// evaluator left on a single-process communicator in a multi-rank job), naming both sizes.
 absl::StatusOr<std::unique_ptr<Checkpoint>> CreateModelCheckpoint(ModelCheckpointOptions options,
                                                                   ObjectMap to_save,
                                                                   dist::Communicator* comm = nullptr);

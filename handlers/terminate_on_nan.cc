@@ -121,7 +121,7 @@ absl::Status TerminateOnNan::Decide(Engine& engine, const Agreement& agreement) 
                agreement.world_size() > 1
                    ? absl::StrCat("all ", agreement.world_size(), " ranks").c_str()
                    : "the run");
-  engine.Terminate();
+  engine.TerminateBy("TerminateOnNan");
   return absl::OkStatus();
 }
 

@@ -9,10 +9,11 @@
 //
 // Example: average time per iteration, excluding data loading
 //   ember::Timer timer(/*average=*/true);
-//   timer.Attach(trainer, {.start = ember::Events::EpochStarted(),
-//                          .resume = ember::Events::IterationStarted(),
-//                          .pause = ember::Events::IterationCompleted(),
-//                          .step = ember::Events::IterationCompleted()});
+//   EMBER_RETURN_IF_ERROR(timer.Attach(trainer, {.start = ember::Events::EpochStarted(),
+//                                                .pause = ember::Events::IterationCompleted(),
+//                                                .resume = ember::Events::IterationStarted(),
+//                                                .step = ember::Events::IterationCompleted()}));
+// TimerEvents' fields are in the order of ignite's attach(engine, start, pause, resume, step).
 #ifndef EMBER_HANDLERS_TIMER_H_
 #define EMBER_HANDLERS_TIMER_H_
 

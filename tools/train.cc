@@ -203,7 +203,7 @@ class PreemptionHandler : public SynchronizedHandler {
   absl::Status Decide(Engine& e, const Agreement& a) override {
     if (a.value(0) != 0 && !preempted) {
       preempted = true;
-      e.Terminate();
+      e.TerminateBy("preemption");
     }
     return absl::OkStatus();
   }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/time/clock.h"
+#include "distributed/default_communicator.h"
 #include "distributed/file_rendezvous.h"
 #include "distributed/launch.h"
 #include "distributed/launcher_env.h"
@@ -88,6 +89,29 @@ TEST(LauncherEnv, PartialOrInconsistentEnvironmentsNameTheVariable) {
   EXPECT_THAT(Error({{"RANK", "0"}, {"WORLD_SIZE", "4"}, {"LOCAL_RANK", "3"}, {"LOCAL_WORLD_SIZE", "2"},
                      {"MASTER_ADDR", "h"}, {"MASTER_PORT", "1"}}),
               HasSubstr("LOCAL_RANK=3 is not below LOCAL_WORLD_SIZE=2"));
+}
+
+TEST(World, IsTheDefaultCommunicatorWhileItLives) {
+  ASSERT_EQ(DefaultCommunicator(), nullptr);
+  {
+    absl::StatusOr<std::unique_ptr<World>> world = LaunchWorld({.backend = "single"});
+    ASSERT_TRUE(world.ok()) << world.status();
+    EXPECT_EQ((*world)->rank(), 0);
+    EXPECT_EQ((*world)->world_size(), 1);
+    EXPECT_EQ(DefaultCommunicator(), &(*world)->communicator());
+    EXPECT_TRUE((*world)->Shutdown().ok());
+    EXPECT_EQ(DefaultCommunicator(), nullptr) << "a shut-down world is no longer the default";
+  }
+  {
+    // A poisoned communicator (a failed collective) is not finalized, and nothing waits.
+    absl::StatusOr<std::unique_ptr<World>> world = LaunchWorld({.backend = "single"});
+    ASSERT_TRUE(world.ok());
+    (*world)->communicator().Poison(absl::DeadlineExceededError("rank 1 did not join"));
+    const absl::Time start = absl::Now();
+    EXPECT_FALSE((*world)->Shutdown().ok());
+    EXPECT_LT(absl::Now() - start, absl::Seconds(1));
+  }
+  EXPECT_EQ(DefaultCommunicator(), nullptr) << "the destructor restores the previous default";
 }
 
 TEST(Launch, BackendChoiceAndErrors) {

@@ -3,16 +3,20 @@
 // that registers events) read only live memory (run under ASan in CI); the documented ignite
 // differences around state().output and state().batch; the order of plain and synchronized
 // handlers within one firing.
+#include <stdlib.h>
+
 #include <exception>
 #include <memory>
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "distributed/default_communicator.h"
 #include "distributed/testing/fake_world.h"
 #include "engine/engine.h"
 #include "gmock/gmock.h"
@@ -204,6 +208,96 @@ TEST(CollectiveFailure, IsNeverSwallowedByAnExceptionRaisedHandler) {
   EXPECT_EQ(observed[0], 1);
   EXPECT_EQ(iterations[0], 3) << "the run went on after the failed collective";
   EXPECT_FALSE(results[1].ok());
+}
+
+// ---- The outcome of a run (issue 11) -------------------------------------------------------
+
+TEST(RunOutcome, SaysCompletedTerminatedByWhomOrFailed) {
+  std::vector<int> data = {1, 2, 3};
+  Engine engine([](Engine&, const int&) {});
+  EXPECT_EQ(engine.outcome().kind, Engine::RunOutcome::Kind::kNotRun);
+  ASSERT_TRUE(engine.Run(data, {.max_epochs = 2}).ok());
+  EXPECT_TRUE(engine.outcome().completed());
+  EXPECT_EQ(engine.outcome().iteration, 6);
+
+  Engine stopped([](Engine&, const int&) {});
+  stopped.On(Events::IterationCompleted(), [](Engine& e) {
+    if (e.state().iteration == 4) e.TerminateBy("NanGuard");
+  });
+  ASSERT_TRUE(stopped.Run(data, {.max_epochs = 3}).ok());
+  const Engine::RunOutcome& o = stopped.outcome();
+  EXPECT_TRUE(o.terminated());
+  EXPECT_EQ(o.terminated_by, "NanGuard");
+  ASSERT_TRUE(o.terminated_at.has_value());
+  EXPECT_EQ(*o.terminated_at, Events::IterationCompleted());
+  EXPECT_EQ(o.iteration, 4);
+  EXPECT_EQ(o.epoch, 2);
+
+  Engine failing([](Engine& e, const int&) -> absl::Status {
+    return e.state().iteration == 2 ? absl::InternalError("boom") : absl::OkStatus();
+  });
+  EXPECT_FALSE(failing.Run(data).ok());
+  EXPECT_EQ(failing.outcome().kind, Engine::RunOutcome::Kind::kFailed);
+  EXPECT_THAT(std::string(failing.outcome().status.message()), HasSubstr("boom"));
+  // A later run that completes says so (the outcome is the last run's).
+  Engine again([](Engine& e, const int&) {});
+  bool stop_once = true;
+  again.On(Events::Started(), [&](Engine& e) {
+    if (std::exchange(stop_once, false)) e.Terminate();
+  });
+  ASSERT_TRUE(again.Run(data).ok());
+  EXPECT_TRUE(again.outcome().terminated());
+  EXPECT_EQ(again.outcome().terminated_by, "");
+  ASSERT_TRUE(again.Run(data, {.max_epochs = 2}).ok());
+  EXPECT_TRUE(again.outcome().completed());
+}
+
+// ---- The default communicator and the multi-rank guard (issue 11) ----------------------------
+
+class LauncherEnv {  // a torchrun-style environment for one test
+ public:
+  explicit LauncherEnv(int world) {
+    ::setenv("RANK", "0", 1);
+    ::setenv("WORLD_SIZE", absl::StrCat(world).c_str(), 1);
+    ::setenv("LOCAL_RANK", "0", 1);
+    ::setenv("LOCAL_WORLD_SIZE", absl::StrCat(world).c_str(), 1);
+    ::setenv("MASTER_ADDR", "127.0.0.1", 1);
+    ::setenv("MASTER_PORT", "29500", 1);
+  }
+  ~LauncherEnv() {
+    for (const char* v : {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}) ::unsetenv(v);
+  }
+};
+
+TEST(DefaultCommunicator, EnginesCreatedAfterItUseIt) {
+  dist::testing::FakeWorld world(1);
+  dist::Communicator* previous = dist::SetDefaultCommunicator(world.comm(0));
+  Engine engine([](Engine&) {});
+  EXPECT_EQ(&engine.communicator(), world.comm(0));
+  dist::SetDefaultCommunicator(previous);
+  Engine later([](Engine&) {});
+  EXPECT_NE(&later.communicator(), world.comm(0)) << "created once the default was cleared";
+}
+
+TEST(DefaultCommunicator, ASynchronizedHandlerNeverAgreesAloneInAMultiRankJob) {
+  LauncherEnv env(4);
+  Recorder recorder("r", 1, nullptr);
+  Engine engine([](Engine&) {});
+  engine.On(Events::IterationCompleted(), recorder);
+  absl::Status s = engine.Run({.max_epochs = 1, .epoch_length = 2});
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("this process is one of 4 ranks"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("LaunchWorld()"));
+  EXPECT_TRUE(recorder.seen.empty()) << "nothing ran";
+  // Plain handlers only: nothing to agree on, so the engine runs (a rank-local evaluator).
+  Engine local([](Engine&) {});
+  local.On(Events::IterationCompleted(), [] {});
+  EXPECT_TRUE(local.Run({.max_epochs = 1, .epoch_length = 2}).ok());
+  // An explicit choice is respected.
+  dist::testing::FakeWorld one(1);
+  engine.set_communicator(one.comm(0));
+  EXPECT_TRUE(engine.Run({.max_epochs = 1, .epoch_length = 2}).ok());
 }
 
 }  // namespace

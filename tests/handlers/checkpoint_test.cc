@@ -19,6 +19,7 @@
 #include "base/testing/fault_injection_file_system.h"
 #include "base/testing/temp_dir.h"
 #include "engine/engine.h"
+#include "distributed/testing/fake_world.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "handlers/save_handler.h"
@@ -639,6 +640,28 @@ TEST(CheckpointRestart, ResumeSkipsACorruptNewestCheckpoint) {
   auto resumed = (*ckpt)->ResumeLatest(trainer.communicator());
   ASSERT_TRUE(resumed.ok()) << resumed.status();
   EXPECT_EQ(**resumed, JoinPath(dir, "model_2.pt"));
+}
+
+TEST(CheckpointWorld, RefusesAnEngineOnAnotherWorldSize) {
+  // Created for a 2-rank job (every rank calls CreateModelCheckpoint), then attached by mistake
+  // to an engine left on a single-process communicator: an error naming both sizes, no file.
+  const std::string dir = TempDir("world_mismatch");
+  dist::testing::FakeWorld world(2);
+  torch::nn::Linear model(2, 2);
+  std::unique_ptr<Checkpoint> ckpts[2];
+  world.RunOnEveryRank([&](dist::Communicator& c) {
+    auto made = CreateModelCheckpoint({.dirname = dir, .n_saved = 1}, {{"model", model}}, &c);
+    ASSERT_TRUE(made.ok()) << made.status();
+    ckpts[c.rank()] = *std::move(made);
+  });
+  std::vector<int> data = {0};
+  Engine evaluator(Identity);
+  evaluator.On(Events::Completed(), *ckpts[0]);
+  absl::Status s = evaluator.Run(data);
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(std::string(s.message()), HasSubstr("created for a job of 2 rank(s), but the engine it is attached to "
+                                                  "agrees through a communicator of 1"));
+  EXPECT_THAT(Files(dir), ElementsAre());
 }
 
 TEST(CheckpointAsync, BackgroundSaveErrorsSurfaceAtFlush) {
