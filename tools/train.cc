@@ -49,6 +49,7 @@
 #include "distributed/root_action.h"
 #include "engine/engine.h"
 #include "handlers/checkpoint.h"
+#include "handlers/data_parallel.h"
 #include "handlers/early_stopping.h"
 #include "handlers/metrics_log.h"
 #include "handlers/stateful.h"
@@ -137,58 +138,6 @@ class ShardSource : public DataSource<Batch> {
   torch::Tensor indices_;
   int64_t next_ = 0;
   Batch current_;
-};
-
-// Gradients all-reduced (SUM, then / world) in buckets of at most kBucket floats, one collective
-// per bucket.
-class GradientReducer {
- public:
-  static constexpr int64_t kBucket = 1 << 22;
-  GradientReducer(std::vector<torch::Tensor> params, dist::Communicator* comm) : params_(std::move(params)), comm_(comm) {
-    int64_t used = 0;
-    for (size_t i = 0; i < params_.size(); ++i) {
-      const int64_t n = params_[i].numel();
-      if (buckets_.empty() || used + n > kBucket) {
-        buckets_.push_back({});
-        used = 0;
-      }
-      buckets_.back().push_back(i);
-      used += n;
-    }
-    for (const auto& b : buckets_) {
-      int64_t n = 0;
-      for (size_t i : b) n += params_[i].numel();
-      flat_.push_back(torch::empty({n}, torch::kFloat32));
-    }
-  }
-  absl::Status Reduce(absl::Time deadline) {
-    const float scale = 1.0f / static_cast<float>(comm_->world_size());
-    for (size_t b = 0; b < buckets_.size(); ++b) {
-      torch::Tensor& flat = flat_[b];
-      int64_t at = 0;
-      for (size_t i : buckets_[b]) {
-        const int64_t n = params_[i].numel();
-        flat.slice(0, at, at + n).copy_(params_[i].grad().reshape({-1}));
-        at += n;
-      }
-      EMBER_RETURN_IF_ERROR(comm_->AllReduce(absl::MakeSpan(flat.data_ptr<float>(), flat.numel()),
-                                             dist::ReduceOp::kSum, deadline));
-      flat.mul_(scale);
-      at = 0;
-      for (size_t i : buckets_[b]) {
-        const int64_t n = params_[i].numel();
-        params_[i].mutable_grad().copy_(flat.slice(0, at, at + n).view_as(params_[i]));
-        at += n;
-      }
-    }
-    return absl::OkStatus();
-  }
-
- private:
-  std::vector<torch::Tensor> params_;
-  dist::Communicator* comm_;
-  std::vector<std::vector<size_t>> buckets_;
-  std::vector<torch::Tensor> flat_;
 };
 
 // Agrees on preemption: a SIGTERM/SIGINT on any rank stops every rank at the same iteration.
@@ -442,13 +391,14 @@ int Main(int argc, char** argv) {
   ::signal(SIGTERM, OnSignal);
   ::signal(SIGINT, OnSignal);
 
-  absl::StatusOr<std::unique_ptr<dist::Communicator>> world = dist::Launch({.backend = absl::GetFlag(FLAGS_backend)});
+  // The World is the default communicator of every engine and checkpoint created below.
+  absl::StatusOr<std::unique_ptr<dist::World>> world = dist::LaunchWorld({.backend = absl::GetFlag(FLAGS_backend)});
   std::unique_ptr<DirectoryLock> dir_lock;  // rank 0: --output_dir is ours until exit
   if (!world.ok()) {
     std::fprintf(stderr, "train: error: %s\n", std::string(world.status().message()).c_str());
     return 1;  // the final line comes from FinalLineAtExit
   }
-  dist::Communicator& comm = **world;
+  dist::Communicator& comm = (*world)->communicator();
   const int rank = comm.rank();
   const int world_size = comm.world_size();
   const absl::Duration deadline = absl::Seconds(absl::GetFlag(FLAGS_deadline_s));
@@ -496,7 +446,9 @@ int Main(int argc, char** argv) {
     model->to(device);
     torch::optim::SGD optimizer(model->parameters(),
                                 torch::optim::SGDOptions(absl::GetFlag(FLAGS_lr)).momentum(absl::GetFlag(FLAGS_momentum)));
-    GradientReducer reducer(model->parameters(), &comm);
+    // Parameters broadcast from rank 0; gradients averaged in buckets (one collective each).
+    DataParallel ddp(*model, {.deadline = deadline});
+    EMBER_RETURN_IF_ERROR(ddp.status());
 
     int64_t epoch_samples = 0;  // this rank's, this epoch (a partial last batch counts its real size)
     Engine trainer([&](Engine& e, const Batch& b) -> absl::StatusOr<double> {
@@ -504,12 +456,11 @@ int Main(int argc, char** argv) {
       optimizer.zero_grad();
       torch::Tensor loss = torch::nn::functional::cross_entropy(model->forward(b.x.to(device)), b.y.to(device));
       loss.backward();
-      EMBER_RETURN_IF_ERROR(reducer.Reduce(absl::Now() + deadline));
+      EMBER_RETURN_IF_ERROR(ddp.AllReduceGradients());
       optimizer.step();
       if (rank == nan_at.rank && e.state().iteration == nan_at.iteration) return std::nan("");
       return loss.item<double>();
     });
-    trainer.set_communicator(&comm);
     trainer.set_collective_timeout(deadline);
     ShardSource train_source(data.train, rank, world_size, batch_size, seed, &trainer);
 
@@ -532,7 +483,6 @@ int Main(int argc, char** argv) {
       sums[1] += logits.argmax(1).eq(b.y.to(device)).sum().item<double>();
       sums[2] += static_cast<double>(b.y.size(0));
     });
-    evaluator.set_communicator(&comm);
     evaluator.set_collective_timeout(deadline);
     evaluator.On(Events::Started(), [&] { sums[0] = sums[1] = sums[2] = 0; });
     evaluator.On(Events::Completed(), [&](Engine& e) -> absl::Status {
@@ -572,8 +522,7 @@ int Main(int argc, char** argv) {
                                {"optimizer", optimizer},
                                {"trainer", trainer},
                                {"early_stopping", *es},
-                               {"run", settings}},
-                              &comm));
+                               {"run", settings}}));
     // Whatever ends the run (an error included), the final line reports the checkpoints on disk.
     struct Report {
       Checkpoint& ckpt;
@@ -756,13 +705,15 @@ int Main(int argc, char** argv) {
     final_epoch = trainer.state().epoch;
     final_iteration = trainer.state().iteration;
     if (!run.ok()) return run;
-    if (preemption.preempted) {
+    // Why the run ended, from the engine (the handlers terminate it by name).
+    const std::string& by = trainer.outcome().terminated_by;
+    if (by == "preemption") {
       // Save where we are: an evaluation fires the checkpoint (keep_last keeps it).
       EMBER_RETURN_IF_ERROR(evaluator.Run(val_batches));
       outcome = {"preempted", 0};
-    } else if (ton.terminated_at()) {
+    } else if (by == "TerminateOnNan") {
       outcome = {"terminate_on_nan", 3};
-    } else if (es->stop_reason() != EarlyStopping::StopReason::kNone) {
+    } else if (by == "EarlyStopping") {
       outcome = {"early_stopping", 0};
     } else {
       outcome = {"completed", 0};
@@ -775,10 +726,7 @@ int Main(int argc, char** argv) {
   std::fflush(stderr);
   // Meet before exiting: mpirun ends the whole job at the first non-zero exit, so every rank's
   // final line must be out first. After a failed collective there is no meeting: exit now.
-  if (comm.poisoned().ok() && comm.Barrier(absl::Now() + absl::Seconds(30)).ok() && outcome.exit_code == 0) {
-    world->reset();  // finalises MPI
-    return 0;
-  }
+  if ((*world)->Shutdown().ok() && outcome.exit_code == 0) return 0;
   std::fflush(nullptr);
   ::_exit(outcome.exit_code);
 }
