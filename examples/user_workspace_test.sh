@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Builds examples/user_workspace from its own WORKSPACE (Ember through local_repository and
+# ember_dependencies()) with a nested Bazel, checks that README's user guide shows its
+# user_trainer.cc verbatim, and runs it: one process, then 2 ranks under mpirun (same decisions
+# on every rank), then a resume.
+set -uo pipefail
+fail() { echo "FAIL: $*"; exit 1; }
+src=$(cd "$(dirname "$(readlink -f "$0")")" && pwd)   # the source tree's examples/
+ws=$src/user_workspace
+readme=$src/../README.md
+[[ -f $ws/WORKSPACE && -f $readme ]] || fail "source tree not found from $0"
+
+# 1. README shows the example verbatim (between the markers around its code block).
+awk '/<!-- user_trainer.cc begin -->/{on=1; next} /<!-- user_trainer.cc end -->/{on=0} on' "$readme" |
+  sed '1d;$d' >"${TEST_TMPDIR:-/tmp}/readme_example.cc"
+diff -u "$ws/user_trainer.cc" "${TEST_TMPDIR:-/tmp}/readme_example.cc" || fail "README's user guide example differs from examples/user_workspace/user_trainer.cc"
+
+# 2. A nested Bazel, as the user runs it (its own output root, kept between runs for speed).
+for v in $(env | grep -oE '^(TEST_[A-Z_]*|RUNFILES_[A-Z_]*|JAVA_RUNFILES|PYTHON_RUNFILES|BUILD_WORKSPACE_DIRECTORY|XML_OUTPUT_FILE)='); do unset "${v%=}"; done
+root=/tmp/ember-user-workspace-bazel-$(id -u)
+(cd "$ws" && timeout 2400 bazel --output_user_root="$root" build //:user_trainer) || fail "the user workspace does not build"
+bin=$(cd "$ws" && bazel --output_user_root="$root" info bazel-bin 2>/dev/null)/user_trainer
+[[ -x $bin ]] || fail "no binary at $bin"
+(cd "$ws" && bazel --output_user_root="$root" shutdown)
+
+work=$(mktemp -d)
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# 3. One process.
+out=$("$bin" "$work/one" 3 2>&1) || fail "1 process: $out"
+echo "$out" | grep '^rank'
+grep -q "^rank 0/1: completed at epoch 3, accuracy 0\.[5-9]" <<<"$out" || fail "1 process: $out"
+# 4. Two ranks: the same outcome, epoch, score and best checkpoint on both.
+out=$(timeout 600 mpirun --oversubscribe -np 2 --mca btl self,vader "$bin" "$work/two" 3 2>&1) || fail "2 ranks: $out"
+echo "$out" | grep '^rank'
+[[ $(grep -c '^rank [01]/2: completed at epoch 3' <<<"$out") -eq 2 ]] || fail "2 ranks: $out"
+[[ $(grep '^rank' <<<"$out" | sed 's/^rank [01]\/2: //; s/, [0-9.]* ms\/iteration//' | sort -u | wc -l) -eq 1 ]] ||
+  fail "the ranks decided differently: $out"
+[[ $(ls "$work"/two/*.pt | wc -l) -ge 1 ]] || fail "no checkpoint written"
+# 5. Resume on 2 ranks: continues from epoch 3 to 5.
+out=$(timeout 600 mpirun --oversubscribe -np 2 --mca btl self,vader "$bin" "$work/two" 5 2>&1) || fail "resume: $out"
+echo "$out" | grep '^rank'
+[[ $(grep -cE '^rank [01]/2: (completed at epoch 5|terminated by EarlyStopping)' <<<"$out") -eq 2 ]] || fail "resume: $out"
+rm -rf "$work"
+echo OK
