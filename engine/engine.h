@@ -215,6 +215,7 @@ class Engine {
   dist::Communicator& communicator() const { return *consensus_.comm(); }
   // How long one agreement may wait for the other ranks (default 300 s).
   void set_collective_timeout(absl::Duration timeout) { collective_timeout_ = timeout; }
+  absl::Duration collective_timeout() const { return collective_timeout_; }
   // Debug: after each agreement, all-gather a digest of every rank's resulting decisions and
   // fail if any rank differs (one more collective per synchronized firing).
   void set_verify_agreement(bool verify) { verify_agreement_ = verify; }

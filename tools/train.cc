@@ -51,6 +51,7 @@
 #include "handlers/checkpoint.h"
 #include "handlers/data_parallel.h"
 #include "handlers/early_stopping.h"
+#include "handlers/metrics.h"
 #include "handlers/metrics_log.h"
 #include "handlers/stateful.h"
 #include "handlers/terminate_on_nan.h"
@@ -255,6 +256,17 @@ absl::Status TakeOutputDir(dist::Communicator& comm, const std::string& dir, boo
         "): pass --resume to continue it, or choose another --output_dir"));
   });
 }
+
+// The number of held-out samples evaluated, over every rank (a metric of our own).
+class SampleCount final : public Metric {
+ public:
+  size_t num_sums() const override { return 1; }
+  absl::Status Update(const Engine& e, absl::Span<double> sums) override {
+    sums[0] += static_cast<double>(e.state().output_as<Prediction>()->y.size(0));
+    return absl::OkStatus();
+  }
+  double Compute(absl::Span<const double> sums) const override { return sums[0]; }
+};
 
 absl::StatusOr<std::vector<int64_t>> ParseHidden(const std::string& text) {
   std::vector<int64_t> sizes;
@@ -473,26 +485,20 @@ int Main(int argc, char** argv) {
       const int64_t end = std::min(val_end, at + 512);
       val_batches.push_back({data.val.x.slice(0, at, end), data.val.y.slice(0, at, end)});
     }
-    double sums[3];  // loss sum, correct, count
     Engine evaluator([&](Engine&, const Batch& b) {
       torch::NoGradGuard no_grad;
-      torch::Tensor logits = model->forward(b.x.to(device));
-      sums[0] += torch::nn::functional::cross_entropy(logits, b.y.to(device),
-                                                       torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
-                     .item<double>();
-      sums[1] += logits.argmax(1).eq(b.y.to(device)).sum().item<double>();
-      sums[2] += static_cast<double>(b.y.size(0));
+      return Prediction{model->forward(b.x.to(device)), b.y.to(device)};
     });
     evaluator.set_collective_timeout(deadline);
-    evaluator.On(Events::Started(), [&] { sums[0] = sums[1] = sums[2] = 0; });
-    evaluator.On(Events::Completed(), [&](Engine& e) -> absl::Status {
-      EMBER_RETURN_IF_ERROR(comm.AllReduce(absl::MakeSpan(sums, 3), dist::ReduceOp::kSum, absl::Now() + deadline));
-      e.state().metrics["val_loss"] = sums[0] / sums[2];
-      e.state().metrics["val_accuracy"] = sums[1] / sums[2];
-      e.state().metrics["val_samples"] = sums[2];
-      trainer.state().metrics = e.state().metrics;
-      return absl::OkStatus();
-    });
+    // Every rank's sums, all-reduced in one collective at COMPLETED.
+    Metrics metrics;
+    metrics.Add("val_loss", Loss([](const torch::Tensor& p, const torch::Tensor& y) {
+             return torch::nn::functional::cross_entropy(p, y);
+           }))
+        .Add("val_accuracy", Accuracy())
+        .Add("val_samples", SampleCount());
+    EMBER_RETURN_IF_ERROR(metrics.Attach(evaluator));
+    evaluator.On(Events::Completed(), [&](Engine& e) { trainer.state().metrics = e.state().metrics; });
 
     // Handlers, constructed the same way on every rank.
     TerminateOnNan ton;

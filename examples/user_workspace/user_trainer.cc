@@ -11,6 +11,7 @@
 #include "handlers/checkpoint.h"
 #include "handlers/data_parallel.h"
 #include "handlers/early_stopping.h"
+#include "handlers/metrics.h"
 #include "handlers/terminate_on_nan.h"
 #include "handlers/timer.h"
 
@@ -45,19 +46,13 @@ int main(int argc, char** argv) {
     optimizer.step();
     return loss.item<double>();
   });
-  double hits[2];  // correct, seen (this rank's, then every rank's)
   ember::Engine evaluator([&](ember::Engine&, const Batch& b) {
     torch::NoGradGuard no_grad;
-    hits[0] += model->forward(b.x).argmax(1).eq(b.y).sum().item<double>();
-    hits[1] += b.y.size(0);
+    return ember::Prediction{model->forward(b.x), b.y};
   });
-  evaluator.On(ember::Events::Started(), [&] { hits[0] = hits[1] = 0; });
-  evaluator.On(ember::Events::Completed(), [&](ember::Engine& e) {
-    absl::Status s = world->communicator().AllReduce(absl::MakeSpan(hits), ember::dist::ReduceOp::kSum,
-                                                     absl::Now() + absl::Seconds(60));
-    e.state().metrics["accuracy"] = hits[0] / hits[1];
-    return s;
-  });
+  ember::Metrics metrics;  // every rank's sums, all-reduced in one collective
+  metrics.Add("accuracy", ember::Accuracy());
+  absl::Status status = metrics.Attach(evaluator);
   trainer.On(ember::Events::EpochCompleted(), [&] { return evaluator.Run(val); });
 
   auto es = ember::EarlyStopping::Create({.patience = 3, .score_name = "accuracy"}, trainer).value();
@@ -69,10 +64,10 @@ int main(int argc, char** argv) {
   evaluator.On(ember::Events::Completed(), *checkpoint);
   trainer.On(ember::Events::IterationCompleted(), ember::TerminateOnNan());
   ember::Timer timer(/*average=*/true);
-  absl::Status status = timer.Attach(trainer, {.start = ember::Events::EpochStarted(),
-                                               .pause = ember::Events::IterationCompleted(),
-                                               .resume = ember::Events::IterationStarted(),
-                                               .step = ember::Events::IterationCompleted()});
+  if (status.ok()) status = timer.Attach(trainer, {.start = ember::Events::EpochStarted(),
+                                                   .pause = ember::Events::IterationCompleted(),
+                                                   .resume = ember::Events::IterationStarted(),
+                                                   .step = ember::Events::IterationCompleted()});
 
   auto resumed = checkpoint->ResumeLatest(world->communicator());  // newest valid, or a fresh start
   if (status.ok()) status = resumed.status();
