@@ -60,6 +60,9 @@
 #include "tools/data.h"
 
 ABSL_FLAG(std::string, data, "fashion-mnist", "fashion-mnist | mnist:DIR | csv:PATH | synthetic");
+ABSL_FLAG(std::string, model, "mlp",
+          "mlp (Linear+ReLU layers of --hidden sizes) | cnn (two 3x3 conv+pool blocks, then --hidden; "
+          "the features must form a square image: 784 = 28x28, 64 = 8x8)");
 ABSL_FLAG(std::string, hidden, "256,128", "hidden layer sizes, comma-separated");
 ABSL_FLAG(int, epochs, 5, "maximum number of epochs (>= 1)");
 ABSL_FLAG(int, batch_size, 64, "samples per batch on each rank (>= 1)");
@@ -284,6 +287,38 @@ absl::StatusOr<std::vector<int64_t>> ParseHidden(const std::string& text) {
   return sizes;
 }
 
+// --model: an MLP, or a small convolutional network over the features seen as a square image.
+absl::StatusOr<torch::nn::Sequential> BuildModel(const std::string& kind, int64_t features,
+                                                 const std::vector<int64_t>& hidden, int64_t classes) {
+  torch::nn::Sequential model;
+  int64_t in = features;
+  if (kind == "cnn") {
+    const int64_t side = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(features))));
+    if (side * side != features || side < 4) {
+      return absl::InvalidArgumentError(absl::StrCat("--model=cnn needs square images of at least 4x4, but the data has ",
+                                                     features, " features per sample; use --model=mlp"));
+    }
+    model->push_back(torch::nn::Unflatten(torch::nn::UnflattenOptions(1, {1, side, side})));
+    model->push_back(torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 16, 3).padding(1)));
+    model->push_back(torch::nn::ReLU());
+    model->push_back(torch::nn::MaxPool2d(2));
+    model->push_back(torch::nn::Conv2d(torch::nn::Conv2dOptions(16, 32, 3).padding(1)));
+    model->push_back(torch::nn::ReLU());
+    model->push_back(torch::nn::MaxPool2d(2));
+    model->push_back(torch::nn::Flatten());
+    in = 32 * (side / 4) * (side / 4);
+  } else if (kind != "mlp") {
+    return absl::InvalidArgumentError(absl::StrCat("--model='", kind, "': allowed: mlp, cnn"));
+  }
+  for (int64_t h : hidden) {
+    model->push_back(torch::nn::Linear(in, h));
+    model->push_back(torch::nn::ReLU());
+    in = h;
+  }
+  model->push_back(torch::nn::Linear(in, classes));
+  return model;
+}
+
 struct NanAt {
   int rank = -1;
   int64_t iteration = -1;
@@ -445,16 +480,10 @@ int Main(int argc, char** argv) {
                                ? torch::Device(torch::kCUDA, comm.local_rank() % std::max<int64_t>(1, torch::cuda::device_count()))
                                : torch::Device(torch::kCPU);
 
-    // The model: an MLP with ReLU between layers; the same initial weights on every rank.
+    // The model; the same initial weights on every rank (and DataParallel broadcasts rank 0's).
     torch::manual_seed(seed);
-    torch::nn::Sequential model;
-    int64_t in = data.train.x.size(1);
-    for (int64_t h : hidden) {
-      model->push_back(torch::nn::Linear(in, h));
-      model->push_back(torch::nn::ReLU());
-      in = h;
-    }
-    model->push_back(torch::nn::Linear(in, data.num_classes));
+    EMBER_ASSIGN_OR_RETURN(torch::nn::Sequential model,
+                           BuildModel(absl::GetFlag(FLAGS_model), data.train.x.size(1), hidden, data.num_classes));
     model->to(device);
     torch::optim::SGD optimizer(model->parameters(),
                                 torch::optim::SGDOptions(absl::GetFlag(FLAGS_lr)).momentum(absl::GetFlag(FLAGS_momentum)));

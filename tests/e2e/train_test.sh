@@ -43,6 +43,23 @@ model.load_state_dict(ck["model"])
 print("python: loaded", sys.argv[1], "trainer state", dict(ck["trainer"]))
 PY
   ;;
+cnn)
+  # --model=cnn: nothing in the library pieces is MLP-specific (2 ranks, synthetic 8x8 images).
+  out=$(mpi 2 "$train" --data=synthetic --model=cnn --hidden=32 --epochs=3 --output_dir="$work/cnn" --progress=none 2>&1); rc=$?
+  finals "$out"
+  [[ $rc -eq 0 ]] || fail "exited $rc: $(tail -n 3 <<<"$out")"
+  line=$(finals "$out" | head -n 1)
+  awk -v s="$(field "$line" best_score)" 'BEGIN { exit !(s > 0.8) }' || fail "cnn: best_score $(field "$line" best_score) <= 0.8"
+  /usr/bin/python3 - "$(field "$line" best_checkpoint)" <<'PY' || fail "the CNN checkpoint does not load into the same network in Python"
+import sys, torch
+ck = torch.load(sys.argv[1])
+net = torch.nn.Sequential(torch.nn.Unflatten(1, (1, 8, 8)), torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(),
+                          torch.nn.MaxPool2d(2), torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(),
+                          torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(128, 32), torch.nn.ReLU(),
+                          torch.nn.Linear(32, 10))
+net.load_state_dict(ck["model"])
+PY
+  ;;
 nan)
   out=$(mpi 2 "$train" --data=synthetic --epochs=3 --inject_nan=1:7 --output_dir="$work/nan" --progress=none 2>&1); rc=$?
   finals "$out"
@@ -139,6 +156,9 @@ bad_input)
   expect_error "--threads must be in [1, 256], got 100000" --threads=100000 --data=synthetic --output_dir="$work/x"
   expect_error "--hidden='1,,2': '' is not a layer size" --hidden=1,,2 --data=synthetic --output_dir="$work/x"
   expect_error "--hidden is empty" --hidden= --data=synthetic --output_dir="$work/x"
+  expect_error "--model='resnet': allowed: mlp, cnn" --model=resnet --data=synthetic --output_dir="$work/x"
+  { echo "label,a,b,c"; for i in $(seq 1 200); do echo "$((i % 2)),0.$i,0.5,1"; done; } >"$work/three.csv"
+  expect_error "--model=cnn needs square images of at least 4x4, but the data has 3 features" --model=cnn --data=csv:"$work/three.csv" --output_dir="$work/x"
   expect_error "--lr must be in (0, 10], got 1e+308" --lr=1e308 --data=synthetic --output_dir="$work/x"
   # An IDX label file that says 0 labels.
   mkdir -p "$work/idx0"
