@@ -53,6 +53,7 @@
 #include "handlers/early_stopping.h"
 #include "handlers/metrics.h"
 #include "handlers/metrics_log.h"
+#include "handlers/preemption.h"
 #include "handlers/stateful.h"
 #include "handlers/terminate_on_nan.h"
 #include "handlers/timer.h"
@@ -92,20 +93,10 @@ ABSL_FLAG(int, threads, 1, "intra-op threads per rank");
 namespace ember::tools {
 namespace {
 
-std::atomic<int> g_signals{0};
-
 // Bounds of flags whose absurd values would otherwise fail late (a NaN loss at the first step)
 // or silently (a thousand threads per rank).
 constexpr int kMaxThreads = 256;
 constexpr double kMaxLr = 10.0;
-
-void OnSignal(int) {
-  if (g_signals.fetch_add(1) >= 1) {
-    static const char kMsg[] = "train: second signal, exiting now\n";
-    (void)!::write(2, kMsg, sizeof(kMsg) - 1);
-    ::_exit(1);
-  }
-}
 
 struct Batch {
   torch::Tensor x, y;
@@ -142,25 +133,6 @@ class ShardSource : public DataSource<Batch> {
   torch::Tensor indices_;
   int64_t next_ = 0;
   Batch current_;
-};
-
-// Agrees on preemption: a SIGTERM/SIGINT on any rank stops every rank at the same iteration.
-class PreemptionHandler : public SynchronizedHandler {
- public:
-  size_t num_values() const override { return 1; }
-  dist::Reduction reduction(size_t) const override { return dist::Reduction::kAnyNonZero; }
-  absl::Status Propose(Engine&, absl::Span<double> v) override {
-    v[0] = g_signals.load() > 0 ? 1.0 : 0.0;
-    return absl::OkStatus();
-  }
-  absl::Status Decide(Engine& e, const Agreement& a) override {
-    if (a.value(0) != 0 && !preempted) {
-      preempted = true;
-      e.TerminateBy("preemption");
-    }
-    return absl::OkStatus();
-  }
-  bool preempted = false;
 };
 
 // The settings that decide what a resumed run means, saved in every checkpoint as "run" and
@@ -435,8 +407,7 @@ int Main(int argc, char** argv) {
   }
   std::atexit(FinalLineAtExit);
   absl::ParseCommandLine(argc, argv);
-  ::signal(SIGTERM, OnSignal);
-  ::signal(SIGINT, OnSignal);
+  Preemption preemption;  // SIGTERM, SIGINT, SIGUSR1 on any rank: every rank stops and saves
 
   // The World is the default communicator of every engine and checkpoint created below.
   absl::StatusOr<std::unique_ptr<dist::World>> world = dist::LaunchWorld({.backend = absl::GetFlag(FLAGS_backend)});
@@ -532,7 +503,6 @@ int Main(int argc, char** argv) {
     // Handlers, constructed the same way on every rank.
     TerminateOnNan ton;
     trainer.On(Events::IterationCompleted(), ton);
-    PreemptionHandler preemption;
     trainer.On(Events::IterationCompleted(), preemption);
     Timer timer(/*average=*/true);
     EMBER_RETURN_IF_ERROR(timer.Attach(trainer, {.start = Events::EpochStarted(), .pause = Events::IterationCompleted(),
@@ -742,7 +712,7 @@ int Main(int argc, char** argv) {
     if (!run.ok()) return run;
     // Why the run ended, from the engine (the handlers terminate it by name).
     const std::string& by = trainer.outcome().terminated_by;
-    if (by == "preemption") {
+    if (by == Preemption::kName) {
       // Save where we are: an evaluation fires the checkpoint (keep_last keeps it).
       EMBER_RETURN_IF_ERROR(evaluator.Run(val_batches));
       outcome = {"preempted", 0};
