@@ -133,16 +133,18 @@ World::World(std::unique_ptr<Communicator> comm)
 World::~World() {
   (void)Shutdown();
   SetDefaultCommunicator(previous_default_);
-  // Not finalized (a poisoned communicator or a missed barrier): let it go without its
-  // destructor, which would wait in MPI_Finalize for ranks that will never come.
-  if (!shut_down_) (void)comm_.release();
+  // comm_'s destructor finalizes the backend only when it is not poisoned (MpiCommunicator skips
+  // MPI_Finalize, NcclCommunicator aborts), so this never waits for a lost rank.
 }
 
 absl::Status World::Shutdown(absl::Duration deadline) {
   if (shut_down_ || comm_ == nullptr) return absl::OkStatus();
   absl::Status status = comm_->poisoned();
   if (status.ok()) status = comm_->Barrier(absl::Now() + deadline);
-  if (!status.ok()) return status;  // not finalized; the destructor lets the communicator go
+  if (!status.ok()) {
+    comm_->Poison(status);  // not finalized: a rank did not meet us
+    return status;
+  }
   shut_down_ = true;
   SetDefaultCommunicator(previous_default_);
   comm_.reset();  // finalizes the backend (MPI_Finalize, ncclCommDestroy)
