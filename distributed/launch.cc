@@ -131,8 +131,9 @@ World::World(std::unique_ptr<Communicator> comm)
     : comm_(std::move(comm)), previous_default_(SetDefaultCommunicator(comm_.get())) {}
 
 World::~World() {
-  (void)Shutdown();
-  SetDefaultCommunicator(previous_default_);
+  // A successful Shutdown has restored the previous default already (and a newer World may have
+  // replaced it since); otherwise restore it here.
+  if (!Shutdown().ok()) SetDefaultCommunicator(previous_default_);
   // comm_'s destructor finalizes the backend only when it is not poisoned (MpiCommunicator skips
   // MPI_Finalize, NcclCommunicator aborts), so this never waits for a lost rank.
 }

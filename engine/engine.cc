@@ -447,7 +447,9 @@ absl::Status Engine::RunImpl(DataIter* data, std::optional<int64_t> data_length,
                                                    batch_type->name(), " but the step takes ",
                                                    step_batch_type_->name()));
   }
-  if (!communicator_chosen_ && HasSynchronizedHandlers()) {
+  // The built-in single-process communicator is never anyone's choice: no World existed when the
+  // engine was made, and none was given since.
+  if (consensus_.comm() == &single_process_ && HasSynchronizedHandlers()) {
     if (const int launched = dist::LauncherWorldSize(); launched > 1) {
       return absl::FailedPreconditionError(absl::StrCat(
           "this process is one of ", launched, " ranks (launcher environment) but this engine's "

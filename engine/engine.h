@@ -210,7 +210,6 @@ class Engine {
   // built-in single-process one). Set it before Run.
   void set_communicator(dist::Communicator* comm) {
     consensus_ = dist::Consensus(comm != nullptr ? comm : &single_process_);
-    communicator_chosen_ = comm != nullptr;
   }
   dist::Communicator& communicator() const { return *consensus_.comm(); }
   // How long one agreement may wait for the other ranks (default 300 s).
@@ -334,7 +333,6 @@ class Engine {
   // Distributed agreement (buffers are reused; nested firings use them as a stack).
   dist::SingleProcessCommunicator single_process_;
   dist::Consensus consensus_{dist::DefaultCommunicator() != nullptr ? dist::DefaultCommunicator() : &single_process_};
-  bool communicator_chosen_ = dist::DefaultCommunicator() != nullptr;
   absl::Duration collective_timeout_ = absl::Seconds(300);
   bool verify_agreement_ = false;
   int64_t agreements_ = 0;

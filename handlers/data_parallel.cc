@@ -8,21 +8,10 @@
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
 #include "distributed/default_communicator.h"
-#include "distributed/single_process_communicator.h"
 
 namespace ember {
-namespace {
-dist::Communicator* SingleProcess() {
-  static dist::SingleProcessCommunicator* single = new dist::SingleProcessCommunicator();
-  return single;
-}
-}  // namespace
-
 DataParallel::DataParallel(torch::nn::Module& module, DataParallelOptions options)
-    : comm_(options.comm != nullptr                  ? options.comm
-            : dist::DefaultCommunicator() != nullptr ? dist::DefaultCommunicator()
-                                                     : SingleProcess()),
-      options_(options) {
+    : comm_(options.comm != nullptr ? options.comm : dist::DefaultCommunicator()), options_(options) {
   for (const auto& p : module.named_parameters()) {
     if (!p.value().requires_grad()) continue;
     names_.push_back(p.key());
@@ -48,7 +37,7 @@ DataParallel::DataParallel(torch::nn::Module& module, DataParallelOptions option
 }
 
 absl::Status DataParallel::Broadcast(torch::nn::Module& module) {
-  if (comm_->world_size() == 1) return absl::OkStatus();
+  if (world_size() == 1) return absl::OkStatus();
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> state;
   for (const auto& p : module.named_parameters()) state.push_back(p.value());
@@ -76,7 +65,7 @@ absl::Status DataParallel::Broadcast(torch::nn::Module& module) {
 }
 
 absl::Status DataParallel::AllReduceGradients() {
-  if (comm_->world_size() == 1) return absl::OkStatus();
+  if (world_size() == 1) return absl::OkStatus();
   torch::NoGradGuard no_grad;
   const float scale = 1.0f / static_cast<float>(comm_->world_size());
   for (size_t b = 0; b < buckets_.size(); ++b) {

@@ -9,7 +9,8 @@
 // contributed nothing on this rank), so the ranks always issue the same collectives.
 //
 // The communicator is the process's default (the World of dist::LaunchWorld()) unless one is
-// given. Every wait is bounded by `deadline`; an error names the bucket and its parameters.
+// given (without either, this process is the whole job and nothing is exchanged). Every wait is
+// bounded by `deadline`; an error names the bucket and its parameters.
 // Tensors are staged through host memory (CPU today; the device-native path is the GPU issue's).
 //
 // Thread safety: not thread-safe; call from the training thread on every rank.
@@ -49,13 +50,13 @@ class DataParallel {
   // Averages the gradients over the ranks (a collective: every rank, every step).
   absl::Status AllReduceGradients();
 
-  int world_size() const { return comm_->world_size(); }
+  int world_size() const { return comm_ != nullptr ? comm_->world_size() : 1; }
   size_t num_buckets() const { return buckets_.size(); }
 
  private:
   absl::Status Broadcast(torch::nn::Module& module);
 
-  dist::Communicator* comm_;
+  dist::Communicator* comm_;  // nullptr: no World, one process
   DataParallelOptions options_;
   std::vector<torch::Tensor> params_;
   std::vector<std::string> names_;

@@ -77,7 +77,7 @@ absl::Status EarlyStopping::Decide(Engine&, const Agreement& agreement) {
   const bool max = options_.mode == EarlyStoppingOptions::Mode::kMax;
   auto stop = [&](StopReason why) {
     if (reason_ == StopReason::kNone) reason_ = why;
-    trainer_->TerminateBy("EarlyStopping");
+    trainer_->TerminateBy(kName);
   };
   if (!std::isfinite(score)) {
     if (options_.check_finite) {

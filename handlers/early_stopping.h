@@ -54,6 +54,8 @@ struct EarlyStoppingOptions {
 
 class EarlyStopping : public SynchronizedHandler, public Stateful {
  public:
+  // What engine.outcome().terminated_by says when this handler stopped the run.
+  static constexpr char kName[] = "EarlyStopping";
   // Why the trainer was stopped.
   enum class StopReason { kNone, kPatience, kStoppingThreshold, kDivergence, kNonFinite };
 

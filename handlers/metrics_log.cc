@@ -58,7 +58,7 @@ absl::StatusOr<int> MetricsLog::ResumeAt(int64_t iteration) {
   for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
     nlohmann::json parsed = nlohmann::json::parse(line.begin(), line.end(), nullptr, /*allow_exceptions=*/false);
     const bool keep = parsed.is_object() && parsed.contains("iteration") && parsed["iteration"].is_number_integer() &&
-                      parsed["iteration"].get<int64_t>() <= iteration && !line.empty() && line.back() == '}';
+                      parsed["iteration"].get<int64_t>() <= iteration;
     if (keep) {
       absl::StrAppend(&kept, line, "\n");
     } else {

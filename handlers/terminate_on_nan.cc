@@ -121,7 +121,7 @@ absl::Status TerminateOnNan::Decide(Engine& engine, const Agreement& agreement) 
                agreement.world_size() > 1
                    ? absl::StrCat("all ", agreement.world_size(), " ranks").c_str()
                    : "the run");
-  engine.TerminateBy("TerminateOnNan");
+  engine.TerminateBy(kName);
   return absl::OkStatus();
 }
 

@@ -32,6 +32,8 @@ namespace ember {
 
 class TerminateOnNan : public SynchronizedHandler {
  public:
+  // What engine.outcome().terminated_by says when this handler stopped the run.
+  static constexpr char kName[] = "TerminateOnNan";
   using OutputTransform = std::function<std::any(const std::any&)>;
   explicit TerminateOnNan(OutputTransform output_transform = nullptr)
       : transform_(std::move(output_transform)) {}

@@ -1013,8 +1013,10 @@ absl::StatusOr<ArchiveCheck> VerifyReader(caffe2::serialize::PyTorchStreamReader
 }
 
 absl::StatusOr<Value> ReadArchive(caffe2::serialize::PyTorchStreamReader& reader,
-                                  std::string_view bytes, const std::string& name) {
-  EMBER_RETURN_IF_ERROR(VerifyReader(reader, bytes, name).status());
+                                  std::string_view bytes, const std::string& name,
+                                  ArchiveCheck* check = nullptr) {
+  EMBER_ASSIGN_OR_RETURN(ArchiveCheck verified, VerifyReader(reader, bytes, name));
+  if (check != nullptr) *check = verified;
   if (!reader.hasRecord("data.pkl")) {
     return absl::DataLossError(absl::StrCat(name, ": not a torch.save archive (no data.pkl)"));
   }
@@ -1353,8 +1355,10 @@ absl::StatusOr<Value> ReadTorchSave(std::string_view bytes, std::string_view nam
   }
 }
 
-absl::StatusOr<Value> ReadTorchSaveFile(const std::string& path, FileSystem* fs) {
-  return WithFileReader<Value>(path, fs, [&](caffe2::serialize::PyTorchStreamReader& r, std::string_view b) { return ReadArchive(r, b, path); });
+absl::StatusOr<Value> ReadTorchSaveFile(const std::string& path, FileSystem* fs, ArchiveCheck* check) {
+  return WithFileReader<Value>(path, fs, [&](caffe2::serialize::PyTorchStreamReader& r, std::string_view b) {
+    return ReadArchive(r, b, path, check);
+  });
 }
 
 absl::StatusOr<std::string> ReadTorchSaveRecord(const std::string& path, const std::string& record,

@@ -68,8 +68,6 @@ absl::StatusOr<std::string> ReadTorchSaveRecord(const std::string& path, const s
 // The same, into memory.
 absl::StatusOr<std::string> SerializeTorchSave(const Value& value);
 
-// Reads a torch.save archive from a file.
-absl::StatusOr<Value> ReadTorchSaveFile(const std::string& path, FileSystem* fs = nullptr);
 
 // Reads a torch.save archive from memory; `name` is used in error messages.
 absl::StatusOr<Value> ReadTorchSave(std::string_view bytes, std::string_view name);
@@ -84,6 +82,11 @@ struct ArchiveCheck {
   int records = 0;            // records whose CRC-32 was verified
 };
 absl::StatusOr<ArchiveCheck> VerifyTorchSaveFile(const std::string& path, FileSystem* fs = nullptr);
+
+// Reads a torch.save archive from a file, after the checks above; `check`, when given, receives
+// what they found.
+absl::StatusOr<Value> ReadTorchSaveFile(const std::string& path, FileSystem* fs = nullptr,
+                                        ArchiveCheck* check = nullptr);
 
 // For files a writer of Ember's own made (an extra record names them): `record` is that record,
 // or nullopt when the archive has none (not ours); `integrity` says whether the archive is

@@ -10,7 +10,6 @@
 // "best_checkpoint", "latest_checkpoint", "best_score"}. Exit code: 0 completed, early stopping or
 // preemption; 3 terminate_on_nan; 1 errors (bad flags, data, output directory, a failed collective
 // or save).
-#include <signal.h>
 #include <torch/torch.h>
 #include <unistd.h>
 
@@ -18,14 +17,16 @@
 #include <cstdlib>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <memory>
 #include <optional>
 #include <iostream>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/flags/internal/parse.h"
 #include "absl/flags/internal/program_name.h"
 #include "absl/flags/internal/usage.h"
 #include "absl/flags/usage.h"
@@ -40,7 +41,6 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
-#include "absl/flags/internal/parse.h"
 #include "base/directory_lock.h"
 #include "base/file_system.h"
 #include "base/status_macros.h"
@@ -631,29 +631,23 @@ int Main(int argc, char** argv) {
             settings.Check(loaded.Find("run"), *from, trainer.state().epoch_length.value_or(epoch_length), epoch_length));
         // The learning rate and momentum: a value given on the command line replaces the
         // checkpoint's; otherwise the checkpoint's stays.
-        struct Knob {
-          const char* name;
-          double flag;
-          double (*get)(torch::optim::SGDOptions&);
-          void (*set)(torch::optim::SGDOptions&, double);
+        auto sgd = [&](size_t group) -> torch::optim::SGDOptions& {
+          return static_cast<torch::optim::SGDOptions&>(optimizer.param_groups()[group].options());
         };
-        const Knob knobs[] = {
-            {"lr", absl::GetFlag(FLAGS_lr), [](torch::optim::SGDOptions& o) { return o.lr(); },
-             [](torch::optim::SGDOptions& o, double v) { o.lr(v); }},
-            {"momentum", absl::GetFlag(FLAGS_momentum), [](torch::optim::SGDOptions& o) { return o.momentum(); },
-             [](torch::optim::SGDOptions& o, double v) { o.momentum(v); }}};
-        for (const Knob& k : knobs) {
-          auto& o = static_cast<torch::optim::SGDOptions&>(optimizer.param_groups()[0].options());
-          const double stored = k.get(o);
-          if (stored == k.flag) continue;
-          if (Given(k.name)) {
-            for (auto& group : optimizer.param_groups()) k.set(static_cast<torch::optim::SGDOptions&>(group.options()), k.flag);
+        for (const auto& [name, flag] : {std::pair<const char*, double>{"lr", absl::GetFlag(FLAGS_lr)},
+                                         std::pair<const char*, double>{"momentum", absl::GetFlag(FLAGS_momentum)}}) {
+          const bool is_lr = std::string_view(name) == "lr";
+          const double stored = is_lr ? sgd(0).lr() : sgd(0).momentum();
+          if (stored == flag) continue;
+          const bool given = Given(name);
+          for (size_t g = 0; given && g < optimizer.param_groups().size(); ++g) {
+            is_lr ? (void)sgd(g).lr(flag) : (void)sgd(g).momentum(flag);
           }
           if (rank == 0) {
-            std::fprintf(stderr, "%s\n", (Given(k.name) ? absl::StrCat("--", k.name, "=", k.flag, " replaces the checkpoint's ", stored)
-                                                        : absl::StrCat("keeping the checkpoint's --", k.name, "=", stored,
-                                                                       " (give --", k.name, " to change it)"))
-                                             .c_str());
+            const std::string said = given ? absl::StrCat("--", name, "=", flag, " replaces the checkpoint's ", stored)
+                                           : absl::StrCat("keeping the checkpoint's --", name, "=", stored, " (give --",
+                                                          name, " to change it)");
+            std::fprintf(stderr, "%s\n", said.c_str());
           }
         }
       }
@@ -700,10 +694,11 @@ int Main(int argc, char** argv) {
       // The log reads as one run: lines past the checkpoint resumed from (a future that was
       // abandoned) and a torn last line are dropped.
       EMBER_ASSIGN_OR_RETURN(metrics_log, MetricsLog::Open(JoinPath(out_dir, "metrics.jsonl")));
-      EMBER_ASSIGN_OR_RETURN(int dropped, metrics_log->ResumeAt(from ? trainer.state().iteration : 0));
+      const int64_t resume_point = from ? trainer.state().iteration : 0;
+      EMBER_ASSIGN_OR_RETURN(int dropped, metrics_log->ResumeAt(resume_point));
       if (dropped > 0) {
         std::fprintf(stderr, "train: %s: dropped %d line(s) after iteration %lld, the point this run resumes from\n",
-                     metrics_log->path().c_str(), dropped, static_cast<long long>(from ? trainer.state().iteration : 0));
+                     metrics_log->path().c_str(), dropped, static_cast<long long>(resume_point));
       }
     }
     absl::Status run = trainer.Run(train_source, {.max_epochs = absl::GetFlag(FLAGS_epochs)});
@@ -716,9 +711,9 @@ int Main(int argc, char** argv) {
       // Save where we are: an evaluation fires the checkpoint (keep_last keeps it).
       EMBER_RETURN_IF_ERROR(evaluator.Run(val_batches));
       outcome = {"preempted", 0};
-    } else if (by == "TerminateOnNan") {
+    } else if (by == TerminateOnNan::kName) {
       outcome = {"terminate_on_nan", 3};
-    } else if (by == "EarlyStopping") {
+    } else if (by == EarlyStopping::kName) {
       outcome = {"early_stopping", 0};
     } else {
       outcome = {"completed", 0};
