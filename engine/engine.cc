@@ -290,6 +290,28 @@ absl::Status Engine::FireEvent(Event event) {
   return absl::OkStatus();
 }
 
+absl::Status Engine::Synchronize(SynchronizedHandler& handler) {
+  if (running_) return absl::FailedPreconditionError("Synchronize() is for use outside Run()");
+  const size_t n = handler.num_values();
+  const int world = consensus_.comm()->world_size();
+  std::vector<double> proposal(n), reduced(n), per_rank(n * static_cast<size_t>(world));
+  std::vector<dist::Reduction> ops(n);
+  for (size_t k = 0; k < n; ++k) ops[k] = handler.reduction(k);
+  try {
+    if (absl::Status proposed = handler.Propose(*this, absl::MakeSpan(proposal)); !proposed.ok()) return proposed;
+    ++agreements_;
+    absl::Status s = consensus_.Reduce(proposal, ops, absl::MakeSpan(reduced), absl::MakeSpan(per_rank),
+                                       absl::Now() + collective_timeout_);
+    if (!s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("agreement of ", n, " value(s) outside a run failed on rank ",
+                                                 consensus_.comm()->rank(), " of ", world, ": ", s.message()));
+    }
+    return handler.Decide(*this, Agreement(reduced, per_rank, 0, n, world));
+  } catch (const StatusError& e) {  // a handler of an event the decision fired
+    return e.status();
+  }
+}
+
 bool Engine::HasSynchronizedHandlers() const {
   for (const auto& entries : handlers_) {
     for (const auto& h : entries) {
@@ -756,6 +778,20 @@ absl::Status Engine::LoadStateDict(const StateDict& d) {
     state_.iteration = *state_.epoch_length * *count;
   }
   return absl::OkStatus();
+}
+
+std::string Engine::RunOutcome::Summary() const {
+  switch (kind) {
+    case Kind::kNotRun:
+      return "not run";
+    case Kind::kCompleted:
+      return absl::StrCat("completed at epoch ", epoch);
+    case Kind::kTerminated:
+      return absl::StrCat("terminated", terminated_by.empty() ? "" : " by ", terminated_by, " at epoch ", epoch);
+    case Kind::kFailed:
+      return absl::StrCat("failed at epoch ", epoch, ": ", status.message());
+  }
+  return "";
 }
 
 }  // namespace ember

@@ -18,7 +18,7 @@
 #include "base/status_macros.h"
 #include "distributed/default_communicator.h"
 #include "distributed/root_action.h"
-#include "handlers/torch_serialization.h"
+#include "handlers/serialization/torch_save.h"
 
 namespace ember {
 namespace {
@@ -114,46 +114,11 @@ absl::StatusOr<std::string> FormatPattern(const std::string& pattern,
 
 }  // namespace
 
-std::string FormatScore(const Score& score) {
-  switch (score.kind) {
-    case Score::Kind::kBool:
-      return score.value != 0 ? "True" : "False";
-    case Score::Kind::kInt:
-      if (std::isfinite(score.value) && score.value == std::floor(score.value)) {
-        return absl::StrFormat("%.0f", score.value);
-      }
-      break;
-    case Score::Kind::kFloat:
-      break;
-  }
-  if (std::isnan(score.value)) return "nan";
-  if (std::isinf(score.value)) return score.value > 0 ? "inf" : "-inf";
-  return absl::StrFormat("%.4f", score.value);
-}
-
-// ---- Saveable --------------------------------------------------------------------------
-
-Saveable::Saveable(torch::nn::Module& module)
-    : get_([&module]() -> absl::StatusOr<Value> { return ModuleStateDict(module); }),
-      set_([&module](const Value& v, bool strict) { return LoadModuleStateDict(module, v, strict); }) {}
-
-Saveable::Saveable(torch::optim::Optimizer& optimizer)
-    : get_([&optimizer]() { return OptimizerStateDict(optimizer); }),
-      set_([&optimizer](const Value& v, bool) { return LoadOptimizerStateDict(optimizer, v); }) {}
-
-Saveable::Saveable(Engine& engine)
-    : get_([&engine]() -> absl::StatusOr<Value> { return EngineStateDict(engine); }),
-      set_([&engine](const Value& v, bool) { return LoadEngineStateDict(engine, v); }) {}
-
-Saveable::Saveable(Stateful& stateful)
-    : get_([&stateful]() -> absl::StatusOr<Value> { return stateful.StateDict(); }),
-      set_([&stateful](const Value& v, bool) { return stateful.LoadStateDict(v); }) {}
-
-Saveable::Saveable(std::function<absl::StatusOr<Value>()> state_dict,
-                   std::function<absl::Status(const Value&, bool)> load)
-    : get_(std::move(state_dict)), set_(std::move(load)) {}
-
 // ---- Checkpoint ------------------------------------------------------------------------
+
+dist::Communicator& Checkpoint::bound_communicator() const {
+  return comm_ != nullptr ? *comm_ : *dist::DefaultCommunicator();
+}
 
 Event Checkpoint::SavedCheckpointEvent() { return Event::Custom("SAVED_CHECKPOINT"); }
 
@@ -331,10 +296,16 @@ absl::Status Checkpoint::Flush(dist::Communicator& comm) {
 }
 
 absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
+  const absl::Time entered = absl::Now();
+  struct Blocked {
+    std::atomic<int64_t>& ns;
+    absl::Time since;
+    ~Blocked() { ns.fetch_add(absl::ToInt64Nanoseconds(absl::Now() - since), std::memory_order_relaxed); }
+  } blocked{blocked_ns_, entered};
   dist::Communicator& comm = engine.communicator();
-  if (expected_world_size_ > 0 && comm.world_size() != expected_world_size_) {
+  if (comm_ != nullptr && comm.world_size() != comm_->world_size()) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "Checkpoint: created for a job of ", expected_world_size_, " rank(s), but the engine it is attached to "
+        "Checkpoint: created for a job of ", comm_->world_size(), " rank(s), but the engine it is attached to "
         "agrees through a communicator of ", comm.world_size(), ": give that engine the job's communicator "
         "(create the World with ember::dist::LaunchWorld() before the engines, or call set_communicator())"));
   }
@@ -435,7 +406,11 @@ absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
     absl::Status started = dist::RunOnRoot(comm, options_.save_on_rank, deadline, [&]() -> absl::Status {
       auto copy = std::make_shared<Value>(CopyState(*checkpoint, &copy_cache_));
       copy_cache_ = *copy;  // reused by the next save, once this writer is done (Flush)
-      writer_ = std::thread([this, copy, save_then_remove]() { writer_status_ = save_then_remove(*copy); });
+      writer_ = std::thread([this, copy, save_then_remove]() {
+        const absl::Time start = absl::Now();
+        writer_status_ = save_then_remove(*copy);
+        background_ns_.fetch_add(absl::ToInt64Nanoseconds(absl::Now() - start), std::memory_order_relaxed);
+      });
       return absl::OkStatus();
     });
     EMBER_RETURN_IF_ERROR(started);
@@ -513,26 +488,7 @@ absl::Status Checkpoint::LoadStateDict(const Value& state) {
 }
 
 absl::Status Checkpoint::LoadObjects(const ObjectMap& to_load, const Value& checkpoint, bool strict) {
-  if (!checkpoint.is_dict()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "Argument checkpoint should be a dictionary (a loaded checkpoint), but given ", checkpoint.kind_name()));
-  }
-  if (to_load.size() == 1 && checkpoint.Find(to_load[0].first) == nullptr) {
-    return to_load[0].second.LoadStateDict(checkpoint, strict);
-  }
-  for (const auto& [name, object] : to_load) {
-    if (checkpoint.Find(name) == nullptr) {
-      std::vector<std::string> keys;
-      for (const Value& k : checkpoint.keys()) keys.push_back(k.DebugString());
-      return absl::InvalidArgumentError(absl::StrCat("Key '", name, "' from to_load is not found in the checkpoint: dict_keys([",
-                                                     absl::StrJoin(keys, ", "), "])"));
-    }
-  }
-  for (const auto& [name, object] : to_load) {
-    absl::Status s = object.LoadStateDict(*checkpoint.Find(name), strict);
-    if (!s.ok()) return absl::Status(s.code(), absl::StrCat("loading '", name, "': ", s.message()));
-  }
-  return absl::OkStatus();
+  return ember::LoadObjects(to_load, checkpoint, strict);
 }
 
 absl::StatusOr<std::optional<std::string>> Checkpoint::ResumeLatest(dist::Communicator& comm,
@@ -597,44 +553,6 @@ absl::StatusOr<std::optional<std::string>> Checkpoint::ResumeLatest(dist::Commun
   EMBER_RETURN_IF_ERROR(LoadObjects(to_load != nullptr ? *to_load : to_save_, checkpoint));
   if (loaded != nullptr) *loaded = std::move(checkpoint);
   return std::optional<std::string>(location);
-}
-
-absl::StatusOr<std::unique_ptr<Checkpoint>> CreateModelCheckpoint(ModelCheckpointOptions o,
-                                                                  ObjectMap to_save,
-                                                                  dist::Communicator* comm) {
-  if (to_save.empty()) return absl::InvalidArgumentError("No objects to checkpoint found.");
-  if (comm == nullptr) comm = dist::DefaultCommunicator();
-  EMBER_ASSIGN_OR_RETURN(std::unique_ptr<DiskSaver> saver,
-                         DiskSaver::Create({.dirname = o.dirname,
-                                            .atomic = o.atomic,
-                                            .create_dir = o.create_dir,
-                                            .require_empty = o.require_empty,
-                                            .save_on_rank = o.save_on_rank,
-                                            .fs = o.fs},
-                                           comm));
-  absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::Create(
-      std::move(to_save), std::shared_ptr<SaveHandler>(std::move(saver)),
-                            {.filename_prefix = o.filename_prefix,
-                             .score_function = o.score_function,
-                             .score_name = o.score_name,
-                             .n_saved = o.n_saved,
-                             .keep_last = o.keep_last,
-                             .global_step_transform = o.global_step_transform,
-                             .filename_pattern = o.filename_pattern,
-                             .include_self = o.include_self,
-                             .greater_or_equal = o.greater_or_equal,
-                             .save_on_rank = o.save_on_rank,
-                             .score_reduction = o.score_reduction,
-                             .async_save = o.async_save});
-  if (ckpt.ok()) (*ckpt)->set_expected_world_size(comm != nullptr ? comm->world_size() : 1);
-  return ckpt;
-}
-
-std::function<int64_t(const Engine&, Event)> GlobalStepFromEngine(const Engine& other) {
-  return [&other](const Engine&, Event event) -> int64_t {
-    absl::StatusOr<int64_t> v = other.EventAttributeValue(event);
-    return v.ok() ? *v : other.state().epoch;
-  };
 }
 
 }  // namespace ember

@@ -33,16 +33,19 @@
 // (and after a failure) they describe the files that are known to be durable. SAVED_CHECKPOINT
 // fires when the write has been started. Attach() registers a Flush() at the engine's COMPLETED.
 //
+// ModelCheckpoint (model_checkpoint.h) is this with its own DiskSaver, the usual way to make one.
+//
 // Example:
-//   auto saver = ember::DiskSaver::Create({.dirname = "runs/ckpt"}, &comm);
-//   auto ckpt = ember::Checkpoint::Create({{"model", model}, {"optimizer", optimizer}},
-//                                         *std::move(saver), {.n_saved = 2, .score_name = "acc"});
+//   auto saver = std::make_shared<ember::InMemorySaver>();
+//   auto ckpt = ember::Checkpoint::Create({{"model", model}, {"optimizer", optimizer}}, saver,
+//                                         {.score_name = "acc", .n_saved = 2});
 //   evaluator.On(ember::Events::Completed(), **ckpt);
 #ifndef EMBER_HANDLERS_CHECKPOINT_H_
 #define EMBER_HANDLERS_CHECKPOINT_H_
 
 #include <torch/torch.h>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -54,51 +57,16 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "distributed/communicator.h"
 #include "engine/engine.h"
 #include "engine/synchronized_handler.h"
 #include "handlers/save_handler.h"
+#include "handlers/saveable.h"
+#include "handlers/score.h"
+#include "handlers/serialization/value.h"
 #include "handlers/stateful.h"
-#include "handlers/value.h"
 
 namespace ember {
-
-// Something with a state_dict: a module, an optimizer, an engine, or a Stateful.
-class Saveable {
- public:
-  Saveable(torch::nn::Module& module);  // NOLINT: implicit by design
-  template <typename M>
-  Saveable(torch::nn::ModuleHolder<M>& holder) : Saveable(*holder) {}  // NOLINT
-  Saveable(torch::optim::Optimizer& optimizer);  // NOLINT
-  Saveable(Engine& engine);                      // NOLINT
-  Saveable(Stateful& stateful);                  // NOLINT
-  Saveable(std::function<absl::StatusOr<Value>()> state_dict,
-           std::function<absl::Status(const Value&, bool strict)> load);
-
-  absl::StatusOr<Value> StateDict() const { return get_(); }
-  absl::Status LoadStateDict(const Value& state, bool strict = true) const { return set_(state, strict); }
-
- private:
-  std::function<absl::StatusOr<Value>()> get_;
-  std::function<absl::Status(const Value&, bool)> set_;
-};
-
-using ObjectMap = std::vector<std::pair<std::string, Saveable>>;
-
-// A score: a number, remembering whether it is an integer or a bool (ignite formats those
-// without decimals: "3", "True").
-struct Score {
-  enum class Kind : uint8_t { kFloat, kInt, kBool };
-  double value = 0;
-  Kind kind = Kind::kFloat;
-  Score(double v) : value(v) {}                                  // NOLINT
-  Score(float v) : value(v) {}                                   // NOLINT
-  Score(int v) : value(v), kind(Kind::kInt) {}                   // NOLINT
-  Score(int64_t v) : value(static_cast<double>(v)), kind(Kind::kInt) {}  // NOLINT
-  Score(bool v) : value(v ? 1 : 0), kind(Kind::kBool) {}         // NOLINT
-};
-
-// ignite's score formatting: int -> "3", bool -> "True", float -> "%.4f" ("nan", "inf").
-std::string FormatScore(const Score& score);
 
 struct CheckpointOptions {
   std::string filename_prefix;
@@ -131,9 +99,10 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
                                                             std::shared_ptr<SaveHandler> save_handler,
                                                             CheckpointOptions options = {});
   ~Checkpoint() override;
-  // The world size of the job this checkpoint was created for (CreateModelCheckpoint sets it):
-  // saving from an engine whose communicator has another size is an error.
-  void set_expected_world_size(int n) { expected_world_size_ = n; }
+  // Binds the checkpoint to the job's communicator (ModelCheckpoint::Create does): saving from an
+  // engine whose communicator has another world size is then an error, and ResumeLatest() and
+  // Flush() without a communicator use this one. Unbound, they use dist::DefaultCommunicator().
+  void BindCommunicator(dist::Communicator* comm) { comm_ = comm; }
 
   // Fired (on the engine the checkpoint is attached to) after each successful save.
   static Event SavedCheckpointEvent();
@@ -162,18 +131,28 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
                                                           const ObjectMap* to_load = nullptr,
                                                           bool start_over_if_unusable = false,
                                                           Value* loaded = nullptr);
+  // The same through the bound communicator (see BindCommunicator).
+  absl::StatusOr<std::optional<std::string>> ResumeLatest() { return ResumeLatest(bound_communicator()); }
+
+  // Goodput accounting, cumulative since construction: the time this rank's training thread spent
+  // in this checkpointer's saves (the whole handler: waiting for the previous background write,
+  // the agreement on the outcome, the copy or the synchronous write), and the time the background
+  // writer spent writing (async_save; the saving rank only). Readable from any thread.
+  absl::Duration blocked_time() const { return absl::Nanoseconds(blocked_ns_.load(std::memory_order_relaxed)); }
+  absl::Duration background_write_time() const {
+    return absl::Nanoseconds(background_ns_.load(std::memory_order_relaxed));
+  }
 
   // Waits for an asynchronous save and returns its outcome on every rank (a collective).
   absl::Status Flush(dist::Communicator& comm);
+  absl::Status Flush() { return Flush(bound_communicator()); }
   void Reset();
 
   // {"_saved": [(priority, filename), ...]}
   Value StateDict() const override;
   absl::Status LoadStateDict(const Value& state) override;
 
-  // ignite's load_objects: one object whose key is not in the checkpoint takes the whole
-  // checkpoint; otherwise key by key (extra checkpoint keys are ignored, a missing one is an
-  // error). `strict` applies to modules.
+  // ignite's Checkpoint.load_objects; see LoadObjects in saveable.h.
   static absl::Status LoadObjects(const ObjectMap& to_load, const Value& checkpoint, bool strict = true);
 
   size_t num_values() const override { return 1; }
@@ -185,6 +164,7 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
 
  private:
   Checkpoint(ObjectMap to_save, std::shared_ptr<SaveHandler> save_handler, CheckpointOptions options);
+  dist::Communicator& bound_communicator() const;
   bool has_score() const { return options_.score_function || !options_.score_name.empty(); }
   std::string ObjectName() const;
   std::string Basename() const;
@@ -194,7 +174,7 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
   absl::Status RestoreFromHandler(dist::Communicator& comm);
 
   ObjectMap to_save_;
-  int expected_world_size_ = 0;  // CreateModelCheckpoint's communicator's; 0: not checked
+  dist::Communicator* comm_ = nullptr;  // BindCommunicator's; its world size is checked at saves
   std::shared_ptr<SaveHandler> save_handler_;
   CheckpointOptions options_;
   std::vector<Item> saved_;
@@ -207,41 +187,8 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
   absl::Status writer_status_;
   std::optional<std::vector<Item>> pending_saved_;  // saved_ once the background save succeeds
   Value copy_cache_;                         // the last copy; its buffers are reused
+  std::atomic<int64_t> blocked_ns_{0}, background_ns_{0};
 };
-
-struct ModelCheckpointOptions {
-  std::string dirname;
-  std::string filename_prefix;
-  std::function<Score(const Engine&)> score_function;
-  std::string score_name;
-  std::optional<int> n_saved = 1;
-  int keep_last = 0;
-  bool atomic = true;
-  bool require_empty = true;
-  bool create_dir = true;
-  std::function<int64_t(const Engine&, Event)> global_step_transform;
-  std::string filename_pattern;
-  bool include_self = false;
-  bool greater_or_equal = false;
-  int save_on_rank = 0;
-  dist::Reduction score_reduction = dist::Reduction::kMean;
-  bool async_save = false;
-  FileSystem* fs = nullptr;
-};
-
-// ignite's ModelCheckpoint: a Checkpoint with its own DiskSaver. `comm` (default: the process's
-// default communicator, i.e. the World of dist::LaunchWorld(), else this process alone; every
-// rank calls this) gives every rank the saving rank's verdict on the directory. The checkpoint
-// then refuses to save from an engine whose communicator has another world size (e.g. an
-// evaluator left on a single-process communicator in a multi-rank job), naming both sizes.
-absl::StatusOr<std::unique_ptr<Checkpoint>> CreateModelCheckpoint(ModelCheckpointOptions options,
-                                                                  ObjectMap to_save,
-                                                                  dist::Communicator* comm = nullptr);
-
-// ignite's global_step_from_engine: the other engine's counter for the event the checkpoint's
-// engine is at (its epoch at EPOCH_*/COMPLETED, its iteration at ITERATION_*); falls back to the
-// epoch for events without a counter (ignite HEAD's fallback_attr="epoch").
-std::function<int64_t(const Engine&, Event)> GlobalStepFromEngine(const Engine& other);
 
 }  // namespace ember
 

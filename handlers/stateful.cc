@@ -2,7 +2,9 @@
 
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -321,7 +323,30 @@ static absl::Status LoadOptimizerStateDictImpl(torch::optim::Optimizer& optimize
   return absl::OkStatus();
 }
 
-Value EngineStateDict(const Engine& engine) { return Value::FromStateDict(engine.GetStateDict()); }
+namespace {
+
+// The engine's scalar state_dict as a Value dict.
+Value FromStateDict(const StateDict& d) {
+  Value out = Value::Dict(/*ordered=*/true);
+  for (const auto& [key, scalar] : d.items()) {
+    Value v = std::visit(
+        [](const auto& x) -> Value {
+          using T = std::decay_t<decltype(x)>;
+          if constexpr (std::is_same_v<T, std::monostate>) {
+            return Value();
+          } else {
+            return Value(x);
+          }
+        },
+        scalar);
+    out.Set(key, std::move(v));
+  }
+  return out;
+}
+
+}  // namespace
+
+Value EngineStateDict(const Engine& engine) { return FromStateDict(engine.GetStateDict()); }
 
 absl::Status LoadEngineStateDict(Engine& engine, const Value& state) {
   if (!state.is_dict()) {

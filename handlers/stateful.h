@@ -20,7 +20,7 @@
 
 #include "absl/status/status.h"
 #include "engine/engine.h"
-#include "handlers/value.h"
+#include "handlers/serialization/value.h"
 
 namespace ember {
 

@@ -12,7 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "handlers/value.h"
+#include "handlers/serialization/value.h"
 
 namespace ember {
 namespace {

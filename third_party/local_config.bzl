@@ -1,7 +1,12 @@
 """Detects LibTorch and CUDA/NCCL on the build machine (no network, no downloads).
 
-LibTorch: $LIBTORCH_HOME (a libtorch tree with include/ and lib/), else Debian's libtorch-dev
-under /usr. CUDA/NCCL: $CUDA_HOME, else /usr/local/cuda; NCCL is used when both include/nccl.h
+LibTorch: $LIBTORCH_HOME (a libtorch tree with include/ and lib/, or the `torch` folder of a
+Python installation of PyTorch 2.x, which holds the same), else Debian's libtorch-dev under /usr.
+A LibTorch with lib/libtorch_cuda.so is linked with its CUDA libraries (kept with
+--no-as-needed: nothing names their symbols, yet they register the CUDA kernels), and the C++
+ABI it was built with (share/cmake/Torch/TorchConfig.cmake) is checked against this build's:
+Debian's Abseil, GoogleTest and glog use the C++11 ABI, so a LibTorch built with
+_GLIBCXX_USE_CXX11_ABI=0 cannot link with them and the build says so. CUDA/NCCL: $CUDA_HOME, else /usr/local/cuda; NCCL is used when both include/nccl.h
 and lib64/libnccl.so exist there. The generated @ember_config repository holds:
   //:torch        LibTorch headers and link flags
   //:nccl         NCCL + CUDA runtime (an empty library when they are absent)
@@ -17,6 +22,17 @@ def _detect_libtorch(rctx):
         return home
     if rctx.path("/usr/include/torch/csrc/api/include/torch/torch.h").exists:
         return "/usr"
+    return ""
+
+def _torch_abi(rctx, home):
+    """The _GLIBCXX_USE_CXX11_ABI value LibTorch at `home` was built with, or "" if unknown."""
+    config = rctx.path(home + "/share/cmake/Torch/TorchConfig.cmake")
+    if not config.exists:
+        return ""
+    text = rctx.read(config)
+    for abi in ["0", "1"]:
+        if "_GLIBCXX_USE_CXX11_ABI=" + abi in text:
+            return abi
     return ""
 
 def _detect_nccl(rctx):
@@ -48,13 +64,19 @@ def _ember_config_impl(rctx):
     linkopts = ["-ltorch", "-ltorch_cpu", "-lc10"],
 )""")
     elif torch_home:
+        if _torch_abi(rctx, torch_home) == "0":
+            fail("LIBTORCH_HOME=%s was built with _GLIBCXX_USE_CXX11_ABI=0 (its TorchConfig.cmake says so); " % torch_home +
+                 "Ember links Debian's Abseil and GoogleTest, built with the C++11 ABI: use a LibTorch built with " +
+                 "_GLIBCXX_USE_CXX11_ABI=1 (the cxx11-abi libtorch archives, PyTorch >= 2.7 wheels)")
+        torch_cuda = rctx.path(torch_home + "/lib/libtorch_cuda.so").exists
+        cuda_libs = '"-Wl,--no-as-needed", "-ltorch_cuda", "-lc10_cuda", "-Wl,--as-needed", ' if torch_cuda else ""
         rctx.symlink(torch_home + "/include", "torch_include")
         build.append("""cc_library(
     name = "torch",
     hdrs = glob(["torch_include/**/*.h"]),
     includes = ["torch_include", "torch_include/torch/csrc/api/include"],
-    linkopts = ["-L{lib}", "-Wl,-rpath,{lib}", "-ltorch", "-ltorch_cpu", "-lc10"],
-)""".format(lib = torch_home + "/lib"))
+    linkopts = ["-L{lib}", "-Wl,-rpath,{lib}", {cuda}"-ltorch", "-ltorch_cpu", "-lc10"],
+)""".format(lib = torch_home + "/lib", cuda = cuda_libs))
     else:
         rctx.file("torch_missing.cc", "#error LibTorch not found: run tools/setup.sh (libtorch-dev) or set LIBTORCH_HOME\n")
         build.append(_TORCH_MISSING)
@@ -76,6 +98,7 @@ def _ember_config_impl(rctx):
         "HAVE_NCCL = %s" % ("True" if cuda_home else "False"),
         'CUDA_HOME = "%s"' % cuda_home,
         'LIBTORCH_HOME = "%s"' % torch_home,
+        "TORCH_CUDA = %s" % ("True" if torch_home and rctx.path(torch_home + "/lib/libtorch_cuda.so").exists else "False"),
         "",
     ]))
 

@@ -219,6 +219,7 @@ TEST(RunOutcome, SaysCompletedTerminatedByWhomOrFailed) {
   ASSERT_TRUE(engine.Run(data, {.max_epochs = 2}).ok());
   EXPECT_TRUE(engine.outcome().completed());
   EXPECT_EQ(engine.outcome().iteration, 6);
+  EXPECT_EQ(engine.outcome().Summary(), "completed at epoch 2");
 
   Engine stopped([](Engine&, const int&) {});
   stopped.On(Events::IterationCompleted(), [](Engine& e) {
@@ -232,6 +233,7 @@ TEST(RunOutcome, SaysCompletedTerminatedByWhomOrFailed) {
   EXPECT_EQ(*o.terminated_at, Events::IterationCompleted());
   EXPECT_EQ(o.iteration, 4);
   EXPECT_EQ(o.epoch, 2);
+  EXPECT_EQ(o.Summary(), "terminated by NanGuard at epoch 2");
 
   Engine failing([](Engine& e, const int&) -> absl::Status {
     return e.state().iteration == 2 ? absl::InternalError("boom") : absl::OkStatus();
@@ -239,6 +241,8 @@ TEST(RunOutcome, SaysCompletedTerminatedByWhomOrFailed) {
   EXPECT_FALSE(failing.Run(data).ok());
   EXPECT_EQ(failing.outcome().kind, Engine::RunOutcome::Kind::kFailed);
   EXPECT_THAT(std::string(failing.outcome().status.message()), HasSubstr("boom"));
+  EXPECT_THAT(failing.outcome().Summary(), HasSubstr("failed at epoch 1: "));
+  EXPECT_THAT(failing.outcome().Summary(), HasSubstr("boom"));
   // A later run that completes says so (the outcome is the last run's).
   Engine again([](Engine& e, const int&) {});
   bool stop_once = true;
@@ -250,6 +254,42 @@ TEST(RunOutcome, SaysCompletedTerminatedByWhomOrFailed) {
   EXPECT_EQ(again.outcome().terminated_by, "");
   ASSERT_TRUE(again.Run(data, {.max_epochs = 2}).ok());
   EXPECT_TRUE(again.outcome().completed());
+}
+
+// ---- Synchronize: one synchronized handler outside a run (issue 14) ------------------------
+
+class SumOfRanks final : public SynchronizedHandler {
+ public:
+  size_t num_values() const override { return 1; }
+  dist::Reduction reduction(size_t) const override { return dist::Reduction::kSum; }
+  absl::Status Propose(Engine& e, absl::Span<double> v) override {
+    v[0] = e.communicator().rank() + 1;
+    return absl::OkStatus();
+  }
+  absl::Status Decide(Engine&, const Agreement& a) override {
+    agreed = a.value(0);
+    return absl::OkStatus();
+  }
+  double agreed = 0;
+};
+
+TEST(Synchronize, ReducesOneHandlersProposalAcrossRanksOutsideARun) {
+  dist::testing::FakeWorld world(2);
+  SumOfRanks handlers[2];
+  world.RunOnEveryRank([&](dist::Communicator& c) {
+    Engine engine([](Engine&, const int&) {});
+    engine.set_communicator(&c);
+    std::vector<int> data = {1, 2};
+    ASSERT_TRUE(engine.Run(data).ok());
+    ASSERT_TRUE(engine.Synchronize(handlers[c.rank()]).ok());
+  });
+  EXPECT_EQ(handlers[0].agreed, 3);
+  EXPECT_EQ(handlers[1].agreed, 3);
+  // Inside a run it is refused.
+  Engine engine([&handlers](Engine& e, const int&) -> absl::Status { return e.Synchronize(handlers[0]); });
+  std::vector<int> data = {1};
+  absl::Status s = engine.Run(data);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("Synchronize() is for use outside Run()"));
 }
 
 // ---- The default communicator and the multi-rank guard (issue 11) ----------------------------

@@ -22,8 +22,11 @@
 #include "distributed/testing/fake_world.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "handlers/save_handler.h"
-#include "handlers/torch_serialization.h"
+#include "handlers/disk_saver.h"
+#include "handlers/global_step.h"
+#include "handlers/in_memory_saver.h"
+#include "handlers/model_checkpoint.h"
+#include "handlers/serialization/torch_save.h"
 #include "nlohmann/json.hpp"
 #include "tests/conformance/golden.h"
 
@@ -170,11 +173,11 @@ TEST(CheckpointConformance, NanScoreIsReplaceable) {
   const std::string dir = TempDir("nan_score");
   std::vector<double> scores = {std::nan(""), 0.5, 0.9, 0.7};
   ValueObject model(1);
-  auto ckpt = CreateModelCheckpoint(
-      {.dirname = dir,
-       .score_function = [&](const Engine& e) { return Score(scores[e.state().epoch - 1]); },
-       .score_name = "acc",
-       .global_step_transform = [](const Engine& e, Event) { return e.state().epoch; }},
+  auto ckpt = ModelCheckpoint::Create(
+      {.disk = {.dirname = dir},
+       .checkpoint = {.score_function = [&](const Engine& e) { return Score(scores[e.state().epoch - 1]); },
+                      .score_name = "acc",
+                      .global_step_transform = [](const Engine& e, Event) { return e.state().epoch; }}},
       {{"model", model}});
   ASSERT_TRUE(ckpt.ok());
   std::vector<int> data = {0, 1};
@@ -208,7 +211,7 @@ TEST(CheckpointConformance, ModelCheckpointIterationDefaultAndContent) {
   json g = Golden("ckpt_last_k_iteration_default");
   const std::string dir = TempDir("last_k");
   ValueObject model(3);
-  auto ckpt = CreateModelCheckpoint({.dirname = dir, .filename_prefix = "run", .n_saved = 2}, {{"model", model}});
+  auto ckpt = ModelCheckpoint::Create({.disk = {.dirname = dir}, .checkpoint = {.filename_prefix = "run", .n_saved = 2}}, {{"model", model}});
   ASSERT_TRUE(ckpt.ok()) << ckpt.status();
   std::vector<int> data = {0, 1, 2};
   Engine trainer(Identity);
@@ -227,7 +230,7 @@ TEST(CheckpointConformance, EveryTwoEpochsDocstringAndKeepAll) {
   json g = Golden("ckpt_every2_docstring");
   const std::string dir = TempDir("every2");
   ValueObject model(1);
-  auto ckpt = CreateModelCheckpoint({.dirname = dir, .filename_prefix = "myprefix", .n_saved = 2, .require_empty = false},
+  auto ckpt = ModelCheckpoint::Create({.disk = {.dirname = dir, .require_empty = false}, .checkpoint = {.filename_prefix = "myprefix", .n_saved = 2}},
                                     {{"mymodel", model}});
   ASSERT_TRUE(ckpt.ok());
   std::vector<int> data(5, 0);
@@ -238,7 +241,7 @@ TEST(CheckpointConformance, EveryTwoEpochsDocstringAndKeepAll) {
 
   json all = Golden("ckpt_n_saved_none_keeps_all");
   const std::string dir2 = TempDir("keep_all");
-  auto keep = CreateModelCheckpoint({.dirname = dir2, .filename_prefix = "all", .n_saved = std::nullopt},
+  auto keep = ModelCheckpoint::Create({.disk = {.dirname = dir2}, .checkpoint = {.filename_prefix = "all", .n_saved = std::nullopt}},
                                     {{"model", model}});
   ASSERT_TRUE(keep.ok());
   std::vector<int> data2(4, 0);
@@ -302,10 +305,11 @@ TEST(CheckpointConformance, LastCheckpointIsBestLatestIsMostRecent) {
   const std::string dir = TempDir("best_not_latest");
   std::vector<double> scores = {0.9, 0.1, 0.2};
   ValueObject model(1);
-  auto ckpt = CreateModelCheckpoint(
-      {.dirname = dir, .score_function = [&](const Engine& e) { return Score(scores[e.state().epoch - 1]); },
-       .score_name = "acc", .n_saved = 3,
-       .global_step_transform = [](const Engine& e, Event) { return e.state().epoch; }},
+  auto ckpt = ModelCheckpoint::Create(
+      {.disk = {.dirname = dir},
+       .checkpoint = {.score_function = [&](const Engine& e) { return Score(scores[e.state().epoch - 1]); },
+                      .score_name = "acc", .n_saved = 3,
+                      .global_step_transform = [](const Engine& e, Event) { return e.state().epoch; }}},
       {{"model", model}});
   std::vector<int> data = {0};
   Engine trainer(Identity);
@@ -327,8 +331,7 @@ TEST(CheckpointConformance, GlobalStepFromTrainerOnEvaluator) {
   Engine evaluator(Identity);
   trainer.On(Events::EpochCompleted(), [&] { ASSERT_TRUE(evaluator.Run(val).ok()); });
   evaluator.On(Events::Completed(), [&](Engine& e) { e.state().metrics["acc"] = acc[trainer.state().epoch - 1]; });
-  auto ckpt = CreateModelCheckpoint({.dirname = dir, .filename_prefix = "best", .score_name = "acc", .n_saved = 2,
-                                     .global_step_transform = GlobalStepFromEngine(trainer)},
+  auto ckpt = ModelCheckpoint::Create({.disk = {.dirname = dir}, .checkpoint = {.filename_prefix = "best", .score_name = "acc", .n_saved = 2, .global_step_transform = GlobalStepFromEngine(trainer)}},
                                     {{"model", model}});
   ASSERT_TRUE(ckpt.ok());
   evaluator.On(Events::Completed(), **ckpt);
@@ -350,7 +353,7 @@ TEST(CheckpointConformance, FailedSaveKeepsThePreviousCheckpoint) {
                      return model.StateDict();
                    },
                    [](const Value&, bool) { return absl::OkStatus(); });
-  auto ckpt = CreateModelCheckpoint({.dirname = dir}, {{"model", failing}});
+  auto ckpt = ModelCheckpoint::Create({.disk = {.dirname = dir}}, {{"model", failing}});
   ASSERT_TRUE(ckpt.ok());
   std::vector<int> data = {0};
   Engine trainer([&](Engine& e, const int&) { model.v_ = e.state().epoch; });
@@ -392,10 +395,10 @@ TEST(CheckpointConformance, FileContentSingleVsMulti) {
   ValueObject extra(42);
   std::vector<int> data = {0, 1, 2};
   Engine trainer(Identity);
-  auto single = CreateModelCheckpoint({.dirname = dir, .filename_prefix = "single"}, {{"model", model}});
-  auto multi = CreateModelCheckpoint({.dirname = dir, .filename_prefix = "multi", .require_empty = false},
+  auto single = ModelCheckpoint::Create({.disk = {.dirname = dir}, .checkpoint = {.filename_prefix = "single"}}, {{"model", model}});
+  auto multi = ModelCheckpoint::Create({.disk = {.dirname = dir, .require_empty = false}, .checkpoint = {.filename_prefix = "multi"}},
                                      {{"model", model}, {"trainer", trainer}, {"extra", extra}});
-  auto self = CreateModelCheckpoint({.dirname = dir, .filename_prefix = "single_self", .require_empty = false, .include_self = true},
+  auto self = ModelCheckpoint::Create({.disk = {.dirname = dir, .require_empty = false}, .checkpoint = {.filename_prefix = "single_self", .include_self = true}},
                                     {{"model", model}});
   ASSERT_TRUE(single.ok() && multi.ok() && self.ok());
   trainer.On(Events::Completed(), **single);
@@ -462,7 +465,7 @@ TEST(CheckpointConformance, ResetBetweenRuns) {
   json g = Golden("ckpt_reset_between_runs")["expected"];
   const std::string dir = TempDir("reset");
   ValueObject model(1);
-  auto ckpt = CreateModelCheckpoint({.dirname = dir, .filename_prefix = "PREFIX", .n_saved = 2}, {{"model", model}});
+  auto ckpt = ModelCheckpoint::Create({.disk = {.dirname = dir}, .checkpoint = {.filename_prefix = "PREFIX", .n_saved = 2}}, {{"model", model}});
   std::vector<int> data = {0, 1};
   Engine trainer(Identity);
   trainer.On(Events::EpochCompleted(), **ckpt);
@@ -524,7 +527,7 @@ TEST(CheckpointCrashSafety, EveryFailedStepOfASaveThenACrashLosesNothing) {
       const std::string dir = TempDir("crash_count");
       testing::FaultInjectionFileSystem fs;
       ValueObject model(1);
-      auto ckpt = CreateModelCheckpoint({.dirname = dir, .n_saved = 1, .fs = &fs}, {{"model", model}});
+      auto ckpt = ModelCheckpoint::Create({.disk = {.dirname = dir, .fs = &fs}, .checkpoint = {.n_saved = 1}}, {{"model", model}});
       std::vector<int> data = {0};
       Engine trainer(Identity);
       trainer.On(Events::EpochCompleted(), **ckpt);
@@ -539,7 +542,7 @@ TEST(CheckpointCrashSafety, EveryFailedStepOfASaveThenACrashLosesNothing) {
       const std::string dir = TempDir("crash");
       testing::FaultInjectionFileSystem fs;
       ValueObject model(1);
-      auto ckpt = CreateModelCheckpoint({.dirname = dir, .n_saved = 1, .fs = &fs}, {{"model", model}});
+      auto ckpt = ModelCheckpoint::Create({.disk = {.dirname = dir, .fs = &fs}, .checkpoint = {.n_saved = 1}}, {{"model", model}});
       ASSERT_TRUE(ckpt.ok()) << ckpt.status();
       std::vector<int> data = {0};
       Engine trainer([&](Engine& e, const int&) { model.v_ = e.state().epoch; });
@@ -579,17 +582,16 @@ TEST(CheckpointRestart, ResumedRunKeepsCountingAndNeverTouchesForeignFiles) {
   ValueObject model(1);
   auto options = [&](bool require_empty) {
     return ModelCheckpointOptions{
-        .dirname = dir,
-        .score_function = [&](const Engine& e) { return Score(scores[e.state().epoch - 1]); },
-        .score_name = "acc",
-        .n_saved = 2,
-        .keep_last = 1,
-        .require_empty = require_empty,
-        .global_step_transform = [](const Engine& e, Event) { return e.state().epoch; }};
+        .disk = {.dirname = dir, .require_empty = require_empty},
+        .checkpoint = {.score_function = [&](const Engine& e) { return Score(scores[e.state().epoch - 1]); },
+                       .score_name = "acc",
+                       .n_saved = 2,
+                       .keep_last = 1,
+                       .global_step_transform = [](const Engine& e, Event) { return e.state().epoch; }}};
   };
   std::vector<int> data = {0};
   {
-    auto ckpt = CreateModelCheckpoint(options(true), {{"model", model}});
+    auto ckpt = ModelCheckpoint::Create(options(true), {{"model", model}});
     Engine trainer(Identity);
     trainer.On(Events::EpochCompleted(), **ckpt);
     ASSERT_TRUE(trainer.Run(data, {.max_epochs = 4}).ok());
@@ -600,7 +602,7 @@ TEST(CheckpointRestart, ResumedRunKeepsCountingAndNeverTouchesForeignFiles) {
   ASSERT_TRUE(WriteFileAtomically(FileSystem::Default(), dir + "/notes.pt", [](const AppendFn& a) { return a("x", 1); }).ok());
   ASSERT_TRUE(WriteFileAtomically(FileSystem::Default(), dir + "/.model_5_acc=0.2000.pt.ember-tmp",
                                   [](const AppendFn& a) { return a("torn", 4); }).ok());
-  auto ckpt = CreateModelCheckpoint(options(false), {{"model", model}});
+  auto ckpt = ModelCheckpoint::Create(options(false), {{"model", model}});
   ASSERT_TRUE(ckpt.ok());
   Engine trainer(Identity);
   ASSERT_TRUE(trainer.LoadStateDict({{"epoch", int64_t{4}}, {"max_epochs", int64_t{7}}, {"epoch_length", int64_t{1}}}).ok());
@@ -621,7 +623,7 @@ TEST(CheckpointRestart, ResumeSkipsACorruptNewestCheckpoint) {
   torch::nn::Linear model(3, 2);
   std::vector<int> data = {0};
   {
-    auto ckpt = CreateModelCheckpoint({.dirname = dir, .n_saved = 3}, {{"model", model}});
+    auto ckpt = ModelCheckpoint::Create({.disk = {.dirname = dir}, .checkpoint = {.n_saved = 3}}, {{"model", model}});
     Engine trainer([&](Engine&, const int&) {
       torch::NoGradGuard g;
       model->weight.add_(1.0);
@@ -635,7 +637,7 @@ TEST(CheckpointRestart, ResumeSkipsACorruptNewestCheckpoint) {
   bytes[bytes.size() / 2] ^= 0x40;
   ASSERT_TRUE(WriteFileAtomically(FileSystem::Default(), newest, [&](const AppendFn& a) { return a(bytes.data(), bytes.size()); }).ok());
   torch::nn::Linear fresh(3, 2);
-  auto ckpt = CreateModelCheckpoint({.dirname = dir, .n_saved = 3, .require_empty = false}, {{"model", fresh}});
+  auto ckpt = ModelCheckpoint::Create({.disk = {.dirname = dir, .require_empty = false}, .checkpoint = {.n_saved = 3}}, {{"model", fresh}});
   Engine trainer(Identity);
   auto resumed = (*ckpt)->ResumeLatest(trainer.communicator());
   ASSERT_TRUE(resumed.ok()) << resumed.status();
@@ -650,7 +652,7 @@ TEST(CheckpointWorld, RefusesAnEngineOnAnotherWorldSize) {
   torch::nn::Linear model(2, 2);
   std::unique_ptr<Checkpoint> ckpts[2];
   world.RunOnEveryRank([&](dist::Communicator& c) {
-    auto made = CreateModelCheckpoint({.dirname = dir, .n_saved = 1}, {{"model", model}}, &c);
+    auto made = ModelCheckpoint::Create({.disk = {.dirname = dir}, .checkpoint = {.n_saved = 1}}, {{"model", model}}, &c);
     ASSERT_TRUE(made.ok()) << made.status();
     ckpts[c.rank()] = *std::move(made);
   });
@@ -664,11 +666,37 @@ TEST(CheckpointWorld, RefusesAnEngineOnAnotherWorldSize) {
   EXPECT_THAT(Files(dir), ElementsAre());
 }
 
+TEST(ModelCheckpointOptions, SavingRankIsSetOnceAndResumeUsesTheBoundCommunicator) {
+  const std::string dir = TempDir("model_checkpoint_options");
+  torch::nn::Linear model(2, 2);
+  auto bad = ModelCheckpoint::Create({.disk = {.dirname = dir, .save_on_rank = 1}, .checkpoint = {.save_on_rank = 0}},
+                                     {{"model", model}});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status().message()),
+              HasSubstr("disk.save_on_rank (1) differs from checkpoint.save_on_rank (0)"));
+  // Bound to a 2-rank world: ResumeLatest() with no argument is a collective on that world.
+  dist::testing::FakeWorld world(2);
+  std::unique_ptr<Checkpoint> ckpts[2];
+  world.RunOnEveryRank([&](dist::Communicator& c) {
+    auto made = ModelCheckpoint::Create({.disk = {.dirname = dir}, .checkpoint = {.save_on_rank = 1}},
+                                        {{"model", model}}, &c);
+    ASSERT_TRUE(made.ok()) << made.status();
+    ckpts[c.rank()] = *std::move(made);
+    EXPECT_EQ(ckpts[c.rank()]->save_handler().Location("x.pt"), JoinPath(dir, "x.pt"));
+  });
+  world.RunOnEveryRank([&](dist::Communicator& c) {
+    auto resumed = ckpts[c.rank()]->ResumeLatest();
+    ASSERT_TRUE(resumed.ok()) << resumed.status();
+    EXPECT_FALSE(resumed->has_value());  // a fresh start, agreed by both ranks
+  });
+}
+
 TEST(CheckpointAsync, BackgroundSaveErrorsSurfaceAtFlush) {
   const std::string dir = TempDir("async");
   testing::FaultInjectionFileSystem fs;
   torch::nn::Linear model(4, 4);
-  auto ckpt = CreateModelCheckpoint({.dirname = dir, .n_saved = 2, .async_save = true, .fs = &fs}, {{"model", model}});
+  auto ckpt = ModelCheckpoint::Create({.disk = {.dirname = dir, .fs = &fs}, .checkpoint = {.n_saved = 2, .async_save = true}}, {{"model", model}});
   ASSERT_TRUE(ckpt.ok());
   std::vector<int> data = {0};
   Engine trainer([&](Engine&, const int&) {
@@ -722,7 +750,7 @@ TEST(CheckpointAsync, TheCopyIsolatesLaterUpdates) {
       updated_future.wait();  // the training thread has modified the weights meanwhile
     }
   });
-  auto ckpt = CreateModelCheckpoint({.dirname = dir, .n_saved = 2, .async_save = true, .fs = &fs}, {{"model", model}});
+  auto ckpt = ModelCheckpoint::Create({.disk = {.dirname = dir, .fs = &fs}, .checkpoint = {.n_saved = 2, .async_save = true}}, {{"model", model}});
   ASSERT_TRUE(ckpt.ok());
   std::vector<int> data = {0};
   Engine trainer([&](Engine& e, const int&) {
@@ -747,7 +775,7 @@ TEST(CheckpointCrashSafety, TheCreatedDirectorySurvivesAPowerLoss) {
   const std::string dir = JoinPath(root, "runs/a/ckpt");
   testing::FaultInjectionFileSystem fs;
   torch::nn::Linear model(2, 2);
-  auto ckpt = CreateModelCheckpoint({.dirname = dir, .n_saved = 1, .fs = &fs}, {{"model", model}});
+  auto ckpt = ModelCheckpoint::Create({.disk = {.dirname = dir, .fs = &fs}, .checkpoint = {.n_saved = 1}}, {{"model", model}});
   ASSERT_TRUE(ckpt.ok()) << ckpt.status();
   Engine trainer(Identity);
   trainer.On(Events::EpochCompleted(), **ckpt);
@@ -788,7 +816,7 @@ TEST(CheckpointRestart, ReadErrorOnResumeFallsBackAndDeletesNothing) {
   torch::nn::Linear model(3, 2);
   std::vector<int> data = {0};
   {
-    auto ckpt = CreateModelCheckpoint({.dirname = dir, .n_saved = 2}, {{"model", model}});
+    auto ckpt = ModelCheckpoint::Create({.disk = {.dirname = dir}, .checkpoint = {.n_saved = 2}}, {{"model", model}});
     Engine trainer(Identity);
     trainer.On(Events::EpochCompleted(), **ckpt);
     ASSERT_TRUE(trainer.Run(data, {.max_epochs = 2}).ok());
@@ -796,7 +824,7 @@ TEST(CheckpointRestart, ReadErrorOnResumeFallsBackAndDeletesNothing) {
   testing::FaultInjectionFileSystem fs;
   fs.FailReads("model_2.pt", absl::InternalError("Input/output error"));
   torch::nn::Linear fresh(3, 2);
-  auto ckpt = CreateModelCheckpoint({.dirname = dir, .n_saved = 2, .require_empty = false, .fs = &fs}, {{"model", fresh}});
+  auto ckpt = ModelCheckpoint::Create({.disk = {.dirname = dir, .require_empty = false, .fs = &fs}, .checkpoint = {.n_saved = 2}}, {{"model", fresh}});
   ASSERT_TRUE(ckpt.ok());
   Engine trainer(Identity);
   auto resumed = (*ckpt)->ResumeLatest(trainer.communicator());
@@ -832,8 +860,7 @@ TEST(CheckpointRestart, ACorruptBestIsMovedAsideNeverRankedNorReported) {
   std::vector<double> scores = {0.5, 0.9, 0.7, 0.6};
   auto score = [&](const Engine& e) { return Score(scores[static_cast<size_t>(e.state().epoch) - 1]); };
   {
-    auto ckpt = CreateModelCheckpoint({.dirname = dir, .score_function = score, .score_name = "acc", .n_saved = 3,
-                                       .global_step_transform = [](const Engine& e, Event) { return e.state().epoch; }},
+    auto ckpt = ModelCheckpoint::Create({.disk = {.dirname = dir}, .checkpoint = {.score_function = score, .score_name = "acc", .n_saved = 3, .global_step_transform = [](const Engine& e, Event) { return e.state().epoch; }}},
                                       {{"model", model}});
     Engine trainer(Identity);
     trainer.On(Events::EpochCompleted(), **ckpt);
@@ -842,9 +869,7 @@ TEST(CheckpointRestart, ACorruptBestIsMovedAsideNeverRankedNorReported) {
   FlipInsideTensor(JoinPath(dir, "model_2_acc=0.9000.pt"));
 
   torch::nn::Linear fresh(3, 2);
-  auto ckpt = CreateModelCheckpoint({.dirname = dir, .score_function = score, .score_name = "acc", .n_saved = 3,
-                                     .require_empty = false,
-                                     .global_step_transform = [](const Engine& e, Event) { return e.state().epoch; }},
+  auto ckpt = ModelCheckpoint::Create({.disk = {.dirname = dir, .require_empty = false}, .checkpoint = {.score_function = score, .score_name = "acc", .n_saved = 3, .global_step_transform = [](const Engine& e, Event) { return e.state().epoch; }}},
                                     {{"model", fresh}});
   ASSERT_TRUE(ckpt.ok());
   Engine trainer(Identity);
@@ -871,21 +896,21 @@ TEST(CheckpointRestart, OnlyCorruptFilesFailUnlessStartingOver) {
   FillMarker(model);
   std::vector<int> data = {0};
   {
-    auto ckpt = CreateModelCheckpoint({.dirname = dir, .n_saved = 2}, {{"model", model}});
+    auto ckpt = ModelCheckpoint::Create({.disk = {.dirname = dir}, .checkpoint = {.n_saved = 2}}, {{"model", model}});
     Engine trainer(Identity);
     trainer.On(Events::EpochCompleted(), **ckpt);
     ASSERT_TRUE(trainer.Run(data, {.max_epochs = 2}).ok());
   }
   for (const char* name : {"model_1.pt", "model_2.pt"}) FlipInsideTensor(JoinPath(dir, name));
   torch::nn::Linear fresh(3, 2);
-  auto ckpt = CreateModelCheckpoint({.dirname = dir, .n_saved = 2, .require_empty = false}, {{"model", fresh}});
+  auto ckpt = ModelCheckpoint::Create({.disk = {.dirname = dir, .require_empty = false}, .checkpoint = {.n_saved = 2}}, {{"model", fresh}});
   Engine trainer(Identity);
   auto resumed = (*ckpt)->ResumeLatest(trainer.communicator());
   EXPECT_EQ(resumed.status().code(), absl::StatusCode::kFailedPrecondition) << resumed.status();
   EXPECT_THAT(std::string(resumed.status().message()), HasSubstr("model_1.pt"));
   EXPECT_THAT(std::string(resumed.status().message()), HasSubstr("model_2.pt"));
   EXPECT_THAT(Files(dir), ElementsAre("model_1.pt.corrupt", "model_2.pt.corrupt"));
-  auto again = CreateModelCheckpoint({.dirname = dir, .n_saved = 2, .require_empty = false}, {{"model", fresh}});
+  auto again = ModelCheckpoint::Create({.disk = {.dirname = dir, .require_empty = false}, .checkpoint = {.n_saved = 2}}, {{"model", fresh}});
   auto fresh_start = (*again)->ResumeLatest(trainer.communicator(), nullptr, /*start_over_if_unusable=*/true);
   ASSERT_TRUE(fresh_start.ok()) << fresh_start.status();
   EXPECT_FALSE(fresh_start->has_value());

@@ -9,8 +9,8 @@
 #include <string>
 
 #include "handlers/stateful.h"
-#include "handlers/torch_serialization.h"
-#include "handlers/value.h"
+#include "handlers/serialization/torch_save.h"
+#include "handlers/serialization/value.h"
 #include "tests/handlers/interop_recipe.h"
 
 namespace ember {

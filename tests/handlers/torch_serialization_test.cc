@@ -12,8 +12,8 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "handlers/stateful.h"
-#include "handlers/torch_serialization.h"
-#include "handlers/value.h"
+#include "handlers/serialization/torch_save.h"
+#include "handlers/serialization/value.h"
 #include "tests/handlers/interop_recipe.h"
 
 namespace ember {

@@ -16,7 +16,7 @@
 #include "handlers/early_stopping.h"
 #include "handlers/terminate_on_nan.h"
 #include "handlers/timer.h"
-#include "handlers/value.h"
+#include "handlers/serialization/value.h"
 #include "nlohmann/json.hpp"
 #include "tests/conformance/golden.h"
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Fails if base/, distributed/ or engine/ reach what is above them (see BUILD), or if one of their
-# targets is not covered by the queries.
+# Fails if a package reaches what is above it (see BUILD), if one of the library targets of the
+# checked packages is not covered by the queries, or if a public target is missing from README's
+# "Public targets" table.
 set -euo pipefail
-base_deps=$1 distributed_deps=$2 engine_deps=$3
-shift 3
+base_deps=$1 distributed_deps=$2 engine_deps=$3 serialization_deps=$4 handlers_deps=$5 readme=$6
+shift 6
 status=0
 check() {  # file, forbidden regex, what
   local hits
@@ -14,22 +15,40 @@ check() {  # file, forbidden regex, what
     status=1
   fi
 }
-for f in "$base_deps" "$distributed_deps" "$engine_deps"; do
+for f in "$base_deps" "$distributed_deps" "$engine_deps" "$serialization_deps" "$handlers_deps"; do
   # An empty query result would make the test pass vacuously.
   [[ -s $f ]] || { echo "empty dependency list: $f"; exit 1; }
 done
-# Every target declared in the checked packages is in the queries.
-covered=$(cat "$base_deps" "$distributed_deps" "$engine_deps")
+covered=$(cat "$base_deps" "$distributed_deps" "$engine_deps" "$serialization_deps" "$handlers_deps")
+public=0
 for build in "$@"; do
   pkg=${build%/BUILD}
   pkg=${pkg#./}
   pkg=//${pkg##*execroot/ember/}
+  # Every library target declared in the checked packages is in the queries.
   for name in $(sed -n 's/^ *name = "\([^"]*\)".*/\1/p' "$build"); do
     grep -qx -- "$pkg:$name" <<<"$covered" || { echo "NOT COVERED: $pkg:$name (add it to tests/layering/BUILD)"; status=1; }
   done
+  # Public targets: those with visibility public, or every target of a package whose default is.
+  default_public=0
+  grep -q 'default_visibility = \["//visibility:public"\]' "$build" && default_public=1
+  while read -r name vis; do
+    [[ $vis == public || ( $vis == default && $default_public == 1 ) ]] || continue
+    public=$((public + 1))
+    short=$pkg:$name
+    [[ $name == "${pkg##*/}" ]] && short=$pkg  # //engine for //engine:engine
+    grep -qF -- "\`$short\`" "$readme" || { echo "UNDOCUMENTED PUBLIC TARGET: $pkg:$name (README, \"Public targets\")"; status=1; }
+  done < <(awk '
+    /^[a-z_]+\(/ { if (name != "") print name, vis; name = ""; vis = "default" }
+    /^    name = "/ { split($0, a, "\""); name = a[2] }
+    /^    visibility = \["\/\/visibility:public"\]/ { vis = "public" }
+    /^    visibility = \[$/ || /^    visibility = \["\/\/[^v]/ { vis = "restricted" }
+    END { if (name != "") print name, vis }' "$build")
 done
 check "$base_deps" '@ember_config//|@system//:mpi|^//(engine|distributed|handlers|tools)[:/]' "//base"
 check "$distributed_deps" '@ember_config//:torch|^//(engine|handlers|tools)[:/]' "//distributed"
 check "$engine_deps" '@ember_config//:(torch|nccl)|@system//:mpi|^//(handlers|tools)[:/]' "//engine"
-[[ $status -eq 0 ]] && echo "layering OK: $(wc -l <"$base_deps") base, $(wc -l <"$distributed_deps") distributed, $(wc -l <"$engine_deps") engine deps checked"
+check "$serialization_deps" '@ember_config//:nccl|@system//:mpi|^//(engine|distributed|handlers:|tools)' "//handlers/serialization"
+check "$handlers_deps" '^//(tools|tests|examples)[:/]' "//handlers"
+[[ $status -eq 0 ]] && echo "layering OK: $(cat "$base_deps" "$distributed_deps" "$engine_deps" "$serialization_deps" "$handlers_deps" | wc -l) deps checked; $public public targets, each in README"
 exit $status

@@ -17,7 +17,7 @@
 #include "engine/engine.h"
 #include "handlers/checkpoint.h"
 #include "handlers/early_stopping.h"
-#include "handlers/save_handler.h"
+#include "handlers/in_memory_saver.h"
 #include "handlers/terminate_on_nan.h"
 #include "handlers/timer.h"
 

@@ -15,9 +15,9 @@
 #include "absl/time/clock.h"
 #include "engine/engine.h"
 #include "handlers/checkpoint.h"
-#include "handlers/save_handler.h"
-#include "handlers/torch_serialization.h"
-#include "handlers/value.h"
+#include "handlers/disk_saver.h"
+#include "handlers/serialization/torch_save.h"
+#include "handlers/serialization/value.h"
 
 namespace ember {
 namespace {

@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <string_view>
 
-#include "handlers/torch_serialization.h"
+#include "handlers/serialization/torch_save.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   absl::StatusOr<ember::Value> v =

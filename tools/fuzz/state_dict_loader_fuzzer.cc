@@ -3,7 +3,7 @@
 // lists, tuples, scalars of every kind, tensors of fitting and unfitting shapes) out of the keys
 // those loaders look for; the tree goes through torch.save and back, as a checkpoint on disk
 // would, and then into every loader. A loader may accept or reject it, but must never crash or
-// abort: a wrong type is an error naming the key (handlers/value.h, checked accessors).
+// abort: a wrong type is an error naming the key (handlers/serialization/value.h, checked accessors).
 #include <torch/torch.h>
 
 #include <cstddef>
@@ -12,8 +12,8 @@
 
 #include "engine/engine.h"
 #include "handlers/stateful.h"
-#include "handlers/torch_serialization.h"
-#include "handlers/value.h"
+#include "handlers/serialization/torch_save.h"
+#include "handlers/serialization/value.h"
 
 namespace {
 

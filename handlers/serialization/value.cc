@@ -1,4 +1,4 @@
-#include "handlers/value.h"
+#include "handlers/serialization/value.h"
 
 #include <cstdio>
 #include <cstdlib>
@@ -60,24 +60,6 @@ Value Value::Dict(bool ordered) {
   v.kind_ = Kind::kDict;
   v.ordered_ = ordered;
   return v;
-}
-
-Value Value::FromStateDict(const StateDict& d) {
-  Value out = Dict(/*ordered=*/true);
-  for (const auto& [key, scalar] : d.items()) {
-    Value v = std::visit(
-        [](const auto& x) -> Value {
-          using T = std::decay_t<decltype(x)>;
-          if constexpr (std::is_same_v<T, std::monostate>) {
-            return Value();
-          } else {
-            return Value(x);
-          }
-        },
-        scalar);
-    out.Set(key, std::move(v));
-  }
-  return out;
 }
 
 const char* Value::kind_name() const {

@@ -1,22 +1,15 @@
-#include "handlers/torch_serialization.h"
+#include "handlers/serialization/pickle.h"
 
-#include <caffe2/serialize/file_adapter.h>
-#include <caffe2/serialize/read_adapter_interface.h>
-#include <caffe2/serialize/inline_container.h>
 #include <torch/torch.h>
-#include <zlib.h>
 
 #include <cstdint>
 #include <cstring>
-#include <fstream>
-#include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <utility>
-#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -24,15 +17,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
-#include "base/crc32.h"
 #include "base/status_macros.h"
 
-namespace ember {
+namespace ember::serialization {
 namespace {
-
-constexpr char kChecksumRecord[] = "ember_checksum";
-constexpr char kChecksumMagic[] = "ember-checkpoint";
 
 // ---- dtype <-> storage class ------------------------------------------------------------
 
@@ -70,19 +58,10 @@ std::optional<torch::ScalarType> StorageDtype(std::string_view global) {
   return std::nullopt;
 }
 
-uint32_t Crc32(const void* data, size_t size) { return ember::Crc32(0, data, size); }
-
 // ---- Pickle writer (protocol 2) ---------------------------------------------------------
 
 class PickleWriter {
  public:
-  struct StorageRecord {
-    std::string key;
-    torch::Tensor holder;  // keeps the storage alive; CPU
-    const void* data;
-    size_t nbytes;
-  };
-
   absl::Status Write(const Value& value) {
     out_.push_back('\x80');
     out_.push_back('\x02');
@@ -91,8 +70,7 @@ class PickleWriter {
     return absl::OkStatus();
   }
 
-  const std::string& bytes() const { return out_; }
-  const std::vector<StorageRecord>& storages() const { return storages_; }
+  Pickled Take() { return {std::move(out_), std::move(storages_)}; }
 
  private:
   void Raw(const void* p, size_t n) { out_.append(static_cast<const char*>(p), n); }
@@ -271,7 +249,7 @@ class PickleWriter {
   }
 
   std::string out_;
-  std::vector<StorageRecord> storages_;
+  std::vector<PickledStorage> storages_;
   std::unordered_map<const c10::StorageImpl*, std::string> keys_;
 };
 
@@ -298,9 +276,7 @@ struct Obj {
   }
 };
 
-// Loads storages on demand from the archive (records are extracted once and shared).
-using StorageLoader = std::function<absl::StatusOr<torch::Tensor>(
-    const std::string& key, torch::ScalarType dtype, int64_t numel)>;
+
 
 class Unpickler {
  public:
@@ -873,526 +849,17 @@ class Unpickler {
   std::unordered_map<uint64_t, ObjPtr> memo_;
 };
 
-// ---- Archive level ----------------------------------------------------------------------
+}  // namespace
 
-std::string CppError(const c10::Error& e) { return e.what_without_backtrace(); }
-
-struct ChecksumEntry {
-  uint32_t crc;
-  uint64_t size;
-};
-
-absl::StatusOr<std::map<std::string, ChecksumEntry>> ParseChecksum(std::string_view text,
-                                                                   const std::string& name,
-                                                                   int* version) {
-  std::vector<absl::string_view> lines = absl::StrSplit(AV(text), '\n', absl::SkipEmpty());
-  auto bad = [&](const std::string& why) {
-    return absl::DataLossError(absl::StrCat(name, ": malformed ", kChecksumRecord, " record: ", why));
-  };
-  if (lines.empty()) return bad("empty");
-  std::vector<absl::string_view> head = absl::StrSplit(lines[0], ' ');
-  if (head.size() != 2 || head[0] != kChecksumMagic || !absl::SimpleAtoi(head[1], version)) {
-    return bad("bad header");
-  }
-  if (*version > kEmberCheckpointFormatVersion || *version < 1) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        name, ": written by a newer Ember (checkpoint format ", *version, ", this build reads up to ",
-        kEmberCheckpointFormatVersion, ")"));
-  }
-  std::map<std::string, ChecksumEntry> out;
-  for (size_t i = 1; i < lines.size(); ++i) {
-    std::vector<absl::string_view> f = absl::StrSplit(lines[i], ' ');
-    uint32_t crc;
-    uint64_t size;
-    if (f.size() != 4 || f[0] != "crc32" || !absl::SimpleHexAtoi(f[2], &crc) ||
-        !absl::SimpleAtoi(f[3], &size)) {
-      return bad(absl::StrCat("line ", i + 1));
-    }
-    out[std::string(f[1])] = {crc, size};
-  }
-  return out;
+absl::StatusOr<Pickled> Pickle(const Value& value) {
+  PickleWriter writer;
+  EMBER_RETURN_IF_ERROR(writer.Write(value));
+  return writer.Take();
 }
 
-uint64_t Le(std::string_view b, size_t at, int n) {
-  uint64_t v = 0;
-  for (int i = n - 1; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(b[at + i]);
-  return v;
-}
-
-// The CRC-32 and size that the zip central directory records for each record, keyed by the
-// reader's record name (the path without the archive's top-level folder). Every offset is
-// bounds-checked: a malformed directory is an error, never a read past the buffer.
-absl::StatusOr<std::map<std::string, ChecksumEntry>> ZipDirectory(std::string_view b,
-                                                                  const std::string& name) {
-  auto bad = [&](const std::string& why) {
-    return absl::DataLossError(absl::StrCat(name, ": malformed zip central directory: ", why));
-  };
-  constexpr size_t kEocd = 22;
-  if (b.size() < kEocd) return bad("file too short");
-  size_t eocd = std::string_view::npos;
-  const size_t lowest = b.size() > kEocd + 65535 ? b.size() - kEocd - 65535 : 0;
-  for (size_t at = b.size() - kEocd + 1; at-- > lowest;) {
-    if (Le(b, at, 4) == 0x06054b50) {
-      eocd = at;
-      break;
-    }
-  }
-  if (eocd == std::string_view::npos) return bad("no end-of-directory record");
-  uint64_t count = Le(b, eocd + 10, 2), offset = Le(b, eocd + 16, 4);
-  if ((count == 0xFFFF || offset == 0xFFFFFFFF) && eocd >= 20 && Le(b, eocd - 20, 4) == 0x07064b50) {
-    const uint64_t z = Le(b, eocd - 20 + 8, 8);
-    if (b.size() < 56 || z > b.size() - 56 || Le(b, z, 4) != 0x06064b50) return bad("bad zip64 end-of-directory record");
-    count = Le(b, z + 32, 8);
-    offset = Le(b, z + 48, 8);
-  }
-  std::map<std::string, ChecksumEntry> out;
-  size_t at = offset;
-  for (uint64_t i = 0; i < count; ++i) {
-    if (at > b.size() || b.size() - at < 46 || Le(b, at, 4) != 0x02014b50) {
-      return bad(absl::StrCat("entry ", i, " of ", count, " is out of bounds or has a bad signature"));
-    }
-    const size_t n = Le(b, at + 28, 2), extra = Le(b, at + 30, 2), comment = Le(b, at + 32, 2);
-    if (b.size() - at - 46 < n + extra + comment) return bad(absl::StrCat("entry ", i, " overruns the file"));
-    uint64_t size = Le(b, at + 24, 4);
-    // A zip64 extra field carries the real size when the 32-bit one is saturated.
-    for (size_t e = at + 46 + n; size == 0xFFFFFFFF && e + 4 <= at + 46 + n + extra;) {
-      const size_t id = Le(b, e, 2), len = Le(b, e + 2, 2);
-      if (e + 4 + len > at + 46 + n + extra) break;
-      if (id == 0x0001 && len >= 8) size = Le(b, e + 4, 8);
-      e += 4 + len;
-    }
-    std::string full(b.substr(at + 46, n));
-    const size_t slash = full.find('/');
-    out[slash == std::string::npos ? full : full.substr(slash + 1)] = {
-        static_cast<uint32_t>(Le(b, at + 16, 4)), size};
-    at += 46 + n + extra + comment;
-  }
-  return out;
-}
-
-// Checks every record of the archive `bytes`: its CRC-32 against the zip central directory (any
-// torch.save archive carries one per record) and, where Ember's checksum record is present,
-// against that too (which also covers a record missing from the zip).
-absl::StatusOr<ArchiveCheck> VerifyReader(caffe2::serialize::PyTorchStreamReader& reader,
-                                          std::string_view bytes, const std::string& name) {
-  ArchiveCheck check;
-  EMBER_ASSIGN_OR_RETURN(auto zip, ZipDirectory(bytes, name));
-  std::map<std::string, ChecksumEntry> ember;
-  if (reader.hasRecord(kChecksumRecord)) {
-    check.has_checksum = true;
-    auto [text_ptr, text_size] = reader.getRecord(kChecksumRecord);
-    std::string_view text(static_cast<const char*>(text_ptr.get()), text_size);
-    EMBER_ASSIGN_OR_RETURN(ember, ParseChecksum(text, name, &check.format_version));
-    if (ember.count("data.pkl") == 0) {
-      return absl::DataLossError(absl::StrCat(name, ": checksum record does not cover data.pkl"));
-    }
-    for (const auto& [record, expected] : ember) {
-      if (zip.count(record) == 0 || !reader.hasRecord(record)) {
-        return absl::DataLossError(absl::StrCat(name, ": record ", record, " is missing"));
-      }
-    }
-  }
-  for (const auto& [record, in_zip] : zip) {
-    if (!reader.hasRecord(record)) continue;  // a directory entry, or outside the archive folder
-    auto [ptr, size] = reader.getRecord(record);
-    const uint32_t crc = Crc32(ptr.get(), size);
-    auto mismatch = [&](const char* against, const ChecksumEntry& expected) {
-      return absl::DataLossError(absl::StrFormat(
-          "%s: %s mismatch in record %s (crc32 %08x, %d bytes; expected %08x, %d bytes): "
-          "the file is corrupted",
-          name, against, record, crc, size, expected.crc, expected.size));
-    };
-    if (crc != in_zip.crc || size != in_zip.size) return mismatch("zip CRC-32", in_zip);
-    auto it = ember.find(record);
-    if (it != ember.end() && (crc != it->second.crc || size != it->second.size)) {
-      return mismatch("checksum", it->second);
-    }
-    ++check.records;
-  }
-  return check;
-}
-
-absl::StatusOr<Value> ReadArchive(caffe2::serialize::PyTorchStreamReader& reader,
-                                  std::string_view bytes, const std::string& name,
-                                  ArchiveCheck* check = nullptr) {
-  EMBER_ASSIGN_OR_RETURN(ArchiveCheck verified, VerifyReader(reader, bytes, name));
-  if (check != nullptr) *check = verified;
-  if (!reader.hasRecord("data.pkl")) {
-    return absl::DataLossError(absl::StrCat(name, ": not a torch.save archive (no data.pkl)"));
-  }
-  auto [pkl_ptr, pkl_size] = reader.getRecord("data.pkl");
-  std::unordered_map<std::string, torch::Tensor> loaded;
-  StorageLoader loader = [&](const std::string& key, torch::ScalarType dtype,
-                             int64_t numel) -> absl::StatusOr<torch::Tensor> {
-    auto it = loaded.find(key);
-    if (it != loaded.end()) {
-      if (it->second.scalar_type() != dtype || it->second.numel() != numel) {
-        return absl::DataLossError(absl::StrCat(name, ": storage ", key,
-                                                " is referenced with two different types"));
-      }
-      return it->second;
-    }
-    const std::string record = absl::StrCat("data/", key);
-    if (!reader.hasRecord(record)) {
-      return absl::DataLossError(absl::StrCat(name, ": record ", record, " is missing"));
-    }
-    auto [ptr, size] = reader.getRecord(record);
-    const size_t element = c10::elementSize(dtype);
-    if (static_cast<uint64_t>(numel) > size / element || size != static_cast<size_t>(numel) * element) {
-      return absl::DataLossError(absl::StrFormat(
-          "%s: record %s has %d bytes but its %s storage needs %d elements (%d bytes)", name,
-          record, size, std::string(c10::toString(dtype)), numel, numel * element));
-    }
-    c10::Storage storage(c10::Storage::use_byte_size_t(), size, std::move(ptr),
-                         /*allocator=*/nullptr, /*resizable=*/false);
-    torch::Tensor t = torch::empty({0}, torch::TensorOptions().dtype(dtype))
-                          .set_(storage, 0, {numel}, {1});
-    loaded.emplace(key, t);
-    return t;
-  };
-  Unpickler unpickler(std::string_view(static_cast<const char*>(pkl_ptr.get()), pkl_size), name,
-                      loader);
+absl::StatusOr<Value> Unpickle(std::string_view data, std::string name, StorageLoader loader) {
+  Unpickler unpickler(data, std::move(name), std::move(loader));
   return unpickler.Load();
 }
 
-// caffe2's MemoryReadAdapter copies whatever range the zip reader asks for, and a corrupt
-// central directory makes it ask past the end of the buffer (found by libFuzzer: a segfault).
-// This one returns a short read instead, which the zip reader reports as an error.
-class BoundedMemoryAdapter final : public caffe2::serialize::ReadAdapterInterface {
- public:
-  explicit BoundedMemoryAdapter(std::string_view bytes) : bytes_(bytes) {}
-  size_t size() const override { return bytes_.size(); }
-  size_t read(uint64_t pos, void* buf, size_t n, const char* = "") const override {
-    if (pos >= bytes_.size()) return 0;
-    n = std::min<size_t>(n, bytes_.size() - static_cast<size_t>(pos));
-    std::memcpy(buf, bytes_.data() + pos, n);
-    return n;
-  }
-
- private:
-  std::string_view bytes_;
-};
-
-// Checks the leading bytes before handing the data to the zip reader.
-absl::Status CheckMagic(std::string_view head, const std::string& name) {
-  if (head.size() >= 4 && head.substr(0, 4) == std::string_view("PK\x03\x04", 4)) {
-    return absl::OkStatus();
-  }
-  if (head.size() >= 2 && static_cast<unsigned char>(head[0]) == 0x80) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        name, ": legacy (pre-1.6, non-zip) torch.save format is not supported; re-save it in "
-              "Python with a current torch.save"));
-  }
-  if (head.empty()) return absl::DataLossError(absl::StrCat(name, ": empty file"));
-  return absl::DataLossError(absl::StrCat(name, ": not a torch.save archive (bad magic bytes)"));
-}
-
-}  // namespace
-
-namespace {
-
-// ---- Zip writer ------------------------------------------------------------------------
-//
-// The stored (uncompressed) zip layout that PyTorch's own writer produces: each record's data is
-// aligned to 64 bytes with an "FB" padding extra field; zip64 fields where a size or offset needs
-// them. Differences: the CRC-32 is computed while the data streams to the sink (flag bit 3 and a
-// data descriptor carry it), so each byte of tensor data is read once, and that CRC also feeds
-// Ember's checksum record. This replaces caffe2's PyTorchStreamWriter, which CRCs every record
-// a second time and cannot hand us its CRCs.
-class ZipWriter {
- public:
-  static constexpr size_t kParallelCrcBytes = size_t{8} << 20;
-
-  ZipWriter(const ByteSink& sink, bool force_zip64) : sink_(sink), force_zip64_(force_zip64) {}
-
-  // Writes one record; returns its CRC-32.
-  absl::StatusOr<uint32_t> Record(const std::string& name, const void* data, size_t size) {
-    const std::string full = "archive/" + name;
-    const bool zip64 = force_zip64_ || size >= 0xFFFFFFFFull || offset_ >= 0xFFFFFFFFull;
-    std::string header;
-    Put32(header, 0x04034b50);
-    Put16(header, zip64 ? 45 : 20);
-    Put16(header, 0x0008);  // sizes and CRC follow in a data descriptor
-    Put16(header, 0);       // stored
-    Put16(header, 0);
-    Put16(header, 0x21);    // 1980-01-01, as PyTorch writes
-    Put32(header, 0);
-    Put32(header, zip64 ? 0xFFFFFFFF : 0);
-    Put32(header, zip64 ? 0xFFFFFFFF : 0);
-    Put16(header, static_cast<uint16_t>(full.size()));
-    std::string extra;
-    if (zip64) {
-      Put16(extra, 0x0001);
-      Put16(extra, 16);
-      Put64(extra, size);
-      Put64(extra, size);
-    }
-    // Pad so that the data starts on a 64-byte boundary ("FB" field, as PyTorch does).
-    size_t data_start = offset_ + header.size() + 2 + full.size() + extra.size() + 4;
-    size_t pad = (64 - data_start % 64) % 64;
-    Put16(extra, 0x4246);
-    Put16(extra, static_cast<uint16_t>(pad));
-    extra.append(pad, 'Z');
-    Put16(header, static_cast<uint16_t>(extra.size()));
-    header += full;
-    header += extra;
-    const uint64_t local_offset = offset_;
-    EMBER_RETURN_IF_ERROR(Emit(header.data(), header.size()));
-
-    // Large records: the CRC runs on a helper thread while the data streams to the sink, so
-    // the save costs about max(write, CRC) instead of their sum (the bytes are only read, never
-    // copied, by either).
-    uint32_t crc = 0;
-    if (size >= kParallelCrcBytes) {
-      std::thread crc_thread([&crc, data, size] { crc = Crc32(data, size); });
-      absl::Status written = Emit(data, size);
-      crc_thread.join();
-      EMBER_RETURN_IF_ERROR(written);
-    } else {
-      crc = Crc32(data, size);
-      EMBER_RETURN_IF_ERROR(Emit(data, size));
-    }
-    std::string descriptor;
-    Put32(descriptor, 0x08074b50);
-    Put32(descriptor, static_cast<uint32_t>(crc));
-    if (zip64) {
-      Put64(descriptor, size);
-      Put64(descriptor, size);
-    } else {
-      Put32(descriptor, static_cast<uint32_t>(size));
-      Put32(descriptor, static_cast<uint32_t>(size));
-    }
-    EMBER_RETURN_IF_ERROR(Emit(descriptor.data(), descriptor.size()));
-    entries_.push_back({full, static_cast<uint32_t>(crc), size, local_offset, zip64});
-    return static_cast<uint32_t>(crc);
-  }
-
-  absl::Status Finish() {
-    const uint64_t cd_offset = offset_;
-    std::string cd;
-    for (const Entry& e : entries_) {
-      const bool big_size = e.zip64 && (force_zip64_ || e.size >= 0xFFFFFFFFull);
-      const bool big_offset = force_zip64_ || e.offset >= 0xFFFFFFFFull;
-      std::string extra;
-      if (big_size || big_offset) {
-        Put16(extra, 0x0001);
-        Put16(extra, static_cast<uint16_t>((big_size ? 16 : 0) + (big_offset ? 8 : 0)));
-        if (big_size) {
-          Put64(extra, e.size);
-          Put64(extra, e.size);
-        }
-        if (big_offset) Put64(extra, e.offset);
-      }
-      Put32(cd, 0x02014b50);
-      Put16(cd, extra.empty() ? 20 : 45);
-      Put16(cd, extra.empty() ? 20 : 45);
-      Put16(cd, 0x0008);
-      Put16(cd, 0);
-      Put16(cd, 0);
-      Put16(cd, 0x21);
-      Put32(cd, e.crc);
-      Put32(cd, big_size ? 0xFFFFFFFF : static_cast<uint32_t>(e.size));
-      Put32(cd, big_size ? 0xFFFFFFFF : static_cast<uint32_t>(e.size));
-      Put16(cd, static_cast<uint16_t>(e.name.size()));
-      Put16(cd, static_cast<uint16_t>(extra.size()));
-      Put16(cd, 0);
-      Put16(cd, 0);
-      Put16(cd, 0);
-      Put32(cd, 0);
-      Put32(cd, big_offset ? 0xFFFFFFFF : static_cast<uint32_t>(e.offset));
-      cd += e.name;
-      cd += extra;
-    }
-    EMBER_RETURN_IF_ERROR(Emit(cd.data(), cd.size()));
-    const uint64_t cd_size = cd.size();
-    const bool zip64_end = force_zip64_ || entries_.size() >= 0xFFFF || cd_offset >= 0xFFFFFFFFull ||
-                           cd_size >= 0xFFFFFFFFull;
-    std::string end;
-    if (zip64_end) {
-      const uint64_t eocd64_offset = offset_;
-      Put32(end, 0x06064b50);
-      Put64(end, 44);
-      Put16(end, 45);
-      Put16(end, 45);
-      Put32(end, 0);
-      Put32(end, 0);
-      Put64(end, entries_.size());
-      Put64(end, entries_.size());
-      Put64(end, cd_size);
-      Put64(end, cd_offset);
-      Put32(end, 0x07064b50);
-      Put32(end, 0);
-      Put64(end, eocd64_offset);
-      Put32(end, 1);
-    }
-    Put32(end, 0x06054b50);
-    Put16(end, 0);
-    Put16(end, 0);
-    Put16(end, zip64_end ? 0xFFFF : static_cast<uint16_t>(entries_.size()));
-    Put16(end, zip64_end ? 0xFFFF : static_cast<uint16_t>(entries_.size()));
-    Put32(end, zip64_end ? 0xFFFFFFFF : static_cast<uint32_t>(cd_size));
-    Put32(end, zip64_end ? 0xFFFFFFFF : static_cast<uint32_t>(cd_offset));
-    Put16(end, 0);
-    return Emit(end.data(), end.size());
-  }
-
- private:
-  struct Entry {
-    std::string name;
-    uint32_t crc;
-    uint64_t size;
-    uint64_t offset;
-    bool zip64;
-  };
-
-  static void Put16(std::string& s, uint16_t v) {
-    s.push_back(static_cast<char>(v & 0xff));
-    s.push_back(static_cast<char>(v >> 8));
-  }
-  static void Put32(std::string& s, uint32_t v) {
-    for (int i = 0; i < 4; ++i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-  }
-  static void Put64(std::string& s, uint64_t v) {
-    for (int i = 0; i < 8; ++i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-  }
-  absl::Status Emit(const void* data, size_t size) {
-    if (size == 0) return absl::OkStatus();
-    EMBER_RETURN_IF_ERROR(sink_(data, size));
-    offset_ += size;
-    return absl::OkStatus();
-  }
-
-  const ByteSink& sink_;
-  bool force_zip64_;
-  uint64_t offset_ = 0;
-  std::vector<Entry> entries_;
-};
-
-}  // namespace
-
-namespace serialization_internal {
-
-absl::Status WriteTorchSaveImpl(const Value& value, const ByteSink& sink, bool force_zip64,
-                                const ExtraRecords& extra_records) {
-  PickleWriter pickler;
-  EMBER_RETURN_IF_ERROR(pickler.Write(value));
-  ZipWriter zip(sink, force_zip64);
-  std::string checksum = absl::StrCat(kChecksumMagic, " ", kEmberCheckpointFormatVersion, "\n");
-  auto record = [&](const std::string& name, const void* data, size_t size) -> absl::Status {
-    EMBER_ASSIGN_OR_RETURN(uint32_t crc, zip.Record(name, data, size));
-    absl::StrAppendFormat(&checksum, "crc32 %s %08x %d\n", name, crc, size);
-    return absl::OkStatus();
-  };
-  EMBER_RETURN_IF_ERROR(record("data.pkl", pickler.bytes().data(), pickler.bytes().size()));
-  for (const PickleWriter::StorageRecord& s : pickler.storages()) {
-    EMBER_RETURN_IF_ERROR(record(absl::StrCat("data/", s.key), s.data, s.nbytes));
-  }
-  for (const auto& [name, bytes] : extra_records) {
-    if (name == kChecksumRecord || name == "data.pkl" || name == "version" || name.rfind("data/", 0) == 0) {
-      return absl::InvalidArgumentError(absl::StrCat("extra record name '", name, "' is reserved"));
-    }
-    EMBER_RETURN_IF_ERROR(record(name, bytes.data(), bytes.size()));
-  }
-  const std::string version = "3\n";  // caffe2 kMinProducedFileFormatVersion, as torch.save
-  EMBER_RETURN_IF_ERROR(zip.Record("version", version.data(), version.size()).status());
-  EMBER_RETURN_IF_ERROR(zip.Record(kChecksumRecord, checksum.data(), checksum.size()).status());
-  return zip.Finish();
-}
-
-}  // namespace serialization_internal
-
-absl::Status WriteTorchSave(const Value& value, const ByteSink& sink,
-                            const ExtraRecords& extra_records) {
-  return serialization_internal::WriteTorchSaveImpl(value, sink, /*force_zip64=*/false,
-                                                    extra_records);
-}
-
-absl::StatusOr<std::string> SerializeTorchSave(const Value& value) {
-  std::string out;
-  EMBER_RETURN_IF_ERROR(WriteTorchSave(value, [&](const void* data, size_t size) {
-    out.append(static_cast<const char*>(data), size);
-    return absl::OkStatus();
-  }));
-  return out;
-}
-
-namespace {
-
-absl::Status Unreadable(const std::string& name, const c10::Error& e) {
-  return absl::DataLossError(
-      absl::StrCat(name, ": unreadable torch.save archive (truncated or corrupted?): ", CppError(e)));
-}
-
-// Reads the whole file through the FileSystem seam (so that tests can fail the read with EIO),
-// checks its leading bytes, opens it from memory with caffe2's reader and runs `use` on it; the
-// reader's exceptions become DATA_LOSS errors naming the file.
-template <typename T, typename F>
-absl::StatusOr<T> WithFileReader(const std::string& path, FileSystem* fs, F use) {
-  if (fs == nullptr) fs = FileSystem::Default();
-  if (fs->IsDirectory(path)) {
-    return absl::FailedPreconditionError(absl::StrCat(path, ": is a directory, not a checkpoint file"));
-  }
-  EMBER_ASSIGN_OR_RETURN(const std::string bytes, fs->ReadFile(path));
-  EMBER_RETURN_IF_ERROR(CheckMagic(std::string_view(bytes).substr(0, 4), path));
-  try {
-    caffe2::serialize::PyTorchStreamReader reader(std::make_shared<BoundedMemoryAdapter>(bytes));
-    return use(reader, std::string_view(bytes));
-  } catch (const c10::Error& e) {
-    return Unreadable(path, e);
-  }
-}
-
-}  // namespace
-
-absl::StatusOr<Value> ReadTorchSave(std::string_view bytes, std::string_view name_view) {
-  const std::string name(name_view);
-  EMBER_RETURN_IF_ERROR(CheckMagic(bytes.substr(0, 4), name));
-  try {
-    caffe2::serialize::PyTorchStreamReader reader(std::make_shared<BoundedMemoryAdapter>(bytes));
-    return ReadArchive(reader, bytes, name);
-  } catch (const c10::Error& e) {
-    return Unreadable(name, e);
-  }
-}
-
-absl::StatusOr<Value> ReadTorchSaveFile(const std::string& path, FileSystem* fs, ArchiveCheck* check) {
-  return WithFileReader<Value>(path, fs, [&](caffe2::serialize::PyTorchStreamReader& r, std::string_view b) {
-    return ReadArchive(r, b, path, check);
-  });
-}
-
-absl::StatusOr<std::string> ReadTorchSaveRecord(const std::string& path, const std::string& record,
-                                                FileSystem* fs) {
-  return WithFileReader<std::string>(
-      path, fs, [&](caffe2::serialize::PyTorchStreamReader& r, std::string_view) -> absl::StatusOr<std::string> {
-        if (!r.hasRecord(record)) return absl::NotFoundError(absl::StrCat(path, ": no record '", record, "'"));
-        auto [ptr, size] = r.getRecord(record);
-        return std::string(static_cast<const char*>(ptr.get()), size);
-      });
-}
-
-absl::StatusOr<RecordLookup> ReadRecordAndVerify(const std::string& path, const std::string& record,
-                                                 FileSystem* fs) {
-  return WithFileReader<RecordLookup>(
-      path, fs, [&](caffe2::serialize::PyTorchStreamReader& r, std::string_view b) -> absl::StatusOr<RecordLookup> {
-        RecordLookup out;
-        if (!r.hasRecord(record)) return out;
-        auto [ptr, size] = r.getRecord(record);
-        out.record = std::string(static_cast<const char*>(ptr.get()), size);
-        absl::StatusOr<ArchiveCheck> check = VerifyReader(r, b, path);
-        if (!check.ok()) {
-          out.integrity = check.status();
-        } else if (!check->has_checksum) {
-          out.integrity = absl::DataLossError(absl::StrCat(path, ": has no checksum record"));
-        } else if (!r.hasRecord("data.pkl")) {
-          out.integrity = absl::DataLossError(absl::StrCat(path, ": not a torch.save archive (no data.pkl)"));
-        }
-        return out;
-      });
-}
-
-absl::StatusOr<ArchiveCheck> VerifyTorchSaveFile(const std::string& path, FileSystem* fs) {
-  return WithFileReader<ArchiveCheck>(path, fs, [&](caffe2::serialize::PyTorchStreamReader& r, std::string_view b) { return VerifyReader(r, b, path); });
-}
-
-}  // namespace ember
+}  // namespace ember::serialization

@@ -1,4 +1,4 @@
-// File: handlers/value.h
+// File: handlers/serialization/value.h
 //
 // Value: the in-memory form of what a checkpoint holds, a tree of Python-like objects:
 // None, bool, int, float (double), str, torch.Tensor, list, tuple and dict (insertion-ordered;
@@ -15,8 +15,8 @@
 //   sd.Set("weight", torch::ones({2, 3}));
 //   sd.Set("step", int64_t{7});
 //   if (const ember::Value* w = sd.Find("weight"); w && w->is_tensor()) ...
-#ifndef EMBER_HANDLERS_VALUE_H_
-#define EMBER_HANDLERS_VALUE_H_
+#ifndef EMBER_HANDLERS_SERIALIZATION_VALUE_H_
+#define EMBER_HANDLERS_SERIALIZATION_VALUE_H_
 
 #include <torch/torch.h>
 
@@ -28,8 +28,6 @@
 #include <string_view>
 #include <utility>
 #include <vector>
-
-#include "engine/state_dict.h"
 
 namespace ember {
 
@@ -50,8 +48,6 @@ class Value {
   static Value List(std::vector<Value> items = {});
   static Value Tuple(std::vector<Value> items = {});
   static Value Dict(bool ordered = false);
-  // The engine's scalar state_dict as a Value dict.
-  static Value FromStateDict(const StateDict& d);
 
   Kind kind() const { return kind_; }
   bool is_none() const { return kind_ == Kind::kNone; }
@@ -122,4 +118,4 @@ bool TensorsBitwiseEqual(const torch::Tensor& a, const torch::Tensor& b);
 
 }  // namespace ember
 
-#endif  // EMBER_HANDLERS_VALUE_H_
+#endif  // EMBER_HANDLERS_SERIALIZATION_VALUE_H_

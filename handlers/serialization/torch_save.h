@@ -1,4 +1,4 @@
-// File: handlers/torch_serialization.h
+// File: handlers/serialization/torch_save.h
 //
 // Reads and writes Python's torch.save format (the zip archive of PyTorch >= 1.6) so that
 //   - a checkpoint written here opens in Python with a plain torch.load(path) — also under
@@ -27,8 +27,8 @@
 //   ckpt.Set("model", ember::ModuleStateDict(*model));
 //   EMBER_RETURN_IF_ERROR(ember::WriteTorchSave(ckpt, sink));
 //   EMBER_ASSIGN_OR_RETURN(ember::Value back, ember::ReadTorchSaveFile("ckpt.pt"));
-#ifndef EMBER_HANDLERS_TORCH_SERIALIZATION_H_
-#define EMBER_HANDLERS_TORCH_SERIALIZATION_H_
+#ifndef EMBER_HANDLERS_SERIALIZATION_TORCH_SAVE_H_
+#define EMBER_HANDLERS_SERIALIZATION_TORCH_SAVE_H_
 
 #include <cstddef>
 #include <functional>
@@ -41,15 +41,13 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "base/file_system.h"
-#include "handlers/value.h"
+#include "handlers/serialization/value.h"
+#include "handlers/serialization/zip.h"
 
 namespace ember {
 
 // Version of Ember's additions to the torch.save layout (the ember_checksum record).
 inline constexpr int kEmberCheckpointFormatVersion = 1;
-
-// Receives the archive's bytes in order. A non-OK status aborts the write and is returned.
-using ByteSink = std::function<absl::Status(const void* data, size_t size)>;
 
 // Extra records stored beside the pickle (Python ignores them; the checksum covers them).
 using ExtraRecords = std::vector<std::pair<std::string, std::string>>;
@@ -108,4 +106,4 @@ absl::Status WriteTorchSaveImpl(const Value& value, const ByteSink& sink, bool f
 
 }  // namespace ember
 
-#endif  // EMBER_HANDLERS_TORCH_SERIALIZATION_H_
+#endif  // EMBER_HANDLERS_SERIALIZATION_TORCH_SAVE_H_

@@ -1,0 +1,79 @@
+// File: handlers/disk_saver.h
+//
+// DiskSaver (ignite's DiskSaver): a SaveHandler that writes and reads torch.save-format files in
+// a directory through the FileSystem seam: atomically by default (temporary file, fsync, rename,
+// fsync of the directory; see base/atomic_file.h), with Ember's metadata in an extra record
+// ("ember_meta") so that a restarted run knows each file's priority and order. List() verifies
+// every file before it reports it: a corrupt file of Ember's own is moved aside as
+// "NAME.pt.corrupt" (and said on stderr), so it is never ranked, reported, deleted or
+// overwritten; a .pt file Ember did not write (Python's torch.save) is left alone and reported in
+// Rejected() with the reason.
+//
+// Thread safety: Save/Remove/List may run on a background thread (asynchronous saving) while the
+// training thread does nothing else with the same saver.
+//
+// Example:
+//   auto saver = ember::DiskSaver::Create({.dirname = "runs/ckpt", .require_empty = false});
+//   if (!saver.ok()) return saver.status();
+#ifndef EMBER_HANDLERS_DISK_SAVER_H_
+#define EMBER_HANDLERS_DISK_SAVER_H_
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "base/file_system.h"
+#include "distributed/communicator.h"
+#include "handlers/save_handler.h"
+
+namespace ember {
+
+struct DiskSaverOptions {
+  std::string dirname;
+  bool atomic = true;
+  bool create_dir = true;
+  bool require_empty = true;  // no *.pt file may be there already (ignite)
+  int save_on_rank = 0;
+  FileSystem* fs = nullptr;   // default: FileSystem::Default()
+};
+
+class DiskSaver final : public SaveHandler {
+ public:
+  // On the saving rank: creates the directory (create_dir), checks that it is a writable
+  // directory and (require_empty) holds no *.pt file, and removes stale temporary files of
+  // Ember's own. With a communicator, every rank gets the saving rank's verdict (a collective:
+  // call it on every rank); without one, this process is the saving rank.
+  static absl::StatusOr<std::unique_ptr<DiskSaver>> Create(DiskSaverOptions options,
+                                                           dist::Communicator* comm = nullptr);
+
+  absl::Status Save(const Value& checkpoint, const std::string& filename,
+                    const CheckpointMetadata& metadata) override;
+  absl::Status Remove(const std::string& filename) override;
+  absl::StatusOr<std::vector<std::pair<std::string, CheckpointMetadata>>> List() override;
+  std::vector<std::string> Rejected() const override;
+  absl::StatusOr<Value> Load(const std::string& filename) override;
+  absl::StatusOr<std::string> ReadBytes(const std::string& filename) override;
+  std::string Location(const std::string& filename) const override;
+  // Moves a corrupt checkpoint of Ember's own aside ("NAME.pt.corrupt"), says so on stderr and
+  // records it in Rejected().
+  void Quarantine(const std::string& filename, const absl::Status& why) override;
+
+  const std::string& dirname() const { return dirname_; }
+  const DiskSaverOptions& options() const { return options_; }
+
+ private:
+  DiskSaver(DiskSaverOptions options, std::string dirname)
+      : options_(std::move(options)), dirname_(std::move(dirname)) {}
+  void Reject(const std::string& filename, const absl::Status& why);
+  DiskSaverOptions options_;
+  std::string dirname_;  // absolute
+  mutable std::mutex mu_;
+  std::vector<std::string> rejected_;
+};
+
+}  // namespace ember
+
+#endif  // EMBER_HANDLERS_DISK_SAVER_H_

@@ -1,0 +1,46 @@
+// File: handlers/in_memory_saver.h
+//
+// InMemorySaver: a SaveHandler that keeps each checkpoint's serialized torch.save bytes in memory
+// (tests, and users who ship checkpoints elsewhere), and records the order of saves and removes.
+// Thread-safe.
+//
+// Example:
+//   auto saver = std::make_shared<ember::InMemorySaver>();
+//   auto ckpt = ember::Checkpoint::Create({{"model", model}}, saver, {.n_saved = 2});
+//   // saver->filenames() == {"model_3.pt", "model_4.pt"} after four saves
+#ifndef EMBER_HANDLERS_IN_MEMORY_SAVER_H_
+#define EMBER_HANDLERS_IN_MEMORY_SAVER_H_
+
+#include <map>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "handlers/save_handler.h"
+
+namespace ember {
+
+class InMemorySaver final : public SaveHandler {
+ public:
+  absl::Status Save(const Value& checkpoint, const std::string& filename,
+                    const CheckpointMetadata& metadata) override;
+  absl::Status Remove(const std::string& filename) override;
+  absl::StatusOr<std::vector<std::pair<std::string, CheckpointMetadata>>> List() override;
+  absl::StatusOr<Value> Load(const std::string& filename) override;
+  absl::StatusOr<std::string> ReadBytes(const std::string& filename) override;
+
+  std::vector<std::string> filenames() const;
+  // Saves and removes, in order ("save a.pt", "remove a.pt").
+  std::vector<std::string> ops() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::map<std::string, std::pair<std::string, CheckpointMetadata>> files_;
+  std::vector<std::string> ops_;
+};
+
+}  // namespace ember
+
+#endif  // EMBER_HANDLERS_IN_MEMORY_SAVER_H_

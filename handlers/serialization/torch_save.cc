@@ -1,0 +1,318 @@
+#include "handlers/serialization/torch_save.h"
+
+#include <caffe2/serialize/inline_container.h>
+#include <caffe2/serialize/read_adapter_interface.h>
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "base/crc32.h"
+#include "base/status_macros.h"
+#include "handlers/serialization/pickle.h"
+#include "handlers/serialization/zip.h"
+
+namespace ember {
+namespace {
+
+constexpr char kChecksumRecord[] = "ember_checksum";
+constexpr char kChecksumMagic[] = "ember-checkpoint";
+
+// Debian's Abseil has its own string_view (not std::string_view).
+absl::string_view AV(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+
+uint32_t Crc32(const void* data, size_t size) { return ember::Crc32(0, data, size); }
+
+// ---- Archive level ----------------------------------------------------------------------
+
+std::string CppError(const c10::Error& e) { return e.what_without_backtrace(); }
+
+using ChecksumEntry = serialization::ZipEntry;
+
+absl::StatusOr<std::map<std::string, ChecksumEntry>> ParseChecksum(std::string_view text,
+                                                                   const std::string& name,
+                                                                   int* version) {
+  std::vector<absl::string_view> lines = absl::StrSplit(AV(text), '\n', absl::SkipEmpty());
+  auto bad = [&](const std::string& why) {
+    return absl::DataLossError(absl::StrCat(name, ": malformed ", kChecksumRecord, " record: ", why));
+  };
+  if (lines.empty()) return bad("empty");
+  std::vector<absl::string_view> head = absl::StrSplit(lines[0], ' ');
+  if (head.size() != 2 || head[0] != kChecksumMagic || !absl::SimpleAtoi(head[1], version)) {
+    return bad("bad header");
+  }
+  if (*version > kEmberCheckpointFormatVersion || *version < 1) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        name, ": written by a newer Ember (checkpoint format ", *version, ", this build reads up to ",
+        kEmberCheckpointFormatVersion, ")"));
+  }
+  std::map<std::string, ChecksumEntry> out;
+  for (size_t i = 1; i < lines.size(); ++i) {
+    std::vector<absl::string_view> f = absl::StrSplit(lines[i], ' ');
+    uint32_t crc;
+    uint64_t size;
+    if (f.size() != 4 || f[0] != "crc32" || !absl::SimpleHexAtoi(f[2], &crc) ||
+        !absl::SimpleAtoi(f[3], &size)) {
+      return bad(absl::StrCat("line ", i + 1));
+    }
+    out[std::string(f[1])] = {crc, size};
+  }
+  return out;
+}
+
+// Checks every record of the archive `bytes`: its CRC-32 against the zip central directory (any
+// torch.save archive carries one per record) and, where Ember's checksum record is present,
+// against that too (which also covers a record missing from the zip).
+absl::StatusOr<ArchiveCheck> VerifyReader(caffe2::serialize::PyTorchStreamReader& reader,
+                                          std::string_view bytes, const std::string& name) {
+  ArchiveCheck check;
+  EMBER_ASSIGN_OR_RETURN(auto zip, serialization::ReadZipDirectory(bytes, name));
+  std::map<std::string, ChecksumEntry> ember;
+  if (reader.hasRecord(kChecksumRecord)) {
+    check.has_checksum = true;
+    auto [text_ptr, text_size] = reader.getRecord(kChecksumRecord);
+    std::string_view text(static_cast<const char*>(text_ptr.get()), text_size);
+    EMBER_ASSIGN_OR_RETURN(ember, ParseChecksum(text, name, &check.format_version));
+    if (ember.count("data.pkl") == 0) {
+      return absl::DataLossError(absl::StrCat(name, ": checksum record does not cover data.pkl"));
+    }
+    for (const auto& [record, expected] : ember) {
+      if (zip.count(record) == 0 || !reader.hasRecord(record)) {
+        return absl::DataLossError(absl::StrCat(name, ": record ", record, " is missing"));
+      }
+    }
+  }
+  for (const auto& [record, in_zip] : zip) {
+    if (!reader.hasRecord(record)) continue;  // a directory entry, or outside the archive folder
+    auto [ptr, size] = reader.getRecord(record);
+    const uint32_t crc = Crc32(ptr.get(), size);
+    auto mismatch = [&](const char* against, const ChecksumEntry& expected) {
+      return absl::DataLossError(absl::StrFormat(
+          "%s: %s mismatch in record %s (crc32 %08x, %d bytes; expected %08x, %d bytes): "
+          "the file is corrupted",
+          name, against, record, crc, size, expected.crc, expected.size));
+    };
+    if (crc != in_zip.crc || size != in_zip.size) return mismatch("zip CRC-32", in_zip);
+    auto it = ember.find(record);
+    if (it != ember.end() && (crc != it->second.crc || size != it->second.size)) {
+      return mismatch("checksum", it->second);
+    }
+    ++check.records;
+  }
+  return check;
+}
+
+absl::StatusOr<Value> ReadArchive(caffe2::serialize::PyTorchStreamReader& reader,
+                                  std::string_view bytes, const std::string& name,
+                                  ArchiveCheck* check = nullptr) {
+  EMBER_ASSIGN_OR_RETURN(ArchiveCheck verified, VerifyReader(reader, bytes, name));
+  if (check != nullptr) *check = verified;
+  if (!reader.hasRecord("data.pkl")) {
+    return absl::DataLossError(absl::StrCat(name, ": not a torch.save archive (no data.pkl)"));
+  }
+  auto [pkl_ptr, pkl_size] = reader.getRecord("data.pkl");
+  std::unordered_map<std::string, torch::Tensor> loaded;
+  serialization::StorageLoader loader = [&](const std::string& key, torch::ScalarType dtype,
+                             int64_t numel) -> absl::StatusOr<torch::Tensor> {
+    auto it = loaded.find(key);
+    if (it != loaded.end()) {
+      if (it->second.scalar_type() != dtype || it->second.numel() != numel) {
+        return absl::DataLossError(absl::StrCat(name, ": storage ", key,
+                                                " is referenced with two different types"));
+      }
+      return it->second;
+    }
+    const std::string record = absl::StrCat("data/", key);
+    if (!reader.hasRecord(record)) {
+      return absl::DataLossError(absl::StrCat(name, ": record ", record, " is missing"));
+    }
+    auto [ptr, size] = reader.getRecord(record);
+    const size_t element = c10::elementSize(dtype);
+    if (static_cast<uint64_t>(numel) > size / element || size != static_cast<size_t>(numel) * element) {
+      return absl::DataLossError(absl::StrFormat(
+          "%s: record %s has %d bytes but its %s storage needs %d elements (%d bytes)", name,
+          record, size, std::string(c10::toString(dtype)), numel, numel * element));
+    }
+    c10::Storage storage(c10::Storage::use_byte_size_t(), size, std::move(ptr),
+                         /*allocator=*/nullptr, /*resizable=*/false);
+    torch::Tensor t = torch::empty({0}, torch::TensorOptions().dtype(dtype))
+                          .set_(storage, 0, {numel}, {1});
+    loaded.emplace(key, t);
+    return t;
+  };
+  return serialization::Unpickle(std::string_view(static_cast<const char*>(pkl_ptr.get()), pkl_size),
+                                 name, loader);
+}
+
+// caffe2's MemoryReadAdapter copies whatever range the zip reader asks for, and a corrupt
+// central directory makes it ask past the end of the buffer (found by libFuzzer: a segfault).
+// This one returns a short read instead, which the zip reader reports as an error.
+class BoundedMemoryAdapter final : public caffe2::serialize::ReadAdapterInterface {
+ public:
+  explicit BoundedMemoryAdapter(std::string_view bytes) : bytes_(bytes) {}
+  size_t size() const override { return bytes_.size(); }
+  size_t read(uint64_t pos, void* buf, size_t n, const char* = "") const override {
+    if (pos >= bytes_.size()) return 0;
+    n = std::min<size_t>(n, bytes_.size() - static_cast<size_t>(pos));
+    std::memcpy(buf, bytes_.data() + pos, n);
+    return n;
+  }
+
+ private:
+  std::string_view bytes_;
+};
+
+// Checks the leading bytes before handing the data to the zip reader.
+absl::Status CheckMagic(std::string_view head, const std::string& name) {
+  if (head.size() >= 4 && head.substr(0, 4) == std::string_view("PK\x03\x04", 4)) {
+    return absl::OkStatus();
+  }
+  if (head.size() >= 2 && static_cast<unsigned char>(head[0]) == 0x80) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        name, ": legacy (pre-1.6, non-zip) torch.save format is not supported; re-save it in "
+              "Python with a current torch.save"));
+  }
+  if (head.empty()) return absl::DataLossError(absl::StrCat(name, ": empty file"));
+  return absl::DataLossError(absl::StrCat(name, ": not a torch.save archive (bad magic bytes)"));
+}
+
+}  // namespace
+
+namespace serialization_internal {
+
+absl::Status WriteTorchSaveImpl(const Value& value, const ByteSink& sink, bool force_zip64,
+                                const ExtraRecords& extra_records) {
+  EMBER_ASSIGN_OR_RETURN(const serialization::Pickled pickled, serialization::Pickle(value));
+  serialization::ZipWriter zip(sink, force_zip64);
+  std::string checksum = absl::StrCat(kChecksumMagic, " ", kEmberCheckpointFormatVersion, "\n");
+  auto record = [&](const std::string& name, const void* data, size_t size) -> absl::Status {
+    EMBER_ASSIGN_OR_RETURN(uint32_t crc, zip.Record(name, data, size));
+    absl::StrAppendFormat(&checksum, "crc32 %s %08x %d\n", name, crc, size);
+    return absl::OkStatus();
+  };
+  EMBER_RETURN_IF_ERROR(record("data.pkl", pickled.bytes.data(), pickled.bytes.size()));
+  for (const serialization::PickledStorage& s : pickled.storages) {
+    EMBER_RETURN_IF_ERROR(record(absl::StrCat("data/", s.key), s.data, s.nbytes));
+  }
+  for (const auto& [name, bytes] : extra_records) {
+    if (name == kChecksumRecord || name == "data.pkl" || name == "version" || name.rfind("data/", 0) == 0) {
+      return absl::InvalidArgumentError(absl::StrCat("extra record name '", name, "' is reserved"));
+    }
+    EMBER_RETURN_IF_ERROR(record(name, bytes.data(), bytes.size()));
+  }
+  const std::string version = "3\n";  // caffe2 kMinProducedFileFormatVersion, as torch.save
+  EMBER_RETURN_IF_ERROR(zip.Record("version", version.data(), version.size()).status());
+  EMBER_RETURN_IF_ERROR(zip.Record(kChecksumRecord, checksum.data(), checksum.size()).status());
+  return zip.Finish();
+}
+
+}  // namespace serialization_internal
+
+absl::Status WriteTorchSave(const Value& value, const ByteSink& sink,
+                            const ExtraRecords& extra_records) {
+  return serialization_internal::WriteTorchSaveImpl(value, sink, /*force_zip64=*/false,
+                                                    extra_records);
+}
+
+absl::StatusOr<std::string> SerializeTorchSave(const Value& value) {
+  std::string out;
+  EMBER_RETURN_IF_ERROR(WriteTorchSave(value, [&](const void* data, size_t size) {
+    out.append(static_cast<const char*>(data), size);
+    return absl::OkStatus();
+  }));
+  return out;
+}
+
+namespace {
+
+absl::Status Unreadable(const std::string& name, const c10::Error& e) {
+  return absl::DataLossError(
+      absl::StrCat(name, ": unreadable torch.save archive (truncated or corrupted?): ", CppError(e)));
+}
+
+// Reads the whole file through the FileSystem seam (so that tests can fail the read with EIO),
+// checks its leading bytes, opens it from memory with caffe2's reader and runs `use` on it; the
+// reader's exceptions become DATA_LOSS errors naming the file.
+template <typename T, typename F>
+absl::StatusOr<T> WithFileReader(const std::string& path, FileSystem* fs, F use) {
+  if (fs == nullptr) fs = FileSystem::Default();
+  if (fs->IsDirectory(path)) {
+    return absl::FailedPreconditionError(absl::StrCat(path, ": is a directory, not a checkpoint file"));
+  }
+  EMBER_ASSIGN_OR_RETURN(const std::string bytes, fs->ReadFile(path));
+  EMBER_RETURN_IF_ERROR(CheckMagic(std::string_view(bytes).substr(0, 4), path));
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(std::make_shared<BoundedMemoryAdapter>(bytes));
+    return use(reader, std::string_view(bytes));
+  } catch (const c10::Error& e) {
+    return Unreadable(path, e);
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<Value> ReadTorchSave(std::string_view bytes, std::string_view name_view) {
+  const std::string name(name_view);
+  EMBER_RETURN_IF_ERROR(CheckMagic(bytes.substr(0, 4), name));
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(std::make_shared<BoundedMemoryAdapter>(bytes));
+    return ReadArchive(reader, bytes, name);
+  } catch (const c10::Error& e) {
+    return Unreadable(name, e);
+  }
+}
+
+absl::StatusOr<Value> ReadTorchSaveFile(const std::string& path, FileSystem* fs, ArchiveCheck* check) {
+  return WithFileReader<Value>(path, fs, [&](caffe2::serialize::PyTorchStreamReader& r, std::string_view b) {
+    return ReadArchive(r, b, path, check);
+  });
+}
+
+absl::StatusOr<std::string> ReadTorchSaveRecord(const std::string& path, const std::string& record,
+                                                FileSystem* fs) {
+  return WithFileReader<std::string>(
+      path, fs, [&](caffe2::serialize::PyTorchStreamReader& r, std::string_view) -> absl::StatusOr<std::string> {
+        if (!r.hasRecord(record)) return absl::NotFoundError(absl::StrCat(path, ": no record '", record, "'"));
+        auto [ptr, size] = r.getRecord(record);
+        return std::string(static_cast<const char*>(ptr.get()), size);
+      });
+}
+
+absl::StatusOr<RecordLookup> ReadRecordAndVerify(const std::string& path, const std::string& record,
+                                                 FileSystem* fs) {
+  return WithFileReader<RecordLookup>(
+      path, fs, [&](caffe2::serialize::PyTorchStreamReader& r, std::string_view b) -> absl::StatusOr<RecordLookup> {
+        RecordLookup out;
+        if (!r.hasRecord(record)) return out;
+        auto [ptr, size] = r.getRecord(record);
+        out.record = std::string(static_cast<const char*>(ptr.get()), size);
+        absl::StatusOr<ArchiveCheck> check = VerifyReader(r, b, path);
+        if (!check.ok()) {
+          out.integrity = check.status();
+        } else if (!check->has_checksum) {
+          out.integrity = absl::DataLossError(absl::StrCat(path, ": has no checksum record"));
+        } else if (!r.hasRecord("data.pkl")) {
+          out.integrity = absl::DataLossError(absl::StrCat(path, ": not a torch.save archive (no data.pkl)"));
+        }
+        return out;
+      });
+}
+
+absl::StatusOr<ArchiveCheck> VerifyTorchSaveFile(const std::string& path, FileSystem* fs) {
+  return WithFileReader<ArchiveCheck>(path, fs, [&](caffe2::serialize::PyTorchStreamReader& r, std::string_view b) { return VerifyReader(r, b, path); });
+}
+
+}  // namespace ember
