@@ -1,9 +1,14 @@
 #include "distributed/communicator.h"
 
+#include <cstring>
+#include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 
 namespace ember::dist {
 
@@ -26,9 +31,123 @@ absl::Status Communicator::Guard(const char* what, F&& f) {
         what, " on a communicator poisoned by an earlier error: ", poison_.message()));
   }
   collectives_.fetch_add(1, std::memory_order_relaxed);
+  if (world_size() == 1) {  // nothing to wait for: keep the clock reads off the per-event path
+    absl::Status s = f();
+    if (!s.ok()) poison_ = s;
+    return s;
+  }
+  const absl::Time start = absl::Now();
   absl::Status s = f();
+  AddCollectiveTime(absl::Now() - start);
   if (!s.ok()) poison_ = s;
   return s;
+}
+
+namespace {
+
+// A collective that completed before StartAllReduce returned.
+class DonePending final : public Pending {
+ public:
+  explicit DonePending(absl::Status s) : status_(std::move(s)) {}
+  absl::Status Wait() override { return status_; }
+
+ private:
+  absl::Status status_;
+};
+
+// What StartAllReduce hands out: waits once, poisons the communicator on failure.
+class GuardedPending final : public Pending {
+ public:
+  GuardedPending(std::unique_ptr<Pending> inner, Communicator* comm) : inner_(std::move(inner)), comm_(comm) {}
+  ~GuardedPending() override { Wait().IgnoreError(); }
+  absl::Status Wait() override {
+    if (inner_ != nullptr) {
+      const absl::Time start = absl::Now();
+      status_ = inner_->Wait();
+      comm_->AddCollectiveTime(absl::Now() - start);
+      inner_.reset();
+      comm_->Poison(status_);
+    }
+    return status_;
+  }
+
+ private:
+  std::unique_ptr<Pending> inner_;
+  Communicator* comm_;
+  absl::Status status_;
+};
+
+// Widens a host buffer of `From` into `To`, reduces it with `reduce`, narrows it back.
+template <typename To, typename From, typename Widen, typename Narrow, typename Reduce>
+absl::Status ReduceWidened(const Buffer& b, Widen widen, Narrow narrow, Reduce reduce) {
+  From* p = static_cast<From*>(b.data);
+  std::vector<To> wide(b.count);
+  for (size_t i = 0; i < b.count; ++i) wide[i] = widen(p[i]);
+  absl::Status s = reduce(absl::MakeSpan(wide));
+  if (!s.ok()) return s;
+  for (size_t i = 0; i < b.count; ++i) p[i] = narrow(wide[i]);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Pending>> Communicator::DoStartAllReduce(const Buffer& b, ReduceOp op,
+                                                                        absl::Time deadline) {
+  if (!b.on_host()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "AllReduce of ", b.DebugString(), ": the ", backend(),
+        " backend reduces host buffers only; copy it to the host, or use the nccl backend"));
+  }
+  auto reduce_d = [&](absl::Span<double> v) { return DoAllReduce(v, op, deadline); };
+  auto reduce_f = [&](absl::Span<float> v) { return DoAllReduce(v, op, deadline); };
+  absl::Status s;
+  switch (b.dtype) {
+    case DType::kFloat32:
+      s = reduce_f(absl::MakeSpan(static_cast<float*>(b.data), b.count));
+      break;
+    case DType::kFloat64:
+      s = reduce_d(absl::MakeSpan(static_cast<double*>(b.data), b.count));
+      break;
+    case DType::kInt64:
+      s = ReduceWidened<double, int64_t>(
+          b, [](int64_t x) { return static_cast<double>(x); }, [](double x) { return static_cast<int64_t>(x); },
+          reduce_d);
+      break;
+    case DType::kFloat16:
+      s = ReduceWidened<float, uint16_t>(b, HalfToFloat, FloatToHalf, reduce_f);
+      break;
+    case DType::kBFloat16:
+      s = ReduceWidened<float, uint16_t>(b, BFloat16ToFloat, FloatToBFloat16, reduce_f);
+      break;
+  }
+  return std::unique_ptr<Pending>(new DonePending(std::move(s)));
+}
+
+absl::StatusOr<std::unique_ptr<Pending>> Communicator::StartAllReduce(const Buffer& buffer, ReduceOp op,
+                                                                      absl::Time deadline) {
+  if (buffer.data == nullptr && buffer.count > 0) {
+    return absl::InvalidArgumentError(absl::StrCat("StartAllReduce: ", buffer.DebugString(), " has no data"));
+  }
+  if (!buffer.on_host() && !device_buffers()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "AllReduce of ", buffer.DebugString(), ": the ", backend(),
+        " backend reduces host buffers only; copy it to the host, or use the nccl backend"));
+  }
+  std::unique_ptr<Pending> inner;
+  absl::Status started = Guard("StartAllReduce", [&]() -> absl::Status {
+    absl::StatusOr<std::unique_ptr<Pending>> p = DoStartAllReduce(buffer, op, deadline);
+    if (!p.ok()) return p.status();
+    inner = *std::move(p);
+    return absl::OkStatus();
+  });
+  if (!started.ok()) return started;
+  return std::unique_ptr<Pending>(new GuardedPending(std::move(inner), this));
+}
+
+absl::Status Communicator::AllReduce(const Buffer& buffer, ReduceOp op, absl::Time deadline) {
+  absl::StatusOr<std::unique_ptr<Pending>> p = StartAllReduce(buffer, op, deadline);
+  if (!p.ok()) return p.status();
+  return (*p)->Wait();
 }
 
 absl::Status Communicator::AllReduce(absl::Span<double> values, ReduceOp op, absl::Time deadline) {

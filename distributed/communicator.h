@@ -22,17 +22,31 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "distributed/buffer.h"
 
 namespace ember::dist {
 
 enum class ReduceOp { kSum, kMin, kMax };
 
 const char* ReduceOpName(ReduceOp op);
+
+// A collective that has been started and has not been waited for (Communicator::StartAllReduce).
+// Wait() returns once it completed on this rank, or kDeadlineExceeded at the deadline given when
+// it started (the communicator is then poisoned); its buffer must stay valid and untouched until
+// then. A second Wait() returns the first result. Destroying a Pending that was not waited for
+// waits for it (a started collective cannot be taken back).
+class Pending {
+ public:
+  virtual ~Pending() = default;
+  virtual absl::Status Wait() = 0;
+};
 
 class Communicator {
  public:
@@ -44,10 +58,24 @@ class Communicator {
   virtual int local_rank() const = 0;
   // "single", "mpi", "nccl", "fake".
   virtual std::string backend() const = 0;
+  // Whether StartAllReduce takes device buffers (NCCL); the others reduce host buffers only.
+  virtual bool device_buffers() const { return false; }
 
   // In-place all-reduce of host buffers.
   absl::Status AllReduce(absl::Span<double> values, ReduceOp op, absl::Time deadline);
   absl::Status AllReduce(absl::Span<float> values, ReduceOp op, absl::Time deadline);
+  // In-place all-reduce of a typed buffer on the host or a device (buffer.h). Returns once the
+  // collective is started: the MPI backend posts MPI_Iallreduce; the NCCL backend enqueues device
+  // buffers on its own stream after an event on the producer's stream (no host synchronisation,
+  // no copy) and stages host buffers through pinned memory. Other backends complete it before
+  // returning. Device buffers need the NCCL backend (the others say so, before anything is
+  // exchanged, without poisoning the communicator); float16, bfloat16 and
+  // int64 host buffers are reduced exactly where the backend has no such type (through float32
+  // or float64; int64 sums within +-2^53). Same ordering contract as every collective.
+  absl::StatusOr<std::unique_ptr<Pending>> StartAllReduce(const Buffer& buffer, ReduceOp op, absl::Time deadline);
+  // StartAllReduce, then Wait.
+  absl::Status AllReduce(const Buffer& buffer, ReduceOp op, absl::Time deadline);
+
   // recv holds world_size() * send.size() values: rank r's send at [r * send.size(), ...).
   absl::Status AllGather(absl::Span<const double> send, absl::Span<double> recv,
                          absl::Time deadline);
@@ -57,6 +85,16 @@ class Communicator {
 
   // Number of collectives issued so far (for tests and benchmarks: one per event firing).
   int64_t collectives() const { return collectives_.load(std::memory_order_relaxed); }
+  // Time the calling threads spent inside collectives: the blocking calls, and the start and the
+  // Wait() of started ones (time a started collective runs while the caller computes is not
+  // counted: it is the overlap). For goodput accounting.
+  absl::Duration collective_time() const { return absl::Nanoseconds(collective_ns_.load(std::memory_order_relaxed)); }
+  void AddCollectiveTime(absl::Duration d) {
+    collective_ns_.fetch_add(absl::ToInt64Nanoseconds(d), std::memory_order_relaxed);
+  }
+  // Bytes this communicator copied between a device and the host (staging host buffers for NCCL,
+  // both directions). Device buffers add nothing: a test of the GPU path checks it.
+  int64_t host_staged_bytes() const { return staged_bytes_.load(std::memory_order_relaxed); }
   // The error that poisoned the communicator, or OK.
   absl::Status poisoned() const { return poison_; }
   // Marks the communicator failed from outside (a communicator bootstrapped over it failed, a
@@ -73,6 +111,11 @@ class Communicator {
                                    absl::Time deadline) = 0;
   virtual absl::Status DoBroadcast(std::string& bytes, int root, absl::Time deadline) = 0;
   virtual absl::Status DoBarrier(absl::Time deadline) = 0;
+  // Default: host buffers only, completed before returning, through DoAllReduce (float16,
+  // bfloat16 and int64 widened to float32 / float64 and narrowed back).
+  virtual absl::StatusOr<std::unique_ptr<Pending>> DoStartAllReduce(const Buffer& buffer, ReduceOp op,
+                                                                    absl::Time deadline);
+  void CountStaged(int64_t bytes) { staged_bytes_.fetch_add(bytes, std::memory_order_relaxed); }
 
  private:
   // Checks poisoning, counts, and poisons on error.
@@ -80,6 +123,8 @@ class Communicator {
   absl::Status Guard(const char* what, F&& f);
 
   std::atomic<int64_t> collectives_{0};
+  std::atomic<int64_t> staged_bytes_{0};
+  std::atomic<int64_t> collective_ns_{0};
   absl::Status poison_;
 };
 

@@ -96,30 +96,45 @@ absl::StatusOr<std::unique_ptr<Communicator>> LaunchNccl(const LaunchOptions& op
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Communicator>> Launch(const LaunchOptions& options,
-                                                     const LaunchInfo& info) {
+absl::StatusOr<std::string> ChooseBackend(const LaunchOptions& options, const LaunchInfo& info, int gpus,
+                                          bool nccl_built) {
   const std::string& b = options.backend;
+  if (options.device != "cpu" && options.device != "cuda") {
+    return absl::InvalidArgumentError(absl::StrCat("unknown device '", options.device, "'; allowed: cpu, cuda"));
+  }
+  if (b != "auto" && b != "single" && b != "mpi" && b != "nccl") {
+    return absl::InvalidArgumentError(absl::StrCat("unknown backend '", b, "'; allowed: auto, single, mpi, nccl"));
+  }
+  if (options.device == "cuda" && info.local_world_size > gpus) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "device cuda: ", info.local_world_size, " rank(s) on this node but ", gpus,
+        " visible GPU(s); each rank needs a GPU of its own (the local rank picks it): start at most ", gpus,
+        " rank(s) per node, or use device cpu"));
+  }
   if (b == "single") {
     if (info.world_size > 1) {
       return absl::InvalidArgumentError(absl::StrCat(
           "backend single, but the ", info.launcher, " launcher started rank ", info.rank, " of ",
           info.world_size, "; use --backend=auto, mpi or nccl"));
     }
-    return std::unique_ptr<Communicator>(new SingleProcessCommunicator());
+    return std::string("single");
   }
-  if (b == "mpi") return LaunchMpi(options, info);
-  if (b == "nccl") return LaunchNccl(options, info);
-  if (b != "auto") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unknown backend '", b, "'; allowed: auto, single, mpi, nccl"));
-  }
-  if (NcclBuilt() && CudaDeviceCount() > 0 && info.world_size > 1) return LaunchNccl(options, info);
-  if (info.mpi_launched) return LaunchMpi(options, info);
-  if (info.world_size <= 1) return std::unique_ptr<Communicator>(new SingleProcessCommunicator());
+  if (b != "auto") return b;
+  if (options.device == "cuda" && nccl_built && info.world_size > 1) return std::string("nccl");
+  if (info.mpi_launched) return std::string("mpi");
+  if (info.world_size <= 1) return std::string("single");
   return absl::FailedPreconditionError(absl::StrCat(
       "rank ", info.rank, " of ", info.world_size, " (", info.launcher,
-      " launcher) but no backend can connect the ranks: NCCL needs CUDA devices",
-      NcclBuilt() ? "" : " and a build with NCCL", ", MPI needs an MPI launcher (mpirun, srun --mpi=pmix)"));
+      " launcher) but no backend can connect the ranks: NCCL needs device cuda",
+      nccl_built ? "" : " and a build with NCCL", ", MPI needs an MPI launcher (mpirun, srun --mpi=pmix)"));
+}
+
+absl::StatusOr<std::unique_ptr<Communicator>> Launch(const LaunchOptions& options,
+                                                     const LaunchInfo& info) {
+  EMBER_ASSIGN_OR_RETURN(const std::string backend, ChooseBackend(options, info, CudaDeviceCount(), NcclBuilt()));
+  if (backend == "mpi") return LaunchMpi(options, info);
+  if (backend == "nccl") return LaunchNccl(options, info);
+  return std::unique_ptr<Communicator>(new SingleProcessCommunicator());
 }
 
 absl::StatusOr<std::unique_ptr<Communicator>> Launch(const LaunchOptions& options) {

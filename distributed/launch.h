@@ -6,8 +6,11 @@
 //   backend "mpi"     MPI_COMM_WORLD (its size must agree with the launcher's)
 //   backend "nccl"    NCCL on the GPU of this local rank; the ncclUniqueId travels through MPI
 //                     when an MPI launcher started the job, else through MASTER_ADDR:MASTER_PORT
-//   backend "auto"    NCCL when this build has it, CUDA devices exist and there are several
-//                     ranks; else MPI when an MPI launcher started the job; else single.
+//   backend "auto"    NCCL when the tensors are on GPUs (device "cuda"), this build has NCCL and
+//                     there are several ranks; else MPI when an MPI launcher started the job;
+//                     else single. Device "cpu" never picks NCCL.
+// Device "cuda" needs one visible GPU per rank of the node (the local rank picks it): more ranks
+// on a node than GPUs is an error naming both numbers, whatever the backend.
 // A bad or partial environment is an error message here, not a hang later.
 //
 // LaunchWorld returns a World: the communicator plus rank, size and local rank, registered as the
@@ -36,11 +39,16 @@ namespace ember::dist {
 
 struct LaunchOptions {
   std::string backend = "auto";  // auto | single | mpi | nccl
+  std::string device = "cpu";    // cpu | cuda: where the tensors the collectives carry live
   absl::Duration init_timeout = absl::Seconds(300);
 };
 
 absl::StatusOr<std::unique_ptr<Communicator>> Launch(const LaunchOptions& options,
                                                      const LaunchInfo& info);
+// The backend Launch would create ("single", "mpi" or "nccl") for `info` on a node with `gpus`
+// visible GPUs, or the error it would give.
+absl::StatusOr<std::string> ChooseBackend(const LaunchOptions& options, const LaunchInfo& info, int gpus,
+                                          bool nccl_built);
 // Reads the process environment.
 absl::StatusOr<std::unique_ptr<Communicator>> Launch(const LaunchOptions& options = {});
 

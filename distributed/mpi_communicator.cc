@@ -5,10 +5,12 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <cstring>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -62,7 +64,99 @@ absl::Status Wait(MPI_Request* request, const char* what, absl::Time deadline) {
   }
 }
 
+// The reduction of two 16-bit floating-point vectors (MPI has no such type): widened to float,
+// combined, narrowed back, element by element.
+template <float (*Widen)(uint16_t), uint16_t (*Narrow)(float), ReduceOp kOp>
+void Reduce16(void* in, void* inout, int* len, MPI_Datatype*) {
+  const uint16_t* a = static_cast<const uint16_t*>(in);
+  uint16_t* b = static_cast<uint16_t*>(inout);
+  for (int i = 0; i < *len; ++i) {
+    const float x = Widen(a[i]);
+    const float y = Widen(b[i]);
+    float r = x + y;
+    if (kOp == ReduceOp::kMin) r = std::fmin(x, y);
+    if (kOp == ReduceOp::kMax) r = std::fmax(x, y);
+    b[i] = Narrow(r);
+  }
+}
+
+// Ember's MPI operations for float16 and bfloat16, created once after MPI_Init.
+struct Ops16 {
+  MPI_Op op[2][3];  // [float16, bfloat16][sum, min, max]
+  Ops16() {
+    MPI_Op_create(&Reduce16<HalfToFloat, FloatToHalf, ReduceOp::kSum>, 1, &op[0][0]);
+    MPI_Op_create(&Reduce16<HalfToFloat, FloatToHalf, ReduceOp::kMin>, 1, &op[0][1]);
+    MPI_Op_create(&Reduce16<HalfToFloat, FloatToHalf, ReduceOp::kMax>, 1, &op[0][2]);
+    MPI_Op_create(&Reduce16<BFloat16ToFloat, FloatToBFloat16, ReduceOp::kSum>, 1, &op[1][0]);
+    MPI_Op_create(&Reduce16<BFloat16ToFloat, FloatToBFloat16, ReduceOp::kMin>, 1, &op[1][1]);
+    MPI_Op_create(&Reduce16<BFloat16ToFloat, FloatToBFloat16, ReduceOp::kMax>, 1, &op[1][2]);
+  }
+};
+
+const Ops16& GetOps16() {
+  static const Ops16* ops = new Ops16();  // lives until MPI_Finalize, which frees user operations
+  return *ops;
+}
+
+int OpIndex(ReduceOp op) { return op == ReduceOp::kSum ? 0 : op == ReduceOp::kMin ? 1 : 2; }
+
+// A posted MPI_Iallreduce.
+class MpiPending final : public Pending {
+ public:
+  MpiPending(MPI_Request request, absl::Time deadline, std::string what)
+      : request_(request), deadline_(deadline), what_(std::move(what)) {}
+  absl::Status Wait() override {
+    if (!done_) {
+      status_ = ::ember::dist::Wait(&request_, what_.c_str(), deadline_);
+      done_ = true;
+    }
+    return status_;
+  }
+
+ private:
+  MPI_Request request_;
+  absl::Time deadline_;
+  std::string what_;
+  bool done_ = false;
+  absl::Status status_;
+};
+
 }  // namespace
+
+absl::StatusOr<std::unique_ptr<Pending>> MpiCommunicator::DoStartAllReduce(const Buffer& b, ReduceOp op,
+                                                                           absl::Time deadline) {
+  if (!b.on_host()) return Communicator::DoStartAllReduce(b, op, deadline);  // says why not
+  if (b.count > INT_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat("AllReduce of ", b.DebugString(), ": more than ", INT_MAX,
+                                                   " elements; split it"));
+  }
+  MPI_Datatype type = MPI_FLOAT;
+  MPI_Op mpi_op = ToMpi(op);
+  switch (b.dtype) {
+    case DType::kFloat32:
+      type = MPI_FLOAT;
+      break;
+    case DType::kFloat64:
+      type = MPI_DOUBLE;
+      break;
+    case DType::kInt64:
+      type = MPI_INT64_T;
+      break;
+    case DType::kFloat16:
+      type = MPI_UINT16_T;
+      mpi_op = GetOps16().op[0][OpIndex(op)];
+      break;
+    case DType::kBFloat16:
+      type = MPI_UINT16_T;
+      mpi_op = GetOps16().op[1][OpIndex(op)];
+      break;
+  }
+  MPI_Request request;
+  int rc = MPI_Iallreduce(MPI_IN_PLACE, b.data, static_cast<int>(b.count), type, mpi_op, MPI_COMM_WORLD, &request);
+  if (rc != MPI_SUCCESS) return MpiError("MPI_Iallreduce", rc);
+  return std::unique_ptr<Pending>(
+      new MpiPending(request, deadline, absl::StrCat("MPI_Iallreduce of ", b.DebugString())));
+}
 
 absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::Create(absl::Duration init_timeout) {
   const absl::Time deadline = absl::Now() + init_timeout;

@@ -40,6 +40,10 @@ class MpiCommunicator final : public Communicator {
                            absl::Time deadline) override;
   absl::Status DoBroadcast(std::string& bytes, int root, absl::Time deadline) override;
   absl::Status DoBarrier(absl::Time deadline) override;
+  // MPI_Iallreduce: returns once posted; float16 and bfloat16 through MPI operations of Ember's
+  // own (accumulated in float32 per pair of operands, like NCCL).
+  absl::StatusOr<std::unique_ptr<Pending>> DoStartAllReduce(const Buffer& buffer, ReduceOp op,
+                                                            absl::Time deadline) override;
 
  private:
   MpiCommunicator() = default;

@@ -7,6 +7,9 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
+#include <memory>
+#include <utility>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -53,6 +56,8 @@ class NcclCommunicator final : public Communicator {
       }
     }
     if (device_buffer_ != nullptr) cudaFree(device_buffer_);
+    if (pinned_ != nullptr) cudaFreeHost(pinned_);
+    if (staged_done_ != nullptr) cudaEventDestroy(staged_done_);
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
   }
 
@@ -72,6 +77,9 @@ class NcclCommunicator final : public Communicator {
     if ((e = cudaSetDevice(c->device_)) != cudaSuccess) return CudaError("cudaSetDevice", e);
     if ((e = cudaStreamCreateWithFlags(&c->stream_, cudaStreamNonBlocking)) != cudaSuccess) {
       return CudaError("cudaStreamCreate", e);
+    }
+    if ((e = cudaEventCreateWithFlags(&c->staged_done_, cudaEventDisableTiming)) != cudaSuccess) {
+      return CudaError("cudaEventCreate", e);
     }
     const absl::Time deadline = absl::Now() + o.init_timeout;
     ncclUniqueId id;
@@ -107,6 +115,7 @@ class NcclCommunicator final : public Communicator {
   int world_size() const override { return world_size_; }
   int local_rank() const override { return local_rank_; }
   std::string backend() const override { return "nccl"; }
+  bool device_buffers() const override { return true; }
 
  protected:
   absl::Status DoAllReduce(absl::Span<double> v, ReduceOp op, absl::Time deadline) override {
@@ -149,8 +158,101 @@ class NcclCommunicator final : public Communicator {
     return DoAllReduce(absl::MakeSpan(&one, 1), ReduceOp::kSum, deadline);
   }
 
+  // Device buffers: enqueued on this communicator's stream after an event recorded on the
+  // producer's stream; no copy, no host synchronisation until Wait(), which polls an event
+  // recorded after the collective. Host buffers: the base class (staged, blocking).
+  absl::StatusOr<std::unique_ptr<Pending>> DoStartAllReduce(const Buffer& b, ReduceOp op,
+                                                            absl::Time deadline) override {
+    if (b.on_host()) return Communicator::DoStartAllReduce(b, op, deadline);
+    if (comm_ == nullptr) return absl::FailedPreconditionError("NCCL communicator was aborted");
+    if (b.device != device_) {
+      return absl::InvalidArgumentError(absl::StrCat("AllReduce of ", b.DebugString(), ": this rank's NCCL communicator is on cuda:",
+                                                     device_, "; move the buffer there"));
+    }
+    cudaEvent_t ready = nullptr, done = nullptr;
+    cudaError_t e = cudaEventCreateWithFlags(&ready, cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&done, cudaEventDisableTiming);
+    if (e != cudaSuccess) return CudaError("cudaEventCreate", e);
+    auto pending = std::make_unique<DevicePending>(this, done, deadline, b.DebugString());
+    cudaStream_t producer = static_cast<cudaStream_t>(b.stream);
+    if ((e = cudaEventRecord(ready, producer)) != cudaSuccess) return CudaError("cudaEventRecord", e);
+    e = cudaStreamWaitEvent(stream_, ready, 0);
+    cudaEventDestroy(ready);  // released once the wait is enqueued
+    if (e != cudaSuccess) return CudaError("cudaStreamWaitEvent", e);
+    ncclResult_t r = ncclAllReduce(b.data, b.data, b.count, ToNccl(b.dtype), ToNccl(op), comm_, stream_);
+    if (r != ncclSuccess && r != ncclInProgress) return NcclError("ncclAllReduce", r);
+    EMBER_RETURN_IF_ERROR(WaitComm("ncclAllReduce enqueue", deadline));
+    if ((e = cudaEventRecord(done, stream_)) != cudaSuccess) return CudaError("cudaEventRecord", e);
+    return std::unique_ptr<Pending>(std::move(pending));
+  }
+
  private:
   NcclCommunicator() = default;
+
+  // A device all-reduce in flight: Wait() polls its event and NCCL's error state; at the deadline
+  // the communicator is aborted (which frees the GPU from the stuck kernel).
+  class DevicePending final : public Pending {
+   public:
+    DevicePending(NcclCommunicator* c, cudaEvent_t done, absl::Time deadline, std::string what)
+        : c_(c), done_(done), deadline_(deadline), what_(std::move(what)) {}
+    ~DevicePending() override {
+      if (done_ != nullptr) cudaEventDestroy(done_);
+    }
+    absl::Status Wait() override {
+      if (!waited_) {
+        status_ = c_->PollEvent(done_, absl::StrCat("ncclAllReduce of ", what_).c_str(), deadline_);
+        waited_ = true;
+      }
+      return status_;
+    }
+
+   private:
+    NcclCommunicator* c_;
+    cudaEvent_t done_;
+    absl::Time deadline_;
+    std::string what_;
+    bool waited_ = false;
+    absl::Status status_;
+  };
+
+  static ncclDataType_t ToNccl(DType t) {
+    switch (t) {
+      case DType::kFloat32:
+        return ncclFloat32;
+      case DType::kFloat64:
+        return ncclFloat64;
+      case DType::kFloat16:
+        return ncclFloat16;
+      case DType::kBFloat16:
+        return ncclBfloat16;
+      case DType::kInt64:
+        return ncclInt64;
+    }
+    return ncclFloat32;
+  }
+  static ncclRedOp_t ToNccl(ReduceOp op) { return ::ember::dist::ToNccl(op); }
+
+  // Polls `event` until it completes; NCCL's asynchronous errors and the deadline end the wait
+  // (the deadline aborts the communicator).
+  absl::Status PollEvent(cudaEvent_t event, const char* what, absl::Time deadline) {
+    for (int64_t polls = 0;; ++polls) {
+      cudaError_t e = cudaEventQuery(event);
+      if (e == cudaSuccess) return absl::OkStatus();
+      if (e != cudaErrorNotReady) return CudaError(what, e);
+      if (comm_ == nullptr) return absl::FailedPreconditionError(absl::StrCat(what, ": NCCL communicator was aborted"));
+      ncclResult_t state;
+      if (ncclCommGetAsyncError(comm_, &state) == ncclSuccess && state != ncclSuccess && state != ncclInProgress) {
+        return NcclError(what, state);
+      }
+      if (absl::Now() > deadline) {
+        ncclCommAbort(comm_);
+        comm_ = nullptr;
+        return absl::DeadlineExceededError(
+            absl::StrCat(what, ": not every rank joined before the deadline; NCCL communicator aborted"));
+      }
+      if (polls > 1000) std::this_thread::yield();
+    }
+  }
 
   // Waits until the communicator has no operation in progress, or aborts it at the deadline.
   absl::Status WaitComm(const char* what, absl::Time deadline) {
@@ -170,8 +272,10 @@ class NcclCommunicator final : public Communicator {
     }
   }
 
-  // Copies `in` to the device (at input_offset), runs `op` on the device buffer, copies `out`
-  // back, polling the stream and NCCL's async error state against the deadline.
+  // Copies `in` into pinned host memory and on to the device (at input_offset), runs `op` on the
+  // device buffer, copies the result back to pinned memory and then to `out`. Every copy is
+  // asynchronous (pinned memory), so the host polls an event against the deadline while the
+  // collective runs: a dead peer ends in ncclCommAbort, never in a blocked cudaMemcpy.
   template <typename Op>
   absl::Status Staged(const void* in, size_t in_bytes, void* out, size_t out_bytes,
                       absl::Time deadline, Op op, size_t input_offset = 0) {
@@ -179,35 +283,30 @@ class NcclCommunicator final : public Communicator {
     const size_t need = std::max(in_bytes + input_offset, out_bytes);
     if (need > capacity_) {
       if (device_buffer_ != nullptr) cudaFree(device_buffer_);
+      if (pinned_ != nullptr) cudaFreeHost(pinned_);
+      device_buffer_ = pinned_ = nullptr;
+      capacity_ = 0;
       cudaError_t e = cudaMalloc(&device_buffer_, need);
       if (e != cudaSuccess) return CudaError("cudaMalloc", e);
+      e = cudaMallocHost(&pinned_, need);
+      if (e != cudaSuccess) return CudaError("cudaMallocHost", e);
       capacity_ = need;
     }
     char* buf = static_cast<char*>(device_buffer_);
-    cudaError_t e = cudaMemcpyAsync(buf + input_offset, in, in_bytes, cudaMemcpyHostToDevice, stream_);
+    char* host = static_cast<char*>(pinned_);
+    std::memcpy(host + input_offset, in, in_bytes);
+    cudaError_t e = cudaMemcpyAsync(buf + input_offset, host + input_offset, in_bytes, cudaMemcpyHostToDevice, stream_);
     if (e != cudaSuccess) return CudaError("cudaMemcpyAsync", e);
     ncclResult_t r = op(buf);
     if (r != ncclSuccess && r != ncclInProgress) return NcclError("NCCL collective", r);
     EMBER_RETURN_IF_ERROR(WaitComm("NCCL collective enqueue", deadline));
-    e = cudaMemcpyAsync(out, buf, out_bytes, cudaMemcpyDeviceToHost, stream_);
+    e = cudaMemcpyAsync(host, buf, out_bytes, cudaMemcpyDeviceToHost, stream_);
     if (e != cudaSuccess) return CudaError("cudaMemcpyAsync", e);
-    while (true) {
-      e = cudaStreamQuery(stream_);
-      if (e == cudaSuccess) return absl::OkStatus();
-      if (e != cudaErrorNotReady) return CudaError("cudaStreamQuery", e);
-      ncclResult_t state;
-      if (ncclCommGetAsyncError(comm_, &state) == ncclSuccess && state != ncclSuccess &&
-          state != ncclInProgress) {
-        return NcclError("NCCL collective", state);
-      }
-      if (absl::Now() > deadline) {
-        ncclCommAbort(comm_);
-        comm_ = nullptr;
-        return absl::DeadlineExceededError(
-            "NCCL collective: not every rank joined before the deadline; NCCL communicator aborted");
-      }
-      std::this_thread::yield();
-    }
+    if ((e = cudaEventRecord(staged_done_, stream_)) != cudaSuccess) return CudaError("cudaEventRecord", e);
+    CountStaged(static_cast<int64_t>(in_bytes + out_bytes));
+    EMBER_RETURN_IF_ERROR(PollEvent(staged_done_, "NCCL collective", deadline));
+    std::memcpy(out, host, out_bytes);
+    return absl::OkStatus();
   }
 
   int rank_ = 0;
@@ -217,6 +316,8 @@ class NcclCommunicator final : public Communicator {
   cudaStream_t stream_ = nullptr;
   ncclComm_t comm_ = nullptr;
   void* device_buffer_ = nullptr;
+  void* pinned_ = nullptr;  // page-locked staging, capacity_ bytes
+  cudaEvent_t staged_done_ = nullptr;
   size_t capacity_ = 0;
 };
 

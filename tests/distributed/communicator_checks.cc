@@ -37,6 +37,53 @@ void CheckAllReduce(Communicator& comm) {
   EXPECT_TRUE(comm.AllReduce(absl::MakeSpan(empty), ReduceOp::kSum, Deadline()).ok());
 }
 
+void CheckTypedAllReduce(Communicator& comm) {
+  const int n = comm.world_size();
+  const int r = comm.rank();
+  const double sum_1_to_n = n * (n + 1) / 2.0;
+  // Two collectives in flight before either is waited for.
+  std::vector<float> f = {1.25f * (r + 1), -0.5f * (r + 1)};
+  std::vector<double> d = {0.1 * (r + 1)};
+  auto pf = comm.StartAllReduce(Buffer::Host(f.data(), f.size()), ReduceOp::kSum, Deadline());
+  ASSERT_TRUE(pf.ok()) << pf.status();
+  auto pd = comm.StartAllReduce(Buffer::Host(d.data(), d.size()), ReduceOp::kMax, Deadline());
+  ASSERT_TRUE(pd.ok()) << pd.status();
+  ASSERT_TRUE((*pf)->Wait().ok());
+  ASSERT_TRUE((*pd)->Wait().ok());
+  EXPECT_TRUE((*pf)->Wait().ok()) << "a second Wait returns the first result";
+  EXPECT_EQ(f[0], static_cast<float>(1.25 * sum_1_to_n));
+  EXPECT_EQ(f[1], static_cast<float>(-0.5 * sum_1_to_n));
+  EXPECT_EQ(d[0], 0.1 * n);
+  // int64 beyond float's range, exact.
+  std::vector<int64_t> i = {(int64_t{1} << 40) + r, -r};
+  ASSERT_TRUE(comm.AllReduce(Buffer::Host(i.data(), i.size()), ReduceOp::kSum, Deadline()).ok());
+  EXPECT_EQ(i[0], n * (int64_t{1} << 40) + n * (n - 1) / 2);
+  EXPECT_EQ(i[1], -(n * (n - 1) / 2));
+  // float16 and bfloat16: values and sums exactly representable in both.
+  for (DType t : {DType::kFloat16, DType::kBFloat16}) {
+    auto to16 = [t](float x) { return t == DType::kFloat16 ? FloatToHalf(x) : FloatToBFloat16(x); };
+    auto from16 = [t](uint16_t x) { return t == DType::kFloat16 ? HalfToFloat(x) : BFloat16ToFloat(x); };
+    std::vector<uint16_t> h = {to16(1.5f * (r + 1)), to16(-2.0f * r)};
+    ASSERT_TRUE(comm.AllReduce(Buffer{h.data(), t, h.size()}, ReduceOp::kSum, Deadline()).ok()) << DTypeName(t);
+    EXPECT_EQ(from16(h[0]), static_cast<float>(1.5 * sum_1_to_n)) << DTypeName(t);
+    EXPECT_EQ(from16(h[1]), static_cast<float>(-2.0 * n * (n - 1) / 2)) << DTypeName(t);
+    std::vector<uint16_t> lo = {to16(0.25f * (r + 1))}, hi = {to16(0.25f * (r + 1))};
+    ASSERT_TRUE(comm.AllReduce(Buffer{lo.data(), t, 1}, ReduceOp::kMin, Deadline()).ok());
+    ASSERT_TRUE(comm.AllReduce(Buffer{hi.data(), t, 1}, ReduceOp::kMax, Deadline()).ok());
+    EXPECT_EQ(from16(lo[0]), 0.25f) << DTypeName(t);
+    EXPECT_EQ(from16(hi[0]), 0.25f * n) << DTypeName(t);
+  }
+  // A device buffer where the backend takes host buffers only: refused, nothing poisoned.
+  if (!comm.device_buffers()) {
+    float x = 0;
+    auto p = comm.StartAllReduce(Buffer{&x, DType::kFloat32, 1, /*device=*/0}, ReduceOp::kSum, Deadline());
+    ASSERT_FALSE(p.ok());
+    EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(std::string(p.status().message()).find("float32[1] on cuda:0"), std::string::npos) << p.status();
+    EXPECT_TRUE(comm.poisoned().ok());
+  }
+}
+
 void CheckAllGather(Communicator& comm) {
   const int n = comm.world_size();
   std::vector<double> send = {static_cast<double>(comm.rank()), 10.0 * comm.rank()};

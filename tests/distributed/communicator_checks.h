@@ -11,6 +11,10 @@
 namespace ember::dist::testing {
 
 void CheckAllReduce(Communicator& comm);
+// StartAllReduce of host buffers of every element type (float32, float64, float16, bfloat16,
+// int64), SUM / MIN / MAX, with two collectives in flight at once; a device buffer on a backend
+// without device buffers is refused without poisoning the communicator.
+void CheckTypedAllReduce(Communicator& comm);
 void CheckAllGather(Communicator& comm);
 void CheckBroadcast(Communicator& comm);
 void CheckBarrier(Communicator& comm);
@@ -21,6 +25,7 @@ void CheckEngineAgreement(Communicator& comm);
 
 inline void CheckAll(Communicator& comm) {
   CheckAllReduce(comm);
+  CheckTypedAllReduce(comm);
   CheckAllGather(comm);
   CheckBroadcast(comm);
   CheckBarrier(comm);

@@ -13,7 +13,7 @@
 #include "gtest/gtest.h"
 #include "handlers/checkpoint.h"
 #include "handlers/early_stopping.h"
-#include "handlers/save_handler.h"
+#include "handlers/in_memory_saver.h"
 #include "nlohmann/json.hpp"
 #include "tests/conformance/golden.h"
 

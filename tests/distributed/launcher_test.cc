@@ -136,6 +136,26 @@ TEST(Launch, BackendChoiceAndErrors) {
   }
 }
 
+TEST(Launch, AutoPicksNcclOnlyForCudaTensorsWithAGpuPerRank) {
+  LaunchInfo info = Read({{"RANK", "0"}, {"WORLD_SIZE", "4"}, {"LOCAL_RANK", "0"}, {"LOCAL_WORLD_SIZE", "2"},
+                          {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", "1"}});
+  // CPU tensors never go to NCCL, even with GPUs on the node.
+  EXPECT_THAT(std::string(ChooseBackend({.device = "cpu"}, info, /*gpus=*/8, true).status().message()),
+              HasSubstr("no backend can connect the ranks: NCCL needs device cuda"));
+  info.mpi_launched = true;
+  EXPECT_EQ(*ChooseBackend({.device = "cpu"}, info, 8, true), "mpi");
+  EXPECT_EQ(*ChooseBackend({.device = "cuda"}, info, 2, true), "nccl");
+  EXPECT_EQ(*ChooseBackend({.device = "cuda"}, info, 2, /*nccl_built=*/false), "mpi");
+  // More ranks on the node than GPUs: an error naming both numbers, whatever the backend.
+  for (const char* backend : {"auto", "mpi", "nccl"}) {
+    absl::StatusOr<std::string> b = ChooseBackend({.backend = backend, .device = "cuda"}, info, 1, true);
+    ASSERT_FALSE(b.ok()) << backend;
+    EXPECT_THAT(std::string(b.status().message()), HasSubstr("device cuda: 2 rank(s) on this node but 1 visible GPU(s)"));
+  }
+  EXPECT_THAT(std::string(ChooseBackend({.device = "tpu"}, info, 1, true).status().message()),
+              HasSubstr("unknown device 'tpu'; allowed: cpu, cuda"));
+}
+
 TEST(TcpRendezvous, Rank0HandsItsPayloadToEveryRank) {
   const int world = 4;
   const int port = 20000 + (::getpid() % 20000);
