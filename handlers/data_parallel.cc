@@ -1,7 +1,14 @@
 #include "handlers/data_parallel.h"
 
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include <algorithm>
 #include <cstring>
+#include <map>
 #include <string>
+#include <tuple>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -10,30 +17,106 @@
 #include "distributed/default_communicator.h"
 
 namespace ember {
+namespace {
+
+absl::StatusOr<dist::DType> ToDType(torch::ScalarType t) {
+  switch (t) {
+    case torch::kFloat32:
+      return dist::DType::kFloat32;
+    case torch::kFloat64:
+      return dist::DType::kFloat64;
+    case torch::kFloat16:
+      return dist::DType::kFloat16;
+    case torch::kBFloat16:
+      return dist::DType::kBFloat16;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("DataParallel: a parameter of dtype ", c10::toString(t),
+                                                     " requires a gradient; allowed: float32, float64, float16, bfloat16"));
+  }
+}
+
+}  // namespace
+
+// Runs after a parameter's AccumulateGrad node has written its gradient.
+class DataParallel::ReadyHook final : public torch::autograd::FunctionPostHook {
+ public:
+  ReadyHook(DataParallel* owner, size_t param) : owner_(owner), param_(param) {}
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
+                                            const torch::autograd::variable_list&) override {
+    owner_->OnGradientReady(param_);
+    return outputs;
+  }
+
+ private:
+  DataParallel* owner_;
+  size_t param_;
+};
+
 DataParallel::DataParallel(torch::nn::Module& module, DataParallelOptions options)
-    : comm_(options.comm != nullptr ? options.comm : dist::DefaultCommunicator()), options_(options) {
+    : comm_(options.comm != nullptr ? options.comm : dist::DefaultCommunicator()),
+      options_(options),
+      owner_(std::this_thread::get_id()) {
   for (const auto& p : module.named_parameters()) {
     if (!p.value().requires_grad()) continue;
     names_.push_back(p.key());
     params_.push_back(p.value());
   }
-  const int64_t bucket_elems = std::max<int64_t>(1, options_.bucket_bytes / static_cast<int64_t>(sizeof(float)));
-  int64_t used = 0;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    const int64_t n = params_[i].numel();
-    if (buckets_.empty() || (used > 0 && used + n > bucket_elems)) {
-      buckets_.emplace_back();
-      used = 0;
+  // Buckets in reverse parameter order (backward's order), one device and dtype per bucket.
+  const bool device_buffers = comm_ != nullptr && comm_->device_buffers();
+  std::map<std::pair<std::string, torch::ScalarType>, size_t> open;  // (device, dtype) -> bucket
+  std::vector<int64_t> used;
+  bucket_of_.assign(params_.size(), 0);
+  for (size_t k = params_.size(); k-- > 0;) {
+    const torch::Tensor& p = params_[k];
+    if (absl::StatusOr<dist::DType> t = ToDType(p.scalar_type()); !t.ok()) {
+      status_ = t.status();
+      return;
     }
-    buckets_.back().push_back(i);
-    used += n;
+    const auto key = std::make_pair(p.device().str(), p.scalar_type());
+    const int64_t bytes = p.numel() * p.element_size();
+    auto it = open.find(key);
+    if (it == open.end() || (used[it->second] > 0 && used[it->second] + bytes > options_.bucket_bytes)) {
+      buckets_.emplace_back();
+      used.push_back(0);
+      it = open.insert_or_assign(key, buckets_.size() - 1).first;
+    }
+    buckets_[it->second].params.push_back(k);
+    used[it->second] += bytes;
+    bucket_of_[k] = it->second;
   }
-  for (const auto& b : buckets_) {
+  for (Bucket& b : buckets_) {
+    const torch::Tensor& first = params_[b.params.front()];
     int64_t n = 0;
-    for (size_t i : b) n += params_[i].numel();
-    flat_.push_back(torch::empty({n}, torch::kFloat32));
+    for (size_t i : b.params) n += params_[i].numel();
+    b.staged = !first.device().is_cpu() && !device_buffers;
+    b.flat = torch::empty({n}, first.options().device(b.staged ? torch::Device(torch::kCPU) : first.device())
+                                   .requires_grad(false));
+    b.unready = static_cast<int>(b.params.size());
   }
+  ready_.assign(params_.size(), false);
   status_ = Broadcast(module);
+  if (!status_.ok() || world_size() == 1 || !options_.overlap) return;
+  // The hooks may issue collectives themselves when they run on this thread (autograd runs CPU
+  // work on the caller's thread) or when the backend is thread-agnostic while this thread waits
+  // (NCCL); otherwise they only mark readiness and AllReduceGradients starts the buckets.
+  hooks_may_start_ = true;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    std::shared_ptr<torch::autograd::Node> acc = torch::autograd::impl::grad_accumulator(params_[i]);
+    const uintptr_t key = acc->add_post_hook(std::make_unique<ReadyHook>(this, i));
+    hooks_.emplace_back(std::move(acc), key);
+  }
+}
+
+DataParallel::~DataParallel() {
+  for (auto& [node, key] : hooks_) node->del_post_hook(key);
+  for (Bucket& b : buckets_) b.pending.reset();  // waits for what is in flight
+}
+
+std::string DataParallel::Describe(size_t bucket) const {
+  std::vector<std::string> names;
+  for (size_t i : buckets_[bucket].params) names.push_back(names_[i]);
+  return absl::StrCat("DataParallel: step ", step_ + 1, ": gradient all-reduce of bucket ", bucket, " of ",
+                      buckets_.size(), " (", absl::StrJoin(names, ", "), ")");
 }
 
 absl::Status DataParallel::Broadcast(torch::nn::Module& module) {
@@ -64,36 +147,80 @@ absl::Status DataParallel::Broadcast(torch::nn::Module& module) {
   return absl::OkStatus();
 }
 
+void DataParallel::OnGradientReady(size_t param) {
+  if (!hook_error_.ok()) return;
+  const size_t b = bucket_of_[param];
+  if (ready_[param]) {
+    if (b < next_) {
+      hook_error_ = absl::FailedPreconditionError(absl::StrCat(
+          "DataParallel: step ", step_ + 1, ": parameter ", names_[param],
+          " got a second gradient after its bucket was sent (two backward passes before AllReduceGradients?); "
+          "to accumulate gradients over several backward passes, construct DataParallel with overlap = false"));
+    }
+    return;
+  }
+  ready_[param] = true;
+  --buckets_[b].unready;
+  const bool may_start =
+      hooks_may_start_ && (std::this_thread::get_id() == owner_ || comm_->backend() == "nccl");
+  if (!may_start) return;
+  while (next_ < buckets_.size() && buckets_[next_].unready == 0) {
+    if (absl::Status s = Start(next_++); !s.ok()) {
+      hook_error_ = s;
+      return;
+    }
+    ++started_early_;
+  }
+}
+
+absl::Status DataParallel::Start(size_t b) {
+  torch::NoGradGuard no_grad;
+  Bucket& bucket = buckets_[b];
+  int64_t at = 0;
+  for (size_t i : bucket.params) {
+    const int64_t n = params_[i].numel();
+    const torch::Tensor& g = params_[i].grad();
+    if (g.defined()) {
+      bucket.flat.slice(0, at, at + n).copy_(g.reshape({-1}));
+    } else {
+      bucket.flat.slice(0, at, at + n).zero_();
+    }
+    at += n;
+  }
+  if (bucket.staged) ++staged_;
+  dist::Buffer buffer{bucket.flat.data_ptr(), *ToDType(bucket.flat.scalar_type()), static_cast<size_t>(bucket.flat.numel()),
+                      bucket.flat.device().is_cpu() ? dist::Buffer::kHost : bucket.flat.device().index()};
+  absl::StatusOr<std::unique_ptr<dist::Pending>> p =
+      comm_->StartAllReduce(buffer, dist::ReduceOp::kSum, absl::Now() + options_.deadline);
+  if (!p.ok()) return absl::Status(p.status().code(), absl::StrCat(Describe(b), ": ", p.status().message()));
+  bucket.pending = *std::move(p);
+  return absl::OkStatus();
+}
+
 absl::Status DataParallel::AllReduceGradients() {
   if (world_size() == 1) return absl::OkStatus();
+  EMBER_RETURN_IF_ERROR(status_);
   torch::NoGradGuard no_grad;
-  const float scale = 1.0f / static_cast<float>(comm_->world_size());
+  absl::Status result = hook_error_;
+  // The buckets backward did not complete (parameters without a gradient this step), in order.
+  while (result.ok() && next_ < buckets_.size()) result = Start(next_++);
+  const double scale = 1.0 / static_cast<double>(comm_->world_size());
   for (size_t b = 0; b < buckets_.size(); ++b) {
-    torch::Tensor& flat = flat_[b];
-    int64_t at = 0;
-    for (size_t i : buckets_[b]) {
-      const int64_t n = params_[i].numel();
-      const torch::Tensor& g = params_[i].grad();
-      if (g.defined()) {
-        flat.slice(0, at, at + n).copy_(g.reshape({-1}));
-      } else {
-        flat.slice(0, at, at + n).zero_();
-      }
-      at += n;
-    }
-    absl::Status s = comm_->AllReduce(absl::MakeSpan(flat.data_ptr<float>(), flat.numel()), dist::ReduceOp::kSum,
-                                      absl::Now() + options_.deadline);
+    Bucket& bucket = buckets_[b];
+    if (bucket.pending == nullptr) continue;
+    absl::Status s = bucket.pending->Wait();
+    bucket.pending.reset();
     if (!s.ok()) {
-      std::vector<std::string> names;
-      for (size_t i : buckets_[b]) names.push_back(names_[i]);
-      return absl::Status(s.code(), absl::StrCat("DataParallel: gradient bucket ", b, " of ", buckets_.size(), " (",
-                                                 absl::StrJoin(names, ", "), "): ", s.message()));
+      if (result.ok()) result = absl::Status(s.code(), absl::StrCat(Describe(b), ": ", s.message()));
+      continue;
     }
-    flat.mul_(scale);
-    at = 0;
-    for (size_t i : buckets_[b]) {
+    if (!result.ok()) continue;
+    ++reduced_;
+    bucket.flat.mul_(scale);
+    int64_t at = 0;
+    for (size_t i : bucket.params) {
       const int64_t n = params_[i].numel();
-      torch::Tensor averaged = flat.slice(0, at, at + n).view_as(params_[i]);
+      torch::Tensor averaged = bucket.flat.slice(0, at, at + n).view_as(params_[i]);
       if (params_[i].grad().defined()) {
         params_[i].mutable_grad().copy_(averaged);
       } else {
@@ -102,7 +229,13 @@ absl::Status DataParallel::AllReduceGradients() {
       at += n;
     }
   }
-  return absl::OkStatus();
+  // The next step starts afresh.
+  next_ = 0;
+  std::fill(ready_.begin(), ready_.end(), false);
+  for (Bucket& bucket : buckets_) bucket.unready = static_cast<int>(bucket.params.size());
+  hook_error_ = absl::OkStatus();
+  if (result.ok()) ++step_;
+  return result;
 }
 
 }  // namespace ember

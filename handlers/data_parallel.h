@@ -2,31 +2,50 @@
 //
 // DataParallel: the gradient averaging of data-parallel training, as one object. Constructed on
 // every rank with the same module, it broadcasts the module's parameters and buffers from rank 0
-// (so ranks that initialised differently start equal) and, after each backward, AllReduceGradients
-// averages every parameter's gradient over the ranks: the gradients are packed into buckets of at
-// most `bucket_bytes`, one all-reduce (SUM, then / world size) per bucket, in the order of
-// module.parameters(). A parameter without a gradient in a step takes part as zeros (as if it
-// contributed nothing on this rank), so the ranks always issue the same collectives.
+// (so ranks that initialised differently start equal). Gradients are averaged over the ranks in
+// buckets of at most `bucket_bytes` (one all-reduce each: SUM, then / world size), formed in
+// reverse parameter order, the order in which backward produces them, and per device and dtype.
+//
+// Overlap (the default, like PyTorch DDP's Reducer): a hook on each parameter's gradient
+// accumulator marks it ready during backward; as soon as every parameter of the next bucket in
+// order is ready, that bucket is packed and its all-reduce started (MPI_Iallreduce on the host;
+// on a GPU with the NCCL backend, the bucket stays on the device and is enqueued on NCCL's
+// stream), so communication runs while the rest of backward computes. AllReduceGradients(), after
+// backward, starts the buckets still unsent, waits for all of them and writes the averages into
+// the gradients. Buckets start in the same order on every rank, whatever the timing. Without
+// overlap, AllReduceGradients packs and reduces every bucket itself; both give bitwise the same
+// averages.
+//
+// A parameter without a gradient in a step takes part as zeros (as if it contributed nothing on
+// this rank), so the ranks always issue the same collectives. One backward per step: a second
+// gradient for a parameter whose bucket was already sent is an error that says so (accumulating
+// gradients over several backward passes needs overlap = false). On a backend that reduces host
+// buffers only (MPI) gradients on a GPU are staged through the host, and staged_buckets() counts
+// it; with NCCL it stays 0.
 //
 // The communicator is the process's default (the World of dist::LaunchWorld()) unless one is
 // given (without either, this process is the whole job and nothing is exchanged). Every wait is
-// bounded by `deadline`; an error names the bucket and its parameters.
-// Tensors are staged through host memory (CPU today; the device-native path is the GPU issue's).
+// bounded by `deadline`; an error names the bucket, its parameters and the step.
 //
-// Thread safety: not thread-safe; call from the training thread on every rank.
+// Thread safety: not thread-safe; construct it and call AllReduceGradients from the training
+// thread on every rank. The hooks run on autograd's threads while that thread waits in backward.
 //
 // Example (after loss.backward(), before optimizer.step()):
 //   ember::DataParallel ddp(*model);                      // broadcasts rank 0's parameters
 //   EMBER_RETURN_IF_ERROR(ddp.status());
 //   ...
+//   loss.backward();                                      // buckets start as gradients arrive
 //   EMBER_RETURN_IF_ERROR(ddp.AllReduceGradients());
 #ifndef EMBER_HANDLERS_DATA_PARALLEL_H_
 #define EMBER_HANDLERS_DATA_PARALLEL_H_
 
+#include <torch/csrc/autograd/function.h>
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -37,13 +56,17 @@ namespace ember {
 
 struct DataParallelOptions {
   int64_t bucket_bytes = int64_t{16} << 20;
-  absl::Duration deadline = absl::Seconds(300);  // per collective
+  absl::Duration deadline = absl::Seconds(300);  // per collective, from the moment it starts
   dist::Communicator* comm = nullptr;            // default: dist::DefaultCommunicator()
+  bool overlap = true;                           // start buckets during backward
 };
 
 class DataParallel {
  public:
   explicit DataParallel(torch::nn::Module& module, DataParallelOptions options = {});
+  ~DataParallel();
+  DataParallel(const DataParallel&) = delete;
+  DataParallel& operator=(const DataParallel&) = delete;
 
   // The outcome of the broadcast at construction.
   const absl::Status& status() const { return status_; }
@@ -52,16 +75,42 @@ class DataParallel {
 
   int world_size() const { return comm_ != nullptr ? comm_->world_size() : 1; }
   size_t num_buckets() const { return buckets_.size(); }
+  // Buckets started during backward so far (overlap), and in all.
+  int64_t buckets_started_early() const { return started_early_; }
+  int64_t buckets_reduced() const { return reduced_; }
+  // Buckets copied through the host because the backend reduces host buffers only.
+  int64_t staged_buckets() const { return staged_; }
+  // Steps completed (AllReduceGradients calls that succeeded).
+  int64_t steps() const { return step_; }
 
  private:
+  struct Bucket {
+    std::vector<size_t> params;  // indices into params_
+    torch::Tensor flat;          // the packed gradients, where the collective runs
+    bool staged = false;         // flat is a host copy of device gradients
+    int unready = 0;             // parameters of this step still without their gradient
+    std::unique_ptr<dist::Pending> pending;
+  };
+  class ReadyHook;
+
   absl::Status Broadcast(torch::nn::Module& module);
+  void OnGradientReady(size_t param);    // from the hooks
+  absl::Status Start(size_t bucket);     // packs and starts one bucket's all-reduce
+  std::string Describe(size_t bucket) const;
 
   dist::Communicator* comm_;  // nullptr: no World, one process
   DataParallelOptions options_;
   std::vector<torch::Tensor> params_;
   std::vector<std::string> names_;
-  std::vector<std::vector<size_t>> buckets_;  // indices into params_
-  std::vector<torch::Tensor> flat_;            // one host float buffer per bucket
+  std::vector<Bucket> buckets_;
+  std::vector<size_t> bucket_of_;  // per parameter
+  std::vector<bool> ready_;        // per parameter, this step
+  size_t next_ = 0;                // the next bucket to start, this step
+  std::vector<std::pair<std::shared_ptr<torch::autograd::Node>, uintptr_t>> hooks_;
+  std::thread::id owner_;
+  bool hooks_may_start_ = false;   // the hooks' thread may issue collectives
+  absl::Status hook_error_;
+  int64_t started_early_ = 0, reduced_ = 0, staged_ = 0, step_ = 0;
   absl::Status status_;
 };
 

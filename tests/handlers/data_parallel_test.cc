@@ -54,7 +54,7 @@ TEST(DataParallel, AStalledRankFailsTheOthersNamingTheBucket) {
     results[c.rank()] = ddp.AllReduceGradients();
   });
   ASSERT_FALSE(results[0].ok());
-  EXPECT_THAT(std::string(results[0].message()), ::testing::HasSubstr("DataParallel: gradient bucket 0 of 1 (weight, bias)"));
+  EXPECT_THAT(std::string(results[0].message()), ::testing::HasSubstr("DataParallel: step 1: gradient all-reduce of bucket 0 of 1 (bias, weight)"));
 }
 
 }  // namespace

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# DataParallel under real mpirun on N ranks (data_parallel_mpi_main.cc): the checks on every
+# rank, then a rank that stalls inside backward: every other rank must fail within the deadline,
+# naming the step and the bucket, and the job must end non-zero instead of hanging.
+set -uo pipefail
+binary=$1
+n=$2
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"  # OpenMPI's own, see mpi_test.sh
+unset XML_OUTPUT_FILE TEST_PREMATURE_EXIT_FILE GTEST_OUTPUT
+mpi=(mpirun --oversubscribe -np "$n" --mca btl self,vader)
+fail() { echo "FAIL: $*"; exit 1; }
+
+out=$(timeout 300 "${mpi[@]}" "$binary" 2>&1)
+rc=$?
+echo "$out" | tail -n 40
+[[ $rc -eq 0 ]] || fail "the checks exited $rc"
+[[ $(grep -c "of $n: PASSED" <<<"$out") -eq $n ]] || fail "not every rank passed"
+
+victim=$((n - 1))
+start=$(date +%s)
+out=$(timeout 120 "${mpi[@]}" "$binary" stall "$victim" 2>&1)
+rc=$?
+took=$(( $(date +%s) - start ))
+echo "== rank $victim stalls in backward: exit $rc after ${took}s"
+grep -E "^rank " <<<"$out"
+[[ $rc -ne 0 && $rc -ne 124 ]] || fail "the job exited $rc"
+for ((r = 0; r < victim; ++r)); do
+  line=$(grep "^rank $r: " <<<"$out")
+  grep -q "DEADLINE_EXCEEDED: DataParallel: step 1: gradient all-reduce of bucket [0-9]* of [0-9]* (" <<<"$line" ||
+    fail "rank $r did not report the deadline naming step and bucket: $line"
+  secs=$(sed -n 's/.* after \([0-9.]*\) s$/\1/p' <<<"$line")
+  awk -v s="$secs" 'BEGIN { exit !(s < 8) }' || fail "rank $r failed after ${secs}s (deadline 2 s, the stall lasts 10 s)"
+done
+echo OK
