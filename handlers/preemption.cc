@@ -3,14 +3,26 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <time.h>
+
 #include <atomic>
+#include <cstdint>
+#include <optional>
+
+#include "absl/time/clock.h"
 
 namespace ember {
 namespace {
 
 std::atomic<int> g_signals{0};
+std::atomic<int64_t> g_signal_ns{0};  // CLOCK_REALTIME of the first signal
 
 void OnSignal(int) {
+  if (g_signals.load() == 0) {
+    struct timespec now;
+    ::clock_gettime(CLOCK_REALTIME, &now);  // async-signal-safe
+    g_signal_ns.store(int64_t{now.tv_sec} * 1000000000 + now.tv_nsec);
+  }
   if (g_signals.fetch_add(1) >= 1) {
     static const char kMsg[] = "second stop signal: exiting now\n";
     (void)!::write(2, kMsg, sizeof(kMsg) - 1);
@@ -29,6 +41,8 @@ Preemption::Preemption() {
 }
 
 absl::Status Preemption::Propose(Engine&, absl::Span<double> values) {
+  previous_check_ = current_check_;
+  current_check_ = absl::Now();
   values[0] = signalled() ? 1.0 : 0.0;
   return absl::OkStatus();
 }
@@ -36,13 +50,39 @@ absl::Status Preemption::Propose(Engine&, absl::Span<double> values) {
 absl::Status Preemption::Decide(Engine& engine, const Agreement& agreement) {
   if (agreement.value(0) != 0 && !preempted_) {
     preempted_ = true;
-    engine.TerminateBy(kName);
+    const std::optional<absl::Time> since = previous_check_;
+    auto stop = [this, since](Engine& e) {
+      if (since) stop_window_ = absl::Now() - *since;
+      e.TerminateBy(kName);
+    };
+    const State& st = engine.state();
+    const bool last_of_epoch = st.epoch_length && *st.epoch_length > 0 && st.iteration % *st.epoch_length == 0;
+    if (last_of_epoch) {
+      // After every EPOCH_COMPLETED handler registered so far (added last, it runs last).
+      at_epoch_end_ = engine.On(Events::EpochCompleted(), [this, stop](Engine& e) {
+        at_epoch_end_.Remove();
+        stop(e);
+      });
+    } else {
+      stop(engine);
+    }
   }
   return absl::OkStatus();
 }
 
 bool Preemption::signalled() { return g_signals.load() > 0; }
-void Preemption::Request() { g_signals.store(1); }
-void Preemption::Clear() { g_signals.store(0); }
+void Preemption::Request() {
+  g_signal_ns.store(absl::ToUnixNanos(absl::Now()));
+  g_signals.store(1);
+}
+void Preemption::Clear() {
+  g_signals.store(0);
+  g_signal_ns.store(0);
+}
+std::optional<absl::Time> Preemption::signal_time() {
+  const int64_t ns = g_signal_ns.load();
+  if (g_signals.load() == 0 || ns == 0) return std::nullopt;
+  return absl::FromUnixNanos(ns);
+}
 
 }  // namespace ember

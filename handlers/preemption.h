@@ -1,6 +1,10 @@
 // File: handlers/preemption.h
 //
-// Preemption: a scheduler's stop signal on any rank stops every rank at the same iteration. It
+// Preemption: a scheduler's stop signal on any rank stops every rank at the same iteration.
+// When that iteration is the last of its epoch, the run stops after the epoch's EPOCH_COMPLETED
+// handlers (its evaluation and checkpoint) instead: a checkpoint taken then resumes into the next
+// epoch exactly as the uninterrupted run continued, where stopping before them would lose that
+// epoch's end (ignite's resume starts the next epoch without firing it). It
 // installs handlers for SIGTERM (Slurm, Kubernetes, torchrun), SIGINT (Ctrl-C) and SIGUSR1
 // (Slurm's --signal=USR1@N before the time limit); a second signal exits the process at once
 // (status 1). Attached to ITERATION_COMPLETED it is a SynchronizedHandler: whether any rank saw a
@@ -19,7 +23,10 @@
 #ifndef EMBER_HANDLERS_PREEMPTION_H_
 #define EMBER_HANDLERS_PREEMPTION_H_
 
+#include <optional>
+
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "engine/engine.h"
 
 namespace ember {
@@ -41,12 +48,26 @@ class Preemption final : public SynchronizedHandler {
   // Clear() forgets it.
   static void Request();
   static void Clear();
+  // When this process received its first stop signal (or Request()), to measure how long the
+  // stop took; nullopt when it received none.
+  static std::optional<absl::Time> signal_time();
 
   // Whether the agreement decided to stop (on every rank alike).
   bool preempted() const { return preempted_; }
 
+  // Once preempted: the time from this rank's previous check (Propose) to the stop,
+  // i.e. the longest a signal can have waited to be acted on: one step plus whatever handlers ran
+  // between the two checks (an epoch's evaluation, say). The preemption bound for this event is
+  // this window plus the save.
+  // Empty when the signal came before this Preemption's first check (during start-up: the
+  // bound does not cover the time before training began), or when not preempted.
+  std::optional<absl::Duration> stop_window() const { return stop_window_; }
+
  private:
   bool preempted_ = false;
+  std::optional<absl::Time> previous_check_, current_check_;
+  std::optional<absl::Duration> stop_window_;
+  HandlerHandle at_epoch_end_;
 };
 
 }  // namespace ember

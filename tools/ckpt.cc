@@ -4,6 +4,8 @@
 // list and verify apply the same checks (Check below): every record's CRC-32 against the zip
 // directory, Ember's checksum record where present, and a full parse of the pickle with the safe
 // reader (no code runs; unknown globals are refused).
+//   ckpt ledger OUTPUT_DIR the sample ledger of a run trained with --ledger: every sample of each
+//                          finished epoch used exactly once, none twice (tools/ledger.h)
 //   ckpt show FILE         the content as JSON: every tensor (dotted key) with dtype, shape and a
 //                          CRC-32 of its values, and every scalar (the trainer state, ...)
 #include <algorithm>
@@ -19,9 +21,10 @@
 #include "base/crc32.h"
 #include "base/file_system.h"
 #include "base/status_macros.h"
-#include "handlers/save_handler.h"
-#include "handlers/torch_serialization.h"
-#include "handlers/value.h"
+#include "handlers/disk_saver.h"
+#include "tools/ledger.h"
+#include "handlers/serialization/torch_save.h"
+#include "handlers/serialization/value.h"
 
 namespace ember::tools {
 namespace {
@@ -154,11 +157,31 @@ int Show(const std::string& path) {
 }  // namespace
 }  // namespace ember::tools
 
+namespace ember::tools {
+namespace {
+
+// ckpt ledger DIR: the sample ledger's verdict (see tools/ledger.h); exit 1 on a violation.
+int Ledger(const std::string& dir) {
+  absl::StatusOr<LedgerReport> report = CheckLedger(dir);
+  if (!report.ok()) {
+    std::fprintf(stderr, "ckpt: %s\n", std::string(report.status().message()).c_str());
+    return 1;
+  }
+  for (const std::string& line : report->lines) std::printf("%s\n", line.c_str());
+  std::printf("%s\n", report->ok ? "ledger OK: no sample used twice in an epoch; finished epochs complete"
+                                 : "ledger VIOLATED");
+  return report->ok ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace ember::tools
+
 int main(int argc, char** argv) {
   const std::string cmd = argc > 1 ? argv[1] : "";
   if (cmd == "list" && argc == 3) return ember::tools::List(argv[2]);
   if (cmd == "verify" && argc >= 3) return ember::tools::Verify(std::vector<std::string>(argv + 2, argv + argc));
   if (cmd == "show" && argc == 3) return ember::tools::Show(argv[2]);
-  std::fprintf(stderr, "usage: ckpt list DIR | ckpt verify PATH... | ckpt show FILE\n");
+  if (cmd == "ledger" && argc == 3) return ember::tools::Ledger(argv[2]);
+  std::fprintf(stderr, "usage: ckpt list DIR | ckpt verify PATH... | ckpt show FILE | ckpt ledger OUTPUT_DIR\n");
   return 2;
 }

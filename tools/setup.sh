@@ -18,6 +18,7 @@ PACKAGES=(
   python3-torch                           # Python interoperability tests (/usr/bin/python3)
   iproute2 util-linux                     # ip netns, unshare (failure tests)
   clang-14 libclang-rt-14-dev             # libFuzzer runs (tools/fuzz/run_libfuzzer.sh)
+  slurmctld slurmd slurm-client munge     # a one-machine Slurm for //tests/e2e:slurm_test
 )
 
 if [[ $(id -u) -eq 0 ]]; then SUDO=(); else SUDO=(sudo); fi

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <csignal>
 #include <cstdlib>
 #include <cmath>
 #include <cstdio>
@@ -48,17 +49,21 @@
 #include "distributed/launcher_env.h"
 #include "distributed/root_action.h"
 #include "engine/engine.h"
-#include "handlers/checkpoint.h"
+#include "handlers/global_step.h"
+#include "handlers/model_checkpoint.h"
 #include "handlers/data_parallel.h"
 #include "handlers/early_stopping.h"
 #include "handlers/metrics.h"
 #include "handlers/metrics_log.h"
 #include "handlers/preemption.h"
+#include "handlers/progress.h"
+#include "handlers/sharded_source.h"
 #include "handlers/stateful.h"
 #include "handlers/terminate_on_nan.h"
 #include "handlers/timer.h"
-#include "handlers/torch_serialization.h"
+#include "handlers/serialization/torch_save.h"
 #include "tools/data.h"
+#include "tools/ledger.h"
 
 ABSL_FLAG(std::string, data, "fashion-mnist", "fashion-mnist | mnist:DIR | csv:PATH | synthetic");
 ABSL_FLAG(std::string, model, "mlp",
@@ -66,7 +71,13 @@ ABSL_FLAG(std::string, model, "mlp",
           "the features must form a square image: 784 = 28x28, 64 = 8x8)");
 ABSL_FLAG(std::string, hidden, "256,128", "hidden layer sizes, comma-separated");
 ABSL_FLAG(int, epochs, 5, "maximum number of epochs (>= 1)");
-ABSL_FLAG(int, batch_size, 64, "samples per batch on each rank (>= 1)");
+ABSL_FLAG(int, batch_size, 64, "samples per batch on each rank (>= 1); the global batch is this times the ranks");
+ABSL_FLAG(int64_t, global_batch, 0,
+          "samples per step over all ranks (instead of --batch_size; each rank reads global_batch / ranks, which "
+          "must divide it); fixed, it lets a run resume on another number of ranks");
+ABSL_FLAG(bool, ledger, false,
+          "each rank appends the ids of the samples it trained on (epoch, iteration) to OUTPUT_DIR/ledger/; "
+          "'ckpt ledger OUTPUT_DIR' checks that every sample of every finished epoch was used exactly once");
 ABSL_FLAG(double, lr, 0.05, "SGD learning rate (> 0)");
 ABSL_FLAG(double, momentum, 0.9, "SGD momentum (>= 0, < 1)");
 ABSL_FLAG(int64_t, seed, 0, "random seed (weights and data order)");
@@ -87,6 +98,10 @@ ABSL_FLAG(std::string, backend, "auto", "auto | single | mpi | nccl");
 ABSL_FLAG(std::string, device, "cpu", "cpu | cuda (the local rank picks the GPU)");
 ABSL_FLAG(double, deadline_s, 120, "seconds a collective may wait for the other ranks");
 ABSL_FLAG(std::string, inject_nan, "", "testing aid: RANK:ITERATION makes that rank's loss NaN there");
+ABSL_FLAG(std::string, inject_preempt, "", "testing aid: RANK:ITERATION sends SIGTERM to that rank there");
+ABSL_FLAG(int, inject_step_delay_ms, 0,
+          "testing aid: every rank sleeps this many ms after each step (a short run that lasts long enough to be "
+          "signalled by a scheduler); the arithmetic is unchanged");
 ABSL_FLAG(std::string, progress, "auto", "auto | bar | lines | none (rank 0 only)");
 ABSL_FLAG(int, threads, 1, "intra-op threads per rank");
 
@@ -102,47 +117,16 @@ struct Batch {
   torch::Tensor x, y;
 };
 
-// This rank's shard of the training split, reshuffled every epoch from (seed, epoch), so that an
-// interrupted and resumed run sees the same batches as an uninterrupted one.
-class ShardSource : public DataSource<Batch> {
- public:
-  ShardSource(const Split& split, int rank, int world, int batch_size, uint64_t seed, const Engine* trainer)
-      : split_(split), rank_(rank), shard_(split.size() / world), batch_(batch_size), seed_(seed), trainer_(trainer) {}
-  std::optional<int64_t> size() const override { return (shard_ + batch_ - 1) / batch_; }
-  void Restart() override {
-    torch::Generator gen = at::detail::createCPUGenerator(seed_ * 1000003 + static_cast<uint64_t>(trainer_->state().epoch));
-    torch::Tensor perm = torch::randperm(split_.size(), gen, torch::kInt64);
-    indices_ = perm.slice(0, rank_ * shard_, (rank_ + 1) * shard_);
-    next_ = 0;
-  }
-  const Batch* Next() override {
-    if (next_ >= shard_) return nullptr;
-    torch::Tensor idx = indices_.slice(0, next_, std::min(next_ + batch_, shard_));
-    next_ += batch_;
-    current_ = {split_.x.index_select(0, idx), split_.y.index_select(0, idx)};
-    return &current_;
-  }
-
- private:
-  const Split& split_;
-  int rank_;
-  int64_t shard_;
-  int64_t batch_;
-  uint64_t seed_;
-  const Engine* trainer_;
-  torch::Tensor indices_;
-  int64_t next_ = 0;
-  Batch current_;
-};
-
 // The settings that decide what a resumed run means, saved in every checkpoint as "run" and
-// checked on resume: a different batch size or number of ranks would silently change what an
-// epoch covers.
+// checked on resume: another global batch would change what a step and an epoch are. The number
+// of ranks may change (the sample order does not depend on it; see ShardedSource).
 class RunSettings : public Stateful {
  public:
-  RunSettings(int batch_size, int world_size) : batch_size_(batch_size), world_size_(world_size) {}
+  RunSettings(int64_t global_batch, int batch_size, int world_size)
+      : global_batch_(global_batch), batch_size_(batch_size), world_size_(world_size) {}
   Value StateDict() const override {
     Value v = Value::Dict();
+    v.Set("global_batch", Value(global_batch_));
     v.Set("batch_size", Value(int64_t{batch_size_}));
     v.Set("world_size", Value(int64_t{world_size_}));
     return v;
@@ -158,27 +142,25 @@ class RunSettings : public Stateful {
       if (v == nullptr || !v->is_int()) return std::nullopt;
       return v->as_int();
     };
-    if (auto b = stored("batch_size"); b && *b != batch_size_) {
+    std::optional<int64_t> global = stored("global_batch");
+    if (!global && stored("batch_size") && stored("world_size")) global = *stored("batch_size") * *stored("world_size");
+    if (global && *global != global_batch_) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "--batch_size=", batch_size_, " but ", from, " was trained with --batch_size=", *b,
-          ": the length of an epoch and its batches depend on it; resume with --batch_size=", *b,
-          ", or train anew in another --output_dir"));
-    }
-    if (auto w = stored("world_size"); w && *w != world_size_) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "this job has ", world_size_, " rank(s) but ", from, " was written by a job of ", *w,
-          ": each rank's shard, and so what an epoch covers, depend on it; resume on ", *w,
-          " rank(s), or train anew in another --output_dir"));
+          "this run's global batch is ", global_batch_, " (", batch_size_, " per rank x ", world_size_,
+          " rank(s)) but ", from, " was trained with a global batch of ", *global,
+          ": a step and an epoch depend on it; resume with --global_batch=", *global,
+          " (on any number of ranks that divides it), or train anew in another --output_dir"));
     }
     if (run == nullptr && old_epoch_length != new_epoch_length) {
       return absl::FailedPreconditionError(absl::StrCat(
           from, " has epochs of ", old_epoch_length, " iterations but this run's have ", new_epoch_length,
-          ": --batch_size or the number of ranks differs from the run that wrote it"));
+          ": --batch_size, --global_batch or the number of ranks differs from the run that wrote it"));
     }
     return absl::OkStatus();
   }
 
  private:
+  int64_t global_batch_;
   int batch_size_;
   int world_size_;
 };
@@ -291,18 +273,19 @@ absl::StatusOr<torch::nn::Sequential> BuildModel(const std::string& kind, int64_
   return model;
 }
 
-struct NanAt {
+struct RankIteration {
   int rank = -1;
   int64_t iteration = -1;
 };
 
-absl::StatusOr<NanAt> ParseInjectNan(const std::string& text, int world) {
-  if (text.empty()) return NanAt{};
+// A testing aid's RANK:ITERATION (`flag` names it in the error).
+absl::StatusOr<RankIteration> ParseRankIteration(const char* flag, const std::string& text, int world) {
+  if (text.empty()) return RankIteration{};
   std::vector<std::string> parts = absl::StrSplit(text, ':');
-  NanAt at;
+  RankIteration at;
   if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &at.rank) || !absl::SimpleAtoi(parts[1], &at.iteration) ||
       at.rank < 0 || at.rank >= world || at.iteration < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("--inject_nan='", text, "': expected RANK:ITERATION with RANK in [0, ",
+    return absl::InvalidArgumentError(absl::StrCat("--", flag, "='", text, "': expected RANK:ITERATION with RANK in [0, ",
                                                    world, ") and ITERATION >= 1"));
   }
   return at;
@@ -323,9 +306,8 @@ absl::Status ValidateFlags() {
   if (!(absl::GetFlag(FLAGS_deadline_s) > 0)) {
     return bad(absl::StrCat("--deadline_s must be > 0, got ", absl::GetFlag(FLAGS_deadline_s)));
   }
-  const std::string p = absl::GetFlag(FLAGS_progress);
-  if (p != "auto" && p != "bar" && p != "lines" && p != "none") {
-    return bad(absl::StrCat("--progress='", p, "': allowed: auto, bar, lines, none"));
+  if (absl::StatusOr<Progress::Mode> p = Progress::ParseMode(absl::GetFlag(FLAGS_progress)); !p.ok()) {
+    return bad(absl::StrCat("--progress: ", p.status().message()));
   }
   const std::string d = absl::GetFlag(FLAGS_device);
   if (d != "cpu" && d != "cuda") return bad(absl::StrCat("--device='", d, "': allowed: cpu, cuda"));
@@ -334,6 +316,9 @@ absl::Status ValidateFlags() {
   }
   if (absl::GetFlag(FLAGS_threads) < 1 || absl::GetFlag(FLAGS_threads) > kMaxThreads) {
     return bad(absl::StrCat("--threads must be in [1, ", kMaxThreads, "], got ", absl::GetFlag(FLAGS_threads)));
+  }
+  if (absl::GetFlag(FLAGS_inject_step_delay_ms) < 0 || absl::GetFlag(FLAGS_inject_step_delay_ms) > 60000) {
+    return bad(absl::StrCat("--inject_step_delay_ms must be in [0, 60000], got ", absl::GetFlag(FLAGS_inject_step_delay_ms)));
   }
   if (absl::GetFlag(FLAGS_output_dir).empty()) return bad("--output_dir is empty");
   if (absl::GetFlag(FLAGS_eval_only) && !absl::GetFlag(FLAGS_resume) && absl::GetFlag(FLAGS_resume_from).empty()) {
@@ -410,7 +395,7 @@ int Main(int argc, char** argv) {
   Preemption preemption;  // SIGTERM, SIGINT, SIGUSR1 on any rank: every rank stops and saves
 
   // The World is the default communicator of every engine and checkpoint created below.
-  absl::StatusOr<std::unique_ptr<dist::World>> world = dist::LaunchWorld({.backend = absl::GetFlag(FLAGS_backend)});
+  absl::StatusOr<std::unique_ptr<dist::World>> world = dist::LaunchWorld({.backend = absl::GetFlag(FLAGS_backend), .device = absl::GetFlag(FLAGS_device)});
   std::unique_ptr<DirectoryLock> dir_lock;  // rank 0: --output_dir is ours until exit
   if (!world.ok()) {
     std::fprintf(stderr, "train: error: %s\n", std::string(world.status().message()).c_str());
@@ -434,11 +419,31 @@ int Main(int argc, char** argv) {
     EMBER_RETURN_IF_ERROR(ValidateFlags());
     torch::set_num_threads(absl::GetFlag(FLAGS_threads));
     EMBER_ASSIGN_OR_RETURN(std::vector<int64_t> hidden, ParseHidden(absl::GetFlag(FLAGS_hidden)));
-    EMBER_ASSIGN_OR_RETURN(NanAt nan_at, ParseInjectNan(absl::GetFlag(FLAGS_inject_nan), world_size));
+    EMBER_ASSIGN_OR_RETURN(RankIteration nan_at, ParseRankIteration("inject_nan", absl::GetFlag(FLAGS_inject_nan), world_size));
+    EMBER_ASSIGN_OR_RETURN(RankIteration preempt_at,
+                           ParseRankIteration("inject_preempt", absl::GetFlag(FLAGS_inject_preempt), world_size));
     const uint64_t seed = static_cast<uint64_t>(absl::GetFlag(FLAGS_seed));
-    const int batch_size = absl::GetFlag(FLAGS_batch_size);
+    // The global batch is what a step means; each rank reads its share of it.
+    int batch_size = absl::GetFlag(FLAGS_batch_size);
+    int64_t global_batch = absl::GetFlag(FLAGS_global_batch);
+    if (global_batch > 0) {
+      if (Given("batch_size")) {
+        return absl::InvalidArgumentError(absl::StrCat("--global_batch=", global_batch, " and --batch_size=", batch_size,
+                                                       " both given: give one (the global batch is the per-rank batch "
+                                                       "times the ranks)"));
+      }
+      if (global_batch % world_size != 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "--global_batch=", global_batch, " is not divisible by the ", world_size,
+            " rank(s) of this job: every rank reads the same share of each global batch; use a multiple of ",
+            world_size, " or another number of ranks"));
+      }
+      batch_size = static_cast<int>(global_batch / world_size);
+    } else {
+      global_batch = int64_t{batch_size} * world_size;
+    }
     EMBER_ASSIGN_OR_RETURN(Dataset data, LoadDataset(UserDataSpec(absl::GetFlag(FLAGS_data)), seed));
-    if (data.train.size() / world_size < batch_size) {
+    if (data.train.size() < global_batch) {
       return absl::InvalidArgumentError(absl::StrCat(
           "the ", data.train.size(), " training samples of ", data.name, " cannot be sharded over ", world_size,
           " ranks with --batch_size=", batch_size, " (each rank needs at least one full batch)"));
@@ -448,7 +453,7 @@ int Main(int argc, char** argv) {
                                                      " samples, fewer than the ", world_size, " ranks"));
     }
     torch::Device device = absl::GetFlag(FLAGS_device) == "cuda"
-                               ? torch::Device(torch::kCUDA, comm.local_rank() % std::max<int64_t>(1, torch::cuda::device_count()))
+                               ? torch::Device(torch::kCUDA, comm.local_rank())  // Launch checked one GPU per local rank
                                : torch::Device(torch::kCPU);
 
     // The model; the same initial weights on every rank (and DataParallel broadcasts rank 0's).
@@ -462,6 +467,7 @@ int Main(int argc, char** argv) {
     DataParallel ddp(*model, {.deadline = deadline});
     EMBER_RETURN_IF_ERROR(ddp.status());
 
+    const absl::Duration step_delay = absl::Milliseconds(absl::GetFlag(FLAGS_inject_step_delay_ms));
     int64_t epoch_samples = 0;  // this rank's, this epoch (a partial last batch counts its real size)
     Engine trainer([&](Engine& e, const Batch& b) -> absl::StatusOr<double> {
       epoch_samples += b.y.size(0);
@@ -471,10 +477,21 @@ int Main(int argc, char** argv) {
       EMBER_RETURN_IF_ERROR(ddp.AllReduceGradients());
       optimizer.step();
       if (rank == nan_at.rank && e.state().iteration == nan_at.iteration) return std::nan("");
+      if (rank == preempt_at.rank && e.state().iteration == preempt_at.iteration) ::raise(SIGTERM);
+      if (step_delay > absl::ZeroDuration()) absl::SleepFor(step_delay);
       return loss.item<double>();
     });
     trainer.set_collective_timeout(deadline);
-    ShardSource train_source(data.train, rank, world_size, batch_size, seed, &trainer);
+    // This rank's share of each global batch (batch_size samples of every rank), in an order drawn
+    // from (seed, epoch) alone; its position is saved in each checkpoint as "data".
+    EMBER_ASSIGN_OR_RETURN(
+        std::unique_ptr<ShardedSource<Batch>> train_source_ptr,
+        ShardedSource<Batch>::Create(
+            {.dataset_size = data.train.size(), .global_batch = global_batch, .seed = seed},
+            [&](const torch::Tensor& ids) { return Batch{data.train.x.index_select(0, ids), data.train.y.index_select(0, ids)}; },
+            &comm));
+    ShardedSource<Batch>& train_source = *train_source_ptr;
+    torch::Tensor ledger_ids;  // this rank's ids of the current batch (--ledger)
 
     // Evaluation on this rank's shard of the held-out split; the sums are all-reduced. The shards
     // cover every sample exactly once whatever the world size (their sizes differ by at most one).
@@ -514,20 +531,28 @@ int Main(int argc, char** argv) {
     const bool resuming = absl::GetFlag(FLAGS_resume) || !resume_from.empty();
     const bool eval_only = absl::GetFlag(FLAGS_eval_only);
     if (!eval_only) EMBER_RETURN_IF_ERROR(TakeOutputDir(comm, out_dir, resuming, absl::Now() + deadline, &dir_lock));
-    RunSettings settings(batch_size, world_size);
+    RunSettings settings(global_batch, batch_size, world_size);
     EMBER_ASSIGN_OR_RETURN(
         std::unique_ptr<Checkpoint> ckpt,
-        CreateModelCheckpoint({.dirname = out_dir,
-                               .score_name = "val_accuracy",
-                               .n_saved = absl::GetFlag(FLAGS_n_saved),
-                               .keep_last = 1,
-                               .require_empty = !resuming,
-                               .global_step_transform = GlobalStepFromEngine(trainer)},
+        ModelCheckpoint::Create({.disk = {.dirname = out_dir, .require_empty = !resuming}, .checkpoint = {.score_name = "val_accuracy", .n_saved = absl::GetFlag(FLAGS_n_saved), .keep_last = 1, .global_step_transform = GlobalStepFromEngine(trainer)}},
                               {{"model", *model},
                                {"optimizer", optimizer},
                                {"trainer", trainer},
                                {"early_stopping", *es},
+                               {"data", train_source},
                                {"run", settings}}));
+    // A preemption stops the run mid-epoch: its state goes to a checkpointer of its own (the
+    // newest only, named by the iteration), so that neither the best-score ranking nor
+    // EarlyStopping sees an evaluation the uninterrupted run would not have made.
+    EMBER_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> preempt_ckpt,
+                           ModelCheckpoint::Create({.disk = {.dirname = out_dir, .require_empty = false},
+                                                    .checkpoint = {.filename_prefix = "preempted", .n_saved = 1}},
+                                                   {{"model", *model},
+                                                    {"optimizer", optimizer},
+                                                    {"trainer", trainer},
+                                                    {"early_stopping", *es},
+                                                    {"data", train_source},
+                                                    {"run", settings}}));
     // Whatever ends the run (an error included), the final line reports the checkpoints on disk.
     struct Report {
       Checkpoint& ckpt;
@@ -548,44 +573,29 @@ int Main(int argc, char** argv) {
     trainer.On(Events::EpochCompleted(), [&]() -> absl::Status { return evaluator.Run(val_batches); });
 
     // Rank 0: progress and the metrics log.
-    std::string progress = absl::GetFlag(FLAGS_progress);
-    if (progress == "auto") progress = ::isatty(2) ? "bar" : "lines";
-    double epoch_loss = 0;
-    int64_t epoch_steps = 0;
-    absl::Time last_line = absl::Now();
-    trainer.On(Events::EpochStarted(), [&] {
-      epoch_loss = 0;
-      epoch_steps = 0;
-      epoch_samples = 0;
-    });
-    trainer.On(Events::IterationCompleted(), [&](Engine& e) {
-      if (const double* l = e.state().output_as<double>()) epoch_loss += *l;
-      ++epoch_steps;
-      if (rank != 0 || progress == "none") return;
-      const int64_t len = *e.state().epoch_length;
-      const int64_t in_epoch = (e.state().iteration - 1) % len + 1;
-      if (progress == "bar") {
-        const int width = 30;
-        const int filled = static_cast<int>(width * in_epoch / len);
-        std::fprintf(stderr, "\repoch %lld/%lld [%s%s] %lld/%lld loss %.4f", static_cast<long long>(e.state().epoch),
-                     static_cast<long long>(*e.state().max_epochs), std::string(filled, '#').c_str(),
-                     std::string(width - filled, '.').c_str(), static_cast<long long>(in_epoch),
-                     static_cast<long long>(len), epoch_loss / epoch_steps);
-      } else if (absl::Now() - last_line > absl::Seconds(5) || in_epoch == len) {
-        last_line = absl::Now();
-        std::fprintf(stderr, "epoch %lld/%lld iteration %lld/%lld loss %.4f\n", static_cast<long long>(e.state().epoch),
-                     static_cast<long long>(*e.state().max_epochs), static_cast<long long>(in_epoch),
-                     static_cast<long long>(len), epoch_loss / epoch_steps);
-      }
-    });
+    EMBER_ASSIGN_OR_RETURN(Progress::Mode progress_mode, Progress::ParseMode(absl::GetFlag(FLAGS_progress)));
+    Progress progress({.mode = progress_mode});
+    EMBER_RETURN_IF_ERROR(progress.Attach(trainer));
+    trainer.On(Events::EpochStarted(), [&] { epoch_samples = 0; });
+    // Goodput: where each epoch's wall time went (training, evaluation and the checkpoint
+    // included), from the checkpointer's and the communicator's counters.
+    struct Spent {
+      absl::Time at;
+      absl::Duration blocked, background, collectives;
+    };
+    auto spent_now = [&] {
+      return Spent{absl::Now(), ckpt->blocked_time(), ckpt->background_write_time(), comm.collective_time()};
+    };
+    Spent epoch_began = spent_now();
+    trainer.On(Events::EpochStarted(), [&] { epoch_began = spent_now(); });
     std::unique_ptr<MetricsLog> metrics_log;  // rank 0
     trainer.On(Events::EpochCompleted(), [&](Engine& e) {
       if (rank != 0) return;
       auto& m = e.state().metrics;
-      const nlohmann::ordered_json line = {
+      nlohmann::ordered_json line = {
           {"epoch", e.state().epoch},
           {"iteration", e.state().iteration},
-          {"train_loss", epoch_loss / std::max<int64_t>(1, epoch_steps)},
+          {"train_loss", progress.epoch_mean_output()},
           {"val_loss", m["val_loss"]},
           {"val_accuracy", m["val_accuracy"]},
           {"val_samples", static_cast<int64_t>(m["val_samples"])},
@@ -593,11 +603,18 @@ int Main(int argc, char** argv) {
           {"samples_per_s", static_cast<double>(epoch_samples) * world_size / epoch_seconds},
           {"world_size", world_size},
           {"time_per_iteration_s", timer.value()}};
+      const Spent now = spent_now();
+      const double epoch_s = absl::ToDoubleSeconds(now.at - epoch_began.at);
+      const double blocked_s = absl::ToDoubleSeconds(now.blocked - epoch_began.blocked);
+      line["epoch_s"] = epoch_s;
+      line["checkpoint_blocked_s"] = blocked_s;
+      line["checkpoint_blocked_share"] = epoch_s > 0 ? blocked_s / epoch_s : 0.0;
+      line["checkpoint_background_s"] = absl::ToDoubleSeconds(now.background - epoch_began.background);
+      line["collectives_s"] = absl::ToDoubleSeconds(now.collectives - epoch_began.collectives);
       if (absl::Status s = metrics_log->Append(line); !s.ok()) {
         std::fprintf(stderr, "train: warning: %s\n", std::string(s.message()).c_str());
       }
-      if (progress == "bar") std::fprintf(stderr, "\n");
-      std::fprintf(stderr, "%s\n", MetricsLog::Format(line).c_str());
+      progress.Line(MetricsLog::Format(line));
     });
 
     std::optional<std::string> from;
@@ -620,6 +637,19 @@ int Main(int argc, char** argv) {
                                            "--resume_from=PATH continues from one file you choose)"));
         }
         from = *resumed;
+        // A preemption's checkpoint newer than the newest epoch-end one takes over.
+        Value preempted;
+        const ObjectMap nothing;
+        EMBER_ASSIGN_OR_RETURN(std::optional<std::string> at,
+                               preempt_ckpt->ResumeLatest(comm, &nothing, /*start_over_if_unusable=*/true, &preempted));
+        const Value* its_trainer = at ? preempted.Find("trainer") : nullptr;
+        const Value* its_iteration = its_trainer != nullptr ? its_trainer->Find("iteration") : nullptr;
+        if (its_iteration != nullptr && its_iteration->is_int() &&
+            (!from || its_iteration->as_int() > trainer.state().iteration)) {
+          EMBER_RETURN_IF_ERROR(Checkpoint::LoadObjects(to_load, preempted));
+          loaded = std::move(preempted);
+          from = at;
+        }
       }
       if (rank == 0) {
         std::fprintf(stderr, "%s\n", from ? absl::StrCat("resumed from ", *from).c_str()
@@ -629,6 +659,8 @@ int Main(int argc, char** argv) {
         const int64_t epoch_length = *train_source.size();
         EMBER_RETURN_IF_ERROR(
             settings.Check(loaded.Find("run"), *from, trainer.state().epoch_length.value_or(epoch_length), epoch_length));
+        // The position in the sample order (absent from checkpoints written in Python).
+        if (const Value* position = loaded.Find("data")) EMBER_RETURN_IF_ERROR(train_source.LoadStateDict(*position));
         // The learning rate and momentum: a value given on the command line replaces the
         // checkpoint's; otherwise the checkpoint's stays.
         auto sgd = [&](size_t group) -> torch::optim::SGDOptions& {
@@ -701,6 +733,27 @@ int Main(int argc, char** argv) {
                      metrics_log->path().c_str(), dropped, static_cast<long long>(resume_point));
       }
     }
+    // The sample ledger: lines past the resume point (a killed run's, trained again now) are
+    // dropped by rank 0 before any rank writes again.
+    std::unique_ptr<LedgerWriter> ledger;
+    if (absl::GetFlag(FLAGS_ledger)) {
+      const int64_t start = trainer.state().iteration;
+      EMBER_RETURN_IF_ERROR(dist::RunOnRoot(comm, 0, absl::Now() + deadline, [&]() -> absl::Status {
+        EMBER_ASSIGN_OR_RETURN(int dropped, TrimLedger(out_dir, start));
+        if (dropped > 0) std::fprintf(stderr, "train: ledger: dropped %d line(s) after iteration %lld\n", dropped, static_cast<long long>(start));
+        return absl::OkStatus();
+      }));
+      EMBER_ASSIGN_OR_RETURN(ledger, LedgerWriter::Open(out_dir, {.dataset_size = data.train.size(),
+                                                                  .global_batch = global_batch,
+                                                                  .epoch_length = *train_source.size(),
+                                                                  .world_size = world_size,
+                                                                  .rank = rank,
+                                                                  .from_iteration = start}));
+      train_source.set_on_batch([&](int64_t, const torch::Tensor& ids) { ledger_ids = ids; });
+      trainer.On(Events::IterationCompleted(), [&](Engine& e) -> absl::Status {
+        return ledger->Append(e.state().epoch, e.state().iteration, ledger_ids);
+      });
+    }
     absl::Status run = trainer.Run(train_source, {.max_epochs = absl::GetFlag(FLAGS_epochs)});
     final_epoch = trainer.state().epoch;
     final_iteration = trainer.state().iteration;
@@ -708,8 +761,30 @@ int Main(int argc, char** argv) {
     // Why the run ended, from the engine (the handlers terminate it by name).
     const std::string& by = trainer.outcome().terminated_by;
     if (by == Preemption::kName) {
-      // Save where we are: an evaluation fires the checkpoint (keep_last keeps it).
-      EMBER_RETURN_IF_ERROR(evaluator.Run(val_batches));
+      // Save where we are, every rank agreeing, durably before exiting.
+      const absl::Time save_start = absl::Now();
+      EMBER_RETURN_IF_ERROR(trainer.Synchronize(*preempt_ckpt));
+      EMBER_RETURN_IF_ERROR(preempt_ckpt->Flush());
+      const absl::Time durable = absl::Now();
+      // The bound for this event: the window between the two checks the signal fell in (one
+      // step, plus an epoch's evaluation when it crossed one) plus the save.
+      if (std::optional<absl::Time> signalled = Preemption::signal_time(); signalled && !preemption.stop_window()) {
+        std::fprintf(stderr,
+                     "train: rank %d: preempted at iteration %lld; %s durable %.0f ms after the signal (signalled "
+                     "before training began, save %.0f ms)\n",
+                     rank, static_cast<long long>(trainer.state().iteration),
+                     preempt_ckpt->latest_checkpoint().value_or("checkpoint").c_str(),
+                     absl::ToDoubleMilliseconds(durable - *signalled), absl::ToDoubleMilliseconds(durable - save_start));
+      } else if (signalled) {
+        std::fprintf(stderr,
+                     "train: rank %d: preempted at iteration %lld; %s durable %.0f ms after the signal (step window "
+                     "%.0f ms, save %.0f ms)\n",
+                     rank, static_cast<long long>(trainer.state().iteration),
+                     preempt_ckpt->latest_checkpoint().value_or("checkpoint").c_str(),
+                     absl::ToDoubleMilliseconds(durable - *signalled),
+                     absl::ToDoubleMilliseconds(preemption.stop_window().value_or(absl::ZeroDuration())),
+                     absl::ToDoubleMilliseconds(durable - save_start));
+      }
       outcome = {"preempted", 0};
     } else if (by == TerminateOnNan::kName) {
       outcome = {"terminate_on_nan", 3};

@@ -32,12 +32,27 @@ synthetic)
   "$ckpt" list "$work/four" || fail "ckpt list found a corrupt file"
   [[ $(wc -l <"$work/four/metrics.jsonl") -eq $(field "$line" epoch) ]] || fail "one metrics line per epoch expected"
   grep -q '"world_size": 4' "$work/four/metrics.jsonl" || fail "metrics log lacks world_size"
+  # Goodput accounting on every line: where the epoch's time went.
+  /usr/bin/python3 - "$work/four/metrics.jsonl" <<'PY' || fail "goodput fields"
+import json, sys
+for raw in open(sys.argv[1]):
+    line = json.loads(raw)
+    for k in ("epoch_s", "checkpoint_blocked_s", "checkpoint_blocked_share", "checkpoint_background_s", "collectives_s", "samples_per_s"):
+        assert k in line and line[k] >= 0, (k, line)
+    assert 0 < line["checkpoint_blocked_s"] < line["epoch_s"], line   # every epoch saves here
+    assert 0 < line["collectives_s"] < line["epoch_s"], line           # 4 ranks: gradients, agreements
+    assert abs(line["checkpoint_blocked_share"] - line["checkpoint_blocked_s"] / line["epoch_s"]) < 1e-6, line
+PY
   # Python reads the best checkpoint with a plain torch.load, and the model state loads strictly.
   /usr/bin/python3 - "$best" <<'PY' || fail "python could not load the checkpoint"
 import sys, torch
 ck = torch.load(sys.argv[1])
-assert set(ck) == {"model", "optimizer", "trainer", "early_stopping", "run"}, ck.keys()
-assert ck["run"] == {"batch_size": 64, "world_size": 4}, ck["run"]
+assert set(ck) == {"model", "optimizer", "trainer", "early_stopping", "data", "run"}, ck.keys()
+assert ck["run"] == {"global_batch": 256, "batch_size": 64, "world_size": 4}, ck["run"]
+# The position in the sample order: a finished epoch of 8192 // 256 global batches of 4 x 64.
+d = ck["data"]
+assert (d["global_batch"], d["dataset_size"], d["consumed"]) == (256, 8192, 8192), d
+assert ck["trainer"]["iteration"] == d["epoch"] * 32, (dict(ck["trainer"]), d)
 model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
 model.load_state_dict(ck["model"])
 print("python: loaded", sys.argv[1], "trainer state", dict(ck["trainer"]))
@@ -154,6 +169,7 @@ bad_input)
   expect_error "--threads must be in [1, 256], got 0" --threads=0 --data=synthetic --output_dir="$work/x"
   expect_error "--threads must be in [1, 256], got -1" --threads=-1 --data=synthetic --output_dir="$work/x"
   expect_error "--threads must be in [1, 256], got 100000" --threads=100000 --data=synthetic --output_dir="$work/x"
+  expect_error "--inject_step_delay_ms must be in [0, 60000], got -5" --inject_step_delay_ms=-5 --data=synthetic --output_dir="$work/x"
   expect_error "--hidden='1,,2': '' is not a layer size" --hidden=1,,2 --data=synthetic --output_dir="$work/x"
   expect_error "--hidden is empty" --hidden= --data=synthetic --output_dir="$work/x"
   expect_error "--model='resnet': allowed: mlp, cnn" --model=resnet --data=synthetic --output_dir="$work/x"
@@ -202,6 +218,18 @@ preempt)
   [[ $rc -eq 0 ]] || fail "preempted job exited $rc"
   [[ $(grep -c '"stopped_by": "preempted"' "$work/p.log") -eq 2 ]] || fail "both ranks must report preempted"
   "$ckpt" verify "$work"/p/*.pt || fail "checkpoints after preemption do not verify"
+  # A preemption in the last iteration of an epoch (85 of 85) stops after that epoch's evaluation
+  # and checkpoint; the resumed run ends bitwise equal to the uninterrupted one (soak trial 196).
+  args=(--data=synthetic --epochs=2 --global_batch=96 --patience=100 --progress=none)
+  mpi 2 "$train" "${args[@]}" --output_dir="$work/ref" >/dev/null 2>&1 || fail "reference run"
+  out=$(mpi 2 "$train" "${args[@]}" --output_dir="$work/edge" --inject_preempt=1:85 2>&1) || fail "preempted run: $out"
+  grep -q "preempted at iteration 85" <<<"$out" || fail "not preempted at iteration 85: $out"
+  [[ $(wc -l <"$work/edge/metrics.jsonl") -eq 1 ]] || fail "epoch 1's end did not run before the stop"
+  ls "$work"/edge/checkpoint_1_*.pt >/dev/null || fail "no epoch-1 checkpoint"
+  out=$(mpi 2 "$train" "${args[@]}" --output_dir="$work/edge" --resume 2>&1) || fail "resume: $out"
+  st() { "$ckpt" show "$1"/checkpoint_2_*.pt | sed 's/"file": "[^"]*", //'; }
+  [[ "$(st "$work/edge")" == "$(st "$work/ref")" ]] || { diff <(st "$work/edge") <(st "$work/ref"); fail "epoch-end preemption: the resumed run differs"; }
+  echo "epoch-end preemption: stopped after epoch 1's end; resumed bitwise equal"
   ;;
 kill9)
   # kill -9 of the whole job at random moments after the first checkpoint exists (often while
@@ -372,9 +400,11 @@ PY
   # Issue 12.3: settings that change what an epoch means are refused, naming the flag and both
   # values; a --momentum given on the command line replaces the checkpoint's.
   out=$("$train" --data=synthetic --epochs=3 --output_dir="$work/src" --resume --batch_size=32 --progress=none 2>&1); rc=$?
-  [[ $rc -eq 1 ]] && grep -q -- "--batch_size=32 but .* was trained with --batch_size=64" <<<"$out" || fail "batch size change: $out"
+  [[ $rc -eq 1 ]] && grep -q -- "this run's global batch is 32 (32 per rank x 1 rank(s)) but .* was trained with a global batch of 64" <<<"$out" ||
+    fail "batch size change: $out"
   out=$(mpi 2 "$train" --data=synthetic --epochs=3 --output_dir="$work/src" --resume --progress=none 2>&1); rc=$?
-  [[ $rc -eq 1 ]] && grep -q "this job has 2 rank(s) but .* was written by a job of 1" <<<"$out" || fail "world size change: $out"
+  [[ $rc -eq 1 ]] && grep -q "this run's global batch is 128 (64 per rank x 2 rank(s)) but .* resume with --global_batch=64" <<<"$out" ||
+    fail "world size change without --global_batch: $out"
   out=$("$train" --data=synthetic --epochs=3 --output_dir="$work/src" --resume --momentum=0.5 --progress=none 2>&1) || fail "momentum: $out"
   grep -q -- "--momentum=0.5 replaces the checkpoint's 0.9" <<<"$out" || fail "the new momentum is not said: $out"
   /usr/bin/python3 - "$(field "$(finals "$out")" latest_checkpoint)" <<'PY' || fail "the new momentum was not used"
@@ -400,14 +430,76 @@ PY
   expected=$(printf '%s\n' "$(basename "$(field "$line" best_checkpoint)")" "$(basename "$(field "$line" latest_checkpoint)")" | sort -u | tr '\n' ' ')
   [[ $on_disk == "$expected" ]] || fail "checkpoints on disk: $on_disk; expected only best and latest: $expected"
   ;;
+resume_anywhere)
+  # Issue 14: a preemption mid-epoch saves where the run is; the resumed run continues at the next
+  # global batch on the same or another number of ranks, every sample of every finished epoch
+  # used exactly once (the ledger), and ends as the uninterrupted run (bitwise on the same world
+  # size, within 1e-4 of its validation loss on another).
+  c=(--data=synthetic --epochs=3 --global_batch=96 --ledger --patience=100 --progress=none)
+  last() { tail -n 1 "$1/metrics.jsonl"; }
+  # The model, optimizer, handler and data state of the final checkpoint, without timings.
+  state() { "$ckpt" show "$1"/checkpoint_3_*.pt | sed 's/"file": "[^"]*", //'; }
+  close() { /usr/bin/python3 -c "import sys; a, b = map(float, sys.argv[1:]); sys.exit(abs(a - b) > 1e-4)" "$1" "$2"; }
+  for n in 1 2 4; do
+    out=$(mpi $n "$train" "${c[@]}" --output_dir="$work/u$n" 2>&1) || fail "uninterrupted on $n: $out"
+  done
+  # 1. 2 -> 2 ranks, preempted at iteration 100 (epoch 2 of 85-iteration epochs): bitwise.
+  out=$(mpi 2 "$train" "${c[@]}" --output_dir="$work/same" --inject_preempt=1:100 2>&1) || fail "preempted run: $out"
+  [[ $(grep -c '"stopped_by": "preempted"' <<<"$out") -eq 2 && $(grep -c '"iteration": 100,' <<<"$out") -eq 2 ]] ||
+    fail "both ranks must stop at iteration 100: $out"
+  grep -E "preempted at iteration 100; .*preempted_checkpoint_100.pt durable [0-9]+ ms after the signal" <<<"$out" ||
+    fail "the signal-to-durable time is not said: $out"
+  out=$(mpi 2 "$train" "${c[@]}" --output_dir="$work/same" --resume 2>&1) || fail "resume 2 -> 2: $out"
+  grep -q "resumed from $work/same/preempted_checkpoint_100.pt" <<<"$out" || fail "not resumed from the preemption: $out"
+  [[ "$(state "$work/same")" == "$(state "$work/u2")" ]] || { diff <(state "$work/same") <(state "$work/u2"); fail "2 -> 2 differs from the uninterrupted run"; }
+  "$ckpt" ledger "$work/same" || fail "ledger 2 -> 2"
+  # 2. Other world sizes: 4 -> 2, 2 -> 3, 1 -> 4, 4 -> 1 (the global batch of 96 fixed), each
+  #    preempted mid-epoch. (A stop agreed in an epoch's last iteration waits for the epoch's end,
+  #    whose checkpoint is then as new as the preemption's: train_preempt_test covers that case.)
+  for pair in 4:2:120 2:3:50 1:4:160 4:1:30; do
+    IFS=: read -r a b at <<<"$pair"
+    d="$work/w$a-$b"
+    out=$(mpi "$a" "$train" "${c[@]}" --output_dir="$d" --inject_preempt=0:"$at" 2>&1) || fail "$a ranks preempted: $out"
+    out=$(mpi "$b" "$train" "${c[@]}" --output_dir="$d" --resume 2>&1) || fail "resume $a -> $b: $out"
+    grep -q "resumed from $d/preempted_checkpoint_$at.pt" <<<"$out" || fail "$a -> $b: not resumed at iteration $at: $out"
+    m=$(last "$d")
+    echo "$a -> $b at iteration $at: $m"
+    [[ $(field "$m" epoch) == 3 && $(field "$m" iteration) == 255 && $(field "$m" world_size) == "$b" ]] || fail "$a -> $b: $m"
+    close "$(field "$m" val_loss)" "$(field "$(last "$work/u$a")" val_loss)" ||
+      fail "$a -> $b: val_loss $(field "$m" val_loss) is not within 1e-4 of the uninterrupted $(field "$(last "$work/u$a")" val_loss)"
+    "$ckpt" ledger "$d" || fail "ledger $a -> $b"
+  done
+  # 3. A corrupt newest checkpoint: the resume falls back to the epoch-1 one (iteration 85), the
+  #    ledger is cut back there, and still proves exactly-once at the end.
+  d="$work/corrupt"
+  mpi 2 "$train" "${c[@]}" --output_dir="$d" --inject_preempt=0:150 >/dev/null 2>&1 || fail "preempted run (corrupt)"
+  printf 'garbage' | dd of="$d/preempted_checkpoint_150.pt" bs=1 seek=2000 conv=notrunc status=none
+  out=$(mpi 2 "$train" "${c[@]}" --output_dir="$d" --resume 2>&1) || fail "resume past a corrupt checkpoint: $out"
+  grep -q "resumed from $d/checkpoint_1_" <<<"$out" && grep -q "ledger: dropped .* after iteration 85" <<<"$out" ||
+    fail "no fallback to the epoch-1 checkpoint: $out"
+  [[ -f $d/preempted_checkpoint_150.pt.corrupt ]] || fail "the corrupt file was not set aside"
+  "$ckpt" ledger "$d" || fail "ledger after the fallback"
+  # 4. Refused before training, touching nothing: a global batch the new world size cannot
+  #    divide, another global batch, another model.
+  d="$work/w4-2"
+  before=$(cd "$d" && find . -type f ! -name .ember.lock | sort | xargs md5sum)
+  out=$(mpi 5 "$train" "${c[@]}" --output_dir="$d" --resume 2>&1); rc=$?
+  [[ $rc -eq 1 ]] && grep -q -- "--global_batch=96 is not divisible by the 5 rank(s) of this job" <<<"$out" || fail "5 ranks: $out"
+  out=$(mpi 2 "$train" --data=synthetic --epochs=4 --ledger --progress=none --output_dir="$d" --resume 2>&1); rc=$?
+  [[ $rc -eq 1 ]] && grep -q "this run's global batch is 128 (64 per rank x 2 rank(s)) but .* was trained with a global batch of 96: .* resume with --global_batch=96" <<<"$out" ||
+    fail "another global batch: $out"
+  out=$(mpi 2 "$train" "${c[@]}" --epochs=4 --hidden=32 --output_dir="$d" --resume 2>&1); rc=$?
+  [[ $rc -eq 1 ]] && grep -qi "shape\|size" <<<"$out" || fail "another model: $out"
+  [[ "$(cd "$d" && find . -type f ! -name .ember.lock | sort | xargs md5sum)" == "$before" ]] || fail "a refused resume changed the output directory"
+  ;;
 eval_shards)
   # Issue 12.10: with 3 ranks every held-out sample is evaluated exactly once, the accuracy equals
-  # that of the same weights on 1 and 2 ranks, and the training count holds the partial batches.
+  # that of the same weights on 1 and 2 ranks, and the training count is whole global batches.
   out=$(mpi 3 "$train" --data=synthetic --epochs=1 --output_dir="$work/e" --progress=none 2>&1) || fail "3 ranks: $out"
   m=$(tail -n 1 "$work/e/metrics.jsonl")
   echo "$m"
   [[ $(field "$m" val_samples) == 2048 ]] || fail "3 ranks evaluated $(field "$m" val_samples) of 2048 samples"
-  [[ $(field "$m" train_samples) == 8190 ]] || fail "3 ranks trained on $(field "$m" train_samples) samples, expected 3 x 2730 (partial batches counted at their size)"
+  [[ $(field "$m" train_samples) == 8064 ]] || fail "3 ranks trained on $(field "$m" train_samples) samples, expected 42 global batches of 3 x 64 = 8064 (8192 // 192)"
   for n in 1 2; do
     out=$(mpi $n "$train" --data=synthetic --epochs=1 --output_dir="$work/e" --resume --eval_only --progress=none 2>&1) || fail "eval on $n: $out"
     e=$(grep '^{"checkpoint"' <<<"$out")

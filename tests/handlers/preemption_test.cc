@@ -1,5 +1,7 @@
 #include "handlers/preemption.h"
 
+#include "absl/time/clock.h"
+
 #include <signal.h>
 
 #include "distributed/testing/fake_world.h"
@@ -35,6 +37,70 @@ TEST(Preemption, ASignalOnOneRankStopsEveryRankAtTheSameIteration) {
   }
   EXPECT_GE(stopped_at[0], 5);
   EXPECT_LE(stopped_at[0], 6) << "stopped at the next agreement";
+  // When the signal arrived (recorded in the signal handler), for the signal-to-durable figure.
+  ASSERT_TRUE(Preemption::signal_time().has_value());
+  EXPECT_LE(*Preemption::signal_time(), absl::Now());
+  EXPECT_GE(*Preemption::signal_time(), absl::Now() - absl::Seconds(60));
+  Preemption::Clear();
+  EXPECT_FALSE(Preemption::signal_time().has_value());
+}
+
+TEST(Preemption, TheStopWindowCoversTheSignalsWait) {
+  Preemption installed;
+  Preemption::Clear();
+  Engine e([](Engine&) { absl::SleepFor(absl::Milliseconds(20)); });
+  Preemption preemption;
+  EXPECT_FALSE(preemption.stop_window().has_value());
+  e.On(Events::IterationStarted(), [](Engine& en) {
+    if (en.state().iteration == 5) ::raise(SIGTERM);
+  });
+  e.On(Events::IterationCompleted(), preemption);
+  ASSERT_TRUE(e.Run({.max_epochs = 1, .epoch_length = 10}).ok());
+  const absl::Time decided = absl::Now();
+  EXPECT_EQ(e.outcome().iteration, 5);
+  ASSERT_TRUE(preemption.stop_window().has_value());
+  // From iteration 4's check to iteration 5's decision: one 20 ms step.
+  EXPECT_GE(*preemption.stop_window(), absl::Milliseconds(20));
+  // The signal (at the start of iteration 5) waited no longer than the window.
+  ASSERT_TRUE(Preemption::signal_time().has_value());
+  EXPECT_LE(decided - *Preemption::signal_time(), *preemption.stop_window() + absl::Milliseconds(50));
+  Preemption::Clear();
+}
+
+TEST(Preemption, AtTheLastIterationOfAnEpochTheEpochEndRunsFirst) {
+  Preemption installed;
+  Preemption::Clear();
+  Engine e([](Engine&) {});
+  int epochs_completed = 0;
+  int64_t evaluated_at = 0;
+  e.On(Events::EpochCompleted(), [&](Engine& en) {  // the evaluation and the checkpoint, say
+    ++epochs_completed;
+    evaluated_at = en.state().iteration;
+  });
+  Preemption preemption;
+  e.On(Events::IterationStarted(), [](Engine& en) {
+    if (en.state().iteration == 20) ::raise(SIGTERM);  // during epoch 2's last iteration
+  });
+  e.On(Events::IterationCompleted(), preemption);
+  ASSERT_TRUE(e.Run({.max_epochs = 5, .epoch_length = 10}).ok());
+  EXPECT_EQ(e.outcome().terminated_by, Preemption::kName);
+  EXPECT_EQ(e.outcome().iteration, 20);
+  EXPECT_EQ(epochs_completed, 2) << "epoch 2's end must run before the stop";
+  EXPECT_EQ(evaluated_at, 20);
+  EXPECT_TRUE(preemption.stop_window().has_value());
+  Preemption::Clear();
+}
+
+TEST(Preemption, ASignalBeforeTheFirstCheckHasNoWindow) {
+  Preemption::Clear();
+  Preemption::Request();  // during start-up
+  Engine e([](Engine&) {});
+  Preemption preemption;
+  e.On(Events::IterationCompleted(), preemption);
+  ASSERT_TRUE(e.Run({.max_epochs = 1, .epoch_length = 10}).ok());
+  EXPECT_EQ(e.outcome().iteration, 1);
+  EXPECT_TRUE(preemption.preempted());
+  EXPECT_FALSE(preemption.stop_window().has_value()) << "start-up is outside the bound";
   Preemption::Clear();
 }
 
