@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <map>
 #include <string>
 #include <utility>
@@ -38,27 +39,51 @@ void SortSaved(std::vector<Checkpoint::Item>& saved) {
 
 // A copy of `v` whose tensors own their memory. Tensors of `reuse` (the previous copy, which no
 // writer uses any more) with the same dtype and shape are written into instead of allocated:
-// fresh pages would cost more than the copy itself.
-Value CopyState(const Value& v, const Value* reuse) {
+// fresh pages would cost more than the copy itself. Contiguous CPU tensors are copied with one
+// memcpy each (no dispatch, no per-tensor thread pool), so a warm copy runs at memory bandwidth.
+// With `versions`, each source tensor's version counter is checked after its copy against the
+// value recorded when the snapshot began (in the same depth-first order): a tensor changed in
+// place in between makes the copy fail, naming it.
+absl::StatusOr<Value> CopyState(const Value& v, const Value* reuse, const std::vector<int64_t>* versions,
+                                size_t* next_version, const std::string& path) {
   switch (v.kind()) {
     case Value::Kind::kTensor: {
       const torch::Tensor& src = v.as_tensor();
-      if (reuse != nullptr && reuse->is_tensor()) {
-        torch::Tensor dst = reuse->as_tensor();
-        if (dst.defined() && src.defined() && dst.scalar_type() == src.scalar_type() &&
-            dst.sizes() == src.sizes() && dst.is_contiguous() && src.device().is_cpu()) {
-          dst.copy_(src.detach());
-          return Value(dst);
+      torch::Tensor out;
+      const torch::Tensor* dst = reuse != nullptr && reuse->is_tensor() ? &reuse->as_tensor() : nullptr;
+      const bool same = dst != nullptr && dst->defined() && src.defined() && dst->scalar_type() == src.scalar_type() &&
+                        dst->sizes() == src.sizes() && dst->is_contiguous() && src.device().is_cpu() &&
+                        dst->device().is_cpu();
+      if (!src.defined()) {
+        out = src;
+      } else if (same && src.is_contiguous()) {
+        if (src.nbytes() > 0) std::memcpy(dst->data_ptr(), src.data_ptr(), src.nbytes());
+        out = *dst;
+      } else if (same) {
+        out = *dst;
+        out.copy_(src.detach());
+      } else {
+        out = src.detach().clone(at::MemoryFormat::Contiguous);
+      }
+      if (versions != nullptr && src.defined()) {
+        const size_t i = (*next_version)++;
+        if (i >= versions->size() || src._version() != (*versions)[i]) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "Checkpoint: the saved tensor '", path, "' was changed in place before the background snapshot "
+              "had copied it; call ember::WaitForSnapshots() before optimizer.step() (DataParallel::"
+              "AllReduceGradients() does), or save without snapshot_in_background"));
         }
       }
-      return Value(src.detach().clone(at::MemoryFormat::Contiguous));
+      return Value(out);
     }
     case Value::Kind::kList:
     case Value::Kind::kTuple: {
       std::vector<Value> items;
       const bool same = reuse != nullptr && reuse->kind() == v.kind() && reuse->items().size() == v.items().size();
       for (size_t i = 0; i < v.items().size(); ++i) {
-        items.push_back(CopyState(v.items()[i], same ? &reuse->items()[i] : nullptr));
+        EMBER_ASSIGN_OR_RETURN(Value item, CopyState(v.items()[i], same ? &reuse->items()[i] : nullptr, versions,
+                                                     next_version, absl::StrCat(path, "[", i, "]")));
+        items.push_back(std::move(item));
       }
       return v.is_list() ? Value::List(std::move(items)) : Value::Tuple(std::move(items));
     }
@@ -66,12 +91,33 @@ Value CopyState(const Value& v, const Value* reuse) {
       Value d = Value::Dict(v.ordered());
       for (size_t i = 0; i < v.size(); ++i) {
         const Value* old = reuse != nullptr ? reuse->Find(v.keys()[i]) : nullptr;
-        d.Set(v.keys()[i], CopyState(v.values()[i], old));
+        const std::string key = v.keys()[i].is_string() ? v.keys()[i].as_string() : v.keys()[i].DebugString();
+        EMBER_ASSIGN_OR_RETURN(Value item, CopyState(v.values()[i], old, versions, next_version,
+                                                     path.empty() ? key : absl::StrCat(path, ".", key)));
+        d.Set(v.keys()[i], std::move(item));
       }
       return d;
     }
     default:
       return v;
+  }
+}
+
+// The version counters of the tensors of `v`, depth-first (the order CopyState visits them).
+void RecordVersions(const Value& v, std::vector<int64_t>& out) {
+  switch (v.kind()) {
+    case Value::Kind::kTensor:
+      if (v.as_tensor().defined()) out.push_back(v.as_tensor()._version());
+      return;
+    case Value::Kind::kList:
+    case Value::Kind::kTuple:
+      for (const Value& item : v.items()) RecordVersions(item, out);
+      return;
+    case Value::Kind::kDict:
+      for (size_t i = 0; i < v.size(); ++i) RecordVersions(v.values()[i], out);
+      return;
+    default:
+      return;
   }
 }
 
@@ -136,6 +182,11 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Create(ObjectMap to_save
   }
   if (options.save_on_rank < 0) {
     return absl::InvalidArgumentError(absl::StrCat("Checkpoint: save_on_rank must be >= 0, got ", options.save_on_rank));
+  }
+  if (options.snapshot_in_background && !options.async_save) {
+    return absl::InvalidArgumentError(
+        "Checkpoint: snapshot_in_background needs async_save (the background snapshot is written by the "
+        "asynchronous writer)");
   }
   if (options.score_reduction == dist::Reduction::kSum || options.score_reduction == dist::Reduction::kAnyNonZero) {
     return absl::InvalidArgumentError(absl::StrCat("Checkpoint: score_reduction must be MEAN, MIN or MAX, got ",
@@ -404,11 +455,34 @@ absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
   if (options_.async_save) {
     // The state is copied here, on the training thread; the write happens in the background.
     absl::Status started = dist::RunOnRoot(comm, options_.save_on_rank, deadline, [&]() -> absl::Status {
-      auto copy = std::make_shared<Value>(CopyState(*checkpoint, &copy_cache_));
-      copy_cache_ = *copy;  // reused by the next save, once this writer is done (Flush)
-      writer_ = std::thread([this, copy, save_then_remove]() {
+      if (!options_.snapshot_in_background) {
+        size_t unused = 0;
+        EMBER_ASSIGN_OR_RETURN(Value copied, CopyState(*checkpoint, &copy_cache_, nullptr, &unused, ""));
+        copy_cache_ = copied;  // reused by the next save, once this writer is done (Flush)
+        writer_ = std::thread([this, copy = std::move(copied), save_then_remove]() {
+          const absl::Time start = absl::Now();
+          writer_status_ = save_then_remove(copy);
+          background_ns_.fetch_add(absl::ToInt64Nanoseconds(absl::Now() - start), std::memory_order_relaxed);
+        });
+        return absl::OkStatus();
+      }
+      // The copy too runs on the writer thread; the training thread waits for it only at the
+      // fence (WaitForSnapshots), before it changes the state in place.
+      std::vector<int64_t> versions;
+      RecordVersions(*checkpoint, versions);
+      snapshot_ = BeginSnapshot(&blocked_ns_);
+      writer_ = std::thread([this, state = *std::move(checkpoint), versions = std::move(versions),
+                             snapshot = snapshot_, save_then_remove]() {
         const absl::Time start = absl::Now();
-        writer_status_ = save_then_remove(*copy);
+        size_t next_version = 0;
+        absl::StatusOr<Value> copied = CopyState(state, &copy_cache_, &versions, &next_version, "");
+        snapshot->Finish();  // the training thread may change the state from here on
+        if (copied.ok()) {
+          copy_cache_ = *copied;  // read by the next save's copy, after this thread is joined
+          writer_status_ = save_then_remove(*copied);
+        } else {
+          writer_status_ = copied.status();
+        }
         background_ns_.fetch_add(absl::ToInt64Nanoseconds(absl::Now() - start), std::memory_order_relaxed);
       });
       return absl::OkStatus();

@@ -28,7 +28,13 @@
 //
 // Asynchronous saving (async_save): the state is copied on the training thread and written on a
 // background thread on the saving rank; the next save and Flush() wait for it, and an error of a
-// background save is returned there (on every rank), never dropped. The save enters saved(),
+// background save is returned there (on every rank), never dropped. With snapshot_in_background
+// the copy itself moves to the background thread too: the training thread only builds the
+// state's tree (scalars and tensor handles) and goes on; it must call ember::WaitForSnapshots()
+// (snapshot_fence.h; DataParallel::AllReduceGradients() does) before the next in-place change of a
+// saved tensor, typically optimizer.step(). A saved tensor changed in place before its copy was
+// taken (its version counter moved: the fence was not called) fails that save with
+// kFailedPrecondition naming the tensor, instead of writing a file that mixes two steps. The save enters saved(),
 // last_checkpoint() and latest_checkpoint() only when that wait found it succeeded; until then
 // (and after a failure) they describe the files that are known to be durable. SAVED_CHECKPOINT
 // fires when the write has been started. Attach() registers a Flush() at the engine's COMPLETED.
@@ -64,6 +70,7 @@
 #include "handlers/saveable.h"
 #include "handlers/score.h"
 #include "handlers/serialization/value.h"
+#include "handlers/snapshot_fence.h"
 #include "handlers/stateful.h"
 
 namespace ember {
@@ -83,6 +90,9 @@ struct CheckpointOptions {
   int save_on_rank = 0;
   dist::Reduction score_reduction = dist::Reduction::kMean;
   bool async_save = false;
+  // With async_save: copy the state on the background thread as well (see above). The caller
+  // promises to call ember::WaitForSnapshots() before changing the saved tensors in place.
+  bool snapshot_in_background = false;
   // How long the saving rank's outcome may take to reach the others.
   absl::Duration save_timeout = absl::Minutes(30);
 };
@@ -187,6 +197,7 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
   absl::Status writer_status_;
   std::optional<std::vector<Item>> pending_saved_;  // saved_ once the background save succeeds
   Value copy_cache_;                         // the last copy; its buffers are reused
+  std::shared_ptr<Snapshot> snapshot_;       // the background copy in progress (snapshot_in_background)
   std::atomic<int64_t> blocked_ns_{0}, background_ns_{0};
 };
 

@@ -15,6 +15,7 @@
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
 #include "distributed/default_communicator.h"
+#include "handlers/snapshot_fence.h"
 
 namespace ember {
 namespace {
@@ -198,6 +199,10 @@ absl::Status DataParallel::Start(size_t b) {
 }
 
 absl::Status DataParallel::AllReduceGradients() {
+  // The optimizer step follows: a background checkpoint snapshot must have finished copying.
+  struct Fence {
+    ~Fence() { WaitForSnapshots(); }
+  } fence;
   if (world_size() == 1) return absl::OkStatus();
   EMBER_RETURN_IF_ERROR(status_);
   torch::NoGradGuard no_grad;

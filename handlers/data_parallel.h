@@ -27,6 +27,11 @@
 // given (without either, this process is the whole job and nothing is exchanged). Every wait is
 // bounded by `deadline`; an error names the bucket, its parameters and the step.
 //
+// AllReduceGradients() is also the step's fence for background checkpoint snapshots: on its way
+// out (every world size, errors included) it calls ember::WaitForSnapshots() (snapshot_fence.h),
+// so the optimizer step that follows never changes a tensor a Checkpoint with
+// snapshot_in_background is still copying.
+//
 // Thread safety: not thread-safe; construct it and call AllReduceGradients from the training
 // thread on every rank. The hooks run on autograd's threads while that thread waits in backward.
 //

@@ -83,6 +83,9 @@ ABSL_FLAG(double, momentum, 0.9, "SGD momentum (>= 0, < 1)");
 ABSL_FLAG(int64_t, seed, 0, "random seed (weights and data order)");
 ABSL_FLAG(std::string, output_dir, "runs/train", "checkpoints and metrics.jsonl go here");
 ABSL_FLAG(int, n_saved, 2, "best checkpoints kept, by validation accuracy (>= 1)");
+ABSL_FLAG(bool, async_save, false,
+          "write the epoch checkpoints on a background thread; the state is copied there too, while the next "
+          "step's forward and backward run (the step waits before optimizer.step() only if the copy is not done)");
 ABSL_FLAG(int, patience, 3, "early stopping patience in epochs (>= 1)");
 ABSL_FLAG(bool, resume, false, "continue from the newest valid checkpoint in --output_dir");
 ABSL_FLAG(std::string, resume_from, "",
@@ -534,7 +537,7 @@ int Main(int argc, char** argv) {
     RunSettings settings(global_batch, batch_size, world_size);
     EMBER_ASSIGN_OR_RETURN(
         std::unique_ptr<Checkpoint> ckpt,
-        ModelCheckpoint::Create({.disk = {.dirname = out_dir, .require_empty = !resuming}, .checkpoint = {.score_name = "val_accuracy", .n_saved = absl::GetFlag(FLAGS_n_saved), .keep_last = 1, .global_step_transform = GlobalStepFromEngine(trainer)}},
+        ModelCheckpoint::Create({.disk = {.dirname = out_dir, .require_empty = !resuming}, .checkpoint = {.score_name = "val_accuracy", .n_saved = absl::GetFlag(FLAGS_n_saved), .keep_last = 1, .global_step_transform = GlobalStepFromEngine(trainer), .async_save = absl::GetFlag(FLAGS_async_save), .snapshot_in_background = absl::GetFlag(FLAGS_async_save)}},
                               {{"model", *model},
                                {"optimizer", optimizer},
                                {"trainer", trainer},
@@ -793,7 +796,10 @@ int Main(int argc, char** argv) {
     } else {
       outcome = {"completed", 0};
     }
-    return absl::OkStatus();
+    // An asynchronous epoch checkpoint still being written is durable (and recorded) before the
+    // final line names it, whatever ended the run (after a preemption's own save, so that the
+    // preemption's bound does not include it).
+    return ckpt->Flush();
   }();
   if (!status.ok()) fail(status);
 

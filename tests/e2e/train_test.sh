@@ -443,6 +443,18 @@ resume_anywhere)
   for n in 1 2 4; do
     out=$(mpi $n "$train" "${c[@]}" --output_dir="$work/u$n" 2>&1) || fail "uninterrupted on $n: $out"
   done
+  # 0. Issue 13: --async_save (the copy and the write on a background thread, the step waiting
+  #    at the fence before optimizer.step()) ends bitwise equal to synchronous saves, with the
+  #    write time of the previous epoch's file accounted as background time.
+  out=$(mpi 2 "$train" "${c[@]}" --async_save --output_dir="$work/async" 2>&1) || fail "--async_save: $out"
+  [[ "$(state "$work/async")" == "$(state "$work/u2")" ]] || { diff <(state "$work/async") <(state "$work/u2"); fail "--async_save differs from synchronous saves"; }
+  /usr/bin/python3 - "$work/async/metrics.jsonl" <<'PY' || fail "--async_save: no background write time in metrics.jsonl"
+import json, sys
+for raw in open(sys.argv[1]):
+    line = json.loads(raw)
+    assert line["epoch"] == 1 or line["checkpoint_background_s"] > 0, line  # the previous epoch's write
+PY
+  "$ckpt" verify "$work"/async/*.pt || fail "--async_save wrote a file that does not verify"
   # 1. 2 -> 2 ranks, preempted at iteration 100 (epoch 2 of 85-iteration epochs): bitwise.
   out=$(mpi 2 "$train" "${c[@]}" --output_dir="$work/same" --inject_preempt=1:100 2>&1) || fail "preempted run: $out"
   [[ $(grep -c '"stopped_by": "preempted"' <<<"$out") -eq 2 && $(grep -c '"iteration": 100,' <<<"$out") -eq 2 ]] ||
