@@ -535,27 +535,20 @@ int Main(int argc, char** argv) {
     const bool eval_only = absl::GetFlag(FLAGS_eval_only);
     if (!eval_only) EMBER_RETURN_IF_ERROR(TakeOutputDir(comm, out_dir, resuming, absl::Now() + deadline, &dir_lock));
     RunSettings settings(global_batch, batch_size, world_size);
+    // What every checkpoint of the run holds, epoch-end and preemption alike.
+    const ObjectMap to_save = {{"model", *model},     {"optimizer", optimizer}, {"trainer", trainer},
+                               {"early_stopping", *es}, {"data", train_source},   {"run", settings}};
     EMBER_ASSIGN_OR_RETURN(
         std::unique_ptr<Checkpoint> ckpt,
         ModelCheckpoint::Create({.disk = {.dirname = out_dir, .require_empty = !resuming}, .checkpoint = {.score_name = "val_accuracy", .n_saved = absl::GetFlag(FLAGS_n_saved), .keep_last = 1, .global_step_transform = GlobalStepFromEngine(trainer), .async_save = absl::GetFlag(FLAGS_async_save), .snapshot_in_background = absl::GetFlag(FLAGS_async_save)}},
-                              {{"model", *model},
-                               {"optimizer", optimizer},
-                               {"trainer", trainer},
-                               {"early_stopping", *es},
-                               {"data", train_source},
-                               {"run", settings}}));
+                              to_save));
     // A preemption stops the run mid-epoch: its state goes to a checkpointer of its own (the
     // newest only, named by the iteration), so that neither the best-score ranking nor
     // EarlyStopping sees an evaluation the uninterrupted run would not have made.
     EMBER_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> preempt_ckpt,
                            ModelCheckpoint::Create({.disk = {.dirname = out_dir, .require_empty = false},
                                                     .checkpoint = {.filename_prefix = "preempted", .n_saved = 1}},
-                                                   {{"model", *model},
-                                                    {"optimizer", optimizer},
-                                                    {"trainer", trainer},
-                                                    {"early_stopping", *es},
-                                                    {"data", train_source},
-                                                    {"run", settings}}));
+                                                   to_save));
     // Whatever ends the run (an error included), the final line reports the checkpoints on disk.
     struct Report {
       Checkpoint& ckpt;
