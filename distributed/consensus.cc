@@ -34,6 +34,17 @@ absl::Status Consensus::Reduce(absl::Span<const double> values, absl::Span<const
                                                    " outputs, ", per_rank.size(), " per-rank slots"));
   }
   if (absl::Status s = comm_->AllGather(values, per_rank, deadline); !s.ok()) return s;
+  return ReduceGathered(per_rank, ops, reduced, world);
+}
+
+absl::Status Consensus::ReduceGathered(absl::Span<const double> per_rank, absl::Span<const Reduction> ops,
+                                       absl::Span<double> reduced, int world) {
+  const size_t n = ops.size();
+  if (world < 1 || reduced.size() != n || per_rank.size() != n * static_cast<size_t>(world)) {
+    return absl::InvalidArgumentError(absl::StrCat("Consensus::ReduceGathered: ", n, " reductions, ", reduced.size(),
+                                                   " outputs, ", per_rank.size(), " per-rank slots for ", world,
+                                                   " ranks"));
+  }
   for (size_t i = 0; i < n; ++i) {
     double acc = per_rank[i];
     for (int r = 1; r < world; ++r) {

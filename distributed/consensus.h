@@ -46,6 +46,12 @@ class Consensus {
                       absl::Span<double> reduced, absl::Span<double> per_rank,
                       absl::Time deadline);
 
+  // The local half of Reduce, for values gathered by another collective (an agreement carried
+  // in a gradient all-reduce): reduces per_rank (world_size * n, rank r's value i at r * n + i)
+  // with ops[i] into reduced[i], exactly as Reduce does after its all-gather.
+  static absl::Status ReduceGathered(absl::Span<const double> per_rank, absl::Span<const Reduction> ops,
+                                     absl::Span<double> reduced, int world_size);
+
  private:
   Communicator* comm_;
 };

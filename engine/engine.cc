@@ -1,5 +1,6 @@
 #include "engine/engine.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -14,6 +15,7 @@
 #include "absl/time/clock.h"
 #include "base/clock.h"
 #include "base/status_error.h"
+#include "base/status_macros.h"
 
 namespace ember {
 namespace {
@@ -206,6 +208,12 @@ void Engine::FireHandlers(Event event) {
     for (size_t k = 0; k < n; ++k) reductions_.push_back(entry->sync->reduction(k));
     pending_.push_back(entry);
     pending_offsets_.push_back(offset);
+    const size_t carried = CarriedOffset(event, entry);
+    pending_carried_.push_back(carried);
+    if (carried != kNotCarried) {
+      std::copy_n(carried_.mine.begin() + static_cast<ptrdiff_t>(carried), n, proposals_.begin() + static_cast<ptrdiff_t>(offset));
+      continue;
+    }
     ThrowIfError(entry->sync->Propose(*this, absl::MakeSpan(proposals_.data() + offset, n)));
   }
   if (pending_.size() > first_handler) Agree(event, first_handler, first_value);
@@ -219,6 +227,7 @@ void Engine::Agree(Event event, size_t first_handler, size_t first_value) {
     ~Pop() {
       e->pending_.resize(handlers);
       e->pending_offsets_.resize(handlers);
+      e->pending_carried_.resize(handlers);
       e->proposals_.resize(values);
       e->reductions_.resize(values);
     }
@@ -230,14 +239,35 @@ void Engine::Agree(Event event, size_t first_handler, size_t first_value) {
   // grow the engine's shared buffers, and must not move what this firing is still reading.
   absl::InlinedVector<double, 16> reduced_buffer(n);
   absl::InlinedVector<double, 64> per_rank_buffer(n * static_cast<size_t>(world));
-  ++agreements_;
-  // A single process cannot wait on anyone: skip reading the clock for a deadline.
-  const absl::Time deadline =
-      world > 1 ? absl::Now() + collective_timeout_ : absl::InfiniteFuture();
-  absl::Status s = consensus_.Reduce(
-      absl::MakeConstSpan(proposals_.data() + first_value, n),
-      absl::MakeConstSpan(reductions_.data() + first_value, n),
-      absl::MakeSpan(reduced_buffer), absl::MakeSpan(per_rank_buffer), deadline);
+  const bool all_carried =
+      std::all_of(pending_carried_.begin() + static_cast<ptrdiff_t>(first_handler), pending_carried_.end(),
+                  [](size_t c) { return c != kNotCarried; });
+  absl::Status s;
+  if (all_carried) {
+    // Every rank's values came with the step's own collective: lay them out as this firing's
+    // all-gather would have, and reduce them the same way.
+    ++carried_agreements_;
+    const size_t carried_n = carried_.mine.size();
+    for (int r = 0; r < world; ++r) {
+      for (size_t h = first_handler; h < pending_.size(); ++h) {
+        const size_t count = pending_[h]->sync->num_values();
+        const double* from = carried_.all.data() + static_cast<size_t>(r) * carried_n + pending_carried_[h];
+        std::copy_n(from, count, per_rank_buffer.data() + static_cast<size_t>(r) * n + (pending_offsets_[h] - first_value));
+      }
+    }
+    s = dist::Consensus::ReduceGathered(absl::MakeConstSpan(per_rank_buffer),
+                                        absl::MakeConstSpan(reductions_.data() + first_value, n),
+                                        absl::MakeSpan(reduced_buffer), world);
+  } else {
+    ++agreements_;
+    // A single process cannot wait on anyone: skip reading the clock for a deadline.
+    const absl::Time deadline =
+        world > 1 ? absl::Now() + collective_timeout_ : absl::InfiniteFuture();
+    s = consensus_.Reduce(
+        absl::MakeConstSpan(proposals_.data() + first_value, n),
+        absl::MakeConstSpan(reductions_.data() + first_value, n),
+        absl::MakeSpan(reduced_buffer), absl::MakeSpan(per_rank_buffer), deadline);
+  }
   if (!s.ok()) {
     throw StatusError(absl::Status(
         s.code(), absl::StrCat("agreement of ", n, " value(s) from ", pending_.size() - first_handler,
@@ -279,6 +309,65 @@ void Engine::Agree(Event event, size_t first_handler, size_t first_value) {
       }
     }
   }
+}
+
+size_t Engine::CarriedOffset(Event event, const HandlerEntry* entry) const {
+  if (event.id() != Event::kIterationCompleted || !carried_.gathered || carried_.iteration != state_.iteration) {
+    return kNotCarried;
+  }
+  for (size_t k = 0; k < carried_.entries.size(); ++k) {
+    if (carried_.entries[k] == entry) return carried_.offsets[k];
+  }
+  return kNotCarried;
+}
+
+absl::StatusOr<absl::Span<const double>> Engine::ProposeAhead(const std::any& output) {
+  if (!running_ || !in_step_ || firing_depth_ != 0) {
+    return absl::FailedPreconditionError("Engine::ProposeAhead is for use inside this engine's step function");
+  }
+  carried_.iteration = -1;
+  carried_.gathered = false;
+  carried_.entries.clear();
+  carried_.offsets.clear();
+  carried_.mine.clear();
+  if (consensus_.comm()->world_size() == 1) return absl::Span<const double>();
+  // The handlers see the output they will see at the firing; what the step returns replaces it.
+  std::any saved = std::move(state_.output);
+  state_.output = output;
+  struct Restore {
+    std::any& to;
+    std::any& from;
+    ~Restore() { to = std::move(from); }
+  } restore{state_.output, saved};
+  for (const std::unique_ptr<HandlerEntry>& entry : handlers_[Event::kIterationCompleted]) {
+    if (entry->removed || entry->sync == nullptr || !entry->filter.is_trivial() || !entry->sync->proposes_in_step()) {
+      continue;
+    }
+    const size_t n = entry->sync->num_values();
+    const size_t offset = carried_.mine.size();
+    carried_.mine.resize(offset + n, 0.0);
+    EMBER_RETURN_IF_ERROR(entry->sync->Propose(*this, absl::MakeSpan(carried_.mine.data() + offset, n)));
+    carried_.entries.push_back(entry.get());
+    carried_.offsets.push_back(offset);
+  }
+  carried_.iteration = state_.iteration;
+  return absl::MakeConstSpan(carried_.mine);
+}
+
+absl::Status Engine::CarryAgreement(absl::Span<const double> gathered) {
+  const size_t world = static_cast<size_t>(consensus_.comm()->world_size());
+  if (carried_.iteration != state_.iteration || !in_step_) {
+    return absl::FailedPreconditionError(
+        "Engine::CarryAgreement: no proposals made ahead in this step (call ProposeAhead first, in the step function)");
+  }
+  if (gathered.size() != world * carried_.mine.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("Engine::CarryAgreement: ", gathered.size(), " values for ",
+                                                   carried_.mine.size(), " proposed on each of ", world,
+                                                   " ranks; expected ", world * carried_.mine.size()));
+  }
+  carried_.all.assign(gathered.begin(), gathered.end());
+  carried_.gathered = true;
+  return absl::OkStatus();
 }
 
 absl::Status Engine::FireEvent(Event event) {
@@ -485,6 +574,8 @@ absl::Status Engine::RunImpl(DataIter* data, std::optional<int64_t> data_length,
   data_ = data;
   batch_type_ = batch_type;
   running_ = true;
+  carried_.iteration = -1;
+  carried_.gathered = false;
   absl::Status status;
   try {
     RunLoop();

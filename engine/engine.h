@@ -229,6 +229,29 @@ class Engine {
   // Number of agreements (collectives issued for synchronized handlers) so far.
   int64_t agreements() const { return agreements_; }
 
+  // ---- An agreement carried by another collective ----------------------------------------
+  // A component that runs a collective of its own in every step (DataParallel's gradient
+  // all-reduce) can carry ITERATION_COMPLETED's agreement in it, so that a step costs that
+  // collective alone. Inside the step function, with the output the step will return:
+  //   EMBER_ASSIGN_OR_RETURN(absl::Span<const double> mine, engine.ProposeAhead(output));
+  // runs Propose of the synchronized handlers on ITERATION_COMPLETED that can propose in the
+  // step (SynchronizedHandler::proposes_in_step(), registered without an event filter), with
+  // state().output set to `output`. The component all-gathers these n values (the same n on
+  // every rank, since every rank registers the same handlers) and hands them back, rank r's at
+  // [r * n, r * n + n), with
+  //   EMBER_RETURN_IF_ERROR(engine.CarryAgreement(gathered));
+  // At the firing those handlers do not propose again: they decide on the carried values, in
+  // their place and order, exactly as after the firing's own collective. A firing whose due
+  // synchronized handlers were all carried issues no collective (carried_agreements() counts
+  // it); one with a handler that was not (a filtered Checkpoint every N iterations, say) agrees
+  // in its own collective as before, the carried handlers contributing their values. A signal
+  // or output that arrives after ProposeAhead counts at the next iteration. An empty span means
+  // nothing to carry (no such handler, or a single process).
+  absl::StatusOr<absl::Span<const double>> ProposeAhead(const std::any& output);
+  absl::Status CarryAgreement(absl::Span<const double> gathered);
+  // Firings decided on carried values without a collective of their own.
+  int64_t carried_agreements() const { return carried_agreements_; }
+
   // Where warnings go (a one-shot stream that ran dry, ...). Default: stderr.
   void set_warning_handler(std::function<void(const std::string&)> handler) {
     warning_handler_ = std::move(handler);
@@ -293,6 +316,9 @@ class Engine {
   // Reduces the proposals of the synchronized handlers collected since `first` in one
   // collective and lets each decide.
   void Agree(Event event, size_t first_handler, size_t first_value);
+  // Where `entry`'s values proposed ahead for this firing are in carried_, or kNotCarried.
+  static constexpr size_t kNotCarried = static_cast<size_t>(-1);
+  size_t CarriedOffset(Event event, const HandlerEntry* entry) const;
   bool RemoveHandlers(const std::vector<uint64_t>& ids);
   void Compact();
 
@@ -344,8 +370,20 @@ class Engine {
   absl::Duration collective_timeout_ = absl::Seconds(300);
   bool verify_agreement_ = false;
   int64_t agreements_ = 0;
+  int64_t carried_agreements_ = 0;
   std::vector<HandlerEntry*> pending_;
   std::vector<size_t> pending_offsets_;
+  std::vector<size_t> pending_carried_;  // per pending handler: its offset in carried_, or npos
+  // ITERATION_COMPLETED's proposals made ahead in the step (ProposeAhead) and, once carried,
+  // every rank's.
+  struct Carried {
+    int64_t iteration = -1;  // the iteration they were proposed at; -1: none
+    bool gathered = false;   // CarryAgreement handed every rank's values back
+    std::vector<const HandlerEntry*> entries;
+    std::vector<size_t> offsets;
+    std::vector<double> mine;
+    std::vector<double> all;  // world * mine.size()
+  } carried_;
   std::vector<double> proposals_;
   std::vector<dist::Reduction> reductions_;
 };

@@ -55,6 +55,11 @@ class SynchronizedHandler {
   virtual absl::Status Propose(Engine& engine, absl::Span<double> values) = 0;
   // Acts on the agreed values (terminate, save, ...).
   virtual absl::Status Decide(Engine& engine, const Agreement& agreement) = 0;
+  // Whether Propose at ITERATION_COMPLETED reads only the step's output and process-wide state
+  // (not what other handlers of the firing did), so that it may run inside the step function,
+  // before the firing, and its agreement ride in the step's own collective (Engine::ProposeAhead,
+  // DataParallel). TerminateOnNan and Preemption can; the default is no.
+  virtual bool proposes_in_step() const { return false; }
 };
 
 }  // namespace ember

@@ -89,6 +89,7 @@ DataParallel::DataParallel(torch::nn::Module& module, DataParallelOptions option
     const torch::Tensor& first = params_[b.params.front()];
     int64_t n = 0;
     for (size_t i : b.params) n += params_[i].numel();
+    b.numel = n;
     b.staged = !first.device().is_cpu() && !device_buffers;
     b.flat = torch::empty({n}, first.options().device(b.staged ? torch::Device(torch::kCPU) : first.device())
                                    .requires_grad(false));
@@ -165,7 +166,8 @@ void DataParallel::OnGradientReady(size_t param) {
   const bool may_start =
       hooks_may_start_ && (std::this_thread::get_id() == owner_ || comm_->backend() == "nccl");
   if (!may_start) return;
-  while (next_ < buckets_.size() && buckets_[next_].unready == 0) {
+  // The last bucket is AllReduceGradients' (it may carry the engine's agreement).
+  while (next_ + 1 < buckets_.size() && buckets_[next_].unready == 0) {
     if (absl::Status s = Start(next_++); !s.ok()) {
       hook_error_ = s;
       return;
@@ -174,9 +176,51 @@ void DataParallel::OnGradientReady(size_t param) {
   }
 }
 
-absl::Status DataParallel::Start(size_t b) {
+absl::Status DataParallel::HandBackAgreement(Engine& engine, const Bucket& bucket, size_t n) {
+  // Every rank's bytes, summed with zeros: each slot holds exactly one rank's byte.
+  const int world = comm_->world_size();
+  torch::Tensor slots = bucket.flat.slice(0, bucket.numel).to(torch::kCPU, torch::kFloat64).contiguous();
+  const double* in = slots.data_ptr<double>();
+  std::vector<double> gathered(n * static_cast<size_t>(world));
+  for (size_t v = 0; v < gathered.size(); ++v) {
+    unsigned char bytes[8];
+    for (int k = 0; k < 8; ++k) {
+      const double x = in[v * 8 + k];
+      if (!(x >= 0 && x <= 255 && x == static_cast<double>(static_cast<int>(x)))) {
+        return absl::InternalError(absl::StrCat(Describe(buckets_.size() - 1), ": the carried agreement's slot ",
+                                                v * 8 + k, " reduced to ", x,
+                                                ", not a byte: did another rank carry a different number of values?"));
+      }
+      bytes[k] = static_cast<unsigned char>(x);
+    }
+    std::memcpy(&gathered[v], bytes, 8);
+  }
+  return engine.CarryAgreement(gathered);
+}
+
+absl::Status DataParallel::Start(size_t b, absl::Span<const double> carry) {
   torch::NoGradGuard no_grad;
   Bucket& bucket = buckets_[b];
+  const int world = comm_->world_size();
+  const int64_t carry_slots = static_cast<int64_t>(carry.size()) * world * 8;
+  if (carry.size() != carry_values_ || bucket.flat.numel() != bucket.numel + carry_slots) {
+    // Room for every rank's agreement bytes after the gradients (the number of values is fixed by
+    // the engine's handlers, so this happens once).
+    bucket.flat = torch::empty({bucket.numel + carry_slots}, bucket.flat.options());
+    carry_values_ = carry.size();
+  }
+  if (carry_slots > 0) {
+    // This rank's bytes in its own slots; every other rank leaves them zero, so the SUM is the
+    // all-gather.
+    torch::Tensor slots = torch::zeros({carry_slots}, torch::kFloat32);
+    float* out = slots.data_ptr<float>() + static_cast<int64_t>(comm_->rank()) * static_cast<int64_t>(carry.size()) * 8;
+    for (size_t i = 0; i < carry.size(); ++i) {
+      unsigned char bytes[8];
+      std::memcpy(bytes, &carry[i], 8);
+      for (int k = 0; k < 8; ++k) out[i * 8 + k] = static_cast<float>(bytes[k]);
+    }
+    bucket.flat.slice(0, bucket.numel).copy_(slots);
+  }
   int64_t at = 0;
   for (size_t i : bucket.params) {
     const int64_t n = params_[i].numel();
@@ -198,7 +242,13 @@ absl::Status DataParallel::Start(size_t b) {
   return absl::OkStatus();
 }
 
-absl::Status DataParallel::AllReduceGradients() {
+absl::Status DataParallel::AllReduceGradients() { return Reduce(nullptr, nullptr); }
+
+absl::Status DataParallel::AllReduceGradients(Engine& engine, const std::any& step_output) {
+  return Reduce(&engine, &step_output);
+}
+
+absl::Status DataParallel::Reduce(Engine* engine, const std::any* step_output) {
   // The optimizer step follows: a background checkpoint snapshot must have finished copying.
   struct Fence {
     ~Fence() { WaitForSnapshots(); }
@@ -207,8 +257,23 @@ absl::Status DataParallel::AllReduceGradients() {
   EMBER_RETURN_IF_ERROR(status_);
   torch::NoGradGuard no_grad;
   absl::Status result = hook_error_;
-  // The buckets backward did not complete (parameters without a gradient this step), in order.
-  while (result.ok() && next_ < buckets_.size()) result = Start(next_++);
+  // The buckets backward did not complete (parameters without a gradient this step), in order,
+  // then the last one, with the engine's agreement when it agrees through this communicator.
+  const size_t last = buckets_.size() - 1;
+  while (result.ok() && next_ < last) result = Start(next_++);
+  absl::Span<const double> carry;
+  if (result.ok() && engine != nullptr && &engine->communicator() == comm_) {
+    absl::StatusOr<absl::Span<const double>> mine = engine->ProposeAhead(*step_output);
+    if (mine.ok()) {
+      carry = *mine;
+    } else {
+      result = mine.status();
+    }
+  }
+  if (result.ok()) {
+    result = Start(last, carry);
+    ++next_;
+  }
   const double scale = 1.0 / static_cast<double>(comm_->world_size());
   for (size_t b = 0; b < buckets_.size(); ++b) {
     Bucket& bucket = buckets_[b];
@@ -221,7 +286,12 @@ absl::Status DataParallel::AllReduceGradients() {
     }
     if (!result.ok()) continue;
     ++reduced_;
-    bucket.flat.mul_(scale);
+    if (b == last && !carry.empty()) {
+      result = HandBackAgreement(*engine, bucket, carry.size());
+      if (!result.ok()) continue;
+      ++carried_;
+    }
+    bucket.flat.slice(0, 0, bucket.numel).mul_(scale);
     int64_t at = 0;
     for (size_t i : bucket.params) {
       const int64_t n = params_[i].numel();

@@ -23,6 +23,15 @@
 // buffers only (MPI) gradients on a GPU are staged through the host, and staged_buckets() counts
 // it; with NCCL it stays 0.
 //
+// The last bucket (it holds the first parameters, whose gradients backward produces last) is
+// always started by AllReduceGradients itself, never by a hook, so that it can carry the
+// engine's per-iteration agreement: AllReduceGradients(engine, output) appends every rank's
+// proposals of ITERATION_COMPLETED (TerminateOnNan's flag, Preemption's signal) to it, each
+// rank's 8 bytes per value in slots of its own that the other ranks leave zero, so the SUM
+// all-reduce is an exact all-gather in any floating dtype (a byte 0-255 is exact in float16
+// and bfloat16, and x + 0 is x); the engine then decides at the firing without a collective of
+// its own, and a step costs exactly its gradient buckets (carried_agreements() counts them).
+//
 // The communicator is the process's default (the World of dist::LaunchWorld()) unless one is
 // given (without either, this process is the whole job and nothing is exchanged). Every wait is
 // bounded by `deadline`; an error names the bucket, its parameters and the step.
@@ -41,12 +50,18 @@
 //   ...
 //   loss.backward();                                      // buckets start as gradients arrive
 //   EMBER_RETURN_IF_ERROR(ddp.AllReduceGradients());
+// or, inside an Engine's step function, carrying its agreement (one collective fewer per step):
+//   const double out = loss.item<double>();
+//   EMBER_RETURN_IF_ERROR(ddp.AllReduceGradients(engine, out));
+//   optimizer.step();
+//   return out;
 #ifndef EMBER_HANDLERS_DATA_PARALLEL_H_
 #define EMBER_HANDLERS_DATA_PARALLEL_H_
 
 #include <torch/csrc/autograd/function.h>
 #include <torch/torch.h>
 
+#include <any>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -56,6 +71,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "distributed/communicator.h"
+#include "engine/engine.h"
 
 namespace ember {
 
@@ -77,6 +93,14 @@ class DataParallel {
   const absl::Status& status() const { return status_; }
   // Averages the gradients over the ranks (a collective: every rank, every step).
   absl::Status AllReduceGradients();
+  // The same, inside `engine`'s step function, carrying the engine's per-iteration agreement
+  // (TerminateOnNan's flag, Preemption's signal: Engine::ProposeAhead) in the last bucket's
+  // all-reduce, so that the step costs its gradient buckets and nothing more: the
+  // ITERATION_COMPLETED firing that follows decides without a collective of its own.
+  // `step_output` must be what the step function returns (TerminateOnNan checks it here).
+  // Without an engine (or when the engine agrees through another communicator), the firing
+  // agrees in its own collective as before.
+  absl::Status AllReduceGradients(Engine& engine, const std::any& step_output);
 
   int world_size() const { return comm_ != nullptr ? comm_->world_size() : 1; }
   size_t num_buckets() const { return buckets_.size(); }
@@ -87,11 +111,14 @@ class DataParallel {
   int64_t staged_buckets() const { return staged_; }
   // Steps completed (AllReduceGradients calls that succeeded).
   int64_t steps() const { return step_; }
+  // Steps whose engine agreement rode in the last bucket.
+  int64_t carried_agreements() const { return carried_; }
 
  private:
   struct Bucket {
     std::vector<size_t> params;  // indices into params_
-    torch::Tensor flat;          // the packed gradients, where the collective runs
+    int64_t numel = 0;           // the gradients' elements in flat
+    torch::Tensor flat;          // the packed gradients (then any carried agreement), where the collective runs
     bool staged = false;         // flat is a host copy of device gradients
     int unready = 0;             // parameters of this step still without their gradient
     std::unique_ptr<dist::Pending> pending;
@@ -100,7 +127,11 @@ class DataParallel {
 
   absl::Status Broadcast(torch::nn::Module& module);
   void OnGradientReady(size_t param);    // from the hooks
-  absl::Status Start(size_t bucket);     // packs and starts one bucket's all-reduce
+  // Packs and starts one bucket's all-reduce; the last one may carry this rank's agreement values.
+  absl::Status Start(size_t bucket, absl::Span<const double> carry = {});
+  absl::Status Reduce(Engine* engine, const std::any* step_output);
+  // Decodes every rank's carried values from the reduced last bucket and gives them to engine.
+  absl::Status HandBackAgreement(Engine& engine, const Bucket& bucket, size_t n);
   std::string Describe(size_t bucket) const;
 
   dist::Communicator* comm_;  // nullptr: no World, one process
@@ -115,7 +146,8 @@ class DataParallel {
   std::thread::id owner_;
   bool hooks_may_start_ = false;   // the hooks' thread may issue collectives
   absl::Status hook_error_;
-  int64_t started_early_ = 0, reduced_ = 0, staged_ = 0, step_ = 0;
+  int64_t started_early_ = 0, reduced_ = 0, staged_ = 0, step_ = 0, carried_ = 0;
+  size_t carry_values_ = 0;  // agreement values per rank the last bucket has room for
   absl::Status status_;
 };
 

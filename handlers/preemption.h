@@ -41,6 +41,8 @@ class Preemption final : public SynchronizedHandler {
   dist::Reduction reduction(size_t) const override { return dist::Reduction::kAnyNonZero; }
   absl::Status Propose(Engine& engine, absl::Span<double> values) override;
   absl::Status Decide(Engine& engine, const Agreement& agreement) override;
+  // Its proposal reads only the process's signal flag: it can ride the step's collective.
+  bool proposes_in_step() const override { return true; }
 
   // Whether a signal arrived in this process (any rank's is known after the agreement).
   static bool signalled();

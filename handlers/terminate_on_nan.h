@@ -49,6 +49,8 @@ class TerminateOnNan : public SynchronizedHandler {
   dist::Reduction reduction(size_t) const override { return dist::Reduction::kAnyNonZero; }
   absl::Status Propose(Engine& engine, absl::Span<double> values) override;
   absl::Status Decide(Engine& engine, const Agreement& agreement) override;
+  // Its proposal reads only the step's output: it can ride the step's collective.
+  bool proposes_in_step() const override { return true; }
 
  private:
   OutputTransform transform_;

@@ -477,12 +477,14 @@ int Main(int argc, char** argv) {
       optimizer.zero_grad();
       torch::Tensor loss = torch::nn::functional::cross_entropy(model->forward(b.x.to(device)), b.y.to(device));
       loss.backward();
-      EMBER_RETURN_IF_ERROR(ddp.AllReduceGradients());
-      optimizer.step();
-      if (rank == nan_at.rank && e.state().iteration == nan_at.iteration) return std::nan("");
+      double output = loss.item<double>();
+      if (rank == nan_at.rank && e.state().iteration == nan_at.iteration) output = std::nan("");
       if (rank == preempt_at.rank && e.state().iteration == preempt_at.iteration) ::raise(SIGTERM);
+      // The iteration's agreement (TerminateOnNan, Preemption) rides in the last gradient bucket.
+      EMBER_RETURN_IF_ERROR(ddp.AllReduceGradients(e, output));
+      optimizer.step();
       if (step_delay > absl::ZeroDuration()) absl::SleepFor(step_delay);
-      return loss.item<double>();
+      return output;
     });
     trainer.set_collective_timeout(deadline);
     // This rank's share of each global batch (batch_size samples of every rank), in an order drawn

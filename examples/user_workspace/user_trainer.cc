@@ -32,13 +32,14 @@ absl::Status Train(const std::string& dir, int max_epochs) {
   torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
   ember::DataParallel ddp(*model);  // rank 0's weights everywhere; gradients averaged
 
-  ember::Engine trainer([&](ember::Engine&, const Batch& b) -> absl::StatusOr<double> {
+  ember::Engine trainer([&](ember::Engine& e, const Batch& b) -> absl::StatusOr<double> {
     optimizer.zero_grad();
     torch::Tensor loss = torch::nn::functional::cross_entropy(model->forward(b.x), b.y);
     loss.backward();
-    EMBER_RETURN_IF_ERROR(ddp.AllReduceGradients());
+    const double out = loss.item<double>();
+    EMBER_RETURN_IF_ERROR(ddp.AllReduceGradients(e, out));  // TerminateOnNan's agreement rides along
     optimizer.step();
-    return loss.item<double>();
+    return out;
   });
   ember::Engine evaluator([&](ember::Engine&, const Batch& b) { return ember::Prediction{model->forward(b.x), b.y}; });
   ember::Metrics metrics;  // every rank's sums, all-reduced in one collective

@@ -19,7 +19,11 @@
 #include "absl/time/clock.h"
 #include "distributed/mpi_communicator.h"
 #include "gtest/gtest.h"
+#include "base/status_macros.h"
+#include "engine/engine.h"
 #include "handlers/data_parallel.h"
+#include "handlers/preemption.h"
+#include "handlers/terminate_on_nan.h"
 
 namespace {
 
@@ -128,6 +132,47 @@ TEST(DataParallelMpi, OverlapEqualsNoOverlapAndOneProcess) {
   EXPECT_EQ(ddp_o.steps(), 3);
   std::fprintf(stderr, "rank %d: %zu buckets, %lld started during backward over 3 steps\n", r, ddp_o.num_buckets(),
                static_cast<long long>(ddp_o.buckets_started_early()));
+}
+
+TEST(DataParallelMpi, PreemptionAndNanFlagsRideTheLastBucket) {
+  // Rank n-1 is signalled inside its step 4: every rank stops at iteration 4, and no iteration
+  // costs more collectives than its gradient buckets.
+  ember::dist::Communicator& comm = *g_comm;
+  const int r = comm.rank(), n = comm.world_size();
+  torch::manual_seed(11);
+  Net net;
+  ember::DataParallel ddp(*net, {.bucket_bytes = 4096, .comm = &comm});
+  ASSERT_TRUE(ddp.status().ok()) << ddp.status();
+  torch::optim::SGD opt(net->parameters(), 0.1);
+  const Data full = FullBatch(n);
+  const torch::Tensor x = full.x.slice(0, r * kPerRank, (r + 1) * kPerRank);
+  const torch::Tensor y = full.y.slice(0, r * kPerRank, (r + 1) * kPerRank);
+  ember::Engine trainer([&](ember::Engine& e) -> absl::StatusOr<double> {
+    opt.zero_grad();
+    torch::Tensor loss = torch::nn::functional::cross_entropy(net->forward(x), y);
+    loss.backward();
+    const double out = loss.item<double>();
+    if (r == n - 1 && e.state().iteration == 4) ember::Preemption::Request();
+    EMBER_RETURN_IF_ERROR(ddp.AllReduceGradients(e, out));
+    opt.step();
+    return out;
+  });
+  trainer.set_communicator(&comm);
+  ember::TerminateOnNan ton;
+  ember::Preemption preemption;
+  trainer.On(ember::Events::IterationCompleted(), ton);
+  trainer.On(ember::Events::IterationCompleted(), preemption);
+  const int64_t before = comm.collectives();
+  absl::Status s = trainer.Run({.max_epochs = 1, .epoch_length = 10});
+  const int64_t collectives = comm.collectives() - before;
+  ember::Preemption::Clear();
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(trainer.state().iteration, 4);
+  EXPECT_EQ(trainer.outcome().terminated_by, ember::Preemption::kName);
+  EXPECT_TRUE(preemption.preempted());
+  EXPECT_EQ(trainer.agreements(), 0) << "an iteration agreed in a collective of its own";
+  EXPECT_EQ(trainer.carried_agreements(), 4);
+  EXPECT_EQ(collectives, 4 * static_cast<int64_t>(ddp.num_buckets()));
 }
 
 int Stall(int victim) {

@@ -2,10 +2,13 @@
 
 #include <torch/torch.h>
 
+#include <cmath>
 #include <memory>
 #include <vector>
 
 #include "distributed/testing/fake_world.h"
+#include "engine/engine.h"
+#include "handlers/terminate_on_nan.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -55,6 +58,114 @@ TEST(DataParallel, AStalledRankFailsTheOthersNamingTheBucket) {
   });
   ASSERT_FALSE(results[0].ok());
   EXPECT_THAT(std::string(results[0].message()), ::testing::HasSubstr("DataParallel: step 1: gradient all-reduce of bucket 0 of 1 (bias, weight)"));
+}
+
+// One rank of a small training run: an Engine with TerminateOnNan (and, when `filtered_too`, a
+// second one on every third iteration, which cannot propose in the step), DataParallel in
+// 64-byte buckets, the step's output NaN on `nan_rank` at `nan_at`.
+struct RankRun {
+  torch::Tensor weights;
+  int64_t stopped_at = 0, agreements = 0, carried = 0, ddp_carried = 0, collectives = 0;
+  size_t buckets = 0;
+  std::vector<int> bad_ranks;
+  absl::Status status;
+};
+
+RankRun TrainOnRank(dist::Communicator& c, bool carry, bool filtered_too, int nan_rank, int64_t nan_at) {
+  RankRun out;
+  torch::nn::Sequential model(torch::nn::Linear(5, 4), torch::nn::ReLU(), torch::nn::Linear(4, 3));
+  {  // the same weights in every run (the ranks' threads share one random generator)
+    torch::NoGradGuard no_grad;
+    for (torch::Tensor& p : model->parameters()) p.copy_(torch::linspace(-0.5, 0.7, p.numel()).view_as(p));
+  }
+  torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
+  DataParallel ddp(*model, {.bucket_bytes = 64, .comm = &c});
+  if (!ddp.status().ok()) {
+    out.status = ddp.status();
+    return out;
+  }
+  Engine trainer([&](Engine& e, const int& i) -> absl::StatusOr<double> {
+    optimizer.zero_grad();
+    torch::Tensor x = torch::full({2, 5}, static_cast<float>(c.rank() + i) / 10);
+    torch::Tensor loss = model->forward(x).pow(2).mean();
+    loss.backward();
+    double output = loss.item<double>();
+    if (c.rank() == nan_rank && e.state().iteration == nan_at) output = std::nan("");
+    absl::Status s = carry ? ddp.AllReduceGradients(e, output) : ddp.AllReduceGradients();
+    if (!s.ok()) return s;
+    optimizer.step();
+    return output;
+  });
+  trainer.set_communicator(&c);
+  TerminateOnNan ton;
+  trainer.On(Events::IterationCompleted(), ton);
+  TerminateOnNan every_third;
+  if (filtered_too) trainer.On(Events::IterationCompleted().Every(3), every_third);
+  const int64_t before = c.collectives();
+  out.status = trainer.Run(std::vector<int>{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, {.max_epochs = 1});
+  out.collectives = c.collectives() - before;
+  out.weights = model->parameters()[0].detach().clone();
+  out.stopped_at = trainer.state().iteration;
+  out.agreements = trainer.agreements();
+  out.carried = trainer.carried_agreements();
+  out.ddp_carried = ddp.carried_agreements();
+  out.buckets = ddp.num_buckets();
+  out.bad_ranks = ton.bad_ranks();
+  return out;
+}
+
+TEST(DataParallelCarry, TheIterationAgreementRidesInTheLastBucket) {
+  dist::testing::FakeWorld world(3);
+  RankRun carried[3], separate[3];
+  world.RunOnEveryRank([&](dist::Communicator& c) { carried[c.rank()] = TrainOnRank(c, true, false, 2, 6); });
+  world.RunOnEveryRank([&](dist::Communicator& c) { separate[c.rank()] = TrainOnRank(c, false, false, 2, 6); });
+  for (int r = 0; r < 3; ++r) {
+    SCOPED_TRACE(r);
+    ASSERT_TRUE(carried[r].status.ok()) << carried[r].status;
+    ASSERT_TRUE(separate[r].status.ok()) << separate[r].status;
+    ASSERT_GT(carried[r].buckets, 1u);
+    // Every rank stopped at the NaN's iteration, knowing which rank saw it, either way.
+    EXPECT_EQ(carried[r].stopped_at, 6);
+    EXPECT_EQ(separate[r].stopped_at, 6);
+    EXPECT_THAT(carried[r].bad_ranks, ::testing::ElementsAre(2));
+    EXPECT_THAT(separate[r].bad_ranks, ::testing::ElementsAre(2));
+    // Carried: no collective of the engine's own; a step costs exactly its buckets.
+    EXPECT_EQ(carried[r].agreements, 0);
+    EXPECT_EQ(carried[r].carried, 6);
+    EXPECT_EQ(carried[r].ddp_carried, 6);
+    EXPECT_EQ(carried[r].collectives, 6 * static_cast<int64_t>(carried[r].buckets));
+    // Not carried: one more per step.
+    EXPECT_EQ(separate[r].agreements, 6);
+    EXPECT_EQ(separate[r].carried, 0);
+    EXPECT_EQ(separate[r].collectives, 6 * static_cast<int64_t>(separate[r].buckets + 1));
+    // The carried bytes do not touch the gradients: the same weights, bitwise.
+    EXPECT_TRUE(torch::equal(carried[r].weights, separate[r].weights));
+    EXPECT_TRUE(torch::equal(carried[r].weights, carried[0].weights));
+  }
+}
+
+TEST(DataParallelCarry, AFiringWithAHandlerThatCannotRideAgreesInItsOwnCollective) {
+  dist::testing::FakeWorld world(2);
+  RankRun runs[2];
+  world.RunOnEveryRank([&](dist::Communicator& c) { runs[c.rank()] = TrainOnRank(c, true, true, 1, 7); });
+  for (int r = 0; r < 2; ++r) {
+    SCOPED_TRACE(r);
+    ASSERT_TRUE(runs[r].status.ok()) << runs[r].status;
+    EXPECT_EQ(runs[r].stopped_at, 7);
+    EXPECT_THAT(runs[r].bad_ranks, ::testing::ElementsAre(1));
+    // Iterations 3 and 6 had the filtered handler due: a collective each; the other five rode.
+    EXPECT_EQ(runs[r].agreements, 2);
+    EXPECT_EQ(runs[r].carried, 5);
+    EXPECT_EQ(runs[r].collectives, 7 * static_cast<int64_t>(runs[r].buckets) + 2);
+  }
+}
+
+TEST(DataParallelCarry, ProposeAheadOutsideTheStepIsAnError) {
+  Engine engine([](Engine&) {});
+  absl::StatusOr<absl::Span<const double>> mine = engine.ProposeAhead(1.0);
+  ASSERT_FALSE(mine.ok());
+  EXPECT_THAT(std::string(mine.status().message()), ::testing::HasSubstr("inside this engine's step function"));
+  EXPECT_FALSE(engine.CarryAgreement({}).ok());
 }
 
 }  // namespace
