@@ -1,6 +1,7 @@
 #include "base/clock.h"
 
 #include <chrono>
+#include <cstdint>
 
 namespace ember {
 namespace {
@@ -8,8 +9,11 @@ namespace {
 class SteadyClock final : public Clock {
  public:
   double NowSeconds() const override {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-        .count();
+    // A multiplication, not duration<double>'s division by 1e9 (a third of this call's cost
+    // outside the clock read itself, and the Timer reads it twice per iteration).
+    using Nanos = std::chrono::duration<int64_t, std::nano>;
+    const int64_t ns = std::chrono::duration_cast<Nanos>(std::chrono::steady_clock::now().time_since_epoch()).count();
+    return static_cast<double>(ns) * 1e-9;
   }
 };
 

@@ -1,5 +1,6 @@
 #include "distributed/consensus.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/status/status.h"
@@ -33,7 +34,13 @@ absl::Status Consensus::Reduce(absl::Span<const double> values, absl::Span<const
                                                    ops.size(), " reductions, ", reduced.size(),
                                                    " outputs, ", per_rank.size(), " per-rank slots"));
   }
-  if (absl::Status s = comm_->AllGather(values, per_rank, deadline); !s.ok()) return s;
+  if (world == 1) {
+    // Alone, the all-gather is this copy: skip the communicator's call (a virtual call, its
+    // poison check and collective count), which is a quarter of a firing's cost here.
+    std::copy(values.begin(), values.end(), per_rank.begin());
+  } else if (absl::Status s = comm_->AllGather(values, per_rank, deadline); !s.ok()) {
+    return s;
+  }
   return ReduceGathered(per_rank, ops, reduced, world);
 }
 

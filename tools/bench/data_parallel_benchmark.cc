@@ -95,7 +95,7 @@ int main(int argc, char** argv) {
       ember::TerminateOnNan ton;
       trainer.On(ember::Events::IterationCompleted(), ton);
       trainer.On(ember::Events::IterationCompleted(), preemption);
-      if (absl::Status s = trainer.Run({.max_epochs = 1, .epoch_length = 5}); !s.ok()) {  // warm-up
+      if (absl::Status s = trainer.Run({.max_epochs = 1, .epoch_length = steps}); !s.ok()) {  // warm-up
         std::fprintf(stderr, "%s\n", s.ToString().c_str());
         return 1;
       }
@@ -120,7 +120,7 @@ int main(int argc, char** argv) {
             "\"collectives_per_step\": %.2f, \"buckets_started_during_backward_per_step\": %.2f}\n",
             m.name, grad_bytes / 1048576.0, mode.c_str(), comm.world_size(), ms.front(), ms[ms.size() / 2], ms.back(),
             ddp ? ddp->num_buckets() : 0, static_cast<double>(collectives) / steps,
-            ddp ? static_cast<double>(ddp->buckets_started_early()) / (steps * repetitions + 5) : 0.0);
+            ddp ? static_cast<double>(ddp->buckets_started_early()) / (steps * (repetitions + 1)) : 0.0);
         std::fflush(stdout);
       }
     }
