@@ -3,7 +3,8 @@
 // Consensus: reduces the values that the handlers of one event firing propose, across all
 // ranks, in ONE collective, so that every rank takes the same decision at the same iteration.
 //
-// The values are all-gathered (one Communicator::AllGather of n doubles per rank) and reduced
+// The values are all-gathered (one Communicator::AllGather of n doubles per rank; a copy when the
+// communicator has one rank) and reduced
 // locally, in rank order, with each value's own reduction (SUM, MEAN, MIN, MAX, ...): one
 // collective serves handlers that need different reductions, every rank computes bit-identical
 // results (the same operations in the same order), and each rank's own proposal stays

@@ -100,6 +100,7 @@ ABSL_FLAG(bool, start_over, false,
 ABSL_FLAG(std::string, backend, "auto", "auto | single | mpi | nccl");
 ABSL_FLAG(std::string, device, "cpu", "cpu | cuda (the local rank picks the GPU)");
 ABSL_FLAG(double, deadline_s, 120, "seconds a collective may wait for the other ranks");
+ABSL_FLAG(double, init_timeout_s, 300, "seconds the start-up may wait for every rank to join (> 0)");
 ABSL_FLAG(std::string, inject_nan, "", "testing aid: RANK:ITERATION makes that rank's loss NaN there");
 ABSL_FLAG(std::string, inject_preempt, "", "testing aid: RANK:ITERATION sends SIGTERM to that rank there");
 ABSL_FLAG(int, inject_step_delay_ms, 0,
@@ -398,7 +399,13 @@ int Main(int argc, char** argv) {
   Preemption preemption;  // SIGTERM, SIGINT, SIGUSR1 on any rank: every rank stops and saves
 
   // The World is the default communicator of every engine and checkpoint created below.
-  absl::StatusOr<std::unique_ptr<dist::World>> world = dist::LaunchWorld({.backend = absl::GetFlag(FLAGS_backend), .device = absl::GetFlag(FLAGS_device)});
+  const double init_timeout_s = absl::GetFlag(FLAGS_init_timeout_s);
+  absl::StatusOr<std::unique_ptr<dist::World>> world =
+      !(init_timeout_s > 0)
+          ? absl::InvalidArgumentError(absl::StrCat("--init_timeout_s=", init_timeout_s, ": allowed: > 0 seconds"))
+          : dist::LaunchWorld({.backend = absl::GetFlag(FLAGS_backend),
+                               .device = absl::GetFlag(FLAGS_device),
+                               .init_timeout = absl::Seconds(init_timeout_s)});
   std::unique_ptr<DirectoryLock> dir_lock;  // rank 0: --output_dir is ours until exit
   if (!world.ok()) {
     std::fprintf(stderr, "train: error: %s\n", std::string(world.status().message()).c_str());
