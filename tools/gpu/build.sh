@@ -9,7 +9,8 @@
 #   the ABI        torch._C._GLIBCXX_USE_CXX11_ABI, else LibTorch's TorchConfig.cmake
 #   CUDA_HOME      /usr/local/cuda
 #   NCCL_HOME      PyTorch's own NCCL (the nvidia/nccl package beside torch), else CUDA_HOME
-# Abseil and GoogleTest are built from the carried sources with LibTorch's ABI.
+# Abseil and GoogleTest are built from the carried sources with LibTorch's ABI (and zlib, when the
+# machine has no zlib.h). EMBER_CMAKE_ARGS adds arguments to CMake's configure step.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -40,11 +41,17 @@ if [[ ! -f $build/src/abseil/CMakeLists.txt ]]; then
   rm -rf "$build/src/abseil" && mkdir -p "$build/src/abseil"
   tar -xzf "$absl_tar" -C "$build/src/abseil" --strip-components=1
 fi
+zlib_tar=$(ls "$src"/zlib_*.orig.tar.* 2>/dev/null | head -n 1 || true)
+if [[ -n $zlib_tar && ! -f $build/src/zlib/CMakeLists.txt ]]; then
+  rm -rf "$build/src/zlib" && mkdir -p "$build/src/zlib"
+  tar -xf "$zlib_tar" -C "$build/src/zlib" --strip-components=1
+fi
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
 cmake -S tools/gpu -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DTORCH_HOME="$torch_home" -DEMBER_CXX11_ABI="$abi" \
   -DABSL_SOURCE_DIR="$build/src/abseil" -DGTEST_SOURCE_DIR="$root/$src/googletest" \
-  -DCUDA_HOME="$cuda_home" -DNCCL_HOME="$nccl_home"
+  -DZLIB_SOURCE_DIR="${zlib_tar:+$build/src/zlib}" \
+  -DCUDA_HOME="$cuda_home" -DNCCL_HOME="$nccl_home" ${EMBER_CMAKE_ARGS:-}
 cmake --build "$build" -j "$(nproc)"
 echo "built: $(cd "$build" && ls -1 train ckpt nccl_communicator_test nccl_smoke_test | sed "s|^|$build/|" | tr '\n' ' ')"

@@ -4,6 +4,7 @@
 # tool's `carry` takes it along, or copy it with the checkout):
 #   abseil_*.orig.tar.gz      Abseil's sources (Debian's abseil source package, the version the
 #                             Bazel build links), built there with LibTorch's C++ ABI
+#   zlib_*.orig.tar.*         zlib's sources, built there only if the machine has no zlib.h
 #   googletest/               GoogleTest's sources (Debian's googletest package, /usr/src)
 #   fashion-mnist/            the Fashion-MNIST IDX files (Debian's dataset-fashion-mnist), for
 #                             the trainer's --data=mnist:third_party/gpu_sources/fashion-mnist
@@ -15,16 +16,17 @@ mkdir -p "$dest"
 work=$(mktemp -d /tmp/ember-gpu-sources.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
-if ! ls "$dest"/abseil_*.orig.tar.gz >/dev/null 2>&1; then
-  echo "fetching Abseil's source package from Debian's archive"
+if ! ls "$dest"/abseil_*.orig.tar.gz "$dest"/zlib_*.orig.tar.* >/dev/null 2>&1; then
+  echo "fetching Abseil's and zlib's source packages from Debian's archive"
   mkdir -p "$work/lists/partial"
   echo "deb-src http://deb.debian.org/debian bookworm main" >"$work/sources.list"
   apt_opts=(-o Dir::Etc::SourceList="$work/sources.list" -o Dir::Etc::SourceParts=/dev/null
             -o Dir::State::Lists="$work/lists" -o APT::Sandbox::User=root)
   apt-get "${apt_opts[@]}" update >"$work/update.log" 2>&1 || { cat "$work/update.log"; exit 1; }
-  (cd "$work" && apt-get "${apt_opts[@]}" source --download-only "abseil=$(dpkg-query -W -f='${source:Version}' libabsl-dev)") \
+  (cd "$work" && apt-get "${apt_opts[@]}" source --download-only \
+    "abseil=$(dpkg-query -W -f='${source:Version}' libabsl-dev)" "zlib=$(dpkg-query -W -f='${source:Version}' zlib1g)") \
     >"$work/source.log" 2>&1 || { cat "$work/source.log"; exit 1; }
-  cp "$work"/abseil_*.orig.tar.gz "$dest/"
+  cp "$work"/abseil_*.orig.tar.gz "$work"/zlib_*.orig.tar.* "$dest/"
 fi
 if [[ ! -d $dest/googletest ]]; then
   [[ -d /usr/src/googletest ]] || { echo "no /usr/src/googletest: run tools/setup.sh (it installs googletest)"; exit 1; }
