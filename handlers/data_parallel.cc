@@ -203,11 +203,10 @@ absl::Status DataParallel::Start(size_t b, absl::Span<const double> carry) {
   Bucket& bucket = buckets_[b];
   const int world = comm_->world_size();
   const int64_t carry_slots = static_cast<int64_t>(carry.size()) * world * 8;
-  if (carry.size() != carry_values_ || bucket.flat.numel() != bucket.numel + carry_slots) {
+  if (bucket.flat.numel() != bucket.numel + carry_slots) {
     // Room for every rank's agreement bytes after the gradients (the number of values is fixed by
     // the engine's handlers, so this happens once).
     bucket.flat = torch::empty({bucket.numel + carry_slots}, bucket.flat.options());
-    carry_values_ = carry.size();
   }
   if (carry_slots > 0) {
     // This rank's bytes in its own slots; every other rank leaves them zero, so the SUM is the

@@ -147,7 +147,6 @@ class DataParallel {
   bool hooks_may_start_ = false;   // the hooks' thread may issue collectives
   absl::Status hook_error_;
   int64_t started_early_ = 0, reduced_ = 0, staged_ = 0, step_ = 0, carried_ = 0;
-  size_t carry_values_ = 0;  // agreement values per rank the last bucket has room for
   absl::Status status_;
 };
 

@@ -310,6 +310,9 @@ absl::Status ValidateFlags() {
   if (!(absl::GetFlag(FLAGS_deadline_s) > 0)) {
     return bad(absl::StrCat("--deadline_s must be > 0, got ", absl::GetFlag(FLAGS_deadline_s)));
   }
+  if (!(absl::GetFlag(FLAGS_init_timeout_s) > 0)) {
+    return bad(absl::StrCat("--init_timeout_s must be > 0, got ", absl::GetFlag(FLAGS_init_timeout_s)));
+  }
   if (absl::StatusOr<Progress::Mode> p = Progress::ParseMode(absl::GetFlag(FLAGS_progress)); !p.ok()) {
     return bad(absl::StrCat("--progress: ", p.status().message()));
   }
@@ -399,13 +402,13 @@ int Main(int argc, char** argv) {
   Preemption preemption;  // SIGTERM, SIGINT, SIGUSR1 on any rank: every rank stops and saves
 
   // The World is the default communicator of every engine and checkpoint created below.
+  // A bad --init_timeout_s is reported with the other flags (ValidateFlags); the launch then waits
+  // the default.
   const double init_timeout_s = absl::GetFlag(FLAGS_init_timeout_s);
-  absl::StatusOr<std::unique_ptr<dist::World>> world =
-      !(init_timeout_s > 0)
-          ? absl::InvalidArgumentError(absl::StrCat("--init_timeout_s=", init_timeout_s, ": allowed: > 0 seconds"))
-          : dist::LaunchWorld({.backend = absl::GetFlag(FLAGS_backend),
-                               .device = absl::GetFlag(FLAGS_device),
-                               .init_timeout = absl::Seconds(init_timeout_s)});
+  absl::StatusOr<std::unique_ptr<dist::World>> world = dist::LaunchWorld(
+      {.backend = absl::GetFlag(FLAGS_backend),
+       .device = absl::GetFlag(FLAGS_device),
+       .init_timeout = init_timeout_s > 0 ? absl::Seconds(init_timeout_s) : dist::LaunchOptions{}.init_timeout});
   std::unique_ptr<DirectoryLock> dir_lock;  // rank 0: --output_dir is ours until exit
   if (!world.ok()) {
     std::fprintf(stderr, "train: error: %s\n", std::string(world.status().message()).c_str());

@@ -134,19 +134,27 @@ def consensus(out):
     print()
 
 
-def data_parallel(out):
-    path = os.path.join(out, "data_parallel.jsonl")
+def read_optional(out, name):
+    """The text of OUT_DIR/name, or None when that stage did not run."""
+    path = os.path.join(out, name)
     if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return f.read()
+
+
+def data_parallel(out):
+    text = read_optional(out, "data_parallel.jsonl")
+    if text is None:
         return
     print("### Data parallel step time, 2 ranks (data_parallel_benchmark, ms per step)\n")
     print("| model (gradients, buckets) | mode | step ms | collectives / step | buckets started during backward / step |")
     print("|---|---|---|---|---|")
-    with open(path) as f:
-        for d in map(json.loads, filter(str.strip, f)):
-            s = d["step_ms"]
-            print(f"| {d['model']} ({d['gradient_MiB']} MiB, {d['buckets']}) | {d['mode']} "
-                  f"| {s['min']:.2f} / {s['median']:.2f} / {s['max']:.2f} | {d['collectives_per_step']:.2f} "
-                  f"| {d['buckets_started_during_backward_per_step']:.2f} |")
+    for d in map(json.loads, filter(str.strip, text.splitlines())):
+        s = d["step_ms"]
+        print(f"| {d['model']} ({d['gradient_MiB']} MiB, {d['buckets']}) | {d['mode']} "
+              f"| {s['min']:.2f} / {s['median']:.2f} / {s['max']:.2f} | {d['collectives_per_step']:.2f} "
+              f"| {d['buckets_started_during_backward_per_step']:.2f} |")
     print()
 
 
@@ -175,14 +183,11 @@ def throughput(out):
 
 
 def goodput(out):
-    path = os.path.join(out, "goodput.txt")
-    if not os.path.exists(path):
+    text = read_optional(out, "goodput.txt")
+    if text is None:
         return
     print("### What checkpointing costs the trainer (checkpoint_goodput.sh)\n")
-    print("```")
-    with open(path) as f:
-        print(f.read().rstrip())
-    print("```\n")
+    print("```\n" + text.rstrip() + "\n```\n")
 
 
 def main():
