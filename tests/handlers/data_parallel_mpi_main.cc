@@ -196,6 +196,10 @@ int Stall(int victim) {
   std::fprintf(stderr, "rank %d: %s after %.1f s\n", comm.rank(), s.ToString().c_str(),
                absl::ToDoubleSeconds(absl::Now() - start));
   std::fflush(stderr);
+  // mpirun tears the whole job down as soon as one rank exits non-zero; a rank that reached its
+  // deadline a little later than the others (4 ranks on 2 cores start their collective at
+  // different times) would be killed before it could report. Linger so that every rank reports.
+  if (comm.rank() != victim) absl::SleepFor(absl::Seconds(3));
   return s.ok() ? 0 : 1;
 }
 

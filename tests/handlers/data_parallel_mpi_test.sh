@@ -28,7 +28,7 @@ grep -E "^rank " <<<"$out"
 for ((r = 0; r < victim; ++r)); do
   line=$(grep "^rank $r: " <<<"$out")
   grep -q "DEADLINE_EXCEEDED: DataParallel: step 1: gradient all-reduce of bucket [0-9]* of [0-9]* (" <<<"$line" ||
-    fail "rank $r did not report the deadline naming step and bucket: $line"
+    { echo "$out" | tail -n 30; fail "rank $r did not report the deadline naming step and bucket: $line"; }
   secs=$(sed -n 's/.* after \([0-9.]*\) s$/\1/p' <<<"$line")
   awk -v s="$secs" 'BEGIN { exit !(s < 8) }' || fail "rank $r failed after ${secs}s (deadline 2 s, the stall lasts 10 s)"
 done
