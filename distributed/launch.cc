@@ -86,7 +86,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> LaunchNccl(const LaunchOptions& op
     nccl.bootstrap = bootstrap.get();
   } else {
     nccl.master_addr = info.master_addr;
-    nccl.master_port = info.master_port;
+    nccl.rendezvous_port = info.rendezvous_port;
+    nccl.rendezvous_port_from = info.rendezvous_port_from;
   }
   EMBER_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, CreateNcclCommunicator(nccl));
   if (!bootstrap) return comm;

@@ -5,7 +5,8 @@
 //   backend "single"  world size 1 (an error if the launcher says there are more ranks)
 //   backend "mpi"     MPI_COMM_WORLD (its size must agree with the launcher's)
 //   backend "nccl"    NCCL on the GPU of this local rank; the ncclUniqueId travels through MPI
-//                     when an MPI launcher started the job, else through MASTER_ADDR:MASTER_PORT
+//                     when an MPI launcher started the job, else through a TCP rendezvous at
+//                     MASTER_ADDR (port: launcher_env.h's rendezvous_port)
 //   backend "auto"    NCCL when the tensors are on GPUs (device "cuda"), this build has NCCL and
 //                     there are several ranks; else MPI when an MPI launcher started the job;
 //                     else single. Device "cpu" never picks NCCL.

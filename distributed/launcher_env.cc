@@ -110,6 +110,29 @@ absl::StatusOr<LaunchInfo> ReadLaunchInfo(const EnvLookup& getenv) {
             "launcher environment: MASTER_PORT='", *port, "' is not a TCP port (1-65535)"));
       }
       info.master_port = port.value_or(0);
+      EMBER_ASSIGN_OR_RETURN(std::optional<int> chosen,
+                             ReadInt(getenv, "EMBER_RENDEZVOUS_PORT", 1, "a TCP port (1-65535)"));
+      if (chosen && *chosen > 65535) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "launcher environment: EMBER_RENDEZVOUS_PORT='", *chosen, "' is not a TCP port (1-65535)"));
+      }
+      if (chosen) {
+        info.rendezvous_port = *chosen;
+        info.rendezvous_port_from = "EMBER_RENDEZVOUS_PORT";
+      } else if (getenv("TORCHELASTIC_USE_AGENT_STORE").value_or("") == "True" && port) {
+        if (*port == 65535) {
+          return absl::InvalidArgumentError(
+              "launcher environment: MASTER_PORT=65535 is held by torchrun's agent "
+              "(TORCHELASTIC_USE_AGENT_STORE=True) and MASTER_PORT + 1 is not a port; set "
+              "EMBER_RENDEZVOUS_PORT to a free TCP port");
+        }
+        info.rendezvous_port = *port + 1;
+        info.rendezvous_port_from =
+            "MASTER_PORT + 1 (torchrun's agent holds MASTER_PORT: TORCHELASTIC_USE_AGENT_STORE=True)";
+      } else if (port) {
+        info.rendezvous_port = *port;
+        info.rendezvous_port_from = "MASTER_PORT";
+      }
       if (*size > 1 && (info.master_addr.empty() || info.master_port == 0)) {
         return absl::InvalidArgumentError(absl::StrCat(
             "launcher environment: WORLD_SIZE=", *size,

@@ -7,6 +7,11 @@
 //   Slurm srun         SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_NTASKS_PER_NODE
 //   torchrun-style     RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT
 // in that order of precedence (an mpirun inside a Slurm allocation reports OpenMPI's numbers).
+// Torchrun-style launches also give the port where rank 0 hands out what the others need (NCCL's
+// unique id, tcp_rendezvous.h): EMBER_RENDEZVOUS_PORT when set; else MASTER_PORT + 1 when
+// TORCHELASTIC_USE_AGENT_STORE=True (torchrun's agent serves its own TCPStore on MASTER_PORT and
+// its workers are only clients of it, so that port is taken); else MASTER_PORT, which a plain
+// torchrun-style launch leaves for rank 0 to listen on, as PyTorch's own rank 0 does.
 // No launcher variables at all means a single process. A partial set (RANK without WORLD_SIZE),
 // a value that is not an integer, or one out of range (rank >= world size) is an error that
 // names the variable and its value.
@@ -32,6 +37,10 @@ struct LaunchInfo {
   int local_world_size = 1;
   std::string master_addr;  // torchrun-style only
   int master_port = 0;
+  // Where rank 0 listens for the TCP rendezvous (see above), and which variables chose it, for
+  // error messages ("MASTER_PORT", "EMBER_RENDEZVOUS_PORT", ...). 0 and empty when not torchrun.
+  int rendezvous_port = 0;
+  std::string rendezvous_port_from;
   // True when an MPI library can bootstrap this job (launched by mpirun, srun with PMI(x), ...).
   bool mpi_launched = false;
 };

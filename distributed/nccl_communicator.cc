@@ -91,15 +91,23 @@ class NcclCommunicator final : public Communicator {
     if (o.bootstrap != nullptr) {
       EMBER_RETURN_IF_ERROR(o.bootstrap->Broadcast(bytes, 0, deadline));
     } else if (!o.master_addr.empty()) {
-      EMBER_ASSIGN_OR_RETURN(bytes, ShareFromRank0(o.rank, o.world_size, o.master_addr,
-                                                   o.master_port, bytes, deadline));
+      absl::StatusOr<std::string> shared = ShareFromRank0(o.rank, o.world_size, o.master_addr,
+                                                          o.rendezvous_port, bytes, deadline);
+      if (!shared.ok()) {
+        return absl::Status(shared.status().code(),
+                            absl::StrCat("NCCL unique id: ", shared.status().message(),
+                                         " (the port is ", o.rendezvous_port_from.empty() ? "given"
+                                                                                        : o.rendezvous_port_from,
+                                         "; EMBER_RENDEZVOUS_PORT chooses another)"));
+      }
+      bytes = *std::move(shared);
     } else if (!o.rendezvous_file.empty()) {
       EMBER_ASSIGN_OR_RETURN(bytes, ShareThroughFile(o.rank, o.rendezvous_file, o.rendezvous_run_id,
                                                      bytes, deadline));
     } else if (o.world_size > 1) {
       return absl::InvalidArgumentError(
           "NCCL backend: no way to share the ncclUniqueId (give a bootstrap communicator, "
-          "MASTER_ADDR/MASTER_PORT, or a rendezvous file)");
+          "MASTER_ADDR and a rendezvous port, or a rendezvous file)");
     }
     if (bytes.size() != sizeof(id)) return absl::DataLossError("NCCL rendezvous: bad unique id");
     std::memcpy(&id, bytes.data(), sizeof(id));

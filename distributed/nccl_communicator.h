@@ -31,8 +31,9 @@ struct NcclOptions {
   int local_rank = 0;
   // How rank 0's ncclUniqueId reaches the others: the first that is set is used.
   Communicator* bootstrap = nullptr;  // e.g. an MpiCommunicator (not owned)
-  std::string master_addr;            // TCP rendezvous (torchrun-style)
-  int master_port = 0;
+  std::string master_addr;            // TCP rendezvous (torchrun-style): rank 0 listens on
+  int rendezvous_port = 0;            //   rendezvous_port (LaunchInfo says which port)
+  std::string rendezvous_port_from;   //   which variables chose it, for the error messages
   std::string rendezvous_file;        // shared filesystem (file_rendezvous.h)
   std::string rendezvous_run_id;      // required with rendezvous_file: rejects stale files
   absl::Duration init_timeout = absl::Seconds(300);

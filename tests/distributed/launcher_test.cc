@@ -74,6 +74,34 @@ TEST(LauncherEnv, EachLauncher) {
   EXPECT_EQ(torchrun.launcher, "torchrun");
   EXPECT_EQ(torchrun.master_addr, "10.0.0.1");
   EXPECT_EQ(torchrun.master_port, 29500);
+  EXPECT_EQ(torchrun.rendezvous_port, 29500) << "a plain torchrun-style launch leaves MASTER_PORT to rank 0";
+  EXPECT_EQ(torchrun.rendezvous_port_from, "MASTER_PORT");
+}
+
+TEST(LauncherEnv, TheRendezvousPortAvoidsTorchrunsAgentStore) {
+  std::map<std::string, std::string> env = {{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "h"},
+                                            {"MASTER_PORT", "29500"}, {"TORCHELASTIC_USE_AGENT_STORE", "True"}};
+  LaunchInfo agent = Read(env);
+  EXPECT_EQ(agent.master_port, 29500);
+  EXPECT_EQ(agent.rendezvous_port, 29501);
+  EXPECT_THAT(agent.rendezvous_port_from, HasSubstr("TORCHELASTIC_USE_AGENT_STORE=True"));
+
+  env["TORCHELASTIC_USE_AGENT_STORE"] = "False";  // torchrun's c10d rendezvous without a shared store
+  EXPECT_EQ(Read(env).rendezvous_port, 29500);
+
+  env["EMBER_RENDEZVOUS_PORT"] = "31000";
+  LaunchInfo chosen = Read(env);
+  EXPECT_EQ(chosen.rendezvous_port, 31000);
+  EXPECT_EQ(chosen.rendezvous_port_from, "EMBER_RENDEZVOUS_PORT");
+
+  env["EMBER_RENDEZVOUS_PORT"] = "70000";
+  EXPECT_THAT(Error(env), HasSubstr("EMBER_RENDEZVOUS_PORT='70000' is not a TCP port (1-65535)"));
+  env["EMBER_RENDEZVOUS_PORT"] = "x";
+  EXPECT_THAT(Error(env), HasSubstr("EMBER_RENDEZVOUS_PORT='x' is not a TCP port (1-65535)"));
+  env.erase("EMBER_RENDEZVOUS_PORT");
+  env["TORCHELASTIC_USE_AGENT_STORE"] = "True";
+  env["MASTER_PORT"] = "65535";
+  EXPECT_THAT(Error(env), HasSubstr("set EMBER_RENDEZVOUS_PORT to a free TCP port"));
 }
 
 TEST(LauncherEnv, PartialOrInconsistentEnvironmentsNameTheVariable) {
@@ -175,6 +203,72 @@ TEST(TcpRendezvous, Rank0HandsItsPayloadToEveryRank) {
   absl::StatusOr<std::string> lonely = ShareFromRank0(1, 2, "127.0.0.1", port + 1, "", absl::Now() + absl::Milliseconds(300));
   EXPECT_EQ(lonely.status().code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_THAT(std::string(lonely.status().message()), HasSubstr("rank 0 never listened on 127.0.0.1:"));
+}
+
+// torchrun (static rendezvous, and c10d sharing its store) runs a TCPStore server in its agent
+// on MASTER_PORT and tells the workers so with TORCHELASTIC_USE_AGENT_STORE=True. A rank 0 that
+// listened on MASTER_PORT would fail with "Address already in use"; the rendezvous port the
+// environment gives is the next one.
+TEST(TcpRendezvous, TorchrunsAgentStoreOnMasterPortDoesNotBlockTheRendezvous) {
+  // The agent: a dual-stack listener on MASTER_PORT, as PyTorch's TCPStore server binds, on a
+  // port whose successor is free.
+  int agent = -1;
+  int master_port = 0;
+  for (int attempt = 0; attempt < 50 && master_port == 0; ++attempt) {
+    agent = ::socket(AF_INET6, SOCK_STREAM, 0);
+    ASSERT_GE(agent, 0);
+    int on = 1, off = 0;
+    ::setsockopt(agent, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+    ::setsockopt(agent, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof(off));
+    sockaddr_in6 sa{};
+    sa.sin6_family = AF_INET6;
+    sa.sin6_addr = in6addr_any;
+    ASSERT_EQ(::bind(agent, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+    socklen_t len = sizeof(sa);
+    ASSERT_EQ(::getsockname(agent, reinterpret_cast<sockaddr*>(&sa), &len), 0);
+    ASSERT_EQ(::listen(agent, 8), 0);
+    const int port = ntohs(sa.sin6_port);
+    int probe = ::socket(AF_INET6, SOCK_STREAM, 0);
+    sa.sin6_port = htons(static_cast<uint16_t>(port + 1));
+    const bool next_free = port < 65535 && ::bind(probe, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0;
+    ::close(probe);
+    if (next_free) {
+      master_port = port;
+    } else {
+      ::close(agent);
+    }
+  }
+  ASSERT_NE(master_port, 0) << "no port with a free successor";
+  std::map<std::string, std::string> env = {{"WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"},
+                                            {"MASTER_PORT", std::to_string(master_port)},
+                                            {"TORCHELASTIC_USE_AGENT_STORE", "True"}};
+  std::vector<absl::StatusOr<std::string>> got(2, absl::UnknownError("not run"));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&, r] {
+      std::map<std::string, std::string> mine = env;
+      mine["RANK"] = std::to_string(r);
+      LaunchInfo info = Read(mine);
+      got[r] = ShareFromRank0(r, 2, info.master_addr, info.rendezvous_port, r == 0 ? "unique-id" : "",
+                              absl::Now() + absl::Seconds(20));
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_TRUE(got[r].ok()) << "rank " << r << ": " << got[r].status();
+    EXPECT_EQ(*got[r], "unique-id");
+  }
+  // What listening on MASTER_PORT itself meets while the agent holds it.
+  env["RANK"] = "0";
+  env.erase("TORCHELASTIC_USE_AGENT_STORE");
+  LaunchInfo plain = Read(env);
+  ASSERT_EQ(plain.rendezvous_port, master_port);
+  absl::StatusOr<std::string> busy =
+      ShareFromRank0(0, 2, plain.master_addr, plain.rendezvous_port, "x", absl::Now() + absl::Seconds(2));
+  EXPECT_EQ(busy.status().code(), absl::StatusCode::kUnavailable) << busy.status();
+  EXPECT_THAT(std::string(busy.status().message()),
+              HasSubstr("cannot listen on port " + std::to_string(master_port)));
+  ::close(agent);
 }
 
 // A rank 0 whose listen queue is full drops the SYNs: a blocking connect() then waits for the

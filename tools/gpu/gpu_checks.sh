@@ -9,6 +9,8 @@
 #   build          tools/gpu/build.sh (Abseil, GoogleTest, Ember with LibTorch's ABI)
 #   nccl_smoke     one NCCL all-reduce
 #   conformance    the communicator conformance suite on NCCL (tests/gpu)
+#   rendezvous     NCCL's unique-id rendezvous under that PyTorch's torchrun, 2 ranks (its agent
+#                  holds MASTER_PORT), and with --standalone
 #   train_nccl     the trainer, --backend=nccl --device=cuda, world size 1, under torchrun --no-python
 #   train_alone    the same without a communicator (--backend=single): the step without communication
 #   ddp            PyTorch's DistributedDataParallel, NCCL, world size 1, same model, data and batch
@@ -42,6 +44,8 @@ check machine bash -c 'nvidia-smi; python3 -c "import torch; print(\"torch\", to
 check build tools/gpu/build.sh "$bin" || { echo "the build failed: nothing else can run" | tee -a "$summary"; exit 1; }
 check nccl_smoke "$bin/nccl_smoke_test"
 check conformance "$bin/nccl_communicator_test"
+check rendezvous bash -c "torchrun --nproc_per_node=2 --master_port=29541 --no-python $bin/torchrun_rendezvous &&
+  torchrun --standalone --nproc_per_node=2 --no-python $bin/torchrun_rendezvous"
 common=(--data="mnist:$data" --epochs="$epochs" --patience=100 --progress=lines --device=cuda)
 rm -rf "$out/train_nccl" "$out/train_alone"
 check train_nccl torchrun --no-python --nproc_per_node=1 "$bin/train" --backend=nccl "${common[@]}" --output_dir="$out/train_nccl"
