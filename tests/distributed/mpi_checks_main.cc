@@ -80,8 +80,9 @@ int main(int argc, char** argv) {
     int rc = Fault(argv[1], std::atoi(argv[2]));
     std::fflush(nullptr);
     // mpirun tears the job down at the first non-zero exit: give the other survivors (whose
-    // deadlines end within milliseconds of this one's) time to print their own report.
-    if (rc != 0) absl::SleepFor(absl::Seconds(1));
+    // deadlines end within milliseconds of this one's on a quiet machine, later on a loaded one
+    // with 4 ranks on 2 cores) time to print their own report.
+    if (rc != 0) absl::SleepFor(absl::Seconds(3));
     comm->reset();  // poisoned: skips MPI_Finalize, which would block on the stalled peer
     return rc;
   }
