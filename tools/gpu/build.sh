@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On a GPU machine without Bazel or Debian packages (CUDA, a Python PyTorch 2.x, CMake; ninja if
 # present): builds, with tools/gpu/CMakeLists.txt, what the GPU checks run (train,
-# nccl_communicator_test, nccl_smoke_test, torchrun_rendezvous, ckpt) into BUILD_DIR (default build-gpu):
+# nccl_communicator_test, nccl_smoke_test, data_parallel_gpu_test, torchrun_rendezvous, ckpt) into BUILD_DIR (default build-gpu):
 #   tools/gpu/build.sh [BUILD_DIR]
 # Needs third_party/gpu_sources/ from tools/gpu/fetch_sources.sh (run on a development machine,
 # carried along). Finds, each overridable by its variable:
@@ -54,4 +54,4 @@ cmake -S tools/gpu -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DZLIB_SOURCE_DIR="${zlib_tar:+$build/src/zlib}" \
   -DCUDA_HOME="$cuda_home" -DNCCL_HOME="$nccl_home" ${EMBER_CMAKE_ARGS:-}
 cmake --build "$build" -j "$(nproc)"
-echo "built: $(cd "$build" && ls -1 train ckpt nccl_communicator_test nccl_smoke_test torchrun_rendezvous | sed "s|^|$build/|" | tr '\n' ' ')"
+echo "built: $(cd "$build" && ls -1 train ckpt nccl_communicator_test nccl_smoke_test data_parallel_gpu_test torchrun_rendezvous | sed "s|^|$build/|" | tr '\n' ' ')"

@@ -9,6 +9,7 @@
 #   build          tools/gpu/build.sh (Abseil, GoogleTest, Ember with LibTorch's ABI)
 #   nccl_smoke     one NCCL all-reduce
 #   conformance    the communicator conformance suite on NCCL (tests/gpu)
+#   dp_device      DataParallel on CUDA tensors: buckets reduced on the device, nothing staged
 #   rendezvous     NCCL's unique-id rendezvous under that PyTorch's torchrun, 2 ranks (its agent
 #                  holds MASTER_PORT), and with --standalone
 #   train_nccl     the trainer, --backend=nccl --device=cuda, world size 1, under torchrun --no-python
@@ -44,6 +45,7 @@ check machine bash -c 'nvidia-smi; python3 -c "import torch; print(\"torch\", to
 check build tools/gpu/build.sh "$bin" || { echo "the build failed: nothing else can run" | tee -a "$summary"; exit 1; }
 check nccl_smoke "$bin/nccl_smoke_test"
 check conformance "$bin/nccl_communicator_test"
+check dp_device "$bin/data_parallel_gpu_test"
 check rendezvous bash -c "torchrun --nproc_per_node=2 --master_port=29541 --no-python $bin/torchrun_rendezvous &&
   torchrun --standalone --nproc_per_node=2 --no-python $bin/torchrun_rendezvous"
 common=(--data="mnist:$data" --epochs="$epochs" --patience=100 --progress=lines --device=cuda)
