@@ -21,7 +21,10 @@
 // gradient for a parameter whose bucket was already sent is an error that says so (accumulating
 // gradients over several backward passes needs overlap = false). On a backend that reduces host
 // buffers only (MPI) gradients on a GPU are staged through the host, and staged_buckets() counts
-// it; with NCCL it stays 0.
+// it; with NCCL it stays 0. CUDA gradients are taken as produced on the legacy default stream
+// (the one LibTorch uses unless a stream guard says otherwise): NCCL's stream waits on an event
+// recorded there. A step run under another CUDA stream must synchronize that stream with the
+// default one before backward.
 //
 // The last bucket (it holds the first parameters, whose gradients backward produces last) is
 // always started by AllReduceGradients itself, never by a hook, so that it can carry the
