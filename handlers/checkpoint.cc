@@ -42,14 +42,11 @@ void SortSaved(std::vector<Checkpoint::Item>& saved) {
 // tensors of `reuse` (the previous copy, which no writer uses any more) with the same dtype and
 // shape are written into, others are allocated; contiguous CPU tensors become byte ranges to copy
 // (CopyJob), the rest (strided, on a device) are copied at once through LibTorch. RunCopies then
-// copies the ranges in 4 MiB pieces on `threads` threads: one memcpy stream does not reach the
+// copies the ranges in 4 MiB pieces on `threads` threads (and, for a background snapshot, on the
+// thread that waits for it at the fence: SharedCopy): one memcpy stream does not reach the
 // machine's memory bandwidth (on the 2-core VM of README's figures, 4 x 128 MiB take 78 ms on one
 // thread and 42 ms on two; a single 512 MiB memcpy, 50 ms).
-struct CopyJob {
-  char* dst;
-  const char* src;
-  size_t bytes;
-};
+using CopyJob = CopyPiece;
 struct CopiedTensor {
   torch::Tensor src;
   std::string path;
@@ -103,25 +100,23 @@ absl::StatusOr<Value> PlanCopy(const Value& v, const Value* reuse, const std::st
   }
 }
 
-void RunCopies(const std::vector<CopyJob>& jobs, int threads) {
+// With `share`, the pieces are also offered to the threads that wait at the fence for it.
+void RunCopies(const std::vector<CopyJob>& jobs, int threads, Snapshot* share) {
   constexpr size_t kPiece = size_t{4} << 20;
-  std::vector<CopyJob> pieces;
+  std::vector<CopyPiece> pieces;
   for (const CopyJob& job : jobs) {
     for (size_t at = 0; at < job.bytes; at += kPiece) {
       pieces.push_back({job.dst + at, job.src + at, std::min(kPiece, job.bytes - at)});
     }
   }
-  std::atomic<size_t> next{0};
-  auto work = [&] {
-    for (size_t i = next.fetch_add(1); i < pieces.size(); i = next.fetch_add(1)) {
-      std::memcpy(pieces[i].dst, pieces[i].src, pieces[i].bytes);
-    }
-  };
   const int helpers = std::min<int>(threads, static_cast<int>(pieces.size())) - 1;
+  auto copy = std::make_shared<SharedCopy>(std::move(pieces));
+  if (share != nullptr) share->Share(copy);
   std::vector<std::thread> pool;
-  for (int i = 0; i < helpers; ++i) pool.emplace_back(work);
-  work();
+  for (int i = 0; i < helpers; ++i) pool.emplace_back([&copy] { copy->Work(); });
+  copy->Work();
   for (std::thread& t : pool) t.join();
+  copy->WaitCopied();  // pieces a waiter at the fence claimed
 }
 
 // The threads a copy of `bytes` uses: small states are copied on the calling thread alone (a
@@ -136,11 +131,12 @@ int CopyThreads(const std::vector<CopyJob>& jobs) {
 // A copy of `v` (see PlanCopy) on `threads` threads (0: CopyThreads). With `versions` (the
 // tensors' version counters when the snapshot began, depth-first), a tensor changed in place
 // before the copy was complete makes the copy fail, naming it.
-absl::StatusOr<Value> CopyState(const Value& v, const Value* reuse, const std::vector<int64_t>* versions, int threads) {
+absl::StatusOr<Value> CopyState(const Value& v, const Value* reuse, const std::vector<int64_t>* versions, int threads,
+                                Snapshot* share = nullptr) {
   std::vector<CopyJob> jobs;
   std::vector<CopiedTensor> copied;
   EMBER_ASSIGN_OR_RETURN(Value out, PlanCopy(v, reuse, "", jobs, copied));
-  RunCopies(jobs, threads > 0 ? threads : CopyThreads(jobs));
+  RunCopies(jobs, threads > 0 ? threads : CopyThreads(jobs), share);
   if (versions != nullptr) {
     for (size_t i = 0; i < copied.size(); ++i) {
       if (i >= versions->size() || copied[i].src._version() != (*versions)[i]) {
@@ -525,8 +521,9 @@ absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
       writer_ = std::thread([this, state = *std::move(checkpoint), versions = std::move(versions),
                              snapshot = snapshot_, save_then_remove]() {
         const absl::Time start = absl::Now();
-        // One thread: the training thread computes meanwhile.
-        absl::StatusOr<Value> copied = CopyState(state, &copy_cache_, &versions, /*threads=*/1);
+        // One thread: the training thread computes meanwhile, and helps if it reaches the fence
+        // before the copy is done.
+        absl::StatusOr<Value> copied = CopyState(state, &copy_cache_, &versions, /*threads=*/1, snapshot.get());
         snapshot->Finish();  // the training thread may change the state from here on
         if (copied.ok()) {
           copy_cache_ = *copied;  // read by the next save's copy, after this thread is joined

@@ -1,6 +1,8 @@
 #include "handlers/snapshot_fence.h"
 
 #include <algorithm>
+#include <cstring>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -29,6 +31,29 @@ void Prune(std::vector<std::weak_ptr<Snapshot>>& pending) {
 
 }  // namespace
 
+int64_t SharedCopy::Work() {
+  int64_t bytes = 0;
+  for (size_t i = next_.fetch_add(1, std::memory_order_relaxed); i < pieces_.size();
+       i = next_.fetch_add(1, std::memory_order_relaxed)) {
+    std::memcpy(pieces_[i].dst, pieces_[i].src, pieces_[i].bytes);
+    bytes += static_cast<int64_t>(pieces_[i].bytes);
+    done_.fetch_add(1, std::memory_order_release);
+  }
+  return bytes;
+}
+
+void SharedCopy::WaitCopied() const {
+  while (done_.load(std::memory_order_acquire) < pieces_.size()) std::this_thread::yield();
+}
+
+void Snapshot::Share(std::shared_ptr<SharedCopy> copy) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    copy_ = std::move(copy);
+  }
+  cv_.notify_all();  // a waiter may help from now on
+}
+
 void Snapshot::Finish() {
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -46,7 +71,18 @@ absl::Duration Snapshot::Wait() {
   std::unique_lock<std::mutex> lock(mu_);
   if (finished_) return absl::ZeroDuration();
   const absl::Time start = absl::Now();
-  cv_.wait(lock, [this] { return finished_; });
+  // Until the copy is finished: help with its pieces as soon as the writer shares them (it may
+  // still be planning the copy when the fence is reached), else sleep.
+  while (!finished_) {
+    if (copy_ != nullptr && !copy_->all_claimed()) {
+      std::shared_ptr<SharedCopy> copy = copy_;
+      lock.unlock();
+      helped_bytes_.fetch_add(copy->Work(), std::memory_order_relaxed);
+      lock.lock();
+      continue;
+    }
+    cv_.wait(lock);
+  }
   const absl::Duration waited = absl::Now() - start;
   if (blocked_ns_ != nullptr) blocked_ns_->fetch_add(absl::ToInt64Nanoseconds(waited), std::memory_order_relaxed);
   return waited;

@@ -13,6 +13,10 @@
 // forward. DataParallel::AllReduceGradients() calls it on its way out, so a training step that
 // averages its gradients with DataParallel and then steps the optimizer needs nothing more.
 //
+// A thread that waits at the fence does not sleep while bytes remain to copy: the writer shares
+// its copy as pieces (SharedCopy), and the waiter claims the pieces nobody has taken yet, so an
+// empty step waits for the copy done on two threads, not one.
+//
 // Contract:
 //   - WaitForSnapshots() is cheap when nothing is being copied (one mutex, no allocation); it may
 //     be called from any thread, any number of times.
@@ -33,26 +37,59 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <vector>
 
 #include "absl/time/time.h"
 
 namespace ember {
+
+// A byte range to copy.
+struct CopyPiece {
+  char* dst;
+  const char* src;
+  size_t bytes;
+};
+
+// Pieces that any number of threads copy together: each claims the next unclaimed piece until
+// none is left. The memory they name must outlive WaitCopied(). Thread-safe.
+class SharedCopy {
+ public:
+  explicit SharedCopy(std::vector<CopyPiece> pieces) : pieces_(std::move(pieces)) {}
+  // Claims and copies pieces until none is unclaimed; returns the bytes this call copied.
+  int64_t Work();
+  // Returns once every piece is copied, the ones other threads claimed included (they are copying
+  // them: at most one piece each).
+  void WaitCopied() const;
+  bool all_claimed() const { return next_.load(std::memory_order_relaxed) >= pieces_.size(); }
+
+ private:
+  const std::vector<CopyPiece> pieces_;
+  std::atomic<size_t> next_{0};
+  std::atomic<size_t> done_{0};
+};
 
 // One snapshot in progress. Made by BeginSnapshot() on the training thread; Finish() is called by
 // whoever copies (the checkpoint's writer thread) once the copy is complete.
 class Snapshot {
  public:
   explicit Snapshot(std::atomic<int64_t>* blocked_ns) : blocked_ns_(blocked_ns) {}
+  // Offers the copy's pieces to the threads that wait (the writer still calls Finish()).
+  void Share(std::shared_ptr<SharedCopy> copy);
   void Finish();
-  // Blocks until Finish(); returns the time waited (also added to the owner's blocked time).
+  // Copies shared pieces nobody has claimed, then blocks until Finish(); returns the time
+  // (helping included, also added to the owner's blocked time).
   absl::Duration Wait();
   bool finished() const;
+  // Bytes the waiters copied.
+  int64_t helped_bytes() const { return helped_bytes_.load(std::memory_order_relaxed); }
 
  private:
   std::atomic<int64_t>* blocked_ns_;
+  std::atomic<int64_t> helped_bytes_{0};
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool finished_ = false;
+  std::shared_ptr<SharedCopy> copy_;
 };
 
 // Registers a snapshot in progress; waits at the fence are added to *blocked_ns (may be null).

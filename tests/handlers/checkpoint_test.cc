@@ -950,6 +950,41 @@ TEST(SnapshotFence, WaitsForSnapshotsInProgressAndChargesTheirOwner) {
   EXPECT_EQ(WaitForSnapshots(), absl::ZeroDuration());  // finished ones are not waited for again
 }
 
+// A thread waiting at the fence copies the shared pieces nobody has claimed instead of sleeping.
+// Here the fence is reached before the writer shares its pieces, and the writer copies nothing
+// itself until every piece is claimed: the fence must have copied them all (without the help it
+// would wait for the writer's 10 s limit and the test would fail).
+TEST(SnapshotFence, TheWaiterCopiesThePiecesTheWriterHasNotReached) {
+  std::atomic<int64_t> blocked{0};
+  std::shared_ptr<Snapshot> snapshot = BeginSnapshot(&blocked);
+  const size_t kPieces = 16, kBytes = 256 << 10;
+  std::vector<std::vector<char>> src(kPieces), dst(kPieces);
+  std::vector<CopyPiece> pieces;
+  for (size_t i = 0; i < kPieces; ++i) {
+    src[i].assign(kBytes, static_cast<char>('a' + i));
+    dst[i].assign(kBytes, 0);
+    pieces.push_back({dst[i].data(), src[i].data(), kBytes});
+  }
+  auto copy = std::make_shared<SharedCopy>(std::move(pieces));
+  std::atomic<int64_t> writer_bytes{-1};
+  std::thread writer([&] {
+    // Planning the copy takes a while; the fence is reached before the pieces are shared.
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    snapshot->Share(copy);
+    const absl::Time limit = absl::Now() + absl::Seconds(10);
+    while (!copy->all_claimed() && absl::Now() < limit) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    writer_bytes.store(copy->Work());
+    copy->WaitCopied();
+    snapshot->Finish();
+  });
+  WaitForSnapshots();
+  writer.join();
+  EXPECT_EQ(snapshot->helped_bytes(), static_cast<int64_t>(kPieces * kBytes));
+  EXPECT_EQ(writer_bytes.load(), 0);
+  for (size_t i = 0; i < kPieces; ++i) EXPECT_EQ(dst[i], src[i]) << "piece " << i;
+  EXPECT_GT(blocked.load(), 0) << "helping counts as blocked time";
+}
+
 // Issue 10.3: the checkpoint directory itself is durable. A run creates a new nested directory,
 // saves once, and the power fails: the directory and the checkpoint are there.
 TEST(CheckpointCrashSafety, TheCreatedDirectorySurvivesAPowerLoss) {
