@@ -1,6 +1,7 @@
 #include "distributed/launcher_env.h"
 
 #include <cstdlib>
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -33,7 +34,7 @@ constexpr Scheme kSchemes[] = {
 };
 
 absl::StatusOr<std::optional<int>> ReadInt(const EnvLookup& getenv, const char* name, int min,
-                                           const char* allowed) {
+                                           const char* allowed, int max = std::numeric_limits<int>::max()) {
   if (name == nullptr) return std::optional<int>();
   std::optional<std::string> value = getenv(name);
   if (!value) return std::optional<int>();
@@ -41,7 +42,7 @@ absl::StatusOr<std::optional<int>> ReadInt(const EnvLookup& getenv, const char* 
   // SLURM_NTASKS_PER_NODE and SLURM_TASKS_PER_NODE may read "2(x3)" or "2,1": take the first.
   if (std::string(name) == "SLURM_NTASKS_PER_NODE") text = text.substr(0, text.find_first_of("(,"));
   int v;
-  if (!absl::SimpleAtoi(text, &v) || v < min) {
+  if (!absl::SimpleAtoi(text, &v) || v < min || v > max) {
     return absl::InvalidArgumentError(
         absl::StrCat("launcher environment: ", name, "='", *value, "' is not ", allowed));
   }
@@ -104,18 +105,10 @@ absl::StatusOr<LaunchInfo> ReadLaunchInfo(const EnvLookup& getenv) {
     if (std::string(s.launcher) == "torchrun") {
       info.master_addr = getenv("MASTER_ADDR").value_or("");
       EMBER_ASSIGN_OR_RETURN(std::optional<int> port,
-                             ReadInt(getenv, "MASTER_PORT", 1, "a TCP port (1-65535)"));
-      if (port && *port > 65535) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "launcher environment: MASTER_PORT='", *port, "' is not a TCP port (1-65535)"));
-      }
+                             ReadInt(getenv, "MASTER_PORT", 1, "a TCP port (1-65535)", 65535));
       info.master_port = port.value_or(0);
       EMBER_ASSIGN_OR_RETURN(std::optional<int> chosen,
-                             ReadInt(getenv, "EMBER_RENDEZVOUS_PORT", 1, "a TCP port (1-65535)"));
-      if (chosen && *chosen > 65535) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "launcher environment: EMBER_RENDEZVOUS_PORT='", *chosen, "' is not a TCP port (1-65535)"));
-      }
+                             ReadInt(getenv, "EMBER_RENDEZVOUS_PORT", 1, "a TCP port (1-65535)", 65535));
       if (chosen) {
         info.rendezvous_port = *chosen;
         info.rendezvous_port_from = "EMBER_RENDEZVOUS_PORT";

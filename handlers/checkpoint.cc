@@ -41,18 +41,17 @@ void SortSaved(std::vector<Checkpoint::Item>& saved) {
 // Copying a state: a tree of the same shape whose tensors own their memory. PlanCopy builds it:
 // tensors of `reuse` (the previous copy, which no writer uses any more) with the same dtype and
 // shape are written into, others are allocated; contiguous CPU tensors become byte ranges to copy
-// (CopyJob), the rest (strided, on a device) are copied at once through LibTorch. RunCopies then
+// (CopyPiece), the rest (strided, on a device) are copied at once through LibTorch. RunCopies then
 // copies the ranges in 4 MiB pieces on `threads` threads (and, for a background snapshot, on the
 // thread that waits for it at the fence: SharedCopy): one memcpy stream does not reach the
 // machine's memory bandwidth (on the 2-core VM of README's figures, 4 x 128 MiB take 78 ms on one
 // thread and 42 ms on two; a single 512 MiB memcpy, 50 ms).
-using CopyJob = CopyPiece;
 struct CopiedTensor {
   torch::Tensor src;
   std::string path;
 };
 
-absl::StatusOr<Value> PlanCopy(const Value& v, const Value* reuse, const std::string& path, std::vector<CopyJob>& jobs,
+absl::StatusOr<Value> PlanCopy(const Value& v, const Value* reuse, const std::string& path, std::vector<CopyPiece>& jobs,
                                std::vector<CopiedTensor>& copied) {
   switch (v.kind()) {
     case Value::Kind::kTensor: {
@@ -101,10 +100,10 @@ absl::StatusOr<Value> PlanCopy(const Value& v, const Value* reuse, const std::st
 }
 
 // With `share`, the pieces are also offered to the threads that wait at the fence for it.
-void RunCopies(const std::vector<CopyJob>& jobs, int threads, Snapshot* share) {
+void RunCopies(const std::vector<CopyPiece>& jobs, int threads, Snapshot* share) {
   constexpr size_t kPiece = size_t{4} << 20;
   std::vector<CopyPiece> pieces;
-  for (const CopyJob& job : jobs) {
+  for (const CopyPiece& job : jobs) {
     for (size_t at = 0; at < job.bytes; at += kPiece) {
       pieces.push_back({job.dst + at, job.src + at, std::min(kPiece, job.bytes - at)});
     }
@@ -121,9 +120,9 @@ void RunCopies(const std::vector<CopyJob>& jobs, int threads, Snapshot* share) {
 
 // The threads a copy of `bytes` uses: small states are copied on the calling thread alone (a
 // thread costs more than the copy); large ones on up to 4 of the machine's cores.
-int CopyThreads(const std::vector<CopyJob>& jobs) {
+int CopyThreads(const std::vector<CopyPiece>& jobs) {
   size_t bytes = 0;
-  for (const CopyJob& job : jobs) bytes += job.bytes;
+  for (const CopyPiece& job : jobs) bytes += job.bytes;
   if (bytes < (size_t{16} << 20)) return 1;
   return std::clamp(static_cast<int>(std::thread::hardware_concurrency()), 1, 4);
 }
@@ -133,7 +132,7 @@ int CopyThreads(const std::vector<CopyJob>& jobs) {
 // before the copy was complete makes the copy fail, naming it.
 absl::StatusOr<Value> CopyState(const Value& v, const Value* reuse, const std::vector<int64_t>* versions, int threads,
                                 Snapshot* share = nullptr) {
-  std::vector<CopyJob> jobs;
+  std::vector<CopyPiece> jobs;
   std::vector<CopiedTensor> copied;
   EMBER_ASSIGN_OR_RETURN(Value out, PlanCopy(v, reuse, "", jobs, copied));
   RunCopies(jobs, threads > 0 ? threads : CopyThreads(jobs), share);

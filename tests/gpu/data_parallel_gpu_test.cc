@@ -69,13 +69,24 @@ torch::nn::Sequential Model() {
                                torch::nn::ReLU(), torch::nn::Linear(64, 10));
 }
 
-TEST(DataParallelGpu, GradientBucketsAreReducedOnTheDevice) {
-  SKIP_WITHOUT_CUDA();
-  absl::StatusOr<std::unique_ptr<dist::Communicator>> nccl =
-      dist::CreateNcclCommunicator({.rank = 0, .world_size = 1, .local_rank = 0, .init_timeout = absl::Seconds(60)});
-  ASSERT_TRUE(nccl.ok()) << nccl.status();
-  FirstOfTwo comm(**nccl);
-  const torch::Device cuda(torch::kCUDA, 0);
+// The one-rank NCCL communicator on GPU 0, and the two-rank view of it the tests reduce through.
+class DataParallelGpu : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    SKIP_WITHOUT_CUDA();
+    absl::StatusOr<std::unique_ptr<dist::Communicator>> nccl =
+        dist::CreateNcclCommunicator({.rank = 0, .world_size = 1, .local_rank = 0, .init_timeout = absl::Seconds(60)});
+    ASSERT_TRUE(nccl.ok()) << nccl.status();
+    nccl_ = *std::move(nccl);
+    comm_ = std::make_unique<FirstOfTwo>(*nccl_);
+  }
+
+  const torch::Device cuda{torch::kCUDA, 0};
+  std::unique_ptr<dist::Communicator> nccl_;
+  std::unique_ptr<FirstOfTwo> comm_;
+};
+
+TEST_F(DataParallelGpu, GradientBucketsAreReducedOnTheDevice) {
   torch::manual_seed(3);
   torch::nn::Sequential model = Model();
   torch::nn::Sequential reference = Model();
@@ -85,10 +96,10 @@ TEST(DataParallelGpu, GradientBucketsAreReducedOnTheDevice) {
   }
   model->to(cuda);
   reference->to(cuda);
-  DataParallel ddp(*model, {.bucket_bytes = 16 << 10, .deadline = absl::Seconds(60), .comm = &comm});
+  DataParallel ddp(*model, {.bucket_bytes = 16 << 10, .deadline = absl::Seconds(60), .comm = comm_.get()});
   ASSERT_TRUE(ddp.status().ok()) << ddp.status();
   ASSERT_GT(ddp.num_buckets(), 1u);
-  const int64_t staged_before = (*nccl)->host_staged_bytes();  // the broadcast went through the host
+  const int64_t staged_before = nccl_->host_staged_bytes();  // the broadcast went through the host
   const int steps = 5;
   for (int step = 0; step < steps; ++step) {
     SCOPED_TRACE(step);
@@ -106,23 +117,17 @@ TEST(DataParallelGpu, GradientBucketsAreReducedOnTheDevice) {
     }
   }
   EXPECT_EQ(ddp.staged_buckets(), 0) << "a bucket was copied through the host";
-  EXPECT_EQ((*nccl)->host_staged_bytes(), staged_before) << "the communicator staged gradient bytes";
+  EXPECT_EQ(nccl_->host_staged_bytes(), staged_before) << "the communicator staged gradient bytes";
   EXPECT_EQ(ddp.buckets_reduced(), steps * static_cast<int64_t>(ddp.num_buckets()));
   EXPECT_EQ(ddp.steps(), steps);
 }
 
-TEST(DataParallelGpu, TheAgreementCarriedOnTheDeviceStopsAtTheNan) {
-  SKIP_WITHOUT_CUDA();
-  absl::StatusOr<std::unique_ptr<dist::Communicator>> nccl =
-      dist::CreateNcclCommunicator({.rank = 0, .world_size = 1, .local_rank = 0, .init_timeout = absl::Seconds(60)});
-  ASSERT_TRUE(nccl.ok()) << nccl.status();
-  FirstOfTwo comm(**nccl);
-  const torch::Device cuda(torch::kCUDA, 0);
+TEST_F(DataParallelGpu, TheAgreementCarriedOnTheDeviceStopsAtTheNan) {
   torch::manual_seed(4);
   torch::nn::Sequential model = Model();
   model->to(cuda);
   torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.01));
-  DataParallel ddp(*model, {.bucket_bytes = 16 << 10, .deadline = absl::Seconds(60), .comm = &comm});
+  DataParallel ddp(*model, {.bucket_bytes = 16 << 10, .deadline = absl::Seconds(60), .comm = comm_.get()});
   ASSERT_TRUE(ddp.status().ok()) << ddp.status();
   Engine trainer([&](Engine& e, const int& i) -> absl::StatusOr<double> {
     optimizer.zero_grad();
@@ -136,10 +141,10 @@ TEST(DataParallelGpu, TheAgreementCarriedOnTheDeviceStopsAtTheNan) {
     optimizer.step();
     return output;
   });
-  trainer.set_communicator(&comm);
+  trainer.set_communicator(comm_.get());
   TerminateOnNan ton;
   trainer.On(Events::IterationCompleted(), ton);
-  const int64_t staged_before = (*nccl)->host_staged_bytes();
+  const int64_t staged_before = nccl_->host_staged_bytes();
   ASSERT_TRUE(trainer.Run(std::vector<int>{1, 2, 3, 4, 5, 6, 7, 8}, {.max_epochs = 1}).ok());
   EXPECT_EQ(trainer.state().iteration, 4);
   EXPECT_EQ(trainer.agreements(), 0) << "an iteration agreed in a collective of its own";
@@ -147,7 +152,7 @@ TEST(DataParallelGpu, TheAgreementCarriedOnTheDeviceStopsAtTheNan) {
   EXPECT_EQ(ddp.carried_agreements(), 4);
   EXPECT_EQ(ton.bad_ranks(), std::vector<int>{0});
   EXPECT_EQ(ddp.staged_buckets(), 0);
-  EXPECT_EQ((*nccl)->host_staged_bytes(), staged_before);
+  EXPECT_EQ(nccl_->host_staged_bytes(), staged_before);
 }
 
 }  // namespace
