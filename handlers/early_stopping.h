@@ -33,7 +33,7 @@
 #include "absl/status/statusor.h"
 #include "engine/engine.h"
 #include "engine/synchronized_handler.h"
-#include "handlers/stateful.h"
+#include "handlers/checkpoint/stateful.h"
 
 namespace ember {
 

@@ -21,7 +21,7 @@
 #include "base/crc32.h"
 #include "base/file_system.h"
 #include "base/status_macros.h"
-#include "handlers/disk_saver.h"
+#include "handlers/checkpoint/disk_saver.h"
 #include "tools/ledger.h"
 #include "handlers/serialization/torch_save.h"
 #include "handlers/serialization/value.h"

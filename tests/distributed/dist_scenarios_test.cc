@@ -11,9 +11,9 @@
 #include "engine/engine.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "handlers/checkpoint.h"
+#include "handlers/checkpoint/checkpoint.h"
 #include "handlers/early_stopping.h"
-#include "handlers/in_memory_saver.h"
+#include "handlers/checkpoint/in_memory_saver.h"
 #include "nlohmann/json.hpp"
 #include "tests/conformance/golden.h"
 

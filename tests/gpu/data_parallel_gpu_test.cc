@@ -17,7 +17,7 @@
 #include "distributed/nccl_communicator.h"
 #include "engine/engine.h"
 #include "gtest/gtest.h"
-#include "handlers/data_parallel.h"
+#include "handlers/parallel/data_parallel.h"
 #include "handlers/terminate_on_nan.h"
 
 namespace ember {

@@ -1,7 +1,7 @@
 // Checkpoint, DiskSaver and ModelCheckpoint against the ckpt_* scenarios recorded on ignite
 // v0.5.3, with Ember's deliberate differences shown and explained; crash safety under injected
 // faults; retention that survives restarts; resume; asynchronous saving.
-#include "handlers/checkpoint.h"
+#include "handlers/checkpoint/checkpoint.h"
 
 #include <sys/stat.h>
 
@@ -26,12 +26,12 @@
 #include "distributed/testing/fake_world.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "handlers/disk_saver.h"
-#include "handlers/global_step.h"
-#include "handlers/in_memory_saver.h"
-#include "handlers/model_checkpoint.h"
+#include "handlers/checkpoint/disk_saver.h"
+#include "handlers/checkpoint/global_step.h"
+#include "handlers/checkpoint/in_memory_saver.h"
+#include "handlers/checkpoint/model_checkpoint.h"
 #include "handlers/serialization/torch_save.h"
-#include "handlers/snapshot_fence.h"
+#include "handlers/checkpoint/snapshot_fence.h"
 #include "nlohmann/json.hpp"
 #include "tests/conformance/golden.h"
 

@@ -21,7 +21,7 @@
 #include "gtest/gtest.h"
 #include "base/status_macros.h"
 #include "engine/engine.h"
-#include "handlers/data_parallel.h"
+#include "handlers/parallel/data_parallel.h"
 #include "handlers/preemption.h"
 #include "handlers/terminate_on_nan.h"
 

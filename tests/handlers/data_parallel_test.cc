@@ -1,4 +1,4 @@
-#include "handlers/data_parallel.h"
+#include "handlers/parallel/data_parallel.h"
 
 #include <torch/torch.h>
 

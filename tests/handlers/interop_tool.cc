@@ -8,7 +8,7 @@
 #include <limits>
 #include <string>
 
-#include "handlers/stateful.h"
+#include "handlers/checkpoint/stateful.h"
 #include "handlers/serialization/torch_save.h"
 #include "handlers/serialization/value.h"
 #include "tests/handlers/interop_recipe.h"

@@ -1,6 +1,6 @@
 // ShardedSource: an order independent of the world size, each rank's share of every global
 // batch, and a checkpointed position that resumes mid-epoch on the same or another world size.
-#include "handlers/sharded_source.h"
+#include "handlers/parallel/sharded_source.h"
 
 #include <torch/torch.h>
 

@@ -11,7 +11,7 @@
 #include "absl/status/status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "handlers/stateful.h"
+#include "handlers/checkpoint/stateful.h"
 #include "handlers/serialization/torch_save.h"
 #include "handlers/serialization/value.h"
 #include "tests/handlers/interop_recipe.h"

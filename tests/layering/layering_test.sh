@@ -3,8 +3,11 @@
 # checked packages is not covered by the queries, or if a public target is missing from README's
 # "Public targets" table.
 set -euo pipefail
-base_deps=$1 distributed_deps=$2 engine_deps=$3 serialization_deps=$4 handlers_deps=$5 readme=$6
-shift 6
+base_deps=$1 distributed_deps=$2 engine_deps=$3 serialization_deps=$4 checkpoint_deps=$5 parallel_deps=$6
+handlers_deps=$7 readme=$8
+shift 8
+all_deps=("$base_deps" "$distributed_deps" "$engine_deps" "$serialization_deps" "$checkpoint_deps"
+  "$parallel_deps" "$handlers_deps")
 status=0
 check() {  # file, forbidden regex, what
   local hits
@@ -15,11 +18,11 @@ check() {  # file, forbidden regex, what
     status=1
   fi
 }
-for f in "$base_deps" "$distributed_deps" "$engine_deps" "$serialization_deps" "$handlers_deps"; do
+for f in "${all_deps[@]}"; do
   # An empty query result would make the test pass vacuously.
   [[ -s $f ]] || { echo "empty dependency list: $f"; exit 1; }
 done
-covered=$(cat "$base_deps" "$distributed_deps" "$engine_deps" "$serialization_deps" "$handlers_deps")
+covered=$(cat "${all_deps[@]}")
 public=0
 for build in "$@"; do
   pkg=${build%/BUILD}
@@ -48,7 +51,9 @@ done
 check "$base_deps" '@ember_config//|@system//:mpi|^//(engine|distributed|handlers|tools)[:/]' "//base"
 check "$distributed_deps" '@ember_config//:torch|^//(engine|handlers|tools)[:/]' "//distributed"
 check "$engine_deps" '@ember_config//:(torch|nccl)|@system//:mpi|^//(handlers|tools)[:/]' "//engine"
-check "$serialization_deps" '@ember_config//:nccl|@system//:mpi|^//(engine|distributed|handlers:|tools)' "//handlers/serialization"
-check "$handlers_deps" '^//(tools|tests|examples)[:/]' "//handlers"
-[[ $status -eq 0 ]] && echo "layering OK: $(cat "$base_deps" "$distributed_deps" "$engine_deps" "$serialization_deps" "$handlers_deps" | wc -l) deps checked; $public public targets, each in README"
+check "$serialization_deps" '@ember_config//:nccl|@system//:mpi|^//(engine|distributed|tools)|^//handlers(:|/checkpoint|/parallel)' "//handlers/serialization"
+check "$checkpoint_deps" '^//(tools|tests|examples)[:/]|^//handlers:|^//handlers/parallel[:/]' "//handlers/checkpoint"
+check "$parallel_deps" '^//(tools|tests|examples)[:/]|^//handlers:' "//handlers/parallel"
+check "$handlers_deps" '^//(tools|tests|examples)[:/]|^//handlers/parallel[:/]' "//handlers"
+[[ $status -eq 0 ]] && echo "layering OK: $(cat "${all_deps[@]}" | wc -l) deps checked; $public public targets, each in README"
 exit $status

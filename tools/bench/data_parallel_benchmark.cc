@@ -22,7 +22,7 @@
 #include "distributed/mpi_communicator.h"
 #include "distributed/single_process_communicator.h"
 #include "engine/engine.h"
-#include "handlers/data_parallel.h"
+#include "handlers/parallel/data_parallel.h"
 #include "handlers/preemption.h"
 #include "handlers/terminate_on_nan.h"
 

@@ -15,9 +15,9 @@
 #include "base/clock.h"
 #include "benchmark/benchmark.h"
 #include "engine/engine.h"
-#include "handlers/checkpoint.h"
+#include "handlers/checkpoint/checkpoint.h"
 #include "handlers/early_stopping.h"
-#include "handlers/in_memory_saver.h"
+#include "handlers/checkpoint/in_memory_saver.h"
 #include "handlers/terminate_on_nan.h"
 #include "handlers/timer.h"
 

@@ -16,9 +16,9 @@
 #include "benchmark/benchmark.h"
 #include "absl/time/clock.h"
 #include "engine/engine.h"
-#include "handlers/checkpoint.h"
-#include "handlers/disk_saver.h"
-#include "handlers/snapshot_fence.h"
+#include "handlers/checkpoint/checkpoint.h"
+#include "handlers/checkpoint/disk_saver.h"
+#include "handlers/checkpoint/snapshot_fence.h"
 #include "handlers/serialization/torch_save.h"
 #include "handlers/serialization/value.h"
 

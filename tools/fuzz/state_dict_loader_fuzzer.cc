@@ -11,7 +11,7 @@
 #include <string>
 
 #include "engine/engine.h"
-#include "handlers/stateful.h"
+#include "handlers/checkpoint/stateful.h"
 #include "handlers/serialization/torch_save.h"
 #include "handlers/serialization/value.h"
 

@@ -1,4 +1,4 @@
-// File: handlers/disk_saver.h
+// File: handlers/checkpoint/disk_saver.h
 //
 // DiskSaver (ignite's DiskSaver): a SaveHandler that writes and reads torch.save-format files in
 // a directory through the FileSystem seam: atomically by default (temporary file, fsync, rename,
@@ -27,7 +27,7 @@
 #include "absl/status/statusor.h"
 #include "base/file_system.h"
 #include "distributed/communicator.h"
-#include "handlers/save_handler.h"
+#include "handlers/checkpoint/save_handler.h"
 
 namespace ember {
 

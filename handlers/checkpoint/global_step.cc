@@ -1,4 +1,4 @@
-#include "handlers/global_step.h"
+#include "handlers/checkpoint/global_step.h"
 
 #include <cstdint>
 #include <functional>

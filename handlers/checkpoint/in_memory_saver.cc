@@ -1,4 +1,4 @@
-#include "handlers/in_memory_saver.h"
+#include "handlers/checkpoint/in_memory_saver.h"
 
 #include <mutex>
 #include <string>

@@ -1,4 +1,4 @@
-// File: handlers/model_checkpoint.h
+// File: handlers/checkpoint/model_checkpoint.h
 //
 // ModelCheckpoint (ignite's ModelCheckpoint): a Checkpoint (checkpoint.h) that writes into its own
 // DiskSaver (disk_saver.h). Its options are those two components' options, composed, not copied:
@@ -26,9 +26,9 @@
 
 #include "absl/status/statusor.h"
 #include "distributed/communicator.h"
-#include "handlers/checkpoint.h"
-#include "handlers/disk_saver.h"
-#include "handlers/saveable.h"
+#include "handlers/checkpoint/checkpoint.h"
+#include "handlers/checkpoint/disk_saver.h"
+#include "handlers/checkpoint/saveable.h"
 
 namespace ember {
 

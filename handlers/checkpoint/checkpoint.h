@@ -1,4 +1,4 @@
-// File: handlers/checkpoint.h
+// File: handlers/checkpoint/checkpoint.h
 //
 // Checkpoint (ignite's, made crash-safe and exact across ranks) saves the state of `to_save`
 // (modules, optimizers, engines, handlers, user objects) when its event fires, keeps the best
@@ -66,12 +66,12 @@
 #include "distributed/communicator.h"
 #include "engine/engine.h"
 #include "engine/synchronized_handler.h"
-#include "handlers/save_handler.h"
-#include "handlers/saveable.h"
-#include "handlers/score.h"
+#include "handlers/checkpoint/save_handler.h"
+#include "handlers/checkpoint/saveable.h"
+#include "handlers/checkpoint/score.h"
 #include "handlers/serialization/value.h"
-#include "handlers/snapshot_fence.h"
-#include "handlers/stateful.h"
+#include "handlers/checkpoint/snapshot_fence.h"
+#include "handlers/checkpoint/stateful.h"
 
 namespace ember {
 

@@ -1,4 +1,4 @@
-// File: handlers/score.h
+// File: handlers/checkpoint/score.h
 //
 // Score: a checkpoint's score, a number that remembers whether it is an integer or a bool, since
 // ignite formats those without decimals. FormatScore is ignite's formatting in file names:

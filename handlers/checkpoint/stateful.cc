@@ -1,4 +1,4 @@
-#include "handlers/stateful.h"
+#include "handlers/checkpoint/stateful.h"
 
 #include <string>
 #include <tuple>

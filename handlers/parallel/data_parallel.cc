@@ -1,4 +1,4 @@
-#include "handlers/data_parallel.h"
+#include "handlers/parallel/data_parallel.h"
 
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
@@ -15,7 +15,7 @@
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
 #include "distributed/default_communicator.h"
-#include "handlers/snapshot_fence.h"
+#include "handlers/checkpoint/snapshot_fence.h"
 
 namespace ember {
 namespace {

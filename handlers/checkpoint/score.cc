@@ -1,4 +1,4 @@
-#include "handlers/score.h"
+#include "handlers/checkpoint/score.h"
 
 #include <cmath>
 #include <string>

@@ -1,4 +1,4 @@
-// File: handlers/stateful.h
+// File: handlers/checkpoint/stateful.h
 //
 // Conversions between what a checkpoint holds (a Value in PyTorch's state_dict layout) and the
 // objects it is taken from: torch::nn::Module parameters and buffers, torch::optim optimizers

@@ -1,4 +1,4 @@
-// File: handlers/sharded_source.h
+// File: handlers/parallel/sharded_source.h
 //
 // ShardedSource: this rank's share of a dataset's global batches, in an order that does not
 // depend on the number of ranks, and whose position is checkpointed, so that a run resumes at the
@@ -46,7 +46,7 @@
 #include "distributed/communicator.h"
 #include "engine/engine.h"
 #include "handlers/serialization/value.h"
-#include "handlers/stateful.h"
+#include "handlers/checkpoint/stateful.h"
 
 namespace ember {
 

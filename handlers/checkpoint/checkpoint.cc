@@ -1,4 +1,4 @@
-#include "handlers/checkpoint.h"
+#include "handlers/checkpoint/checkpoint.h"
 
 #include <algorithm>
 #include <cmath>

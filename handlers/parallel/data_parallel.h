@@ -1,4 +1,4 @@
-// File: handlers/data_parallel.h
+// File: handlers/parallel/data_parallel.h
 //
 // DataParallel: the gradient averaging of data-parallel training, as one object. Constructed on
 // every rank with the same module, it broadcasts the module's parameters and buffers from rank 0

@@ -1,4 +1,4 @@
-#include "handlers/model_checkpoint.h"
+#include "handlers/checkpoint/model_checkpoint.h"
 
 #include <memory>
 #include <utility>

@@ -1,4 +1,4 @@
-#include "handlers/disk_saver.h"
+#include "handlers/checkpoint/disk_saver.h"
 
 #include <unistd.h>
 

@@ -1,4 +1,4 @@
-// File: handlers/saveable.h
+// File: handlers/checkpoint/saveable.h
 //
 // Saveable: anything with a state_dict that a checkpoint can hold: a torch module (or module
 // holder), an optimizer, an Engine, a Stateful handler, or a pair of functions of your own.
@@ -27,7 +27,7 @@
 #include "absl/status/statusor.h"
 #include "engine/engine.h"
 #include "handlers/serialization/value.h"
-#include "handlers/stateful.h"
+#include "handlers/checkpoint/stateful.h"
 
 namespace ember {
 

@@ -1,4 +1,4 @@
-// File: handlers/snapshot_fence.h
+// File: handlers/checkpoint/snapshot_fence.h
 //
 // The fence between a background snapshot of the training state and the next in-place change of
 // that state.

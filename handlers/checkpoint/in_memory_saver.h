@@ -1,4 +1,4 @@
-// File: handlers/in_memory_saver.h
+// File: handlers/checkpoint/in_memory_saver.h
 //
 // InMemorySaver: a SaveHandler that keeps each checkpoint's serialized torch.save bytes in memory
 // (tests, and users who ship checkpoints elsewhere), and records the order of saves and removes.
@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "handlers/save_handler.h"
+#include "handlers/checkpoint/save_handler.h"
 
 namespace ember {
 

@@ -1,4 +1,4 @@
-#include "handlers/saveable.h"
+#include "handlers/checkpoint/saveable.h"
 
 #include <string>
 #include <utility>

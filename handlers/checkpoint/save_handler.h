@@ -1,4 +1,4 @@
-// File: handlers/save_handler.h
+// File: handlers/checkpoint/save_handler.h
 //
 // SaveHandler (ignite's BaseSaveHandler): where Checkpoint puts its files. Checkpoint calls Save
 // and Remove on the saving rank only (its outcome is then broadcast to every rank), and List at

@@ -1,4 +1,4 @@
-#include "handlers/snapshot_fence.h"
+#include "handlers/checkpoint/snapshot_fence.h"
 
 #include <algorithm>
 #include <cstring>

@@ -1,4 +1,4 @@
-#include "handlers/sharded_source.h"
+#include "handlers/parallel/sharded_source.h"
 
 #include <cstdint>
 #include <memory>

@@ -1,4 +1,4 @@
-// File: handlers/global_step.h
+// File: handlers/checkpoint/global_step.h
 //
 // GlobalStepFromEngine is ignite's global_step_from_engine: for a checkpoint attached to an
 // evaluator, the step in its file names comes from another engine (the trainer): that engine's
