@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # Builds examples/user_workspace from its own WORKSPACE (Ember through local_repository and
-# ember_dependencies()) with a nested Bazel, checks that README's user guide shows its
-# user_trainer.cc verbatim, and runs it: one process, then 2 ranks under mpirun (same decisions
+# ember_dependencies()) with a nested Bazel, checks that the user guide (docs/library.md) shows
+# its user_trainer.cc verbatim, and runs it: one process, then 2 ranks under mpirun (same decisions
 # on every rank), then a resume.
 set -uo pipefail
 fail() { echo "FAIL: $*"; exit 1; }
 src=$(cd "$(dirname "$(readlink -f "$0")")" && pwd)   # the source tree's examples/
 ws=$src/user_workspace
-readme=$src/../README.md
-[[ -f $ws/WORKSPACE && -f $readme ]] || fail "source tree not found from $0"
+guide=$src/../docs/library.md
+[[ -f $ws/WORKSPACE && -f $guide ]] || fail "source tree not found from $0"
 
-# 1. README shows the example verbatim (between the markers around its code block).
-awk '/<!-- user_trainer.cc begin -->/{on=1; next} /<!-- user_trainer.cc end -->/{on=0} on' "$readme" |
-  sed '1d;$d' >"${TEST_TMPDIR:-/tmp}/readme_example.cc"
-diff -u "$ws/user_trainer.cc" "${TEST_TMPDIR:-/tmp}/readme_example.cc" || fail "README's user guide example differs from examples/user_workspace/user_trainer.cc"
+# 1. The user guide shows the example verbatim (between the markers around its code block).
+grep -q '<!-- user_trainer.cc begin -->' "$guide" || fail "no '<!-- user_trainer.cc begin -->' marker in docs/library.md"
+awk '/<!-- user_trainer.cc begin -->/{on=1; next} /<!-- user_trainer.cc end -->/{on=0} on' "$guide" |
+  sed '1d;$d' >"${TEST_TMPDIR:-/tmp}/guide_example.cc"
+diff -u "$ws/user_trainer.cc" "${TEST_TMPDIR:-/tmp}/guide_example.cc" || fail "docs/library.md's user guide example differs from examples/user_workspace/user_trainer.cc"
 
 # 2. A nested Bazel, as the user runs it (its own output root, kept between runs for speed).
 for v in $(env | grep -oE '^(TEST_[A-Z_]*|RUNFILES_[A-Z_]*|JAVA_RUNFILES|PYTHON_RUNFILES|BUILD_WORKSPACE_DIRECTORY|XML_OUTPUT_FILE)='); do unset "${v%=}"; done

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Fails if a package reaches what is above it (see BUILD), if one of the library targets of the
-# checked packages is not covered by the queries, or if a public target is missing from README's
-# "Public targets" table.
+# checked packages is not covered by the queries, or if a public target is missing from the
+# "Public targets" table of docs/library.md (a row of that table: the target elsewhere in the text
+# does not count).
 set -euo pipefail
 base_deps=$1 distributed_deps=$2 engine_deps=$3 serialization_deps=$4 checkpoint_deps=$5 parallel_deps=$6
-handlers_deps=$7 readme=$8
+handlers_deps=$7 library_md=$8
 shift 8
 all_deps=("$base_deps" "$distributed_deps" "$engine_deps" "$serialization_deps" "$checkpoint_deps"
   "$parallel_deps" "$handlers_deps")
@@ -23,6 +24,9 @@ for f in "${all_deps[@]}"; do
   [[ -s $f ]] || { echo "empty dependency list: $f"; exit 1; }
 done
 covered=$(cat "${all_deps[@]}")
+# The rows of the "Public targets" table: from its heading to the next heading.
+table=$(awk '/^## Public targets$/ {on = 1; next} /^#/ {on = 0} on && /^\| `/' "$library_md")
+[[ -n $table ]] || { echo "no \"## Public targets\" table in $library_md"; exit 1; }
 public=0
 for build in "$@"; do
   pkg=${build%/BUILD}
@@ -40,7 +44,7 @@ for build in "$@"; do
     public=$((public + 1))
     short=$pkg:$name
     [[ $name == "${pkg##*/}" ]] && short=$pkg  # //engine for //engine:engine
-    grep -qF -- "\`$short\`" "$readme" || { echo "UNDOCUMENTED PUBLIC TARGET: $pkg:$name (README, \"Public targets\")"; status=1; }
+    grep -qF -- "| \`$short\` |" <<<"$table" || { echo "UNDOCUMENTED PUBLIC TARGET: $pkg:$name (docs/library.md, \"Public targets\")"; status=1; }
   done < <(awk '
     /^[a-z_]+\(/ { if (name != "") print name, vis; name = ""; vis = "default" }
     /^    name = "/ { split($0, a, "\""); name = a[2] }
@@ -55,5 +59,5 @@ check "$serialization_deps" '@ember_config//:nccl|@system//:mpi|^//(engine|distr
 check "$checkpoint_deps" '^//(tools|tests|examples)[:/]|^//handlers:|^//handlers/parallel[:/]' "//handlers/checkpoint"
 check "$parallel_deps" '^//(tools|tests|examples)[:/]|^//handlers:' "//handlers/parallel"
 check "$handlers_deps" '^//(tools|tests|examples)[:/]|^//handlers/parallel[:/]' "//handlers"
-[[ $status -eq 0 ]] && echo "layering OK: $(cat "${all_deps[@]}" | wc -l) deps checked; $public public targets, each in README"
+[[ $status -eq 0 ]] && echo "layering OK: $(cat "${all_deps[@]}" | wc -l) deps checked; $public public targets, each in docs/library.md"
 exit $status

@@ -1,4 +1,5 @@
-"""Turns the raw outputs of tools/bench/reproduce.sh into README's performance tables.
+"""Turns the raw outputs of tools/bench/reproduce.sh into the performance tables of
+docs/performance.md.
 
 Usage: /usr/bin/python3 tools/bench/report.py OUT_DIR > OUT_DIR/report.md
 Every figure is "min / median / max" over the runs found in OUT_DIR; a ratio is computed within

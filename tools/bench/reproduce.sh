@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces every figure of README's "Performance" section, each as the minimum / median /
+# Reproduces every figure of docs/performance.md, each as the minimum / median /
 # maximum of RUNS runs, on this machine:
 #   tools/bench/reproduce.sh [RUNS=3] [OUT_DIR]
 # Builds the benchmarks (-c opt), then runs, in this order (about 25 minutes with RUNS=3 on a
@@ -12,8 +12,8 @@
 #   5. handwritten_train, train 1 and 2 ranks the trainer's samples/s against a hand-written loop
 #   6. checkpoint_goodput.sh                  what checkpointing costs the trainer
 # The raw outputs go to OUT_DIR (default: a new /tmp/ember-bench.XXXXXX) and the tables, with
-# the machine and the commit, to OUT_DIR/report.md, which is printed at the end. README's
-# figures are copied from that report. Needs the Fashion-MNIST package for 5 and 6
+# the machine and the commit, to OUT_DIR/report.md, which is printed at the end. The figures
+# of docs/performance.md are copied from that report. Needs the Fashion-MNIST package for 5 and 6
 # (tools/setup.sh installs it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
