@@ -9,7 +9,7 @@
 // collective serves handlers that need different reductions, every rank computes bit-identical
 // results (the same operations in the same order), and each rank's own proposal stays
 // available (to report WHICH ranks saw a NaN). For the few doubles of a firing the all-gather
-// costs what an all-reduce does (both latency-bound); see README, "Performance".
+// costs what an all-reduce does (both latency-bound); see docs/performance.md.
 //
 // Thread safety: as the Communicator (one thread). Reduce does not allocate.
 #ifndef EMBER_DISTRIBUTED_CONSENSUS_H_

@@ -1,7 +1,7 @@
 // File: engine/engine.h
 //
 // Engine runs a step function over data for a number of epochs and fires events around it, in
-// pytorch-ignite's order (v0.5.3; see README.md, "Engine"). Handlers registered on an event run
+// pytorch-ignite's order (v0.5.3; see docs/library.md). Handlers registered on an event run
 // in registration order. It is ignite's Engine in C++: the same event order, filters, resume
 // rules, terminate / terminate_epoch semantics and state_dict, with these deliberate
 // differences:

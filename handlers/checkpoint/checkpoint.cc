@@ -44,7 +44,7 @@ void SortSaved(std::vector<Checkpoint::Item>& saved) {
 // (CopyPiece), the rest (strided, on a device) are copied at once through LibTorch. RunCopies then
 // copies the ranges in 4 MiB pieces on `threads` threads (and, for a background snapshot, on the
 // thread that waits for it at the fence: SharedCopy): one memcpy stream does not reach the
-// machine's memory bandwidth (on the 2-core VM of README's figures, 4 x 128 MiB take 78 ms on one
+// machine's memory bandwidth (on the VM of docs/performance.md, 4 x 128 MiB take 78 ms on one
 // thread and 42 ms on two; a single 512 MiB memcpy, 50 ms).
 struct CopiedTensor {
   torch::Tensor src;

@@ -4,7 +4,7 @@
 // (modules, optimizers, engines, handlers, user objects) when its event fires, keeps the best
 // `n_saved` by score (or the latest by step) and, optionally, also the `keep_last` most recent.
 //
-// Names, scores and retention follow ignite v0.5.3 (see README, "Checkpoint"):
+// Names, scores and retention follow ignite v0.5.3 (see docs/checkpoints.md):
 //   {prefix}_{name}_{global_step}_{score_name}={score}.pt, "checkpoint" as the name when several
 //   objects are saved, a single object saved as its bare state_dict, %.4f scores, ties kept
 //   first-come (or last-come with greater_or_equal), last_checkpoint = the highest priority.
