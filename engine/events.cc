@@ -2,7 +2,6 @@
 
 #include <cstdint>
 #include <limits>
-#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -10,6 +9,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/mutex.h"
 
 namespace ember {
 namespace {
@@ -22,8 +22,8 @@ constexpr const char* kBuiltinNames[Event::kNumBuiltin] = {
 
 // Process-wide registry of custom events (name and attribute by id).
 struct CustomRegistry {
-  std::mutex mu;
-  std::vector<std::pair<std::string, EventAttr>> events;  // index = id - kFirstCustomId
+  Mutex mu;
+  std::vector<std::pair<std::string, EventAttr>> events ABSL_GUARDED_BY(mu);  // index = id - kFirstCustomId
 };
 
 CustomRegistry& Registry() {
@@ -39,7 +39,7 @@ std::string PyList(const std::vector<int64_t>& values) {
 
 Event Event::Custom(std::string_view name, EventAttr attr) {
   CustomRegistry& registry = Registry();
-  std::lock_guard<std::mutex> lock(registry.mu);
+  MutexLock lock(&registry.mu);
   for (size_t i = 0; i < registry.events.size(); ++i) {
     if (registry.events[i].first == name) return Event(static_cast<uint16_t>(kFirstCustomId + i));
   }
@@ -50,7 +50,7 @@ Event Event::Custom(std::string_view name, EventAttr attr) {
 std::string Event::name() const {
   if (is_builtin()) return kBuiltinNames[id_];
   CustomRegistry& registry = Registry();
-  std::lock_guard<std::mutex> lock(registry.mu);
+  MutexLock lock(&registry.mu);
   size_t index = id_ - kFirstCustomId;
   if (id_ < kFirstCustomId || index >= registry.events.size()) return absl::StrCat("EVENT_", id_);
   return registry.events[index].first;
@@ -73,7 +73,7 @@ EventAttr Event::attr() const {
   }
   if (is_builtin()) return EventAttr::kNone;
   CustomRegistry& registry = Registry();
-  std::lock_guard<std::mutex> lock(registry.mu);
+  MutexLock lock(&registry.mu);
   size_t index = id_ - kFirstCustomId;
   if (id_ < kFirstCustomId || index >= registry.events.size()) return EventAttr::kNone;
   return registry.events[index].second;
