@@ -163,7 +163,7 @@ absl::StatusOr<RankList> Decode(absl::string_view bytes, int rank) {
   return list;
 }
 
-// "rank 3" or "ranks 0,2-3,5".
+// "rank 3", "ranks 0,2,3" or "ranks 0-4,6" (a run of three or more ranks is a range).
 std::string Ranks(const std::vector<int>& ranks) {
   std::vector<std::string> parts;
   for (size_t i = 0; i < ranks.size();) {

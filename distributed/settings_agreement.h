@@ -17,7 +17,7 @@
 // (Communicator::Poison: every later collective fails naming it) and returns it:
 //
 //   kInvalidArgument "trainer flags differ across ranks: --lr is 0.1 on rank 0, 0.2 on rank 1;
-//                     --seed is 1 on ranks 0,2-3, 7 on rank 1"
+//                     --seed is 1 on ranks 0,2,3, 7 on rank 1"
 //
 // Every differing setting is named, in the order of the lowest rank that has it; a setting that
 // some ranks lack is "(absent)" there; a list whose settings are the same but in another order
