@@ -4,14 +4,55 @@
 
 fail() { echo "FAIL: $*"; exit 1; }
 
+# xml_escape TEXT: TEXT as XML character data or an attribute value: & < > " ' escaped, newline,
+# tab and carriage return as character references, the control characters XML 1.0 forbids (even
+# as references) as '?', bytes that are not UTF-8 dropped.
+xml_escape() {
+  local s=$1
+  if command -v iconv >/dev/null; then
+    s=$(printf '%s' "$s" | iconv -f UTF-8 -t UTF-8 -c 2>/dev/null; printf .)
+  else
+    s=$(printf '%s' "$s" | LC_ALL=C tr -d '\200-\377'; printf .)
+  fi
+  s=$(printf '%s' "${s%.}" | LC_ALL=C tr '\001-\010\013\014\016-\037' '?'; printf .)
+  s=${s%.}
+  s=${s//'&'/'&amp;'}
+  s=${s//'<'/'&lt;'}
+  s=${s//'>'/'&gt;'}
+  s=${s//'"'/'&quot;'}
+  s=${s//"'"/'&apos;'}
+  s=${s//$'\n'/'&#10;'}
+  s=${s//$'\t'/'&#9;'}
+  s=${s//$'\r'/'&#13;'}
+  printf '%s' "$s"
+}
+
+# write_skip_xml FILE NAME MESSAGE: a JUnit test.xml with one test case NAME, skipped with
+# MESSAGE (any text: escaped here), as Bazel and .ci/run read it.
+write_skip_xml() {
+  local name message
+  name=$(xml_escape "$2")
+  message=$(xml_escape "$3")
+  printf '<?xml version="1.0" encoding="UTF-8"?>\n<testsuites><testsuite name="%s" tests="1" skipped="1"><testcase name="%s" result="skipped"><skipped message="%s"/></testcase></testsuite></testsuites>\n' \
+    "$name" "$name" "$message" >"$1"
+}
+
 # Reports the test as skipped, with the reason, in the test.xml that .ci/run counts.
 skip() {
   echo "SKIPPED: $*"
-  if [[ -n ${SKIP_XML:-} ]]; then
-    printf '<?xml version="1.0" encoding="UTF-8"?>\n<testsuites><testsuite name="%s" tests="1" skipped="1"><testcase name="%s" result="skipped"><skipped message="%s"/></testcase></testsuite></testsuites>\n' \
-      "$MODE" "$MODE" "$*" >"$SKIP_XML"
-  fi
+  [[ -n ${SKIP_XML:-} ]] && write_skip_xml "$SKIP_XML" "$MODE" "$*"
   exit 0
+}
+
+# descendants PID: PID's child processes, theirs, and so on.
+descendants() { local c; for c in $(pgrep -P "$1"); do echo "$c"; descendants "$c"; done; }
+# kill_jobs: ends this script's background jobs and every process under them (trap it on EXIT,
+# so that a test that fails midway leaves no trainer or mpirun running).
+kill_jobs() {
+  local j pids=()
+  for j in $(jobs -p); do pids+=("$j" $(descendants "$j")); done
+  [[ ${#pids[@]} -eq 0 ]] || kill -9 "${pids[@]}" 2>/dev/null
+  return 0
 }
 
 # field LINE NAME: the value of "NAME" in a one-line JSON object.

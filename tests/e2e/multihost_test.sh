@@ -4,7 +4,10 @@
 # host address, the TCP transport only. Checks that 2 hosts x 2 ranks train to the same decisions
 # as 4 ranks on one host, and that cutting one host's link mid-run makes every surviving rank fail
 # within the deadline naming the event and iteration, with the checkpoints intact and resumable.
-# Needs root (ip netns); elsewhere the test is reported as skipped, with the reason.
+# Needs from the machine: root (ip netns, iproute2), two addresses in a 10.x.y.0/24 that exist only
+# inside the two namespaces; elsewhere the test is reported as skipped, with the reason. Leaves
+# nothing: on every exit path the processes left in the namespaces are killed and both namespaces
+# (with the veth pair, and their /run/netns entries) are deleted. No file of the machine's is written.
 #   multihost_test.sh TRAIN CKPT
 set -uo pipefail
 train=$(realpath "$1")
@@ -18,10 +21,21 @@ id=$$
 h1=ember$id-a h2=ember$id-b v1=ev$id-a v2=ev$id-b
 net=10.$((id % 200 + 20)).$((id / 200 % 250)).
 a1=${net}1 a2=${net}2
-cleanup() { ip netns del "$h1" 2>/dev/null; ip netns del "$h2" 2>/dev/null; }
+made=()  # what this run created, and only that, is removed
+cleanup() {
+  local ns pids
+  kill_jobs
+  for ns in "${made[@]}"; do
+    [[ $ns == "$v1" ]] && { ip link del "$v1" 2>/dev/null; continue; }  # left outside its namespace
+    pids=$(ip netns pids "$ns" 2>/dev/null)
+    [[ -n $pids ]] && kill -9 $pids 2>/dev/null
+    ip netns del "$ns" 2>/dev/null
+  done
+}
 trap cleanup EXIT
-ip netns add "$h1" 2>/dev/null || skip "cannot create network namespaces here (ip netns add needs root)"
-ip netns add "$h2" && ip link add "$v1" type veth peer name "$v2" && ip link set "$v1" netns "$h1" &&
+trap 'exit 143' TERM INT HUP
+ip netns add "$h1" 2>/dev/null && made+=("$h1") || skip "cannot create network namespaces here (ip netns add needs root)"
+ip netns add "$h2" && made+=("$h2") && ip link add "$v1" type veth peer name "$v2" && made+=("$v1") && ip link set "$v1" netns "$h1" &&
   ip link set "$v2" netns "$h2" && ip -n "$h1" addr add "$a1/24" dev "$v1" && ip -n "$h2" addr add "$a2/24" dev "$v2" &&
   ip -n "$h1" link set "$v1" up && ip -n "$h2" link set "$v2" up && ip -n "$h1" link set lo up &&
   ip -n "$h2" link set lo up || skip "cannot set up the veth pair"

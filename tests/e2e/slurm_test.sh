@@ -8,6 +8,13 @@
 #      ends bitwise equal to the uninterrupted run, every sample of every epoch used once.
 #      slurmctld checks time limits every 30 s, so USR1@50 arrives 10 to 40 s into the job: the job's
 #      steps sleep 70 ms each (--inject_step_delay_ms) so that no run can finish before it.
+# Needs from the machine: root, Debian's munge, slurmctld, slurmd and slurm-client (tools/setup.sh),
+# two free TCP ports in 20000..31999. Leaves nothing: the cluster (slurm_cluster.sh) lives in a
+# mktemp directory under /tmp with its own slurm.conf, munge key and socket, state, ports and
+# cluster name; every exit path stops its daemons and processes and removes the directory. The
+# machine's /etc/slurm, /etc/munge, /var/spool/slurm*, /var/log/{slurm,munge}, /var/lib/munge,
+# /run/{munge,slurm} are compared byte for byte before and after, and any change fails the test;
+# a site's running Slurm is left alone (the test's cluster runs beside it on other ports).
 #   slurm_test.sh TRAIN CKPT
 set -uo pipefail
 train=$(realpath "$1")
@@ -15,14 +22,61 @@ ckpt=$(realpath "$2")
 MODE=slurm
 source "$(dirname "$0")/lib.sh"
 cluster=$(realpath "$(dirname "$0")/slurm_cluster.sh")
-work=$(mktemp -d /tmp/ember-slurm-test.XXXXXX)
-why=$("$cluster" start "$work/daemons" 2>&1); rc=$?
+# The machine's Slurm and munge files, byte for byte, before and after: the test must leave them
+# alone. (Where a site's daemons run, only /etc is compared: their state and logs change by
+# themselves.)
+system_paths=(/etc/slurm /etc/munge /etc/slurm-llnl)
+site=""
+for d in slurmctld slurmd slurmdbd munged; do pgrep -r R,S,D,T -x "$d" >/dev/null && site+=" $d"; done
+if [[ -n $site ]]; then
+  echo "running here already:$site; this test's cluster runs beside them; only /etc is compared"
+else
+  system_paths+=(/var/spool/slurmctld /var/spool/slurmd /var/spool/slurm /var/log/slurm /var/log/munge
+    /var/lib/munge /run/munge /run/slurm)
+fi
+snapshot() {
+  local p
+  for p in "${system_paths[@]}"; do
+    if [[ -e $p ]]; then
+      find "$p" -printf '%p %y %m %u:%g %s %l\n'
+      find "$p" -type f -exec sha256sum {} +
+    else
+      echo "$p absent"
+    fi
+  done 2>&1 | sort
+}
+before=$(snapshot)
+# A short private directory (it holds the daemons' Unix sockets); the cluster lives in daemons/.
+work=$(mktemp -d /tmp/ember-slurm-test.XXXXXX) || fail "mktemp"
+chmod 0711 "$work"  # munged wants every directory above its socket searchable by all
+daemons=$work/daemons
+finish() {
+  local rc=$? after
+  # A failed run keeps its logs and the daemons' in Bazel's test outputs.
+  [[ $rc -ne 0 && -n ${TEST_UNDECLARED_OUTPUTS_DIR:-} ]] &&
+    cp "$work"/*.log "$work"/*.out "$daemons"/*.log "$daemons"/*.out "$TEST_UNDECLARED_OUTPUTS_DIR"/ 2>/dev/null
+  kill_jobs
+  "$cluster" stop "$daemons" || rc=1
+  rm -rf "$work"
+  after=$(snapshot)
+  if [[ $after != "$before" ]]; then
+    echo "FAIL: the test changed the machine's Slurm or munge files:"
+    diff <(echo "$before") <(echo "$after")
+    [[ -n ${SKIP_XML:-} ]] && rm -f "$SKIP_XML"  # not a skip: Bazel reports the failure
+    rc=1
+  fi
+  exit $rc
+}
+trap finish EXIT
+trap 'exit 143' TERM INT HUP
+# Clients use this cluster only: its slurm.conf, no variable of an enclosing Slurm job.
+for v in $(compgen -e | grep -E '^SLURM_'); do unset "$v"; done
+export SLURM_CONF=$daemons/slurm.conf
+why=$("$cluster" start "$daemons" 2>&1); rc=$?
 if [[ $rc -ne 0 ]]; then
-  "$cluster" stop "$work/daemons"
   [[ $rc -eq 2 ]] && skip "no Slurm here: $why"
   fail "starting Slurm: $why"
 fi
-trap '"$cluster" stop "$work/daemons"; scancel --quiet --user=root 2>/dev/null; rm -rf "$work"' EXIT
 args=(--data=synthetic --epochs=8 --hidden=512,512 --global_batch=96 --patience=100 --progress=none)
 state() { "$ckpt" show "$1"/checkpoint_8_*.pt | sed 's/"file": "[^"]*", //'; }
 job_state() { scontrol show job "$1" 2>/dev/null | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p'; }
@@ -75,7 +129,7 @@ for _ in $(seq 1 300); do
 done
 cat "$work"/run-*.log | grep -E "preempted at|resumed from" | sed "s|$work/||g"
 [[ $s == COMPLETED ]] || fail "the batch job ended $s (states:$states): $(cat "$work"/job-*.out "$work"/run-*.log 2>/dev/null | tail -n 20)
-slurmctld: $(grep -E "JobId=$job|job_id=$job|_job_complete|requeue" "$work/daemons/slurmctld.log" | tail -n 15)"
+slurmctld: $(grep -E "JobId=$job|job_id=$job|_job_complete|requeue" "$daemons/slurmctld.log" | tail -n 15)"
 [[ -f $work/run-1.log ]] || fail "the job was never requeued (no second run)"
 cat "$work"/run-*.log | grep -q "preempted at iteration" || fail "no run was preempted by USR1"
 cat "$work"/run-*.log | grep -q "resumed from $work/batch/preempted_checkpoint_" || fail "no requeued run resumed by itself"

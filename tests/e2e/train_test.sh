@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end tests of //tools:train, as a user runs it: one process and under mpirun.
+# Needs from the machine: mpirun (OpenMPI); full_disk also needs root (unshare -m, mount) and is
+# skipped with the reason without it. Writes only under TEST_TMPDIR (or a mktemp directory):
+# full_disk's tmpfs is mounted inside a private mount namespace of its own (unshare -m makes every
+# mount private), so the machine never sees it, and it goes away with the namespace's last process.
 #   train_test.sh TRAIN CKPT MODE
 set -uo pipefail
 train=$(realpath "$1")
@@ -10,6 +14,8 @@ source "$(dirname "$0")/lib.sh"
 work=${TEST_TMPDIR:-$(mktemp -d)}/$mode
 rm -rf "$work"
 mkdir -p "$work"
+trap kill_jobs EXIT
+trap 'exit 143' TERM INT HUP
 mpi() { local n=$1; shift; timeout 600 mpirun --oversubscribe -np "$n" --mca btl self,vader "$@"; }
 
 case $mode in
