@@ -50,7 +50,7 @@ descendants() { local c; for c in $(pgrep -P "$1"); do echo "$c"; descendants "$
 # so that a test that fails midway leaves no trainer or mpirun running).
 kill_jobs() {
   local j pids=()
-  for j in $(jobs -p); do pids+=("$j" $(descendants "$j")); done
+  for j in $(jobs -pr); do pids+=("$j" $(descendants "$j")); done
   [[ ${#pids[@]} -eq 0 ]] || kill -9 "${pids[@]}" 2>/dev/null
   return 0
 }

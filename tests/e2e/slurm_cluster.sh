@@ -45,6 +45,13 @@ ours() {
 }
 # alive PID NAME: PID is running and its command is NAME (a PID from a pid file may be reused).
 alive() { [[ -n $1 && $(cat "/proc/$1/comm" 2>/dev/null) == "$2" ]]; }
+# running PID: PID exists and is not a zombie.
+running() {
+  local stat
+  read -r stat <"/proc/$1/stat" 2>/dev/null || return 1
+  stat=${stat##*) }
+  [[ ${stat:0:1} != Z ]]
+}
 # end PID...: TERM, then KILL what is left after 10 s.
 end() {
   [[ $# -eq 0 ]] && return 0
@@ -52,7 +59,7 @@ end() {
   local p left
   for _ in $(seq 1 100); do
     left=0
-    for p in "$@"; do [[ -d /proc/$p && $(cut -d' ' -f3 "/proc/$p/stat" 2>/dev/null) != Z ]] && left=1; done
+    for p in "$@"; do running "$p" && left=1; done
     [[ $left -eq 0 ]] && return 0
     sleep 0.1
   done

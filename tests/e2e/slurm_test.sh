@@ -118,7 +118,11 @@ grep -q '"stopped_by": "completed"' "\$log" || scontrol requeue "\$SLURM_JOB_ID"
 JOB
 job=$(sbatch --parsable "$work/job.sh") || fail "sbatch failed"
 states=""
-for _ in $(seq 1 300); do
+# Each run of the job trains 10 to 40 s before its USR1 and then waits ~30 s to be requeued: on a
+# loaded machine the 8 epochs take several runs. Waited for by the clock (9 minutes at most,
+# within Bazel's 15 for a large test), not by a count of polls that slow down with the load.
+deadline=$(( $(date +%s) + 540 ))
+while [[ $(date +%s) -lt $deadline ]]; do
   s=$(job_state "$job")
   [[ $s != "${states##* }" ]] && states+=" $s"
   # A requeued job is held until its previous credential expires (cred_expire=15 in the test
