@@ -97,6 +97,12 @@ class Communicator {
   int64_t host_staged_bytes() const { return staged_bytes_.load(std::memory_order_relaxed); }
   // The error that poisoned the communicator, or OK.
   absl::Status poisoned() const { return poison_; }
+  // Poisons with an error that every rank detected by itself, identically, in collectives they all
+  // completed (a mismatch of settings, dist::AgreeOnSettings): sends no failure notice, which could
+  // abort a peer still completing the last of those collectives. The first error is kept.
+  void PoisonDetectedEverywhere(absl::Status error) {
+    if (poison_.ok() && !error.ok()) poison_ = std::move(error);
+  }
   // Marks the communicator failed from outside (a communicator bootstrapped over it failed, a
   // start-up step timed out): later calls fail, and shutdown skips steps that would wait on the
   // peers. The first error is kept.

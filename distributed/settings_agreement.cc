@@ -242,15 +242,7 @@ std::string Describe(const std::vector<RankList>& lists) {
     for (const auto& key : keys) same = same && key == keys[0];
     if (!same) diffs.push_back(absl::StrCat(k.first, " is ", Grouped(keys, shown)));
   }
-  std::vector<size_t> counts;
-  std::vector<std::string> count_text;
-  for (const RankList& l : lists) {
-    counts.push_back(l.entries.size());
-    count_text.push_back(absl::StrCat(l.entries.size(), l.entries.size() == 1 ? " setting" : " settings"));
-  }
-  bool same_count = true;
-  for (size_t c : counts) same_count = same_count && c == counts[0];
-  if (!same_count) diffs.push_back(absl::StrCat("the lists differ in length: ", Grouped(counts, count_text)));
+  // Lists of different lengths always show here: some setting is (absent) on some rank.
   if (diffs.empty()) {
     // Same settings, same values: the order differs.
     std::vector<std::vector<std::string>> orders;
@@ -301,13 +293,15 @@ absl::Status AgreeOnSettings(Communicator& comm, absl::string_view context, cons
     }
     absl::StatusOr<RankList> list = Decode(bytes, r);
     if (!list.ok()) {
-      comm.Poison(list.status());
+      comm.PoisonDetectedEverywhere(list.status());
       return list.status();
     }
     lists.push_back(*std::move(list));
   }
+  // Every rank builds this same error from the same lists: no rank needs telling (and a notice
+  // could abort a peer still completing the last broadcast).
   absl::Status error = absl::InvalidArgumentError(Describe(lists));
-  comm.Poison(error);
+  comm.PoisonDetectedEverywhere(error);
   return error;
 }
 

@@ -14,7 +14,8 @@
 // all-reduce, the ranks then send their lists to each other (one Broadcast per rank, each value
 // cut to kMaxValueChars characters for the message; the comparison uses the full value's
 // digest), and every rank builds the same error, poisons the communicator with it
-// (Communicator::Poison: every later collective fails naming it) and returns it:
+// (Communicator::PoisonDetectedEverywhere: every later collective fails naming it; no failure
+// notice is sent, every rank has the error) and returns it:
 //
 //   kInvalidArgument "trainer flags differ across ranks: --lr is 0.1 on rank 0, 0.2 on rank 1;
 //                     --seed is 1 on ranks 0,2,3, 7 on rank 1"

@@ -23,6 +23,17 @@
 //   });
 //   absl::Status s = trainer.Run(data, {.max_epochs = 5});
 //
+// What a run agrees on at start: when the communicator has several ranks and the engine has
+// synchronized handlers, Run() first checks, in one small collective (dist::AgreeOnSettings,
+// "Engine::Run"), that every rank runs with the same epoch_length, max_epochs, max_iters and
+// starting iteration, the same validity of Run's arguments, and the same synchronized handlers
+// (their types, in order, per event, each with its reductions and whether it is filtered). A
+// mismatch fails Run on every rank before any event fires, naming each setting and each rank's
+// value ("synchronized handlers at COMPLETED is EarlyStopping(MAX) then Checkpoint(MAX) on rank
+// 0, Checkpoint(MAX) then EarlyStopping(MAX) on rank 1"), and poisons the communicator. Plain
+// handlers are not compared (they do not communicate; a rank may log alone), nor are filter
+// arguments. An engine without synchronized handlers issues no collective and agrees on nothing.
+//
 // The step function is called as step(engine, batch) with the batch by const reference, or as
 // step(engine) for runs without data. What it returns becomes state().output (std::any; void
 // leaves it empty); returning a non-OK absl::Status or absl::StatusOr, or throwing, raises an
@@ -245,14 +256,21 @@ class Engine {
   // synchronized handlers were all carried issues no collective (carried_agreements() counts
   // it); one with a handler that was not (a filtered Checkpoint every N iterations, say) agrees
   // in its own collective as before, the carried handlers contributing their values. A signal
-  // or output that arrives after ProposeAhead counts at the next iteration. An empty span means
-  // nothing to carry (no such handler, or a single process).
+  // or output that arrives after ProposeAhead counts at the next iteration. With several ranks
+  // the span always has dist::kAgreementSlots values (fixed, whatever the handlers: a rank that
+  // registered other handlers never hands the transport a bucket of another size): the
+  // agreement's identity (consensus.h) and the values; CarryAgreement checks every rank's
+  // identity before anything is used (a mismatch poisons the communicator and fails on every
+  // rank, naming the ranks' handlers). More than dist::kAgreementInline values are not carried
+  // (the firing agrees in its own collective). An empty span: a single process.
   absl::StatusOr<absl::Span<const double>> ProposeAhead(const std::any& output);
   absl::Status CarryAgreement(absl::Span<const double> gathered);
   // Firings decided on carried values without a collective of their own.
   int64_t carried_agreements() const { return carried_agreements_; }
 
-  // Where warnings go (a one-shot stream that ran dry, ...). Default: stderr.
+  // Where this engine's warnings go (a one-shot stream that ran dry, ...): a per-engine override
+  // of the library's log sink. Default (none set): ember::LogWarning (base/log.h), which writes
+  // to stderr unless the program installed its own sink with ember::SetLogSink().
   void set_warning_handler(std::function<void(const std::string&)> handler) {
     warning_handler_ = std::move(handler);
   }
@@ -266,11 +284,15 @@ class Engine {
     EventFilter filter;
     HandlerFn fn;                          // plain handlers
     SynchronizedHandler* sync = nullptr;   // synchronized handlers
+    uint64_t sync_digest = 0;              // its name and reductions (dist::LayoutDigest)
     std::shared_ptr<void> owned;           // keeps an owned synchronized handler alive
     bool removed = false;
   };
 
   bool HasSynchronizedHandlers() const;
+  // Agrees once, at the start of a Run in a multi-rank world, on what defines it (see "What a
+  // run agrees on at start" in the header comment); `prepared` is PrepareRun's result.
+  absl::Status AgreeOnRun(const absl::Status& prepared);
 
   // Type-erased data iterator for one Run.
   class DataIter {
@@ -316,6 +338,11 @@ class Engine {
   // Reduces the proposals of the synchronized handlers collected since `first` in one
   // collective and lets each decide.
   void Agree(Event event, size_t first_handler, size_t first_value);
+  // The identity of the agreement of pending_[first_handler...] at `event` (consensus.h), and
+  // its description for a mismatch's message.
+  dist::AgreementId FiringId(Event event, size_t first_handler) const;
+  std::string DescribeFiring(Event event, size_t first_handler) const;
+  dist::AgreementId CarriedId() const;
   // Where `entry`'s values proposed ahead for this firing are in carried_, or kNotCarried.
   static constexpr size_t kNotCarried = static_cast<size_t>(-1);
   size_t CarriedOffset(Event event, const HandlerEntry* entry) const;
@@ -382,6 +409,8 @@ class Engine {
     std::vector<const HandlerEntry*> entries;
     std::vector<size_t> offsets;
     std::vector<double> mine;
+    std::vector<double> packed;  // the identity and mine, as carried (dist::kAgreementSlots)
+    uint64_t layout = 0;
     std::vector<double> all;  // world * mine.size()
   } carried_;
   std::vector<double> proposals_;
