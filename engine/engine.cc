@@ -19,7 +19,6 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "base/clock.h"
-#include "base/log.h"
 #include "base/status_error.h"
 #include "base/status_macros.h"
 #include "distributed/settings_agreement.h"
@@ -139,11 +138,6 @@ absl::StatusOr<HandlerHandle> Engine::Register(const EventList& events, const Ha
     entry->filter = std::move(filters[i]);
     entry->fn = fn;
     entry->sync = sync;
-    if (sync != nullptr) {
-      std::vector<dist::Reduction> ops;
-      for (size_t k = 0; k < sync->num_values(); ++k) ops.push_back(sync->reduction(k));
-      entry->sync_digest = dist::LayoutDigest(dist::kLayoutSeed, HandlerTypeName(*sync), ops);
-    }
     entry->owned = owned;
     handle.ids_.push_back(entry->id);
     handlers_[events.specs()[i].event().id()].push_back(std::move(entry));
@@ -291,8 +285,7 @@ void Engine::Agree(Event event, size_t first_handler, size_t first_value) {
     s = consensus_.Reduce(
         absl::MakeConstSpan(proposals_.data() + first_value, n),
         absl::MakeConstSpan(reductions_.data() + first_value, n),
-        absl::MakeSpan(reduced_buffer), absl::MakeSpan(per_rank_buffer), deadline,
-        world > 1 ? FiringId(event, first_handler) : dist::AgreementId{});
+        absl::MakeSpan(reduced_buffer), absl::MakeSpan(per_rank_buffer), deadline);
   }
   if (!s.ok()) {
     throw StatusError(absl::Status(
@@ -337,33 +330,6 @@ void Engine::Agree(Event event, size_t first_handler, size_t first_value) {
   }
 }
 
-dist::AgreementId Engine::FiringId(Event event, size_t first_handler) const {
-  dist::AgreementId id;
-  id.event = event.id();
-  id.iteration = state_.iteration;
-  uint64_t layout = dist::kLayoutSeed;
-  for (size_t h = first_handler; h < pending_.size(); ++h) layout = (layout ^ pending_[h]->sync_digest) * 1099511628211ull;
-  id.layout = layout;
-  // Two words of capture: std::function keeps them inline (no allocation per firing).
-  const uint64_t where = (static_cast<uint64_t>(first_handler) << 16) | event.id();
-  id.describe = [this, where] {
-    return DescribeFiring(Event(static_cast<uint16_t>(where & 0xFFFF)), static_cast<size_t>(where >> 16));
-  };
-  return id;
-}
-
-std::string Engine::DescribeFiring(Event event, size_t first_handler) const {
-  std::vector<std::string> names;
-  for (size_t h = first_handler; h < pending_.size(); ++h) {
-    const SynchronizedHandler& sync = *pending_[h]->sync;
-    std::vector<std::string> ops;
-    for (size_t k = 0; k < sync.num_values(); ++k) ops.push_back(dist::ReductionName(sync.reduction(k)));
-    names.push_back(absl::StrCat(HandlerTypeName(sync), "(", absl::StrJoin(ops, ","), ")"));
-  }
-  return absl::StrCat("at ", event.name(), " (epoch ", state_.epoch, ", iteration ", state_.iteration,
-                      ") runs ", names.empty() ? std::string("no synchronized handler") : absl::StrJoin(names, " then "));
-}
-
 size_t Engine::CarriedOffset(Event event, const HandlerEntry* entry) const {
   if (event.id() != Event::kIterationCompleted || !carried_.gathered || carried_.iteration != state_.iteration) {
     return kNotCarried;
@@ -383,7 +349,6 @@ absl::StatusOr<absl::Span<const double>> Engine::ProposeAhead(const std::any& ou
   carried_.entries.clear();
   carried_.offsets.clear();
   carried_.mine.clear();
-  carried_.packed.clear();
   if (consensus_.comm()->world_size() == 1) return absl::Span<const double>();
   // The handlers see the output they will see at the firing; what the step returns replaces it.
   std::any saved = std::move(state_.output);
@@ -405,31 +370,7 @@ absl::StatusOr<absl::Span<const double>> Engine::ProposeAhead(const std::any& ou
     carried_.offsets.push_back(offset);
   }
   carried_.iteration = state_.iteration;
-  // The identity first, whatever the handlers: the carried size is the same on every rank.
-  carried_.layout = dist::kLayoutSeed;
-  for (const HandlerEntry* e : carried_.entries) carried_.layout = (carried_.layout ^ e->sync_digest) * 1099511628211ull;
-  carried_.packed.resize(dist::kAgreementSlots);
-  consensus_.Pack(CarriedId(), carried_.mine, absl::MakeSpan(carried_.packed));
-  return absl::MakeConstSpan(carried_.packed);
-}
-
-dist::AgreementId Engine::CarriedId() const {
-  dist::AgreementId id;
-  id.event = Event::kIterationCompleted;
-  id.iteration = carried_.iteration;
-  id.layout = carried_.layout;
-  id.describe = [this] {
-    std::vector<std::string> names;
-    for (const HandlerEntry* e : carried_.entries) {
-      std::vector<std::string> ops;
-      for (size_t k = 0; k < e->sync->num_values(); ++k) ops.push_back(dist::ReductionName(e->sync->reduction(k)));
-      names.push_back(absl::StrCat(HandlerTypeName(*e->sync), "(", absl::StrJoin(ops, ","), ")"));
-    }
-    return absl::StrCat("carries ITERATION_COMPLETED's agreement in its step (epoch ", state_.epoch, ", iteration ",
-                        carried_.iteration, ") for ",
-                        names.empty() ? std::string("no synchronized handler") : absl::StrJoin(names, " then "));
-  };
-  return id;
+  return absl::MakeConstSpan(carried_.mine);
 }
 
 absl::Status Engine::CarryAgreement(absl::Span<const double> gathered) {
@@ -438,20 +379,12 @@ absl::Status Engine::CarryAgreement(absl::Span<const double> gathered) {
     return absl::FailedPreconditionError(
         "Engine::CarryAgreement: no proposals made ahead in this step (call ProposeAhead first, in the step function)");
   }
-  if (gathered.size() != world * carried_.packed.size()) {
+  if (gathered.size() != world * carried_.mine.size()) {
     return absl::InvalidArgumentError(absl::StrCat("Engine::CarryAgreement: ", gathered.size(), " values for ",
-                                                   carried_.packed.size(), " proposed on each of ", world,
-                                                   " ranks; expected ", world * carried_.packed.size()));
+                                                   carried_.mine.size(), " proposed on each of ", world,
+                                                   " ranks; expected ", world * carried_.mine.size()));
   }
-  // Every rank's identity before any value is used.
-  EMBER_RETURN_IF_ERROR(consensus_.CheckGathered(gathered, CarriedId(), absl::Now() + collective_timeout_));
-  const size_t n = carried_.mine.size();
-  if (n > dist::kAgreementInline) return absl::OkStatus();  // not carried: the firing agrees itself
-  carried_.all.resize(world * n);
-  for (size_t r = 0; r < world; ++r) {
-    std::copy_n(gathered.begin() + static_cast<ptrdiff_t>(r * dist::kAgreementSlots + dist::kAgreementHeader), n,
-                carried_.all.begin() + static_cast<ptrdiff_t>(r * n));
-  }
+  carried_.all.assign(gathered.begin(), gathered.end());
   carried_.gathered = true;
   return absl::OkStatus();
 }
@@ -908,7 +841,7 @@ void Engine::Warn(const std::string& message) {
   if (warning_handler_) {
     warning_handler_(message);
   } else {
-    LogWarning(message);  // base/log.h: the process's sink, stderr by default
+    std::fprintf(stderr, "[ember] WARNING: %s\n", message.c_str());
   }
 }
 

@@ -256,21 +256,14 @@ class Engine {
   // synchronized handlers were all carried issues no collective (carried_agreements() counts
   // it); one with a handler that was not (a filtered Checkpoint every N iterations, say) agrees
   // in its own collective as before, the carried handlers contributing their values. A signal
-  // or output that arrives after ProposeAhead counts at the next iteration. With several ranks
-  // the span always has dist::kAgreementSlots values (fixed, whatever the handlers: a rank that
-  // registered other handlers never hands the transport a bucket of another size): the
-  // agreement's identity (consensus.h) and the values; CarryAgreement checks every rank's
-  // identity before anything is used (a mismatch poisons the communicator and fails on every
-  // rank, naming the ranks' handlers). More than dist::kAgreementInline values are not carried
-  // (the firing agrees in its own collective). An empty span: a single process.
+  // or output that arrives after ProposeAhead counts at the next iteration. An empty span means
+  // nothing to carry (no such handler, or a single process).
   absl::StatusOr<absl::Span<const double>> ProposeAhead(const std::any& output);
   absl::Status CarryAgreement(absl::Span<const double> gathered);
   // Firings decided on carried values without a collective of their own.
   int64_t carried_agreements() const { return carried_agreements_; }
 
-  // Where this engine's warnings go (a one-shot stream that ran dry, ...): a per-engine override
-  // of the library's log sink. Default (none set): ember::LogWarning (base/log.h), which writes
-  // to stderr unless the program installed its own sink with ember::SetLogSink().
+  // Where warnings go (a one-shot stream that ran dry, ...). Default: stderr.
   void set_warning_handler(std::function<void(const std::string&)> handler) {
     warning_handler_ = std::move(handler);
   }
@@ -284,7 +277,6 @@ class Engine {
     EventFilter filter;
     HandlerFn fn;                          // plain handlers
     SynchronizedHandler* sync = nullptr;   // synchronized handlers
-    uint64_t sync_digest = 0;              // its name and reductions (dist::LayoutDigest)
     std::shared_ptr<void> owned;           // keeps an owned synchronized handler alive
     bool removed = false;
   };
@@ -338,11 +330,6 @@ class Engine {
   // Reduces the proposals of the synchronized handlers collected since `first` in one
   // collective and lets each decide.
   void Agree(Event event, size_t first_handler, size_t first_value);
-  // The identity of the agreement of pending_[first_handler...] at `event` (consensus.h), and
-  // its description for a mismatch's message.
-  dist::AgreementId FiringId(Event event, size_t first_handler) const;
-  std::string DescribeFiring(Event event, size_t first_handler) const;
-  dist::AgreementId CarriedId() const;
   // Where `entry`'s values proposed ahead for this firing are in carried_, or kNotCarried.
   static constexpr size_t kNotCarried = static_cast<size_t>(-1);
   size_t CarriedOffset(Event event, const HandlerEntry* entry) const;
@@ -409,8 +396,6 @@ class Engine {
     std::vector<const HandlerEntry*> entries;
     std::vector<size_t> offsets;
     std::vector<double> mine;
-    std::vector<double> packed;  // the identity and mine, as carried (dist::kAgreementSlots)
-    uint64_t layout = 0;
     std::vector<double> all;  // world * mine.size()
   } carried_;
   std::vector<double> proposals_;
