@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 
@@ -33,14 +34,92 @@ absl::Status Communicator::Guard(const char* what, F&& f) {
   collectives_.fetch_add(1, std::memory_order_relaxed);
   if (world_size() == 1) {  // nothing to wait for: keep the clock reads off the per-event path
     absl::Status s = f();
-    if (!s.ok()) poison_ = s;
+    if (!s.ok()) CollectiveFailed(s);
     return s;
   }
   const absl::Time start = absl::Now();
   absl::Status s = f();
   AddCollectiveTime(absl::Now() - start);
-  if (!s.ok()) poison_ = s;
+  if (!s.ok()) CollectiveFailed(s);
   return s;
+}
+
+namespace {
+constexpr char kPeerFailureUrl[] = "type.ember.dev/dist.PeerFailure";
+}  // namespace
+
+void Communicator::Poison(absl::Status error) {
+  if (!poison_.ok() || error.ok()) return;
+  poison_ = std::move(error);
+  // A missed deadline is not news: the peers wait on the same stalled rank, each with its own
+  // deadline, and each reports it itself.
+  if (world_size() > 1 && !IsPeerFailure(poison_) && poison_.code() != absl::StatusCode::kDeadlineExceeded) {
+    DoNotifyFailure(poison_);
+  }
+}
+
+bool Communicator::IsPeerFailure(const absl::Status& error) {
+  return error.GetPayload(kPeerFailureUrl).has_value();
+}
+
+absl::Status Communicator::PeerFailure(int rank, absl::string_view message) {
+  absl::Status s = absl::AbortedError(absl::StrCat("rank ", rank, " failed: ", message));
+  s.SetPayload(kPeerFailureUrl, absl::Cord(absl::StrCat(rank)));
+  return s;
+}
+
+void Communicator::CollectiveFailed(absl::Status error) {
+  if (error.ok()) return;
+  if (poison_.ok()) {
+    switch (error.code()) {
+      case absl::StatusCode::kInternal:
+      case absl::StatusCode::kUnavailable:
+      case absl::StatusCode::kUnknown:
+        broken_ = true;
+        break;
+      default:
+        break;
+    }
+  }
+  Poison(std::move(error));
+}
+
+bool Communicator::may_meet() const {
+  return !broken_ && poison_.code() != absl::StatusCode::kDeadlineExceeded;
+}
+
+absl::StatusOr<std::vector<int>> Communicator::DoMeet(bool failed, absl::Time deadline) {
+  const double mine = failed ? 1.0 : 0.0;
+  std::vector<double> all(static_cast<size_t>(world_size()));
+  absl::Status s = DoAllGather(absl::MakeConstSpan(&mine, 1), absl::MakeSpan(all), deadline);
+  if (!s.ok()) return s;
+  std::vector<int> flags;
+  for (double v : all) flags.push_back(v != 0 ? 1 : 0);
+  return flags;
+}
+
+absl::Status Communicator::Meet(absl::Time deadline) {
+  if (world_size() == 1) return poison_;
+  if (!may_meet()) return poison_;
+  absl::StatusOr<std::vector<int>> flags = DoMeet(!poison_.ok(), deadline);
+  if (!flags.ok()) {
+    CollectiveFailed(absl::Status(flags.status().code(), absl::StrCat("shutdown meeting: ", flags.status().message())));
+    broken_ = true;  // no second meeting
+    return poison_;
+  }
+  std::vector<int> failed;
+  for (int r = 0; r < static_cast<int>(flags->size()); ++r) {
+    if ((*flags)[static_cast<size_t>(r)] != 0 && r != rank()) failed.push_back(r);
+  }
+  if (failed.empty() || !poison_.ok()) return poison_;
+  // This rank finished; others failed (their notices may not have reached a collective here).
+  absl::Status notice = ReceivedNotice();
+  std::string ranks;
+  for (int r : failed) absl::StrAppend(&ranks, ranks.empty() ? "" : ", ", r);
+  Poison(!notice.ok() ? notice
+                      : PeerFailure(failed[0], absl::StrCat("(rank(s) ", ranks,
+                                                            " reported a failure at the shutdown meeting)")));
+  return poison_;
 }
 
 namespace {
@@ -66,7 +145,7 @@ class GuardedPending final : public Pending {
       status_ = inner_->Wait();
       comm_->AddCollectiveTime(absl::Now() - start);
       inner_.reset();
-      comm_->Poison(status_);
+      if (!status_.ok()) comm_->CollectiveFailed(status_);
     }
     return status_;
   }

@@ -9,6 +9,22 @@
 // hanging. After any non-OK result the communicator is poisoned: every later call returns
 // kFailedPrecondition naming the first error (the peers' state is unknown; the job must end).
 //
+// Failure notices: the first error that poisons a communicator of several ranks (but a missed
+// deadline, which every peer waiting on the same stalled rank detects by itself, and a peer's own
+// notice) is also sent to every other rank (a short non-blocking message, "rank R failed: <error>", on the backend's
+// control channel). A rank waiting in a collective, now or later, fails with kAborted and that
+// text (IsPeerFailure() is true of it) instead of waiting out its deadline or completing with a
+// value a failed rank never contributed. Fail() is the entry for an error outside a collective (a
+// handler's error that ended Engine::Run on this rank only). The MPI and fake backends carry the
+// notices; NCCL (no side channel of its own) and the single process do not.
+//
+// Matching spaces: control traffic (Meet, the notices) never matches training collectives. The
+// MPI backend gives each kind of collective a duplicate of MPI_COMM_WORLD of its own (gradient
+// buffers of StartAllReduce; the blocking AllReduce; AllGather, which carries the agreements;
+// Broadcast and Barrier; control), so that a collective of one kind can never complete or
+// corrupt one of another kind (a barrier completing an all-gather, a 4-double metric all-reduce
+// meeting a 50858-float gradient bucket: that pair waits for its deadline or a notice instead).
+//
 // Thread safety: a communicator is used by one thread at a time (the training thread); the
 // counters may be read from any thread.
 //
@@ -24,9 +40,11 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "distributed/buffer.h"
@@ -83,6 +101,17 @@ class Communicator {
   absl::Status Broadcast(std::string& bytes, int root, absl::Time deadline);
   absl::Status Barrier(absl::Time deadline);
 
+  // The shutdown meeting (World::Shutdown), on the control channel: every rank says whether it
+  // failed (its communicator is poisoned) and waits for all the others, until `deadline`. OK when
+  // no rank failed; kAborted naming the ranks that did (with a failure notice's text when one
+  // came) otherwise. Also runs on a poisoned communicator when may_meet() says it can.
+  absl::Status Meet(absl::Time deadline);
+  // Whether Meet can still complete: false after a deadline passed (any kDeadlineExceeded
+  // poison) or a collective's transport failed (kInternal, kUnavailable, kUnknown from a
+  // collective: a peer may be stuck for good), true otherwise (not poisoned; a local failure,
+  // whatever its code; a peer's notice; a mismatch that every rank detected).
+  bool may_meet() const;
+
   // Number of collectives issued so far (for tests and benchmarks: one per event firing).
   int64_t collectives() const { return collectives_.load(std::memory_order_relaxed); }
   // Time the calling threads spent inside collectives: the blocking calls, and the start and the
@@ -105,10 +134,21 @@ class Communicator {
   }
   // Marks the communicator failed from outside (a communicator bootstrapped over it failed, a
   // start-up step timed out): later calls fail, and shutdown skips steps that would wait on the
-  // peers. The first error is kept.
-  void Poison(absl::Status error) {
-    if (poison_.ok() && !error.ok()) poison_ = std::move(error);
-  }
+  // peers (Meet, per may_meet()). The first error is kept. The first poisoning of a communicator
+  // of several ranks sends the failure notice (above) unless the error is itself a peer's notice.
+  void Poison(absl::Status error);
+  // This rank failed outside a collective (`error`): poisons the communicator and tells the
+  // peers, so that they fail promptly with "rank R failed: <error>". Same as Poison; the name
+  // says why it is called.
+  void Fail(absl::Status error) { Poison(std::move(error)); }
+  // A collective failed with `error` (Guard, a Pending's Wait): Poison, and when the transport
+  // failed (kInternal, kUnavailable, kUnknown) or a deadline passed, the shutdown meeting is
+  // skipped (may_meet()).
+  void CollectiveFailed(absl::Status error);
+  // Whether `error` is a failure notice from another rank (kAborted, "rank R failed: ...").
+  static bool IsPeerFailure(const absl::Status& error);
+  // The error a backend returns for rank `rank`'s notice `message`.
+  static absl::Status PeerFailure(int rank, absl::string_view message);
 
  protected:
   virtual absl::Status DoAllReduce(absl::Span<double> values, ReduceOp op, absl::Time deadline) = 0;
@@ -122,6 +162,15 @@ class Communicator {
   virtual absl::StatusOr<std::unique_ptr<Pending>> DoStartAllReduce(const Buffer& buffer, ReduceOp op,
                                                                     absl::Time deadline);
   void CountStaged(int64_t bytes) { staged_bytes_.fetch_add(bytes, std::memory_order_relaxed); }
+  // Sends `error`'s notice to every other rank, without waiting for it to arrive (bounded).
+  // Default: nothing (the backend has no channel for it).
+  virtual void DoNotifyFailure(const absl::Status& error) { (void)error; }
+  // Meet's exchange: every rank's failed flag (world_size() of them), on the control channel.
+  // Default: through DoAllGather (the same matching space as the agreements: a backend with a
+  // control channel overrides it).
+  virtual absl::StatusOr<std::vector<int>> DoMeet(bool failed, absl::Time deadline);
+  // The first failure notice that arrived from a peer (PeerFailure), or OK if none did (yet).
+  virtual absl::Status ReceivedNotice() { return absl::OkStatus(); }
 
  private:
   // Checks poisoning, counts, and poisons on error.
@@ -132,6 +181,7 @@ class Communicator {
   std::atomic<int64_t> staged_bytes_{0};
   std::atomic<int64_t> collective_ns_{0};
   absl::Status poison_;
+  bool broken_ = false;  // a collective's transport failed
 };
 
 }  // namespace ember::dist

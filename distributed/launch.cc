@@ -156,10 +156,15 @@ World::~World() {
 
 absl::Status World::Shutdown(absl::Duration deadline) {
   if (shut_down_ || comm_ == nullptr) return absl::OkStatus();
-  absl::Status status = comm_->poisoned();
-  if (status.ok()) status = comm_->Barrier(absl::Now() + deadline);
+  // One meeting only: the peers will not come to a second one.
+  if (met_) return comm_->poisoned();
+  met_ = true;
+  // On the control channel: it cannot complete a collective a peer left pending. A rank that
+  // failed comes too (its peers learn it here at the latest); after a missed deadline or a broken
+  // transport nobody waits (Communicator::may_meet).
+  absl::Status status = comm_->Meet(absl::Now() + deadline);
   if (!status.ok()) {
-    comm_->Poison(status);  // not finalized: a rank did not meet us
+    comm_->Poison(status);  // not finalized: a rank failed or did not meet us
     return status;
   }
   shut_down_ = true;

@@ -17,9 +17,14 @@
 // LaunchWorld returns a World: the communicator plus rank, size and local rank, registered as the
 // process's default communicator (default_communicator.h) for as long as the World lives, so the
 // engines and checkpoints created after it use it without any wiring. Destroying the World (or
-// Shutdown) meets the other ranks at a barrier with a deadline and then finalizes the backend;
-// after a failed collective (the communicator is poisoned) or a missed barrier it does not
-// finalize (MPI_Finalize would wait for the lost rank forever), so the process can always exit.
+// Shutdown) meets the other ranks once, with a deadline, on the control channel
+// (Communicator::Meet: a barrier there cannot complete a training collective a peer left
+// pending), each rank saying whether it failed, and then finalizes the backend. A rank that
+// failed (its communicator poisoned) still comes to the meeting unless a collective missed its
+// deadline or the transport broke, so that every rank's last words are out before mpirun ends
+// the job; Shutdown then returns the failure (this rank's, or kAborted "rank R failed: ..." for
+// a peer's) and does not finalize (MPI_Finalize would wait for the lost rank forever), so the
+// process can always exit.
 //
 // Example:
 //   auto world = ember::dist::LaunchWorld();          // absl::StatusOr<std::unique_ptr<World>>
@@ -73,6 +78,7 @@ class World {
   std::unique_ptr<Communicator> comm_;
   Communicator* previous_default_;
   bool shut_down_ = false;
+  bool met_ = false;
 };
 
 absl::StatusOr<std::unique_ptr<World>> LaunchWorld(const LaunchOptions& options = {});

@@ -41,29 +41,6 @@ MPI_Op ToMpi(ReduceOp op) {
   return MPI_SUM;
 }
 
-// Polls `request` until it completes or `deadline` passes. Spins briefly (collectives of a few
-// bytes finish in microseconds), then yields, then sleeps, so that oversubscribed ranks make
-// progress.
-absl::Status Wait(MPI_Request* request, const char* what, absl::Time deadline) {
-  int done = 0;
-  for (int64_t polls = 0;; ++polls) {
-    int rc = MPI_Test(request, &done, MPI_STATUS_IGNORE);
-    if (rc != MPI_SUCCESS) return MpiError(what, rc);
-    if (done) return absl::OkStatus();
-    if (polls < 64) continue;
-    if ((polls & 63) == 0 && absl::Now() > deadline) {
-      return absl::DeadlineExceededError(
-          absl::StrCat(what, ": not every rank joined before the deadline (a rank stalled, died "
-                             "or is running a different collective)"));
-    }
-    if (polls < 20000) {
-      sched_yield();
-    } else {
-      std::this_thread::sleep_for(std::chrono::microseconds(100));
-    }
-  }
-}
-
 // The reduction of two 16-bit floating-point vectors (MPI has no such type): widened to float,
 // combined, narrowed back, element by element.
 template <float (*Widen)(uint16_t), uint16_t (*Narrow)(float), ReduceOp kOp>
@@ -100,28 +77,116 @@ const Ops16& GetOps16() {
 
 int OpIndex(ReduceOp op) { return op == ReduceOp::kSum ? 0 : op == ReduceOp::kMin ? 1 : 2; }
 
+enum Channel { kBuffers, kReduce, kGather, kBroadcast, kBarrier, kControl, kChannels };
+const char* const kChannelNames[kChannels] = {"gradient buffers", "all-reduce", "all-gather",
+                                              "broadcast", "barrier", "control"};
+constexpr int kNoticeTag = 7;
+constexpr int kNoticeBytes = 1024;
+
+}  // namespace
+
+struct MpiCommunicator::Channels {
+  MPI_Comm comm[kChannels];
+  MPI_Request notice = MPI_REQUEST_NULL;  // the posted receive of a peer's failure notice
+  char notice_bytes[kNoticeBytes];
+  std::string sent;                  // this rank's notice (the buffer of the sends below)
+  std::vector<MPI_Request> sends;
+  Channels() {
+    for (MPI_Comm& c : comm) c = MPI_COMM_NULL;
+  }
+};
+
+MpiCommunicator::MpiCommunicator() : channels_(new Channels()) {}
+
+// Spins briefly (collectives of a few bytes finish in microseconds), then yields, then sleeps,
+// so that oversubscribed ranks make progress.
+absl::Status MpiCommunicator::Wait(void* request_ptr, const char* what, absl::Time deadline, bool watch) {
+  MPI_Request* request = static_cast<MPI_Request*>(request_ptr);
+  int done = 0;
+  for (int64_t polls = 0;; ++polls) {
+    int rc = MPI_Test(request, &done, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS) return MpiError(what, rc);
+    if (done) return absl::OkStatus();
+    if (watch && (polls & 63) == 0) {
+      if (absl::Status notice = ReceivedNotice(); !notice.ok()) {
+        return absl::Status(notice.code(), absl::StrCat(notice.message(), " (while this rank waited in ", what,
+                                                        ")"));
+      }
+    }
+    if (polls < 64) continue;
+    if ((polls & 63) == 0 && absl::Now() > deadline) {
+      return absl::DeadlineExceededError(
+          absl::StrCat(what, ": not every rank joined before the deadline (a rank stalled, died "
+                             "or is running a different collective)"));
+    }
+    if (polls < 20000) {
+      sched_yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+  }
+}
+
+absl::Status MpiCommunicator::ReceivedNotice() {
+  if (!peer_failure_.ok()) return peer_failure_;
+  if (channels_ == nullptr || channels_->notice == MPI_REQUEST_NULL) return absl::OkStatus();
+  int done = 0;
+  MPI_Status status;
+  if (MPI_Test(&channels_->notice, &done, &status) != MPI_SUCCESS || !done) return absl::OkStatus();
+  int len = 0;
+  MPI_Get_count(&status, MPI_CHAR, &len);
+  len = std::max(0, std::min(len, kNoticeBytes));
+  peer_failure_ = PeerFailure(status.MPI_SOURCE, std::string(channels_->notice_bytes, static_cast<size_t>(len)));
+  return peer_failure_;
+}
+
+void MpiCommunicator::DoNotifyFailure(const absl::Status& error) {
+  if (channels_ == nullptr || channels_->comm[kControl] == MPI_COMM_NULL || !channels_->sent.empty()) return;
+  std::string text = absl::StrCat(absl::StatusCodeToString(error.code()), ": ", error.message());
+  if (text.size() > static_cast<size_t>(kNoticeBytes)) text.resize(kNoticeBytes);
+  channels_->sent = std::move(text);
+  for (int r = 0; r < world_size_; ++r) {
+    if (r == rank_) continue;
+    MPI_Request request;
+    if (MPI_Isend(channels_->sent.data(), static_cast<int>(channels_->sent.size()), MPI_CHAR, r, kNoticeTag,
+                  channels_->comm[kControl], &request) == MPI_SUCCESS) {
+      channels_->sends.push_back(request);
+    }
+  }
+}
+
+absl::StatusOr<std::vector<int>> MpiCommunicator::DoMeet(bool failed, absl::Time deadline) {
+  int mine = failed ? 1 : 0;
+  std::vector<int> all(static_cast<size_t>(world_size_));
+  MPI_Request request;
+  int rc = MPI_Iallgather(&mine, 1, MPI_INT, all.data(), 1, MPI_INT, channels_->comm[kControl], &request);
+  if (rc != MPI_SUCCESS) return MpiError("MPI_Iallgather (shutdown meeting)", rc);
+  // Not watching notices: a rank that failed comes to the meeting too.
+  EMBER_RETURN_IF_ERROR(Wait(&request, "MPI_Iallgather (shutdown meeting)", deadline, /*watch=*/false));
+  return all;
+}
+
 // A posted MPI_Iallreduce.
 class MpiPending final : public Pending {
  public:
-  MpiPending(MPI_Request request, absl::Time deadline, std::string what)
-      : request_(request), deadline_(deadline), what_(std::move(what)) {}
+  MpiPending(MpiCommunicator* comm, MPI_Request request, absl::Time deadline, std::string what)
+      : comm_(comm), request_(request), deadline_(deadline), what_(std::move(what)) {}
   absl::Status Wait() override {
     if (!done_) {
-      status_ = ::ember::dist::Wait(&request_, what_.c_str(), deadline_);
+      status_ = comm_->Wait(&request_, what_.c_str(), deadline_);
       done_ = true;
     }
     return status_;
   }
 
  private:
+  MpiCommunicator* comm_;
   MPI_Request request_;
   absl::Time deadline_;
   std::string what_;
   bool done_ = false;
   absl::Status status_;
 };
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<Pending>> MpiCommunicator::DoStartAllReduce(const Buffer& b, ReduceOp op,
                                                                            absl::Time deadline) {
@@ -152,10 +217,11 @@ absl::StatusOr<std::unique_ptr<Pending>> MpiCommunicator::DoStartAllReduce(const
       break;
   }
   MPI_Request request;
-  int rc = MPI_Iallreduce(MPI_IN_PLACE, b.data, static_cast<int>(b.count), type, mpi_op, MPI_COMM_WORLD, &request);
+  int rc = MPI_Iallreduce(MPI_IN_PLACE, b.data, static_cast<int>(b.count), type, mpi_op, channels_->comm[kBuffers],
+                          &request);
   if (rc != MPI_SUCCESS) return MpiError("MPI_Iallreduce", rc);
   return std::unique_ptr<Pending>(
-      new MpiPending(request, deadline, absl::StrCat("MPI_Iallreduce of ", b.DebugString())));
+      new MpiPending(this, request, deadline, absl::StrCat("MPI_Iallreduce of ", b.DebugString())));
 }
 
 absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::Create(absl::Duration init_timeout) {
@@ -188,7 +254,7 @@ absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::Create(absl::D
     int rc = MPI_Iallgather(name, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, all.data(), MPI_MAX_PROCESSOR_NAME,
                             MPI_CHAR, MPI_COMM_WORLD, &request);
     if (rc != MPI_SUCCESS) return MpiError("MPI_Iallgather (host names)", rc);
-    if (absl::Status s = Wait(&request, "MPI_Iallgather (host names)", deadline); !s.ok()) {
+    if (absl::Status s = comm->Wait(&request, "MPI_Iallgather (host names)", deadline, false); !s.ok()) {
       comm->Poison(s);  // a peer never joined: MPI_Finalize would block on it
       return s;
     }
@@ -198,12 +264,44 @@ absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::Create(absl::D
       }
     }
   }
+  // One matching space per kind of traffic (see the header).
+  for (int c = 0; c < kChannels; ++c) {
+    MPI_Request request;
+    int rc = MPI_Comm_idup(MPI_COMM_WORLD, &comm->channels_->comm[c], &request);
+    if (rc != MPI_SUCCESS) return MpiError("MPI_Comm_idup", rc);
+    const std::string what = absl::StrCat("MPI_Comm_idup (", kChannelNames[c], ")");
+    if (absl::Status s = comm->Wait(&request, what.c_str(), deadline, false); !s.ok()) {
+      comm->Poison(s);
+      return s;
+    }
+    MPI_Comm_set_errhandler(comm->channels_->comm[c], MPI_ERRORS_RETURN);
+  }
+  int rc = MPI_Irecv(comm->channels_->notice_bytes, kNoticeBytes, MPI_CHAR, MPI_ANY_SOURCE, kNoticeTag,
+                     comm->channels_->comm[kControl], &comm->channels_->notice);
+  if (rc != MPI_SUCCESS) return MpiError("MPI_Irecv (failure notices)", rc);
   return comm;
 }
 
 MpiCommunicator::~MpiCommunicator() {
+  if (channels_ == nullptr) return;
+  // This rank's failure notices leave before the process does (bounded: a peer may be gone).
+  const absl::Time until = absl::Now() + absl::Seconds(2);
+  while (!channels_->sends.empty() && absl::Now() < until) {
+    int done = 0;
+    MPI_Testall(static_cast<int>(channels_->sends.size()), channels_->sends.data(), &done, MPI_STATUSES_IGNORE);
+    if (done) break;
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
   // After a failed collective MPI_Finalize may block forever on the peers; leave it undone.
-  if (finalize_ && poisoned().ok()) MPI_Finalize();
+  if (!finalize_ || !poisoned().ok()) return;
+  if (channels_->notice != MPI_REQUEST_NULL) {
+    MPI_Cancel(&channels_->notice);
+    MPI_Wait(&channels_->notice, MPI_STATUS_IGNORE);
+  }
+  for (MPI_Comm& c : channels_->comm) {
+    if (c != MPI_COMM_NULL) MPI_Comm_free(&c);
+  }
+  MPI_Finalize();
 }
 
 absl::Status MpiCommunicator::DoAllReduce(absl::Span<double> values, ReduceOp op,
@@ -211,7 +309,7 @@ absl::Status MpiCommunicator::DoAllReduce(absl::Span<double> values, ReduceOp op
   if (values.size() > INT_MAX) return absl::InvalidArgumentError("AllReduce: too many values");
   MPI_Request request;
   int rc = MPI_Iallreduce(MPI_IN_PLACE, values.data(), static_cast<int>(values.size()), MPI_DOUBLE,
-                          ToMpi(op), MPI_COMM_WORLD, &request);
+                          ToMpi(op), channels_->comm[kReduce], &request);
   if (rc != MPI_SUCCESS) return MpiError("MPI_Iallreduce", rc);
   return Wait(&request, "MPI_Iallreduce", deadline);
 }
@@ -221,7 +319,7 @@ absl::Status MpiCommunicator::DoAllReduce(absl::Span<float> values, ReduceOp op,
   if (values.size() > INT_MAX) return absl::InvalidArgumentError("AllReduce: too many values");
   MPI_Request request;
   int rc = MPI_Iallreduce(MPI_IN_PLACE, values.data(), static_cast<int>(values.size()), MPI_FLOAT,
-                          ToMpi(op), MPI_COMM_WORLD, &request);
+                          ToMpi(op), channels_->comm[kReduce], &request);
   if (rc != MPI_SUCCESS) return MpiError("MPI_Iallreduce", rc);
   return Wait(&request, "MPI_Iallreduce", deadline);
 }
@@ -230,7 +328,7 @@ absl::Status MpiCommunicator::DoAllGather(absl::Span<const double> send, absl::S
                                           absl::Time deadline) {
   MPI_Request request;
   int rc = MPI_Iallgather(send.data(), static_cast<int>(send.size()), MPI_DOUBLE, recv.data(),
-                          static_cast<int>(send.size()), MPI_DOUBLE, MPI_COMM_WORLD, &request);
+                          static_cast<int>(send.size()), MPI_DOUBLE, channels_->comm[kGather], &request);
   if (rc != MPI_SUCCESS) return MpiError("MPI_Iallgather", rc);
   return Wait(&request, "MPI_Iallgather", deadline);
 }
@@ -238,13 +336,13 @@ absl::Status MpiCommunicator::DoAllGather(absl::Span<const double> send, absl::S
 absl::Status MpiCommunicator::DoBroadcast(std::string& bytes, int root, absl::Time deadline) {
   uint64_t size = bytes.size();
   MPI_Request request;
-  int rc = MPI_Ibcast(&size, 1, MPI_UINT64_T, root, MPI_COMM_WORLD, &request);
+  int rc = MPI_Ibcast(&size, 1, MPI_UINT64_T, root, channels_->comm[kBroadcast], &request);
   if (rc != MPI_SUCCESS) return MpiError("MPI_Ibcast", rc);
   EMBER_RETURN_IF_ERROR(Wait(&request, "MPI_Ibcast", deadline));
   bytes.resize(size);
   for (uint64_t offset = 0; offset < size;) {
     const int chunk = static_cast<int>(std::min<uint64_t>(size - offset, 1u << 30));
-    rc = MPI_Ibcast(bytes.data() + offset, chunk, MPI_CHAR, root, MPI_COMM_WORLD, &request);
+    rc = MPI_Ibcast(bytes.data() + offset, chunk, MPI_CHAR, root, channels_->comm[kBroadcast], &request);
     if (rc != MPI_SUCCESS) return MpiError("MPI_Ibcast", rc);
     EMBER_RETURN_IF_ERROR(Wait(&request, "MPI_Ibcast", deadline));
     offset += static_cast<uint64_t>(chunk);
@@ -254,7 +352,7 @@ absl::Status MpiCommunicator::DoBroadcast(std::string& bytes, int root, absl::Ti
 
 absl::Status MpiCommunicator::DoBarrier(absl::Time deadline) {
   MPI_Request request;
-  int rc = MPI_Ibarrier(MPI_COMM_WORLD, &request);
+  int rc = MPI_Ibarrier(channels_->comm[kBarrier], &request);
   if (rc != MPI_SUCCESS) return MpiError("MPI_Ibarrier", rc);
   return Wait(&request, "MPI_Ibarrier", deadline);
 }

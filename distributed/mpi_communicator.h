@@ -6,6 +6,17 @@
 // kDeadlineExceeded, not a hang. MPI cannot cancel a collective: after a deadline the process
 // must end (the destructor then skips MPI_Finalize, which would block).
 //
+// Matching spaces: Create duplicates MPI_COMM_WORLD once per kind of traffic (MPI_Comm_idup,
+// bounded by init_timeout): gradient buffers (StartAllReduce), blocking all-reduces, all-gathers
+// (the agreements), broadcasts, barriers, and control (Meet, failure notices). Collectives of
+// different kinds never match each other (communicator.h).
+//
+// Failure notices: a receive on the control communicator is posted at start; the wait loop of
+// every collective tests it once every 64 polls (the first poll included: one MPI_Test of a
+// posted receive, well under a microsecond) and fails with the peer's notice when one arrived.
+// Poisoning sends this rank's notice to every peer (MPI_Isend of at most 1 KiB each; the
+// destructor gives them up to 2 s to leave).
+//
 // Create() initialises MPI (MPI_THREAD_FUNNELED) unless it already is; the destructor finalises
 // it if Create initialised it and nothing failed. One per process. Used by one thread. Start-up
 // is bounded too: without launcher variables the local rank comes from an all-gather of host
@@ -15,6 +26,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -44,9 +56,19 @@ class MpiCommunicator final : public Communicator {
   // own (accumulated in float32 per pair of operands, like NCCL).
   absl::StatusOr<std::unique_ptr<Pending>> DoStartAllReduce(const Buffer& buffer, ReduceOp op,
                                                             absl::Time deadline) override;
+  void DoNotifyFailure(const absl::Status& error) override;
+  absl::StatusOr<std::vector<int>> DoMeet(bool failed, absl::Time deadline) override;
+  absl::Status ReceivedNotice() override;
 
  private:
-  MpiCommunicator() = default;
+  friend class MpiPending;
+  struct Channels;  // the duplicated MPI communicators and the notice's requests (mpi.h stays out)
+  MpiCommunicator();
+  // Polls `request` (an MPI_Request*) until it completes, the deadline passes or (watch) a peer's
+  // failure notice arrives.
+  absl::Status Wait(void* request, const char* what, absl::Time deadline, bool watch = true);
+  std::unique_ptr<Channels> channels_;
+  absl::Status peer_failure_;
   bool finalize_ = false;
   int rank_ = 0;
   int world_size_ = 1;

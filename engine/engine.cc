@@ -138,6 +138,11 @@ absl::StatusOr<HandlerHandle> Engine::Register(const EventList& events, const Ha
     entry->filter = std::move(filters[i]);
     entry->fn = fn;
     entry->sync = sync;
+    if (sync != nullptr) {
+      std::vector<dist::Reduction> ops;
+      for (size_t k = 0; k < sync->num_values(); ++k) ops.push_back(sync->reduction(k));
+      entry->sync_digest = dist::LayoutDigest(dist::kLayoutSeed, HandlerTypeName(*sync), ops);
+    }
     entry->owned = owned;
     handle.ids_.push_back(entry->id);
     handlers_[events.specs()[i].event().id()].push_back(std::move(entry));
@@ -285,7 +290,8 @@ void Engine::Agree(Event event, size_t first_handler, size_t first_value) {
     s = consensus_.Reduce(
         absl::MakeConstSpan(proposals_.data() + first_value, n),
         absl::MakeConstSpan(reductions_.data() + first_value, n),
-        absl::MakeSpan(reduced_buffer), absl::MakeSpan(per_rank_buffer), deadline);
+        absl::MakeSpan(reduced_buffer), absl::MakeSpan(per_rank_buffer), deadline,
+        world > 1 ? FiringId(event, first_handler) : dist::AgreementId{});
   }
   if (!s.ok()) {
     throw StatusError(absl::Status(
@@ -330,6 +336,33 @@ void Engine::Agree(Event event, size_t first_handler, size_t first_value) {
   }
 }
 
+dist::AgreementId Engine::FiringId(Event event, size_t first_handler) const {
+  dist::AgreementId id;
+  id.event = event.id();
+  id.iteration = state_.iteration;
+  uint64_t layout = dist::kLayoutSeed;
+  for (size_t h = first_handler; h < pending_.size(); ++h) layout = (layout ^ pending_[h]->sync_digest) * 1099511628211ull;
+  id.layout = layout;
+  // Two words of capture: std::function keeps them inline (no allocation per firing).
+  const uint64_t where = (static_cast<uint64_t>(first_handler) << 16) | event.id();
+  id.describe = [this, where] {
+    return DescribeFiring(Event(static_cast<uint16_t>(where & 0xFFFF)), static_cast<size_t>(where >> 16));
+  };
+  return id;
+}
+
+std::string Engine::DescribeFiring(Event event, size_t first_handler) const {
+  std::vector<std::string> names;
+  for (size_t h = first_handler; h < pending_.size(); ++h) {
+    const SynchronizedHandler& sync = *pending_[h]->sync;
+    std::vector<std::string> ops;
+    for (size_t k = 0; k < sync.num_values(); ++k) ops.push_back(dist::ReductionName(sync.reduction(k)));
+    names.push_back(absl::StrCat(HandlerTypeName(sync), "(", absl::StrJoin(ops, ","), ")"));
+  }
+  return absl::StrCat("at ", event.name(), " (epoch ", state_.epoch, ", iteration ", state_.iteration,
+                      ") runs ", names.empty() ? std::string("no synchronized handler") : absl::StrJoin(names, " then "));
+}
+
 size_t Engine::CarriedOffset(Event event, const HandlerEntry* entry) const {
   if (event.id() != Event::kIterationCompleted || !carried_.gathered || carried_.iteration != state_.iteration) {
     return kNotCarried;
@@ -349,6 +382,7 @@ absl::StatusOr<absl::Span<const double>> Engine::ProposeAhead(const std::any& ou
   carried_.entries.clear();
   carried_.offsets.clear();
   carried_.mine.clear();
+  carried_.packed.clear();
   if (consensus_.comm()->world_size() == 1) return absl::Span<const double>();
   // The handlers see the output they will see at the firing; what the step returns replaces it.
   std::any saved = std::move(state_.output);
@@ -370,7 +404,31 @@ absl::StatusOr<absl::Span<const double>> Engine::ProposeAhead(const std::any& ou
     carried_.offsets.push_back(offset);
   }
   carried_.iteration = state_.iteration;
-  return absl::MakeConstSpan(carried_.mine);
+  // The identity first, whatever the handlers: the carried size is the same on every rank.
+  carried_.layout = dist::kLayoutSeed;
+  for (const HandlerEntry* e : carried_.entries) carried_.layout = (carried_.layout ^ e->sync_digest) * 1099511628211ull;
+  carried_.packed.resize(dist::kAgreementSlots);
+  consensus_.Pack(CarriedId(), carried_.mine, absl::MakeSpan(carried_.packed));
+  return absl::MakeConstSpan(carried_.packed);
+}
+
+dist::AgreementId Engine::CarriedId() const {
+  dist::AgreementId id;
+  id.event = Event::kIterationCompleted;
+  id.iteration = carried_.iteration;
+  id.layout = carried_.layout;
+  id.describe = [this] {
+    std::vector<std::string> names;
+    for (const HandlerEntry* e : carried_.entries) {
+      std::vector<std::string> ops;
+      for (size_t k = 0; k < e->sync->num_values(); ++k) ops.push_back(dist::ReductionName(e->sync->reduction(k)));
+      names.push_back(absl::StrCat(HandlerTypeName(*e->sync), "(", absl::StrJoin(ops, ","), ")"));
+    }
+    return absl::StrCat("carries ITERATION_COMPLETED's agreement in its step (epoch ", state_.epoch, ", iteration ",
+                        carried_.iteration, ") for ",
+                        names.empty() ? std::string("no synchronized handler") : absl::StrJoin(names, " then "));
+  };
+  return id;
 }
 
 absl::Status Engine::CarryAgreement(absl::Span<const double> gathered) {
@@ -379,12 +437,20 @@ absl::Status Engine::CarryAgreement(absl::Span<const double> gathered) {
     return absl::FailedPreconditionError(
         "Engine::CarryAgreement: no proposals made ahead in this step (call ProposeAhead first, in the step function)");
   }
-  if (gathered.size() != world * carried_.mine.size()) {
+  if (gathered.size() != world * carried_.packed.size()) {
     return absl::InvalidArgumentError(absl::StrCat("Engine::CarryAgreement: ", gathered.size(), " values for ",
-                                                   carried_.mine.size(), " proposed on each of ", world,
-                                                   " ranks; expected ", world * carried_.mine.size()));
+                                                   carried_.packed.size(), " proposed on each of ", world,
+                                                   " ranks; expected ", world * carried_.packed.size()));
   }
-  carried_.all.assign(gathered.begin(), gathered.end());
+  // Every rank's identity before any value is used.
+  EMBER_RETURN_IF_ERROR(consensus_.CheckGathered(gathered, CarriedId(), absl::Now() + collective_timeout_));
+  const size_t n = carried_.mine.size();
+  if (n > dist::kAgreementInline) return absl::OkStatus();  // not carried: the firing agrees itself
+  carried_.all.resize(world * n);
+  for (size_t r = 0; r < world; ++r) {
+    std::copy_n(gathered.begin() + static_cast<ptrdiff_t>(r * dist::kAgreementSlots + dist::kAgreementHeader), n,
+                carried_.all.begin() + static_cast<ptrdiff_t>(r * n));
+  }
   carried_.gathered = true;
   return absl::OkStatus();
 }
@@ -649,6 +715,11 @@ absl::Status Engine::RunImpl(DataIter* data, std::optional<int64_t> data_length,
   if (!status.ok()) {
     outcome_.kind = RunOutcome::Kind::kFailed;
     outcome_.status = status;
+    // A run that fails on this rank leaves its peers in (or on their way to) a collective this
+    // rank will never join: poison the communicator, which tells them (a failure notice), so that
+    // they fail promptly with this error instead of waiting out a deadline or completing a
+    // collective with another one. Nothing to tell alone, or when a collective failed already.
+    if (consensus_.comm()->world_size() > 1) consensus_.comm()->Fail(status);
   } else if (should_terminate_) {
     outcome_.kind = RunOutcome::Kind::kTerminated;
     outcome_.terminated_by = terminated_by_;

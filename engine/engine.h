@@ -46,7 +46,10 @@
 // synchronized handlers, and its communicator is the implicit single-process one (a World
 // created after the engine, or none at all): such handlers would decide alone on each rank. SynchronizedHandlers (synchronized_handler.h) due at
 // one firing are agreed on in one collective with a deadline (set_collective_timeout); a failed
-// or timed-out collective fails the run with an error naming the event and iteration.
+// or timed-out collective fails the run with an error naming the event and iteration. A run that
+// fails on one rank of several (a handler's error, say) fails its communicator
+// (Communicator::Fail): the peers' collectives then end promptly with kAborted "rank R failed:
+// <error>" and the communicator stays poisoned (the job must end).
 //
 // Handlers are callables taking (Engine&) or (), returning void or absl::Status (non-OK is
 // raised like an exception). EXCEPTION_RAISED handlers may take (Engine&, std::exception_ptr).
@@ -256,8 +259,13 @@ class Engine {
   // synchronized handlers were all carried issues no collective (carried_agreements() counts
   // it); one with a handler that was not (a filtered Checkpoint every N iterations, say) agrees
   // in its own collective as before, the carried handlers contributing their values. A signal
-  // or output that arrives after ProposeAhead counts at the next iteration. An empty span means
-  // nothing to carry (no such handler, or a single process).
+  // or output that arrives after ProposeAhead counts at the next iteration. With several ranks
+  // the span always has dist::kAgreementSlots values (fixed, whatever the handlers: a rank that
+  // registered other handlers never hands the transport a bucket of another size): the
+  // agreement's identity (consensus.h) and the values; CarryAgreement checks every rank's
+  // identity before anything is used (a mismatch poisons the communicator and fails on every
+  // rank, naming the ranks' handlers). More than dist::kAgreementInline values are not carried
+  // (the firing agrees in its own collective). An empty span: a single process.
   absl::StatusOr<absl::Span<const double>> ProposeAhead(const std::any& output);
   absl::Status CarryAgreement(absl::Span<const double> gathered);
   // Firings decided on carried values without a collective of their own.
@@ -277,6 +285,7 @@ class Engine {
     EventFilter filter;
     HandlerFn fn;                          // plain handlers
     SynchronizedHandler* sync = nullptr;   // synchronized handlers
+    uint64_t sync_digest = 0;              // its name and reductions (dist::LayoutDigest)
     std::shared_ptr<void> owned;           // keeps an owned synchronized handler alive
     bool removed = false;
   };
@@ -330,6 +339,11 @@ class Engine {
   // Reduces the proposals of the synchronized handlers collected since `first` in one
   // collective and lets each decide.
   void Agree(Event event, size_t first_handler, size_t first_value);
+  // The identity of the agreement of pending_[first_handler...] at `event` (consensus.h), and
+  // its description for a mismatch's message.
+  dist::AgreementId FiringId(Event event, size_t first_handler) const;
+  std::string DescribeFiring(Event event, size_t first_handler) const;
+  dist::AgreementId CarriedId() const;
   // Where `entry`'s values proposed ahead for this firing are in carried_, or kNotCarried.
   static constexpr size_t kNotCarried = static_cast<size_t>(-1);
   size_t CarriedOffset(Event event, const HandlerEntry* entry) const;
@@ -396,6 +410,8 @@ class Engine {
     std::vector<const HandlerEntry*> entries;
     std::vector<size_t> offsets;
     std::vector<double> mine;
+    std::vector<double> packed;  // the identity and mine, as carried (dist::kAgreementSlots)
+    uint64_t layout = 0;
     std::vector<double> all;  // world * mine.size()
   } carried_;
   std::vector<double> proposals_;

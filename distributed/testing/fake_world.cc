@@ -56,29 +56,53 @@ class FakeCommunicator final : public Communicator {
   absl::Status DoAllReduce(absl::Span<float> v, ReduceOp op, absl::Time deadline) override {
     return ReduceImpl(v, op, deadline);
   }
+  // Host buffers reduce through DoAllReduce (the base class), on the gradient buffers' channel.
+  absl::StatusOr<std::unique_ptr<Pending>> DoStartAllReduce(const Buffer& buffer, ReduceOp op,
+                                                            absl::Time deadline) override {
+    reduce_channel_ = FakeWorld::kBuffers;
+    auto p = Communicator::DoStartAllReduce(buffer, op, deadline);
+    reduce_channel_ = FakeWorld::kReduce;
+    return p;
+  }
+  void DoNotifyFailure(const absl::Status& error) override {
+    world_->Notify(rank_, absl::StrCat(absl::StatusCodeToString(error.code()), ": ", error.message()));
+  }
+  absl::StatusOr<std::vector<int>> DoMeet(bool failed, absl::Time deadline) override {
+    auto all = Next(FakeWorld::kControl, failed ? "1" : "0", deadline);
+    if (!all.ok()) return all.status();
+    std::vector<int> flags;
+    for (const std::string& p : *all) flags.push_back(p == "1" ? 1 : 0);
+    return flags;
+  }
+  absl::Status ReceivedNotice() override { return world_->NoticeFor(rank_); }
   absl::Status DoAllGather(absl::Span<const double> send, absl::Span<double> recv,
                            absl::Time deadline) override {
-    auto all = world_->Exchange(rank_, seq_++, Pack(send.data(), send.size() * sizeof(double)), deadline);
+    auto all = Next(FakeWorld::kGather, Pack(send.data(), send.size() * sizeof(double)), deadline);
     if (!all.ok()) return all.status();
+    for (const std::string& p : *all) {
+      if (p.size() != send.size() * sizeof(double)) {
+        return absl::InvalidArgumentError("AllGather: ranks passed buffers of different sizes");
+      }
+    }
     for (size_t r = 0; r < all->size(); ++r) {
       std::memcpy(recv.data() + r * send.size(), (*all)[r].data(), send.size() * sizeof(double));
     }
     return absl::OkStatus();
   }
   absl::Status DoBroadcast(std::string& bytes, int root, absl::Time deadline) override {
-    auto all = world_->Exchange(rank_, seq_++, rank_ == root ? bytes : std::string(), deadline);
+    auto all = Next(FakeWorld::kBroadcast, rank_ == root ? bytes : std::string(), deadline);
     if (!all.ok()) return all.status();
     bytes = (*all)[root];
     return absl::OkStatus();
   }
   absl::Status DoBarrier(absl::Time deadline) override {
-    return world_->Exchange(rank_, seq_++, std::string(), deadline).status();
+    return Next(FakeWorld::kBarrier, std::string(), deadline).status();
   }
 
  private:
   template <typename T>
   absl::Status ReduceImpl(absl::Span<T> v, ReduceOp op, absl::Time deadline) {
-    auto all = world_->Exchange(rank_, seq_++, Pack(v.data(), v.size() * sizeof(T)), deadline);
+    auto all = Next(reduce_channel_, Pack(v.data(), v.size() * sizeof(T)), deadline);
     if (!all.ok()) return all.status();
     for (const std::string& p : *all) {
       if (p.size() != v.size() * sizeof(T)) {
@@ -89,10 +113,16 @@ class FakeCommunicator final : public Communicator {
     return absl::OkStatus();
   }
 
+  absl::StatusOr<std::vector<std::string>> Next(FakeWorld::Channel channel, std::string payload,
+                                                absl::Time deadline) {
+    return world_->Exchange(rank_, channel, seq_[channel]++, std::move(payload), deadline);
+  }
+
   FakeWorld* world_;
   int rank_;
   int local_rank_;
-  int64_t seq_ = 0;
+  FakeWorld::Channel reduce_channel_ = FakeWorld::kReduce;
+  int64_t seq_[FakeWorld::kChannels] = {};
 };
 
 }  // namespace
@@ -122,16 +152,39 @@ void FakeWorld::Kill(int rank) {
   cv_.notify_all();
 }
 
-absl::StatusOr<std::vector<std::string>> FakeWorld::Exchange(int rank, int64_t seq,
+void FakeWorld::Notify(int rank, std::string text) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& n : notices_) {
+    if (n.first == rank) return;
+  }
+  notices_.emplace_back(rank, std::move(text));
+  cv_.notify_all();
+}
+
+absl::Status FakeWorld::NoticeFor(int rank) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return NoticeForLocked(rank);
+}
+
+absl::Status FakeWorld::NoticeForLocked(int rank) {
+  for (const auto& n : notices_) {
+    if (n.first != rank) return Communicator::PeerFailure(n.first, n.second);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::string>> FakeWorld::Exchange(int rank, Channel channel, int64_t seq,
                                                              std::string payload,
                                                              absl::Time deadline) {
   std::unique_lock<std::mutex> lock(mu_);
   if (killed_[rank]) return absl::UnavailableError(absl::StrCat("rank ", rank, " was killed"));
+  const bool watch = channel != kControl;
   if (stalled_[rank]) {
     cv_.wait(lock, [&] { return shutting_down_; });
     return absl::AbortedError(absl::StrCat("rank ", rank, " was stalled"));
   }
-  Round& round = rounds_[seq];
+  const std::pair<int, int64_t> key(channel, seq);
+  Round& round = rounds_[key];
   if (round.payloads.empty()) round.payloads.resize(world_size_);
   round.payloads[rank] = std::move(payload);
   cv_.notify_all();
@@ -143,6 +196,9 @@ absl::StatusOr<std::vector<std::string>> FakeWorld::Exchange(int rank, int64_t s
   };
   const auto until = absl::ToChronoTime(deadline);
   while (!complete()) {
+    if (watch) {
+      if (absl::Status notice = NoticeForLocked(rank); !notice.ok()) return notice;
+    }
     if (cv_.wait_until(lock, until) == std::cv_status::timeout && !complete()) {
       std::vector<int> missing;
       for (int r = 0; r < world_size_; ++r) {
@@ -155,7 +211,7 @@ absl::StatusOr<std::vector<std::string>> FakeWorld::Exchange(int rank, int64_t s
   }
   std::vector<std::string> out;
   for (const auto& p : round.payloads) out.push_back(*p);
-  if (++round.readers == world_size_) rounds_.erase(seq);
+  if (++round.readers == world_size_) rounds_.erase(key);
   return out;
 }
 

@@ -9,6 +9,12 @@
 // it never joins again). The other ranks then fail at their deadline with kDeadlineExceeded
 // naming the ranks that did not join.
 //
+// As the MPI backend: each kind of collective has a matching space (channel) of its own
+// (gradient buffers of StartAllReduce, blocking all-reduces, all-gathers, broadcasts, barriers,
+// control), ranks whose payloads differ in size get an error instead of a bad read, and a rank's
+// failure notice (Communicator::Poison) makes every peer's wait, current or next, fail with
+// kAborted "rank R failed: ..." (the control channel's Meet excepted).
+//
 // Thread safety: each rank's communicator is used by its own thread; Stall/Kill may be called
 // from any thread. Destroying the world releases stalled ranks (their call returns kAborted);
 // all rank threads must be joined before the world is destroyed.
@@ -49,10 +55,16 @@ class FakeWorld {
   void Stall(int rank);
   void Kill(int rank);
 
-  // Exchanges one payload per rank for collective number `seq` (internal; used by the ranks'
-  // communicators).
-  absl::StatusOr<std::vector<std::string>> Exchange(int rank, int64_t seq, std::string payload,
+  enum Channel { kBuffers, kReduce, kGather, kBroadcast, kBarrier, kControl, kChannels };
+  // Exchanges one payload per rank for collective number `seq` of `channel` (internal; used by
+  // the ranks' communicators). Unless the channel is kControl, fails with the first failure
+  // notice of another rank.
+  absl::StatusOr<std::vector<std::string>> Exchange(int rank, Channel channel, int64_t seq, std::string payload,
                                                     absl::Time deadline);
+  // Rank `rank`'s failure notice (internal).
+  void Notify(int rank, std::string text);
+  // The first notice of a rank other than `rank`, or OK.
+  absl::Status NoticeFor(int rank);
 
  private:
   struct Round {
@@ -64,7 +76,9 @@ class FakeWorld {
   std::vector<std::unique_ptr<Communicator>> comms_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::map<int64_t, Round> rounds_;
+  absl::Status NoticeForLocked(int rank);
+  std::map<std::pair<int, int64_t>, Round> rounds_;
+  std::vector<std::pair<int, std::string>> notices_;  // in order of arrival
   std::vector<bool> stalled_;
   std::vector<bool> killed_;
   bool shutting_down_ = false;

@@ -176,7 +176,19 @@ void DataParallel::OnGradientReady(size_t param) {
   }
 }
 
-absl::Status DataParallel::HandBackAgreement(Engine& engine, const Bucket& bucket, size_t n) {
+dist::AgreementId DataParallel::StepId() const {
+  dist::AgreementId id;
+  id.event = dist::AgreementId::kNoEvent;
+  id.iteration = step_ + 1;
+  static const uint64_t kLayout = dist::LayoutDigest(dist::kLayoutSeed, "DataParallel step without an engine", {});
+  id.layout = kLayout;
+  id.describe = [this] {
+    return absl::StrCat("reduces the gradients of step ", step_ + 1, " without an engine's agreement");
+  };
+  return id;
+}
+
+absl::Status DataParallel::HandBackAgreement(Engine* engine, const Bucket& bucket, size_t n) {
   // Every rank's bytes, summed with zeros: each slot holds exactly one rank's byte.
   const int world = comm_->world_size();
   torch::Tensor slots = bucket.flat.slice(0, bucket.numel).to(torch::kCPU, torch::kFloat64).contiguous();
@@ -195,7 +207,8 @@ absl::Status DataParallel::HandBackAgreement(Engine& engine, const Bucket& bucke
     }
     std::memcpy(&gathered[v], bytes, 8);
   }
-  return engine.CarryAgreement(gathered);
+  if (engine != nullptr) return engine->CarryAgreement(gathered);
+  return own_->CheckGathered(gathered, StepId(), absl::Now() + options_.deadline);
 }
 
 absl::Status DataParallel::Start(size_t b, absl::Span<const double> carry) {
@@ -261,13 +274,20 @@ absl::Status DataParallel::Reduce(Engine* engine, const std::any* step_output) {
   const size_t last = buckets_.size() - 1;
   while (result.ok() && next_ < last) result = Start(next_++);
   absl::Span<const double> carry;
-  if (result.ok() && engine != nullptr && &engine->communicator() == comm_) {
+  if (engine != nullptr && &engine->communicator() != comm_) engine = nullptr;
+  if (result.ok() && engine != nullptr) {
     absl::StatusOr<absl::Span<const double>> mine = engine->ProposeAhead(*step_output);
     if (mine.ok()) {
       carry = *mine;
     } else {
       result = mine.status();
     }
+  } else if (result.ok()) {
+    // The step's own identity, in the same slots (the last bucket has one size on every rank).
+    if (own_ == nullptr) own_ = std::make_unique<dist::Consensus>(comm_);
+    own_slots_.resize(dist::kAgreementSlots);
+    own_->Pack(StepId(), {}, absl::MakeSpan(own_slots_));
+    carry = own_slots_;
   }
   if (result.ok()) {
     result = Start(last, carry);
@@ -286,9 +306,9 @@ absl::Status DataParallel::Reduce(Engine* engine, const std::any* step_output) {
     if (!result.ok()) continue;
     ++reduced_;
     if (b == last && !carry.empty()) {
-      result = HandBackAgreement(*engine, bucket, carry.size());
+      result = HandBackAgreement(engine, bucket, carry.size());
       if (!result.ok()) continue;
-      ++carried_;
+      if (engine != nullptr) ++carried_;
     }
     bucket.flat.slice(0, 0, bucket.numel).mul_(scale);
     int64_t at = 0;
@@ -308,7 +328,13 @@ absl::Status DataParallel::Reduce(Engine* engine, const std::any* step_output) {
   std::fill(ready_.begin(), ready_.end(), false);
   for (Bucket& bucket : buckets_) bucket.unready = static_cast<int>(bucket.params.size());
   hook_error_ = absl::OkStatus();
-  if (result.ok()) ++step_;
+  if (result.ok()) {
+    ++step_;
+  } else {
+    // A local error (a second gradient, a failed proposal) left buckets the peers wait for:
+    // tell them (a failed collective has poisoned the communicator already; the first error stays).
+    comm_->Fail(result);
+  }
   return result;
 }
 

@@ -35,6 +35,15 @@
 // and bfloat16, and x + 0 is x); the engine then decides at the firing without a collective of
 // its own, and a step costs exactly its gradient buckets (carried_agreements() counts them).
 //
+// Identity: with several ranks the last bucket always carries dist::kAgreementSlots values per
+// rank (the engine's agreement with its identity, or, without an engine, an identity of the step
+// itself: consensus.h), the same size on every rank whatever handlers a rank registered; every
+// rank checks every rank's identity before the averages are used, so ranks that diverged (a
+// handler registered on one rank only, another order, a step without the engine on one rank)
+// fail on every rank with an error naming the difference. A rank-local error in a step (a second
+// gradient, a failed proposal) fails the communicator (Communicator::Fail): the peers, waiting
+// for buckets this rank never starts, fail promptly with "rank R failed: <error>".
+//
 // The communicator is the process's default (the World of dist::LaunchWorld()) unless one is
 // given (without either, this process is the whole job and nothing is exchanged). Every wait is
 // bounded by `deadline`; an error names the bucket, its parameters and the step.
@@ -133,8 +142,10 @@ class DataParallel {
   // Packs and starts one bucket's all-reduce; the last one may carry this rank's agreement values.
   absl::Status Start(size_t bucket, absl::Span<const double> carry = {});
   absl::Status Reduce(Engine* engine, const std::any* step_output);
-  // Decodes every rank's carried values from the reduced last bucket and gives them to engine.
-  absl::Status HandBackAgreement(Engine& engine, const Bucket& bucket, size_t n);
+  // Decodes every rank's carried values from the reduced last bucket and gives them to engine
+  // (which checks their identity), or checks the identity of a step without one.
+  absl::Status HandBackAgreement(Engine* engine, const Bucket& bucket, size_t n);
+  dist::AgreementId StepId() const;
   std::string Describe(size_t bucket) const;
 
   dist::Communicator* comm_;  // nullptr: no World, one process
@@ -150,6 +161,9 @@ class DataParallel {
   bool hooks_may_start_ = false;   // the hooks' thread may issue collectives
   absl::Status hook_error_;
   int64_t started_early_ = 0, reduced_ = 0, staged_ = 0, step_ = 0, carried_ = 0;
+  // The identity of a step that carries no engine agreement (sequence numbers of its own).
+  std::unique_ptr<dist::Consensus> own_;
+  std::vector<double> own_slots_;
   absl::Status status_;
 };
 

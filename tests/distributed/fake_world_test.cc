@@ -169,3 +169,145 @@ TEST(Consensus, ReductionsAreDeterministicAndNanAware) {
 
 }  // namespace
 }  // namespace ember::dist
+
+namespace ember::dist {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Failure notices (communicator.h): a rank that fails outside a collective makes every peer's
+// collective, current or next, fail promptly with its error; never a deadline waited out.
+TEST(FakeWorldNotices, ARankThatFailsOutsideACollectiveTellsThePeers) {
+  testing::FakeWorld world(3);
+  absl::Status got[3];
+  absl::Duration took[3];
+  world.RunOnEveryRank([&](Communicator& c) {
+    const absl::Time start = absl::Now();
+    if (c.rank() == 1) {
+      absl::SleepFor(absl::Milliseconds(50));  // the others are waiting in the all-gather
+      c.Fail(absl::InternalError("handler failed on purpose"));
+      got[1] = c.poisoned();
+    } else {
+      std::vector<double> all(3);
+      const double mine = 1.0;
+      got[c.rank()] = c.AllGather(absl::MakeConstSpan(&mine, 1), absl::MakeSpan(all), absl::Now() + absl::Seconds(60));
+    }
+    took[c.rank()] = absl::Now() - start;
+    // Poisoned everywhere: the next collective fails at once, naming the first error.
+    EXPECT_EQ(c.Barrier(absl::Now() + absl::Seconds(60)).code(), absl::StatusCode::kFailedPrecondition);
+  });
+  EXPECT_EQ(got[1].code(), absl::StatusCode::kInternal);
+  for (int r : {0, 2}) {
+    SCOPED_TRACE(r);
+    EXPECT_EQ(got[r].code(), absl::StatusCode::kAborted);
+    EXPECT_THAT(std::string(got[r].message()), HasSubstr("rank 1 failed: INTERNAL: handler failed on purpose"));
+    EXPECT_TRUE(Communicator::IsPeerFailure(got[r]));
+    EXPECT_LT(took[r], absl::Seconds(10));
+  }
+}
+
+// Matching spaces: a barrier never completes another kind of collective (the case 1: the
+// shutdown barrier completed a pending all-gather), and the shutdown meeting tells a rank that
+// finished that another failed.
+TEST(FakeWorldNotices, CollectivesOfDifferentKindsNeverMatchAndTheMeetingReportsFailures) {
+  testing::FakeWorld world(2);
+  absl::Status gather, barrier, meet[2];
+  world.RunOnEveryRank([&](Communicator& c) {
+    const absl::Time soon = absl::Now() + absl::Milliseconds(300);
+    if (c.rank() == 0) {
+      std::vector<double> all(2);
+      const double mine = 0.9531;
+      gather = c.AllGather(absl::MakeConstSpan(&mine, 1), absl::MakeSpan(all), soon);
+    } else {
+      barrier = c.Barrier(soon);
+    }
+  });
+  // Neither completed the other: the first to reach its deadline fails, and its notice ends the
+  // other's wait (whichever comes first).
+  for (const absl::Status& s : {gather, barrier}) {
+    EXPECT_TRUE(s.code() == absl::StatusCode::kDeadlineExceeded || s.code() == absl::StatusCode::kAborted) << s;
+  }
+  EXPECT_TRUE(gather.code() == absl::StatusCode::kDeadlineExceeded || barrier.code() == absl::StatusCode::kDeadlineExceeded);
+
+  testing::FakeWorld world2(2);
+  world2.RunOnEveryRank([&](Communicator& c) {
+    if (c.rank() == 1) c.Fail(absl::InvalidArgumentError("bad flag"));
+    EXPECT_TRUE(c.may_meet());
+    meet[c.rank()] = c.Meet(absl::Now() + absl::Seconds(30));
+  });
+  EXPECT_EQ(meet[1].code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(meet[0].code(), absl::StatusCode::kAborted) << meet[0];
+  EXPECT_THAT(std::string(meet[0].message()), HasSubstr("rank 1 failed: INVALID_ARGUMENT: bad flag"));
+}
+
+// The agreement's identity (consensus.h): a different layout on one rank is one clear error on
+// every rank, naming both sides, before any value is used; different counts never reach the
+// transport as different sizes.
+TEST(FakeWorldIdentity, AgreementsWithDifferentLayoutsFailOnEveryRank) {
+  for (bool more_values : {false, true}) {
+    SCOPED_TRACE(more_values);
+    testing::FakeWorld world(3);
+    absl::Status got[3];
+    world.RunOnEveryRank([&](Communicator& c) {
+      Consensus consensus(&c);
+      const bool odd = c.rank() == 2;
+      std::vector<double> values = {1.0, 2.0};
+      std::vector<Reduction> ops = {Reduction::kMax, Reduction::kMean};
+      if (odd && more_values) {
+        values.push_back(3.0);
+        ops.push_back(Reduction::kMean);
+      } else if (odd) {
+        std::swap(ops[0], ops[1]);
+      }
+      AgreementId id;
+      id.event = 7;
+      id.iteration = 200;
+      id.layout = LayoutDigest(kLayoutSeed, "Probe", ops);
+      id.describe = [&] { return absl::StrCat("runs ", ops.size(), " value(s), first ", ReductionName(ops[0])); };
+      std::vector<double> reduced(values.size()), per_rank(values.size() * 3, -1.0);
+      got[c.rank()] = consensus.Reduce(values, ops, absl::MakeSpan(reduced), absl::MakeSpan(per_rank),
+                                       absl::Now() + absl::Seconds(30), id);
+      EXPECT_THAT(per_rank, ::testing::Each(-1.0));  // nothing was handed out
+      EXPECT_FALSE(c.poisoned().ok());
+    });
+    for (int r = 0; r < 3; ++r) {
+      SCOPED_TRACE(r);
+      EXPECT_EQ(got[r].code(), absl::StatusCode::kFailedPrecondition) << got[r];
+      EXPECT_EQ(got[r].message(), got[0].message());
+      EXPECT_THAT(std::string(got[r].message()),
+                  HasSubstr(more_values ? "differ (number of values, layout)" : "differ (layout)"));
+      EXPECT_THAT(std::string(got[r].message()), HasSubstr("rank 0 (agreement #0) runs 2 value(s), first MAX"));
+      EXPECT_THAT(std::string(got[r].message()),
+                  HasSubstr(more_values ? "rank 2 (agreement #0) runs 3 value(s), first MAX"
+                                        : "rank 2 (agreement #0) runs 2 value(s), first MEAN"));
+      EXPECT_THAT(std::string(got[r].message()), ::testing::Not(HasSubstr("rank 1 (")));
+    }
+  }
+}
+
+// More values than travel inline take a second exchange, once the headers agreed.
+TEST(FakeWorldIdentity, ManyValuesTakeASecondExchangeAfterTheHeaders) {
+  testing::FakeWorld world(2);
+  world.RunOnEveryRank([&](Communicator& c) {
+    Consensus consensus(&c);
+    const size_t n = kAgreementInline + 5;
+    std::vector<double> values(n, 1.0 + c.rank());
+    std::vector<Reduction> ops(n, Reduction::kSum);
+    std::vector<double> reduced(n), per_rank(2 * n);
+    const int64_t before = c.collectives();
+    ASSERT_TRUE(consensus.Reduce(values, ops, absl::MakeSpan(reduced), absl::MakeSpan(per_rank),
+                                 absl::Now() + absl::Seconds(30), {.layout = 5})
+                    .ok());
+    EXPECT_EQ(c.collectives() - before, 2);
+    EXPECT_THAT(reduced, ::testing::Each(3.0));
+    // And a few values: one exchange.
+    std::vector<double> one = {4.0 + c.rank()}, r1(1), p1(2);
+    std::vector<Reduction> op1 = {Reduction::kMin};
+    ASSERT_TRUE(consensus.Reduce(one, op1, absl::MakeSpan(r1), absl::MakeSpan(p1), absl::Now() + absl::Seconds(30)).ok());
+    EXPECT_EQ(r1[0], 4.0);
+    EXPECT_EQ(consensus.sequence(), 2u);
+  });
+}
+
+}  // namespace
+}  // namespace ember::dist

@@ -8,6 +8,19 @@
 //                         swallows every exception: a failed collective must still end the run
 //                         on every survivor with DEADLINE_EXCEEDED (handlers observe, never
 //                         swallow it).
+//   mpi_checks handler_error K
+//                         the case 1: a plain handler at COMPLETED returns an error on
+//                         rank K only, before the synchronized handler of that firing proposes;
+//                         the other ranks are in the firing's agreement. They must fail promptly
+//                         (no deadline waited out) with ABORTED "rank K failed: <its error>", no
+//                         rank may decide on the agreement (a garbage gather), and the World's
+//                         shutdown meeting (control channel) must not complete it either.
+//   mpi_checks order K    the case 3: rank K registers the two synchronized handlers of
+//                         COMPLETED in the other order (after the run's start); every rank must
+//                         fail with the same FAILED_PRECONDITION naming both orders, and nobody
+//                         decides.
+//   mpi_checks extra K    the case 4: rank K attaches one more handler at COMPLETED
+//                         (another number of values): the same, no MPI_ERR_TRUNCATE.
 // In the fault modes the process then returns from main normally: the communicator's destructor
 // must not block in MPI_Finalize on the stalled peer (shutdown is bounded in the library).
 #include <signal.h>
@@ -19,7 +32,9 @@
 #include <vector>
 
 #include "absl/time/clock.h"
+#include "distributed/launch.h"
 #include "distributed/mpi_communicator.h"
+#include "engine/synchronized_handler.h"
 #include "engine/engine.h"
 #include "gtest/gtest.h"
 #include "handlers/terminate_on_nan.h"
@@ -68,6 +83,81 @@ int Fault(const std::string& kind, int victim) {
 
 }  // namespace
 
+namespace probes {
+
+// Synchronized handlers that propose a score and record every decision (a checkpoint would save
+// on it: "decided" is what would be written).
+template <int kValue, ember::dist::Reduction kOp>
+class Probe : public ember::SynchronizedHandler {
+ public:
+  size_t num_values() const override { return 1; }
+  ember::dist::Reduction reduction(size_t) const override { return kOp; }
+  absl::Status Propose(ember::Engine&, absl::Span<double> values) override {
+    values[0] = kValue / 10000.0;
+    return absl::OkStatus();
+  }
+  absl::Status Decide(ember::Engine&, const ember::Agreement& agreement) override {
+    decided->push_back(agreement.value(0));
+    return absl::OkStatus();
+  }
+  std::vector<double>* decided = nullptr;
+};
+class AccuracyProbe final : public Probe<9531, ember::dist::Reduction::kMax> {};
+class LossProbe final : public Probe<1234, ember::dist::Reduction::kMean> {};
+
+}  // namespace probes
+
+namespace {
+
+// The divergent programs (see the top of the file): "handler_error", "order", "extra".
+int Divergence(std::unique_ptr<ember::dist::MpiCommunicator> comm, const std::string& kind, int victim) {
+  const int rank = comm->rank();
+  ember::dist::World world(std::move(comm));
+  std::vector<int> data(4, 0);
+  std::vector<double> decided;
+  ember::Engine evaluator([](ember::Engine&, const int&) { return 1.0; });
+  evaluator.set_collective_timeout(absl::Seconds(60));  // a wait for it would show in the time
+  probes::AccuracyProbe accuracy;
+  probes::LossProbe loss, extra;
+  accuracy.decided = loss.decided = extra.decided = &decided;
+  if (kind == "handler_error") {
+    evaluator.On(ember::Events::Completed(), [&](ember::Engine&) -> absl::Status {
+      if (rank == victim) return absl::InternalError("handler failed on purpose");
+      return absl::OkStatus();
+    });
+    evaluator.On(ember::Events::Completed(), accuracy);
+  } else {
+    // Attached once the run started (after Engine::Run's start-of-run agreement on the layout):
+    // only the agreement's own identity can catch it.
+    evaluator.On(ember::Events::Started(), [&](ember::Engine& e) {
+      if (kind == "order" && rank == victim) {
+        e.On(ember::Events::Completed(), loss);
+        e.On(ember::Events::Completed(), accuracy);
+      } else {
+        e.On(ember::Events::Completed(), accuracy);
+        e.On(ember::Events::Completed(), loss);
+      }
+      if (kind == "extra" && rank == victim) e.On(ember::Events::Completed(), extra);
+    });
+  }
+  const absl::Time start = absl::Now();
+  absl::Status s = evaluator.Run(data);
+  std::string values;
+  for (double v : decided) values += std::to_string(v) + " ";
+  std::printf("rank %d: run: %s after %.1fs (decided %zu time(s): %s)\n", rank, s.ToString().c_str(),
+              absl::ToDoubleSeconds(absl::Now() - start), decided.size(), values.c_str());
+  std::fflush(stdout);
+  absl::Status shutdown = world.Shutdown(absl::Seconds(20));
+  std::printf("rank %d: shutdown: %s\n", rank, shutdown.ToString().c_str());
+  std::fflush(stdout);
+  // Every rank met (above) before any exits; mpirun ends the job at the first non-zero exit, so
+  // give every rank the moment it needs to print this line too.
+  absl::SleepFor(absl::Seconds(1));
+  return s.ok() && shutdown.ok() ? 0 : 1;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
   auto comm = ember::dist::MpiCommunicator::Create();
@@ -76,6 +166,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   g_comm = comm->get();
+  if (argc == 3 && (std::string(argv[1]) == "handler_error" || std::string(argv[1]) == "order" ||
+                    std::string(argv[1]) == "extra")) {
+    int rc = Divergence(*std::move(comm), argv[1], std::atoi(argv[2]));
+    std::fflush(nullptr);
+    ::_exit(rc);  // poisoned: MPI is not finalized
+  }
   if (argc == 3) {
     int rc = Fault(argv[1], std::atoi(argv[2]));
     std::fflush(nullptr);

@@ -44,4 +44,62 @@ for kind in stall swallow exit; do
   fi
   [[ $took -lt 60 ]] || fail "$kind: took ${took}s"
 done
+# The issue's case 1: a handler's error on the last rank, outside any collective, while the
+# others are in the firing's agreement: every rank ends promptly with that error (the others as
+# ABORTED "rank K failed: ..."), nobody decides on the half-empty agreement, every rank reaches
+# its shutdown line (the meeting on the control channel), and the job exits non-zero.
+victim=$((n - 1))
+start=$(date +%s)
+out=$(timeout 120 "${mpi[@]}" "$binary" handler_error "$victim" 2>&1)
+rc=$?
+took=$(( $(date +%s) - start ))
+echo "== handler_error on rank $victim: exit $rc after ${took}s"
+echo "$out" | grep -E "^rank " | head -n 20
+[[ $rc -ne 0 && $rc -ne 124 ]] || fail "handler_error: the job exited $rc"
+[[ $took -lt 40 ]] || fail "handler_error: took ${took}s (a deadline of 60 s was waited out?)"
+grep -q "^rank $victim: run: INTERNAL: handler failed on purpose \[at COMPLETED" <<<"$out" ||
+  fail "handler_error: the failing rank did not report its own error"
+for ((r = 0; r < victim; ++r)); do
+  grep -q "^rank $r: run: ABORTED: .*rank $victim failed: INTERNAL: handler failed on purpose.* (decided 0 time(s)" <<<"$out" ||
+    fail "handler_error: rank $r did not fail promptly with rank $victim's error, or decided on a garbage gather"
+  grep -q "^rank $r: shutdown: ABORTED: .*rank $victim failed" <<<"$out" ||
+    fail "handler_error: rank $r's shutdown did not report rank $victim's failure"
+done
+grep -q "^rank $victim: shutdown: INTERNAL: handler failed on purpose" <<<"$out" ||
+  fail "handler_error: the failing rank's shutdown line is missing"
+grep -q "decided [1-9]" <<<"$out" && fail "handler_error: a rank decided on the agreement"
+
+# The issue's cases 3 and 4: handlers in another order, or one more, on the last rank (attached
+# after the run's start): the same error on every rank, naming each side, before any decision.
+for kind in order extra; do
+  start=$(date +%s)
+  out=$(timeout 120 "${mpi[@]}" "$binary" "$kind" "$victim" 2>&1)
+  rc=$?
+  took=$(( $(date +%s) - start ))
+  echo "== $kind on rank $victim: exit $rc after ${took}s"
+  echo "$out" | grep -E "^rank " | head -n 20
+  [[ $rc -ne 0 && $rc -ne 124 ]] || fail "$kind: the job exited $rc"
+  [[ $took -lt 40 ]] || fail "$kind: took ${took}s"
+  grep -q "MPI_ERR\|munmap\|free()" <<<"$out" && fail "$kind: the transport saw mismatched buffers"
+  if [[ $kind == order ]]; then
+    mine="rank 0 (agreement #) at COMPLETED (epoch 1, iteration 4) runs probes::AccuracyProbe(MAX) then probes::LossProbe(MEAN)"
+    theirs="rank $victim (agreement #) at COMPLETED (epoch 1, iteration 4) runs probes::LossProbe(MEAN) then probes::AccuracyProbe(MAX)"
+    what="layout"
+  else
+    mine="rank 0 (agreement #) at COMPLETED (epoch 1, iteration 4) runs probes::AccuracyProbe(MAX) then probes::LossProbe(MEAN);"
+    theirs="rank $victim (agreement #) at COMPLETED (epoch 1, iteration 4) runs probes::AccuracyProbe(MAX) then probes::LossProbe(MEAN) then probes::LossProbe(MEAN)"
+    what="number of values, layout"
+  fi
+  for ((r = 0; r <= victim; ++r)); do
+    line=$(grep "^rank $r: run: " <<<"$out")
+    grep -q "FAILED_PRECONDITION: the ranks' agreements differ ($what), detected before any value was used: " <<<"$line" ||
+      fail "$kind: rank $r did not report the mismatch: $line"
+    plain=$(sed 's/#[0-9]*/#/g' <<<"$line")  # agreement numbers not pinned
+    grep -qF "$mine" <<<"$plain" || fail "$kind: rank $r does not name rank 0's side"
+    grep -qF "$theirs" <<<"$plain" || fail "$kind: rank $r does not name rank $victim's side"
+    grep -q "(decided 0 time(s)" <<<"$line" || fail "$kind: rank $r decided on a mismatched agreement"
+    grep -q "^rank $r: shutdown: FAILED_PRECONDITION: the ranks' agreements differ" <<<"$out" ||
+      fail "$kind: rank $r's shutdown line is missing"
+  done
+done
 echo OK

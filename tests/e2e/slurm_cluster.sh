@@ -52,12 +52,12 @@ running() {
   stat=${stat##*) }
   [[ ${stat:0:1} != Z ]]
 }
-# end PID...: TERM, then KILL what is left after 10 s.
+# end PID...: TERM, then KILL what is left after 5 s (Bazel allows a timed-out test 15 s to clean up).
 end() {
   [[ $# -eq 0 ]] && return 0
   kill -TERM "$@" 2>/dev/null
   local p left
-  for _ in $(seq 1 100); do
+  for _ in $(seq 1 50); do
     left=0
     for p in "$@"; do running "$p" && left=1; done
     [[ $left -eq 0 ]] && return 0
@@ -165,8 +165,8 @@ stop)
   # never the site's).
   if [[ -f $conf && -n $(pid_of slurmctld slurmctld) ]]; then
     timeout 10 scancel --quiet --full --user="$(id -un)" 2>/dev/null
-    for _ in $(seq 1 50); do
-      [[ -z $(timeout 5 squeue -h -o %i 2>/dev/null) ]] && break
+    for _ in $(seq 1 20); do
+      [[ -z $(timeout 3 squeue -h -o %i 2>/dev/null) ]] && break
       sleep 0.2
     done
   fi

@@ -119,5 +119,21 @@ int main() {
     report("engine firing with " + std::to_string(n) + " synchronized handler(s), minus the bare engine",
            synced_us - bare_us, per_firing);
   }
+  // What the agreement's identity costs (consensus.h): a firing exchanges a fixed
+  // kAgreementSlots doubles per rank (header and values) instead of n; the same non-blocking call
+  // on that many doubles, against the 4 doubles above.
+  {
+    const int slots = static_cast<int>(ember::dist::kAgreementSlots);
+    std::vector<double> buf(slots, 1.0), all(static_cast<size_t>(slots) * world);
+    report("bare MPI_Iallgather + MPI_Test polling of " + std::to_string(slots) + " doubles (an agreement with its identity)",
+           TimeUs([&] {
+             for (int i = 0; i < kIterations; ++i) {
+               MPI_Request req;
+               MPI_Iallgather(buf.data(), slots, MPI_DOUBLE, all.data(), slots, MPI_DOUBLE, MPI_COMM_WORLD, &req);
+               int done = 0;
+               while (!done) MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+             }
+           }));
+  }
   return 0;
 }
