@@ -19,6 +19,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "base/clock.h"
+#include "base/log.h"
 #include "base/status_error.h"
 #include "base/status_macros.h"
 #include "distributed/settings_agreement.h"
@@ -912,7 +913,7 @@ void Engine::Warn(const std::string& message) {
   if (warning_handler_) {
     warning_handler_(message);
   } else {
-    std::fprintf(stderr, "[ember] WARNING: %s\n", message.c_str());
+    LogWarning(message);  // base/log.h: the process's sink, stderr by default
   }
 }
 

@@ -271,7 +271,9 @@ class Engine {
   // Firings decided on carried values without a collective of their own.
   int64_t carried_agreements() const { return carried_agreements_; }
 
-  // Where warnings go (a one-shot stream that ran dry, ...). Default: stderr.
+  // Where this engine's warnings go (a one-shot stream that ran dry, ...): a per-engine override
+  // of the library's log sink. Default (none set): ember::LogWarning (base/log.h), which writes
+  // to stderr unless the program installed its own sink with ember::SetLogSink().
   void set_warning_handler(std::function<void(const std::string&)> handler) {
     warning_handler_ = std::move(handler);
   }

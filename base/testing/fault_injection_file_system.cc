@@ -43,40 +43,40 @@ class FaultFile final : public WritableFile {
 }  // namespace
 
 void FaultInjectionFileSystem::FailOp(int n, absl::Status error) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   fail_at_ = ops_ + n;
   fail_from_ = false;
   error_ = std::move(error);
 }
 
 void FaultInjectionFileSystem::FailFrom(int n, absl::Status error) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   fail_at_ = ops_ + n;
   fail_from_ = true;
   error_ = std::move(error);
 }
 
 void FaultInjectionFileSystem::ClearFaults() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   fail_at_.reset();
   read_fault_path_.clear();
 }
 
 void FaultInjectionFileSystem::FailReads(std::string path_part, absl::Status error) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   read_fault_path_ = std::move(path_part);
   read_error_ = std::move(error);
 }
 
 void FaultInjectionFileSystem::SetHook(std::function<void(const std::string& op)> hook) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   hook_ = std::move(hook);
 }
 
 void FaultInjectionFileSystem::RunHook(const std::string& op) {
   std::function<void(const std::string&)> hook;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     hook = hook_;
   }
   if (hook) hook(op);  // outside the lock: it may block
@@ -85,7 +85,7 @@ void FaultInjectionFileSystem::RunHook(const std::string& op) {
 absl::StatusOr<std::string> FaultInjectionFileSystem::ReadFile(const std::string& path) {
   RunHook("read " + path);
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     if (!read_fault_path_.empty() && path.find(read_fault_path_) != std::string::npos) {
       log_.push_back("read " + path + " [FAILED]");
       return absl::Status(read_error_.code(), absl::StrCat("read ", path, ": ", read_error_.message()));
@@ -95,18 +95,18 @@ absl::StatusOr<std::string> FaultInjectionFileSystem::ReadFile(const std::string
 }
 
 int FaultInjectionFileSystem::ops() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   return ops_;
 }
 
 std::vector<std::string> FaultInjectionFileSystem::log() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   return log_;
 }
 
 absl::Status FaultInjectionFileSystem::Mutate(const std::string& what) {
   RunHook(what);
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   const int n = ops_++;
   log_.push_back(what);
   if (fail_at_ && (n == *fail_at_ || (fail_from_ && n > *fail_at_))) {
@@ -117,12 +117,12 @@ absl::Status FaultInjectionFileSystem::Mutate(const std::string& what) {
 }
 
 void FaultInjectionFileSystem::Appended(const std::string& path, size_t size) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   files_[path].size += size;
 }
 
 void FaultInjectionFileSystem::Synced(const std::string& path) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   files_[path].synced = files_[path].size;
 }
 
@@ -137,7 +137,7 @@ absl::StatusOr<std::unique_ptr<WritableFile>> FaultInjectionFileSystem::NewWrita
   }
   absl::StatusOr<std::unique_ptr<WritableFile>> file = target()->NewWritableFile(path);
   if (!file.ok()) return file.status();
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   files_[path] = FileState{};
   if (!existed) {
     journal_[DirName(path)].push_back({DirOp::kCreate, path, "", std::nullopt});
@@ -153,7 +153,7 @@ absl::Status FaultInjectionFileSystem::Rename(const std::string& from, const std
     if (content.ok()) replaced = *content;
   }
   if (absl::Status s = target()->Rename(from, to); !s.ok()) return s;
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto it = files_.find(from);
   if (it != files_.end()) {
     files_[to] = it->second;
@@ -171,7 +171,7 @@ absl::Status FaultInjectionFileSystem::RemoveFile(const std::string& path) {
   absl::StatusOr<std::string> c = target()->ReadFile(path);
   if (c.ok()) content = *c;
   if (absl::Status s = target()->RemoveFile(path); !s.ok()) return s;
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   files_.erase(path);
   journal_[DirName(path)].push_back({DirOp::kRemove, path, "", content});
   return absl::OkStatus();
@@ -180,7 +180,7 @@ absl::Status FaultInjectionFileSystem::RemoveFile(const std::string& path) {
 absl::Status FaultInjectionFileSystem::SyncDir(const std::string& dir) {
   if (absl::Status s = Mutate("fsync " + dir + "/"); !s.ok()) return s;
   if (absl::Status s = target()->SyncDir(dir); !s.ok()) return s;
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   journal_.erase(dir);
   return absl::OkStatus();
 }
@@ -188,7 +188,7 @@ absl::Status FaultInjectionFileSystem::SyncDir(const std::string& dir) {
 absl::Status FaultInjectionFileSystem::CreateDir(const std::string& dir) {
   if (absl::Status s = Mutate("mkdir " + dir); !s.ok()) return s;
   if (absl::Status s = target()->CreateDir(dir); !s.ok()) return s;
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   journal_[DirName(dir)].push_back({DirOp::kMkdir, dir, "", std::nullopt});
   return absl::OkStatus();
 }
@@ -196,7 +196,7 @@ absl::Status FaultInjectionFileSystem::CreateDir(const std::string& dir) {
 absl::Status FaultInjectionFileSystem::RemoveDir(const std::string& dir) {
   if (absl::Status s = Mutate("rmdir " + dir); !s.ok()) return s;
   if (absl::Status s = target()->RemoveDir(dir); !s.ok()) return s;
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   journal_[DirName(dir)].push_back({DirOp::kRmdir, dir, "", std::nullopt});
   return absl::OkStatus();
 }
@@ -207,7 +207,7 @@ absl::Status FaultInjectionFileSystem::Chmod(const std::string& path, unsigned m
 }
 
 absl::Status FaultInjectionFileSystem::SimulateCrash() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   // 1. File data after the last fsync is lost.
   for (const auto& [path, state] : files_) {
     if (!target()->Exists(path)) continue;

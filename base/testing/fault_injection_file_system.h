@@ -20,13 +20,13 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "base/file_system.h"
+#include "base/mutex.h"
 
 namespace ember::testing {
 
@@ -61,12 +61,12 @@ class FaultInjectionFileSystem final : public FileSystemWrapper {
   absl::Status Chmod(const std::string& path, unsigned mode) override;
 
   // Used by the files it hands out.
-  absl::Status Mutate(const std::string& what);
-  void Appended(const std::string& path, size_t size);
-  void Synced(const std::string& path);
+  absl::Status Mutate(const std::string& what) ABSL_LOCKS_EXCLUDED(mu_);
+  void Appended(const std::string& path, size_t size) ABSL_LOCKS_EXCLUDED(mu_);
+  void Synced(const std::string& path) ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
-  void RunHook(const std::string& op);
+  void RunHook(const std::string& op) ABSL_LOCKS_EXCLUDED(mu_);
 
   struct FileState {
     size_t size = 0;
@@ -78,17 +78,17 @@ class FaultInjectionFileSystem final : public FileSystemWrapper {
     std::optional<std::string> saved;   // content replaced or removed
   };
 
-  mutable std::mutex mu_;
-  int ops_ = 0;
-  std::vector<std::string> log_;
-  std::optional<int> fail_at_;
-  bool fail_from_ = false;
-  absl::Status error_;
-  std::string read_fault_path_;
-  absl::Status read_error_;
-  std::function<void(const std::string&)> hook_;
-  std::map<std::string, FileState> files_;        // files written through us
-  std::map<std::string, std::vector<DirOp>> journal_;  // by directory, since its last fsync
+  mutable Mutex mu_;
+  int ops_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<std::string> log_ ABSL_GUARDED_BY(mu_);
+  std::optional<int> fail_at_ ABSL_GUARDED_BY(mu_);
+  bool fail_from_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status error_ ABSL_GUARDED_BY(mu_);
+  std::string read_fault_path_ ABSL_GUARDED_BY(mu_);
+  absl::Status read_error_ ABSL_GUARDED_BY(mu_);
+  std::function<void(const std::string&)> hook_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, FileState> files_ ABSL_GUARDED_BY(mu_);        // files written through us
+  std::map<std::string, std::vector<DirOp>> journal_ ABSL_GUARDED_BY(mu_);  // by directory, since its last fsync
 };
 
 }  // namespace ember::testing

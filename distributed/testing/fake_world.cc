@@ -136,33 +136,33 @@ FakeWorld::FakeWorld(int world_size, int ranks_per_host)
 }
 
 FakeWorld::~FakeWorld() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   shutting_down_ = true;
-  cv_.notify_all();
+  cv_.SignalAll();
 }
 
 void FakeWorld::Stall(int rank) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   stalled_[rank] = true;
 }
 
 void FakeWorld::Kill(int rank) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   killed_[rank] = true;
-  cv_.notify_all();
+  cv_.SignalAll();
 }
 
 void FakeWorld::Notify(int rank, std::string text) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   for (const auto& n : notices_) {
     if (n.first == rank) return;
   }
   notices_.emplace_back(rank, std::move(text));
-  cv_.notify_all();
+  cv_.SignalAll();
 }
 
 absl::Status FakeWorld::NoticeFor(int rank) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   return NoticeForLocked(rank);
 }
 
@@ -176,30 +176,29 @@ absl::Status FakeWorld::NoticeForLocked(int rank) {
 absl::StatusOr<std::vector<std::string>> FakeWorld::Exchange(int rank, Channel channel, int64_t seq,
                                                              std::string payload,
                                                              absl::Time deadline) {
-  std::unique_lock<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   if (killed_[rank]) return absl::UnavailableError(absl::StrCat("rank ", rank, " was killed"));
   const bool watch = channel != kControl;
   if (stalled_[rank]) {
-    cv_.wait(lock, [&] { return shutting_down_; });
+    while (!shutting_down_) cv_.Wait(&mu_);
     return absl::AbortedError(absl::StrCat("rank ", rank, " was stalled"));
   }
   const std::pair<int, int64_t> key(channel, seq);
   Round& round = rounds_[key];
   if (round.payloads.empty()) round.payloads.resize(world_size_);
   round.payloads[rank] = std::move(payload);
-  cv_.notify_all();
+  cv_.SignalAll();
   auto complete = [&] {
     for (const auto& p : round.payloads) {
       if (!p) return false;
     }
     return true;
   };
-  const auto until = absl::ToChronoTime(deadline);
   while (!complete()) {
     if (watch) {
       if (absl::Status notice = NoticeForLocked(rank); !notice.ok()) return notice;
     }
-    if (cv_.wait_until(lock, until) == std::cv_status::timeout && !complete()) {
+    if (cv_.WaitWithDeadline(&mu_, deadline) && !complete()) {
       std::vector<int> missing;
       for (int r = 0; r < world_size_; ++r) {
         if (!round.payloads[r]) missing.push_back(r);

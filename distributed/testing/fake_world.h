@@ -21,17 +21,16 @@
 #ifndef EMBER_DISTRIBUTED_TESTING_FAKE_WORLD_H_
 #define EMBER_DISTRIBUTED_TESTING_FAKE_WORLD_H_
 
-#include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "base/mutex.h"
 #include "distributed/communicator.h"
 
 namespace ember::dist::testing {
@@ -74,14 +73,14 @@ class FakeWorld {
 
   const int world_size_;
   std::vector<std::unique_ptr<Communicator>> comms_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  absl::Status NoticeForLocked(int rank);
-  std::map<std::pair<int, int64_t>, Round> rounds_;
-  std::vector<std::pair<int, std::string>> notices_;  // in order of arrival
-  std::vector<bool> stalled_;
-  std::vector<bool> killed_;
-  bool shutting_down_ = false;
+  Mutex mu_;
+  CondVar cv_;
+  absl::Status NoticeForLocked(int rank) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::map<std::pair<int, int64_t>, Round> rounds_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::pair<int, std::string>> notices_ ABSL_GUARDED_BY(mu_);  // in order of arrival
+  std::vector<bool> stalled_ ABSL_GUARDED_BY(mu_);
+  std::vector<bool> killed_ ABSL_GUARDED_BY(mu_);
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace ember::dist::testing

@@ -99,7 +99,9 @@ absl::StatusOr<ArchiveCheck> VerifyReader(caffe2::serialize::PyTorchStreamReader
     if (!reader.hasRecord(record)) continue;  // a directory entry, or outside the archive folder
     auto [ptr, size] = reader.getRecord(record);
     const uint32_t crc = Crc32(ptr.get(), size);
-    auto mismatch = [&](const char* against, const ChecksumEntry& expected) {
+    // Structured bindings are captured through init-captures: clang 14 (tools/thread_safety_check.sh)
+    // does not implement capturing them directly (C++20 P1091R3).
+    auto mismatch = [&, &record = record, size = size](const char* against, const ChecksumEntry& expected) {
       return absl::DataLossError(absl::StrFormat(
           "%s: %s mismatch in record %s (crc32 %08x, %d bytes; expected %08x, %d bytes): "
           "the file is corrupted",
