@@ -4,7 +4,6 @@
 
 #include <cmath>
 #include <complex>
-#include <cstdio>
 #include <map>
 #include <string>
 #include <vector>
@@ -12,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/log.h"
 #include "handlers/serialization/value.h"
 
 namespace ember {
@@ -112,15 +112,11 @@ absl::Status TerminateOnNan::Decide(Engine& engine, const Agreement& agreement) 
     if (agreement.rank_value(r, 0) != 0.0) bad_ranks_.push_back(r);
   }
   terminated_at_ = engine.state().iteration;
-  std::fprintf(stderr,
-               "[ember] TerminateOnNan: non-finite output on rank(s) %s at iteration %lld (epoch "
-               "%lld); terminating %s\n",
-               absl::StrJoin(bad_ranks_, ", ").c_str(),
-               static_cast<long long>(engine.state().iteration),
-               static_cast<long long>(engine.state().epoch),
-               agreement.world_size() > 1
-                   ? absl::StrCat("all ", agreement.world_size(), " ranks").c_str()
-                   : "the run");
+  LogWarning(absl::StrCat("TerminateOnNan: non-finite output on rank(s) ", absl::StrJoin(bad_ranks_, ", "),
+                          " at iteration ", engine.state().iteration, " (epoch ", engine.state().epoch,
+                          "); terminating ",
+                          agreement.world_size() > 1 ? absl::StrCat("all ", agreement.world_size(), " ranks")
+                                                     : std::string("the run")));
   engine.TerminateBy(kName);
   return absl::OkStatus();
 }

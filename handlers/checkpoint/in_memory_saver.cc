@@ -1,6 +1,5 @@
 #include "handlers/checkpoint/in_memory_saver.h"
 
-#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -13,7 +12,7 @@
 namespace ember {
 
 absl::StatusOr<std::string> InMemorySaver::ReadBytes(const std::string& filename) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto it = files_.find(filename);
   if (it == files_.end()) return absl::NotFoundError(absl::StrCat("no checkpoint ", filename));
   return it->second.first;
@@ -22,42 +21,42 @@ absl::StatusOr<std::string> InMemorySaver::ReadBytes(const std::string& filename
 absl::Status InMemorySaver::Save(const Value& checkpoint, const std::string& filename,
                                  const CheckpointMetadata& metadata) {
   EMBER_ASSIGN_OR_RETURN(std::string bytes, SerializeTorchSave(checkpoint));
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   files_[filename] = {std::move(bytes), metadata};
   ops_.push_back("save " + filename);
   return absl::OkStatus();
 }
 
 absl::Status InMemorySaver::Remove(const std::string& filename) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   ops_.push_back("remove " + filename);
   if (files_.erase(filename) == 0) return absl::NotFoundError(absl::StrCat("no checkpoint ", filename));
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<std::pair<std::string, CheckpointMetadata>>> InMemorySaver::List() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   std::vector<std::pair<std::string, CheckpointMetadata>> out;
   for (const auto& [name, entry] : files_) out.emplace_back(name, entry.second);
   return out;
 }
 
 absl::StatusOr<Value> InMemorySaver::Load(const std::string& filename) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto it = files_.find(filename);
   if (it == files_.end()) return absl::NotFoundError(absl::StrCat("no checkpoint ", filename));
   return ReadTorchSave(it->second.first, filename);
 }
 
 std::vector<std::string> InMemorySaver::filenames() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   std::vector<std::string> out;
   for (const auto& [name, entry] : files_) out.push_back(name);
   return out;
 }
 
 std::vector<std::string> InMemorySaver::ops() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   return ops_;
 }
 

@@ -12,12 +12,12 @@
 #define EMBER_HANDLERS_IN_MEMORY_SAVER_H_
 
 #include <map>
-#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "base/mutex.h"
 #include "handlers/checkpoint/save_handler.h"
 
 namespace ember {
@@ -36,9 +36,9 @@ class InMemorySaver final : public SaveHandler {
   std::vector<std::string> ops() const;
 
  private:
-  mutable std::mutex mu_;
-  std::map<std::string, std::pair<std::string, CheckpointMetadata>> files_;
-  std::vector<std::string> ops_;
+  mutable Mutex mu_;
+  std::map<std::string, std::pair<std::string, CheckpointMetadata>> files_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> ops_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ember

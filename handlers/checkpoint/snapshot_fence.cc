@@ -12,8 +12,8 @@ namespace ember {
 namespace {
 
 struct Registry {
-  std::mutex mu;
-  std::vector<std::weak_ptr<Snapshot>> pending;
+  Mutex mu;
+  std::vector<std::weak_ptr<Snapshot>> pending ABSL_GUARDED_BY(mu);
 };
 
 Registry& registry() {
@@ -48,27 +48,27 @@ void SharedCopy::WaitCopied() const {
 
 void Snapshot::Share(std::shared_ptr<SharedCopy> copy) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     copy_ = std::move(copy);
   }
-  cv_.notify_all();  // a waiter may help from now on
+  cv_.SignalAll();  // a waiter may help from now on
 }
 
 void Snapshot::Finish() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     finished_ = true;
   }
-  cv_.notify_all();
+  cv_.SignalAll();
 }
 
 bool Snapshot::finished() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   return finished_;
 }
 
 absl::Duration Snapshot::Wait() {
-  std::unique_lock<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   if (finished_) return absl::ZeroDuration();
   const absl::Time start = absl::Now();
   // Until the copy is finished: help with its pieces as soon as the writer shares them (it may
@@ -76,12 +76,12 @@ absl::Duration Snapshot::Wait() {
   while (!finished_) {
     if (copy_ != nullptr && !copy_->all_claimed()) {
       std::shared_ptr<SharedCopy> copy = copy_;
-      lock.unlock();
+      lock.Unlock();
       helped_bytes_.fetch_add(copy->Work(), std::memory_order_relaxed);
-      lock.lock();
+      lock.Lock();
       continue;
     }
-    cv_.wait(lock);
+    cv_.Wait(&mu_);
   }
   const absl::Duration waited = absl::Now() - start;
   if (blocked_ns_ != nullptr) blocked_ns_->fetch_add(absl::ToInt64Nanoseconds(waited), std::memory_order_relaxed);
@@ -91,7 +91,7 @@ absl::Duration Snapshot::Wait() {
 std::shared_ptr<Snapshot> BeginSnapshot(std::atomic<int64_t>* blocked_ns) {
   auto snapshot = std::make_shared<Snapshot>(blocked_ns);
   Registry& r = registry();
-  std::lock_guard<std::mutex> lock(r.mu);
+  MutexLock lock(&r.mu);
   Prune(r.pending);
   r.pending.push_back(snapshot);
   return snapshot;
@@ -101,7 +101,7 @@ absl::Duration WaitForSnapshots() {
   std::vector<std::shared_ptr<Snapshot>> waiting;
   Registry& r = registry();
   {
-    std::lock_guard<std::mutex> lock(r.mu);
+    MutexLock lock(&r.mu);
     if (r.pending.empty()) return absl::ZeroDuration();
     for (const std::weak_ptr<Snapshot>& s : r.pending) {
       if (auto p = s.lock()) waiting.push_back(std::move(p));
@@ -109,7 +109,7 @@ absl::Duration WaitForSnapshots() {
   }
   absl::Duration waited;
   for (const std::shared_ptr<Snapshot>& s : waiting) waited += s->Wait();
-  std::lock_guard<std::mutex> lock(r.mu);
+  MutexLock lock(&r.mu);
   Prune(r.pending);
   return waited;
 }

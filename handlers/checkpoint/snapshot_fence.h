@@ -33,13 +33,12 @@
 #define EMBER_HANDLERS_SNAPSHOT_FENCE_H_
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <vector>
 
 #include "absl/time/time.h"
+#include "base/mutex.h"
 
 namespace ember {
 
@@ -74,22 +73,22 @@ class Snapshot {
  public:
   explicit Snapshot(std::atomic<int64_t>* blocked_ns) : blocked_ns_(blocked_ns) {}
   // Offers the copy's pieces to the threads that wait (the writer still calls Finish()).
-  void Share(std::shared_ptr<SharedCopy> copy);
-  void Finish();
+  void Share(std::shared_ptr<SharedCopy> copy) ABSL_LOCKS_EXCLUDED(mu_);
+  void Finish() ABSL_LOCKS_EXCLUDED(mu_);
   // Copies shared pieces nobody has claimed, then blocks until Finish(); returns the time
   // (helping included, also added to the owner's blocked time).
-  absl::Duration Wait();
-  bool finished() const;
+  absl::Duration Wait() ABSL_LOCKS_EXCLUDED(mu_);
+  bool finished() const ABSL_LOCKS_EXCLUDED(mu_);
   // Bytes the waiters copied.
   int64_t helped_bytes() const { return helped_bytes_.load(std::memory_order_relaxed); }
 
  private:
   std::atomic<int64_t>* blocked_ns_;
   std::atomic<int64_t> helped_bytes_{0};
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  bool finished_ = false;
-  std::shared_ptr<SharedCopy> copy_;
+  mutable Mutex mu_;
+  CondVar cv_;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  std::shared_ptr<SharedCopy> copy_ ABSL_GUARDED_BY(mu_);
 };
 
 // Registers a snapshot in progress; waits at the fence are added to *blocked_ns (may be null).
