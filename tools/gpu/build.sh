@@ -10,7 +10,8 @@
 #   CUDA_HOME      /usr/local/cuda
 #   NCCL_HOME      PyTorch's own NCCL (the nvidia/nccl package beside torch), else CUDA_HOME
 # Abseil and GoogleTest are built from the carried sources with LibTorch's ABI (and zlib, when the
-# machine has no zlib.h). EMBER_CMAKE_ARGS adds arguments to CMake's configure step.
+# machine has no zlib.h). A missing CUDA runtime or NCCL is an error (EMBER_REQUIRE_NCCL=OFF builds
+# without the NCCL backend instead). EMBER_CMAKE_ARGS adds arguments to CMake's configure step.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -52,6 +53,7 @@ cmake -S tools/gpu -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DTORCH_HOME="$torch_home" -DEMBER_CXX11_ABI="$abi" \
   -DABSL_SOURCE_DIR="$build/src/abseil" -DGTEST_SOURCE_DIR="$root/$src/googletest" \
   -DZLIB_SOURCE_DIR="${zlib_tar:+$build/src/zlib}" \
-  -DCUDA_HOME="$cuda_home" -DNCCL_HOME="$nccl_home" ${EMBER_CMAKE_ARGS:-}
+  -DCUDA_HOME="$cuda_home" -DNCCL_HOME="$nccl_home" -DEMBER_REQUIRE_NCCL="${EMBER_REQUIRE_NCCL:-ON}" \
+  ${EMBER_CMAKE_ARGS:-}
 cmake --build "$build" -j "$(nproc)"
 echo "built: $(cd "$build" && ls -1 train ckpt nccl_communicator_test nccl_smoke_test data_parallel_gpu_test torchrun_rendezvous | sed "s|^|$build/|" | tr '\n' ' ')"
