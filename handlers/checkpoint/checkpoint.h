@@ -133,7 +133,7 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
   // `to_load` (default: the objects it saves) and returns its location; nullopt when there is
   // none (a fresh start). `loaded`, when given, receives the whole checkpoint as read (to check
   // settings stored beside the objects). Files that are corrupt are never used:
-  // they are moved aside (DiskSaver) and said on stderr; when files were seen but none is usable,
+  // they are moved aside (DiskSaver) and logged (base/log.h); when files were seen but none is usable,
   // this fails (kFailedPrecondition, naming each file and why) unless start_over_if_unusable.
   // The saving rank reads the file and broadcasts its bytes, so every rank loads the same state
   // even without a shared filesystem. A collective: call it on every rank.
