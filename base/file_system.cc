@@ -92,6 +92,16 @@ class PosixWritableFile final : public WritableFile {
   std::string path_;
 };
 
+// What a file that is not a regular file is, for messages.
+const char* FileKind(mode_t mode) {
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISDIR(mode)) return "a directory";
+  return "of an unknown kind";
+}
+
 class PosixFileSystem final : public FileSystem {
  public:
   absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path) override {
@@ -100,21 +110,37 @@ class PosixFileSystem final : public FileSystem {
     return std::unique_ptr<WritableFile>(new PosixWritableFile(fd, path));
   }
   absl::StatusOr<std::string> ReadFile(const std::string& path) override {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below); it changes
+    // nothing for a regular file.
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return ErrnoStatus(errno, "open", path);
-    std::string out;
-    char buf[1 << 16];
-    while (true) {
-      ssize_t n = ::read(fd, buf, sizeof(buf));
+    struct stat st;
+    if (::fstat(fd, &st) != 0) {
+      int e = errno;
+      ::close(fd);
+      return ErrnoStatus(e, "fstat", path);
+    }
+    if (!S_ISREG(st.st_mode)) {
+      ::close(fd);
+      return absl::FailedPreconditionError(absl::StrCat("read ", path, ": not a regular file (", FileKind(st.st_mode),
+                                                        "); only regular files are read"));
+    }
+    // At most the size it had when opened: a file that grows meanwhile cannot make this unbounded.
+    const size_t size = static_cast<size_t>(st.st_size);
+    std::string out(size, '\0');
+    size_t got = 0;
+    while (got < size) {
+      ssize_t n = ::read(fd, out.data() + got, size - got);
       if (n < 0) {
         if (errno == EINTR) continue;
         int e = errno;
         ::close(fd);
         return ErrnoStatus(e, "read", path);
       }
-      if (n == 0) break;
-      out.append(buf, static_cast<size_t>(n));
+      if (n == 0) break;  // shrank meanwhile: what is there
+      got += static_cast<size_t>(n);
     }
+    out.resize(got);
     ::close(fd);
     return out;
   }

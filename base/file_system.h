@@ -42,6 +42,10 @@ class FileSystem {
 
   // Creates a new file (truncating an existing one) for writing.
   virtual absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path) = 0;
+  // The whole content of a regular file, read up to the size it had when opened (so a growing
+  // file cannot make it unbounded). Anything else (a FIFO, a device such as /dev/zero, a socket,
+  // a directory) is refused at once with kFailedPrecondition naming it and what it is, never
+  // waited on (a FIFO is opened without blocking).
   virtual absl::StatusOr<std::string> ReadFile(const std::string& path) = 0;
   // Atomically replaces `to` with `from` (rename(2)).
   virtual absl::Status Rename(const std::string& from, const std::string& to) = 0;

@@ -10,6 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "base/status_macros.h"
 
 namespace ember::dist {
@@ -27,7 +28,9 @@ struct Scheme {
 constexpr Scheme kSchemes[] = {
     {"openmpi", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
      "OMPI_COMM_WORLD_LOCAL_SIZE", true},
-    {"pmix", "PMIX_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS", true},
+    // srun --mpi=pmix: PMIx itself puts no local rank in the environment (MPI_LOCALRANKID is
+    // MPICH's launcher's); Slurm's step variables say it.
+    {"pmix", "PMIX_RANK", "PMI_SIZE", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE", true},
     {"mpich", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS", true},
     {"slurm", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE", false},
     {"torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", false},
@@ -49,6 +52,33 @@ absl::StatusOr<std::optional<int>> ReadInt(const EnvLookup& getenv, const char* 
   return std::optional<int>(v);
 }
 
+// Slurm's tasks on this node from SLURM_TASKS_PER_NODE ("2(x3),1": two tasks on each of the first
+// three nodes, one on the fourth) at SLURM_NODEID; nullopt when either is missing.
+absl::StatusOr<std::optional<int>> SlurmTasksOnThisNode(const EnvLookup& getenv) {
+  std::optional<std::string> per_node = getenv("SLURM_TASKS_PER_NODE");
+  EMBER_ASSIGN_OR_RETURN(std::optional<int> node, ReadInt(getenv, "SLURM_NODEID", 0, "an integer >= 0"));
+  if (!per_node || !node) return std::optional<int>();
+  int first = 0;
+  for (absl::string_view group : absl::StrSplit(*per_node, ',')) {
+    int tasks = 0, repeat = 1;
+    const size_t paren = group.find('(');
+    bool ok = absl::SimpleAtoi(group.substr(0, paren), &tasks) && tasks >= 1;
+    if (ok && paren != absl::string_view::npos) {
+      absl::string_view times = group.substr(paren + 1);
+      ok = absl::ConsumePrefix(&times, "x") && absl::ConsumeSuffix(&times, ")") && absl::SimpleAtoi(times, &repeat) &&
+           repeat >= 1;
+    }
+    if (!ok) {
+      return absl::InvalidArgumentError(absl::StrCat("launcher environment: SLURM_TASKS_PER_NODE='", *per_node,
+                                                     "' is not a list of N or N(xM) with N, M >= 1"));
+    }
+    if (*node < first + repeat) return std::optional<int>(tasks);
+    first += repeat;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("launcher environment: SLURM_NODEID=", *node,
+                                                 " is beyond the nodes of SLURM_TASKS_PER_NODE='", *per_node, "'"));
+}
+
 }  // namespace
 
 absl::StatusOr<LaunchInfo> ReadLaunchInfo(const EnvLookup& getenv) {
@@ -60,10 +90,13 @@ absl::StatusOr<LaunchInfo> ReadLaunchInfo(const EnvLookup& getenv) {
       // PMIx without PMI_SIZE: the size comes from the launcher that started us (Slurm) or MPI.
       EMBER_ASSIGN_OR_RETURN(size, ReadInt(getenv, "SLURM_NTASKS", 1, "an integer >= 1"));
       if (!size) {
+        EMBER_ASSIGN_OR_RETURN(std::optional<int> local_rank, ReadInt(getenv, s.local_rank, 0, "an integer >= 0"));
         LaunchInfo info;
         info.launcher = s.launcher;
         info.rank = *rank;
         info.world_size = 0;  // unknown until MPI_Init; MPI tells
+        info.local_rank = local_rank.value_or(0);
+        info.local_world_size = local_rank ? *local_rank + 1 : 1;
         info.mpi_launched = true;
         return info;
       }
@@ -81,6 +114,10 @@ absl::StatusOr<LaunchInfo> ReadLaunchInfo(const EnvLookup& getenv) {
                            ReadInt(getenv, s.local_rank, 0, "an integer >= 0"));
     EMBER_ASSIGN_OR_RETURN(std::optional<int> local_size,
                            ReadInt(getenv, s.local_size, 1, "an integer >= 1"));
+    if (!local_size && std::string(s.local_rank) == "SLURM_LOCALID") {
+      // SLURM_NTASKS_PER_NODE is set only with --ntasks-per-node; SLURM_TASKS_PER_NODE always.
+      EMBER_ASSIGN_OR_RETURN(local_size, SlurmTasksOnThisNode(getenv));
+    }
     if (local_rank && local_size && *local_rank >= *local_size) {
       return absl::InvalidArgumentError(absl::StrCat("launcher environment: ", s.local_rank, "=",
                                                      *local_rank, " is not below ", s.local_size,

@@ -2,7 +2,8 @@
 //
 // Reads rank, world size and local rank from the environment that a launcher sets:
 //   OpenMPI mpirun     OMPI_COMM_WORLD_RANK, _SIZE, _LOCAL_RANK, _LOCAL_SIZE
-//   PMIx (srun --mpi=pmix, prte)  PMIX_RANK (+ PMI_SIZE or the next launcher's size)
+//   PMIx (srun --mpi=pmix, prte)  PMIX_RANK (+ PMI_SIZE or the next launcher's size), SLURM_LOCALID,
+//                      SLURM_NTASKS_PER_NODE (else SLURM_TASKS_PER_NODE at SLURM_NODEID)
 //   MPICH / Hydra      PMI_RANK, PMI_SIZE, MPI_LOCALRANKID, MPI_LOCALNRANKS
 //   Slurm srun         SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_NTASKS_PER_NODE
 //   torchrun-style     RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT

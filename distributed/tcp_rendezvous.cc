@@ -7,11 +7,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -81,6 +84,133 @@ std::string Frame(const std::string& payload) {
   return std::string(kMagic, 4) + std::string(reinterpret_cast<const char*>(&n), 4) + payload;
 }
 
+
+// What a rank sends first: magic, protocol version, its rank. Rank 0 serves only connections that
+// send it, so a stray connection (a port probe, a health check) is never counted as a rank.
+constexpr char kHelloMagic[] = "EMBH";
+constexpr uint32_t kVersion = 1;
+constexpr size_t kHelloSize = 12;
+// How long an accepted connection may take to say hello before it is dropped.
+constexpr absl::Duration kHelloTimeout = absl::Seconds(5);
+
+std::string Hello(int rank) {
+  uint32_t v = htonl(kVersion), r = htonl(static_cast<uint32_t>(rank));
+  return std::string(kHelloMagic, 4) + std::string(reinterpret_cast<const char*>(&v), 4) +
+         std::string(reinterpret_cast<const char*>(&r), 4);
+}
+
+// The listener: IPv6 accepting IPv4 too (dual stack), or IPv4 alone where IPv6 is unavailable.
+absl::StatusOr<Fd> Listen(int port, int backlog) {
+  Fd v6(::socket(AF_INET6, SOCK_STREAM | SOCK_NONBLOCK, 0));
+  int on = 1, off = 0;
+  if (v6.get() >= 0) {
+    ::setsockopt(v6.get(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+    if (::setsockopt(v6.get(), IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof(off)) == 0) {
+      sockaddr_in6 sa{};
+      sa.sin6_family = AF_INET6;
+      sa.sin6_addr = in6addr_any;
+      sa.sin6_port = htons(static_cast<uint16_t>(port));
+      if (::bind(v6.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0 && ::listen(v6.get(), backlog) == 0) {
+        return v6;
+      }
+      if (errno == EADDRINUSE) {
+        return absl::UnavailableError(absl::StrCat("rendezvous: cannot listen on port ", port, ": ", std::strerror(errno)));
+      }
+    }
+  }
+  Fd v4(::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0));
+  if (v4.get() < 0) return absl::UnavailableError(absl::StrCat("socket: ", std::strerror(errno)));
+  ::setsockopt(v4.get(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_ANY);
+  sa.sin_port = htons(static_cast<uint16_t>(port));
+  if (::bind(v4.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 || ::listen(v4.get(), backlog) != 0) {
+    return absl::UnavailableError(absl::StrCat("rendezvous: cannot listen on port ", port, ": ", std::strerror(errno)));
+  }
+  return v4;
+}
+
+// Rank 0: accepts connections, and sends `payload` to each that says a valid hello of a rank not
+// served yet, until every other rank is served. Connections that close, send anything else or
+// stay silent for kHelloTimeout are dropped, uncounted.
+absl::StatusOr<std::string> ServeRank0(int world_size, int port, const std::string& payload, absl::Time deadline,
+                                       const std::string& where) {
+  absl::StatusOr<Fd> listener = Listen(port, std::max(world_size, 16));
+  if (!listener.ok()) return listener.status();
+  struct Pending {
+    Fd fd;
+    std::string got;
+    absl::Time until;
+  };
+  std::vector<Pending> pending;
+  std::vector<bool> served(static_cast<size_t>(world_size), false);
+  int count = 0, dropped = 0;
+  while (count < world_size - 1) {
+    const absl::Time now = absl::Now();
+    if (now >= deadline) {
+      return absl::DeadlineExceededError(absl::StrCat("rendezvous on ", where, " (", count, " of ", world_size - 1,
+                                                      " ranks connected", dropped > 0 ? absl::StrCat(
+                                                          "; ", dropped, " other connection(s) dropped: no Ember hello") : "",
+                                                      "): timed out"));
+    }
+    std::vector<pollfd> polled = {{listener->get(), POLLIN, 0}};
+    absl::Time wake = deadline;
+    for (const Pending& p : pending) {
+      polled.push_back({p.fd.get(), POLLIN, 0});
+      wake = std::min(wake, p.until);
+    }
+    const int64_t ms = std::clamp<int64_t>(absl::ToInt64Milliseconds(wake - now) + 1, 0, 1 << 30);
+    if (::poll(polled.data(), polled.size(), static_cast<int>(ms)) < 0 && errno != EINTR) {
+      return absl::UnavailableError(absl::StrCat("rendezvous on ", where, ": poll: ", std::strerror(errno)));
+    }
+    std::vector<Pending> still;
+    for (size_t i = 0; i < pending.size(); ++i) {
+      Pending& p = pending[i];
+      bool drop = false;
+      if (polled[i + 1].revents != 0) {
+        char buf[kHelloSize];
+        ssize_t n = ::recv(p.fd.get(), buf, kHelloSize - p.got.size(), 0);
+        if (n > 0) {
+          p.got.append(buf, static_cast<size_t>(n));
+        } else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
+          drop = true;  // closed (a probe) or broken
+        }
+      }
+      if (!drop && p.got.size() == kHelloSize) {
+        uint32_t v, r;
+        std::memcpy(&v, p.got.data() + 4, 4);
+        std::memcpy(&r, p.got.data() + 8, 4);
+        v = ntohl(v);
+        r = ntohl(r);
+        if (p.got.compare(0, 4, kHelloMagic, 4) == 0 && v == kVersion && r >= 1 &&
+            r < static_cast<uint32_t>(world_size) && !served[r]) {
+          if (absl::Status s = SendAll(p.fd.get(), Frame(payload), deadline); !s.ok()) return s;
+          served[r] = true;
+          ++count;
+        } else {
+          ++dropped;
+        }
+        continue;  // served or refused: closed either way
+      }
+      if (drop || absl::Now() >= p.until) {
+        ++dropped;
+        continue;
+      }
+      still.push_back(std::move(p));
+    }
+    pending = std::move(still);
+    if (polled[0].revents != 0) {
+      while (true) {
+        Fd peer(::accept4(listener->get(), nullptr, nullptr, SOCK_NONBLOCK));
+        if (peer.get() < 0) break;
+        pending.push_back({std::move(peer), "", absl::Now() + kHelloTimeout});
+      }
+    }
+  }
+  return payload;
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> ShareFromRank0(int rank, int world_size, const std::string& addr,
@@ -88,37 +218,7 @@ absl::StatusOr<std::string> ShareFromRank0(int rank, int world_size, const std::
                                            absl::Time deadline) {
   const std::string where = absl::StrCat(addr, ":", port);
   if (world_size <= 1) return payload;
-  if (rank == 0) {
-    Fd listener(::socket(AF_INET6, SOCK_STREAM | SOCK_NONBLOCK, 0));
-    if (listener.get() < 0) return absl::UnavailableError(absl::StrCat("socket: ", std::strerror(errno)));
-    int on = 1, off = 0;
-    ::setsockopt(listener.get(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
-    ::setsockopt(listener.get(), IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof(off));
-    sockaddr_in6 sa{};
-    sa.sin6_family = AF_INET6;
-    sa.sin6_addr = in6addr_any;
-    sa.sin6_port = htons(static_cast<uint16_t>(port));
-    if (::bind(listener.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
-      return absl::UnavailableError(
-          absl::StrCat("rendezvous: cannot listen on port ", port, ": ", std::strerror(errno)));
-    }
-    ::listen(listener.get(), world_size);
-    for (int served = 0; served < world_size - 1; ++served) {
-      if (absl::Status s = WaitFor(listener.get(), POLLIN, deadline,
-                                   absl::StrCat("rendezvous on ", where, " (", served, " of ",
-                                                world_size - 1, " ranks connected)"));
-          !s.ok()) {
-        return s;
-      }
-      Fd peer(::accept4(listener.get(), nullptr, nullptr, SOCK_NONBLOCK));
-      if (peer.get() < 0) {
-        --served;
-        continue;
-      }
-      if (absl::Status s = SendAll(peer.get(), Frame(payload), deadline); !s.ok()) return s;
-    }
-    return payload;
-  }
+  if (rank == 0) return ServeRank0(world_size, port, payload, deadline, where);
   // Other ranks: connect, retrying until rank 0 listens.
   addrinfo hints{};
   hints.ai_socktype = SOCK_STREAM;
@@ -143,6 +243,7 @@ absl::StatusOr<std::string> ShareFromRank0(int rank, int world_size, const std::
         if (::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &error, &len) != 0 || error != 0) continue;
       }
       ::freeaddrinfo(found);
+      if (absl::Status s = SendAll(fd.get(), Hello(rank), deadline); !s.ok()) return s;
       absl::StatusOr<std::string> head = RecvAll(fd.get(), 8, deadline);
       if (!head.ok()) return head.status();
       if (head->compare(0, 4, kMagic, 4) != 0) {

@@ -3,7 +3,12 @@
 // ShareFromRank0: rank 0 listens on `port` and sends `payload` to each of the other
 // world_size - 1 ranks, which connect to `addr`:`port` (retrying until it listens). Used to hand
 // out NCCL's ncclUniqueId in torchrun-style launches (MASTER_ADDR, MASTER_PORT). Every step is
-// bounded by `deadline`. IPv4 and IPv6 host names or addresses. Thread-safe (no shared state).
+// bounded by `deadline`. IPv4 and IPv6 host names or addresses: rank 0 listens dual-stack (IPv6
+// accepting IPv4), or IPv4 alone where IPv6 is unavailable. Thread-safe (no shared state).
+// A rank counts only once it has said who it is: each connecting rank first sends a hello (magic
+// "EMBH", protocol version, its rank); rank 0 answers only a valid hello of a rank in
+// [1, world_size) not served yet, and drops, uncounted, connections that close, send anything
+// else or stay silent for 5 s (a port probe or health check never takes a rank's place).
 #ifndef EMBER_DISTRIBUTED_TCP_RENDEZVOUS_H_
 #define EMBER_DISTRIBUTED_TCP_RENDEZVOUS_H_
 

@@ -19,7 +19,11 @@ diff -u "$ws/user_trainer.cc" "${TEST_TMPDIR:-/tmp}/guide_example.cc" || fail "d
 # 2. A nested Bazel, as the user runs it (its own output root, kept between runs for speed).
 for v in $(env | grep -oE '^(TEST_[A-Z_]*|RUNFILES_[A-Z_]*|JAVA_RUNFILES|PYTHON_RUNFILES|BUILD_WORKSPACE_DIRECTORY|XML_OUTPUT_FILE)='); do unset "${v%=}"; done
 root=/tmp/ember-user-workspace-bazel-$(id -u)
-(cd "$ws" && timeout 2400 bazel --output_user_root="$root" build //:user_trainer) || fail "the user workspace does not build"
+(cd "$ws" && timeout 2400 bazel --output_user_root="$root" build //...) || fail "the user workspace does not build"
+# A second `bazel build //...`, as a user's second command: Bazel must not descend into the
+# convenience symlinks the first build left (bazel-user_workspace; .bazelignore lists them).
+(cd "$ws" && timeout 600 bazel --output_user_root="$root" build //...) ||
+  fail "the user workspace does not build a second time (bazel-* symlinks not in .bazelignore?)"
 bin=$(cd "$ws" && bazel --output_user_root="$root" info bazel-bin 2>/dev/null)/user_trainer
 [[ -x $bin ]] || fail "no binary at $bin"
 (cd "$ws" && bazel --output_user_root="$root" shutdown)

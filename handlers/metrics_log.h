@@ -3,7 +3,9 @@
 // MetricsLog: a run's JSON-lines log (one object per line, e.g. one per epoch with "epoch" and
 // "iteration"), written by one rank. Append writes a line, its keys in the order given and
 // floating-point numbers with 9 significant digits (`{"epoch": 1, "val_loss": 0.263115943}`), and
-// flushes it to the OS, so a reader (a dashboard, `tail -f`) sees each line as it is written.
+// flushes it to the OS, so a reader (a dashboard, `tail -f`) sees each line as it is written, and
+// fsyncs it: a line is durable when Append returns, as the checkpoint it describes is (one fsync
+// per line; the trainer writes one line per epoch).
 //
 // Resume: the log must read as one run. ResumeAt(iteration) rewrites it atomically (a crash leaves
 // the old or the new log, never a torn one) keeping only the lines of iterations at or before the

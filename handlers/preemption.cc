@@ -16,12 +16,27 @@ namespace {
 
 std::atomic<int> g_signals{0};
 std::atomic<int64_t> g_signal_ns{0};  // CLOCK_REALTIME of the first signal
+std::atomic<int> g_first_signal{0};   // its number (0: Request())
+std::atomic<int64_t> g_first_mono_ns{0};
 
-void OnSignal(int) {
+int64_t Nanos(clockid_t clock) {
+  struct timespec now;
+  ::clock_gettime(clock, &now);  // async-signal-safe
+  return int64_t{now.tv_sec} * 1000000000 + now.tv_nsec;
+}
+
+void OnSignal(int sig) {
   if (g_signals.load() == 0) {
-    struct timespec now;
-    ::clock_gettime(CLOCK_REALTIME, &now);  // async-signal-safe
-    g_signal_ns.store(int64_t{now.tv_sec} * 1000000000 + now.tv_nsec);
+    g_signal_ns.store(Nanos(CLOCK_REALTIME));
+    g_first_mono_ns.store(Nanos(CLOCK_MONOTONIC));
+    g_first_signal.store(sig);
+  } else if (sig == g_first_signal.load() &&
+             Nanos(CLOCK_MONOTONIC) - g_first_mono_ns.load() < absl::ToInt64Nanoseconds(Preemption::kRepeatWindow)) {
+    // The same signal again, right after: a launcher chain forwarding one request (slurmstepd
+    // and torchrun both signal the worker), not a second request.
+    static const char kMsg[] = "stop signal repeated (the same request): still stopping at the next iteration\n";
+    (void)!::write(2, kMsg, sizeof(kMsg) - 1);
+    return;
   }
   if (g_signals.fetch_add(1) >= 1) {
     static const char kMsg[] = "second stop signal: exiting now\n";
@@ -73,11 +88,14 @@ absl::Status Preemption::Decide(Engine& engine, const Agreement& agreement) {
 bool Preemption::signalled() { return g_signals.load() > 0; }
 void Preemption::Request() {
   g_signal_ns.store(absl::ToUnixNanos(absl::Now()));
+  g_first_signal.store(0);
   g_signals.store(1);
 }
 void Preemption::Clear() {
   g_signals.store(0);
   g_signal_ns.store(0);
+  g_first_signal.store(0);
+  g_first_mono_ns.store(0);
 }
 std::optional<absl::Time> Preemption::signal_time() {
   const int64_t ns = g_signal_ns.load();

@@ -7,7 +7,10 @@
 // epoch's end (ignite's resume starts the next epoch without firing it). It
 // installs handlers for SIGTERM (Slurm, Kubernetes, torchrun), SIGINT (Ctrl-C) and SIGUSR1
 // (Slurm's --signal=USR1@N before the time limit); a second signal exits the process at once
-// (status 1). Attached to ITERATION_COMPLETED it is a SynchronizedHandler: whether any rank saw a
+// (status 1). The same signal again within kRepeatWindow (2 s) of the first is not a second
+// request but the first one delivered twice (a launcher chain: slurmstepd and torchrun both
+// signal the worker; scancel then Slurm's own TERM): it is said on stderr and changes nothing. A
+// different signal, or the same one after the window, is a second request. Attached to ITERATION_COMPLETED it is a SynchronizedHandler: whether any rank saw a
 // signal rides the iteration's agreement (kAnyNonZero), so every rank terminates the run at the
 // same iteration with outcome().terminated_by == "Preemption". Save a checkpoint afterwards (the
 // run's outcome says why it stopped).
@@ -34,6 +37,8 @@ namespace ember {
 class Preemption final : public SynchronizedHandler {
  public:
   static constexpr char kName[] = "Preemption";
+  // A repeat of the first stop signal within this window is the same request (see above).
+  static constexpr absl::Duration kRepeatWindow = absl::Seconds(2);
 
   Preemption();  // installs the signal handlers
 

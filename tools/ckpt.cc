@@ -25,21 +25,14 @@
 #include "tools/ledger.h"
 #include "handlers/serialization/torch_save.h"
 #include "handlers/serialization/value.h"
+#include "nlohmann/json.hpp"
 
 namespace ember::tools {
 namespace {
 
+// A JSON string (every control character escaped; bytes that are not UTF-8 replaced by U+FFFD).
 std::string Json(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') out += '\\';
-    if (c == '\n') {
-      out += "\\n";
-      continue;
-    }
-    out += c;
-  }
-  return out + "\"";
+  return nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 std::string ScalarJson(const Value& v) {

@@ -1,8 +1,12 @@
 #include "tools/ledger.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstdint>
 #include <cstdio>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <set>
@@ -44,6 +48,21 @@ std::optional<nlohmann::json> Parse(absl::string_view line) {
   return j;
 }
 
+// A field of a ledger line that must be an integer; a clear error naming the file, the line and
+// the field otherwise (never an exception of the JSON library).
+absl::StatusOr<int64_t> IntField(const nlohmann::json& j, const char* field, const std::string& path, size_t line) {
+  auto it = j.find(field);
+  if (it == j.end()) {
+    return absl::DataLossError(absl::StrCat(path, ": line ", line, ": no \"", field, "\" field"));
+  }
+  if (!it->is_number_integer()) {
+    return absl::DataLossError(absl::StrCat(path, ": line ", line, ": \"", field, "\" is ",
+                                            it->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+                                            ", not an integer"));
+  }
+  return it->get<int64_t>();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<LedgerWriter>> LedgerWriter::Open(const std::string& output_dir,
@@ -60,9 +79,12 @@ absl::StatusOr<std::unique_ptr<LedgerWriter>> LedgerWriter::Open(const std::stri
                                          {"world_size", h.world_size},
                                          {"rank", h.rank},
                                          {"from_iteration", h.from_iteration}};
+  std::unique_ptr<LedgerWriter> writer(new LedgerWriter(f, path, h.epoch_length));
   std::fprintf(f, "%s\n", header.dump().c_str());
-  std::fflush(f);
-  return std::unique_ptr<LedgerWriter>(new LedgerWriter(f, path));
+  // The file and its entry in the directory, durably.
+  EMBER_RETURN_IF_ERROR(writer->Sync());
+  EMBER_RETURN_IF_ERROR(FileSystem::Default()->SyncDir(LedgerDir(output_dir)));
+  return writer;
 }
 
 LedgerWriter::~LedgerWriter() { std::fclose(file_); }
@@ -72,10 +94,18 @@ absl::Status LedgerWriter::Append(int64_t epoch, int64_t iteration, const torch:
   const int64_t* p = c.data_ptr<int64_t>();
   std::string line = absl::StrCat("{\"epoch\": ", epoch, ", \"iteration\": ", iteration, ", \"ids\": [",
                                   absl::StrJoin(p, p + c.numel(), ","), "]}\n");
-  // Flushed per line: what a checkpoint covers is in the file before that checkpoint is taken.
+  // Flushed per line: what a checkpoint covers is in the file before that checkpoint is taken;
+  // durable (fsync) at each epoch's last line, before the epoch-end checkpoint.
   if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() || std::fflush(file_) != 0) {
     return absl::UnavailableError(absl::StrCat("ledger: cannot write ", path_));
   }
+  if (epoch_length_ > 0 && iteration % epoch_length_ == 0) return Sync();
+  return absl::OkStatus();
+}
+
+absl::Status LedgerWriter::Sync() {
+  if (std::fflush(file_) != 0) return ErrnoStatus(errno, "write", path_);
+  if (::fsync(::fileno(file_)) != 0) return ErrnoStatus(errno, "fsync", path_);
   return absl::OkStatus();
 }
 
@@ -88,10 +118,17 @@ absl::StatusOr<int> TrimLedger(const std::string& output_dir, int64_t iteration)
     std::string kept;
     int here = 0;
     bool first = true;
+    size_t number = 0;
     for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
+      ++number;
       std::optional<nlohmann::json> j = Parse(line);
-      const bool keep = j && (first ? j->contains("ledger")
-                                    : j->contains("iteration") && (*j)["iteration"].get<int64_t>() <= iteration);
+      bool keep = false;
+      if (j && first) {
+        keep = j->contains("ledger");
+      } else if (j && j->contains("iteration")) {
+        EMBER_ASSIGN_OR_RETURN(const int64_t its, IntField(*j, "iteration", path, number));
+        keep = its <= iteration;
+      }
       first = false;
       if (keep) {
         absl::StrAppend(&kept, line, "\n");
@@ -133,7 +170,15 @@ absl::StatusOr<LedgerReport> CheckLedger(const std::string& output_dir) {
     if (!header || !header->contains("ledger")) {
       return absl::DataLossError(absl::StrCat(path, ": no ledger header on its first line"));
     }
-    const int64_t n = (*header)["dataset_size"], b = (*header)["global_batch"], l = (*header)["epoch_length"];
+    EMBER_ASSIGN_OR_RETURN(const int64_t n, IntField(*header, "dataset_size", path, 1));
+    EMBER_ASSIGN_OR_RETURN(const int64_t b, IntField(*header, "global_batch", path, 1));
+    EMBER_ASSIGN_OR_RETURN(const int64_t l, IntField(*header, "epoch_length", path, 1));
+    constexpr int64_t kMax = int64_t{1} << 31;
+    for (const auto& [field, v] : {std::pair<const char*, int64_t>{"dataset_size", n}, {"global_batch", b}, {"epoch_length", l}}) {
+      if (v < 1 || v > kMax) {
+        return absl::DataLossError(absl::StrCat(path, ": line 1: \"", field, "\" is ", v, ", not in [1, 2^31]"));
+      }
+    }
     if (dataset_size < 0) {
       dataset_size = n;
       global_batch = b;
@@ -149,9 +194,23 @@ absl::StatusOr<LedgerReport> CheckLedger(const std::string& output_dir) {
         if (k + 1 == lines.size()) continue;  // a torn last line (a killed rank): not counted
         return absl::DataLossError(absl::StrCat(path, ": line ", k + 1, " is malformed"));
       }
-      const int64_t epoch = (*j)["epoch"], iteration = (*j)["iteration"];
+      EMBER_ASSIGN_OR_RETURN(const int64_t epoch, IntField(*j, "epoch", path, k + 1));
+      EMBER_ASSIGN_OR_RETURN(const int64_t iteration, IntField(*j, "iteration", path, k + 1));
+      if (epoch < 1 || epoch > (int64_t{1} << 31)) {
+        return absl::DataLossError(absl::StrCat(path, ": line ", k + 1, ": \"epoch\" is ", epoch, ", not in [1, 2^31]"));
+      }
+      const nlohmann::json& id_list = (*j)["ids"];
+      if (!id_list.is_array()) {
+        return absl::DataLossError(absl::StrCat(path, ": line ", k + 1, ": \"ids\" is not a list of integers"));
+      }
       iterations[epoch].insert(iteration);
-      for (int64_t id : (*j)["ids"]) {
+      for (const nlohmann::json& id_value : id_list) {
+        if (!id_value.is_number_integer()) {
+          return absl::DataLossError(absl::StrCat(path, ": line ", k + 1, ": \"ids\" holds ",
+                                                  id_value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+                                                  ", not an integer"));
+        }
+        const int64_t id = id_value.get<int64_t>();
         if (id < 0 || id >= n) violation(absl::StrCat(name, ": id ", id, " outside [0, ", n, ")"));
         uses[epoch][id].push_back({iteration, name});
         ++counts[epoch];
@@ -170,8 +229,10 @@ absl::StatusOr<LedgerReport> CheckLedger(const std::string& output_dir) {
     }
     if (twice > 5) violation(absl::StrCat("epoch ", epoch, ": ", twice - 5, " more samples used more than once"));
     const std::set<int64_t>& its = iterations[epoch];
-    bool finished = true;
-    for (int64_t i = (epoch - 1) * epoch_length + 1; i <= epoch * epoch_length; ++i) finished &= its.count(i) > 0;
+    // Each of the epoch's iterations seen (the set holds distinct iterations).
+    const bool finished =
+        std::distance(its.lower_bound((epoch - 1) * epoch_length + 1), its.upper_bound(epoch * epoch_length)) ==
+        epoch_length;
     const int64_t expected = epoch_length * global_batch;
     if (finished && counts[epoch] != expected) {
       violation(absl::StrCat("epoch ", epoch, ": ", counts[epoch], " samples used, expected ", epoch_length, " x ",

@@ -45,13 +45,21 @@ class LedgerWriter {
   // start point: an earlier attempt that resumed from the same checkpoint).
   static absl::StatusOr<std::unique_ptr<LedgerWriter>> Open(const std::string& output_dir, const LedgerHeader& header);
   ~LedgerWriter();
+  // Appends one iteration's line, flushed (in the page cache: it survives a crash of the process,
+  // not of the machine). The line that completes an epoch is also fsynced, before the epoch-end
+  // checkpoint that covers it becomes durable; one fsync per epoch, not per line.
   absl::Status Append(int64_t epoch, int64_t iteration, const torch::Tensor& ids);
+  // Makes every line so far durable (fsync): call it before a checkpoint taken mid-epoch (a
+  // preemption's) is saved, so that the ledger is never behind a durable checkpoint.
+  absl::Status Sync();
   const std::string& path() const { return path_; }
 
  private:
-  LedgerWriter(std::FILE* f, std::string path) : file_(f), path_(std::move(path)) {}
+  LedgerWriter(std::FILE* f, std::string path, int64_t epoch_length)
+      : file_(f), path_(std::move(path)), epoch_length_(epoch_length) {}
   std::FILE* file_;
   std::string path_;
+  int64_t epoch_length_;
 };
 
 // Drops the lines after `iteration` from every ledger file of OUTPUT_DIR; returns how many.

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <string>
 #include <thread>
@@ -17,7 +18,6 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
-#include "base/log.h"
 #include "base/status_macros.h"
 #include "distributed/default_communicator.h"
 #include "distributed/root_action.h"
@@ -47,18 +47,56 @@ void SortSaved(std::vector<Checkpoint::Item>& saved) {
 // thread that waits for it at the fence: SharedCopy): one memcpy stream does not reach the
 // machine's memory bandwidth (on the VM of docs/performance.md, 4 x 128 MiB take 78 ms on one
 // thread and 42 ms on two; a single 512 MiB memcpy, 50 ms).
+// Tensors that share a storage (tied weights, views) stay shared in the copy, as in the state
+// itself and in a synchronous save (which writes each storage once): their storage is copied once,
+// whole, and each copy is a view of it with the source's offset, sizes and strides.
 struct CopiedTensor {
   torch::Tensor src;
   std::string path;
 };
 
+struct StoragePlan {
+  std::map<const void*, int> uses;              // saved tensors per storage
+  std::map<const void*, torch::Tensor> copies;  // a shared storage's copy (bytes)
+};
+
+void CountStorages(const Value& v, StoragePlan& plan) {
+  if (v.is_tensor()) {
+    if (v.as_tensor().defined() && v.as_tensor().has_storage()) ++plan.uses[v.as_tensor().storage().unsafeGetStorageImpl()];
+  } else if (v.is_sequence()) {
+    for (const Value& item : v.items()) CountStorages(item, plan);
+  } else if (v.is_dict()) {
+    for (const Value& item : v.values()) CountStorages(item, plan);
+  }
+}
+
 absl::StatusOr<Value> PlanCopy(const Value& v, const Value* reuse, const std::string& path, std::vector<CopyPiece>& jobs,
-                               std::vector<CopiedTensor>& copied) {
+                               std::vector<CopiedTensor>& copied, StoragePlan& storages) {
   switch (v.kind()) {
     case Value::Kind::kTensor: {
       const torch::Tensor& src = v.as_tensor();
       if (!src.defined()) return v;
       copied.push_back({src, path});
+      const void* storage = src.has_storage() ? src.storage().unsafeGetStorageImpl() : nullptr;
+      if (storage != nullptr && storages.uses[storage] > 1) {
+        auto it = storages.copies.find(storage);
+        if (it == storages.copies.end()) {
+          const int64_t nbytes = static_cast<int64_t>(src.storage().nbytes());
+          torch::Tensor bytes;
+          if (src.device().is_cpu()) {
+            bytes = torch::empty({nbytes}, torch::TensorOptions().dtype(torch::kUInt8));
+            if (nbytes > 0) {
+              jobs.push_back({static_cast<char*>(bytes.data_ptr()),
+                              static_cast<const char*>(src.storage().data_ptr().get()), static_cast<size_t>(nbytes)});
+            }
+          } else {
+            bytes = torch::empty({0}, src.options().dtype(torch::kUInt8)).set_(src.storage(), 0, {nbytes}, {1}).clone();
+          }
+          it = storages.copies.emplace(storage, bytes).first;
+        }
+        return Value(torch::empty({0}, src.options().device(it->second.device()))
+                         .set_(it->second.storage(), src.storage_offset(), src.sizes(), src.strides()));
+      }
       const torch::Tensor* old = reuse != nullptr && reuse->is_tensor() ? &reuse->as_tensor() : nullptr;
       const bool fits = old != nullptr && old->defined() && old->scalar_type() == src.scalar_type() &&
                         old->sizes() == src.sizes() && old->is_contiguous() && old->device().is_cpu();
@@ -79,7 +117,7 @@ absl::StatusOr<Value> PlanCopy(const Value& v, const Value* reuse, const std::st
       const bool same = reuse != nullptr && reuse->kind() == v.kind() && reuse->items().size() == v.items().size();
       for (size_t i = 0; i < v.items().size(); ++i) {
         EMBER_ASSIGN_OR_RETURN(Value item, PlanCopy(v.items()[i], same ? &reuse->items()[i] : nullptr,
-                                                    absl::StrCat(path, "[", i, "]"), jobs, copied));
+                                                    absl::StrCat(path, "[", i, "]"), jobs, copied, storages));
         items.push_back(std::move(item));
       }
       return v.is_list() ? Value::List(std::move(items)) : Value::Tuple(std::move(items));
@@ -90,7 +128,7 @@ absl::StatusOr<Value> PlanCopy(const Value& v, const Value* reuse, const std::st
         const Value* old = reuse != nullptr ? reuse->Find(v.keys()[i]) : nullptr;
         const std::string key = v.keys()[i].is_string() ? v.keys()[i].as_string() : v.keys()[i].DebugString();
         EMBER_ASSIGN_OR_RETURN(Value item, PlanCopy(v.values()[i], old, path.empty() ? key : absl::StrCat(path, ".", key),
-                                                    jobs, copied));
+                                                    jobs, copied, storages));
         d.Set(v.keys()[i], std::move(item));
       }
       return d;
@@ -135,7 +173,9 @@ absl::StatusOr<Value> CopyState(const Value& v, const Value* reuse, const std::v
                                 Snapshot* share = nullptr) {
   std::vector<CopyPiece> jobs;
   std::vector<CopiedTensor> copied;
-  EMBER_ASSIGN_OR_RETURN(Value out, PlanCopy(v, reuse, "", jobs, copied));
+  StoragePlan storages;
+  CountStorages(v, storages);
+  EMBER_ASSIGN_OR_RETURN(Value out, PlanCopy(v, reuse, "", jobs, copied, storages));
   RunCopies(jobs, threads > 0 ? threads : CopyThreads(jobs), share);
   if (versions != nullptr) {
     for (size_t i = 0; i < copied.size(); ++i) {
@@ -165,6 +205,22 @@ void RecordVersions(const Value& v, std::vector<int64_t>& out) {
       return;
     default:
       return;
+  }
+}
+
+// Runs `f`, turning an exception (c10::Error from an allocation or a copy, std::bad_alloc, ...)
+// into an error status that says what was being done: on the writer thread an exception would
+// otherwise call std::terminate; on the training thread it would escape the engine.
+template <typename F>
+absl::Status NoThrow(const char* what, F&& f) {
+  try {
+    return f();
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("Checkpoint: ", what, " failed: ", e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("Checkpoint: ", what, " failed: ", e.what()));
+  } catch (...) {
+    return absl::InternalError(absl::StrCat("Checkpoint: ", what, " failed: an unknown exception"));
   }
 }
 
@@ -209,8 +265,31 @@ absl::StatusOr<std::string> FormatPattern(const std::string& pattern,
 
 // ---- Checkpoint ------------------------------------------------------------------------
 
-dist::Communicator& Checkpoint::bound_communicator() const {
-  return comm_ != nullptr ? *comm_ : *dist::DefaultCommunicator();
+absl::StatusOr<dist::Communicator*> Checkpoint::BoundCommunicator() {
+  if (comm_ != nullptr) return comm_;
+  dist::Communicator* now = dist::DefaultCommunicator();
+  if (now == world_at_create_) return now != nullptr ? now : &alone_;
+  if (world_at_create_ != nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "Checkpoint: the World of ", world_size_at_create_, " rank(s) it was created in no longer exists; keep the "
+        "World that ember::dist::LaunchWorld() returns alive while the checkpoint is used (in "
+        "`LaunchWorld().value()->rank()` the World is a temporary, gone at the end of the statement), or pass the "
+        "communicator to ResumeLatest()/Flush()"));
+  }
+  if (now->world_size() == 1) return now;
+  return absl::FailedPreconditionError(absl::StrCat(
+      "Checkpoint: created with no World alive (for this process alone), but used in a World of ",
+      now->world_size(), " ranks; create the checkpoint after ember::dist::LaunchWorld(), or pass the communicator"));
+}
+
+absl::StatusOr<std::optional<std::string>> Checkpoint::ResumeLatest() {
+  EMBER_ASSIGN_OR_RETURN(dist::Communicator * comm, BoundCommunicator());
+  return ResumeLatest(*comm);
+}
+
+absl::Status Checkpoint::Flush() {
+  EMBER_ASSIGN_OR_RETURN(dist::Communicator * comm, BoundCommunicator());
+  return Flush(*comm);
 }
 
 Event Checkpoint::SavedCheckpointEvent() { return Event::Custom("SAVED_CHECKPOINT"); }
@@ -260,13 +339,17 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Create(ObjectMap to_save
 }
 
 Checkpoint::Checkpoint(ObjectMap to_save, std::shared_ptr<SaveHandler> save_handler, CheckpointOptions options)
-    : to_save_(std::move(to_save)), save_handler_(std::move(save_handler)), options_(std::move(options)) {}
+    : to_save_(std::move(to_save)),
+      world_at_create_(dist::DefaultCommunicator()),
+      world_size_at_create_(world_at_create_ != nullptr ? world_at_create_->world_size() : 1),
+      save_handler_(std::move(save_handler)),
+      options_(std::move(options)) {}
 
 Checkpoint::~Checkpoint() {
   if (writer_.joinable()) {
     writer_.join();
     if (!writer_status_.ok()) {
-      LogWarning(absl::StrCat("Checkpoint: background save failed: ", writer_status_.ToString()));
+      std::fprintf(stderr, "[ember] Checkpoint: background save failed: %s\n", writer_status_.ToString().c_str());
     }
   }
 }
@@ -352,7 +435,8 @@ absl::Status Checkpoint::RestoreFromHandler(dist::Communicator& comm) {
     EMBER_ASSIGN_OR_RETURN(auto files, save_handler_->List());
     for (const auto& [filename, meta] : files) {
       if (meta.basename != Basename()) continue;
-      absl::StrAppendFormat(&listing, "%s\t%.17g\t%d\n", filename, meta.priority, meta.save_index);
+      absl::StrAppendFormat(&listing, "%s\t%.17g\t%d\t%s\n", filename, meta.priority, meta.save_index,
+                            meta.global_step ? absl::StrCat(*meta.global_step) : "-");
     }
     return absl::OkStatus();
   });
@@ -361,7 +445,12 @@ absl::Status Checkpoint::RestoreFromHandler(dist::Communicator& comm) {
   for (absl::string_view line : absl::StrSplit(listing, '\n', absl::SkipEmpty())) {
     std::vector<std::string> f = absl::StrSplit(line, '\t');
     Item item{0, f[0], 0};
-    if (f.size() != 3 || !absl::SimpleAtoi(f[2], &item.save_index)) continue;
+    // A save_index the next save could not follow (a crafted INT64_MAX) is not adopted.
+    if (f.size() != 4 || !absl::SimpleAtoi(f[2], &item.save_index) || item.save_index < 0 ||
+        item.save_index == std::numeric_limits<int64_t>::max()) {
+      continue;
+    }
+    if (int64_t step; absl::SimpleAtoi(f[3], &step)) steps_[item.filename] = step;
     if (f[1] == "nan" || f[1] == "-nan") {
       item.priority = std::nan("");
     } else if (!absl::SimpleAtod(f[1], &item.priority)) {
@@ -374,6 +463,54 @@ absl::Status Checkpoint::RestoreFromHandler(dist::Communicator& comm) {
   }
   SortSaved(saved_);
   return absl::OkStatus();
+}
+
+std::optional<int64_t> Checkpoint::StepOf(const Item& item) const {
+  auto it = steps_.find(item.filename);
+  if (it != steps_.end()) return it->second;
+  // Ranked by step: the priority is the step.
+  if (!has_score() && std::isfinite(item.priority)) return static_cast<int64_t>(item.priority);
+  return std::nullopt;
+}
+
+absl::StatusOr<std::vector<std::string>> Checkpoint::SetAsideAfter(dist::Communicator& comm, int64_t step) {
+  if (!restored_) {
+    restored_ = true;
+    EMBER_RETURN_IF_ERROR(RestoreFromHandler(comm));
+  }
+  EMBER_RETURN_IF_ERROR(Flush(comm));
+  return SetAsideLater(comm, step);
+}
+
+absl::StatusOr<std::vector<std::string>> Checkpoint::SetAsideLater(dist::Communicator& comm, int64_t step) {
+  std::vector<std::string> where;
+  std::vector<std::pair<std::string, int64_t>> later;
+  for (const Item& item : saved_) {
+    std::optional<int64_t> its = StepOf(item);
+    if (its && *its > step) later.emplace_back(item.filename, *its);
+  }
+  if (later.empty()) return where;
+  EMBER_RETURN_IF_ERROR(dist::RunOnRoot(comm, options_.save_on_rank, absl::Now() + options_.save_timeout,
+                                        [&]() -> absl::Status {
+    for (const auto& [f, its] : later) {
+      absl::StatusOr<std::string> aside = save_handler_->SetAside(f);
+      if (!aside.ok()) {
+        return absl::Status(aside.status().code(),
+                            absl::StrCat("Checkpoint: cannot set aside ", save_handler_->Location(f),
+                                         ", a checkpoint of a future this run abandoned: ", aside.status().message()));
+      }
+      LogWarning(absl::StrCat("Checkpoint: ", save_handler_->Location(f), " was saved at step ", its, ", after step ",
+                              step, " that this run continues from (a future it abandoned): set aside as ", *aside,
+                              ", not ranked, resumed from or deleted"));
+    }
+    return absl::OkStatus();
+  }));
+  for (const auto& [f, its] : later) {
+    where.push_back(save_handler_->Location(f));
+    std::erase_if(saved_, [&](const Item& i) { return i.filename == f; });
+    steps_.erase(f);
+  }
+  return where;
 }
 
 absl::Status Checkpoint::Flush(dist::Communicator& comm) {
@@ -401,9 +538,10 @@ absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
     ~Blocked() { ns.fetch_add(absl::ToInt64Nanoseconds(absl::Now() - since), std::memory_order_relaxed); }
   } blocked{blocked_ns_, entered};
   dist::Communicator& comm = engine.communicator();
-  if (comm_ != nullptr && comm.world_size() != comm_->world_size()) {
+  const int job_size = comm_ != nullptr ? comm_->world_size() : world_size_at_create_;
+  if ((comm_ != nullptr || world_at_create_ != nullptr) && comm.world_size() != job_size) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "Checkpoint: created for a job of ", comm_->world_size(), " rank(s), but the engine it is attached to "
+        "Checkpoint: created for a job of ", job_size, " rank(s), but the engine it is attached to "
         "agrees through a communicator of ", comm.world_size(), ": give that engine the job's communicator "
         "(create the World with ember::dist::LaunchWorld() before the engines, or call set_communicator())"));
   }
@@ -435,6 +573,13 @@ absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
     priority = static_cast<double>(*global_step);
   }
 
+  if (!has_score()) {
+    // Ranked by step: a kept file of a later step is from a future this run abandoned (it resumed
+    // from an earlier point). It is set aside, so that this save is written, never skipped as
+    // "not better" (that would report a save that was not made).
+    EMBER_RETURN_IF_ERROR(SetAsideLater(comm, *global_step).status());
+  }
+
   const bool keep_all = !options_.n_saved.has_value();
   const size_t n_saved = keep_all ? 0 : static_cast<size_t>(*options_.n_saved);
   // Priority-ranked entries only (the keep_last extras are tracked apart below).
@@ -451,6 +596,7 @@ absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
   std::vector<Item> next = saved_;
   std::erase_if(next, [&](const Item& i) { return i.filename == filename; });  // replaced by rename
   next.push_back(Item{priority, filename, next_index_});
+  if (global_step) steps_[filename] = *global_step;
   SortSaved(next);
   // Retention: the best n_saved by priority, plus the keep_last most recent.
   std::vector<std::string> evicted;
@@ -489,10 +635,11 @@ absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
 
   auto save_then_remove = [this, filename, meta, evicted](const Value& ckpt) -> absl::Status {
     // 1. The new checkpoint, durably. 2. Only then the ones it replaces.
-    EMBER_RETURN_IF_ERROR(save_handler_->Save(ckpt, filename, meta));
+    EMBER_RETURN_IF_ERROR(NoThrow("writing the checkpoint", [&] { return save_handler_->Save(ckpt, filename, meta); }));
     for (const std::string& old : evicted) {
       if (absl::Status s = save_handler_->Remove(old); !s.ok()) {
-        LogWarning(absl::StrCat("Checkpoint: could not remove ", save_handler_->Location(old), ": ", s.ToString()));
+        std::fprintf(stderr, "[ember] Checkpoint: could not remove %s: %s\n",
+                     save_handler_->Location(old).c_str(), s.ToString().c_str());
       }
     }
     return absl::OkStatus();
@@ -503,11 +650,15 @@ absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
     absl::Status started = dist::RunOnRoot(comm, options_.save_on_rank, deadline, [&]() -> absl::Status {
       if (!options_.snapshot_in_background) {
         // The training thread waits for this copy anyway: it may use the idle cores too.
-        EMBER_ASSIGN_OR_RETURN(Value copied, CopyState(*checkpoint, &copy_cache_, nullptr, /*threads=*/0));
+        Value copied;
+        EMBER_RETURN_IF_ERROR(NoThrow("copying the state", [&]() -> absl::Status {
+          EMBER_ASSIGN_OR_RETURN(copied, CopyState(*checkpoint, &copy_cache_, nullptr, /*threads=*/0));
+          return absl::OkStatus();
+        }));
         copy_cache_ = copied;  // reused by the next save, once this writer is done (Flush)
         writer_ = std::thread([this, copy = std::move(copied), save_then_remove]() {
           const absl::Time start = absl::Now();
-          writer_status_ = save_then_remove(copy);
+          writer_status_ = NoThrow("the background save", [&] { return save_then_remove(copy); });
           background_ns_.fetch_add(absl::ToInt64Nanoseconds(absl::Now() - start), std::memory_order_relaxed);
         });
         return absl::OkStatus();
@@ -522,11 +673,16 @@ absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
         const absl::Time start = absl::Now();
         // One thread: the training thread computes meanwhile, and helps if it reaches the fence
         // before the copy is done.
-        absl::StatusOr<Value> copied = CopyState(state, &copy_cache_, &versions, /*threads=*/1, snapshot.get());
-        snapshot->Finish();  // the training thread may change the state from here on
+        absl::StatusOr<Value> copied = absl::InternalError("not copied");
+        absl::Status copy_status = NoThrow("copying the state in the background", [&]() -> absl::Status {
+          copied = CopyState(state, &copy_cache_, &versions, /*threads=*/1, snapshot.get());
+          return absl::OkStatus();
+        });
+        if (!copy_status.ok()) copied = copy_status;
+        snapshot->Finish();  // the training thread may change the state from here on (also after a failure)
         if (copied.ok()) {
           copy_cache_ = *copied;  // read by the next save's copy, after this thread is joined
-          writer_status_ = save_then_remove(*copied);
+          writer_status_ = NoThrow("the background save", [&] { return save_then_remove(*copied); });
         } else {
           writer_status_ = copied.status();
         }
@@ -634,8 +790,8 @@ absl::StatusOr<std::optional<std::string>> Checkpoint::ResumeLatest(dist::Commun
       absl::Status ok = b.status();
       if (ok.ok()) ok = ReadTorchSave(*b, save_handler_->Location(item.filename)).status();
       if (!ok.ok()) {
-        LogWarning(absl::StrCat("Checkpoint: cannot resume from ", save_handler_->Location(item.filename), ": ",
-                                ok.ToString()));
+        std::fprintf(stderr, "[ember] Checkpoint: cannot resume from %s: %s\n",
+                     save_handler_->Location(item.filename).c_str(), ok.ToString().c_str());
         if (ok.code() == absl::StatusCode::kDataLoss) {
           save_handler_->Quarantine(item.filename, ok);
         } else {

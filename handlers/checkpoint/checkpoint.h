@@ -54,6 +54,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -64,6 +65,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "distributed/communicator.h"
+#include "distributed/single_process_communicator.h"
 #include "engine/engine.h"
 #include "engine/synchronized_handler.h"
 #include "handlers/checkpoint/save_handler.h"
@@ -109,9 +111,14 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
                                                             std::shared_ptr<SaveHandler> save_handler,
                                                             CheckpointOptions options = {});
   ~Checkpoint() override;
-  // Binds the checkpoint to the job's communicator (ModelCheckpoint::Create does): saving from an
-  // engine whose communicator has another world size is then an error, and ResumeLatest() and
-  // Flush() without a communicator use this one. Unbound, they use dist::DefaultCommunicator().
+  // Binds the checkpoint to the job's communicator (ModelCheckpoint::Create does when given one):
+  // saving from an engine whose communicator has another world size is then an error, and
+  // ResumeLatest() and Flush() without a communicator use this one. Unbound, the checkpoint
+  // belongs to the World that was alive when it was created (dist::DefaultCommunicator(), the
+  // same checks apply), or, when none was, to this process alone (world size 1: no World is
+  // needed). Using it after that World is gone (a World that was a temporary, as in
+  // `LaunchWorld().value()->rank()`), or without one after a multi-rank World started, is
+  // kFailedPrecondition, never a dangling pointer.
   void BindCommunicator(dist::Communicator* comm) { comm_ = comm; }
 
   // Fired (on the engine the checkpoint is attached to) after each successful save.
@@ -142,7 +149,17 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
                                                           bool start_over_if_unusable = false,
                                                           Value* loaded = nullptr);
   // The same through the bound communicator (see BindCommunicator).
-  absl::StatusOr<std::optional<std::string>> ResumeLatest() { return ResumeLatest(bound_communicator()); }
+  absl::StatusOr<std::optional<std::string>> ResumeLatest();
+
+  // Sets aside this checkpointer's files from a future the run abandoned, i.e. saved at a global
+  // step above `step` (the unit of global_step_transform; without one, the iteration): a run that
+  // resumed from an earlier point must neither rank, report nor resume from them, nor delete
+  // them. Each is renamed by the save handler (DiskSaver: "NAME.pt.abandoned"), said on stderr
+  // and dropped from saved(); returns where each was. A file whose step is unknown (a score-ranked
+  // checkpoint without global_step_transform) stays. A collective: call it on every rank.
+  // A checkpoint ranked by step (no score) does this itself when it is about to save at a step
+  // below a kept file's: such a save is always written, never skipped in favour of that file.
+  absl::StatusOr<std::vector<std::string>> SetAsideAfter(dist::Communicator& comm, int64_t step);
 
   // Goodput accounting, cumulative since construction: the time this rank's training thread spent
   // in this checkpointer's saves (the whole handler: waiting for the previous background write,
@@ -155,7 +172,7 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
 
   // Waits for an asynchronous save and returns its outcome on every rank (a collective).
   absl::Status Flush(dist::Communicator& comm);
-  absl::Status Flush() { return Flush(bound_communicator()); }
+  absl::Status Flush();
   void Reset();
 
   // {"_saved": [(priority, filename), ...]}
@@ -174,7 +191,8 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
 
  private:
   Checkpoint(ObjectMap to_save, std::shared_ptr<SaveHandler> save_handler, CheckpointOptions options);
-  dist::Communicator& bound_communicator() const;
+  // The communicator of ResumeLatest() and Flush() without one (see BindCommunicator).
+  absl::StatusOr<dist::Communicator*> BoundCommunicator();
   bool has_score() const { return options_.score_function || !options_.score_name.empty(); }
   std::string ObjectName() const;
   std::string Basename() const;
@@ -182,12 +200,19 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
                                        std::optional<int64_t> global_step) const;
   absl::StatusOr<Value> BuildCheckpoint() const;
   absl::Status RestoreFromHandler(dist::Communicator& comm);
+  std::optional<int64_t> StepOf(const Item& item) const;
+  absl::StatusOr<std::vector<std::string>> SetAsideLater(dist::Communicator& comm, int64_t step);
 
   ObjectMap to_save_;
   dist::Communicator* comm_ = nullptr;  // BindCommunicator's; its world size is checked at saves
+  // Unbound: the World alive at Create (compared by address only: it may be gone) and its size.
+  dist::Communicator* world_at_create_ = nullptr;
+  int world_size_at_create_ = 1;
+  dist::SingleProcessCommunicator alone_;  // no World at Create: this process alone
   std::shared_ptr<SaveHandler> save_handler_;
   CheckpointOptions options_;
   std::vector<Item> saved_;
+  std::map<std::string, int64_t> steps_;  // the global step each file was saved at, when known
   int64_t next_index_ = 0;
   bool restored_ = false;
   Score::Kind local_kind_ = Score::Kind::kFloat;

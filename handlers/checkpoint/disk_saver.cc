@@ -16,7 +16,6 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "base/atomic_file.h"
-#include "base/log.h"
 #include "base/status_macros.h"
 #include "distributed/root_action.h"
 #include "handlers/serialization/torch_save.h"
@@ -111,7 +110,8 @@ absl::StatusOr<std::vector<std::pair<std::string, CheckpointMetadata>>> DiskSave
     absl::StatusOr<RecordLookup> found = ReadRecordAndVerify(Location(name), kMetaRecord, options_.fs);
     if (!found.ok()) {
       // Not readable as an archive: whose it is cannot be told, so it is left where it is.
-      LogWarning(absl::StrCat("DiskSaver: ignoring ", Location(name), ": ", found.status().message()));
+      std::fprintf(stderr, "[ember] DiskSaver: ignoring %s: %s\n", Location(name).c_str(),
+                   std::string(found.status().message()).c_str());
       Reject(name, found.status());
       continue;
     }
@@ -135,7 +135,7 @@ absl::StatusOr<std::vector<std::pair<std::string, CheckpointMetadata>>> DiskSave
 }
 
 void DiskSaver::Reject(const std::string& filename, const absl::Status& why) {
-  MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   rejected_.push_back(absl::StrCat(filename, ": ", why.message()));
 }
 
@@ -148,12 +148,21 @@ void DiskSaver::Quarantine(const std::string& filename, const absl::Status& why)
   if (moved.ok()) moved = options_.fs->SyncDir(dirname_);
   const std::string outcome = moved.ok() ? absl::StrCat("moved aside to ", aside)
                                          : absl::StrCat("could not move it aside: ", moved.message());
-  LogWarning(absl::StrCat("DiskSaver: ", Location(filename), " is corrupt (", why.message(), "); ", outcome));
+  std::fprintf(stderr, "[ember] DiskSaver: %s is corrupt (%s); %s\n", Location(filename).c_str(),
+               std::string(why.message()).c_str(), outcome.c_str());
   Reject(filename, absl::DataLossError(absl::StrCat(why.message(), " (", outcome, ")")));
 }
 
+absl::StatusOr<std::string> DiskSaver::SetAside(const std::string& filename) {
+  std::string aside = absl::StrCat(filename, ".abandoned");
+  for (int i = 1; options_.fs->Exists(Location(aside)); ++i) aside = absl::StrCat(filename, ".abandoned.", i);
+  EMBER_RETURN_IF_ERROR(options_.fs->Rename(Location(filename), Location(aside)));
+  EMBER_RETURN_IF_ERROR(options_.fs->SyncDir(dirname_));
+  return Location(aside);
+}
+
 std::vector<std::string> DiskSaver::Rejected() const {
-  MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return rejected_;
 }
 

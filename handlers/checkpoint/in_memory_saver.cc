@@ -48,6 +48,25 @@ absl::StatusOr<Value> InMemorySaver::Load(const std::string& filename) {
   return ReadTorchSave(it->second.first, filename);
 }
 
+absl::StatusOr<std::string> InMemorySaver::SetAside(const std::string& filename) {
+  MutexLock lock(&mu_);
+  auto it = files_.find(filename);
+  if (it == files_.end()) return absl::NotFoundError(absl::StrCat("no checkpoint ", filename));
+  std::string aside = absl::StrCat(filename, ".abandoned");
+  for (int i = 1; aside_.count(aside) > 0; ++i) aside = absl::StrCat(filename, ".abandoned.", i);
+  aside_[aside] = std::move(it->second);
+  files_.erase(it);
+  ops_.push_back("set aside " + filename);
+  return aside;
+}
+
+std::vector<std::string> InMemorySaver::set_aside() const {
+  MutexLock lock(&mu_);
+  std::vector<std::string> out;
+  for (const auto& [name, entry] : aside_) out.push_back(name);
+  return out;
+}
+
 std::vector<std::string> InMemorySaver::filenames() const {
   MutexLock lock(&mu_);
   std::vector<std::string> out;

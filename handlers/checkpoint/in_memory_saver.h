@@ -30,6 +30,9 @@ class InMemorySaver final : public SaveHandler {
   absl::StatusOr<std::vector<std::pair<std::string, CheckpointMetadata>>> List() override;
   absl::StatusOr<Value> Load(const std::string& filename) override;
   absl::StatusOr<std::string> ReadBytes(const std::string& filename) override;
+  // Moves it to set_aside() under "NAME.abandoned" (never listed again).
+  absl::StatusOr<std::string> SetAside(const std::string& filename) override;
+  std::vector<std::string> set_aside() const;
 
   std::vector<std::string> filenames() const;
   // Saves and removes, in order ("save a.pt", "remove a.pt").
@@ -39,6 +42,7 @@ class InMemorySaver final : public SaveHandler {
   mutable Mutex mu_;
   std::map<std::string, std::pair<std::string, CheckpointMetadata>> files_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> ops_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::pair<std::string, CheckpointMetadata>> aside_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ember

@@ -11,7 +11,9 @@
 // collective (every rank calls it) that gives every rank the saving rank's verdict on the
 // directory. The checkpoint then refuses to save from an engine whose communicator has another
 // world size (say an evaluator left on a single-process communicator in a multi-rank job), naming
-// both sizes, and ResumeLatest() / Flush() without arguments use the bound communicator.
+// both sizes, and ResumeLatest() / Flush() without arguments use the bound communicator. Without
+// a World (and no `comm`), the checkpoint is this process's alone and just works; used after the
+// World it was created in is gone, it fails (Checkpoint::BindCommunicator).
 //
 // Example:
 //   auto checkpoint = ember::ModelCheckpoint::Create(

@@ -17,6 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "handlers/serialization/metadata.h"
 #include "handlers/serialization/value.h"
 
@@ -39,6 +40,13 @@ class SaveHandler {
   // Sets a corrupt stored checkpoint aside so that it is never used, ranked or overwritten
   // (DiskSaver renames it; the default does nothing).
   virtual void Quarantine(const std::string& filename, const absl::Status& why) {}
+  // Sets a stored checkpoint aside, kept but never listed, ranked, loaded or overwritten again
+  // (DiskSaver renames it "NAME.pt.abandoned"): Checkpoint does so with the checkpoints of a
+  // future that the run abandoned (it resumed from an earlier point). Returns where it now is.
+  // The default cannot: kUnimplemented.
+  virtual absl::StatusOr<std::string> SetAside(const std::string& filename) {
+    return absl::UnimplementedError(absl::StrCat("this save handler cannot set ", filename, " aside"));
+  }
   virtual absl::StatusOr<Value> Load(const std::string& filename) = 0;
   // The stored bytes of `filename` (to hand a checkpoint to ranks that cannot read the store).
   virtual absl::StatusOr<std::string> ReadBytes(const std::string& filename) = 0;

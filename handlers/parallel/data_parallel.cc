@@ -15,6 +15,7 @@
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
 #include "distributed/default_communicator.h"
+#include "distributed/settings_agreement.h"
 #include "handlers/checkpoint/snapshot_fence.h"
 
 namespace ember {
@@ -123,6 +124,17 @@ std::string DataParallel::Describe(size_t bucket) const {
 
 absl::Status DataParallel::Broadcast(torch::nn::Module& module) {
   if (world_size() == 1) return absl::OkStatus();
+  // First, once: every rank holds the same parameters and buffers (names, shapes, dtypes) and
+  // options, so that the broadcast below and the buckets of every step match.
+  dist::SettingList settings;
+  settings.AddInt("bucket_bytes", options_.bucket_bytes).AddBool("overlap", options_.overlap);
+  const auto describe = [](const torch::Tensor& t) {
+    return absl::StrCat(c10::toString(t.scalar_type()), "[", absl::StrJoin(t.sizes(), ","), "]",
+                        t.requires_grad() ? "" : " (no grad)");
+  };
+  for (const auto& p : module.named_parameters()) settings.Add(absl::StrCat("parameter ", p.key()), describe(p.value()));
+  for (const auto& b : module.named_buffers()) settings.Add(absl::StrCat("buffer ", b.key()), describe(b.value()));
+  EMBER_RETURN_IF_ERROR(dist::AgreeOnSettings(*comm_, "DataParallel parameters", settings, options_.deadline));
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> state;
   for (const auto& p : module.named_parameters()) state.push_back(p.value());

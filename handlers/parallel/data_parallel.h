@@ -1,8 +1,12 @@
 // File: handlers/parallel/data_parallel.h
 //
 // DataParallel: the gradient averaging of data-parallel training, as one object. Constructed on
-// every rank with the same module, it broadcasts the module's parameters and buffers from rank 0
-// (so ranks that initialised differently start equal). Gradients are averaged over the ranks in
+// every rank with the same module, it first checks that every rank holds the same parameters and
+// buffers (each one's name, shape, dtype and whether it takes a gradient) and the same bucket_bytes
+// and overlap (dist::AgreeOnSettings, "DataParallel parameters": one small all-reduce; a mismatch
+// is status() on every rank, naming each differing entry and each rank's value, and poisons the
+// communicator), then broadcasts the module's parameters and buffers from rank 0 (so ranks that
+// initialised differently start equal). Gradients are averaged over the ranks in
 // buckets of at most `bucket_bytes` (one all-reduce each: SUM, then / world size), formed in
 // reverse parameter order, the order in which backward produces them, and per device and dtype.
 //

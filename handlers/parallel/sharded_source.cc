@@ -9,14 +9,13 @@
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "distributed/default_communicator.h"
+#include "distributed/settings_agreement.h"
 
 namespace ember {
 
-absl::StatusOr<ShardedSampler::Place> ShardedSampler::Check(const ShardedSourceOptions& o,
-                                                            dist::Communicator* comm) {
-  if (comm == nullptr) comm = dist::DefaultCommunicator();
-  const int world = comm != nullptr ? comm->world_size() : 1;
-  const int rank = comm != nullptr ? comm->rank() : 0;
+namespace {
+
+absl::Status Validate(const ShardedSourceOptions& o, int world) {
   if (o.global_batch < 1) {
     return absl::InvalidArgumentError(absl::StrCat("ShardedSource: global_batch must be >= 1, got ", o.global_batch));
   }
@@ -30,6 +29,29 @@ absl::StatusOr<ShardedSampler::Place> ShardedSampler::Check(const ShardedSourceO
     return absl::InvalidArgumentError(absl::StrCat("ShardedSource: dataset_size (", o.dataset_size,
                                                    ") is smaller than one global batch (", o.global_batch, ")"));
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<ShardedSampler::Place> ShardedSampler::Check(const ShardedSourceOptions& o,
+                                                            dist::Communicator* comm) {
+  if (comm == nullptr) comm = dist::DefaultCommunicator();
+  const int world = comm != nullptr ? comm->world_size() : 1;
+  const int rank = comm != nullptr ? comm->rank() : 0;
+  const absl::Status valid = Validate(o, world);
+  if (world > 1) {
+    // Every rank reads its share of the same order: the same options everywhere (a rank whose
+    // options are invalid says so to the others).
+    dist::SettingList settings;
+    settings.Add("arguments", valid.ok() ? "valid" : valid.message())
+        .AddInt("dataset_size", o.dataset_size)
+        .AddInt("global_batch", o.global_batch)
+        .Add("seed", absl::StrCat(o.seed))
+        .AddBool("shuffle", o.shuffle);
+    EMBER_RETURN_IF_ERROR(dist::AgreeOnSettings(*comm, "ShardedSource options", settings, absl::Seconds(300)));
+  }
+  EMBER_RETURN_IF_ERROR(valid);
   return Place{rank, world};
 }
 

@@ -11,6 +11,10 @@
 //     with shuffle, other samples are left out each epoch).
 //   - Rank r of M reads ids [r * global_batch / M, (r + 1) * global_batch / M) of each global
 //     batch: global_batch must be divisible by M (Create says so, naming both numbers).
+//   - With several ranks, Create first agrees that every rank has the same dataset_size,
+//     global_batch, seed and shuffle, and valid options (dist::AgreeOnSettings, "ShardedSource
+//     options": one small collective; call Create on every rank): a mismatch fails Create on every
+//     rank naming each option and each rank's value, and poisons the communicator.
 //   - Its state_dict is {"epoch", "consumed" (samples of the epoch's order consumed by all ranks),
 //     "dataset_size", "global_batch", "seed", "shuffle"}. Loaded, the next pass continues the
 //     saved epoch at the saved position (or starts the next epoch when the saved one was

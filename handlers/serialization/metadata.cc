@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <utility>
 
@@ -45,7 +46,9 @@ absl::StatusOr<CheckpointMetadata> CheckpointMetadata::Parse(const std::string& 
         ok = absl::SimpleAtod(v, &m.priority);
       }
     } else if (k == "save_index") {
-      ok = absl::SimpleAtoi(v, &m.save_index);
+      // Checkpoint numbers the next save save_index + 1: the largest index leaves room for it.
+      ok = absl::SimpleAtoi(v, &m.save_index) && m.save_index >= 0 &&
+           m.save_index < std::numeric_limits<int64_t>::max();
     } else if (k == "global_step") {
       int64_t gs;
       ok = absl::SimpleAtoi(v, &gs);

@@ -6,7 +6,8 @@
 //
 // Serialize() writes one "key=value" per line, the priority as %.17g (nan/inf spelled out) so it
 // round-trips exactly; Parse() is its inverse and rejects a missing or unknown version line and
-// a malformed value (kDataLoss naming the key and the value), never aborting on bad input.
+// a malformed value (kDataLoss naming the key and the value; a save_index outside
+// [0, INT64_MAX - 1] is malformed), never aborting on bad input.
 //
 // Example:
 //   CheckpointMetadata m{.basename = "best_model", .priority = 0.93, .save_index = 4};

@@ -39,43 +39,73 @@ std::string Error(std::map<std::string, std::string> env) {
   return info.ok() ? "" : std::string(info.status().message());
 }
 
+// Every field ReadLaunchInfo fills, compared at once (a field a scheme forgets shows).
+void ExpectInfo(const LaunchInfo& got, const LaunchInfo& want) {
+  EXPECT_EQ(got.launcher, want.launcher);
+  EXPECT_EQ(got.rank, want.rank) << want.launcher;
+  EXPECT_EQ(got.world_size, want.world_size) << want.launcher;
+  EXPECT_EQ(got.local_rank, want.local_rank) << want.launcher;
+  EXPECT_EQ(got.local_world_size, want.local_world_size) << want.launcher;
+  EXPECT_EQ(got.master_addr, want.master_addr) << want.launcher;
+  EXPECT_EQ(got.master_port, want.master_port) << want.launcher;
+  EXPECT_EQ(got.rendezvous_port, want.rendezvous_port) << want.launcher;
+  EXPECT_EQ(got.rendezvous_port_from, want.rendezvous_port_from) << want.launcher;
+  EXPECT_EQ(got.mpi_launched, want.mpi_launched) << want.launcher;
+}
+
 TEST(LauncherEnv, EachLauncher) {
-  LaunchInfo none = Read({});
-  EXPECT_EQ(none.launcher, "none");
-  EXPECT_EQ(none.world_size, 1);
-  EXPECT_FALSE(none.mpi_launched);
+  ExpectInfo(Read({}), {.launcher = "none", .rank = 0, .world_size = 1, .local_rank = 0, .local_world_size = 1});
 
-  LaunchInfo ompi = Read({{"OMPI_COMM_WORLD_RANK", "3"}, {"OMPI_COMM_WORLD_SIZE", "4"},
-                          {"OMPI_COMM_WORLD_LOCAL_RANK", "1"}, {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"},
-                          {"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "1"}});
-  EXPECT_EQ(ompi.launcher, "openmpi");  // mpirun inside a Slurm allocation: OpenMPI's numbers
-  EXPECT_EQ(ompi.rank, 3);
-  EXPECT_EQ(ompi.world_size, 4);
-  EXPECT_EQ(ompi.local_rank, 1);
-  EXPECT_EQ(ompi.local_world_size, 2);
-  EXPECT_TRUE(ompi.mpi_launched);
+  // mpirun inside a Slurm allocation: OpenMPI's numbers.
+  ExpectInfo(Read({{"OMPI_COMM_WORLD_RANK", "3"}, {"OMPI_COMM_WORLD_SIZE", "4"},
+                   {"OMPI_COMM_WORLD_LOCAL_RANK", "1"}, {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"},
+                   {"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "1"}}),
+             {.launcher = "openmpi", .rank = 3, .world_size = 4, .local_rank = 1, .local_world_size = 2,
+              .mpi_launched = true});
 
-  LaunchInfo mpich = Read({{"PMI_RANK", "2"}, {"PMI_SIZE", "8"}, {"MPI_LOCALRANKID", "2"}, {"MPI_LOCALNRANKS", "4"}});
-  EXPECT_EQ(mpich.launcher, "mpich");
-  EXPECT_EQ(mpich.local_rank, 2);
+  ExpectInfo(Read({{"PMI_RANK", "2"}, {"PMI_SIZE", "8"}, {"MPI_LOCALRANKID", "2"}, {"MPI_LOCALNRANKS", "4"}}),
+             {.launcher = "mpich", .rank = 2, .world_size = 8, .local_rank = 2, .local_world_size = 4,
+              .mpi_launched = true});
 
-  LaunchInfo pmix = Read({{"PMIX_RANK", "5"}, {"SLURM_NTASKS", "8"}});
-  EXPECT_EQ(pmix.launcher, "pmix");
-  EXPECT_EQ(pmix.world_size, 8);
+  // srun --mpi=pmix: what Slurm 22 sets for the third task of node 1 with 3 tasks per node. The
+  // local rank is Slurm's (PMIx puts none in the environment; MPI_LOCALRANKID is MPICH's).
+  ExpectInfo(Read({{"PMIX_RANK", "5"}, {"PMIX_NAMESPACE", "slurm.pmix.77.0"}, {"SLURM_PROCID", "5"},
+                   {"SLURM_NTASKS", "8"}, {"SLURM_LOCALID", "2"}, {"SLURM_NODEID", "1"},
+                   {"SLURM_TASKS_PER_NODE", "3(x2),2"}}),
+             {.launcher = "pmix", .rank = 5, .world_size = 8, .local_rank = 2, .local_world_size = 3,
+              .mpi_launched = true});
+  ExpectInfo(Read({{"PMIX_RANK", "7"}, {"SLURM_NTASKS", "8"}, {"SLURM_LOCALID", "1"}, {"SLURM_NODEID", "2"},
+                   {"SLURM_TASKS_PER_NODE", "3(x2),2"}}),
+             {.launcher = "pmix", .rank = 7, .world_size = 8, .local_rank = 1, .local_world_size = 2,
+              .mpi_launched = true});
+  ExpectInfo(Read({{"PMIX_RANK", "5"}, {"SLURM_NTASKS", "8"}, {"SLURM_LOCALID", "1"}, {"SLURM_NTASKS_PER_NODE", "4"}}),
+             {.launcher = "pmix", .rank = 5, .world_size = 8, .local_rank = 1, .local_world_size = 4,
+              .mpi_launched = true});
+  // PMIx without a size anywhere: MPI tells it after MPI_Init (0 until then).
+  ExpectInfo(Read({{"PMIX_RANK", "1"}}),
+             {.launcher = "pmix", .rank = 1, .world_size = 0, .local_rank = 0, .local_world_size = 1,
+              .mpi_launched = true});
 
-  LaunchInfo slurm = Read({{"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "8"}, {"SLURM_LOCALID", "1"},
-                           {"SLURM_NTASKS_PER_NODE", "4(x2)"}});
-  EXPECT_EQ(slurm.launcher, "slurm");
-  EXPECT_EQ(slurm.local_world_size, 4);
-  EXPECT_FALSE(slurm.mpi_launched);
+  ExpectInfo(Read({{"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "8"}, {"SLURM_LOCALID", "1"},
+                   {"SLURM_NTASKS_PER_NODE", "4(x2)"}}),
+             {.launcher = "slurm", .rank = 5, .world_size = 8, .local_rank = 1, .local_world_size = 4});
+  ExpectInfo(Read({{"SLURM_PROCID", "4"}, {"SLURM_NTASKS", "5"}, {"SLURM_LOCALID", "0"}, {"SLURM_NODEID", "1"},
+                   {"SLURM_TASKS_PER_NODE", "4,1"}, {"PMI_FD", "5"}}),
+             {.launcher = "slurm", .rank = 4, .world_size = 5, .local_rank = 0, .local_world_size = 1,
+              .mpi_launched = true});
+  EXPECT_THAT(Error({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "2"}, {"SLURM_LOCALID", "0"}, {"SLURM_NODEID", "3"},
+                     {"SLURM_TASKS_PER_NODE", "1(x2)"}}),
+              HasSubstr("SLURM_NODEID=3 is beyond the nodes of SLURM_TASKS_PER_NODE='1(x2)'"));
+  EXPECT_THAT(Error({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "2"}, {"SLURM_LOCALID", "0"}, {"SLURM_NODEID", "0"},
+                     {"SLURM_TASKS_PER_NODE", "2(3)"}}),
+              HasSubstr("SLURM_TASKS_PER_NODE='2(3)' is not a list of N or N(xM)"));
 
-  LaunchInfo torchrun = Read({{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"LOCAL_RANK", "1"}, {"LOCAL_WORLD_SIZE", "2"},
-                              {"MASTER_ADDR", "10.0.0.1"}, {"MASTER_PORT", "29500"}});
-  EXPECT_EQ(torchrun.launcher, "torchrun");
-  EXPECT_EQ(torchrun.master_addr, "10.0.0.1");
-  EXPECT_EQ(torchrun.master_port, 29500);
-  EXPECT_EQ(torchrun.rendezvous_port, 29500) << "a plain torchrun-style launch leaves MASTER_PORT to rank 0";
-  EXPECT_EQ(torchrun.rendezvous_port_from, "MASTER_PORT");
+  ExpectInfo(Read({{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"LOCAL_RANK", "1"}, {"LOCAL_WORLD_SIZE", "2"},
+                   {"MASTER_ADDR", "10.0.0.1"}, {"MASTER_PORT", "29500"}}),
+             {.launcher = "torchrun", .rank = 1, .world_size = 2, .local_rank = 1, .local_world_size = 2,
+              .master_addr = "10.0.0.1", .master_port = 29500,
+              // a plain torchrun-style launch leaves MASTER_PORT to rank 0
+              .rendezvous_port = 29500, .rendezvous_port_from = "MASTER_PORT"});
 }
 
 TEST(LauncherEnv, TheRendezvousPortAvoidsTorchrunsAgentStore) {
@@ -269,6 +299,44 @@ TEST(TcpRendezvous, TorchrunsAgentStoreOnMasterPortDoesNotBlockTheRendezvous) {
   EXPECT_THAT(std::string(busy.status().message()),
               HasSubstr("cannot listen on port " + std::to_string(master_port)));
   ::close(agent);
+}
+
+// Issue 24.14: connections that are not ranks (a port probe that connects and closes, a client
+// that stays silent, one that sends something else) are never counted as ranks: the real rank
+// still gets the payload.
+TEST(TcpRendezvous, AStrayConnectionNeverCountsAsARank) {
+  const int port = 20000 + ((::getpid() + 7919) % 20000);
+  absl::StatusOr<std::string> at0 = absl::UnknownError("not run");
+  std::thread rank0([&] { at0 = ShareFromRank0(0, 2, "127.0.0.1", port, "the-id", absl::Now() + absl::Seconds(30)); });
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  sa.sin_port = htons(static_cast<uint16_t>(port));
+  auto connected = [&] {
+    for (int attempt = 0; attempt < 200; ++attempt) {
+      int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+      if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0) return fd;
+      ::close(fd);
+      ::usleep(50 * 1000);
+    }
+    return -1;
+  };
+  int probe = connected();  // connect() then close(): a port scanner, a health check
+  ASSERT_GE(probe, 0) << "rank 0 never listened";
+  ::close(probe);
+  int silent = connected();  // stays open, says nothing
+  ASSERT_GE(silent, 0);
+  int garbage = connected();
+  ASSERT_GE(garbage, 0);
+  ASSERT_EQ(::send(garbage, "GET / HTTP/1.0\r\n\r\n", 18, MSG_NOSIGNAL), 18);
+  ::usleep(300 * 1000);  // rank 0 has seen all three before the real rank comes
+  absl::StatusOr<std::string> at1 = ShareFromRank0(1, 2, "127.0.0.1", port, "", absl::Now() + absl::Seconds(20));
+  rank0.join();
+  ::close(silent);
+  ::close(garbage);
+  ASSERT_TRUE(at1.ok()) << at1.status();
+  EXPECT_EQ(*at1, "the-id");
+  ASSERT_TRUE(at0.ok()) << at0.status();
 }
 
 // A rank 0 whose listen queue is full drops the SYNs: a blocking connect() then waits for the

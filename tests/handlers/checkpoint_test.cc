@@ -4,11 +4,13 @@
 #include "handlers/checkpoint/checkpoint.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
-#include <future>
 #include <cmath>
+#include <future>
+#include <limits>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -18,11 +20,14 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "base/atomic_file.h"
 #include "base/file_system.h"
 #include "base/testing/fault_injection_file_system.h"
 #include "base/testing/temp_dir.h"
 #include "engine/engine.h"
+#include "distributed/default_communicator.h"
+#include "distributed/single_process_communicator.h"
 #include "distributed/testing/fake_world.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -505,7 +510,10 @@ TEST(Checkpoint, InvalidArgumentsFailAtCreate) {
   // ignite v0.5.3 accepts n_saved=0 and fails with IndexError at the first save.
   EXPECT_THAT(std::string(Checkpoint::Create({{"model", model}}, memory, {.n_saved = 0}).status().message()),
               HasSubstr("n_saved must be >= 1"));
-  EXPECT_THAT(std::string(Checkpoint::Create({}, memory).status().message()), HasSubstr("no objects to checkpoint"));
+  // ignite's exact RuntimeError text, from both ways of making one.
+  EXPECT_EQ(Checkpoint::Create({}, memory).status(), absl::InvalidArgumentError("No objects to checkpoint found."));
+  EXPECT_EQ(ModelCheckpoint::Create({.disk = {.dirname = TempDir("empty_to_save")}}, {}).status(),
+            absl::InvalidArgumentError("No objects to checkpoint found."));
   EXPECT_THAT(std::string(Checkpoint::Create({{"m", model}, {"m", model}}, memory).status().message()),
               HasSubstr("two objects are named 'm'"));
   EXPECT_THAT(std::string(Checkpoint::Create({{"checkpointer", model}}, memory, {.include_self = true}).status().message()),
@@ -1131,6 +1139,202 @@ TEST(CheckpointRestart, OnlyCorruptFilesFailUnlessStartingOver) {
   auto fresh_start = (*again)->ResumeLatest(trainer.communicator(), nullptr, /*start_over_if_unusable=*/true);
   ASSERT_TRUE(fresh_start.ok()) << fresh_start.status();
   EXPECT_FALSE(fresh_start->has_value());
+}
+
+// Issue 24.1: a checkpoint ranked by step, in a directory that holds a file of a later step (a
+// future the run abandoned, say after --resume_from an older file): the save is written, never
+// skipped as "not better", and the later file is set aside (renamed, not deleted).
+TEST(CheckpointRestart, AStepRankedSaveBelowAnAbandonedFutureIsWrittenAndTheFutureSetAside) {
+  const std::string dir = TempDir("abandoned_future");
+  ValueObject object(1);
+  auto make = [&] {
+    return ModelCheckpoint::Create({.disk = {.dirname = dir, .require_empty = false},
+                                    .checkpoint = {.filename_prefix = "preempted", .n_saved = 1}},
+                                   {{"object", object}});
+  };
+  {
+    auto ckpt = make();
+    ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+    std::vector<int> ten(10, 0);
+    Engine trainer(Identity);
+    trainer.On(Events::Completed(), **ckpt);
+    ASSERT_TRUE(trainer.Run(ten).ok());
+    EXPECT_THAT(Files(dir), ElementsAre("preempted_object_10.pt"));
+  }
+  object.v_ = 2;
+  auto ckpt = make();
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  std::vector<int> four(4, 0);
+  Engine trainer(Identity);
+  trainer.On(Events::Completed(), **ckpt);
+  ASSERT_TRUE(trainer.Run(four).ok());
+  EXPECT_THAT(Files(dir), ElementsAre("preempted_object_10.pt.abandoned", "preempted_object_4.pt"));
+  ASSERT_TRUE((*ckpt)->last_checkpoint().has_value());
+  EXPECT_EQ(*(*ckpt)->last_checkpoint(), JoinPath(dir, "preempted_object_4.pt"));
+  absl::StatusOr<Value> written = ReadTorchSaveFile(JoinPath(dir, "preempted_object_4.pt"));
+  ASSERT_TRUE(written.ok()) << written.status();
+  EXPECT_EQ(written->Find("value")->as_int(), 2);
+}
+
+// Issue 24.2: a score-ranked checkpoint's files saved after the resume point are set aside on
+// request (SetAsideAfter), by their global step; earlier ones stay ranked.
+TEST(CheckpointRestart, SetAsideAfterMovesTheAbandonedFutureOutOfRetention) {
+  auto memory = std::make_shared<InMemorySaver>();
+  ValueObject object(1);
+  double score = 0.5;
+  CheckpointOptions options = {.score_function = [&](const Engine&) { return Score(score); },
+                               .score_name = "acc",
+                               .n_saved = 3,
+                               .global_step_transform = [](const Engine& e, Event) { return e.state().iteration; }};
+  {
+    auto ckpt = Checkpoint::Create({{"object", object}}, memory, options);
+    ASSERT_TRUE(ckpt.ok());
+    std::vector<int> three(3, 0);
+    Engine trainer(Identity);
+    trainer.On(Events::IterationCompleted(), [&] { score += 0.1; });
+    trainer.On(Events::IterationCompleted(), **ckpt);
+    ASSERT_TRUE(trainer.Run(three).ok());
+  }
+  EXPECT_EQ(memory->filenames().size(), 3u);
+  auto ckpt = Checkpoint::Create({{"object", object}}, memory, options);
+  ASSERT_TRUE(ckpt.ok());
+  dist::SingleProcessCommunicator alone;
+  absl::StatusOr<std::vector<std::string>> aside = (*ckpt)->SetAsideAfter(alone, 1);
+  ASSERT_TRUE(aside.ok()) << aside.status();
+  EXPECT_THAT(*aside, ElementsAre("object_2_acc=0.7000.pt", "object_3_acc=0.8000.pt"));
+  EXPECT_THAT(memory->filenames(), ElementsAre("object_1_acc=0.6000.pt"));
+  EXPECT_THAT(memory->set_aside(), ElementsAre("object_2_acc=0.7000.pt.abandoned", "object_3_acc=0.8000.pt.abandoned"));
+  ASSERT_EQ((*ckpt)->saved().size(), 1u);
+  EXPECT_EQ((*ckpt)->saved()[0].filename, "object_1_acc=0.6000.pt");
+  EXPECT_EQ(*(*ckpt)->best_score(), 0.6);
+}
+
+// A save handler whose Save throws, as LibTorch does on a failed allocation or copy.
+class ThrowingSaver : public SaveHandler {
+ public:
+  absl::Status Save(const Value&, const std::string&, const CheckpointMetadata&) override {
+    TORCH_CHECK(false, "injected: DefaultCPUAllocator: not enough memory");
+    return absl::OkStatus();
+  }
+  absl::Status Remove(const std::string&) override { return absl::OkStatus(); }
+  absl::StatusOr<Value> Load(const std::string& f) override { return absl::NotFoundError(f); }
+  absl::StatusOr<std::string> ReadBytes(const std::string& f) override { return absl::NotFoundError(f); }
+};
+
+// Issue 24.7: an exception on the writer thread is an error of the run (at the flush), not
+// std::terminate; on the training thread (synchronous save) it is an error of the save.
+TEST(CheckpointAsync, AnExceptionOnTheWriterThreadIsAnErrorNotATerminate) {
+  for (const bool background : {false, true}) {
+    for (const bool async : {false, true}) {
+      if (background && !async) continue;
+      torch::nn::Linear model(4, 4);
+      auto ckpt = Checkpoint::Create({{"model", model}}, std::make_shared<ThrowingSaver>(),
+                                     {.async_save = async, .snapshot_in_background = background});
+      ASSERT_TRUE(ckpt.ok());
+      std::vector<int> data = {0, 1};
+      Engine trainer([&](Engine&, const int&) {
+        WaitForSnapshots();
+        torch::NoGradGuard g;
+        model->weight.add_(1.0);
+      });
+      ASSERT_TRUE((*ckpt)->Attach(trainer, Events::EpochCompleted()).ok());
+      absl::Status s = trainer.Run(data, {.max_epochs = 1});
+      EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
+      EXPECT_THAT(std::string(s.message()), HasSubstr("injected: DefaultCPUAllocator: not enough memory")) << s;
+      EXPECT_FALSE((*ckpt)->last_checkpoint().has_value());
+    }
+  }
+}
+
+// Issue 24.11: no World at all: a ModelCheckpoint is this process's alone and ResumeLatest()
+// works; used after the World it was created in is gone, it is an error, not a crash.
+TEST(ModelCheckpointOptions, WithoutAWorldItJustWorksAndAGoneWorldIsAnError) {
+  ASSERT_EQ(dist::DefaultCommunicator(), nullptr);
+  const std::string dir = TempDir("no_world");
+  ValueObject object(7);
+  auto ckpt = ModelCheckpoint::Create({.disk = {.dirname = dir}}, {{"object", object}});
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  std::vector<int> data = {0, 1};
+  Engine trainer(Identity);
+  trainer.On(Events::Completed(), **ckpt);
+  ASSERT_TRUE(trainer.Run(data).ok());
+  object.v_ = 0;
+  absl::StatusOr<std::optional<std::string>> resumed = (*ckpt)->ResumeLatest();
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->value_or(""), JoinPath(dir, "object_2.pt"));
+  EXPECT_EQ(object.v_, 7);
+  EXPECT_TRUE((*ckpt)->Flush().ok());
+
+  std::unique_ptr<Checkpoint> orphan;
+  {
+    auto world = std::make_unique<dist::SingleProcessCommunicator>();  // a World that is a temporary
+    dist::Communicator* before = dist::SetDefaultCommunicator(world.get());
+    auto made = ModelCheckpoint::Create({.disk = {.dirname = TempDir("gone_world")}}, {{"object", object}});
+    dist::SetDefaultCommunicator(before);
+    ASSERT_TRUE(made.ok()) << made.status();
+    orphan = *std::move(made);
+  }
+  absl::StatusOr<std::optional<std::string>> gone = orphan->ResumeLatest();
+  EXPECT_EQ(gone.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(gone.status().message()), HasSubstr("the World of 1 rank(s) it was created in no longer exists"));
+  EXPECT_EQ(orphan->Flush().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// Tensors that share a storage.
+class Tied : public Stateful {
+ public:
+  Tied() : t_(torch::arange(8, torch::kFloat32)) {}
+  Value StateDict() const override {
+    Value d = Value::Dict();
+    d.Set("weight", t_);
+    d.Set("tied", t_);
+    d.Set("tail", t_.slice(0, 4));
+    return d;
+  }
+  absl::Status LoadStateDict(const Value&) override { return absl::OkStatus(); }
+  torch::Tensor t_;
+};
+
+// Issue 24.18: an asynchronous save (and a background snapshot) keeps tensors that share a
+// storage shared in the file, as the synchronous save does: Python loads them tied.
+TEST(CheckpointAsync, TensorsThatShareAStorageStaySharedInTheFile) {
+  for (const bool background : {false, true}) {
+    const std::string dir = TempDir(background ? "tied_background" : "tied_async");
+    Tied tied;
+    auto ckpt = ModelCheckpoint::Create({.disk = {.dirname = dir},
+                                         .checkpoint = {.async_save = true, .snapshot_in_background = background}},
+                                        {{"tied", tied}});
+    ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+    std::vector<int> data = {0};
+    Engine trainer(Identity);
+    ASSERT_TRUE((*ckpt)->Attach(trainer, Events::EpochCompleted()).ok());
+    ASSERT_TRUE(trainer.Run(data).ok());
+    const std::string path = JoinPath(dir, "tied_1.pt");
+    absl::StatusOr<Value> back = ReadTorchSaveFile(path);
+    ASSERT_TRUE(back.ok()) << back.status();
+    const torch::Tensor& w = back->Find("weight")->as_tensor();
+    EXPECT_TRUE(w.is_alias_of(back->Find("tied")->as_tensor()));
+    EXPECT_TRUE(w.is_alias_of(back->Find("tail")->as_tensor()));
+    EXPECT_TRUE(torch::equal(back->Find("tail")->as_tensor(), torch::arange(4, 8, torch::kFloat32)));
+    if (access("/usr/bin/python3", X_OK) == 0) {
+      const std::string check = absl::StrCat(
+          "/usr/bin/python3 -c \"import torch, sys; d = torch.load('", path, "'); ",
+          "s = lambda t: t.storage().data_ptr(); ",
+          "sys.exit(0 if s(d['weight']) == s(d['tied']) == s(d['tail']) and d['tail'].storage_offset() == 4 and ",
+          "d['weight'].data_ptr() == d['tied'].data_ptr() else 1)\"");
+      EXPECT_EQ(std::system(check.c_str()), 0) << "Python does not load the tensors tied: " << check;
+    }
+  }
+}
+
+// Issue 24.19: a save_index the next save could not follow is malformed metadata.
+TEST(CheckpointRestart, AnOverflowingSaveIndexIsMalformed) {
+  CheckpointMetadata m{.basename = "model", .priority = 1, .save_index = std::numeric_limits<int64_t>::max()};
+  absl::StatusOr<CheckpointMetadata> parsed = CheckpointMetadata::Parse(m.Serialize());
+  EXPECT_EQ(parsed.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(parsed.status().message()), HasSubstr("save_index"));
+  m.save_index = std::numeric_limits<int64_t>::max() - 1;
+  EXPECT_TRUE(CheckpointMetadata::Parse(m.Serialize()).ok());
 }
 
 }  // namespace

@@ -1,6 +1,14 @@
 #include "handlers/metrics_log.h"
 
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdlib>
 #include <fstream>
+#include <mutex>
+#include <vector>
 #include <sstream>
 #include <string>
 
@@ -10,8 +18,41 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
+// fsync, observed: the paths of the files this process fsynced (then the real fsync).
+std::mutex g_synced_mu;
+std::vector<std::string> g_synced;
+extern "C" int fsync(int fd) {
+  char target[PATH_MAX];
+  const ssize_t n = ::readlink(("/proc/self/fd/" + std::to_string(fd)).c_str(), target, sizeof(target));
+  {
+    std::lock_guard<std::mutex> lock(g_synced_mu);
+    g_synced.push_back(n > 0 ? std::string(target, static_cast<size_t>(n)) : "?");
+  }
+  static auto real = reinterpret_cast<int (*)(int)>(::dlsym(RTLD_NEXT, "fsync"));
+  return real(fd);
+}
+
 namespace ember {
 namespace {
+
+int SyncsOf(const std::string& path) {
+  char real[PATH_MAX];
+  const std::string canonical = ::realpath(path.c_str(), real) != nullptr ? real : path;
+  std::lock_guard<std::mutex> lock(g_synced_mu);
+  return static_cast<int>(std::count(g_synced.begin(), g_synced.end(), canonical));
+}
+
+// Issue 24.17: a line is durable when Append returns, as the checkpoint it describes.
+TEST(MetricsLog, EachLineIsFsyncedBeforeAppendReturns) {
+  const std::string path = JoinPath(testing::TempDir("metrics_fsync"), "metrics.jsonl");
+  auto log = MetricsLog::Open(path);
+  ASSERT_TRUE(log.ok()) << log.status();
+  const int before = SyncsOf(path);
+  ASSERT_TRUE((*log)->Append({{"epoch", 1}, {"iteration", 10}}).ok());
+  EXPECT_EQ(SyncsOf(path), before + 1);
+  ASSERT_TRUE((*log)->Append({{"epoch", 2}, {"iteration", 20}}).ok());
+  EXPECT_EQ(SyncsOf(path), before + 2);
+}
 
 std::string Slurp(const std::string& path) {
   std::ifstream in(path);

@@ -4,6 +4,8 @@
 
 #include <signal.h>
 
+#include <cstdlib>
+
 #include "distributed/testing/fake_world.h"
 #include "gtest/gtest.h"
 
@@ -112,6 +114,48 @@ TEST(Preemption, NoSignalNoStop) {
   ASSERT_TRUE(e.Run({.max_epochs = 2, .epoch_length = 4}).ok());
   EXPECT_TRUE(e.outcome().completed());
   EXPECT_FALSE(preemption.preempted());
+}
+
+// Issue 24.12: one request delivered twice (slurmstepd and torchrun both signal the worker) is
+// one request: the run stops at the next iteration as after one signal. A different signal is a
+// second request (exit now), and so is the same one after the window.
+TEST(Preemption, TheSameSignalTwiceInAWindowIsOneRequest) {
+  Preemption::Clear();
+  Engine e([](Engine&) {});
+  Preemption preemption;
+  e.On(Events::IterationCompleted(), [](Engine& en) {
+    if (en.state().iteration == 3) {
+      ::raise(SIGTERM);
+      ::raise(SIGTERM);
+    }
+  });
+  e.On(Events::IterationCompleted(), preemption);
+  ASSERT_TRUE(e.Run({.max_epochs = 1, .epoch_length = 10}).ok());
+  EXPECT_TRUE(preemption.preempted());
+  EXPECT_EQ(e.outcome().iteration, 3);
+  Preemption::Clear();
+}
+
+TEST(PreemptionDeathTest, ADifferentSignalOrTheSameAfterTheWindowExitsNow) {
+  EXPECT_EXIT(
+      {
+        Preemption::Clear();
+        Preemption preemption;
+        ::raise(SIGTERM);
+        ::raise(SIGINT);
+        std::_Exit(0);
+      },
+      ::testing::ExitedWithCode(1), "second stop signal: exiting now");
+  EXPECT_EXIT(
+      {
+        Preemption::Clear();
+        Preemption preemption;
+        ::raise(SIGUSR1);
+        absl::SleepFor(Preemption::kRepeatWindow + absl::Milliseconds(200));
+        ::raise(SIGUSR1);
+        std::_Exit(0);
+      },
+      ::testing::ExitedWithCode(1), "second stop signal: exiting now");
 }
 
 }  // namespace

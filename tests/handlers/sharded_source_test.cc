@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <functional>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -31,14 +32,26 @@ std::vector<int64_t> ToVector(const torch::Tensor& t) {
   return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
 }
 
-// One source per rank of a world of `world` ranks.
+// Creates a source on every rank of a fresh world of `world` ranks at once (Create agrees on the
+// options across the ranks: a collective) with rank r's options `options(r)`; each rank's outcome.
+std::vector<absl::StatusOr<std::unique_ptr<ShardedSource<Batch>>>> CreateOnEveryRank(
+    int world, const std::function<ShardedSourceOptions(int)>& options) {
+  dist::testing::FakeWorld w(world);
+  std::vector<absl::StatusOr<std::unique_ptr<ShardedSource<Batch>>>> out(world, absl::UnknownError("not created"));
+  w.RunOnEveryRank([&](dist::Communicator& c) {
+    out[c.rank()] =
+        ShardedSource<Batch>::Create(options(c.rank()), [](const torch::Tensor& ids) { return Batch{ids}; }, &c);
+  });
+  return out;
+}
+
+// The sources of the first `world` ranks of a world of w.world_size() ranks (created on all of them).
 std::vector<std::unique_ptr<ShardedSource<Batch>>> Sources(dist::testing::FakeWorld& w, int world,
                                                            ShardedSourceOptions o) {
   std::vector<std::unique_ptr<ShardedSource<Batch>>> out;
-  for (int r = 0; r < world; ++r) {
-    auto s = ShardedSource<Batch>::Create(o, [](const torch::Tensor& ids) { return Batch{ids}; }, w.comm(r));
+  for (auto& s : CreateOnEveryRank(w.world_size(), [&](int) { return o; })) {
     EXPECT_TRUE(s.ok()) << s.status();
-    out.push_back(*std::move(s));
+    if (static_cast<int>(out.size()) < world && s.ok()) out.push_back(*std::move(s));
   }
   return out;
 }
@@ -118,8 +131,7 @@ TEST(ShardedSource, FinishedEpochResumesAtTheNextOne) {
 TEST(ShardedSource, WithTheEngineAnInterruptedRunSeesTheSameBatchesAsAnUninterruptedOne) {
   auto run = [](int world, std::optional<int64_t> stop_at, const Value* engine_state, const Value* data_state,
                 Value* engine_out, Value* data_out) {
-    dist::testing::FakeWorld w(world);
-    auto source = ShardedSource<Batch>::Create(kOptions, [](const torch::Tensor& ids) { return Batch{ids}; }, w.comm(0));
+    auto source = std::move(CreateOnEveryRank(world, [](int) { return kOptions; })[0]);  // rank 0's
     EXPECT_TRUE(source.ok());
     std::vector<std::vector<int64_t>> seen;
     Engine engine([&](Engine&, const Batch& b) { seen.push_back(ToVector(b.ids)); });
@@ -148,9 +160,34 @@ TEST(ShardedSource, WithTheEngineAnInterruptedRunSeesTheSameBatchesAsAnUninterru
   EXPECT_EQ(part, whole);
 }
 
+TEST(ShardedSource, OptionsThatDifferOnOneRankFailCreateOnEveryRank) {
+  for (int n : {2, 4}) {
+    const std::string others = n == 2 ? "rank 0" : "ranks 0-2";
+    const std::string last = n == 2 ? "rank 1" : "rank 3";
+    auto made = CreateOnEveryRank(n, [&](int r) {
+      ShardedSourceOptions o = kOptions;
+      if (r == n - 1) o.global_batch = 24;
+      return o;
+    });
+    auto seeded = CreateOnEveryRank(n, [&](int r) {
+      ShardedSourceOptions o = kOptions;
+      if (r == n - 1) o.seed = 6;
+      return o;
+    });
+    for (int r = 0; r < n; ++r) {
+      ASSERT_FALSE(made[r].ok());
+      EXPECT_EQ(made[r].status().code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_EQ(made[r].status().message(),
+                "ShardedSource options differ across ranks: global_batch is 12 on " + others + ", 24 on " + last);
+      ASSERT_FALSE(seeded[r].ok());
+      EXPECT_EQ(seeded[r].status().message(),
+                "ShardedSource options differ across ranks: seed is 5 on " + others + ", 6 on " + last);
+    }
+  }
+}
+
 TEST(ShardedSource, BadSettingsAreClearErrors) {
-  dist::testing::FakeWorld w(5);
-  auto s = ShardedSource<Batch>::Create(kOptions, [](const torch::Tensor& ids) { return Batch{ids}; }, w.comm(0));
+  auto s = std::move(CreateOnEveryRank(5, [](int) { return kOptions; })[0]);
   ASSERT_FALSE(s.ok());
   EXPECT_THAT(std::string(s.status().message()),
               HasSubstr("the global batch (12) is not divisible by the world size (5)"));
