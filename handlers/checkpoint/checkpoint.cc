@@ -294,11 +294,11 @@ absl::Status Checkpoint::Flush() {
 
 Event Checkpoint::SavedCheckpointEvent() { return Event::Custom("SAVED_CHECKPOINT"); }
 
-absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Create(ObjectMap to_save,
-                                                               std::shared_ptr<SaveHandler> save_handler,
-                                                               CheckpointOptions options) {
+namespace {
+
+// Create's argument checks (every rank runs them, then agrees on the outcome).
+absl::Status ValidateCreate(const ObjectMap& to_save, const CheckpointOptions& options) {
   if (to_save.empty()) return absl::InvalidArgumentError("Checkpoint: no objects to checkpoint (to_save is empty)");
-  if (save_handler == nullptr) return absl::InvalidArgumentError("Checkpoint: save_handler is null");
   if (options.n_saved && *options.n_saved < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "Checkpoint: n_saved must be >= 1 (or unset to keep every checkpoint), got ", *options.n_saved));
@@ -330,6 +330,49 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Create(ObjectMap to_save
           "Checkpoint: with include_self, no object may be named 'checkpointer'");
     }
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status Checkpoint::AgreeAtCreate(dist::Communicator& comm, absl::string_view context, const ObjectMap& to_save,
+                                       const CheckpointOptions& options, const absl::Status& valid,
+                                       const dist::SettingList& extra) {
+  if (comm.world_size() == 1) return absl::OkStatus();
+  std::vector<std::string> keys;
+  for (const auto& [name, object] : to_save) keys.push_back(name);
+  // The arguments' validity first: a rank whose arguments are invalid says so to the others.
+  const absl::Status v = valid.ok() ? ValidateCreate(to_save, options) : valid;
+  dist::SettingList s;
+  s.Add("arguments", v.ok() ? "valid" : v.message())
+      .Add("objects", absl::StrJoin(keys, ","))
+      .AddInt("save_on_rank", options.save_on_rank)
+      .Add("n_saved", options.n_saved ? absl::StrCat(*options.n_saved) : "None")
+      .AddInt("keep_last", options.keep_last)
+      .Add("filename_prefix", options.filename_prefix)
+      .Add("score_name", options.score_name)
+      .AddBool("score_function", options.score_function != nullptr)
+      .AddBool("global_step_transform", options.global_step_transform != nullptr)
+      .Add("filename_pattern", options.filename_pattern)
+      .AddBool("include_self", options.include_self)
+      .AddBool("greater_or_equal", options.greater_or_equal)
+      .Add("score_reduction", dist::ReductionName(options.score_reduction))
+      .AddBool("async_save", options.async_save)
+      .AddBool("snapshot_in_background", options.snapshot_in_background);
+  for (const dist::Setting& e : extra.settings()) s.Add(e.name, e.value);
+  return dist::AgreeOnSettings(comm, context, s, absl::Seconds(300));
+}
+
+absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Create(ObjectMap to_save,
+                                                               std::shared_ptr<SaveHandler> save_handler,
+                                                               CheckpointOptions options) {
+  if (save_handler == nullptr) return absl::InvalidArgumentError("Checkpoint: save_handler is null");
+  const absl::Status valid = ValidateCreate(to_save, options);
+  // In a multi-rank World, first agree (a rank whose arguments are invalid says so to the others).
+  if (dist::Communicator* world = dist::DefaultCommunicator(); world != nullptr && world->world_size() > 1) {
+    EMBER_RETURN_IF_ERROR(AgreeAtCreate(*world, "Checkpoint options", to_save, options, valid));
+  }
+  EMBER_RETURN_IF_ERROR(valid);
   std::unique_ptr<Checkpoint> c(new Checkpoint(std::move(to_save), std::move(save_handler), std::move(options)));
   if (!c->options_.filename_pattern.empty()) {
     // Validate the pattern now, not at the first save.

@@ -65,6 +65,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "distributed/communicator.h"
+#include "distributed/settings_agreement.h"
 #include "distributed/single_process_communicator.h"
 #include "engine/engine.h"
 #include "engine/synchronized_handler.h"
@@ -120,6 +121,19 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
   // `LaunchWorld().value()->rank()`), or without one after a multi-rank World started, is
   // kFailedPrecondition, never a dangling pointer.
   void BindCommunicator(dist::Communicator* comm) { comm_ = comm; }
+
+  // What every rank of a multi-rank job must hold the same for a checkpoint: whether its
+  // arguments are valid (`valid`), the names of to_save, and every option (save_on_rank, n_saved,
+  // keep_last, filename_prefix, score_name, whether a score function and a global step transform
+  // are given, filename_pattern, include_self, greater_or_equal, score_reduction, async_save,
+  // snapshot_in_background), plus `extra` (a saver's options). Agreed once at creation
+  // (dist::AgreeOnSettings with `context`: Create does it on the World alive at that moment,
+  // ModelCheckpoint::Create on its communicator, before its saver's first collective); a mismatch
+  // fails every rank with an error naming each setting and each rank's value, before anything is
+  // written. A collective when comm has several ranks; nothing otherwise.
+  static absl::Status AgreeAtCreate(dist::Communicator& comm, absl::string_view context, const ObjectMap& to_save,
+                                    const CheckpointOptions& options, const absl::Status& valid,
+                                    const dist::SettingList& extra = {});
 
   // Fired (on the engine the checkpoint is attached to) after each successful save.
   static Event SavedCheckpointEvent();
