@@ -18,6 +18,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "base/log.h"
 #include "base/status_macros.h"
 #include "distributed/default_communicator.h"
 #include "distributed/root_action.h"
@@ -298,7 +299,7 @@ namespace {
 
 // Create's argument checks (every rank runs them, then agrees on the outcome).
 absl::Status ValidateCreate(const ObjectMap& to_save, const CheckpointOptions& options) {
-  if (to_save.empty()) return absl::InvalidArgumentError("Checkpoint: no objects to checkpoint (to_save is empty)");
+  if (to_save.empty()) return absl::InvalidArgumentError("No objects to checkpoint found.");
   if (options.n_saved && *options.n_saved < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "Checkpoint: n_saved must be >= 1 (or unset to keep every checkpoint), got ", *options.n_saved));
@@ -392,7 +393,7 @@ Checkpoint::~Checkpoint() {
   if (writer_.joinable()) {
     writer_.join();
     if (!writer_status_.ok()) {
-      std::fprintf(stderr, "[ember] Checkpoint: background save failed: %s\n", writer_status_.ToString().c_str());
+      LogWarning(absl::StrCat("Checkpoint: background save failed: ", writer_status_.ToString()));
     }
   }
 }
@@ -681,8 +682,7 @@ absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
     EMBER_RETURN_IF_ERROR(NoThrow("writing the checkpoint", [&] { return save_handler_->Save(ckpt, filename, meta); }));
     for (const std::string& old : evicted) {
       if (absl::Status s = save_handler_->Remove(old); !s.ok()) {
-        std::fprintf(stderr, "[ember] Checkpoint: could not remove %s: %s\n",
-                     save_handler_->Location(old).c_str(), s.ToString().c_str());
+        LogWarning(absl::StrCat("Checkpoint: could not remove ", save_handler_->Location(old), ": ", s.ToString()));
       }
     }
     return absl::OkStatus();
@@ -833,8 +833,8 @@ absl::StatusOr<std::optional<std::string>> Checkpoint::ResumeLatest(dist::Commun
       absl::Status ok = b.status();
       if (ok.ok()) ok = ReadTorchSave(*b, save_handler_->Location(item.filename)).status();
       if (!ok.ok()) {
-        std::fprintf(stderr, "[ember] Checkpoint: cannot resume from %s: %s\n",
-                     save_handler_->Location(item.filename).c_str(), ok.ToString().c_str());
+        LogWarning(absl::StrCat("Checkpoint: cannot resume from ", save_handler_->Location(item.filename), ": ",
+                                ok.ToString()));
         if (ok.code() == absl::StatusCode::kDataLoss) {
           save_handler_->Quarantine(item.filename, ok);
         } else {

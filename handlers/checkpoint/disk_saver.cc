@@ -16,6 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "base/atomic_file.h"
+#include "base/log.h"
 #include "base/status_macros.h"
 #include "distributed/root_action.h"
 #include "handlers/serialization/torch_save.h"
@@ -110,8 +111,7 @@ absl::StatusOr<std::vector<std::pair<std::string, CheckpointMetadata>>> DiskSave
     absl::StatusOr<RecordLookup> found = ReadRecordAndVerify(Location(name), kMetaRecord, options_.fs);
     if (!found.ok()) {
       // Not readable as an archive: whose it is cannot be told, so it is left where it is.
-      std::fprintf(stderr, "[ember] DiskSaver: ignoring %s: %s\n", Location(name).c_str(),
-                   std::string(found.status().message()).c_str());
+      LogWarning(absl::StrCat("DiskSaver: ignoring ", Location(name), ": ", found.status().message()));
       Reject(name, found.status());
       continue;
     }
@@ -135,7 +135,7 @@ absl::StatusOr<std::vector<std::pair<std::string, CheckpointMetadata>>> DiskSave
 }
 
 void DiskSaver::Reject(const std::string& filename, const absl::Status& why) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   rejected_.push_back(absl::StrCat(filename, ": ", why.message()));
 }
 
@@ -148,8 +148,7 @@ void DiskSaver::Quarantine(const std::string& filename, const absl::Status& why)
   if (moved.ok()) moved = options_.fs->SyncDir(dirname_);
   const std::string outcome = moved.ok() ? absl::StrCat("moved aside to ", aside)
                                          : absl::StrCat("could not move it aside: ", moved.message());
-  std::fprintf(stderr, "[ember] DiskSaver: %s is corrupt (%s); %s\n", Location(filename).c_str(),
-               std::string(why.message()).c_str(), outcome.c_str());
+  LogWarning(absl::StrCat("DiskSaver: ", Location(filename), " is corrupt (", why.message(), "); ", outcome));
   Reject(filename, absl::DataLossError(absl::StrCat(why.message(), " (", outcome, ")")));
 }
 
@@ -162,7 +161,7 @@ absl::StatusOr<std::string> DiskSaver::SetAside(const std::string& filename) {
 }
 
 std::vector<std::string> DiskSaver::Rejected() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   return rejected_;
 }
 

@@ -5,7 +5,7 @@
 // fsync of the directory; see base/atomic_file.h), with Ember's metadata in an extra record
 // ("ember_meta") so that a restarted run knows each file's priority and order. List() verifies
 // every file before it reports it: a corrupt file of Ember's own is moved aside as
-// "NAME.pt.corrupt" (and said on stderr), so it is never ranked, reported, deleted or
+// "NAME.pt.corrupt" (and logged: base/log.h), so it is never ranked, reported, deleted or
 // overwritten; a .pt file Ember did not write (Python's torch.save) is left alone and reported in
 // Rejected() with the reason.
 //
@@ -19,7 +19,6 @@
 #define EMBER_HANDLERS_DISK_SAVER_H_
 
 #include <memory>
-#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -58,7 +57,7 @@ class DiskSaver final : public SaveHandler {
   absl::StatusOr<Value> Load(const std::string& filename) override;
   absl::StatusOr<std::string> ReadBytes(const std::string& filename) override;
   std::string Location(const std::string& filename) const override;
-  // Moves a corrupt checkpoint of Ember's own aside ("NAME.pt.corrupt"), says so on stderr and
+  // Moves a corrupt checkpoint of Ember's own aside ("NAME.pt.corrupt"), logs a warning and
   // records it in Rejected().
   void Quarantine(const std::string& filename, const absl::Status& why) override;
   // Renames it "NAME.pt.abandoned" (".abandoned.N" when taken) and syncs the directory.

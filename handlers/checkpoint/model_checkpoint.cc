@@ -21,7 +21,10 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> ModelCheckpoint::Create(ModelCheckpo
         ") differs from checkpoint.save_on_rank (", options.checkpoint.save_on_rank,
         "); set checkpoint.save_on_rank only"));
   }
-  if (comm == nullptr) comm = dist::DefaultCommunicator();
+  // Without `comm`, the checkpoint follows the World alive now (none: this process alone) and
+  // notices when it is gone (Checkpoint::BindCommunicator).
+  const bool given = comm != nullptr;
+  if (!given) comm = dist::DefaultCommunicator();
   // Every rank holds the same options and objects (save_on_rank above all: two saving ranks would
   // write the same files), agreed before the saver's first collective.
   if (comm != nullptr && comm->world_size() > 1) {
@@ -33,14 +36,14 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> ModelCheckpoint::Create(ModelCheckpo
     EMBER_RETURN_IF_ERROR(
         Checkpoint::AgreeAtCreate(*comm, "ModelCheckpoint options", to_save, options.checkpoint, valid, disk));
   }
-  if (to_save.empty()) return absl::InvalidArgumentError("ModelCheckpoint: no objects to checkpoint (to_save is empty)");
+  if (to_save.empty()) return absl::InvalidArgumentError("No objects to checkpoint found.");
   EMBER_RETURN_IF_ERROR(valid);
   options.disk.save_on_rank = options.checkpoint.save_on_rank;
   EMBER_ASSIGN_OR_RETURN(std::unique_ptr<DiskSaver> saver, DiskSaver::Create(std::move(options.disk), comm));
   EMBER_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint,
                          Checkpoint::Create(std::move(to_save), std::shared_ptr<SaveHandler>(std::move(saver)),
                                             std::move(options.checkpoint)));
-  checkpoint->BindCommunicator(comm);
+  if (given) checkpoint->BindCommunicator(comm);
   return checkpoint;
 }
 
