@@ -1,5 +1,6 @@
 #include "distributed/communicator.h"
 
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -9,6 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 
 namespace ember::dist {
@@ -202,6 +204,61 @@ absl::StatusOr<std::unique_ptr<Pending>> Communicator::DoStartAllReduce(const Bu
   return std::unique_ptr<Pending>(new DonePending(std::move(s)));
 }
 
+namespace {
+
+enum FingerprintKind { kFpAllReduce = 1, kFpStartAllReduce, kFpAllGather, kFpBroadcast, kFpBarrier };
+constexpr size_t kFingerprint = 5;
+constexpr int kNoType = -1;
+
+std::string DescribeFingerprint(const double* f) {
+  static const char* const kKinds[] = {"?", "AllReduce", "StartAllReduce", "AllGather", "Broadcast", "Barrier"};
+  const int kind = static_cast<int>(f[0]);
+  const int dtype = static_cast<int>(f[3]);
+  const int op = static_cast<int>(f[4]);
+  std::string out = kind >= 1 && kind <= 5 ? kKinds[kind] : "?";
+  if (kind == kFpBroadcast) return absl::StrCat(out, " from rank ", op);
+  if (kind == kFpBarrier) return out;
+  absl::StrAppend(&out, " of ", static_cast<uint64_t>(f[2]), " ",
+                  dtype == kNoType ? "values" : DTypeName(static_cast<DType>(dtype)));
+  if (kind != kFpAllGather) absl::StrAppend(&out, " (", ReduceOpName(static_cast<ReduceOp>(op)), ")");
+  return out;
+}
+
+}  // namespace
+
+bool Communicator::StrictFromEnvironment() {
+  const char* v = std::getenv("EMBER_DISTRIBUTED_DEBUG");
+  return v != nullptr && std::strcmp(v, "DETAIL") == 0;
+}
+
+absl::Status Communicator::CheckFingerprint(int kind, uint64_t count, int dtype, int op, absl::Time deadline) {
+  if (!poison_.ok() || world_size() == 1) return absl::OkStatus();  // the collective itself says so
+  const double mine[kFingerprint] = {static_cast<double>(kind), static_cast<double>(strict_seq_++),
+                                     static_cast<double>(count), static_cast<double>(dtype), static_cast<double>(op)};
+  std::vector<double> all(kFingerprint * static_cast<size_t>(world_size()));
+  absl::Status s = DoAllGather(absl::MakeConstSpan(mine, kFingerprint), absl::MakeSpan(all), deadline);
+  if (!s.ok()) {
+    CollectiveFailed(absl::Status(s.code(), absl::StrCat("strict mode's fingerprint exchange: ", s.message())));
+    return poison_;
+  }
+  std::vector<std::string> sides;
+  bool differs = false;
+  for (int r = 0; r < world_size(); ++r) {
+    const double* f = all.data() + static_cast<size_t>(r) * kFingerprint;
+    if (std::memcmp(f, all.data(), kFingerprint * sizeof(double)) != 0) differs = true;
+  }
+  if (!differs) return absl::OkStatus();
+  for (int r = 0; r < world_size(); ++r) {
+    const double* f = all.data() + static_cast<size_t>(r) * kFingerprint;
+    sides.push_back(absl::StrCat("rank ", r, " ", DescribeFingerprint(f), " (#", static_cast<uint64_t>(f[1]), ")"));
+  }
+  absl::Status error = absl::FailedPreconditionError(absl::StrCat(
+      "collective #", strict_seq_ - 1, " differs across ranks (EMBER_DISTRIBUTED_DEBUG=DETAIL): ",
+      absl::StrJoin(sides, "; "), ". Every rank must issue the same collectives in the same order"));
+  PoisonDetectedEverywhere(error);
+  return error;
+}
+
 absl::StatusOr<std::unique_ptr<Pending>> Communicator::StartAllReduce(const Buffer& buffer, ReduceOp op,
                                                                       absl::Time deadline) {
   if (buffer.data == nullptr && buffer.count > 0) {
@@ -211,6 +268,10 @@ absl::StatusOr<std::unique_ptr<Pending>> Communicator::StartAllReduce(const Buff
     return absl::InvalidArgumentError(absl::StrCat(
         "AllReduce of ", buffer.DebugString(), ": the ", backend(),
         " backend reduces host buffers only; copy it to the host, or use the nccl backend"));
+  }
+  if (strict_) {
+    if (absl::Status fp = CheckFingerprint(kFpStartAllReduce, buffer.count, static_cast<int>(buffer.dtype),
+                                           static_cast<int>(op), deadline); !fp.ok()) return fp;
   }
   std::unique_ptr<Pending> inner;
   absl::Status started = Guard("StartAllReduce", [&]() -> absl::Status {
@@ -230,10 +291,18 @@ absl::Status Communicator::AllReduce(const Buffer& buffer, ReduceOp op, absl::Ti
 }
 
 absl::Status Communicator::AllReduce(absl::Span<double> values, ReduceOp op, absl::Time deadline) {
+  if (strict_) {
+    if (absl::Status fp = CheckFingerprint(kFpAllReduce, values.size(), static_cast<int>(DType::kFloat64),
+                                           static_cast<int>(op), deadline); !fp.ok()) return fp;
+  }
   return Guard("AllReduce", [&] { return DoAllReduce(values, op, deadline); });
 }
 
 absl::Status Communicator::AllReduce(absl::Span<float> values, ReduceOp op, absl::Time deadline) {
+  if (strict_) {
+    if (absl::Status fp = CheckFingerprint(kFpAllReduce, values.size(), static_cast<int>(DType::kFloat32),
+                                           static_cast<int>(op), deadline); !fp.ok()) return fp;
+  }
   return Guard("AllReduce", [&] { return DoAllReduce(values, op, deadline); });
 }
 
@@ -244,6 +313,9 @@ absl::Status Communicator::AllGather(absl::Span<const double> send, absl::Span<d
                                                    " values, expected world_size * send = ",
                                                    world_size() * send.size()));
   }
+  if (strict_) {
+    if (absl::Status fp = CheckFingerprint(kFpAllGather, send.size(), static_cast<int>(DType::kFloat64), 0, deadline); !fp.ok()) return fp;
+  }
   return Guard("AllGather", [&] { return DoAllGather(send, recv, deadline); });
 }
 
@@ -252,10 +324,12 @@ absl::Status Communicator::Broadcast(std::string& bytes, int root, absl::Time de
     return absl::InvalidArgumentError(
         absl::StrCat("Broadcast: root ", root, " is not a rank of a world of ", world_size()));
   }
+  if (strict_) if (absl::Status fp = CheckFingerprint(kFpBroadcast, 0, kNoType, root, deadline); !fp.ok()) return fp;
   return Guard("Broadcast", [&] { return DoBroadcast(bytes, root, deadline); });
 }
 
 absl::Status Communicator::Barrier(absl::Time deadline) {
+  if (strict_) if (absl::Status fp = CheckFingerprint(kFpBarrier, 0, kNoType, 0, deadline); !fp.ok()) return fp;
   return Guard("Barrier", [&] { return DoBarrier(deadline); });
 }
 

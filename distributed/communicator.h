@@ -25,6 +25,15 @@
 // corrupt one of another kind (a barrier completing an all-gather, a 4-double metric all-reduce
 // meeting a 50858-float gradient bucket: that pair waits for its deadline or a notice instead).
 //
+// Strict mode (EMBER_DISTRIBUTED_DEBUG=DETAIL in the environment, read when the communicator is
+// made; like PyTorch's TORCH_DISTRIBUTED_DEBUG=DETAIL): before EVERY collective the ranks
+// all-gather a fixed-size fingerprint of it (kind, sequence number, element count, element type,
+// operation or root) and compare them; a mismatch fails every rank with kFailedPrecondition
+// naming each rank's collective ("collective #12 differs across ranks: rank 0 AllReduce of 4
+// float64 (SUM); rank 1 StartAllReduce of 50858 float32 (SUM)") before the collective reaches
+// the transport. It costs one more small collective per collective: for debugging. A Broadcast's
+// fingerprint has no count (only the root knows the size).
+//
 // Thread safety: a communicator is used by one thread at a time (the training thread); the
 // counters may be read from any thread.
 //
@@ -112,6 +121,10 @@ class Communicator {
   // whatever its code; a peer's notice; a mismatch that every rank detected).
   bool may_meet() const;
 
+  // Whether strict mode is on (above); set_strict overrides the environment (tests).
+  bool strict() const { return strict_; }
+  void set_strict(bool strict) { strict_ = strict; }
+
   // Number of collectives issued so far (for tests and benchmarks: one per event firing).
   int64_t collectives() const { return collectives_.load(std::memory_order_relaxed); }
   // Time the calling threads spent inside collectives: the blocking calls, and the start and the
@@ -180,8 +193,13 @@ class Communicator {
   std::atomic<int64_t> collectives_{0};
   std::atomic<int64_t> staged_bytes_{0};
   std::atomic<int64_t> collective_ns_{0};
+  // Strict mode: exchanges and compares the fingerprint of the next collective.
+  absl::Status CheckFingerprint(int kind, uint64_t count, int dtype, int op, absl::Time deadline);
   absl::Status poison_;
   bool broken_ = false;  // a collective's transport failed
+  bool strict_ = StrictFromEnvironment();
+  uint64_t strict_seq_ = 0;
+  static bool StrictFromEnvironment();
 };
 
 }  // namespace ember::dist

@@ -285,6 +285,33 @@ TEST(FakeWorldIdentity, AgreementsWithDifferentLayoutsFailOnEveryRank) {
   }
 }
 
+// Strict mode (EMBER_DISTRIBUTED_DEBUG=DETAIL; set_strict here): every collective's fingerprint
+// is compared first; a mismatch names each rank's collective, on every rank, at once.
+TEST(FakeWorldStrict, MismatchedCollectivesAreNamedBeforeTheyRun) {
+  testing::FakeWorld world(3);
+  absl::Status got[3];
+  world.RunOnEveryRank([&](Communicator& c) {
+    c.set_strict(true);
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    std::vector<double> metric(4, 1.0);
+    ASSERT_TRUE(c.AllReduce(absl::MakeSpan(metric), ReduceOp::kSum, deadline).ok());  // matched: fine
+    std::vector<float> gradients(50858, 1.0f);
+    if (c.rank() == 1) {
+      got[1] = c.AllReduce(absl::MakeSpan(metric), ReduceOp::kSum, deadline);
+    } else {
+      got[c.rank()] = c.AllReduce(Buffer{gradients.data(), DType::kFloat32, gradients.size()}, ReduceOp::kSum, deadline);
+    }
+    EXPECT_EQ(gradients[0], 1.0f);  // nothing reduced
+  });
+  for (int r = 0; r < 3; ++r) {
+    SCOPED_TRACE(r);
+    EXPECT_EQ(got[r].code(), absl::StatusCode::kFailedPrecondition) << got[r];
+    EXPECT_THAT(std::string(got[r].message()),
+                HasSubstr("collective #1 differs across ranks (EMBER_DISTRIBUTED_DEBUG=DETAIL): rank 0 StartAllReduce "
+                          "of 50858 float32 (SUM) (#1); rank 1 AllReduce of 4 float64 (SUM) (#1); rank 2 StartAllReduce"));
+  }
+}
+
 // More values than travel inline take a second exchange, once the headers agreed.
 TEST(FakeWorldIdentity, ManyValuesTakeASecondExchangeAfterTheHeaders) {
   testing::FakeWorld world(2);

@@ -21,6 +21,10 @@
 //                         decides.
 //   mpi_checks extra K    the case 4: rank K attaches one more handler at COMPLETED
 //                         (another number of values): the same, no MPI_ERR_TRUNCATE.
+//   mpi_checks kinds K    the case 2: rank K all-reduces 4 doubles while the others
+//                         all-reduce a gradient bucket of 50858 floats: different matching
+//                         spaces, every rank fails at its deadline, no heap corruption; under
+//                         EMBER_DISTRIBUTED_DEBUG=DETAIL every rank fails at once naming both.
 // In the fault modes the process then returns from main normally: the communicator's destructor
 // must not block in MPI_Finalize on the stalled peer (shutdown is bounded in the library).
 #include <signal.h>
@@ -156,6 +160,30 @@ int Divergence(std::unique_ptr<ember::dist::MpiCommunicator> comm, const std::st
   return s.ok() && shutdown.ok() ? 0 : 1;
 }
 
+// The case 2: rank K posts a metric all-reduce of 4 doubles while the others post a
+// gradient all-reduce of 50858 floats. "kinds": different matching spaces, so the pair never meets
+// (each waits for its deadline; no heap corruption). "strict" (EMBER_DISTRIBUTED_DEBUG=DETAIL):
+// the fingerprints differ and every rank fails at once naming each rank's collective.
+int Kinds(int victim) {
+  ember::dist::Communicator& comm = *g_comm;
+  const absl::Time start = absl::Now();
+  const absl::Time deadline = absl::Now() + absl::Seconds(3);
+  absl::Status s;
+  std::vector<float> gradients(50858, 1.0f);
+  std::vector<double> metric(4, 1.0);
+  if (comm.rank() == victim) {
+    s = comm.AllReduce(absl::MakeSpan(metric), ember::dist::ReduceOp::kSum, deadline);
+  } else {
+    s = comm.AllReduce(ember::dist::Buffer{gradients.data(), ember::dist::DType::kFloat32, gradients.size()},
+                       ember::dist::ReduceOp::kSum, deadline);
+  }
+  std::printf("rank %d: %s after %.1fs (strict %d)\n", comm.rank(), s.ToString().c_str(),
+              absl::ToDoubleSeconds(absl::Now() - start), comm.strict() ? 1 : 0);
+  std::fflush(stdout);
+  absl::SleepFor(absl::Seconds(2));  // mpirun ends the job at the first non-zero exit
+  return s.ok() ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -169,6 +197,11 @@ int main(int argc, char** argv) {
   if (argc == 3 && (std::string(argv[1]) == "handler_error" || std::string(argv[1]) == "order" ||
                     std::string(argv[1]) == "extra")) {
     int rc = Divergence(*std::move(comm), argv[1], std::atoi(argv[2]));
+    std::fflush(nullptr);
+    ::_exit(rc);  // poisoned: MPI is not finalized
+  }
+  if (argc == 3 && std::string(argv[1]) == "kinds") {
+    int rc = Kinds(std::atoi(argv[2]));
     std::fflush(nullptr);
     ::_exit(rc);  // poisoned: MPI is not finalized
   }

@@ -102,4 +102,26 @@ for kind in order extra; do
       fail "$kind: rank $r's shutdown line is missing"
   done
 done
+
+# The issue's case 2 (a metric all-reduce against a gradient bucket): never matched, no heap
+# corruption; in strict mode (EMBER_DISTRIBUTED_DEBUG=DETAIL) every rank names both at once.
+for strict in 0 1; do
+  extra=()
+  [[ $strict == 1 ]] && extra=(-x EMBER_DISTRIBUTED_DEBUG=DETAIL)
+  out=$(timeout 120 "${mpi[@]}" "${extra[@]}" "$binary" kinds "$victim" 2>&1)
+  rc=$?
+  echo "== kinds on rank $victim, strict $strict: exit $rc"
+  echo "$out" | grep -E "^rank " | cut -c1-300
+  [[ $rc -ne 0 && $rc -ne 124 ]] || fail "kinds: the job exited $rc"
+  grep -q "MPI_ERR\|munmap\|free()\|Signal" <<<"$out" && fail "kinds: the transport saw mismatched buffers"
+  for ((r = 0; r <= victim; ++r)); do
+    line=$(grep "^rank $r: " <<<"$out")
+    if [[ $strict == 0 ]]; then
+      grep -q "DEADLINE_EXCEEDED: MPI_Iallreduce.*(strict 0)" <<<"$line" || fail "kinds: rank $r: $line"
+    else
+      grep -q "FAILED_PRECONDITION: collective #0 differs across ranks (EMBER_DISTRIBUTED_DEBUG=DETAIL): rank 0 StartAllReduce of 50858 float32 (SUM) (#0); .*rank $victim AllReduce of 4 float64 (SUM) (#0)\..* after 0\.[0-9]s (strict 1)" <<<"$line" ||
+        fail "kinds (strict): rank $r: $line"
+    fi
+  done
+done
 echo OK
