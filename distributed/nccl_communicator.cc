@@ -5,6 +5,7 @@
 #include <nccl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -45,16 +46,21 @@ ncclRedOp_t ToNccl(ReduceOp op) {
   return ncclSum;
 }
 
+// Staging buffers up to this size stay allocated between collectives (the per-event consensus
+// values, small broadcasts); larger ones are released after the collective that needed them.
+constexpr size_t kStagingKeptBytes = size_t{1} << 20;
+
 class NcclCommunicator final : public Communicator {
  public:
   ~NcclCommunicator() override {
     if (comm_ != nullptr) {
-      if (poisoned().ok()) {
+      if (poisoned().ok() && !aborted_) {
         ncclCommDestroy(comm_);
       } else {
         ncclCommAbort(comm_);
       }
     }
+    // At the end only: cudaFree synchronises the device, and the communicator is gone by now.
     if (device_buffer_ != nullptr) cudaFree(device_buffer_);
     if (pinned_ != nullptr) cudaFreeHost(pinned_);
     if (staged_done_ != nullptr) cudaEventDestroy(staged_done_);
@@ -114,7 +120,10 @@ class NcclCommunicator final : public Communicator {
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
     ncclResult_t r = ncclCommInitRankConfig(&c->comm_, o.world_size, id, o.rank, &config);
-    if (r != ncclSuccess && r != ncclInProgress) return NcclError("ncclCommInitRankConfig", r);
+    if (r != ncclSuccess && r != ncclInProgress) {
+      // A failed non-blocking init may leave a communicator behind: abort it, never destroy it.
+      return c->Abort(NcclError("ncclCommInitRankConfig", r));
+    }
     EMBER_RETURN_IF_ERROR(c->WaitComm("ncclCommInitRank", deadline));
     return std::unique_ptr<Communicator>(std::move(c));
   }
@@ -172,7 +181,7 @@ class NcclCommunicator final : public Communicator {
   absl::StatusOr<std::unique_ptr<Pending>> DoStartAllReduce(const Buffer& b, ReduceOp op,
                                                             absl::Time deadline) override {
     if (b.on_host()) return Communicator::DoStartAllReduce(b, op, deadline);
-    if (comm_ == nullptr) return absl::FailedPreconditionError("NCCL communicator was aborted");
+    EMBER_RETURN_IF_ERROR(Usable("ncclAllReduce"));
     if (b.device != device_) {
       return absl::InvalidArgumentError(absl::StrCat("AllReduce of ", b.DebugString(), ": this rank's NCCL communicator is on cuda:",
                                                      device_, "; move the buffer there"));
@@ -188,7 +197,7 @@ class NcclCommunicator final : public Communicator {
     cudaEventDestroy(ready);  // released once the wait is enqueued
     if (e != cudaSuccess) return CudaError("cudaStreamWaitEvent", e);
     ncclResult_t r = ncclAllReduce(b.data, b.data, b.count, ToNccl(b.dtype), ToNccl(op), comm_, stream_);
-    if (r != ncclSuccess && r != ncclInProgress) return NcclError("ncclAllReduce", r);
+    if (r != ncclSuccess && r != ncclInProgress) return Abort(NcclError("ncclAllReduce", r));
     EMBER_RETURN_IF_ERROR(WaitComm("ncclAllReduce enqueue", deadline));
     if ((e = cudaEventRecord(done, stream_)) != cudaSuccess) return CudaError("cudaEventRecord", e);
     return std::unique_ptr<Pending>(std::move(pending));
@@ -240,44 +249,108 @@ class NcclCommunicator final : public Communicator {
   }
   static ncclRedOp_t ToNccl(ReduceOp op) { return ::ember::dist::ToNccl(op); }
 
-  // Polls `event` until it completes; NCCL's asynchronous errors and the deadline end the wait
-  // (the deadline aborts the communicator).
+  // Whether the communicator can still be used: not aborted (by a deadline or an NCCL error in
+  // any collective) and not poisoned.
+  absl::Status Usable(const char* what) const {
+    if (aborted_ || comm_ == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(what, ": NCCL communicator was aborted (",
+                                                        abort_reason_.message(), ")"));
+    }
+    return absl::OkStatus();
+  }
+
+  // On any NCCL error or deadline: ncclCommAbort (which frees the GPU from a stuck kernel; a
+  // failed communicator is never destroyed), then poison, then return `error`. Every collective
+  // still pending on this communicator fails from then on (PollEvent checks the flag first).
+  absl::Status Abort(absl::Status error) {
+    if (!aborted_) {
+      aborted_ = true;
+      abort_reason_ = error;
+      if (comm_ != nullptr) ncclCommAbort(comm_);
+      comm_ = nullptr;
+    }
+    CollectiveFailed(error);
+    return error;
+  }
+
+  // Polls `event` until it completes. Each round checks first whether the communicator was
+  // aborted (then the collective fails, even if its event completed: what it computed may be
+  // partial), then NCCL's asynchronous error (abort, poison, return), then the event, then the
+  // deadline (abort).
   absl::Status PollEvent(cudaEvent_t event, const char* what, absl::Time deadline) {
     for (int64_t polls = 0;; ++polls) {
+      EMBER_RETURN_IF_ERROR(Usable(what));
+      ncclResult_t state = ncclSuccess;
+      ncclResult_t r = ncclCommGetAsyncError(comm_, &state);
+      if (r != ncclSuccess) return Abort(NcclError(what, r));
+      if (state != ncclSuccess && state != ncclInProgress) return Abort(NcclError(what, state));
       cudaError_t e = cudaEventQuery(event);
       if (e == cudaSuccess) return absl::OkStatus();
-      if (e != cudaErrorNotReady) return CudaError(what, e);
-      if (comm_ == nullptr) return absl::FailedPreconditionError(absl::StrCat(what, ": NCCL communicator was aborted"));
-      ncclResult_t state;
-      if (ncclCommGetAsyncError(comm_, &state) == ncclSuccess && state != ncclSuccess && state != ncclInProgress) {
-        return NcclError(what, state);
-      }
+      if (e != cudaErrorNotReady) return Abort(CudaError(what, e));
       if (absl::Now() > deadline) {
-        ncclCommAbort(comm_);
-        comm_ = nullptr;
-        return absl::DeadlineExceededError(
-            absl::StrCat(what, ": not every rank joined before the deadline; NCCL communicator aborted"));
+        return Abort(absl::DeadlineExceededError(
+            absl::StrCat(what, ": not every rank joined before the deadline; NCCL communicator aborted")));
       }
       if (polls > 1000) std::this_thread::yield();
     }
   }
 
-  // Waits until the communicator has no operation in progress, or aborts it at the deadline.
+  // Waits until the communicator has no operation in progress; an NCCL error or the deadline
+  // aborts it.
   absl::Status WaitComm(const char* what, absl::Time deadline) {
     while (true) {
-      ncclResult_t state;
+      EMBER_RETURN_IF_ERROR(Usable(what));
+      ncclResult_t state = ncclSuccess;
       ncclResult_t r = ncclCommGetAsyncError(comm_, &state);
-      if (r != ncclSuccess) return NcclError(what, r);
+      if (r != ncclSuccess) return Abort(NcclError(what, r));
       if (state == ncclSuccess) return absl::OkStatus();
-      if (state != ncclInProgress) return NcclError(what, state);
+      if (state != ncclInProgress) return Abort(NcclError(what, state));
       if (absl::Now() > deadline) {
-        ncclCommAbort(comm_);
-        comm_ = nullptr;
-        return absl::DeadlineExceededError(
-            absl::StrCat(what, ": not every rank joined before the deadline; NCCL communicator aborted"));
+        return Abort(absl::DeadlineExceededError(
+            absl::StrCat(what, ": not every rank joined before the deadline; NCCL communicator aborted")));
       }
       std::this_thread::yield();
     }
+  }
+
+  // The staging buffers (device and pinned host) hold at least `need` bytes. Growing frees the old
+  // ones only once this communicator's stream is idle (an event polled against the deadline: a
+  // stuck collective aborts instead of blocking), the device buffer stream-ordered
+  // (cudaFreeAsync / cudaMallocAsync, no device-wide cudaFree).
+  absl::Status Reserve(size_t need, absl::Time deadline) {
+    if (need <= capacity_) return absl::OkStatus();
+    EMBER_RETURN_IF_ERROR(ReleaseStaging(deadline));
+    cudaError_t e = cudaMallocAsync(&device_buffer_, need, stream_);
+    if (e != cudaSuccess) {
+      device_buffer_ = nullptr;
+      return CudaError("cudaMallocAsync (NCCL staging)", e);
+    }
+    if ((e = cudaMallocHost(&pinned_, need)) != cudaSuccess) {
+      pinned_ = nullptr;
+      return CudaError("cudaMallocHost (NCCL staging)", e);
+    }
+    capacity_ = need;
+    return absl::OkStatus();
+  }
+
+  // Frees the staging buffers once the stream is idle (see Reserve). cudaFreeHost still waits for
+  // the device's other streams (the training's kernels: bounded), never for a collective of this
+  // communicator, which has completed by then.
+  absl::Status ReleaseStaging(absl::Time deadline) {
+    if (device_buffer_ == nullptr && pinned_ == nullptr) return absl::OkStatus();
+    cudaError_t e = cudaEventRecord(staged_done_, stream_);
+    if (e != cudaSuccess) return Abort(CudaError("cudaEventRecord", e));
+    EMBER_RETURN_IF_ERROR(PollEvent(staged_done_, "NCCL staging buffer release", deadline));
+    if (device_buffer_ != nullptr && (e = cudaFreeAsync(device_buffer_, stream_)) != cudaSuccess) {
+      return Abort(CudaError("cudaFreeAsync (NCCL staging)", e));
+    }
+    device_buffer_ = nullptr;
+    if (pinned_ != nullptr && (e = cudaFreeHost(pinned_)) != cudaSuccess) {
+      return Abort(CudaError("cudaFreeHost (NCCL staging)", e));
+    }
+    pinned_ = nullptr;
+    capacity_ = 0;
+    return absl::OkStatus();
   }
 
   // Copies `in` into pinned host memory and on to the device (at input_offset), runs `op` on the
@@ -287,33 +360,26 @@ class NcclCommunicator final : public Communicator {
   template <typename Op>
   absl::Status Staged(const void* in, size_t in_bytes, void* out, size_t out_bytes,
                       absl::Time deadline, Op op, size_t input_offset = 0) {
-    if (comm_ == nullptr) return absl::FailedPreconditionError("NCCL communicator was aborted");
+    EMBER_RETURN_IF_ERROR(Usable("NCCL collective"));
     const size_t need = std::max(in_bytes + input_offset, out_bytes);
-    if (need > capacity_) {
-      if (device_buffer_ != nullptr) cudaFree(device_buffer_);
-      if (pinned_ != nullptr) cudaFreeHost(pinned_);
-      device_buffer_ = pinned_ = nullptr;
-      capacity_ = 0;
-      cudaError_t e = cudaMalloc(&device_buffer_, need);
-      if (e != cudaSuccess) return CudaError("cudaMalloc", e);
-      e = cudaMallocHost(&pinned_, need);
-      if (e != cudaSuccess) return CudaError("cudaMallocHost", e);
-      capacity_ = need;
-    }
+    EMBER_RETURN_IF_ERROR(Reserve(need, deadline));
     char* buf = static_cast<char*>(device_buffer_);
     char* host = static_cast<char*>(pinned_);
     std::memcpy(host + input_offset, in, in_bytes);
     cudaError_t e = cudaMemcpyAsync(buf + input_offset, host + input_offset, in_bytes, cudaMemcpyHostToDevice, stream_);
-    if (e != cudaSuccess) return CudaError("cudaMemcpyAsync", e);
+    if (e != cudaSuccess) return Abort(CudaError("cudaMemcpyAsync", e));
     ncclResult_t r = op(buf);
-    if (r != ncclSuccess && r != ncclInProgress) return NcclError("NCCL collective", r);
+    if (r != ncclSuccess && r != ncclInProgress) return Abort(NcclError("NCCL collective", r));
     EMBER_RETURN_IF_ERROR(WaitComm("NCCL collective enqueue", deadline));
     e = cudaMemcpyAsync(host, buf, out_bytes, cudaMemcpyDeviceToHost, stream_);
-    if (e != cudaSuccess) return CudaError("cudaMemcpyAsync", e);
-    if ((e = cudaEventRecord(staged_done_, stream_)) != cudaSuccess) return CudaError("cudaEventRecord", e);
+    if (e != cudaSuccess) return Abort(CudaError("cudaMemcpyAsync", e));
+    if ((e = cudaEventRecord(staged_done_, stream_)) != cudaSuccess) return Abort(CudaError("cudaEventRecord", e));
     CountStaged(static_cast<int64_t>(in_bytes + out_bytes));
     EMBER_RETURN_IF_ERROR(PollEvent(staged_done_, "NCCL collective", deadline));
     std::memcpy(out, host, out_bytes);
+    // Staging grows to the largest collective (a whole serialized checkpoint broadcast at
+    // resume): above kStagingKeptBytes it is released once that collective is done.
+    if (capacity_ > kStagingKeptBytes) EMBER_RETURN_IF_ERROR(ReleaseStaging(deadline));
     return absl::OkStatus();
   }
 
@@ -327,6 +393,8 @@ class NcclCommunicator final : public Communicator {
   void* pinned_ = nullptr;  // page-locked staging, capacity_ bytes
   cudaEvent_t staged_done_ = nullptr;
   size_t capacity_ = 0;
+  bool aborted_ = false;        // ncclCommAbort was called: every later use fails
+  absl::Status abort_reason_;   // why
 };
 
 }  // namespace

@@ -8,7 +8,16 @@
 // completes or the deadline passes, and then ncclCommAbort() frees the GPU and the call returns
 // kDeadlineExceeded: a dead peer never hangs a rank.
 //
-// Host buffers (the per-event consensus values) are staged through a device buffer.
+// Failures: on any NCCL error (returned, or asynchronous from ncclCommGetAsyncError), a CUDA error
+// while a collective is in flight, or a deadline, the communicator is aborted (ncclCommAbort;
+// never ncclCommDestroy, also when the non-blocking ncclCommInitRank fails) and poisoned before
+// the call returns; every later call and every pending collective then fails, even one whose
+// completion event had fired (its result may be partial). Only a healthy communicator is destroyed.
+//
+// Host buffers (the per-event consensus values, broadcasts) are staged through a device buffer
+// and pinned host memory. They grow to the largest collective without a device-wide cudaFree
+// (the old ones go once this communicator's stream is idle, polled against the deadline; device
+// memory stream-ordered), and staging above 1 MiB is released after the collective that needed it.
 //
 // Builds without NCCL (no nccl.h / libnccl.so under CUDA_HOME or /usr/local/cuda at build time)
 // keep this API: NcclBuilt() is false and CreateNcclCommunicator returns kUnimplemented with a

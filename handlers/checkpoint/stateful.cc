@@ -1,5 +1,6 @@
 #include "handlers/checkpoint/stateful.h"
 
+#include <sstream>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -34,6 +35,31 @@ void CollectTargets(torch::nn::Module& module, const std::string& prefix,
   for (auto& child : module.named_children()) {
     CollectTargets(*child.value(), prefix + child.key() + ".", out);
   }
+}
+
+// The key of a parameter's entry in Optimizer::state(). LibTorch 1.13 keys that map by the text of
+// the parameter's TensorImpl address (c10::guts::to_string, which streams the pointer); LibTorch
+// >= 2.2 keys it by the address itself, as void* (PyTorch PR #108480), and has no
+// c10::guts::to_string. The map's own key type decides, so that one source builds against both
+// and finds the entries the optimizer's step() made.
+using OptimizerStateKey =
+    std::decay_t<decltype(std::declval<torch::optim::Optimizer&>().state())>::key_type;
+static_assert(std::is_same_v<OptimizerStateKey, std::string> || std::is_pointer_v<OptimizerStateKey>,
+              "Optimizer::state() is keyed by neither a string (LibTorch 1.13) nor a pointer (2.x)");
+
+template <typename Key>
+Key StateKeyOf(c10::TensorImpl* impl) {  // a template: only the branch for Key is compiled
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream text;  // what c10::guts::to_string(impl) was: the streamed pointer
+    text << impl;
+    return text.str();
+  } else {
+    return static_cast<Key>(impl);
+  }
+}
+
+OptimizerStateKey StateKey(const torch::Tensor& p) {
+  return StateKeyOf<OptimizerStateKey>(p.unsafeGetTensorImpl());
 }
 
 std::string Shape(const torch::Tensor& t) {
@@ -221,7 +247,7 @@ absl::StatusOr<Value> OptimizerStateDict(const torch::optim::Optimizer& optimize
     }
     Value params = Value::List();
     for (const torch::Tensor& p : group.params()) {
-      auto it = optimizer.state().find(c10::guts::to_string(p.unsafeGetTensorImpl()));
+      auto it = optimizer.state().find(StateKey(p));
       if (it != optimizer.state().end()) {
         Value s = Value::Dict();
         if (const auto* m = dynamic_cast<const torch::optim::SGDParamState*>(it->second.get())) {
@@ -292,7 +318,7 @@ static absl::Status LoadOptimizerStateDictImpl(torch::optim::Optimizer& optimize
     const Value* params = Get(g, "params");
     for (size_t pi = 0; pi < group.params().size(); ++pi) {
       const torch::Tensor& p = group.params()[pi];
-      const std::string key = c10::guts::to_string(p.unsafeGetTensorImpl());
+      const OptimizerStateKey key = StateKey(p);
       const Value* s = state->Find(params->items()[pi]);
       if (s == nullptr || !s->is_dict()) {
         optimizer.state().erase(key);

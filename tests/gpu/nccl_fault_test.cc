@@ -1,0 +1,245 @@
+// The NCCL backend's failure handling (issue 25, items 7 and 9), on CPU: this binary links the
+// production distributed/nccl_communicator.cc against a scripted CUDA runtime and NCCL defined
+// below (the executable's definitions take the place of libcudart's and libnccl's), so that
+// asynchronous errors, stuck events and init failures can be produced without a GPU:
+//   - a failed non-blocking init is aborted (ncclCommAbort), never destroyed;
+//   - an asynchronous NCCL error aborts the communicator and poisons it before the call returns;
+//   - a collective whose event completed still fails once another one aborted the communicator;
+//   - staging buffers grow without a device-wide cudaFree, and a large one-off is released.
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <set>
+#include <string>
+
+#include "absl/time/clock.h"
+#include "distributed/nccl_communicator.h"
+#include "gtest/gtest.h"
+
+namespace fake {
+int aborts = 0, destroys = 0, device_frees = 0, async_frees = 0;
+ncclResult_t async_state = ncclSuccess;  // what ncclCommGetAsyncError reports once init is done
+ncclResult_t init_state = ncclSuccess;   // what it reports after ncclCommInitRankConfig
+bool initialising = false;
+std::set<cudaEvent_t> stuck;  // events that never complete
+int next_event = 1;
+cudaEvent_t last_event = nullptr;
+long long device_bytes = 0, pinned_bytes = 0;  // live staging allocations
+long long max_device_bytes = 0, max_pinned_bytes = 0;
+void Reset() {
+  aborts = destroys = device_frees = async_frees = 0;
+  async_state = init_state = ncclSuccess;
+  initialising = false;
+  stuck.clear();
+  device_bytes = pinned_bytes = max_device_bytes = max_pinned_bytes = 0;
+}
+struct Block {
+  size_t size;
+};
+void* Alloc(size_t n, long long& live, long long& max) {
+  auto* b = static_cast<Block*>(std::malloc(sizeof(Block) + n));
+  b->size = n;
+  live += static_cast<long long>(n);
+  if (live > max) max = live;
+  return b + 1;
+}
+void Free(void* p, long long& live) {
+  auto* b = static_cast<Block*>(p) - 1;
+  live -= static_cast<long long>(b->size);
+  std::free(b);
+}
+}  // namespace fake
+
+// ---- the scripted CUDA runtime ----------------------------------------------------------------
+extern "C" {
+const char* cudaGetErrorString(cudaError_t) { return "fake CUDA error"; }
+cudaError_t cudaGetDeviceCount(int* n) {
+  *n = 1;
+  return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int) { return cudaSuccess; }
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int) {
+  *s = reinterpret_cast<cudaStream_t>(0x5);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned int) {
+  *e = reinterpret_cast<cudaEvent_t>(static_cast<intptr_t>(0x1000 + fake::next_event++));
+  fake::last_event = *e;
+  return cudaSuccess;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaEventQuery(cudaEvent_t e) { return fake::stuck.count(e) ? cudaErrorNotReady : cudaSuccess; }
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned int) { return cudaSuccess; }
+cudaError_t cudaMalloc(void** p, size_t n) {
+  *p = fake::Alloc(n, fake::device_bytes, fake::max_device_bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaMallocAsync(void** p, size_t n, cudaStream_t) {
+  *p = fake::Alloc(n, fake::device_bytes, fake::max_device_bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaFree(void* p) {  // synchronises the whole device: counted
+  ++fake::device_frees;
+  if (p != nullptr) fake::Free(p, fake::device_bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaFreeAsync(void* p, cudaStream_t) {
+  ++fake::async_frees;
+  fake::Free(p, fake::device_bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaMallocHost(void** p, size_t n) {
+  *p = fake::Alloc(n, fake::pinned_bytes, fake::max_pinned_bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaFreeHost(void* p) {
+  fake::Free(p, fake::pinned_bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind, cudaStream_t) {
+  std::memmove(dst, src, n);
+  return cudaSuccess;
+}
+
+// ---- the scripted NCCL (one rank: every collective leaves its buffer as it is) ------------------
+const char* ncclGetErrorString(ncclResult_t) { return "fake NCCL error"; }
+ncclResult_t ncclGetUniqueId(ncclUniqueId* id) {
+  std::memset(id, 0, sizeof(*id));
+  return ncclSuccess;
+}
+ncclResult_t ncclCommInitRankConfig(ncclComm_t* comm, int, ncclUniqueId, int, ncclConfig_t*) {
+  *comm = reinterpret_cast<ncclComm_t>(0x77);
+  fake::initialising = true;
+  return ncclInProgress;
+}
+ncclResult_t ncclCommGetAsyncError(ncclComm_t, ncclResult_t* state) {
+  if (fake::initialising) {
+    fake::initialising = false;
+    *state = fake::init_state;
+  } else {
+    *state = fake::async_state;
+  }
+  return ncclSuccess;
+}
+ncclResult_t ncclCommAbort(ncclComm_t) {
+  ++fake::aborts;
+  return ncclSuccess;
+}
+ncclResult_t ncclCommDestroy(ncclComm_t) {
+  ++fake::destroys;
+  return ncclSuccess;
+}
+ncclResult_t ncclAllReduce(const void* s, void* r, size_t n, ncclDataType_t t, ncclRedOp_t, ncclComm_t, cudaStream_t) {
+  const size_t width = t == ncclFloat64 || t == ncclInt64 ? 8 : t == ncclFloat32 ? 4 : 2;
+  if (s != r) std::memmove(r, s, n * width);
+  return ncclSuccess;
+}
+ncclResult_t ncclBroadcast(const void* s, void* r, size_t n, ncclDataType_t, int, ncclComm_t, cudaStream_t) {
+  if (s != r) std::memmove(r, s, n);
+  return ncclSuccess;
+}
+ncclResult_t ncclAllGather(const void* s, void* r, size_t n, ncclDataType_t, ncclComm_t, cudaStream_t) {
+  if (s != r) std::memmove(r, s, n * 8);
+  return ncclSuccess;
+}
+}  // extern "C"
+
+namespace ember::dist {
+namespace {
+
+std::unique_ptr<Communicator> Make() {
+  absl::StatusOr<std::unique_ptr<Communicator>> c =
+      CreateNcclCommunicator({.rank = 0, .world_size = 1, .local_rank = 0, .init_timeout = absl::Seconds(5)});
+  EXPECT_TRUE(c.ok()) << c.status();
+  return c.ok() ? *std::move(c) : nullptr;
+}
+
+TEST(NcclFaults, AFailedNonBlockingInitIsAbortedNotDestroyed) {
+  fake::Reset();
+  fake::init_state = ncclSystemError;
+  absl::StatusOr<std::unique_ptr<Communicator>> c =
+      CreateNcclCommunicator({.rank = 0, .world_size = 1, .local_rank = 0, .init_timeout = absl::Seconds(5)});
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("ncclCommInitRank"), std::string::npos) << c.status();
+  EXPECT_EQ(fake::aborts, 1);
+  EXPECT_EQ(fake::destroys, 0) << "a communicator whose init failed must be aborted, not destroyed";
+}
+
+TEST(NcclFaults, AHealthyCommunicatorIsDestroyedAtTheEnd) {
+  fake::Reset();
+  {
+    std::unique_ptr<Communicator> c = Make();
+    ASSERT_NE(c, nullptr);
+    std::vector<double> v = {1, 2, 3};
+    ASSERT_TRUE(c->AllReduce(absl::MakeSpan(v), ReduceOp::kSum, absl::Now() + absl::Seconds(5)).ok());
+    EXPECT_EQ(v, (std::vector<double>{1, 2, 3}));
+  }
+  EXPECT_EQ(fake::destroys, 1);
+  EXPECT_EQ(fake::aborts, 0);
+}
+
+TEST(NcclFaults, AnAsynchronousErrorAbortsAndPoisonsBeforeReturning) {
+  fake::Reset();
+  std::unique_ptr<Communicator> c = Make();
+  ASSERT_NE(c, nullptr);
+  fake::async_state = ncclRemoteError;
+  std::vector<double> v = {1};
+  absl::Status s = c->AllReduce(absl::MakeSpan(v), ReduceOp::kSum, absl::Now() + absl::Seconds(5));
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(fake::aborts, 1) << "an asynchronous NCCL error must abort the communicator";
+  EXPECT_FALSE(c->poisoned().ok());
+  fake::async_state = ncclSuccess;  // even if NCCL now says nothing, the communicator stays dead
+  EXPECT_FALSE(c->AllReduce(absl::MakeSpan(v), ReduceOp::kSum, absl::Now() + absl::Seconds(5)).ok());
+  c.reset();
+  EXPECT_EQ(fake::destroys, 0);
+  EXPECT_EQ(fake::aborts, 1) << "aborted once";
+}
+
+TEST(NcclFaults, ACompletedCollectiveFailsOnceAnotherAbortedTheCommunicator) {
+  fake::Reset();
+  std::unique_ptr<Communicator> c = Make();
+  ASSERT_NE(c, nullptr);
+  std::vector<float> a(4, 1.f), b(4, 2.f);
+  auto first = c->StartAllReduce(Buffer{a.data(), DType::kFloat32, a.size(), 0}, ReduceOp::kSum,
+                                 absl::Now() + absl::Milliseconds(200));
+  ASSERT_TRUE(first.ok()) << first.status();
+  fake::stuck.insert(fake::last_event);  // the first one's completion event never fires
+  auto second = c->StartAllReduce(Buffer{b.data(), DType::kFloat32, b.size(), 0}, ReduceOp::kSum,
+                                  absl::Now() + absl::Seconds(5));
+  ASSERT_TRUE(second.ok()) << second.status();  // its event completes at once
+  absl::Status s1 = (*first)->Wait();
+  EXPECT_EQ(s1.code(), absl::StatusCode::kDeadlineExceeded) << s1;
+  EXPECT_EQ(fake::aborts, 1);
+  absl::Status s2 = (*second)->Wait();
+  EXPECT_FALSE(s2.ok()) << "a collective on an aborted communicator returned OK";
+}
+
+TEST(NcclFaults, StagingGrowsWithoutCudaFreeAndALargeOneOffIsReleased) {
+  fake::Reset();
+  std::unique_ptr<Communicator> c = Make();
+  ASSERT_NE(c, nullptr);
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  std::vector<double> small = {1, 2};
+  ASSERT_TRUE(c->AllReduce(absl::MakeSpan(small), ReduceOp::kSum, deadline).ok());
+  const long long kept = fake::pinned_bytes;
+  EXPECT_GT(kept, 0) << "a small collective keeps its staging";
+  std::string big(8 << 20, 'x');
+  big[12345] = 'y';
+  ASSERT_TRUE(c->Broadcast(big, 0, deadline).ok());
+  EXPECT_EQ(big.size(), size_t{8} << 20);
+  EXPECT_EQ(big[12345], 'y');
+  EXPECT_GE(fake::max_pinned_bytes, 8 << 20);
+  EXPECT_LE(fake::pinned_bytes, 1 << 20) << "the 8 MiB staging of a one-off broadcast stays allocated";
+  EXPECT_LE(fake::device_bytes, 1 << 20);
+  EXPECT_EQ(fake::device_frees, 0) << "staging was freed with a device-wide cudaFree";
+  EXPECT_GE(fake::async_frees, 1);
+  ASSERT_TRUE(c->AllReduce(absl::MakeSpan(small), ReduceOp::kSum, deadline).ok());
+  EXPECT_EQ(small, (std::vector<double>{1, 2}));
+}
+
+}  // namespace
+}  // namespace ember::dist
