@@ -37,7 +37,8 @@ std::vector<int64_t> ToVector(const torch::Tensor& t) {
 std::vector<absl::StatusOr<std::unique_ptr<ShardedSource<Batch>>>> CreateOnEveryRank(
     int world, const std::function<ShardedSourceOptions(int)>& options) {
   dist::testing::FakeWorld w(world);
-  std::vector<absl::StatusOr<std::unique_ptr<ShardedSource<Batch>>>> out(world, absl::UnknownError("not created"));
+  std::vector<absl::StatusOr<std::unique_ptr<ShardedSource<Batch>>>> out;
+  for (int r = 0; r < world; ++r) out.push_back(absl::UnknownError("not created"));
   w.RunOnEveryRank([&](dist::Communicator& c) {
     out[c.rank()] =
         ShardedSource<Batch>::Create(options(c.rank()), [](const torch::Tensor& ids) { return Batch{ids}; }, &c);
