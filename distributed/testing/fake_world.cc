@@ -154,6 +154,7 @@ void FakeWorld::Kill(int rank) {
 
 void FakeWorld::Notify(int rank, std::string text) {
   MutexLock lock(&mu_);
+  if (killed_[rank]) return;  // a dead process tells nobody: its peers find out at their deadline
   for (const auto& n : notices_) {
     if (n.first == rank) return;
   }

@@ -60,7 +60,7 @@ class FakeWorld {
   // notice of another rank.
   absl::StatusOr<std::vector<std::string>> Exchange(int rank, Channel channel, int64_t seq, std::string payload,
                                                     absl::Time deadline);
-  // Rank `rank`'s failure notice (internal).
+  // Rank `rank`'s failure notice (internal; a killed rank sends none).
   void Notify(int rank, std::string text);
   // The first notice of a rank other than `rank`, or OK.
   absl::Status NoticeFor(int rank);
