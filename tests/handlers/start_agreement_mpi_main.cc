@@ -1,0 +1,95 @@
+// Runs under mpirun (2 and 4 ranks, inside bazel test; start_agreement_mpi_test.sh), MPMD-style:
+// every rank runs `start_agreement_mpi CASE DIR [divergent]`, the last rank with "divergent".
+//   engine_order   a trainer with EarlyStopping and a ModelCheckpoint at EPOCH_COMPLETED, in the
+//                  other order on the divergent rank (issue 23, case 3)
+//   engine_attach  the same, the checkpoint attached on the non-divergent ranks only (case 4)
+//   engine_epochs  max_epochs 3 on the divergent rank, 2 elsewhere (case 6)
+//   ddp_shape      DataParallel over Linear(4, 6) + Linear(6, 4), transposed on the divergent rank
+//   save_on_rank   ModelCheckpoint with save_on_rank 1 on the divergent rank (case 7)
+//   sharded        ShardedSource with another global_batch on the divergent rank (case 2)
+//   same           nothing diverges: the trainer runs 2 epochs and saves
+// Checkpoints go to DIR. Each rank prints "rank R: <status>" and exits 0 or 1.
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <string>
+
+#include "absl/time/clock.h"
+#include "base/status_macros.h"
+#include "distributed/mpi_communicator.h"
+#include "engine/engine.h"
+#include "handlers/checkpoint/model_checkpoint.h"
+#include "handlers/early_stopping.h"
+#include "handlers/parallel/data_parallel.h"
+#include "handlers/parallel/sharded_source.h"
+
+namespace {
+
+struct Batch {
+  torch::Tensor ids;
+};
+
+absl::Status Run(ember::dist::Communicator& comm, const std::string& kind, const std::string& dir, bool divergent) {
+  const int a = kind == "ddp_shape" && divergent ? 6 : 4;
+  const int b = kind == "ddp_shape" && divergent ? 4 : 6;
+  torch::nn::Sequential net(torch::nn::Linear(a, b), torch::nn::Linear(b, a));
+  ember::DataParallel ddp(*net, {.deadline = absl::Seconds(60), .comm = &comm});
+  EMBER_RETURN_IF_ERROR(ddp.status());
+  EMBER_ASSIGN_OR_RETURN(
+      auto source, ember::ShardedSource<Batch>::Create(
+                       {.dataset_size = 64, .global_batch = kind == "sharded" && divergent ? 16 : 8, .seed = 1},
+                       [](const torch::Tensor& ids) { return Batch{ids}; }, &comm));
+  EMBER_ASSIGN_OR_RETURN(
+      auto ckpt, ember::ModelCheckpoint::Create(
+                     {.disk = {.dirname = dir},
+                      .checkpoint = {.n_saved = 2, .save_on_rank = kind == "save_on_rank" && divergent ? 1 : 0}},
+                     {{"model", net}}, &comm));
+  torch::optim::SGD opt(net->parameters(), 0.1);
+  ember::Engine trainer([&](ember::Engine&, const Batch& batch) -> absl::StatusOr<double> {
+    opt.zero_grad();
+    torch::Tensor x = batch.ids.to(torch::kFloat32).unsqueeze(1).expand({-1, 4}) / 64.0;
+    torch::Tensor loss = net->forward(x).pow(2).mean();
+    loss.backward();
+    EMBER_RETURN_IF_ERROR(ddp.AllReduceGradients());
+    opt.step();
+    return loss.item<double>();
+  });
+  trainer.set_communicator(&comm);
+  trainer.set_collective_timeout(absl::Seconds(60));
+  EMBER_ASSIGN_OR_RETURN(auto es, ember::EarlyStopping::Create(
+                                      {.patience = 5, .score_function = [](const ember::Engine& e) {
+                                         return static_cast<double>(e.state().epoch);
+                                       }},
+                                      trainer));
+  if (kind == "engine_order" && divergent) {
+    trainer.On(ember::Events::EpochCompleted(), *ckpt);
+    trainer.On(ember::Events::EpochCompleted(), *es);
+  } else {
+    trainer.On(ember::Events::EpochCompleted(), *es);
+    if (!(kind == "engine_attach" && divergent)) trainer.On(ember::Events::EpochCompleted(), *ckpt);
+  }
+  EMBER_RETURN_IF_ERROR(trainer.Run(*source, {.max_epochs = kind == "engine_epochs" && divergent ? 3 : 2}));
+  return ckpt->Flush(comm);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 3) {
+    std::fprintf(stderr, "usage: %s CASE DIR [divergent]\n", argv[0]);
+    return 2;
+  }
+  auto created = ember::dist::MpiCommunicator::Create();
+  if (!created.ok()) {
+    std::fprintf(stderr, "%s\n", created.status().ToString().c_str());
+    return 2;
+  }
+  ember::dist::Communicator& comm = **created;
+  const absl::Status s = Run(comm, argv[1], argv[2], argc > 3 && std::string(argv[3]) == "divergent");
+  std::printf("rank %d: %s\n", comm.rank(), s.ToString().c_str());
+  std::fflush(stdout);
+  // mpirun ends the job at the first non-zero exit: let every rank print first.
+  if (!s.ok()) absl::SleepFor(absl::Seconds(2));
+  created->reset();
+  return s.ok() ? 0 : 1;
+}

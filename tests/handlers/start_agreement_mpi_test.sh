@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# What defines a run is agreed at start, under real mpirun on N ranks, the last rank launched with
+# "divergent" (MPMD): every rank prints the same exact error naming the setting and each rank's
+# value, the job exits 1, and no checkpoint is written. The control case trains and saves.
+set -uo pipefail
+binary=$1
+n=$2
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
+unset XML_OUTPUT_FILE TEST_PREMATURE_EXIT_FILE GTEST_OUTPUT
+mpi=(mpirun --oversubscribe --mca btl self,vader)
+fail() { echo "FAIL: $*"; exit 1; }
+tmp=${TEST_TMPDIR:-$(mktemp -d)}
+if [[ $n -eq 2 ]]; then others="rank 0"; last="rank 1"; else others="ranks 0-$((n - 2))"; last="rank $((n - 1))"; fi
+
+declare -A want
+want[engine_order]="Engine::Run differ across ranks: synchronized handlers at EPOCH_COMPLETED is EarlyStopping(MEAN) then Checkpoint(MAX) on $others, Checkpoint(MAX) then EarlyStopping(MEAN) on $last"
+want[engine_attach]="Engine::Run differ across ranks: synchronized handlers at EPOCH_COMPLETED is EarlyStopping(MEAN) then Checkpoint(MAX) on $others, EarlyStopping(MEAN) on $last"
+want[engine_epochs]="Engine::Run differ across ranks: max_epochs is 2 on $others, 3 on $last"
+want[ddp_shape]="DataParallel parameters differ across ranks: parameter 0.weight is Float[6,4] on $others, Float[4,6] on $last; parameter 0.bias is Float[6] on $others, Float[4] on $last; parameter 1.weight is Float[4,6] on $others, Float[6,4] on $last; parameter 1.bias is Float[4] on $others, Float[6] on $last"
+want[save_on_rank]="ModelCheckpoint options differ across ranks: save_on_rank is 0 on $others, 1 on $last"
+want[sharded]="ShardedSource options differ across ranks: global_batch is 8 on $others, 16 on $last"
+
+for kind in same engine_order engine_attach engine_epochs ddp_shape save_on_rank sharded; do
+  dir="$tmp/$kind"
+  rm -rf "$dir"
+  out=$(timeout 180 "${mpi[@]}" -np $((n - 1)) "$binary" "$kind" "$dir" : -np 1 "$binary" "$kind" "$dir" divergent 2>&1)
+  rc=$?
+  echo "== $kind: exit $rc; files: $(ls "$dir" 2>/dev/null | tr '\n' ' ')"
+  echo "$out" | grep -E "^rank " | sort
+  if [[ $kind == same ]]; then
+    [[ $rc -eq 0 ]] || fail "$kind: exit $rc"
+    [[ $(grep -c "^rank [0-9]*: OK$" <<<"$out") -eq $n ]] || fail "$kind: not every rank finished"
+    [[ $(ls "$dir" | grep -c '\.pt$') -eq 2 ]] || fail "$kind: expected two checkpoints (n_saved=2)"
+    continue
+  fi
+  [[ $rc -eq 1 ]] || fail "$kind: exit $rc, expected 1"
+  [[ $(grep -cxF "rank $((n - 1)): INVALID_ARGUMENT: ${want[$kind]}" <<<"$out") -eq 1 ]] || fail "$kind: the divergent rank's error"
+  for ((r = 0; r < n; ++r)); do
+    grep -qxF "rank $r: INVALID_ARGUMENT: ${want[$kind]}" <<<"$out" || fail "$kind: rank $r did not report: ${want[$kind]}"
+  done
+  [[ -z $(ls "$dir" 2>/dev/null | grep '\.pt') ]] || fail "$kind: a checkpoint was written"
+done
+echo OK
