@@ -551,7 +551,7 @@ absl::StatusOr<std::vector<std::string>> Checkpoint::SetAsideLater(dist::Communi
   }));
   for (const auto& [f, its] : later) {
     where.push_back(save_handler_->Location(f));
-    std::erase_if(saved_, [&](const Item& i) { return i.filename == f; });
+    std::erase_if(saved_, [&f = f](const Item& i) { return i.filename == f; });  // init-capture: clang 14
     steps_.erase(f);
   }
   return where;
