@@ -54,7 +54,7 @@ PY
 import sys, torch
 ck = torch.load(sys.argv[1])
 assert set(ck) == {"model", "optimizer", "trainer", "early_stopping", "data", "run"}, ck.keys()
-assert ck["run"] == {"global_batch": 256, "batch_size": 64, "world_size": 4}, ck["run"]
+assert ck["run"] == {"global_batch": 256, "batch_size": 64, "world_size": 4, "model": "mlp", "hidden": "256,128"}, ck["run"]
 # The position in the sample order: a finished epoch of 8192 // 256 global batches of 4 x 64.
 d = ck["data"]
 assert (d["global_batch"], d["dataset_size"], d["consumed"]) == (256, 8192, 8192), d
@@ -525,6 +525,147 @@ eval_shards)
     [[ $(field "$e" val_samples) == 2048 && $(field "$e" val_accuracy) == $(field "$m" val_accuracy) ]] ||
       fail "$n rank(s): $e differs from the 3-rank evaluation $m"
   done
+  ;;
+agree)
+  # Issue 23: the run-defining flags are agreed once at start. An MPMD job whose ranks differ in
+  # one of them ends with the same error on every rank naming the flag and each rank's value, a
+  # final line on every rank, exit 1, and nothing written.
+  base=(--data=synthetic --progress=none --deadline_s=20)
+  mpmd() {  # expected message, rank 0's extra flags, then '--', rank 1's extra flags
+    local msg=$1; shift
+    local a=() b=()
+    while [[ $1 != -- ]]; do a+=("$1"); shift; done
+    shift
+    b=("$@")
+    rm -rf "$work/d"
+    out=$(timeout 300 mpirun --oversubscribe --mca btl self,vader -np 1 "$train" "${base[@]}" --output_dir="$work/d" "${a[@]}" : \
+      -np 1 "$train" "${base[@]}" --output_dir="$work/d" "${b[@]}" 2>&1); rc=$?
+    [[ $rc -eq 1 ]] || fail "${a[*]} vs ${b[*]}: exit $rc, expected 1: $(tail -n 5 <<<"$out")"
+    [[ $(finals "$out" | grep -c '"stopped_by": "error"') -eq 2 ]] || fail "${a[*]} vs ${b[*]}: not 2 error final lines: $out"
+    for r in 0 1; do
+      grep -qF -- "train: rank $r: error: trainer flags differ across ranks: $msg" <<<"$out" ||
+        fail "${a[*]} vs ${b[*]}: rank $r does not say '$msg': $out"
+    done
+    [[ ! -e $work/d ]] || fail "${a[*]} vs ${b[*]}: the output directory was created: $(ls -A "$work/d")"
+    echo "ok: ${a[*]} vs ${b[*]} -> $msg"
+  }
+  mpmd "--lr is 0.1 on rank 0, 0.2 on rank 1" --lr=0.1 -- --lr=0.2
+  mpmd "--batch_size is 64 on rank 0, 32 on rank 1" --batch_size=64 -- --batch_size=32
+  mpmd "--epochs is 3 on rank 0, 4 on rank 1" --epochs=3 -- --epochs=4
+  mpmd "--patience is 2 on rank 0, 5 on rank 1" --patience=2 -- --patience=5
+  mpmd "--seed is 1 on rank 0, 7 on rank 1" --seed=1 -- --seed=7
+  mpmd "--hidden is 64 on rank 0, 32 on rank 1" --hidden=64 -- --hidden=32
+  mpmd "--eval_only is false (default) on rank 0, true on rank 1" --resume -- --resume --eval_only
+  mpmd "--output_dir is $work/d on rank 0, $work/e on rank 1" -- --output_dir="$work/e"
+  [[ ! -e $work/e ]] || fail "rank 1's output directory was created"
+  # A flag error on one rank only: the other rank names it instead of waiting.
+  mpmd "--n_saved is 2 (default) on rank 0, 0 on rank 1; flag error is (absent) on rank 0, --n_saved must be >= 1, got 0 on rank 1" -- --n_saved=0
+  ;;
+finished)
+  # Issue 24.5: a run that ended by a decision (early stopping) is finished: --resume changes
+  # nothing, trains nothing and exits with the same outcome, every time.
+  c=(--data=synthetic --epochs=40 --patience=1 --n_saved=1 --lr=0.5 --momentum=0 --progress=none)
+  out=$(mpi 2 "$train" "${c[@]}" --output_dir="$work/es" 2>&1); rc=$?
+  first=$(finals "$out" | head -n 1)
+  echo "$first"
+  [[ $rc -eq 0 && $(field "$first" stopped_by) == early_stopping ]] || fail "the setup run did not stop early: $first"
+  for attempt in 1 2; do
+    before=$(cd "$work/es" && ls -l --time-style=+%s.%N && md5sum ./*)
+    out=$(mpi 2 "$train" "${c[@]}" --output_dir="$work/es" --resume 2>&1); rc=$?
+    again=$(finals "$out" | head -n 1)
+    [[ $rc -eq 0 ]] || fail "rerun $attempt exited $rc: $(tail -n 3 <<<"$out")"
+    [[ $(finals "$out" | grep -c '"stopped_by": "early_stopping"') -eq 2 ]] || fail "rerun $attempt: $(finals "$out")"
+    [[ $(field "$again" epoch) == $(field "$first" epoch) && $(field "$again" iteration) == $(field "$first" iteration) ]] ||
+      fail "rerun $attempt trained: $first vs $again"
+    grep -q "already stopped by EarlyStopping at epoch $(field "$first" epoch): nothing to do" <<<"$out" ||
+      fail "rerun $attempt does not say it is finished: $(grep -v '^{' <<<"$out" | tail -n 3)"
+    after=$(cd "$work/es" && ls -l --time-style=+%s.%N && md5sum ./*)
+    [[ "$before" == "$after" ]] || fail "rerun $attempt touched the directory"
+  done
+  ;;
+resume_choice)
+  # Issue 24.6: corrupt epoch checkpoints beside a valid preemption checkpoint: --resume and
+  # --resume --start_over make the same choice (the preemption file), whatever ran before.
+  c=(--data=synthetic --epochs=3 --patience=100 --progress=none)
+  mpi 2 "$train" "${c[@]}" --output_dir="$work/p" --inject_preempt=1:100 >/dev/null 2>&1 || fail "preempted run"
+  ls "$work"/p/preempted_checkpoint_100.pt >/dev/null || fail "no preemption checkpoint"
+  for f in "$work"/p/checkpoint_*.pt; do
+    /usr/bin/python3 - "$f" <<'PY'
+import struct, sys, zipfile
+path = sys.argv[1]
+info = [i for i in zipfile.ZipFile(path).infolist() if "/data/" in i.filename and i.file_size >= 8][0]
+raw = bytearray(open(path, "rb").read())
+n, m = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+raw[info.header_offset + 30 + n + m + 3] ^= 0x10
+open(path, "wb").write(bytes(raw))
+PY
+  done
+  cp -a "$work/p" "$work/q"
+  for run in "p:" "q:--start_over"; do
+    d=$work/${run%%:*}
+    extra=${run#*:}
+    out=$(mpi 2 "$train" "${c[@]}" --output_dir="$d" --resume $extra 2>&1); rc=$?
+    [[ $rc -eq 0 ]] || fail "--resume $extra exited $rc: $(tail -n 3 <<<"$out")"
+    grep -q "resumed from $d/preempted_checkpoint_100.pt" <<<"$out" || fail "--resume $extra did not resume from the preemption file: $(grep -i resum <<<"$out")"
+    echo "--resume $extra: $(grep 'resumed from' <<<"$out")"
+  done
+  st() { "$ckpt" show "$1"/checkpoint_3_*.pt | sed 's/"file": "[^"]*", //'; }
+  [[ "$(st "$work/p")" == "$(st "$work/q")" ]] || fail "--resume and --resume --start_over ended differently"
+  ;;
+eval_readonly)
+  # Issue 24.8: --eval_only writes nothing: a live run's temporary files stay, no lock, no
+  # ./runs/train, and a read-only copy of a run can be evaluated.
+  "$train" --data=synthetic --epochs=1 --output_dir="$work/r" --progress=none >/dev/null 2>&1 || fail "training run"
+  echo partial >"$work/r/.checkpoint_2_val_accuracy=0.9.pt.ember-tmp"
+  mkdir -p "$work/cwd"
+  snap() { (cd "$1" && ls -lA --time-style=+%s.%N && md5sum ./* ./.??* 2>/dev/null); }
+  before=$(snap "$work/r")
+  for how in --resume "--resume_from=$(ls "$work"/r/checkpoint_1_*.pt)"; do
+    out=$(cd "$work/cwd" && "$train" --data=synthetic --epochs=1 --output_dir="$work/r" $how --eval_only --progress=none 2>&1) ||
+      fail "--eval_only $how: $(tail -n 3 <<<"$out")"
+    grep -q '^{"checkpoint"' <<<"$out" || fail "--eval_only $how printed no metrics line: $out"
+    [[ "$(snap "$work/r")" == "$before" ]] || fail "--eval_only $how changed the run's directory: $(diff <(echo "$before") <(snap "$work/r"))"
+  done
+  out=$(cd "$work/cwd" && "$train" --data=synthetic --resume_from="$(ls "$work"/r/checkpoint_1_*.pt)" --eval_only --progress=none 2>&1) ||
+    fail "--eval_only without --output_dir: $out"
+  [[ -z $(ls -A "$work/cwd") ]] || fail "--eval_only created $(ls -A "$work/cwd") in the working directory"
+  # A read-only copy (a read-only bind mount: root ignores file modes).
+  if unshare -m true 2>/dev/null; then
+    out=$(unshare -m bash -c 'mount --bind -o ro "$1" "$1" && "$2" --data=synthetic --output_dir="$1" --resume --eval_only --progress=none' _ "$work/r" "$train" 2>&1) ||
+      fail "--eval_only on a read-only directory: $out"
+    grep -q '^{"checkpoint"' <<<"$out" || fail "read-only: no metrics line: $out"
+    # Issue 24.20: training into a read-only directory says so, not "wait for that run to end".
+    out=$(unshare -m bash -c 'mount --bind -o ro "$1" "$1" && "$2" --data=synthetic --output_dir="$1" --resume --progress=none' _ "$work/r" "$train" 2>&1); rc=$?
+    [[ $rc -eq 1 ]] || fail "training into a read-only directory exited $rc"
+    grep -q "is not writable" <<<"$out" && ! grep -q "wait for that run to end" <<<"$out" || fail "read-only directory: $out"
+  else
+    echo "read-only case not run: unshare -m is not permitted here"
+  fi
+  ;;
+final_line)
+  # Issue 24.16: the final line names the files on disk: a preemption's checkpoint as the latest;
+  # after --resume_from, the run's existing checkpoints even before its first epoch end.
+  c=(--data=synthetic --epochs=4 --patience=100 --progress=none)
+  out=$(mpi 2 "$train" "${c[@]}" --output_dir="$work/f" --inject_preempt=1:100 2>&1) || fail "preempted run: $out"
+  [[ $(finals "$out" | grep -c "\"latest_checkpoint\": \"$work/f/preempted_checkpoint_100.pt\"") -eq 2 ]] ||
+    fail "the final lines do not name the preemption checkpoint: $(finals "$out")"
+  from=$(ls "$work"/f/checkpoint_1_*.pt)
+  out=$(mpi 2 "$train" "${c[@]}" --output_dir="$work/f" --resume_from="$from" --inject_preempt=0:70 2>&1) || fail "--resume_from run: $out"
+  finals "$out"
+  for line in $(finals "$out" | tr ' ' '~'); do
+    line=${line//\~/ }
+    b=$(field "$line" best_checkpoint); l=$(field "$line" latest_checkpoint)
+    [[ $b != null && -f $b && $l == "$work/f/preempted_checkpoint_70.pt" && -f $l ]] || fail "after --resume_from: $line"
+  done
+  ;;
+model_mismatch)
+  # Issue 24.20: resuming with another model names the flags the checkpoint was trained with, and
+  # does not suggest --start_over (which would fail the same way).
+  "$train" --data=synthetic --epochs=1 --model=cnn --hidden=32 --output_dir="$work/m" --progress=none >/dev/null 2>&1 || fail "cnn run"
+  out=$("$train" --data=synthetic --epochs=2 --output_dir="$work/m" --resume --progress=none 2>&1); rc=$?
+  [[ $rc -eq 1 ]] || fail "a resume with another model exited $rc"
+  grep -q "was trained with --model=cnn --hidden=32" <<<"$out" || fail "the message does not name the checkpoint's model: $out"
+  ! grep -q -- "--start_over" <<<"$out" || fail "the message suggests --start_over: $out"
   ;;
 *) fail "unknown mode $mode" ;;
 esac
