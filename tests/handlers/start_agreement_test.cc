@@ -123,7 +123,7 @@ std::vector<absl::Status> CreateCheckpoints(int n, const std::string& dir,
 
 TEST_P(StartAgreement, ModelCheckpointWithAnotherSavingRankFailsBeforeAnythingIsWritten) {
   const int n = GetParam();
-  const std::string dir = JoinPath(testing::TempDir("save_on_rank"), "ckpt");
+  const std::string dir = JoinPath(testing::TempDir("save_on_rank_" + std::to_string(n)), "ckpt");
   // Case 7 of issue 23: save_on_rank differing made both ranks write the same temporary file.
   const std::vector<absl::Status> got = CreateCheckpoints(n, dir, [&](int r, ModelCheckpointOptions& o, std::string&) {
     if (r == n - 1) o.checkpoint.save_on_rank = 1;
@@ -138,7 +138,7 @@ TEST_P(StartAgreement, ModelCheckpointWithAnotherSavingRankFailsBeforeAnythingIs
 
 TEST_P(StartAgreement, ModelCheckpointComparesOptionsAndObjectKeys) {
   const int n = GetParam();
-  const std::string dir = JoinPath(testing::TempDir("ckpt_options"), "ckpt");
+  const std::string dir = JoinPath(testing::TempDir("ckpt_options_" + std::to_string(n)), "ckpt");
   std::vector<absl::Status> got = CreateCheckpoints(n, dir, [&](int r, ModelCheckpointOptions& o, std::string& key) {
     if (r != n - 1) return;
     o.checkpoint.n_saved = 3;
