@@ -92,7 +92,8 @@ for kind in order extra; do
   fi
   for ((r = 0; r <= victim; ++r)); do
     line=$(grep "^rank $r: run: " <<<"$out")
-    grep -q "FAILED_PRECONDITION: the ranks' agreements differ ($what), detected before any value was used: " <<<"$line" ||
+    # The engine prefixes which agreement failed ("agreement of 2 value(s) ... failed on rank 0 of 2: ").
+    grep -q "FAILED_PRECONDITION: .*the ranks' agreements differ ($what), detected before any value was used: " <<<"$line" ||
       fail "$kind: rank $r did not report the mismatch: $line"
     plain=$(sed 's/#[0-9]*/#/g' <<<"$line")  # agreement numbers not pinned
     grep -qF "$mine" <<<"$plain" || fail "$kind: rank $r does not name rank 0's side"

@@ -16,7 +16,7 @@ rm -rf "$tmp" && mkdir -p "$tmp"
 trap 'rm -rf "$tmp"' EXIT
 
 # .ci/run's counter: the Python between "<<'PY'" and "PY", run in DIR over DIR/bazel-testlogs.
-awk '/<<.PY.$/ {on = 1; next} /^PY$/ {on = 0} on' "$src/.ci/run" >"$tmp/count.py"
+awk '/<<.PY.$/ && !done {on = 1; next} /^PY$/ && on {on = 0; done = 1} on' "$src/.ci/run" >"$tmp/count.py"  # the first block: count()
 grep -q 'bazel-testlogs/\*\*/test.xml' "$tmp/count.py" || fail ".ci/run's counting block not found: $(cat "$tmp/count.py")"
 count() { (cd "$1" && : >counts && /usr/bin/python3 "$tmp/count.py" check 0 counts 2>&1); }
 

@@ -4,6 +4,7 @@
 // worlds of 2 and 4 ranks where the last rank differs, every rank fails with the same error
 // naming the setting and each rank's value, the communicator is poisoned, and nothing is
 // written (the checkpoint directory is never created). ShardedSource: sharded_source_test.
+#include <filesystem>
 #include <torch/torch.h>
 
 #include <memory>
@@ -124,6 +125,7 @@ std::vector<absl::Status> CreateCheckpoints(int n, const std::string& dir,
 TEST_P(StartAgreement, ModelCheckpointWithAnotherSavingRankFailsBeforeAnythingIsWritten) {
   const int n = GetParam();
   const std::string dir = JoinPath(testing::TempDir("save_on_rank_" + std::to_string(n)), "ckpt");
+  std::filesystem::remove_all(dir);  // a checkpoint directory an earlier run of this test created
   // Case 7 of issue 23: save_on_rank differing made both ranks write the same temporary file.
   const std::vector<absl::Status> got = CreateCheckpoints(n, dir, [&](int r, ModelCheckpointOptions& o, std::string&) {
     if (r == n - 1) o.checkpoint.save_on_rank = 1;
@@ -139,6 +141,7 @@ TEST_P(StartAgreement, ModelCheckpointWithAnotherSavingRankFailsBeforeAnythingIs
 TEST_P(StartAgreement, ModelCheckpointComparesOptionsAndObjectKeys) {
   const int n = GetParam();
   const std::string dir = JoinPath(testing::TempDir("ckpt_options_" + std::to_string(n)), "ckpt");
+  std::filesystem::remove_all(dir);  // a checkpoint directory an earlier run of this test created
   std::vector<absl::Status> got = CreateCheckpoints(n, dir, [&](int r, ModelCheckpointOptions& o, std::string& key) {
     if (r != n - 1) return;
     o.checkpoint.n_saved = 3;
