@@ -25,14 +25,14 @@ cluster=$(realpath "$(dirname "$0")/slurm_cluster.sh")
 # The machine's Slurm and munge files, byte for byte, before and after: the test must leave them
 # alone. (Where a site's daemons run, only /etc is compared: their state and logs change by
 # themselves.)
-system_paths=(/etc/slurm /etc/munge /etc/slurm-llnl)
+system_paths=(/etc/slurm /etc/munge /etc/slurm-llnl /etc/default/munge /etc/default/slurmctld /etc/default/slurmd)
 site=""
 for d in slurmctld slurmd slurmdbd munged; do pgrep -r R,S,D,T -x "$d" >/dev/null && site+=" $d"; done
 if [[ -n $site ]]; then
   echo "running here already:$site; this test's cluster runs beside them; only /etc is compared"
 else
   system_paths+=(/var/spool/slurmctld /var/spool/slurmd /var/spool/slurm /var/log/slurm /var/log/munge
-    /var/lib/munge /run/munge /run/slurm)
+    /var/lib/slurm /var/lib/munge /run/munge /run/slurm)  # /var/lib/slurm: Debian's own StateSaveLocation
 fi
 snapshot() {
   local p
