@@ -82,9 +82,11 @@ state() { "$ckpt" show "$1"/checkpoint_8_*.pt | sed 's/"file": "[^"]*", //'; }
 job_state() { scontrol show job "$1" 2>/dev/null | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p'; }
 
 # 1. srun with PMIx, 2 and 4 ranks.
-out=$(timeout 300 srun -n 2 -O --mpi=pmix "$train" "${args[@]}" --output_dir="$work/ref" 2>&1) || fail "srun -n 2: $out"
+# --foreground: srun stays in the test's process group, so Bazel's TERM at a timeout reaches it and
+# bash runs the EXIT trap (which stops the cluster) at once instead of after srun.
+out=$(timeout --foreground 300 srun -n 2 -O --mpi=pmix "$train" "${args[@]}" --output_dir="$work/ref" 2>&1) || fail "srun -n 2: $out"
 [[ $(grep -c '"stopped_by": "completed"' <<<"$out") -eq 2 ]] || fail "srun -n 2: $out"
-out=$(timeout 300 srun -n 4 -O --mpi=pmix "$train" --data=synthetic --epochs=1 --progress=none --output_dir="$work/four" 2>&1) ||
+out=$(timeout --foreground 300 srun -n 4 -O --mpi=pmix "$train" --data=synthetic --epochs=1 --progress=none --output_dir="$work/four" 2>&1) ||
   fail "srun -n 4: $out"
 [[ $(grep -c '"world_size": 4, "epoch": 1' <<<"$out") -eq 4 ]] || fail "srun -n 4: $out"
 echo "srun --mpi=pmix: 2 and 4 ranks completed"
