@@ -365,6 +365,13 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
   }
   evaluator.On(Events::Completed(), *es);
   evaluator.On(Events::Completed(), *ckpt);
+  // First: a checkpoint past --epochs is refused whatever ended it (asking for fewer epochs than
+  // were trained is a mistake to name, not a finished run).
+  if (from && trainer.state().epoch > flags.epochs) {
+    return absl::InvalidArgumentError(absl::StrCat("--epochs=", flags.epochs, " but ", *from,
+                                                   " is already at epoch ", trainer.state().epoch,
+                                                   "; give --epochs greater than that to train further"));
+  }
   if (from && es->counter() >= flags.patience &&
       trainer.state().iteration == trainer.state().epoch * trainer.state().epoch_length.value_or(0)) {
     // A run that EarlyStopping ended is finished too: its decision stands (rerunning must not
@@ -389,11 +396,6 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
     report.iteration = trainer.state().iteration;
     report.SetOutcome("");
     return absl::OkStatus();
-  }
-  if (from && trainer.state().epoch > flags.epochs) {
-    return absl::InvalidArgumentError(absl::StrCat("--epochs=", flags.epochs, " but ", *from,
-                                                   " is already at epoch ", trainer.state().epoch,
-                                                   "; give --epochs greater than that to train further"));
   }
   if (rank == 0) {
     // The log reads as one run: lines past the checkpoint resumed from (a future that was
