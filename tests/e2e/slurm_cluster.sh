@@ -48,7 +48,7 @@ alive() { [[ -n $1 && $(cat "/proc/$1/comm" 2>/dev/null) == "$2" ]]; }
 # running PID: PID exists and is not a zombie.
 running() {
   local stat
-  read -r stat <"/proc/$1/stat" 2>/dev/null || return 1
+  read -r stat 2>/dev/null <"/proc/$1/stat" || return 1  # 2> first: it also hides the redirect's own error
   stat=${stat##*) }
   [[ ${stat:0:1} != Z ]]
 }
