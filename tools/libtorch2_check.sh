@@ -3,9 +3,11 @@
 # LibTorch, directly or through our own headers, must compile against LibTorch 2.x as well as
 # against the machine's LibTorch 1.13 (the GPU machines build with PyTorch 2.x wheels).
 #   tools/libtorch2_check.sh [--xml FILE] [--jobs N]
-# Fetches Debian trixie's libtorch-dev (2.6, a 2.4 MB .deb of headers) with apt into a private
-# cache, .cache/libtorch2/ (git-ignored; kept between runs), without touching the machine's apt
-# sources, unpacks it with dpkg -x, and runs `g++ -std=c++20 -fsyntax-only` on each file with
+# Unpacks Debian trixie's libtorch-dev (2.6, a 2.4 MB .deb of headers), carried in
+# third_party/libtorch2/ and checked against its SHA-256 so that CI needs no network, with dpkg -x
+# into a private cache, .cache/libtorch2/ (git-ignored; kept between runs). Another
+# LIBTORCH2_VERSION is fetched with apt into that cache (never the machine's apt sources), every
+# network step under a timeout (EMBER_FETCH_TIMEOUT, 300 s). Then runs `g++ -std=c++20 -fsyntax-only` on each file with
 # 2.6's include folders ahead of the machine's (Abseil, GoogleTest, nlohmann, OpenMPI and CUDA
 # come from the machine), torch/torch.h precompiled once and forced in front of each file. Files that use NCCL compile with EMBER_HAVE_NCCL when
 # /usr/local/cuda/include/nccl.h exists. Prints each failing file with its first errors, a line
@@ -37,18 +39,31 @@ fail_setup() {
 }
 
 # ---- the headers: trixie's libtorch-dev, once -------------------------------------------------
+carried=third_party/libtorch2/libtorch-dev_2.6.0+dfsg-7_amd64.deb
+carried_sha256=d63886ac7482184e96d38cbbbb346430f1cc3a68b59319eb2ca1ababd501535b
+fetch_timeout=${EMBER_FETCH_TIMEOUT:-300}
+[[ $fetch_timeout =~ ^[1-9][0-9]*$ ]] ||
+  fail_setup "EMBER_FETCH_TIMEOUT='$fetch_timeout' is not a positive number of seconds"
 if [[ ! -f $root/usr/include/torch/csrc/api/include/torch/torch.h ]]; then
   apt_dir=$(realpath -m "$cache/apt")
   rm -rf "$apt_dir" && mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/deb"
-  echo "deb http://deb.debian.org/debian trixie main" >"$apt_dir/sources.list"
-  apt_opts=(-o Dir::Etc::SourceList="$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
-            -o Dir::State::Lists="$apt_dir/lists" -o Dir::Cache="$apt_dir/cache"
-            -o Debug::NoLocking=1 -o APT::Sandbox::User=root)
-  echo "libtorch2: fetching Debian trixie's libtorch-dev=$version (private apt lists in $apt_dir)"
-  apt-get "${apt_opts[@]}" update >"$apt_dir/update.log" 2>&1 ||
-    { tail -n 20 "$apt_dir/update.log"; fail_setup "apt-get update of trixie's lists failed (see above)"; }
-  (cd "$apt_dir/deb" && apt-get "${apt_opts[@]}" download "libtorch-dev=$version") >"$apt_dir/download.log" 2>&1 ||
-    { tail -n 20 "$apt_dir/download.log"; fail_setup "apt-get download libtorch-dev=$version failed (see above)"; }
+  if [[ $version == 2.6.0+dfsg-7 && -f $carried ]]; then
+    sum=$(sha256sum "$carried" | cut -d' ' -f1)
+    [[ $sum == "$carried_sha256" ]] ||
+      fail_setup "$carried has SHA-256 $sum, expected $carried_sha256 (a damaged or replaced file)"
+    cp "$carried" "$apt_dir/deb/"
+  else
+    echo "deb http://deb.debian.org/debian trixie main" >"$apt_dir/sources.list"
+    apt_opts=(-o Dir::Etc::SourceList="$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
+              -o Dir::State::Lists="$apt_dir/lists" -o Dir::Cache="$apt_dir/cache"
+              -o Debug::NoLocking=1 -o APT::Sandbox::User=root
+              -o Acquire::http::Timeout=30 -o Acquire::Retries=1 -o Acquire::Languages=none)
+    echo "libtorch2: fetching Debian trixie's libtorch-dev=$version (private apt lists in $apt_dir, at most ${fetch_timeout} s per step)"
+    timeout "$fetch_timeout" apt-get "${apt_opts[@]}" update >"$apt_dir/update.log" 2>&1 ||
+      { tail -n 20 "$apt_dir/update.log"; fail_setup "apt-get update of trixie's lists failed or took over ${fetch_timeout} s (see above)"; }
+    (cd "$apt_dir/deb" && timeout "$fetch_timeout" apt-get "${apt_opts[@]}" download "libtorch-dev=$version") >"$apt_dir/download.log" 2>&1 ||
+      { tail -n 20 "$apt_dir/download.log"; fail_setup "apt-get download libtorch-dev=$version failed or took over ${fetch_timeout} s (see above)"; }
+  fi
   rm -rf "$root.tmp" && mkdir -p "$root.tmp"
   dpkg -x "$apt_dir"/deb/libtorch-dev_*.deb "$root.tmp" || fail_setup "dpkg -x of the .deb failed"
   rm -rf "$root.tmp/usr/lib" "$apt_dir/lists" "$apt_dir/cache"  # headers are all this check needs

@@ -5,14 +5,8 @@
 set -uo pipefail
 binary=$1
 n=$2
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-# Under --config=asan: OpenMPI leaks at MPI_Finalize from components it has already dlclose()d
-# (LSan cannot name them); leak detection stays on for every in-process test.
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
-# The ranks are not the test: keep gtest in them from writing bazel's test.xml.
-unset XML_OUTPUT_FILE TEST_PREMATURE_EXIT_FILE GTEST_OUTPUT
-mpi=(mpirun --oversubscribe -np "$n" --mca btl self,vader)
-fail() { echo "FAIL: $*"; exit 1; }
+source tests/mpi/mpi_lib.sh  # OpenMPI as root, ASan leak setting, `mpi` and `fail`
+mpi+=(-np "$n")
 
 out=$(timeout 300 "${mpi[@]}" "$binary" 2>&1)
 rc=$?

@@ -5,11 +5,8 @@
 set -uo pipefail
 binary=$1
 n=$2
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"  # OpenMPI's own, see mpi_test.sh
-unset XML_OUTPUT_FILE TEST_PREMATURE_EXIT_FILE GTEST_OUTPUT
-mpi=(mpirun --oversubscribe -np "$n" --mca btl self,vader)
-fail() { echo "FAIL: $*"; exit 1; }
+source tests/mpi/mpi_lib.sh  # OpenMPI as root, ASan leak setting, `mpi` and `fail`
+mpi+=(-np "$n")
 
 out=$(timeout 300 "${mpi[@]}" "$binary" 2>&1)
 rc=$?

@@ -5,11 +5,7 @@
 set -uo pipefail
 binary=$1
 n=$2
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
-unset XML_OUTPUT_FILE TEST_PREMATURE_EXIT_FILE GTEST_OUTPUT
-mpi=(mpirun --oversubscribe --mca btl self,vader)
-fail() { echo "FAIL: $*"; exit 1; }
+source tests/mpi/mpi_lib.sh  # OpenMPI as root, ASan leak setting, `mpi` and `fail`
 tmp=${TEST_TMPDIR:-$(mktemp -d)}
 if [[ $n -eq 2 ]]; then others="rank 0"; last="rank 1"; else others="ranks 0-$((n - 2))"; last="rank $((n - 1))"; fi
 
