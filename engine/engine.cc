@@ -644,6 +644,21 @@ absl::Status Engine::PrepareRun(bool has_data, std::optional<int64_t> data_lengt
   return absl::OkStatus();
 }
 
+namespace {
+// The outermost engine whose Run() is in progress on this thread (AtOutermostRunEnd).
+thread_local Engine* t_outermost_run = nullptr;
+}  // namespace
+
+bool Engine::AtOutermostRunEnd(const void* key, std::function<absl::Status(bool run_ok)> fn) {
+  Engine* outermost = t_outermost_run;
+  if (outermost == nullptr) return false;
+  for (const auto& [k, f] : outermost->at_run_end_) {
+    if (k == key) return true;
+  }
+  outermost->at_run_end_.emplace_back(key, std::move(fn));
+  return true;
+}
+
 absl::Status Engine::RunImpl(DataIter* data, std::optional<int64_t> data_length,
                              const std::type_info* batch_type, const RunOptions& options) {
   if (!registration_error_.ok()) {
@@ -692,6 +707,8 @@ absl::Status Engine::RunImpl(DataIter* data, std::optional<int64_t> data_length,
   data_ = data;
   batch_type_ = batch_type;
   running_ = true;
+  const bool outermost = t_outermost_run == nullptr;
+  if (outermost) t_outermost_run = this;
   carried_.iteration = -1;
   carried_.gathered = false;
   absl::Status status;
@@ -709,6 +726,22 @@ absl::Status Engine::RunImpl(DataIter* data, std::optional<int64_t> data_length,
     } catch (...) {
       status = ErrorStatus(std::current_exception());
     }
+  }
+  if (outermost) {
+    // What handlers left in flight (AtOutermostRunEnd), awaited before the run reports its end.
+    // Work registered meanwhile (by this work) runs too.
+    for (size_t i = 0; i < at_run_end_.size(); ++i) {
+      std::function<absl::Status(bool)> fn = std::move(at_run_end_[i].second);
+      absl::Status done;
+      try {
+        done = fn(status.ok());
+      } catch (...) {
+        done = ErrorStatus(std::current_exception());
+      }
+      if (status.ok() && !done.ok()) status = done;
+    }
+    at_run_end_.clear();
+    t_outermost_run = nullptr;
   }
   outcome_ = RunOutcome{};
   outcome_.epoch = state_.epoch;

@@ -165,6 +165,18 @@ class Engine {
   // Run().
   absl::Status Synchronize(SynchronizedHandler& handler);
 
+  // Work that outlives its event: `fn` runs once when the outermost Run() now in progress on this
+  // thread ends (the run that is not nested in another engine's handler: a trainer whose
+  // EPOCH_COMPLETED runs an evaluator), after its COMPLETED, also when it failed or terminated,
+  // before Run() returns. `fn` gets whether that run has succeeded; an error it returns becomes
+  // the run's when the run had none (and the run's outcome is then kFailed). Registrations under
+  // the same `key` while one is pending are one (the first stays). Returns false, registering
+  // nothing, when no Run() is in progress on this thread. Used by handlers that leave work in
+  // flight past their event (an asynchronous checkpoint registered with On() on an evaluator),
+  // so that the run that caused the work awaits it and reports its error. Every rank of a job
+  // registers the same work (so `fn` may call a collective when the run succeeded).
+  static bool AtOutermostRunEnd(const void* key, std::function<absl::Status(bool run_ok)> fn);
+
   // ---- Running ---------------------------------------------------------------------------
   // Runs over a container of batches (anything with begin()/end() yielding const Batch&).
   template <typename Container>
@@ -390,6 +402,8 @@ class Engine {
   int raised_at_ = -1;
   bool in_step_ = false;
   std::exception_ptr current_exception_;
+  // AtOutermostRunEnd's work, on the outermost running engine; run in registration order.
+  std::vector<std::pair<const void*, std::function<absl::Status(bool)>>> at_run_end_;
 
   std::vector<std::string> user_keys_;
   std::function<void(const std::string&)> warning_handler_;

@@ -22,7 +22,14 @@ Value RunSettings::StateDict() const {
   v.Set("world_size", Value(int64_t{world_size_}));
   v.Set("model", Value(model_));
   v.Set("hidden", Value(absl::StrJoin(hidden_, ",")));
+  v.Set("patience", Value(int64_t{patience_}));
   return v;
+}
+
+std::optional<int64_t> RunSettings::Patience(const Value* run) {
+  const Value* patience = run != nullptr ? run->Find("patience") : nullptr;
+  if (patience == nullptr || !patience->is_int()) return std::nullopt;
+  return patience->as_int();
 }
 
 absl::Status RunSettings::CheckModel(const Value* run, const std::string& from) const {

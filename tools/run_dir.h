@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -29,12 +30,14 @@ namespace ember::tools {
 // sample order does not depend on it; see ShardedSource).
 class RunSettings : public Stateful {
  public:
-  RunSettings(int64_t global_batch, int batch_size, int world_size, std::string model, std::vector<int64_t> hidden)
+  RunSettings(int64_t global_batch, int batch_size, int world_size, std::string model, std::vector<int64_t> hidden,
+              int patience)
       : global_batch_(global_batch),
         batch_size_(batch_size),
         world_size_(world_size),
         model_(std::move(model)),
-        hidden_(std::move(hidden)) {}
+        hidden_(std::move(hidden)),
+        patience_(patience) {}
   Value StateDict() const override;
   absl::Status LoadStateDict(const Value&) override { return absl::OkStatus(); }  // see Check
 
@@ -46,6 +49,9 @@ class RunSettings : public Stateful {
   // it has them) is this run's: otherwise kFailedPrecondition naming both, e.g. "this run's model
   // is --model=mlp --hidden=256,128 but X was trained with --model=cnn --hidden=32".
   absl::Status CheckModel(const Value* run, const std::string& from) const;
+  // The --patience the checkpoint's run was trained with (its "run" record's "patience"), or
+  // nullopt when it does not say (an older file, or one written in Python).
+  static std::optional<int64_t> Patience(const Value* run);
 
  private:
   int64_t global_batch_;
@@ -53,6 +59,7 @@ class RunSettings : public Stateful {
   int world_size_;
   std::string model_;
   std::vector<int64_t> hidden_;
+  int patience_;
 };
 
 // The file system of --eval_only, which writes nothing: reads go to `target`; every change

@@ -160,7 +160,7 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
   const bool resuming = flags.resuming();
   const bool eval_only = flags.eval_only;
   if (!eval_only) EMBER_RETURN_IF_ERROR(TakeOutputDir(comm, out_dir, resuming, absl::Now() + deadline, dir_lock));
-  RunSettings settings(global_batch, batch_size, world_size, flags.model, flags.hidden);
+  RunSettings settings(global_batch, batch_size, world_size, flags.model, flags.hidden, flags.patience);
   // What every checkpoint of the run holds, epoch-end and preemption alike.
   const ObjectMap to_save = {{"model", *model},     {"optimizer", optimizer}, {"trainer", trainer},
                              {"early_stopping", *es}, {"data", train_source},   {"run", settings}};
@@ -255,6 +255,7 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
   });
 
   std::optional<std::string> from;
+  std::optional<int64_t> stored_patience;  // the --patience the checkpoint resumed from was trained with
   if (resuming) {
     Value loaded;
     // The settings record is checked, not loaded (a checkpoint written in Python has none).
@@ -309,6 +310,7 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
     if (from) {
       EMBER_RETURN_IF_ERROR(settings.CheckModel(loaded.Find("run"), *from));
       EMBER_RETURN_IF_ERROR(Checkpoint::LoadObjects(to_load, loaded));
+      stored_patience = RunSettings::Patience(loaded.Find("run"));
     }
     if (rank == 0) {
       std::fprintf(stderr, "%s\n", from ? absl::StrCat("resumed from ", *from).c_str()
@@ -372,7 +374,11 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
                                                    " is already at epoch ", trainer.state().epoch,
                                                    "; give --epochs greater than that to train further"));
   }
-  if (from && es->counter() >= flags.patience &&
+  // EarlyStopping ended the run the checkpoint is from when its counter had reached that run's
+  // --patience (a checkpoint that does not record it: this run's); a --patience raised now
+  // continues it, and a smaller one never claims a stop that did not happen (EarlyStopping then
+  // stops at the next evaluation without improvement).
+  if (from && es->counter() >= stored_patience.value_or(flags.patience) && es->counter() >= flags.patience &&
       trainer.state().iteration == trainer.state().epoch * trainer.state().epoch_length.value_or(0)) {
     // A run that EarlyStopping ended is finished too: its decision stands (rerunning must not
     // train one more epoch each time), the same outcome, nothing touched.
@@ -396,6 +402,18 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
     report.iteration = trainer.state().iteration;
     report.SetOutcome("");
     return absl::OkStatus();
+  }
+  if (from) {
+    // Resumed from an earlier point than the directory's newest files (--resume_from an older
+    // checkpoint): the checkpoints of the future this run abandons are set aside (renamed
+    // NAME.pt.abandoned, said on stderr, never deleted), so that they neither rank as the best,
+    // nor evict this run's files, nor are resumed from, as the metrics log and the ledger drop
+    // that future's lines. The epoch checkpoints are numbered by epoch, the preemption's by
+    // iteration; an epoch-end file past the resume point is one of a later epoch.
+    const int64_t iteration = trainer.state().iteration;
+    const int64_t epoch_length = trainer.state().epoch_length.value_or(*train_source.size());
+    EMBER_RETURN_IF_ERROR(ckpt->SetAsideAfter(comm, epoch_length > 0 ? iteration / epoch_length : 0).status());
+    EMBER_RETURN_IF_ERROR(preempt_ckpt->SetAsideAfter(comm, iteration).status());
   }
   if (rank == 0) {
     // The log reads as one run: lines past the checkpoint resumed from (a future that was
@@ -463,9 +481,10 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
     }
   }
   report.SetOutcome(by);
-  // An asynchronous epoch checkpoint still being written is durable (and recorded) before the
-  // final line names it, whatever ended the run (after a preemption's own save, so that the
-  // preemption's bound does not include it).
+  // The trainer's Run() has awaited its last asynchronous epoch checkpoint (Checkpoint registers
+  // that with Engine::AtOutermostRunEnd; after a failed run, rank 0's writer only, so that the
+  // final line names what is on disk). This Flush() is then a no-op agreement, kept for a
+  // checkpoint saved outside the run.
   return ckpt->Flush();
 }
 

@@ -557,6 +557,16 @@ absl::StatusOr<std::vector<std::string>> Checkpoint::SetAsideLater(dist::Communi
   return where;
 }
 
+void Checkpoint::WaitLocally(bool saving_rank) {
+  if (writer_.joinable()) writer_.join();
+  if (saving_rank && pending_saved_.has_value() && writer_status_.ok()) saved_ = *std::move(pending_saved_);
+  if (!writer_status_.ok()) {
+    LogWarning(absl::StrCat("Checkpoint: background save failed: ", writer_status_.ToString()));
+  }
+  writer_status_ = absl::OkStatus();
+  pending_saved_.reset();
+}
+
 absl::Status Checkpoint::Flush(dist::Communicator& comm) {
   if (!options_.async_save) return absl::OkStatus();
   absl::Status outcome = dist::RunOnRoot(comm, options_.save_on_rank, absl::Now() + options_.save_timeout,
@@ -735,6 +745,16 @@ absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
     });
     EMBER_RETURN_IF_ERROR(started);
     pending_saved_ = std::move(next);  // recorded by Flush once the write succeeded
+    // The run that caused this save awaits it, whatever engine the checkpoint is registered on
+    // (an evaluator's COMPLETED, as with On()): at its end, a Flush when it succeeded (the save's
+    // error becomes the run's), else this rank's writer only (no collective on a failed run), so
+    // that last_checkpoint() names what is on disk either way.
+    Engine::AtOutermostRunEnd(this, [this, alive = std::weak_ptr<bool>(alive_), &comm](bool run_ok) -> absl::Status {
+      if (alive.expired()) return absl::OkStatus();
+      if (run_ok) return Flush(comm);
+      WaitLocally(comm.rank() == options_.save_on_rank);
+      return absl::OkStatus();
+    });
   } else {
     absl::Status saved = dist::RunOnRoot(comm, options_.save_on_rank, deadline,
                                          [&]() { return save_then_remove(*checkpoint); });

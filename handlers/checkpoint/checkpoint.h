@@ -37,7 +37,12 @@
 // kFailedPrecondition naming the tensor, instead of writing a file that mixes two steps. The save enters saved(),
 // last_checkpoint() and latest_checkpoint() only when that wait found it succeeded; until then
 // (and after a failure) they describe the files that are known to be durable. SAVED_CHECKPOINT
-// fires when the write has been started. Attach() registers a Flush() at the engine's COMPLETED.
+// fires when the write has been started. Attach() registers a Flush() at the engine's COMPLETED;
+// however the checkpoint is registered (On() on an evaluator included), the outermost run that
+// caused a background save awaits it before its Run() returns (Engine::AtOutermostRunEnd): a
+// Flush() when that run succeeded, whose error becomes the run's; after a failed run, this rank's
+// writer only, so that last_checkpoint() on the saving rank names what is on disk. A save made
+// outside any Run() (Engine::Synchronize) is awaited by the next save or an explicit Flush().
 //
 // ModelCheckpoint (model_checkpoint.h) is this with its own DiskSaver, the usual way to make one.
 //
@@ -216,6 +221,9 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
   absl::Status RestoreFromHandler(dist::Communicator& comm);
   std::optional<int64_t> StepOf(const Item& item) const;
   absl::StatusOr<std::vector<std::string>> SetAsideLater(dist::Communicator& comm, int64_t step);
+  // After a failed run, without a collective: waits for this rank's writer; the saving rank
+  // records the save when it succeeded, an error is logged (the run's error is the one returned).
+  void WaitLocally(bool saving_rank);
 
   ObjectMap to_save_;
   dist::Communicator* comm_ = nullptr;  // BindCommunicator's; its world size is checked at saves
@@ -238,6 +246,8 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
   Value copy_cache_;                         // the last copy; its buffers are reused
   std::shared_ptr<Snapshot> snapshot_;       // the background copy in progress (snapshot_in_background)
   std::atomic<int64_t> blocked_ns_{0}, background_ns_{0};
+  // Expires with the checkpoint: work it left with Engine::AtOutermostRunEnd is then skipped.
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
 }  // namespace ember

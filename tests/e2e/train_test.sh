@@ -582,6 +582,19 @@ finished)
     after=$(cd "$work/es" && ls -l --time-style=+%s.%N && md5sum ./*)
     [[ "$before" == "$after" ]] || fail "rerun $attempt touched the directory"
   done
+  # Only a stop that happened is "finished": the epoch before the stop (EarlyStopping's counter
+  # at 1 of --patience=2), resumed with --patience=1, trains on (and EarlyStopping stops it at
+  # its next evaluation without improvement), never "already stopped".
+  c=(--data=synthetic --epochs=40 --patience=2 --n_saved=40 --lr=0.5 --momentum=0 --progress=none --output_dir="$work/es2")
+  first=$(finals "$("$train" "${c[@]}" 2>&1)")
+  stop=$(field "$first" epoch)
+  [[ $(field "$first" stopped_by) == early_stopping && $stop -ge 2 ]] || fail "the --patience=2 run did not stop early: $first"
+  out=$("$train" "${c[@]}" --patience=1 --resume_from="$(ls "$work"/es2/checkpoint_$((stop - 1))_*.pt)" 2>&1); rc=$?
+  again=$(finals "$out")
+  [[ $rc -eq 0 ]] || fail "resumed with --patience=1: exit $rc: $(tail -n 3 <<<"$out")"
+  grep -q "already stopped" <<<"$out" && fail "a smaller --patience claimed a stop that did not happen: $out"
+  [[ $(field "$again" epoch) -eq $stop && $(field "$again" stopped_by) == early_stopping ]] ||
+    fail "resumed at epoch $((stop - 1)) with --patience=1: expected an early stop at epoch $stop, got $again"
   ;;
 resume_choice)
   # Issue 24.6: corrupt epoch checkpoints beside a valid preemption checkpoint: --resume and
@@ -611,6 +624,25 @@ PY
   done
   st() { "$ckpt" show "$1"/checkpoint_3_*.pt | sed 's/"file": "[^"]*", //'; }
   [[ "$(st "$work/p")" == "$(st "$work/q")" ]] || fail "--resume and --resume --start_over ended differently"
+  # Issue 24.2: --resume_from an older checkpoint into the run's own directory: the abandoned
+  # future's checkpoints (epoch 3, and a preemption file at iteration 450) are set aside (renamed
+  # .abandoned, said), never ranked as the best, reported, evicting this run's files or resumed.
+  c=(--data=synthetic --patience=100 --n_saved=3 --progress=none --output_dir="$work/f")
+  "$train" "${c[@]}" --epochs=3 >/dev/null 2>&1 || fail "the 3-epoch run"
+  "$train" "${c[@]}" --epochs=4 --resume --inject_preempt=0:450 >/dev/null 2>&1 || fail "the preempted 4th epoch"
+  ls "$work"/f/preempted_checkpoint_450.pt >/dev/null || fail "no preemption checkpoint at 450: $(ls "$work/f")"
+  first=$(ls "$work"/f/checkpoint_1_*.pt)
+  future=("$work"/f/checkpoint_3_*.pt "$work"/f/preempted_checkpoint_450.pt)
+  out=$("$train" "${c[@]}" --epochs=2 --resume_from="$first" 2>&1); rc=$?
+  [[ $rc -eq 0 ]] || fail "--resume_from the epoch-1 file exited $rc: $(tail -n 3 <<<"$out")"
+  for f in "${future[@]}"; do
+    [[ -f $f.abandoned && ! -e $f ]] || fail "$(basename "$f") was not set aside: $(ls "$work/f")"
+  done
+  grep -q "set aside as .*checkpoint_3_.*\.abandoned" <<<"$out" || fail "the set-aside was not said: $out"
+  best=$(field "$(finals "$out")" best_checkpoint)
+  [[ $(basename "$best") == checkpoint_[12]_* && -f $best ]] || fail "best_checkpoint '$best' is not one of this run's files"
+  out=$("$train" "${c[@]}" --epochs=2 --resume 2>&1) || fail "--resume after it: $out"
+  grep -q "already finished epoch 2" <<<"$out" || fail "--resume went back to the abandoned future: $(grep -i resum <<<"$out")"
   ;;
 eval_readonly)
   # Issue 24.8: --eval_only writes nothing: a live run's temporary files stay, no lock, no

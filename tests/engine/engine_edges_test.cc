@@ -309,6 +309,50 @@ class LauncherEnv {  // a torchrun-style environment for one test
   }
 };
 
+// Engine::AtOutermostRunEnd: work left by a handler of a nested run (an evaluator inside the
+// trainer's EPOCH_COMPLETED) runs once, at the end of the trainer's run, before Run() returns;
+// its error becomes the run's; after a failed run it is told so; outside a run nothing registers.
+TEST(AtOutermostRunEnd, RunsOnceWhenTheOutermostRunEndsAndReportsItsError) {
+  EXPECT_FALSE(Engine::AtOutermostRunEnd(nullptr, [](bool) { return absl::OkStatus(); }));
+  std::vector<std::string> trace;
+  absl::Status work_result = absl::OkStatus();
+  const int key = 0;
+  std::vector<int> data = {1, 2};
+  Engine evaluator([](Engine&, const int&) {});
+  evaluator.On(Events::Completed(), [&](Engine& e) {
+    trace.push_back(absl::StrCat("evaluated ", e.state().epoch));
+    // Registered at every evaluation, under one key: one piece of work.
+    EXPECT_TRUE(Engine::AtOutermostRunEnd(&key, [&](bool ok) {
+      trace.push_back(absl::StrCat("work run_ok=", ok));
+      return work_result;
+    }));
+  });
+  bool fail = false;
+  Engine trainer([](Engine&, const int&) {});
+  trainer.On(Events::EpochCompleted(), [&]() -> absl::Status { return evaluator.Run(data); });
+  trainer.On(Events::EpochCompleted(), [&]() -> absl::Status {
+    return fail ? absl::InternalError("failed on purpose") : absl::OkStatus();
+  });
+  trainer.On(Events::Completed(), [&] { trace.push_back("trainer completed"); });
+  ASSERT_TRUE(trainer.Run(data, {.max_epochs = 2}).ok());
+  EXPECT_THAT(trace, ElementsAre("evaluated 1", "evaluated 1", "trainer completed", "work run_ok=1"));
+  // Its error is the run's.
+  trace.clear();
+  work_result = absl::DataLossError("the background write failed");
+  absl::Status s = trainer.Run(data, {.max_epochs = 3});
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_EQ(trainer.outcome().kind, Engine::RunOutcome::Kind::kFailed);
+  EXPECT_THAT(trace, ElementsAre("evaluated 1", "trainer completed", "work run_ok=1"));
+  // A failed run: the work runs, told so, and the run's own error is the one returned.
+  trace.clear();
+  fail = true;
+  s = trainer.Run(data, {.max_epochs = 4});
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
+  EXPECT_THAT(trace, ElementsAre("evaluated 1", "work run_ok=0"));
+  // Nothing is left registered once the run is over.
+  EXPECT_FALSE(Engine::AtOutermostRunEnd(&key, [](bool) { return absl::OkStatus(); }));
+}
+
 TEST(DefaultCommunicator, EnginesCreatedAfterItUseIt) {
   dist::testing::FakeWorld world(1);
   dist::Communicator* previous = dist::SetDefaultCommunicator(world.comm(0));

@@ -23,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/atomic_file.h"
 #include "base/file_system.h"
+#include "base/status_macros.h"
 #include "base/testing/fault_injection_file_system.h"
 #include "base/testing/temp_dir.h"
 #include "engine/engine.h"
@@ -742,6 +743,76 @@ TEST(CheckpointAsync, BackgroundSaveErrorsSurfaceAtFlush) {
   std::sort(tracked.begin(), tracked.end());
   EXPECT_EQ(tracked, Files(dir));
   EXPECT_EQ(Files(dir).size(), 2u);
+}
+
+// Registered with On() on an evaluator (as README's trainer does), not Attach(): the trainer's
+// run, which caused each background save, awaits the last one before Run() returns. Its error is
+// the run's error; on success saved() and last_checkpoint() name the newest file without a Flush.
+TEST(CheckpointAsync, TheOutermostRunAwaitsASaveRegisteredWithOnAnEvaluator) {
+  const std::string dir = TempDir("async_on");
+  testing::FaultInjectionFileSystem fs;
+  torch::nn::Linear model(4, 4);
+  std::vector<int> data = {0, 1};
+  Engine evaluator([](Engine&, const int&) {});
+  Engine trainer([&](Engine&, const int&) {
+    torch::NoGradGuard g;
+    model->weight.add_(1.0);
+  });
+  auto ckpt = ModelCheckpoint::Create(
+      {.disk = {.dirname = dir, .fs = &fs},
+       .checkpoint = {.n_saved = 2, .global_step_transform = GlobalStepFromEngine(trainer), .async_save = true}},
+      {{"model", model}});
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  evaluator.On(Events::Completed(), **ckpt);
+  trainer.On(Events::EpochCompleted(), [&]() -> absl::Status { return evaluator.Run(data); });
+  ASSERT_TRUE(trainer.Run(data, {.max_epochs = 2}).ok());
+  // No Flush(): the run awaited the second save and recorded it.
+  ASSERT_EQ((*ckpt)->saved().size(), 2u);
+  EXPECT_EQ((*ckpt)->saved().back().filename, "model_2.pt");  // named by the trainer's epoch
+  ASSERT_TRUE((*ckpt)->latest_checkpoint().has_value());
+  EXPECT_EQ(*(*ckpt)->latest_checkpoint(), JoinPath(dir, "model_2.pt"));
+  EXPECT_THAT(Files(dir), ElementsAre("model_1.pt", "model_2.pt"));
+  // The last save of the run fails in the background (a full disk): Run() returns that error.
+  int epochs_seen = 0;
+  trainer.On(Events::EpochStarted(), [&]() -> absl::Status {
+    if (++epochs_seen != 2) return absl::OkStatus();
+    EMBER_RETURN_IF_ERROR((*ckpt)->Flush());  // the epoch-3 save is on disk before the fault
+    fs.FailFrom(0, absl::ResourceExhaustedError("No space left on device"));
+    return absl::OkStatus();
+  });
+  absl::Status s = trainer.Run(data, {.max_epochs = 4});
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_EQ(trainer.outcome().kind, Engine::RunOutcome::Kind::kFailed);
+  fs.ClearFaults();
+  // The epoch-3 save (before the fault) is recorded; the failed one is not, and the files the
+  // records name exist.
+  ASSERT_TRUE((*ckpt)->latest_checkpoint().has_value());
+  EXPECT_EQ(*(*ckpt)->latest_checkpoint(), JoinPath(dir, "model_3.pt"));
+  EXPECT_THAT(Files(dir), ElementsAre("model_2.pt", "model_3.pt"));
+}
+
+// A run that fails after a background save was started: no collective (the run failed), yet the
+// saving rank waits for its writer, so last_checkpoint() names the file that is on disk.
+TEST(CheckpointAsync, AFailedRunStillWaitsForItsWriterAndRecordsTheSave) {
+  const std::string dir = TempDir("async_failed_run");
+  torch::nn::Linear model(4, 4);
+  auto ckpt = ModelCheckpoint::Create({.disk = {.dirname = dir}, .checkpoint = {.n_saved = 2, .async_save = true}},
+                                      {{"model", model}});
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  std::vector<int> data = {0};
+  Engine trainer([](Engine&, const int&) {});
+  trainer.On(Events::EpochCompleted(), **ckpt);
+  trainer.On(Events::EpochCompleted(), [](Engine& e) -> absl::Status {
+    // Plain handlers run before the checkpoint decides: epoch 3 is not saved, epoch 2's save is
+    // still in flight when the run fails.
+    if (e.state().epoch == 3) return absl::InternalError("a handler failed on purpose");
+    return absl::OkStatus();
+  });
+  absl::Status s = trainer.Run(data, {.max_epochs = 3});
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
+  ASSERT_TRUE((*ckpt)->latest_checkpoint().has_value());
+  EXPECT_EQ(*(*ckpt)->latest_checkpoint(), JoinPath(dir, "model_2.pt"));
+  EXPECT_THAT(Files(dir), ElementsAre("model_1.pt", "model_2.pt"));
 }
 
 // The writer is held (through the file-system seam) until the next step has changed the
