@@ -52,6 +52,7 @@ class Progress {
 
   double epoch_mean_output() const { return steps_ > 0 ? output_sum_ / steps_ : 0; }
   int64_t epoch_steps() const { return steps_; }
+  double epoch_output_sum() const { return output_sum_; }
   // Prints `line` (and a newline) on the displaying rank, ending a bar in progress first.
   void Line(const std::string& line);
 

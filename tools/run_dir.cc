@@ -1,7 +1,9 @@
 #include "tools/run_dir.h"
 
 #include <algorithm>
+#include <cmath>
 #include <optional>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -24,6 +26,54 @@ Value RunSettings::StateDict() const {
   v.Set("hidden", Value(absl::StrJoin(hidden_, ",")));
   v.Set("patience", Value(int64_t{patience_}));
   return v;
+}
+
+EpochTally& EpochTally::operator+=(const EpochTally& o) {
+  output_sum += o.output_sum;
+  steps += o.steps;
+  samples += o.samples;
+  train_s += o.train_s;
+  epoch_s += o.epoch_s;
+  return *this;
+}
+
+Value EpochTally::ToValue() const {
+  Value v = Value::Dict();
+  v.Set("output_sum", Value(output_sum));
+  v.Set("steps", Value(steps));
+  v.Set("samples", Value(samples));
+  v.Set("train_s", Value(train_s));
+  v.Set("epoch_s", Value(epoch_s));
+  return v;
+}
+
+absl::StatusOr<EpochTally> EpochTally::FromValue(const Value* v) {
+  EpochTally t;
+  if (v == nullptr) return t;
+  if (!v->is_dict()) return absl::DataLossError("the checkpoint's \"epoch_so_far\" record is not a dict");
+  auto number = [&](const char* name, bool integer) -> absl::StatusOr<double> {
+    const Value* f = v->Find(name);
+    if (f == nullptr || !(integer ? f->is_int() : f->is_number())) {
+      return absl::DataLossError(absl::StrCat("the checkpoint's \"epoch_so_far\" record has no ",
+                                              integer ? "integer" : "number", " \"", name, "\""));
+    }
+    const double x = f->as_double();
+    if (!std::isfinite(x) && std::string_view(name) != "output_sum") {
+      return absl::DataLossError(absl::StrCat("the checkpoint's \"epoch_so_far\" record has \"", name, "\" = ", x));
+    }
+    return x;
+  };
+  EMBER_ASSIGN_OR_RETURN(t.output_sum, number("output_sum", false));
+  EMBER_ASSIGN_OR_RETURN(double steps, number("steps", true));
+  EMBER_ASSIGN_OR_RETURN(double samples, number("samples", true));
+  EMBER_ASSIGN_OR_RETURN(t.train_s, number("train_s", false));
+  EMBER_ASSIGN_OR_RETURN(t.epoch_s, number("epoch_s", false));
+  if (steps < 0 || samples < 0 || t.train_s < 0 || t.epoch_s < 0) {
+    return absl::DataLossError("the checkpoint's \"epoch_so_far\" record has a negative count or time");
+  }
+  t.steps = static_cast<int64_t>(steps);
+  t.samples = static_cast<int64_t>(samples);
+  return t;
 }
 
 std::optional<int64_t> RunSettings::Patience(const Value* run) {

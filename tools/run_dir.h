@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <functional>
 #include <optional>
 #include <string>
 #include <utility>
@@ -60,6 +61,35 @@ class RunSettings : public Stateful {
   std::string model_;
   std::vector<int64_t> hidden_;
   int patience_;
+};
+
+// What the epoch in progress had done when a checkpoint was taken, so that the metrics line of an
+// epoch a preemption interrupted covers the whole epoch after the resume, not only its second
+// part: the sum and count of rank 0's step outputs (the loss), the samples of every rank, and the
+// seconds spent training and in all. Saved in every checkpoint as "epoch_so_far"; applied only
+// when resuming from a mid-epoch checkpoint (an epoch-end one starts a new epoch).
+struct EpochTally {
+  double output_sum = 0;
+  int64_t steps = 0;
+  int64_t samples = 0;
+  double train_s = 0;
+  double epoch_s = 0;
+
+  EpochTally& operator+=(const EpochTally& o);
+  Value ToValue() const;
+  // A checkpoint's "epoch_so_far" record; absent (an older file, or one written in Python): zero.
+  // Present but malformed: kDataLoss naming the field.
+  static absl::StatusOr<EpochTally> FromValue(const Value* v);
+};
+
+class EpochSoFar : public Stateful {
+ public:
+  explicit EpochSoFar(std::function<EpochTally()> now) : now_(std::move(now)) {}
+  Value StateDict() const override { return now_().ToValue(); }
+  absl::Status LoadStateDict(const Value&) override { return absl::OkStatus(); }  // see EpochTally::FromValue
+
+ private:
+  std::function<EpochTally()> now_;
 };
 
 // The file system of --eval_only, which writes nothing: reads go to `target`; every change

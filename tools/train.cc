@@ -15,6 +15,7 @@
 #include <csignal>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -161,9 +162,15 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
   const bool eval_only = flags.eval_only;
   if (!eval_only) EMBER_RETURN_IF_ERROR(TakeOutputDir(comm, out_dir, resuming, absl::Now() + deadline, dir_lock));
   RunSettings settings(global_batch, batch_size, world_size, flags.model, flags.hidden, flags.patience);
+  // The epoch in progress so far (its loss, samples and seconds), for the metrics line of an epoch
+  // a preemption cut: `carried` is what the run resumed from had done of it.
+  EpochTally carried;
+  std::function<EpochTally()> epoch_now;  // set below, once its pieces exist
+  EpochSoFar epoch_so_far([&] { return epoch_now ? epoch_now() : EpochTally{}; });
   // What every checkpoint of the run holds, epoch-end and preemption alike.
   const ObjectMap to_save = {{"model", *model},     {"optimizer", optimizer}, {"trainer", trainer},
-                             {"early_stopping", *es}, {"data", train_source},   {"run", settings}};
+                             {"early_stopping", *es}, {"data", train_source},   {"run", settings},
+                             {"epoch_so_far", epoch_so_far}};
   // --eval_only writes nothing: its checkpointers only read (a corrupt file is skipped, not moved
   // aside; a live run's temporary files stay), and with --resume_from it needs none.
   ReadOnlyFileSystem read_only(FileSystem::Default());
@@ -225,23 +232,40 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
   };
   Spent epoch_began = spent_now();
   trainer.On(Events::EpochStarted(), [&] { epoch_began = spent_now(); });
+  epoch_now = [&] {
+    // At an epoch's end nothing is carried (a resume from there starts a new epoch): zeros, so
+    // that epoch-end checkpoints stay bitwise equal between a run and its resumed twin.
+    const int64_t length = trainer.state().epoch_length.value_or(0);
+    if (length <= 0 || trainer.state().iteration % length == 0) return EpochTally{};
+    EpochTally t = carried;
+    t += EpochTally{.output_sum = progress.epoch_output_sum(),
+                    .steps = progress.epoch_steps(),
+                    .samples = epoch_samples * world_size,  // every rank's shard has the same size
+                    .train_s = absl::ToDoubleSeconds(absl::Now() - epoch_start),
+                    .epoch_s = absl::ToDoubleSeconds(absl::Now() - epoch_began.at)};
+    return t;
+  };
   std::unique_ptr<MetricsLog> metrics_log;  // rank 0
   trainer.On(Events::EpochCompleted(), [&](Engine& e) {
     if (rank != 0) return;
     auto& m = e.state().metrics;
+    // The whole epoch, the part before a mid-epoch resume included (`carried`).
+    const int64_t steps = carried.steps + progress.epoch_steps();
+    const int64_t samples = carried.samples + epoch_samples * world_size;
+    const double train_s = carried.train_s + epoch_seconds;
     nlohmann::ordered_json line = {
         {"epoch", e.state().epoch},
         {"iteration", e.state().iteration},
-        {"train_loss", progress.epoch_mean_output()},
+        {"train_loss", steps > 0 ? (carried.output_sum + progress.epoch_output_sum()) / steps : 0.0},
         {"val_loss", m["val_loss"]},
         {"val_accuracy", m["val_accuracy"]},
         {"val_samples", static_cast<int64_t>(m["val_samples"])},
-        {"train_samples", epoch_samples * world_size},  // every rank's shard has the same size
-        {"samples_per_s", static_cast<double>(epoch_samples) * world_size / epoch_seconds},
+        {"train_samples", samples},
+        {"samples_per_s", static_cast<double>(samples) / train_s},
         {"world_size", world_size},
         {"time_per_iteration_s", timer.value()}};
     const Spent now = spent_now();
-    const double epoch_s = absl::ToDoubleSeconds(now.at - epoch_began.at);
+    const double epoch_s = carried.epoch_s + absl::ToDoubleSeconds(now.at - epoch_began.at);
     const double blocked_s = absl::ToDoubleSeconds(now.blocked - epoch_began.blocked);
     line["epoch_s"] = epoch_s;
     line["checkpoint_blocked_s"] = blocked_s;
@@ -253,6 +277,7 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
     }
     progress.Line(MetricsLog::Format(line));
   });
+  trainer.On(Events::EpochCompleted(), [&] { carried = EpochTally{}; });  // every rank, after the line
 
   std::optional<std::string> from;
   std::optional<int64_t> stored_patience;  // the --patience the checkpoint resumed from was trained with
@@ -322,6 +347,13 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
           settings.Check(loaded.Find("run"), *from, trainer.state().epoch_length.value_or(epoch_length), epoch_length));
       // The position in the sample order (absent from checkpoints written in Python).
       if (const Value* position = loaded.Find("data")) EMBER_RETURN_IF_ERROR(train_source.LoadStateDict(*position));
+      // A mid-epoch checkpoint: the epoch's metrics line will cover its first part too.
+      if (const int64_t length = trainer.state().epoch_length.value_or(0);
+          length > 0 && trainer.state().iteration % length != 0) {
+        absl::StatusOr<EpochTally> so_far = EpochTally::FromValue(loaded.Find("epoch_so_far"));
+        if (!so_far.ok()) return absl::Status(so_far.status().code(), absl::StrCat(*from, ": ", so_far.status().message()));
+        carried = *so_far;
+      }
       // The learning rate and momentum: a value given on the command line replaces the
       // checkpoint's; otherwise the checkpoint's stays.
       auto sgd = [&](size_t group) -> torch::optim::SGDOptions& {

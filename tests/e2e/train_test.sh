@@ -236,6 +236,17 @@ preempt)
   st() { "$ckpt" show "$1"/checkpoint_2_*.pt | sed 's/"file": "[^"]*", //'; }
   [[ "$(st "$work/edge")" == "$(st "$work/ref")" ]] || { diff <(st "$work/edge") <(st "$work/ref"); fail "epoch-end preemption: the resumed run differs"; }
   echo "epoch-end preemption: stopped after epoch 1's end; resumed bitwise equal"
+  # Issue 24.15: the metrics line of an epoch cut by a preemption covers the whole epoch (its
+  # samples and loss as the uninterrupted run's), not only the part after the resume.
+  out=$(mpi 2 "$train" "${args[@]}" --output_dir="$work/mid" --inject_preempt=0:130 2>&1) || fail "mid-epoch preemption: $out"
+  mpi 2 "$train" "${args[@]}" --output_dir="$work/mid" --resume >/dev/null 2>&1 || fail "mid-epoch resume"
+  epoch2() { sed -n 2p "$1/metrics.jsonl"; }
+  [[ $(field "$(epoch2 "$work/mid")" train_samples) == $(field "$(epoch2 "$work/ref")" train_samples) ]] ||
+    fail "train_samples of the cut epoch: $(epoch2 "$work/mid") vs $(epoch2 "$work/ref")"
+  awk -v a="$(field "$(epoch2 "$work/mid")" train_loss)" -v b="$(field "$(epoch2 "$work/ref")" train_loss)" \
+    'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-6 * b) }' ||
+    fail "train_loss of the cut epoch: $(epoch2 "$work/mid") vs $(epoch2 "$work/ref")"
+  echo "mid-epoch preemption: the cut epoch's line covers the whole epoch"
   ;;
 kill9)
   # kill -9 of the whole job at random moments after the first checkpoint exists (often while
