@@ -53,8 +53,10 @@ PY
   /usr/bin/python3 - "$best" <<'PY' || fail "python could not load the checkpoint"
 import sys, torch
 ck = torch.load(sys.argv[1])
-assert set(ck) == {"model", "optimizer", "trainer", "early_stopping", "data", "run"}, ck.keys()
-assert ck["run"] == {"global_batch": 256, "batch_size": 64, "world_size": 4, "model": "mlp", "hidden": "256,128"}, ck["run"]
+assert set(ck) == {"model", "optimizer", "trainer", "early_stopping", "data", "run", "epoch_so_far"}, ck.keys()
+assert ck["run"] == {"global_batch": 256, "batch_size": 64, "world_size": 4, "model": "mlp", "hidden": "256,128", "patience": 3}, ck["run"]
+# An epoch-end checkpoint carries nothing of an epoch in progress (zeros: bitwise-stable).
+assert ck["epoch_so_far"] == {"output_sum": 0.0, "steps": 0, "samples": 0, "train_s": 0.0, "epoch_s": 0.0}, ck["epoch_so_far"]
 # The position in the sample order: a finished epoch of 8192 // 256 global batches of 4 x 64.
 d = ck["data"]
 assert (d["global_batch"], d["dataset_size"], d["consumed"]) == (256, 8192, 8192), d
