@@ -1,6 +1,7 @@
 // File: tests/conformance/golden.h
 //
-// Loads one scenario of golden-public.jsonl (recorded on pytorch-ignite v0.5.3) by name.
+// Loads one scenario of golden-public.jsonl or golden-training-public.jsonl (recorded on
+// pytorch-ignite v0.5.3; copies of shared/conformance's) by name.
 #ifndef EMBER_TESTS_CONFORMANCE_GOLDEN_H_
 #define EMBER_TESTS_CONFORMANCE_GOLDEN_H_
 
