@@ -550,6 +550,10 @@ int Main(int argc, char** argv) {
   if (!status.ok()) {
     std::fprintf(stderr, "train: rank %d: error: %s\n", report.rank, std::string(status.message()).c_str());
     report.SetError();
+    // A failure of this rank alone (its data missing, its disk full) outside any collective: the
+    // peers, waiting in the next one, are told at once ("rank R failed: ...") instead of waiting
+    // out --deadline_s. Nothing is sent when a collective failed already or for a peer's notice.
+    if (comm.world_size() > 1) comm.Fail(status);
   }
   return Finish(report, **world);
 }

@@ -573,6 +573,25 @@ agree)
   [[ ! -e $work/e ]] || fail "rank 1's output directory was created"
   # A flag error on one rank only: the other rank names it instead of waiting.
   mpmd "--n_saved is 2 (default) on rank 0, 0 on rank 1; flag error is (absent) on rank 0, --n_saved must be >= 1, got 0 on rank 1" -- --n_saved=0
+  # A failure of one rank alone, outside any collective (the same --data=csv:d.csv, but each
+  # rank's working directory holds another file, as per-node paths do; rank 1's is malformed):
+  # rank 0 fails at once with rank 1's error, not after --deadline_s=60.
+  mkdir -p "$work/wa" "$work/wb"
+  /usr/bin/python3 -c 'import sys; sys.stdout.write("".join("%d,%d,%d\n" % (i % 2, i % 7, i % 5) for i in range(600)))' >"$work/wa/d.csv"
+  sed '3s/.*/1,2/' "$work/wa/d.csv" >"$work/wb/d.csv"
+  rm -rf "$work/d"
+  start=$(date +%s)
+  out=$(timeout 300 mpirun --oversubscribe --mca btl self,vader -np 1 -wdir "$work/wa" "$train" --data=csv:d.csv --deadline_s=60 \
+    --progress=none --output_dir="$work/d" : -np 1 -wdir "$work/wb" "$train" --data=csv:d.csv --deadline_s=60 \
+    --progress=none --output_dir="$work/d" 2>&1); rc=$?
+  took=$(( $(date +%s) - start ))
+  [[ $rc -eq 1 ]] || fail "one rank's bad data: exit $rc: $(tail -n 5 <<<"$out")"
+  grep -q "train: rank 1: error: d.csv:3: 1 features, expected 2" <<<"$out" || fail "rank 1 does not name its error: $out"
+  grep -q "train: rank 0: error: .*rank 1 failed: INVALID_ARGUMENT: d.csv:3: 1 features" <<<"$out" ||
+    fail "rank 0 does not name rank 1's failure: $out"
+  [[ $(finals "$out" | grep -c '"stopped_by": "error"') -eq 2 ]] || fail "not 2 error final lines: $out"
+  [[ $took -lt 30 ]] || fail "one rank's bad data: took ${took}s (the deadline was waited out)"
+  echo "ok: one rank's bad data ends both ranks in ${took}s, rank 0 naming rank 1's error"
   ;;
 finished)
   # Issue 24.5: a run that ended by a decision (early stopping) is finished: --resume changes
