@@ -6,6 +6,7 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -56,6 +57,15 @@ struct CopiedTensor {
   std::string path;
 };
 
+// What a copy copies: every tensor (null), or those `select` accepts (a background snapshot's
+// two halves: at the firing, and on the writer); the others stay as they are.
+using Selector = std::function<bool(const torch::Tensor&)>;
+
+// The storage a tensor's bytes live in (null: none, e.g. a sparse tensor).
+const void* StorageKey(const torch::Tensor& t) {
+  return t.defined() && t.has_storage() ? t.storage().unsafeGetStorageImpl() : nullptr;
+}
+
 struct StoragePlan {
   std::map<const void*, int> uses;              // saved tensors per storage
   std::map<const void*, torch::Tensor> copies;  // a shared storage's copy (bytes)
@@ -72,11 +82,13 @@ void CountStorages(const Value& v, StoragePlan& plan) {
 }
 
 absl::StatusOr<Value> PlanCopy(const Value& v, const Value* reuse, const std::string& path, std::vector<CopyPiece>& jobs,
-                               std::vector<CopiedTensor>& copied, StoragePlan& storages) {
+                               std::vector<CopiedTensor>& copied, StoragePlan& storages, const Selector* select) {
   switch (v.kind()) {
     case Value::Kind::kTensor: {
       const torch::Tensor& src = v.as_tensor();
       if (!src.defined()) return v;
+      if (select != nullptr && !(*select)(src)) return v;
+      const size_t tag = copied.size();  // the pieces of this tensor name it
       copied.push_back({src, path});
       const void* storage = src.has_storage() ? src.storage().unsafeGetStorageImpl() : nullptr;
       if (storage != nullptr && storages.uses[storage] > 1) {
@@ -88,7 +100,7 @@ absl::StatusOr<Value> PlanCopy(const Value& v, const Value* reuse, const std::st
             bytes = torch::empty({nbytes}, torch::TensorOptions().dtype(torch::kUInt8));
             if (nbytes > 0) {
               jobs.push_back({static_cast<char*>(bytes.data_ptr()),
-                              static_cast<const char*>(src.storage().data_ptr().get()), static_cast<size_t>(nbytes)});
+                              static_cast<const char*>(src.storage().data_ptr().get()), static_cast<size_t>(nbytes), tag});
             }
           } else {
             bytes = torch::empty({0}, src.options().dtype(torch::kUInt8)).set_(src.storage(), 0, {nbytes}, {1}).clone();
@@ -105,7 +117,7 @@ absl::StatusOr<Value> PlanCopy(const Value& v, const Value* reuse, const std::st
       torch::Tensor dst = fits ? *old : torch::empty(src.sizes(), src.options().memory_format(at::MemoryFormat::Contiguous));
       if (src.is_contiguous()) {
         if (src.nbytes() > 0) {
-          jobs.push_back({static_cast<char*>(dst.data_ptr()), static_cast<const char*>(src.data_ptr()), src.nbytes()});
+          jobs.push_back({static_cast<char*>(dst.data_ptr()), static_cast<const char*>(src.data_ptr()), src.nbytes(), tag});
         }
       } else {
         dst.copy_(src.detach());
@@ -118,7 +130,7 @@ absl::StatusOr<Value> PlanCopy(const Value& v, const Value* reuse, const std::st
       const bool same = reuse != nullptr && reuse->kind() == v.kind() && reuse->items().size() == v.items().size();
       for (size_t i = 0; i < v.items().size(); ++i) {
         EMBER_ASSIGN_OR_RETURN(Value item, PlanCopy(v.items()[i], same ? &reuse->items()[i] : nullptr,
-                                                    absl::StrCat(path, "[", i, "]"), jobs, copied, storages));
+                                                    absl::StrCat(path, "[", i, "]"), jobs, copied, storages, select));
         items.push_back(std::move(item));
       }
       return v.is_list() ? Value::List(std::move(items)) : Value::Tuple(std::move(items));
@@ -129,7 +141,7 @@ absl::StatusOr<Value> PlanCopy(const Value& v, const Value* reuse, const std::st
         const Value* old = reuse != nullptr ? reuse->Find(v.keys()[i]) : nullptr;
         const std::string key = v.keys()[i].is_string() ? v.keys()[i].as_string() : v.keys()[i].DebugString();
         EMBER_ASSIGN_OR_RETURN(Value item, PlanCopy(v.values()[i], old, path.empty() ? key : absl::StrCat(path, ".", key),
-                                                    jobs, copied, storages));
+                                                    jobs, copied, storages, select));
         d.Set(v.keys()[i], std::move(item));
       }
       return d;
@@ -139,13 +151,15 @@ absl::StatusOr<Value> PlanCopy(const Value& v, const Value* reuse, const std::st
   }
 }
 
-// With `share`, the pieces are also offered to the threads that wait at the fence for it.
-void RunCopies(const std::vector<CopyPiece>& jobs, int threads, Snapshot* share) {
+// With `share` (a background snapshot), the pieces are also offered to the threads that wait at
+// the fence for it, and once all are copied each source is compared with its copy: returns the
+// tags of the jobs whose source changed since it was copied.
+std::vector<size_t> RunCopies(const std::vector<CopyPiece>& jobs, int threads, Snapshot* share) {
   constexpr size_t kPiece = size_t{4} << 20;
   std::vector<CopyPiece> pieces;
   for (const CopyPiece& job : jobs) {
     for (size_t at = 0; at < job.bytes; at += kPiece) {
-      pieces.push_back({job.dst + at, job.src + at, std::min(kPiece, job.bytes - at)});
+      pieces.push_back({job.dst + at, job.src + at, std::min(kPiece, job.bytes - at), job.tag});
     }
   }
   const int helpers = std::min<int>(threads, static_cast<int>(pieces.size())) - 1;
@@ -156,6 +170,10 @@ void RunCopies(const std::vector<CopyPiece>& jobs, int threads, Snapshot* share)
   copy->Work();
   for (std::thread& t : pool) t.join();
   copy->WaitCopied();  // pieces a waiter at the fence claimed
+  if (share == nullptr) return {};
+  copy->Verify();
+  copy->WaitVerified();  // pieces a waiter at the fence compared
+  return copy->changed_tags();
 }
 
 // The threads a copy of `bytes` uses: small states are copied on the calling thread alone (a
@@ -167,45 +185,80 @@ int CopyThreads(const std::vector<CopyPiece>& jobs) {
   return std::clamp(static_cast<int>(std::thread::hardware_concurrency()), 1, 4);
 }
 
-// A copy of `v` (see PlanCopy) on `threads` threads (0: CopyThreads). With `versions` (the
-// tensors' version counters when the snapshot began, depth-first), a tensor changed in place
-// before the copy was complete makes the copy fail, naming it.
+// A copy of `v` (see PlanCopy) on `threads` threads (0: CopyThreads), of the tensors `select`
+// accepts (null: all). With `versions` (a background snapshot: the selected tensors' version
+// counters when it began, depth-first, RecordVersions), the copy fails, naming the tensors, when
+// one of them changed while it was being copied: its version counter moved (an in-place change
+// through it or a view of it that had returned by the check), or its bytes differ from their
+// copy when re-read after the whole copy (any write landing between the two, through p.data()
+// too). A change that was complete before the writer read those bytes and left the counter as it
+// was (LibTorch's SGD writes through p.data()) looks like the state at the firing and is not seen:
+// only the fence (WaitForSnapshots before optimizer.step) rules it out.
 absl::StatusOr<Value> CopyState(const Value& v, const Value* reuse, const std::vector<int64_t>* versions, int threads,
-                                Snapshot* share = nullptr) {
+                                Snapshot* share = nullptr, const Selector* select = nullptr) {
   std::vector<CopyPiece> jobs;
   std::vector<CopiedTensor> copied;
   StoragePlan storages;
   CountStorages(v, storages);
-  EMBER_ASSIGN_OR_RETURN(Value out, PlanCopy(v, reuse, "", jobs, copied, storages));
-  RunCopies(jobs, threads > 0 ? threads : CopyThreads(jobs), share);
+  EMBER_ASSIGN_OR_RETURN(Value out, PlanCopy(v, reuse, "", jobs, copied, storages, select));
+  const std::vector<size_t> rewritten = RunCopies(jobs, threads > 0 ? threads : CopyThreads(jobs), share);
   if (versions != nullptr) {
+    std::vector<std::string> moved, differ;
     for (size_t i = 0; i < copied.size(); ++i) {
-      if (i >= versions->size() || copied[i].src._version() != (*versions)[i]) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "Checkpoint: the saved tensor '", copied[i].path, "' was changed in place before the background snapshot "
-            "had copied it; call ember::WaitForSnapshots() before optimizer.step() (DataParallel::"
-            "AllReduceGradients() does), or save without snapshot_in_background"));
+      if (i >= versions->size() || copied[i].src._version() != (*versions)[i]) moved.push_back(copied[i].path);
+    }
+    for (size_t tag : rewritten) {
+      if (tag < copied.size() && std::find(moved.begin(), moved.end(), copied[tag].path) == moved.end()) {
+        differ.push_back(copied[tag].path);
       }
+    }
+    if (!moved.empty() || !differ.empty()) {
+      std::string which;
+      if (!moved.empty()) absl::StrAppend(&which, "its version counter moved: '", absl::StrJoin(moved, "', '"), "'");
+      if (!differ.empty()) {
+        absl::StrAppend(&which, which.empty() ? "" : "; ", "its bytes changed after they were copied: '",
+                        absl::StrJoin(differ, "', '"), "'");
+      }
+      return absl::FailedPreconditionError(absl::StrCat(
+          "Checkpoint: a parameter or optimizer state changed in place while the background snapshot was copying "
+          "it (", which, "), so the file would mix two steps and none is written: optimizer.step() (or another "
+          "in-place change of them) ran before ember::WaitForSnapshots(); call it before optimizer.step() "
+          "(DataParallel::AllReduceGradients() calls it on its way out, so a change made before that call needs "
+          "its own), or save without snapshot_in_background"));
     }
   }
   return out;
 }
 
-// The version counters of the tensors of `v`, depth-first (the order CopyState visits them).
-void RecordVersions(const Value& v, std::vector<int64_t>& out) {
+// The version counters of the tensors of `v` that `select` accepts (null: all), depth-first (the
+// order CopyState visits them).
+void RecordVersions(const Value& v, std::vector<int64_t>& out, const Selector* select = nullptr) {
   switch (v.kind()) {
     case Value::Kind::kTensor:
-      if (v.as_tensor().defined()) out.push_back(v.as_tensor()._version());
+      if (v.as_tensor().defined() && (select == nullptr || (*select)(v.as_tensor()))) {
+        out.push_back(v.as_tensor()._version());
+      }
       return;
     case Value::Kind::kList:
     case Value::Kind::kTuple:
-      for (const Value& item : v.items()) RecordVersions(item, out);
+      for (const Value& item : v.items()) RecordVersions(item, out, select);
       return;
     case Value::Kind::kDict:
-      for (size_t i = 0; i < v.size(); ++i) RecordVersions(v.values()[i], out);
+      for (size_t i = 0; i < v.size(); ++i) RecordVersions(v.values()[i], out, select);
       return;
     default:
       return;
+  }
+}
+
+// The storages of the tensors of `v`.
+void CollectStorages(const Value& v, std::set<const void*>& out) {
+  if (v.is_tensor()) {
+    if (const void* key = StorageKey(v.as_tensor()); key != nullptr) out.insert(key);
+  } else if (v.is_sequence()) {
+    for (const Value& item : v.items()) CollectStorages(item, out);
+  } else if (v.is_dict()) {
+    for (const Value& item : v.values()) CollectStorages(item, out);
   }
 }
 
@@ -436,11 +489,34 @@ absl::StatusOr<std::string> Checkpoint::Filename(const std::optional<Score>& sco
   return absl::StrCat(name, ".pt");
 }
 
-absl::StatusOr<Value> Checkpoint::BuildCheckpoint() const {
+absl::StatusOr<Value> Checkpoint::BuildCheckpoint(std::set<const void*>* fenced) const {
   Value checkpoint = Value::Dict();
+  std::set<const void*> at_firing;  // storages of tensors that may change before the fence
   for (const auto& [name, object] : to_save_) {
     EMBER_ASSIGN_OR_RETURN(Value state, object.StateDict());
+    if (fenced != nullptr) {
+      // Saveable::fenced(): an optimizer's state and a module's parameters change only in
+      // optimizer.step(); a module's buffers (BatchNorm's running statistics) in a forward, and
+      // other objects whenever their owner likes.
+      std::set<const void*> storages;
+      CollectStorages(state, storages);
+      std::set<const void*> parameters;
+      if (object.fenced() == Saveable::Fenced::kParameters) {
+        for (const torch::Tensor& p : object.parameters()) {
+          if (const void* key = StorageKey(p); key != nullptr) parameters.insert(key);
+        }
+      }
+      for (const void* key : storages) {
+        const bool behind_fence = object.fenced() == Saveable::Fenced::kAll ||
+                                  (object.fenced() == Saveable::Fenced::kParameters && parameters.count(key) > 0);
+        (behind_fence ? *fenced : at_firing).insert(key);
+      }
+    }
     checkpoint.Set(name, std::move(state));
+  }
+  // A storage shared with a tensor that may change before the fence is copied at the firing.
+  if (fenced != nullptr) {
+    for (const void* key : at_firing) fenced->erase(key);
   }
   if (to_save_.size() == 1) {
     Value single = checkpoint.values()[0];
@@ -676,7 +752,8 @@ absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
   // With include_self the file holds the list as it will be after this save (as ignite).
   std::vector<Item> before = std::move(saved_);
   saved_ = next;
-  absl::StatusOr<Value> checkpoint = BuildCheckpoint();
+  std::set<const void*> fenced;  // snapshot_in_background: the storages the writer copies
+  absl::StatusOr<Value> checkpoint = BuildCheckpoint(options_.async_save && options_.snapshot_in_background ? &fenced : nullptr);
   saved_ = std::move(before);
   if (!checkpoint.ok()) return checkpoint.status();
 
@@ -716,19 +793,29 @@ absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
         });
         return absl::OkStatus();
       }
-      // The copy too runs on the writer thread; the training thread waits for it only at the
-      // fence (WaitForSnapshots), before it changes the state in place.
+      // Parameters and optimizer state are copied on the writer thread; the training thread
+      // waits for that copy only at the fence (WaitForSnapshots), before optimizer.step(). The
+      // rest (buffers, which a training-mode forward changes without the fence, the engine's
+      // and other objects' state) is copied here, at the firing: nothing can tear it.
+      auto behind_fence = std::make_shared<const Selector>(
+          [fenced = std::move(fenced)](const torch::Tensor& t) { return fenced.count(StorageKey(t)) > 0; });
+      const Selector at_firing = [&behind_fence](const torch::Tensor& t) { return !(*behind_fence)(t); };
+      Value partial;
+      EMBER_RETURN_IF_ERROR(NoThrow("copying the state", [&]() -> absl::Status {
+        EMBER_ASSIGN_OR_RETURN(partial, CopyState(*checkpoint, &copy_cache_, nullptr, /*threads=*/0, nullptr, &at_firing));
+        return absl::OkStatus();
+      }));
       std::vector<int64_t> versions;
-      RecordVersions(*checkpoint, versions);
+      RecordVersions(partial, versions, behind_fence.get());
       snapshot_ = BeginSnapshot(&blocked_ns_);
-      writer_ = std::thread([this, state = *std::move(checkpoint), versions = std::move(versions),
+      writer_ = std::thread([this, state = std::move(partial), versions = std::move(versions), behind_fence,
                              snapshot = snapshot_, save_then_remove]() {
         const absl::Time start = absl::Now();
         // One thread: the training thread computes meanwhile, and helps if it reaches the fence
         // before the copy is done.
         absl::StatusOr<Value> copied = absl::InternalError("not copied");
         absl::Status copy_status = NoThrow("copying the state in the background", [&]() -> absl::Status {
-          copied = CopyState(state, &copy_cache_, &versions, /*threads=*/1, snapshot.get());
+          copied = CopyState(state, &copy_cache_, &versions, /*threads=*/1, snapshot.get(), behind_fence.get());
           return absl::OkStatus();
         });
         if (!copy_status.ok()) copied = copy_status;

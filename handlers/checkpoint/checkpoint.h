@@ -29,13 +29,35 @@
 // Asynchronous saving (async_save): the state is copied on the training thread and written on a
 // background thread on the saving rank; the next save and Flush() wait for it, and an error of a
 // background save is returned there (on every rank), never dropped. With snapshot_in_background
-// the copy itself moves to the background thread too: the training thread only builds the
-// state's tree (scalars and tensor handles) and goes on; it must call ember::WaitForSnapshots()
-// (snapshot_fence.h; DataParallel::AllReduceGradients() does) before the next in-place change of a
-// saved tensor, typically optimizer.step(). A saved tensor changed in place before its copy was
-// taken (its version counter moved: the fence was not called) fails that save with
-// kFailedPrecondition naming the tensor, instead of writing a file that mixes two steps. The save enters saved(),
-// last_checkpoint() and latest_checkpoint() only when that wait found it succeeded; until then
+// part of the copy moves to the background thread too. What is copied where, and what that
+// guarantees (issue 24.3):
+//   - At the firing, on the training thread: every tensor except module parameters and optimizer
+//     state (Saveable::fenced()): a module's buffers (BatchNorm's running_mean, running_var,
+//     num_batches_tracked, anything registered as a buffer), the engine's state, Stateful and
+//     user objects. These change outside optimizer.step() (BatchNorm's statistics in a
+//     training-mode forward, without moving their version counters), so they are copied before
+//     the training thread goes on: nothing done after the firing reaches them in the file, with
+//     or without the fence. They are usually small; a large Stateful costs its copy here.
+//   - On the writer thread: module parameters and optimizer state. The training thread must call
+//     ember::WaitForSnapshots() (snapshot_fence.h) before the next in-place change of them,
+//     typically optimizer.step() (DataParallel::AllReduceGradients() calls it on its way out, after
+//     the backward; a forward does not change parameters). With that call, the file holds exactly
+//     the state at the firing: GUARANTEED, whatever the optimizer writes through (LibTorch's SGD
+//     updates p.data(), which has a version counter of its own).
+//   - Without it (misuse), the writer detects a change it can see, and then fails that save with
+//     kFailedPrecondition naming the tensors (no file is written; the error surfaces at the next
+//     save or Flush): a version counter that moved (an in-place change through the tensor or a view
+//     of it, e.g. Adam's update, SGD's momentum buffer, once the changing op has returned), or bytes
+//     that differ from their copy when the writer re-reads them after the whole copy (any write that
+//     landed after those bytes were copied, p.data() included). NOT detected: a tear made only of
+//     writes that leave the counter where it was (through p.data(), as LibTorch's SGD does, or by
+//     an op that had not returned when the writer checked) each of which landed before the writer
+//     copied those bytes or after it re-read them; the file then mixes two steps. Catching those
+//     would need a reference taken at the firing (a pass over the state on the training thread,
+//     which the background snapshot exists to avoid): only the fence rules them out. Device
+//     tensors and non-contiguous ones are checked by version counter only.
+// The save enters saved(), last_checkpoint() and latest_checkpoint() only when that wait found it
+// succeeded; until then
 // (and after a failure) they describe the files that are known to be durable. SAVED_CHECKPOINT
 // fires when the write has been started. Attach() registers a Flush() at the engine's COMPLETED;
 // however the checkpoint is registered (On() on an evaluator included), the outermost run that
@@ -62,6 +84,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -98,8 +121,9 @@ struct CheckpointOptions {
   int save_on_rank = 0;
   dist::Reduction score_reduction = dist::Reduction::kMean;
   bool async_save = false;
-  // With async_save: copy the state on the background thread as well (see above). The caller
-  // promises to call ember::WaitForSnapshots() before changing the saved tensors in place.
+  // With async_save: copy module parameters and optimizer state on the background thread as well
+  // (see above; the rest is copied at the firing). The caller promises to call
+  // ember::WaitForSnapshots() before changing those in place (optimizer.step()).
   bool snapshot_in_background = false;
   // How long the saving rank's outcome may take to reach the others.
   absl::Duration save_timeout = absl::Minutes(30);
@@ -217,7 +241,9 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
   std::string Basename() const;
   absl::StatusOr<std::string> Filename(const std::optional<Score>& score,
                                        std::optional<int64_t> global_step) const;
-  absl::StatusOr<Value> BuildCheckpoint() const;
+  // With `fenced`: also the storages a background snapshot copies behind the fence (see
+  // Saveable::fenced()); every other tensor is copied at the firing.
+  absl::StatusOr<Value> BuildCheckpoint(std::set<const void*>* fenced = nullptr) const;
   absl::Status RestoreFromHandler(dist::Communicator& comm);
   std::optional<int64_t> StepOf(const Item& item) const;
   absl::StatusOr<std::vector<std::string>> SetAsideLater(dist::Communicator& comm, int64_t step);

@@ -12,11 +12,14 @@ namespace ember {
 
 Saveable::Saveable(torch::nn::Module& module)
     : get_([&module]() -> absl::StatusOr<Value> { return ModuleStateDict(module); }),
-      set_([&module](const Value& v, bool strict) { return LoadModuleStateDict(module, v, strict); }) {}
+      set_([&module](const Value& v, bool strict) { return LoadModuleStateDict(module, v, strict); }),
+      fenced_(Fenced::kParameters),
+      parameters_([&module] { return module.parameters(/*recurse=*/true); }) {}
 
 Saveable::Saveable(torch::optim::Optimizer& optimizer)
     : get_([&optimizer]() { return OptimizerStateDict(optimizer); }),
-      set_([&optimizer](const Value& v, bool) { return LoadOptimizerStateDict(optimizer, v); }) {}
+      set_([&optimizer](const Value& v, bool) { return LoadOptimizerStateDict(optimizer, v); }),
+      fenced_(Fenced::kAll) {}
 
 Saveable::Saveable(Engine& engine)
     : get_([&engine]() -> absl::StatusOr<Value> { return EngineStateDict(engine); }),
@@ -29,6 +32,12 @@ Saveable::Saveable(Stateful& stateful)
 Saveable::Saveable(std::function<absl::StatusOr<Value>()> state_dict,
                    std::function<absl::Status(const Value&, bool)> load)
     : get_(std::move(state_dict)), set_(std::move(load)) {}
+
+Saveable::Saveable(std::function<absl::StatusOr<Value>()> state_dict,
+                   std::function<absl::Status(const Value&, bool)> load, Fenced fenced)
+    : get_(std::move(state_dict)),
+      set_(std::move(load)),
+      fenced_(fenced == Fenced::kAll ? Fenced::kAll : Fenced::kNothing) {}
 
 absl::Status LoadObjects(const ObjectMap& to_load, const Value& checkpoint, bool strict) {
   if (!checkpoint.is_dict()) {

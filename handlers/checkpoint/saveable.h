@@ -40,15 +40,34 @@ class Saveable {
   Saveable(torch::optim::Optimizer& optimizer);  // NOLINT
   Saveable(Engine& engine);                      // NOLINT
   Saveable(Stateful& stateful);                  // NOLINT
+  // A pair of functions; `fenced` (see fenced() below) may be Fenced::kAll when every tensor of
+  // the state changes only in optimizer.step() or later (after the snapshot fence), so that a
+  // background snapshot copies it on its writer thread; kNothing (the default) copies it at the
+  // firing. kParameters is taken as kNothing (there are no module parameters to tell apart).
+  enum class Fenced { kNothing, kParameters, kAll };  // see fenced()
+  Saveable(std::function<absl::StatusOr<Value>()> state_dict,
+           std::function<absl::Status(const Value&, bool strict)> load, Fenced fenced);
   Saveable(std::function<absl::StatusOr<Value>()> state_dict,
            std::function<absl::Status(const Value&, bool strict)> load);
 
   absl::StatusOr<Value> StateDict() const { return get_(); }
   absl::Status LoadStateDict(const Value& state, bool strict = true) const { return set_(state, strict); }
 
+  // What a background snapshot (checkpoint.h, snapshot_in_background) may copy after the firing,
+  // behind the fence (snapshot_fence.h): the tensors of StateDict() that change only in
+  // optimizer.step(). kAll: an optimizer (its whole state). kParameters: a module's parameters
+  // (parameters() below), not its buffers: BatchNorm's running statistics, and any buffer, may
+  // change in a forward. kNothing: an Engine, a Stateful, a pair of functions; their tensors are
+  // copied at the firing.
+  Fenced fenced() const { return fenced_; }
+  // kParameters: the module's parameters, recursively (the live tensors); otherwise empty.
+  std::vector<torch::Tensor> parameters() const { return parameters_ ? parameters_() : std::vector<torch::Tensor>(); }
+
  private:
   std::function<absl::StatusOr<Value>()> get_;
   std::function<absl::Status(const Value&, bool)> set_;
+  Fenced fenced_ = Fenced::kNothing;
+  std::function<std::vector<torch::Tensor>()> parameters_;
 };
 
 using ObjectMap = std::vector<std::pair<std::string, Saveable>>;
