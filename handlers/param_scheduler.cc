@@ -948,7 +948,65 @@ class LambdaLrSchedule : public TorchLrSchedule {
   std::function<double(int64_t)> f_;
 };
 
+class CosineAnnealingWarmRestartsSchedule : public TorchLrSchedule {
+ public:
+  CosineAnnealingWarmRestartsSchedule(int64_t t_0, int64_t t_mult, double eta_min)
+      : t_0_(t_0), t_i_(t_0), t_mult_(t_mult), eta_min_(eta_min) {}
+  std::string name() const override { return "CosineAnnealingWarmRestarts"; }
+  void Advance() override {
+    ++t_cur_;
+    if (t_cur_ >= t_i_) {
+      t_cur_ -= t_i_;
+      t_i_ *= t_mult_;
+    }
+  }
+  double GetLr(int64_t, double, double base_lr) const override {
+    return eta_min_ + (base_lr - eta_min_) *
+                          (1 + std::cos(M_PI * static_cast<double>(t_cur_) /
+                                        static_cast<double>(t_i_))) /
+                          2;
+  }
+  void AppendLeadingState(Value& state) const override {
+    state.Set("T_0", t_0_);
+    state.Set("T_i", t_i_);
+    state.Set("T_mult", t_mult_);
+    state.Set("eta_min", eta_min_);
+    state.Set("T_cur", t_cur_);
+  }
+  absl::Status LoadState(const Value& state) override {
+    int64_t t_0, t_i, t_mult, t_cur;
+    double eta_min;
+    EMBER_PS_ASSIGN(t_0, NeedInt(state, "T_0"));
+    EMBER_PS_ASSIGN(t_i, NeedInt(state, "T_i"));
+    EMBER_PS_ASSIGN(t_mult, NeedInt(state, "T_mult"));
+    EMBER_PS_ASSIGN(eta_min, NeedDouble(state, "eta_min"));
+    EMBER_PS_ASSIGN(t_cur, NeedInt(state, "T_cur"));
+    if (t_0 < 1 || t_i < 1 || t_mult < 1 || t_cur < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "state_dict of CosineAnnealingWarmRestarts is inconsistent: T_0 ", t_0, ", T_i ", t_i,
+          ", T_mult ", t_mult, ", T_cur ", t_cur));
+    }
+    t_0_ = t_0;
+    t_i_ = t_i;
+    t_mult_ = t_mult;
+    eta_min_ = eta_min;
+    t_cur_ = t_cur;
+    return absl::OkStatus();
+  }
+
+ private:
+  int64_t t_0_, t_i_, t_mult_;
+  double eta_min_;
+  int64_t t_cur_ = 0;
+};
+
 }  // namespace
+
+std::unique_ptr<TorchLrSchedule> TorchLrSchedule::CosineAnnealingWarmRestarts(int64_t t_0,
+                                                                              int64_t t_mult,
+                                                                              double eta_min) {
+  return std::make_unique<CosineAnnealingWarmRestartsSchedule>(t_0, t_mult, eta_min);
+}
 
 std::unique_ptr<TorchLrSchedule> TorchLrSchedule::StepLR(int64_t step_size, double gamma) {
   return std::make_unique<StepLrSchedule>(step_size, gamma);
@@ -1001,6 +1059,7 @@ absl::StatusOr<std::unique_ptr<LRScheduler>> LRScheduler::Create(
 }
 
 std::vector<double> LRScheduler::GetParam() {
+  schedule_->Advance();
   std::vector<double> lrs;
   for (size_t g = 0; g < base_lrs_.size(); ++g) {
     lrs.push_back(schedule_->GetLr(last_epoch_, *GetParamGroupOption(*optimizer_, g, "lr"),

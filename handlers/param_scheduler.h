@@ -47,8 +47,8 @@
 //   - LRScheduler takes a TorchLrSchedule: the chainable get_lr() of torch's StepLR,
 //     ExponentialLR, MultiStepLR, CosineAnnealingLR and LambdaLR, ported (LibTorch 1.13 has only
 //     StepLR, whose get_lrs() is protected and whose step count is private, so it can neither be
-//     asked for the next value nor restored from a checkpoint). CosineAnnealingWarmRestarts is
-//     not provided (ignite pickles a private adapter object for it instead of a state_dict).
+//     asked for the next value nor restored from a checkpoint). For CosineAnnealingWarmRestarts
+//     ignite pickles a private adapter object instead of a state_dict; Ember saves torch's.
 //   - simulate_values is a method of a built scheduler (it simulates from its current state and
 //     restores it and the optimizer's options afterwards), or a static of the class that builds
 //     its own optimizer (the three basic schedulers, as ignite's classmethod does).
@@ -368,6 +368,9 @@ class TorchLrSchedule {
     (void)state;
     return absl::OkStatus();
   }
+  // Called once at the start of every get_lr() (ignite's CosineAnnealingWarmRestarts adapter
+  // advances T_cur there); nothing for the others.
+  virtual void Advance() {}
 
   // torch.optim.lr_scheduler's classes (arguments and formulas of torch 1.13).
   static std::unique_ptr<TorchLrSchedule> StepLR(int64_t step_size, double gamma = 0.1);
@@ -379,6 +382,14 @@ class TorchLrSchedule {
   static std::unique_ptr<TorchLrSchedule> CosineAnnealingLR(int64_t t_max, double eta_min = 0.0);
   // lr = base_lr * lr_lambda(last_epoch), a function of the step (lr_lambdas saved as None).
   static std::unique_ptr<TorchLrSchedule> LambdaLR(std::function<double(int64_t)> lr_lambda);
+  // As ignite drives it (its private _CosineAnnealingWarmRestarts adapter): every get_lr()
+  // first advances T_cur (restarting, T_i *= T_mult, when it reaches T_i), so the first event
+  // already gives the value at T_cur = 1; lr = eta_min + (base_lr - eta_min) *
+  // (1 + cos(pi * T_cur / T_i)) / 2. Ember saves torch's state_dict for it (T_0, T_i, T_mult,
+  // eta_min, T_cur, ...) where ignite pickles the adapter object.
+  static std::unique_ptr<TorchLrSchedule> CosineAnnealingWarmRestarts(int64_t t_0,
+                                                                      int64_t t_mult = 1,
+                                                                      double eta_min = 0.0);
 };
 
 struct LRSchedulerOptions {
