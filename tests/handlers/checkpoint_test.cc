@@ -1177,6 +1177,33 @@ TEST(CheckpointAsync, AStatefulIsCopiedAtTheFiring) {
   EXPECT_EQ(first->Find("small")->as_tensor().sum().item<float>(), 0.0f);
 }
 
+// A pair of functions may declare its tensors fenced (Saveable::Fenced::kAll: they change only
+// at optimizer.step() or later); a background snapshot then copies them on its writer, behind
+// the fence, like an optimizer's state: a change while the copy is held is the misuse the writer
+// reports, not a change isolated at the firing.
+TEST(CheckpointAsync, APairOfFunctionsMayPutItsTensorsBehindTheFence) {
+  const std::string dir = TempDir("snapshot_fenced_functions");
+  torch::Tensor t = torch::zeros({1024});
+  HeldCopy hold(0);
+  auto ckpt = ModelCheckpoint::Create(
+      {.disk = {.dirname = dir}, .checkpoint = {.async_save = true, .snapshot_in_background = true}},
+      {{"ema", Saveable([&]() -> absl::StatusOr<Value> { return Value(t); },
+                        [](const Value&, bool) { return absl::OkStatus(); }, Saveable::Fenced::kAll)}});
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  Engine trainer([&](Engine& e, const int&) {
+    if (e.state().epoch != 2) return;
+    hold.WaitReached();  // the writer is copying it: it was not copied at the firing
+    t.add_(1);
+    hold.Release();
+  });
+  ASSERT_TRUE((*ckpt)->Attach(trainer, Events::EpochCompleted()).ok());
+  std::vector<int> data = {0};
+  absl::Status s = trainer.Run(data, {.max_epochs = 2});
+  EXPECT_TRUE(hold.held());
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_THAT(s.message(), HasSubstr("its version counter moved"));
+}
+
 TEST(CheckpointAsync, SnapshotInBackgroundNeedsAsyncSave) {
   InMemorySaver saver;
   torch::nn::Linear model(2, 2);
