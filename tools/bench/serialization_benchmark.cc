@@ -172,7 +172,11 @@ struct AsyncRig {
       for (const std::string& n : *names) (void)FileSystem::Default()->RemoveFile(dir + "/" + n);
     }
     auto saver = DiskSaver::Create({.dirname = dir, .require_empty = false});
-    ckpt = *Checkpoint::Create({{"state", holder}}, std::shared_ptr<SaveHandler>(*std::move(saver)),
+    // Declared as state that changes only behind the fence (as a model's parameters and an
+    // optimizer's state), so that snapshot_in_background copies it on the writer thread.
+    Saveable state([this]() -> absl::StatusOr<Value> { return holder.StateDict(); },
+                   [](const Value&, bool) { return absl::OkStatus(); }, Saveable::Fenced::kAll);
+    ckpt = *Checkpoint::Create({{"state", state}}, std::shared_ptr<SaveHandler>(*std::move(saver)),
                                {.score_function = [this](const Engine&) { return Score(saves); },
                                 .n_saved = 1,
                                 .async_save = true,
