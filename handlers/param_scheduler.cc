@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -1219,6 +1220,194 @@ absl::StatusOr<std::unique_ptr<ConcatScheduler>> CreateLrSchedulerWithWarmup(
     milestones.push_back(std::move(m));
   }
   return Combine(optimizer, milestones, std::move(lr_scheduler), options.save_history);
+}
+
+// ---- ReduceLROnPlateauScheduler ---------------------------------------------------------------
+ReduceLROnPlateauScheduler::ReduceLROnPlateauScheduler(torch::optim::Optimizer& optimizer,
+                                                       ReduceLROnPlateauOptions options)
+    : optimizer_(&optimizer), options_(std::move(options)) {
+  min_lrs_.assign(optimizer.param_groups().size(), 0.0);
+  if (options_.param_group_index) {
+    min_lrs_[static_cast<size_t>(*options_.param_group_index)] = options_.min_lr;
+  }
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  mode_worse_ = options_.mode == "min" ? kInf : -kInf;
+  best_ = mode_worse_;
+  for (const auto& group : optimizer.param_groups()) last_lr_.push_back(group.options().get_lr());
+}
+
+absl::StatusOr<std::unique_ptr<ReduceLROnPlateauScheduler>> ReduceLROnPlateauScheduler::Create(
+    torch::optim::Optimizer& optimizer, ReduceLROnPlateauOptions options) {
+  absl::Status s = ParamScheduler::Validate(optimizer, "lr", options.param_group_index);
+  if (!s.ok()) return s;
+  if (options.factor >= 1.0) return absl::InvalidArgumentError("Factor should be < 1.0.");
+  if (options.mode != "min" && options.mode != "max") {
+    return absl::InvalidArgumentError(absl::StrCat("mode ", options.mode, " is unknown!"));
+  }
+  if (options.threshold_mode != "rel" && options.threshold_mode != "abs") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("threshold mode ", options.threshold_mode, " is unknown!"));
+  }
+  if (options.patience < 0 || options.cooldown < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("patience and cooldown should be >= 0, but given ",
+                                                   options.patience, " and ", options.cooldown));
+  }
+  return std::unique_ptr<ReduceLROnPlateauScheduler>(
+      new ReduceLROnPlateauScheduler(optimizer, std::move(options)));
+}
+
+std::vector<size_t> ReduceLROnPlateauScheduler::group_indices() const {
+  if (options_.param_group_index) return {static_cast<size_t>(*options_.param_group_index)};
+  std::vector<size_t> all(optimizer_->param_groups().size());
+  for (size_t g = 0; g < all.size(); ++g) all[g] = g;
+  return all;
+}
+
+bool ReduceLROnPlateauScheduler::IsBetter(double a) const {
+  const double t = options_.threshold;
+  const bool rel = options_.threshold_mode == "rel";
+  if (options_.mode == "min") return rel ? a < best_ * (1. - t) : a < best_ - t;
+  return rel ? a > best_ * (t + 1.) : a > best_ + t;
+}
+
+void ReduceLROnPlateauScheduler::Step(double metric) {
+  // torch's ReduceLROnPlateau.step(metric), with ignite's _reduce_lr.
+  ++last_epoch_;
+  if (IsBetter(metric)) {
+    best_ = metric;
+    num_bad_epochs_ = 0;
+  } else {
+    ++num_bad_epochs_;
+  }
+  if (cooldown_counter_ > 0) {
+    --cooldown_counter_;
+    num_bad_epochs_ = 0;
+  }
+  const std::vector<size_t> groups = group_indices();
+  if (num_bad_epochs_ > options_.patience) {
+    for (size_t i = 0; i < groups.size(); ++i) {
+      auto& o = optimizer_->param_groups()[groups[i]].options();
+      const double old_lr = o.get_lr();
+      const double new_lr = std::max(old_lr * options_.factor, min_lrs_[i]);
+      if (old_lr - new_lr > options_.eps) o.set_lr(new_lr);
+    }
+    cooldown_counter_ = options_.cooldown;
+    num_bad_epochs_ = 0;
+  }
+  last_lr_.clear();
+  for (const auto& group : optimizer_->param_groups()) last_lr_.push_back(group.options().get_lr());
+  // ParamScheduler.__call__: the lrs stay as they are, recorded, event_index incremented.
+  if (options_.save_history) {
+    std::vector<double> values;
+    for (size_t g : groups) values.push_back(optimizer_->param_groups()[g].options().get_lr());
+    history_["lr"].push_back(std::move(values));
+  }
+  ++event_index_;
+}
+
+absl::Status ReduceLROnPlateauScheduler::Propose(Engine& engine, absl::Span<double> values) {
+  auto it = engine.state().metrics.find(options_.metric_name);
+  if (it == engine.state().metrics.end()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Argument engine should have in its 'state', attribute 'metrics' which itself has the "
+        "metric ",
+        options_.metric_name, "."));
+  }
+  values[0] = it->second;
+  return absl::OkStatus();
+}
+
+absl::Status ReduceLROnPlateauScheduler::Decide(Engine&, const Agreement& agreement) {
+  Step(agreement.value(0));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SimulatedValues> ReduceLROnPlateauScheduler::Simulate(
+    int64_t num_events, const std::vector<double>& metric_values, double init_lr,
+    ReduceLROnPlateauOptions options) {
+  if (static_cast<int64_t>(metric_values.size()) != num_events) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Length of argument metric_values should be equal to num_events. ",
+                     metric_values.size(), " != ", num_events));
+  }
+  torch::Tensor param = torch::zeros({1});
+  torch::optim::SGD sgd(std::vector<torch::Tensor>{param}, torch::optim::SGDOptions(init_lr));
+  options.save_history = false;
+  auto scheduler = Create(sgd, std::move(options));
+  if (!scheduler.ok()) return scheduler.status();
+  SimulatedValues out;
+  for (int64_t i = 0; i < num_events; ++i) {
+    (*scheduler)->Step(metric_values[static_cast<size_t>(i)]);
+    out.emplace_back(i, std::vector<double>{sgd.param_groups()[0].options().get_lr()});
+  }
+  return out;
+}
+
+Value ReduceLROnPlateauScheduler::StateDict() const {
+  Value state = Value::Dict(/*ordered=*/true);
+  state.Set("event_index", event_index_);
+  state.Set("param_name", "lr");
+  state.Set("save_history", options_.save_history);
+  state.Set("param_group_index",
+            options_.param_group_index ? Value(*options_.param_group_index) : Value());
+  state.Set("metric_name", options_.metric_name);
+  Value torch_state = Value::Dict();
+  torch_state.Set("factor", options_.factor);
+  torch_state.Set("min_lrs", DoubleList(min_lrs_));
+  torch_state.Set("patience", options_.patience);
+  torch_state.Set("verbose", false);
+  torch_state.Set("cooldown", options_.cooldown);
+  torch_state.Set("cooldown_counter", cooldown_counter_);
+  torch_state.Set("mode", options_.mode);
+  torch_state.Set("threshold", options_.threshold);
+  torch_state.Set("threshold_mode", options_.threshold_mode);
+  torch_state.Set("best", best_);
+  torch_state.Set("num_bad_epochs", num_bad_epochs_);
+  torch_state.Set("mode_worse", mode_worse_);
+  torch_state.Set("eps", options_.eps);
+  torch_state.Set("last_epoch", last_epoch_);
+  torch_state.Set("_last_lr", DoubleList(last_lr_));
+  state.Set("scheduler", std::move(torch_state));
+  return state;
+}
+
+absl::Status ReduceLROnPlateauScheduler::LoadStateDict(const Value& state) {
+  int64_t event_index;
+  EMBER_PS_ASSIGN(event_index, NeedInt(state, "event_index"));
+  const Value* metric;
+  EMBER_PS_ASSIGN(metric, Need(state, "metric_name"));
+  std::string metric_name;
+  EMBER_PS_ASSIGN(metric_name, metric->ToString("metric_name"));
+  if (metric_name != options_.metric_name) {
+    return absl::InvalidArgumentError(absl::StrCat("the state_dict is of a scheduler on metric '",
+                                                   metric_name, "', this one reads '",
+                                                   options_.metric_name, "'"));
+  }
+  const Value* ts;
+  EMBER_PS_ASSIGN(ts, Need(state, "scheduler"));
+  std::vector<double> min_lrs, last_lr;
+  double best;
+  int64_t bad, cooldown_counter, last_epoch;
+  EMBER_PS_ASSIGN(min_lrs, NeedDoubleList(*ts, "min_lrs"));
+  EMBER_PS_ASSIGN(best, NeedDouble(*ts, "best"));
+  EMBER_PS_ASSIGN(bad, NeedInt(*ts, "num_bad_epochs"));
+  EMBER_PS_ASSIGN(cooldown_counter, NeedInt(*ts, "cooldown_counter"));
+  EMBER_PS_ASSIGN(last_epoch, NeedInt(*ts, "last_epoch"));
+  EMBER_PS_ASSIGN(last_lr, NeedDoubleList(*ts, "_last_lr"));
+  if (min_lrs.size() != optimizer_->param_groups().size()) {
+    return absl::InvalidArgumentError(absl::StrCat("scheduler's min_lrs has ", min_lrs.size(),
+                                                   " entries, the optimizer has ",
+                                                   optimizer_->param_groups().size(),
+                                                   " param groups"));
+  }
+  event_index_ = event_index;
+  min_lrs_ = std::move(min_lrs);
+  best_ = best;
+  num_bad_epochs_ = bad;
+  cooldown_counter_ = cooldown_counter;
+  last_epoch_ = last_epoch;
+  last_lr_ = std::move(last_lr);
+  return absl::OkStatus();
 }
 
 }  // namespace ember

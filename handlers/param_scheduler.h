@@ -15,6 +15,7 @@
 //   ParamGroupScheduler           one scheduler per param group, called together
 //   LRScheduler                   adapter for a torch.optim.lr_scheduler (TorchLrSchedule)
 //   CreateLrSchedulerWithWarmup   PiecewiseLinear warm-up, then the given scheduler
+//   ReduceLROnPlateauScheduler    torch's ReduceLROnPlateau on a metric, agreed across ranks
 //
 // Per event (ignite's __call__): the value(s) of GetParam() are written to the targeted param
 // groups (all of them, or the one of param_group_index), the values are appended to the history
@@ -72,6 +73,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/engine.h"
+#include "engine/synchronized_handler.h"
 #include "handlers/checkpoint/stateful.h"
 #include "handlers/serialization/value.h"
 
@@ -95,6 +97,8 @@ using ParamHistory = std::map<std::string, std::vector<std::vector<double>>>;
 using SimulatedValues = std::vector<std::pair<int64_t, std::vector<double>>>;
 
 // ---- ParamScheduler -------------------------------------------------------------------------
+class ReduceLROnPlateauScheduler;
+
 class ParamScheduler : public Stateful {
  public:
   ParamScheduler(const ParamScheduler&) = delete;
@@ -151,6 +155,7 @@ class ParamScheduler : public Stateful {
 
   friend class ConcatScheduler;
   friend class ParamGroupScheduler;
+  friend class ReduceLROnPlateauScheduler;
 
   torch::optim::Optimizer* optimizer_;
   std::string param_name_;
@@ -452,6 +457,86 @@ absl::StatusOr<std::unique_ptr<ConcatScheduler>> CreateLrSchedulerWithWarmup(
     WarmupOptions options);
 absl::StatusOr<std::unique_ptr<ConcatScheduler>> CreateLrSchedulerWithWarmup(
     std::unique_ptr<ParamScheduler> lr_scheduler, WarmupOptions options);
+
+// ---- ReduceLROnPlateauScheduler ---------------------------------------------------------------
+struct ReduceLROnPlateauOptions {
+  std::string metric_name;  // read from the attached engine's state().metrics
+  std::string mode = "min";            // "min" or "max"
+  double factor = 0.1;                 // < 1
+  int64_t patience = 10;
+  double threshold = 1e-4;
+  std::string threshold_mode = "rel";  // "rel" or "abs"
+  int64_t cooldown = 0;
+  // Used only with param_group_index (as in ignite: without it every group's bound is 0).
+  double min_lr = 0.0;
+  double eps = 1e-8;
+  bool save_history = false;
+  std::optional<int64_t> param_group_index;
+  dist::Reduction reduction = dist::Reduction::kMean;  // how the ranks' metrics are combined
+};
+
+// ignite's ReduceLROnPlateauScheduler: torch's ReduceLROnPlateau stepped with the metric at each
+// call (attach it to an evaluator's COMPLETED), reducing the lr of its groups by `factor` after
+// more than `patience` calls without improvement, then waiting `cooldown` calls. As in ignite,
+// the bound used for a group is min_lrs[i], i its position among the groups the scheduler
+// targets (so with param_group_index > 0 the bound is 0).
+//
+// Multi-rank: a SynchronizedHandler like EarlyStopping: the metric is reduced across ranks
+// (MEAN by default) in the firing's one collective before the step, so every rank holds the same
+// lr. State: ignite's keys (event_index, param_name, save_history, param_group_index,
+// metric_name, scheduler: torch's state_dict without the bound method _reduce_lr). Unlike
+// ignite, whose loaded scheduler keeps reducing the lr of the optimizer it was saved from, a
+// loaded Ember scheduler acts on its own optimizer, so a resumed run continues exactly. History
+// (save_history) is kept even without a trainer. Errors (ignite's): "Factor should be < 1.0.",
+// "mode avg is unknown!", "threshold mode x is unknown!", "Argument engine should have in its
+// 'state', attribute 'metrics' which itself has the metric loss.".
+class ReduceLROnPlateauScheduler : public SynchronizedHandler, public Stateful {
+ public:
+  static absl::StatusOr<std::unique_ptr<ReduceLROnPlateauScheduler>> Create(
+      torch::optim::Optimizer& optimizer, ReduceLROnPlateauOptions options);
+  // ignite's simulate_values: [i, lr after the i-th metric] on an SGD(lr=init_lr).
+  static absl::StatusOr<SimulatedValues> Simulate(int64_t num_events,
+                                                  const std::vector<double>& metric_values,
+                                                  double init_lr,
+                                                  ReduceLROnPlateauOptions options);
+  ReduceLROnPlateauScheduler(const ReduceLROnPlateauScheduler&) = delete;
+  ReduceLROnPlateauScheduler& operator=(const ReduceLROnPlateauScheduler&) = delete;
+
+  // One call with an agreed metric (what Decide does).
+  void Step(double metric);
+
+  double best() const { return best_; }
+  int64_t num_bad_epochs() const { return num_bad_epochs_; }
+  int64_t cooldown_counter() const { return cooldown_counter_; }
+  int64_t last_epoch() const { return last_epoch_; }
+  const std::vector<double>& min_lrs() const { return min_lrs_; }
+  const ParamHistory& param_history() const { return history_; }
+
+  size_t num_values() const override { return 1; }
+  dist::Reduction reduction(size_t) const override { return options_.reduction; }
+  absl::Status Propose(Engine& engine, absl::Span<double> values) override;
+  absl::Status Decide(Engine& engine, const Agreement& agreement) override;
+
+  Value StateDict() const override;
+  absl::Status LoadStateDict(const Value& state) override;
+
+ private:
+  ReduceLROnPlateauScheduler(torch::optim::Optimizer& optimizer, ReduceLROnPlateauOptions options);
+  bool IsBetter(double a) const;
+  std::vector<size_t> group_indices() const;
+
+  torch::optim::Optimizer* optimizer_;
+  ReduceLROnPlateauOptions options_;
+  std::vector<double> min_lrs_;
+  double best_;
+  double mode_worse_;
+  int64_t num_bad_epochs_ = 0;
+  int64_t cooldown_counter_ = 0;
+  int64_t last_epoch_ = 0;
+  int64_t event_index_ = 0;
+  std::vector<double> last_lr_;
+  ParamHistory history_;
+};
 
 }  // namespace ember
 
