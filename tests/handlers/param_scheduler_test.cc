@@ -17,6 +17,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "distributed/testing/fake_world.h"
 #include "engine/engine.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -932,6 +933,48 @@ TEST(ReduceLROnPlateauConformance, Errors) {
   EXPECT_THAT(std::string(run.message()), HasSubstr(Raised(g, 2)));
   auto d = ReduceLROnPlateauScheduler::Simulate(3, {1.0, 2.0}, 0.1, {.metric_name = "metric"});
   EXPECT_EQ(std::string(d.status().message()), Raised(g, 3));
+}
+
+// Two ranks see different metrics; each steps with their mean (the firing's collective), so both
+// hold the lr a single scheduler fed the means holds, although rank 0 alone would have seen an
+// improvement at the second evaluation and kept its lr.
+TEST(ReduceLROnPlateauWorld, RanksAgreeOnTheMeanMetric) {
+  const std::vector<std::vector<double>> metrics = {{1.0, 0.5, 0.9, 0.9}, {1.0, 1.5, 0.9, 0.95}};
+  const ReduceLROnPlateauOptions options{.metric_name = "loss", .factor = 0.5, .patience = 0};
+  Optim ref = MakeOptimizer({{"defaults", {{"lr", 0.1}}}, {"param_groups", {json::object()}}});
+  auto ref_s = ReduceLROnPlateauScheduler::Create(*ref.sgd, options);
+  ASSERT_TRUE(ref_s.ok());
+  std::vector<double> ref_lrs;
+  for (size_t k = 0; k < metrics[0].size(); ++k) {
+    (*ref_s)->Step((metrics[0][k] + metrics[1][k]) / 2);
+    ref_lrs.push_back(ref.sgd->param_groups()[0].options().get_lr());
+  }
+  Optim alone = MakeOptimizer({{"defaults", {{"lr", 0.1}}}, {"param_groups", {json::object()}}});
+  auto alone_s = ReduceLROnPlateauScheduler::Create(*alone.sgd, options);
+  ASSERT_TRUE(alone_s.ok());
+  (*alone_s)->Step(metrics[0][0]);
+  (*alone_s)->Step(metrics[0][1]);
+  ASSERT_NE(alone.sgd->param_groups()[0].options().get_lr(), ref_lrs[1]);
+
+  dist::testing::FakeWorld world(2);
+  std::vector<std::vector<double>> lrs(2);
+  world.RunOnEveryRank([&](dist::Communicator& c) {
+    const int rank = c.rank();
+    Optim o = MakeOptimizer({{"defaults", {{"lr", 0.1}}}, {"param_groups", {json::object()}}});
+    auto s = ReduceLROnPlateauScheduler::Create(*o.sgd, options);
+    ASSERT_TRUE(s.ok());
+    size_t k = 0;
+    Engine evaluator([&](Engine& e, const int&) { e.state().metrics["loss"] = metrics[rank][k]; });
+    evaluator.set_communicator(&c);
+    evaluator.On(Events::Completed(), **s);
+    std::vector<int> val = {0};
+    for (k = 0; k < metrics[rank].size(); ++k) {
+      ASSERT_TRUE(evaluator.Run(val, {.max_epochs = 1}).ok());
+      lrs[rank].push_back(o.sgd->param_groups()[0].options().get_lr());
+    }
+  });
+  EXPECT_EQ(lrs[0], ref_lrs);
+  EXPECT_EQ(lrs[1], ref_lrs);
 }
 
 // ---- Resume at every iteration ----------------------------------------------------------------
