@@ -35,6 +35,7 @@
 #include "handlers/checkpoint/disk_saver.h"
 #include "handlers/checkpoint/global_step.h"
 #include "handlers/checkpoint/in_memory_saver.h"
+#include "handlers/parallel/data_parallel.h"
 #include "handlers/checkpoint/model_checkpoint.h"
 #include "handlers/serialization/torch_save.h"
 #include "handlers/checkpoint/snapshot_fence.h"
@@ -1143,6 +1144,60 @@ TEST(CheckpointAsync, WithTheFenceAnSgdStepThroughDataWaitsForTheCopy) {
   absl::StatusOr<Value> first = ReadTorchSaveFile(JoinPath(dir, "checkpoint_1.pt"));
   ASSERT_TRUE(first.ok()) << first.status();
   EXPECT_TRUE(torch::equal(first->Find("model")->Find("weight")->as_tensor(), weight_at_save));
+}
+
+// The fence DataParallel itself takes (AllReduceGradients, before optimizer.step()) on a 2-rank
+// world: the saving rank's background copy is held while the next step runs; SGD without
+// momentum writes through p.data() (no version counter moves), so only the fence keeps the step
+// out of the file. The file holds the weights of the step it was taken at.
+TEST(CheckpointAsync, DataParallelsFenceKeepsTheNextStepOutOfABackgroundSnapshot) {
+  const std::string dir = TempDir("snapshot_data_parallel");
+  HeldCopy hold(0);
+  dist::testing::FakeWorld world(2);
+  torch::Tensor weight_at_save[2];
+  absl::Status runs[2];
+  world.RunOnEveryRank([&](dist::Communicator& c) {
+    torch::nn::Linear model(4, 4);
+    {
+      torch::NoGradGuard no_grad;
+      for (torch::Tensor& p : model->parameters()) p.copy_(torch::linspace(-0.5, 0.7, p.numel()).view_as(p));
+    }
+    torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.5));
+    DataParallel ddp(*model, {.comm = &c});
+    ASSERT_TRUE(ddp.status().ok()) << ddp.status();
+    auto ckpt = ModelCheckpoint::Create(
+        {.disk = {.dirname = dir}, .checkpoint = {.n_saved = 2, .async_save = true, .snapshot_in_background = true}},
+        {{"model", model}, {"optimizer", optimizer}}, &c);
+    ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+    std::thread timer;
+    Engine trainer([&](Engine& e, const int&) -> absl::Status {
+      optimizer.zero_grad();
+      model->forward(torch::full({2, 4}, 0.1f * static_cast<float>(c.rank() + 1))).sum().backward();
+      if (e.state().epoch == 2 && c.rank() == 0) {
+        hold.WaitReached();  // the epoch-1 snapshot is being copied, and held there
+        timer = std::thread([&hold] {
+          std::this_thread::sleep_for(std::chrono::milliseconds(100));
+          hold.Release();
+        });
+      }
+      EMBER_RETURN_IF_ERROR(ddp.AllReduceGradients());  // the fence, then the reduction
+      optimizer.step();
+      if (e.state().epoch == 1) weight_at_save[c.rank()] = model->weight.detach().clone();
+      return absl::OkStatus();
+    });
+    trainer.set_communicator(&c);
+    ASSERT_TRUE((*ckpt)->Attach(trainer, Events::EpochCompleted()).ok());
+    std::vector<int> data = {0};
+    runs[c.rank()] = trainer.Run(data, {.max_epochs = 2});
+    if (timer.joinable()) timer.join();
+  });
+  ASSERT_TRUE(runs[0].ok()) << runs[0];
+  ASSERT_TRUE(runs[1].ok()) << runs[1];
+  EXPECT_TRUE(hold.held());
+  absl::StatusOr<Value> first = ReadTorchSaveFile(JoinPath(dir, "checkpoint_1.pt"));
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_TRUE(torch::equal(first->Find("model")->Find("weight")->as_tensor(), weight_at_save[0]));
+  EXPECT_TRUE(torch::equal(weight_at_save[0], weight_at_save[1]));  // the ranks stay in step
 }
 
 // Objects other than modules and optimizers (a Stateful here) are copied at the firing, whatever
