@@ -649,13 +649,14 @@ namespace {
 thread_local Engine* t_outermost_run = nullptr;
 }  // namespace
 
-bool Engine::AtOutermostRunEnd(const void* key, std::function<absl::Status(bool run_ok)> fn) {
+bool Engine::AtOutermostRunEnd(std::weak_ptr<const void> owner, std::function<absl::Status(bool run_ok)> fn) {
   Engine* outermost = t_outermost_run;
   if (outermost == nullptr) return false;
-  for (const auto& [k, f] : outermost->at_run_end_) {
-    if (k == key) return true;
+  for (const RunEndWork& w : outermost->at_run_end_) {
+    // The same owner (its control block, not its address: a new owner may reuse a freed one's).
+    if (!w.owner.owner_before(owner) && !owner.owner_before(w.owner)) return true;
   }
-  outermost->at_run_end_.emplace_back(key, std::move(fn));
+  outermost->at_run_end_.push_back(RunEndWork{std::move(owner), std::move(fn)});
   return true;
 }
 
@@ -727,20 +728,27 @@ absl::Status Engine::RunImpl(DataIter* data, std::optional<int64_t> data_length,
       status = ErrorStatus(std::current_exception());
     }
   }
+  // A run that fails on this rank leaves its peers in (or on their way to) a collective this
+  // rank will never join: poison the communicator, which tells them (a failure notice), so that
+  // they fail promptly with this error instead of waiting out a deadline or completing a
+  // collective with another one. Before the work below, so that a peer's collective in it ends
+  // at once. Nothing to tell alone, or when a collective failed already.
+  if (!status.ok() && consensus_.comm()->world_size() > 1) consensus_.comm()->Fail(status);
   if (outermost) {
-    // What handlers left in flight (AtOutermostRunEnd), awaited before the run reports its end.
-    // Work registered meanwhile (by this work) runs too.
-    for (size_t i = 0; i < at_run_end_.size(); ++i) {
-      std::function<absl::Status(bool)> fn = std::move(at_run_end_[i].second);
+    // What handlers left in flight (AtOutermostRunEnd), awaited before the run reports its end,
+    // in registration order; work registered meanwhile (by this work) runs too.
+    while (!at_run_end_.empty()) {
+      RunEndWork work = std::move(at_run_end_.front());
+      at_run_end_.erase(at_run_end_.begin());
+      if (work.owner.expired()) continue;
       absl::Status done;
       try {
-        done = fn(status.ok());
+        done = work.fn(status.ok());
       } catch (...) {
         done = ErrorStatus(std::current_exception());
       }
       if (status.ok() && !done.ok()) status = done;
     }
-    at_run_end_.clear();
     t_outermost_run = nullptr;
   }
   outcome_ = RunOutcome{};
@@ -749,10 +757,8 @@ absl::Status Engine::RunImpl(DataIter* data, std::optional<int64_t> data_length,
   if (!status.ok()) {
     outcome_.kind = RunOutcome::Kind::kFailed;
     outcome_.status = status;
-    // A run that fails on this rank leaves its peers in (or on their way to) a collective this
-    // rank will never join: poison the communicator, which tells them (a failure notice), so that
-    // they fail promptly with this error instead of waiting out a deadline or completing a
-    // collective with another one. Nothing to tell alone, or when a collective failed already.
+    // The end-of-run work's own error (the run had none): told like any other (a no-op when the
+    // communicator is already poisoned, as after a failed collective).
     if (consensus_.comm()->world_size() > 1) consensus_.comm()->Fail(status);
   } else if (should_terminate_) {
     outcome_.kind = RunOutcome::Kind::kTerminated;

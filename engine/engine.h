@@ -168,14 +168,19 @@ class Engine {
   // Work that outlives its event: `fn` runs once when the outermost Run() now in progress on this
   // thread ends (the run that is not nested in another engine's handler: a trainer whose
   // EPOCH_COMPLETED runs an evaluator), after its COMPLETED, also when it failed or terminated,
-  // before Run() returns. `fn` gets whether that run has succeeded; an error it returns becomes
-  // the run's when the run had none (and the run's outcome is then kFailed). Registrations under
-  // the same `key` while one is pending are one (the first stays). Returns false, registering
-  // nothing, when no Run() is in progress on this thread. Used by handlers that leave work in
-  // flight past their event (an asynchronous checkpoint registered with On() on an evaluator),
-  // so that the run that caused the work awaits it and reports its error. Every rank of a job
-  // registers the same work (so `fn` may call a collective when the run succeeded).
-  static bool AtOutermostRunEnd(const void* key, std::function<absl::Status(bool run_ok)> fn);
+  // before Run() returns. `fn` gets whether that run succeeded on this rank; an error it returns
+  // becomes the run's when the run had none (and the run's outcome is then kFailed). `owner`
+  // identifies the work: while one registration of an owner is pending, another is the same work
+  // (the first stays); once `owner` has expired, its work is skipped (an owner destroyed mid-run
+  // leaves nothing behind). Returns false, registering nothing, when no Run() is in progress on
+  // this thread. Used by handlers that leave work in flight past their event (an asynchronous
+  // checkpoint registered with On() on an evaluator), so that the run that caused the work awaits
+  // it and reports its error.
+  // Multi-rank: a run that failed on a rank has poisoned its communicator (and told the peers)
+  // before this work runs there, so a collective in `fn` on a rank whose run succeeded fails
+  // promptly with the peer's error instead of waiting for a rank that will not join; `fn` must call
+  // a collective only when `run_ok`, and every rank whose run succeeded registers the same work.
+  static bool AtOutermostRunEnd(std::weak_ptr<const void> owner, std::function<absl::Status(bool run_ok)> fn);
 
   // ---- Running ---------------------------------------------------------------------------
   // Runs over a container of batches (anything with begin()/end() yielding const Batch&).
@@ -403,7 +408,11 @@ class Engine {
   bool in_step_ = false;
   std::exception_ptr current_exception_;
   // AtOutermostRunEnd's work, on the outermost running engine; run in registration order.
-  std::vector<std::pair<const void*, std::function<absl::Status(bool)>>> at_run_end_;
+  struct RunEndWork {
+    std::weak_ptr<const void> owner;
+    std::function<absl::Status(bool)> fn;
+  };
+  std::vector<RunEndWork> at_run_end_;
 
   std::vector<std::string> user_keys_;
   std::function<void(const std::string&)> warning_handler_;

@@ -50,30 +50,45 @@ Value EpochTally::ToValue() const {
 absl::StatusOr<EpochTally> EpochTally::FromValue(const Value* v) {
   EpochTally t;
   if (v == nullptr) return t;
-  if (!v->is_dict()) return absl::DataLossError("the checkpoint's \"epoch_so_far\" record is not a dict");
-  auto number = [&](const char* name, bool integer) -> absl::StatusOr<double> {
+  const auto bad = [](absl::string_view what) {
+    return absl::DataLossError(absl::StrCat("the checkpoint's \"epoch_so_far\" record ", what));
+  };
+  if (!v->is_dict()) return bad("is not a dict");
+  auto integer = [&](const char* name) -> absl::StatusOr<int64_t> {
     const Value* f = v->Find(name);
-    if (f == nullptr || !(integer ? f->is_int() : f->is_number())) {
-      return absl::DataLossError(absl::StrCat("the checkpoint's \"epoch_so_far\" record has no ",
-                                              integer ? "integer" : "number", " \"", name, "\""));
-    }
+    if (f == nullptr || !f->is_int()) return bad(absl::StrCat("has no integer \"", name, "\""));
+    if (f->as_int() < 0) return bad(absl::StrCat("has \"", name, "\" = ", f->as_int(), " (a count, >= 0)"));
+    return f->as_int();
+  };
+  auto number = [&](const char* name, bool seconds) -> absl::StatusOr<double> {
+    const Value* f = v->Find(name);
+    if (f == nullptr || !f->is_number()) return bad(absl::StrCat("has no number \"", name, "\""));
     const double x = f->as_double();
-    if (!std::isfinite(x) && std::string_view(name) != "output_sum") {
-      return absl::DataLossError(absl::StrCat("the checkpoint's \"epoch_so_far\" record has \"", name, "\" = ", x));
-    }
+    // A loss sum may be NaN or infinite (a diverged epoch); a time is a finite number >= 0.
+    if (seconds && !(std::isfinite(x) && x >= 0)) return bad(absl::StrCat("has \"", name, "\" = ", x, " (seconds, >= 0)"));
     return x;
   };
   EMBER_ASSIGN_OR_RETURN(t.output_sum, number("output_sum", false));
-  EMBER_ASSIGN_OR_RETURN(double steps, number("steps", true));
-  EMBER_ASSIGN_OR_RETURN(double samples, number("samples", true));
-  EMBER_ASSIGN_OR_RETURN(t.train_s, number("train_s", false));
-  EMBER_ASSIGN_OR_RETURN(t.epoch_s, number("epoch_s", false));
-  if (steps < 0 || samples < 0 || t.train_s < 0 || t.epoch_s < 0) {
-    return absl::DataLossError("the checkpoint's \"epoch_so_far\" record has a negative count or time");
-  }
-  t.steps = static_cast<int64_t>(steps);
-  t.samples = static_cast<int64_t>(samples);
+  EMBER_ASSIGN_OR_RETURN(t.steps, integer("steps"));
+  EMBER_ASSIGN_OR_RETURN(t.samples, integer("samples"));
+  EMBER_ASSIGN_OR_RETURN(t.train_s, number("train_s", true));
+  EMBER_ASSIGN_OR_RETURN(t.epoch_s, number("epoch_s", true));
   return t;
+}
+
+absl::Status EpochTally::CheckAgainst(int64_t iteration, int64_t epoch_length, int64_t global_batch) const {
+  const int64_t done = epoch_length > 0 ? iteration % epoch_length : 0;
+  if (steps != done) {
+    return absl::DataLossError(absl::StrCat("the checkpoint's \"epoch_so_far\" record has \"steps\" = ", steps,
+                                            " but the checkpoint is ", done, " step(s) into its epoch (iteration ",
+                                            iteration, ", ", epoch_length, " per epoch)"));
+  }
+  if (samples > steps * global_batch) {
+    return absl::DataLossError(absl::StrCat("the checkpoint's \"epoch_so_far\" record has \"samples\" = ", samples,
+                                            ", more than its ", steps, " step(s) of a global batch of ", global_batch,
+                                            " hold"));
+  }
+  return absl::OkStatus();
 }
 
 std::optional<int64_t> RunSettings::Patience(const Value* run) {

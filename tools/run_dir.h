@@ -80,6 +80,9 @@ struct EpochTally {
   // A checkpoint's "epoch_so_far" record; absent (an older file, or one written in Python): zero.
   // Present but malformed: kDataLoss naming the field.
   static absl::StatusOr<EpochTally> FromValue(const Value* v);
+  // The record agrees with the checkpoint's position: `steps` is how far `iteration` is into its
+  // epoch, and no more samples than those steps of `global_batch` hold; else kDataLoss naming it.
+  absl::Status CheckAgainst(int64_t iteration, int64_t epoch_length, int64_t global_batch) const;
 };
 
 class EpochSoFar : public Stateful {

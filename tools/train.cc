@@ -12,9 +12,12 @@
 // sample ledger (ledger.h). Each rank prints one final JSON line (run_report.h).
 #include <torch/torch.h>
 
+#include <climits>
 #include <csignal>
+#include <cstdlib>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -56,6 +59,14 @@
 
 namespace ember::tools {
 namespace {
+
+// Whether two directory paths name the same directory: their real paths when both exist (a
+// symlink or "a/../b" spelling is the same directory), else their lexical forms.
+bool SameDirectory(const std::string& a, const std::string& b) {
+  char ra[PATH_MAX], rb[PATH_MAX];
+  if (::realpath(a.c_str(), ra) != nullptr && ::realpath(b.c_str(), rb) != nullptr) return std::string(ra) == rb;
+  return std::filesystem::path(a).lexically_normal() == std::filesystem::path(b).lexically_normal();
+}
 
 // The run, from the validated flags to the end of training (or of the evaluation with
 // --eval_only). Fills `report` as it goes: whatever ends the run, an error included, it names the
@@ -350,9 +361,19 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
       // A mid-epoch checkpoint: the epoch's metrics line will cover its first part too.
       if (const int64_t length = trainer.state().epoch_length.value_or(0);
           length > 0 && trainer.state().iteration % length != 0) {
-        absl::StatusOr<EpochTally> so_far = EpochTally::FromValue(loaded.Find("epoch_so_far"));
-        if (!so_far.ok()) return absl::Status(so_far.status().code(), absl::StrCat(*from, ": ", so_far.status().message()));
+        const Value* record = loaded.Find("epoch_so_far");
+        absl::StatusOr<EpochTally> so_far = EpochTally::FromValue(record);
+        absl::Status consistent =
+            so_far.ok() && record != nullptr ? so_far->CheckAgainst(trainer.state().iteration, length, global_batch)
+                                             : so_far.status();
+        if (!consistent.ok()) return absl::Status(consistent.code(), absl::StrCat(*from, ": ", consistent.message()));
         carried = *so_far;
+        if (record == nullptr && rank == 0) {
+          std::fprintf(stderr,
+                       "train: %s has no \"epoch_so_far\" record (written in Python or by an older Ember): epoch "
+                       "%lld's metrics line will cover only the iterations after this resume\n",
+                       from->c_str(), static_cast<long long>(trainer.state().epoch));
+        }
       }
       // The learning rate and momentum: a value given on the command line replaces the
       // checkpoint's; otherwise the checkpoint's stays.
@@ -410,6 +431,16 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
   // --patience (a checkpoint that does not record it: this run's); a --patience raised now
   // continues it, and a smaller one never claims a stop that did not happen (EarlyStopping then
   // stops at the next evaluation without improvement).
+  if (from && es->counter() >= stored_patience.value_or(flags.patience) && es->counter() < flags.patience &&
+      trainer.state().iteration == trainer.state().epoch * trainer.state().epoch_length.value_or(0) && rank == 0) {
+    // A stop that happened, undone by a larger --patience: said, since a requeue loop whose flags
+    // changed between submissions would otherwise train on silently.
+    std::fprintf(stderr,
+                 "train: %s: EarlyStopping had stopped this run at epoch %lld (its counter %d reached --patience=%lld); "
+                 "continuing it with --patience=%d\n",
+                 from->c_str(), static_cast<long long>(trainer.state().epoch), es->counter(),
+                 static_cast<long long>(stored_patience.value_or(flags.patience)), flags.patience);
+  }
   if (from && es->counter() >= stored_patience.value_or(flags.patience) && es->counter() >= flags.patience &&
       trainer.state().iteration == trainer.state().epoch * trainer.state().epoch_length.value_or(0)) {
     // A run that EarlyStopping ended is finished too: its decision stands (rerunning must not
@@ -442,9 +473,13 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
     // nor evict this run's files, nor are resumed from, as the metrics log and the ledger drop
     // that future's lines. The epoch checkpoints are numbered by epoch, the preemption's by
     // iteration; an epoch-end file past the resume point is one of a later epoch.
-    const int64_t iteration = trainer.state().iteration;
+    // A file from another directory continues another run's trajectory: every checkpoint already
+    // here is of a run this one does not continue, whatever its step, and is set aside too.
+    const bool elsewhere = !resume_from.empty() && !SameDirectory(DirName(resume_from), out_dir);
+    const int64_t iteration = elsewhere ? -1 : trainer.state().iteration;
     const int64_t epoch_length = trainer.state().epoch_length.value_or(*train_source.size());
-    EMBER_RETURN_IF_ERROR(ckpt->SetAsideAfter(comm, epoch_length > 0 ? iteration / epoch_length : 0).status());
+    EMBER_RETURN_IF_ERROR(
+        ckpt->SetAsideAfter(comm, elsewhere ? -1 : epoch_length > 0 ? iteration / epoch_length : 0).status());
     EMBER_RETURN_IF_ERROR(preempt_ckpt->SetAsideAfter(comm, iteration).status());
   }
   if (rank == 0) {

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -135,7 +136,11 @@ dist::SettingList RunDefiningFlags(const std::string& flag_error) {
                            "start_over", "eval_only", "backend", "device", "inject_nan", "inject_preempt"}) {
     const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
     const std::string value = flag != nullptr ? flag->CurrentValue() : "(unknown)";
-    list.Add(absl::StrCat("--", name), Given(name) ? value : absl::StrCat(value, " (default)"));
+    // Whether --lr and --momentum were given changes what a resume does (a given value replaces
+    // the checkpoint's; a default keeps it), so for them "given" is part of the setting; for the
+    // others only the value is (--n_saved=2 and the default 2 are the same run).
+    const bool givenness_matters = std::string_view(name) == "lr" || std::string_view(name) == "momentum";
+    list.Add(absl::StrCat("--", name), !givenness_matters || Given(name) ? value : absl::StrCat(value, " (default)"));
   }
   if (!flag_error.empty()) list.Add("flag error", flag_error);
   return list;

@@ -70,8 +70,9 @@ struct TrainFlags {
 
 };
 
-// The flags that define the run, as given (their text; a flag left at its default says so:
-// "0.05 (default)"), in a fixed order: every rank of a job must hold the same ones, and the
+// The flags that define the run, as given (their text; --lr and --momentum left at their default
+// say so, "0.05 (default)", since a given value replaces a resumed checkpoint's and a default
+// does not; for the others an explicit default is the same setting), in a fixed order: every rank of a job must hold the same ones, and the
 // trainer agrees on them once at start (dist::AgreeOnSettings) before anything else
 // communicates. `flag_error` is this rank's flag error (empty: none): a rank whose flags are
 // invalid takes part in the agreement too, so that its peers name it instead of waiting.

@@ -619,9 +619,11 @@ absl::StatusOr<std::vector<std::string>> Checkpoint::SetAsideLater(dist::Communi
                             absl::StrCat("Checkpoint: cannot set aside ", save_handler_->Location(f),
                                          ", a checkpoint of a future this run abandoned: ", aside.status().message()));
       }
-      LogWarning(absl::StrCat("Checkpoint: ", save_handler_->Location(f), " was saved at step ", its, ", after step ",
-                              step, " that this run continues from (a future it abandoned): set aside as ", *aside,
-                              ", not ranked, resumed from or deleted"));
+      LogWarning(absl::StrCat(
+          "Checkpoint: ", save_handler_->Location(f), " was saved at step ", its,
+          step < 0 ? std::string(" by a run this one does not continue")
+                   : absl::StrCat(", after step ", step, " that this run continues from (a future it abandoned)"),
+          ": set aside as ", *aside, ", not ranked, resumed from or deleted"));
     }
     return absl::OkStatus();
   }));
@@ -835,11 +837,14 @@ absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
     // The run that caused this save awaits it, whatever engine the checkpoint is registered on
     // (an evaluator's COMPLETED, as with On()): at its end, a Flush when it succeeded (the save's
     // error becomes the run's), else this rank's writer only (no collective on a failed run), so
-    // that last_checkpoint() names what is on disk either way.
-    Engine::AtOutermostRunEnd(this, [this, alive = std::weak_ptr<bool>(alive_), &comm](bool run_ok) -> absl::Status {
-      if (alive.expired()) return absl::OkStatus();
-      if (run_ok) return Flush(comm);
-      WaitLocally(comm.rank() == options_.save_on_rank);
+    // that last_checkpoint() names what is on disk either way. Alone, the wait needs no
+    // communicator: this checkpoint's own (the firing engine's may be gone by then, an evaluator
+    // made per epoch); a job's communicator outlives its engines. Skipped once this checkpoint
+    // is destroyed (its owner token expires).
+    dist::Communicator* flush_comm = comm.world_size() == 1 ? &alone_ : &comm;
+    Engine::AtOutermostRunEnd(std::weak_ptr<const void>(alive_), [this, flush_comm](bool run_ok) -> absl::Status {
+      if (run_ok) return Flush(*flush_comm);
+      WaitLocally(flush_comm->rank() == options_.save_on_rank);
       return absl::OkStatus();
     });
   } else {

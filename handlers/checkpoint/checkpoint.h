@@ -63,7 +63,9 @@
 // however the checkpoint is registered (On() on an evaluator included), the outermost run that
 // caused a background save awaits it before its Run() returns (Engine::AtOutermostRunEnd): a
 // Flush() when that run succeeded, whose error becomes the run's; after a failed run, this rank's
-// writer only, so that last_checkpoint() on the saving rank names what is on disk. A save made
+// writer only, so that last_checkpoint() on the saving rank names what is on disk (the other
+// ranks keep the records they had: after a failed multi-rank run the ranks' records may differ,
+// and the checkpoint, like its poisoned communicator, is not for another run). A save made
 // outside any Run() (Engine::Synchronize) is awaited by the next save or an explicit Flush().
 //
 // ModelCheckpoint (model_checkpoint.h) is this with its own DiskSaver, the usual way to make one.
@@ -197,7 +199,8 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
   // Sets aside this checkpointer's files from a future the run abandoned, i.e. saved at a global
   // step above `step` (the unit of global_step_transform; without one, the iteration): a run that
   // resumed from an earlier point must neither rank, report nor resume from them, nor delete
-  // them. Each is renamed by the save handler (DiskSaver: "NAME.pt.abandoned"), said on stderr
+  // them (a negative step: every file of a known step, when the run continues another run's
+  // checkpoint). Each is renamed by the save handler (DiskSaver: "NAME.pt.abandoned"), said on stderr
   // and dropped from saved(); returns where each was. A file whose step is unknown (a score-ranked
   // checkpoint without global_step_transform) stays. A collective: call it on every rank.
   // A checkpoint ranked by step (no score) does this itself when it is about to save at a step
@@ -272,7 +275,8 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
   Value copy_cache_;                         // the last copy; its buffers are reused
   std::shared_ptr<Snapshot> snapshot_;       // the background copy in progress (snapshot_in_background)
   std::atomic<int64_t> blocked_ns_{0}, background_ns_{0};
-  // Expires with the checkpoint: work it left with Engine::AtOutermostRunEnd is then skipped.
+  // Owns the work left with Engine::AtOutermostRunEnd: expires with the checkpoint, which then
+  // skips that work (a new checkpoint, even at the same address, is another owner).
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 

@@ -249,6 +249,33 @@ preempt)
     'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-6 * b) }' ||
     fail "train_loss of the cut epoch: $(epoch2 "$work/mid") vs $(epoch2 "$work/ref")"
   echo "mid-epoch preemption: the cut epoch's line covers the whole epoch"
+  # A crafted or damaged record is refused, naming it; a record that is absent (Python) is said.
+  cut=$(ls "$work"/mid/preempted_checkpoint_130.pt) || fail "no preemption checkpoint at 130"
+  for how in huge steps none; do
+    /usr/bin/python3 - "$cut" "$work/$how.pt" "$how" <<'PY'
+import sys, torch
+ck = torch.load(sys.argv[1])
+how = sys.argv[3]
+if how == "huge":
+    ck["epoch_so_far"].update(steps=2**63 - 1, samples=2**63 - 1)
+elif how == "steps":
+    ck["epoch_so_far"]["steps"] += 1
+else:
+    del ck["epoch_so_far"]
+torch.save(ck, sys.argv[2])
+PY
+    rm -rf "$work/crafted"
+    out=$(mpi 2 "$train" "${args[@]}" --output_dir="$work/crafted" --resume_from="$work/$how.pt" 2>&1); rc=$?
+    if [[ $how == none ]]; then
+      [[ $rc -eq 0 ]] || fail "a record-less mid-epoch checkpoint: exit $rc: $(tail -n 3 <<<"$out")"
+      grep -q 'has no "epoch_so_far" record' <<<"$out" || fail "a record-less mid-epoch checkpoint was not said: $out"
+    else
+      [[ $rc -eq 1 ]] || fail "a crafted epoch_so_far ($how): exit $rc, expected 1: $(tail -n 3 <<<"$out")"
+      grep -q 'DATA_LOSS\|epoch_so_far' <<<"$out" && grep -q '"epoch_so_far" record has "steps"' <<<"$out" ||
+        fail "a crafted epoch_so_far ($how) is not named: $out"
+    fi
+  done
+  echo "crafted epoch_so_far records refused, an absent one said"
   ;;
 kill9)
   # kill -9 of the whole job at random moments after the first checkpoint exists (often while
@@ -568,11 +595,20 @@ agree)
   mpmd "--patience is 2 on rank 0, 5 on rank 1" --patience=2 -- --patience=5
   mpmd "--seed is 1 on rank 0, 7 on rank 1" --seed=1 -- --seed=7
   mpmd "--hidden is 64 on rank 0, 32 on rank 1" --hidden=64 -- --hidden=32
-  mpmd "--eval_only is false (default) on rank 0, true on rank 1" --resume -- --resume --eval_only
+  mpmd "--eval_only is false on rank 0, true on rank 1" --resume -- --resume --eval_only
   mpmd "--output_dir is $work/d on rank 0, $work/e on rank 1" -- --output_dir="$work/e"
+  # --lr given on one rank only: on a resume it would replace the checkpoint's there and not on
+  # the other rank, so it differs even at the default's value.
+  mpmd "--lr is 0.05 (default) on rank 0, 0.05 on rank 1" -- --lr=0.05
+  # The default given explicitly on one rank (--n_saved=2) is the same run: it trains.
+  rm -rf "$work/d"
+  out=$(timeout 300 mpirun --oversubscribe --mca btl self,vader -np 1 "$train" "${base[@]}" --epochs=1 --output_dir="$work/d" : \
+    -np 1 "$train" "${base[@]}" --epochs=1 --output_dir="$work/d" --n_saved=2 2>&1) ||
+    fail "--n_saved=2 on rank 1 only (the default) did not train: $(tail -n 5 <<<"$out")"
+  [[ $(finals "$out" | grep -c '"stopped_by": "completed"') -eq 2 ]] || fail "an explicit default: $(finals "$out")"
   [[ ! -e $work/e ]] || fail "rank 1's output directory was created"
   # A flag error on one rank only: the other rank names it instead of waiting.
-  mpmd "--n_saved is 2 (default) on rank 0, 0 on rank 1; flag error is (absent) on rank 0, --n_saved must be >= 1, got 0 on rank 1" -- --n_saved=0
+  mpmd "--n_saved is 2 on rank 0, 0 on rank 1; flag error is (absent) on rank 0, --n_saved must be >= 1, got 0 on rank 1" -- --n_saved=0
   # A failure of one rank alone, outside any collective (the same --data=csv:d.csv, but each
   # rank's working directory holds another file, as per-node paths do; rank 1's is malformed):
   # rank 0 fails at once with rank 1's error, not after --deadline_s=60.
@@ -675,6 +711,16 @@ PY
   [[ $(basename "$best") == checkpoint_[12]_* && -f $best ]] || fail "best_checkpoint '$best' is not one of this run's files"
   out=$("$train" "${c[@]}" --epochs=2 --resume 2>&1) || fail "--resume after it: $out"
   grep -q "already finished epoch 2" <<<"$out" || fail "--resume went back to the abandoned future: $(grep -i resum <<<"$out")"
+  # --resume_from another directory's checkpoint continues another run: every checkpoint already
+  # here is set aside, whatever its step, and the best is this run's own.
+  "$train" --data=synthetic --epochs=2 --seed=1 --lr=0.005 --progress=none --output_dir="$work/y" >/dev/null 2>&1 || fail "run y"
+  mine=("$work"/f/checkpoint_*.pt)
+  out=$("$train" "${c[@]}" --epochs=3 --seed=1 --lr=0.0001 --resume_from="$(ls "$work"/y/checkpoint_2_*.pt)" 2>&1); rc=$?
+  [[ $rc -eq 0 ]] || fail "--resume_from another directory: exit $rc: $(tail -n 3 <<<"$out")"
+  for f in "${mine[@]}"; do [[ -f $f.abandoned && ! -e $f ]] || fail "$(basename "$f") was not set aside: $(ls "$work/f")"; done
+  grep -q "by a run this one does not continue: set aside as" <<<"$out" || fail "not said: $out"
+  best=$(field "$(finals "$out")" best_checkpoint)
+  [[ $(basename "$best") == checkpoint_3_* && -f $best ]] || fail "best_checkpoint '$best' is not this run's"
   ;;
 eval_readonly)
   # Issue 24.8: --eval_only writes nothing: a live run's temporary files stay, no lock, no

@@ -313,16 +313,16 @@ class LauncherEnv {  // a torchrun-style environment for one test
 // trainer's EPOCH_COMPLETED) runs once, at the end of the trainer's run, before Run() returns;
 // its error becomes the run's; after a failed run it is told so; outside a run nothing registers.
 TEST(AtOutermostRunEnd, RunsOnceWhenTheOutermostRunEndsAndReportsItsError) {
-  EXPECT_FALSE(Engine::AtOutermostRunEnd(nullptr, [](bool) { return absl::OkStatus(); }));
+  auto key = std::make_shared<int>(0);
+  EXPECT_FALSE(Engine::AtOutermostRunEnd(key, [](bool) { return absl::OkStatus(); }));
   std::vector<std::string> trace;
   absl::Status work_result = absl::OkStatus();
-  const int key = 0;
   std::vector<int> data = {1, 2};
   Engine evaluator([](Engine&, const int&) {});
   evaluator.On(Events::Completed(), [&](Engine& e) {
     trace.push_back(absl::StrCat("evaluated ", e.state().epoch));
     // Registered at every evaluation, under one key: one piece of work.
-    EXPECT_TRUE(Engine::AtOutermostRunEnd(&key, [&](bool ok) {
+    EXPECT_TRUE(Engine::AtOutermostRunEnd(key, [&](bool ok) {
       trace.push_back(absl::StrCat("work run_ok=", ok));
       return work_result;
     }));
@@ -350,7 +350,41 @@ TEST(AtOutermostRunEnd, RunsOnceWhenTheOutermostRunEndsAndReportsItsError) {
   EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
   EXPECT_THAT(trace, ElementsAre("evaluated 1", "work run_ok=0"));
   // Nothing is left registered once the run is over.
-  EXPECT_FALSE(Engine::AtOutermostRunEnd(&key, [](bool) { return absl::OkStatus(); }));
+  EXPECT_FALSE(Engine::AtOutermostRunEnd(key, [](bool) { return absl::OkStatus(); }));
+}
+
+// The owner identifies the work by its control block, not its address: work of an owner destroyed
+// mid-run is skipped, and a new owner (even at a reused address) registers its own.
+TEST(AtOutermostRunEnd, AnExpiredOwnersWorkIsSkippedAndANewOwnerIsNotMistakenForIt) {
+  std::vector<std::string> trace;
+  std::vector<int> data = {1};
+  auto owner = std::make_shared<int>(1);
+  Engine trainer([](Engine&, const int&) {});
+  trainer.On(Events::EpochCompleted(), [&](Engine& e) {
+    const int epoch = static_cast<int>(e.state().epoch);
+    Engine::AtOutermostRunEnd(owner, [&trace, epoch](bool) {
+      trace.push_back(absl::StrCat("work of epoch ", epoch));
+      return absl::OkStatus();
+    });
+    if (epoch == 1) {
+      owner.reset();  // the first owner is gone; the next may take its address
+      owner = std::make_shared<int>(2);
+    }
+  });
+  // Work registered while end-of-run work runs is awaited too, never mistaken for the finished one.
+  auto late = std::make_shared<int>(3);
+  trainer.On(Events::Completed(), [&] {
+    Engine::AtOutermostRunEnd(late, [&](bool) {
+      trace.push_back("first");
+      Engine::AtOutermostRunEnd(late, [&](bool) {
+        trace.push_back("registered by the first");
+        return absl::OkStatus();
+      });
+      return absl::OkStatus();
+    });
+  });
+  ASSERT_TRUE(trainer.Run(data, {.max_epochs = 2}).ok());
+  EXPECT_THAT(trace, ElementsAre("work of epoch 2", "first", "registered by the first"));
 }
 
 TEST(DefaultCommunicator, EnginesCreatedAfterItUseIt) {

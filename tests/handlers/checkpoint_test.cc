@@ -792,6 +792,77 @@ TEST(CheckpointAsync, TheOutermostRunAwaitsASaveRegisteredWithOnAnEvaluator) {
   EXPECT_THAT(Files(dir), ElementsAre("model_2.pt", "model_3.pt"));
 }
 
+// An evaluator made and destroyed at every epoch (its engine, and the single-process communicator
+// it holds, are gone before the trainer's run ends): the run still awaits the last background
+// save, without touching the dead engine (ASan in CI), and returns its error.
+TEST(CheckpointAsync, APerEpochEvaluatorGoneBeforeTheRunEndsLeavesNothingDangling) {
+  const std::string dir = TempDir("async_per_epoch_evaluator");
+  testing::FaultInjectionFileSystem fs;
+  torch::nn::Linear model(4, 4);
+  std::vector<int> data = {0, 1};
+  Engine trainer([&](Engine&, const int&) {
+    torch::NoGradGuard g;
+    model->weight.add_(1.0);
+  });
+  auto ckpt = ModelCheckpoint::Create(
+      {.disk = {.dirname = dir, .fs = &fs},
+       .checkpoint = {.n_saved = 2, .global_step_transform = GlobalStepFromEngine(trainer), .async_save = true}},
+      {{"model", model}});
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  trainer.On(Events::EpochCompleted(), [&](Engine& t) -> absl::Status {
+    if (t.state().epoch == 3) {
+      EMBER_RETURN_IF_ERROR((*ckpt)->Flush());  // epoch 2's save is on disk before the fault
+      fs.FailFrom(0, absl::ResourceExhaustedError("No space left on device"));
+    }
+    auto evaluator = std::make_unique<Engine>([](Engine&, const int&) {});
+    evaluator->On(Events::Completed(), **ckpt);
+    return evaluator->Run(data);
+  });
+  ASSERT_TRUE(trainer.Run(data, {.max_epochs = 2}).ok());
+  EXPECT_EQ(*(*ckpt)->latest_checkpoint(), JoinPath(dir, "model_2.pt"));
+  absl::Status s = trainer.Run(data, {.max_epochs = 3});
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  fs.ClearFaults();
+  EXPECT_THAT(Files(dir), ElementsAre("model_1.pt", "model_2.pt"));
+}
+
+// A checkpoint replaced mid-run by a new one (which may take the freed one's address): the new
+// checkpoint's background save is awaited, and its error is the run's.
+TEST(CheckpointAsync, ACheckpointReplacedMidRunHasItsOwnSaveAwaited) {
+  const std::string dir = TempDir("async_replaced");
+  testing::FaultInjectionFileSystem fs;
+  torch::nn::Linear model(4, 4);
+  std::vector<int> data = {0};
+  Engine trainer([&](Engine&, const int&) {
+    torch::NoGradGuard g;
+    model->weight.add_(1.0);
+  });
+  auto make = [&]() -> std::unique_ptr<Checkpoint> {
+    auto c = ModelCheckpoint::Create({.disk = {.dirname = dir, .require_empty = false, .fs = &fs},
+                                      .checkpoint = {.n_saved = 2, .async_save = true}},
+                                     {{"model", model}});
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? *std::move(c) : nullptr;
+  };
+  std::unique_ptr<Checkpoint> ckpt = make();
+  trainer.On(Events::EpochStarted(), [&](Engine& t) -> absl::Status {
+    if (t.state().epoch != 2) return absl::OkStatus();
+    EMBER_RETURN_IF_ERROR(ckpt->Flush());
+    ckpt.reset();  // the first checkpoint's memory is free for the next
+    ckpt = make();
+    fs.FailFrom(0, absl::ResourceExhaustedError("No space left on device"));
+    return absl::OkStatus();
+  });
+  trainer.On(Events::EpochCompleted(), [&]() -> absl::Status {
+    Engine evaluator([](Engine&, const int&) {});
+    evaluator.On(Events::Completed(), *ckpt);
+    return evaluator.Run(data);
+  });
+  absl::Status s = trainer.Run(data, {.max_epochs = 2});
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  fs.ClearFaults();
+}
+
 // A run that fails after a background save was started: no collective (the run failed), yet the
 // saving rank waits for its writer, so last_checkpoint() names the file that is on disk.
 TEST(CheckpointAsync, AFailedRunStillWaitsForItsWriterAndRecordsTheSave) {
