@@ -707,17 +707,26 @@ TEST(ModelCheckpointOptions, SavingRankIsSetOnceAndResumeUsesTheBoundCommunicato
   });
 }
 
-TEST(CheckpointAsync, BackgroundSaveErrorsSurfaceAtFlush) {
-  const std::string dir = TempDir("async");
+// The background-save tests' setup: a fresh directory behind a fault-injecting file system, a
+// Linear(4, 4) and a trainer whose every step adds 1 to its weight in place.
+struct BumpingTrainer {
+  explicit BumpingTrainer(const std::string& name)
+      : dir(TempDir(name)), trainer([this](Engine&, const int&) {
+          torch::NoGradGuard g;
+          model->weight.add_(1.0);
+        }) {}
+  std::string dir;
   testing::FaultInjectionFileSystem fs;
-  torch::nn::Linear model(4, 4);
+  torch::nn::Linear model{4, 4};
+  Engine trainer;
+};
+
+TEST(CheckpointAsync, BackgroundSaveErrorsSurfaceAtFlush) {
+  BumpingTrainer t("async");
+  auto& [dir, fs, model, trainer] = t;
   auto ckpt = ModelCheckpoint::Create({.disk = {.dirname = dir, .fs = &fs}, .checkpoint = {.n_saved = 2, .async_save = true}}, {{"model", model}});
   ASSERT_TRUE(ckpt.ok());
   std::vector<int> data = {0};
-  Engine trainer([&](Engine&, const int&) {
-    torch::NoGradGuard g;
-    model->weight.add_(1.0);
-  });
   ASSERT_TRUE((*ckpt)->Attach(trainer, Events::EpochCompleted()).ok());
   ASSERT_TRUE(trainer.Run(data, {.max_epochs = 2}).ok());
   EXPECT_THAT(Files(dir), ElementsAre("model_1.pt", "model_2.pt"));
@@ -750,15 +759,10 @@ TEST(CheckpointAsync, BackgroundSaveErrorsSurfaceAtFlush) {
 // run, which caused each background save, awaits the last one before Run() returns. Its error is
 // the run's error; on success saved() and last_checkpoint() name the newest file without a Flush.
 TEST(CheckpointAsync, TheOutermostRunAwaitsASaveRegisteredWithOnAnEvaluator) {
-  const std::string dir = TempDir("async_on");
-  testing::FaultInjectionFileSystem fs;
-  torch::nn::Linear model(4, 4);
+  BumpingTrainer t("async_on");
+  auto& [dir, fs, model, trainer] = t;
   std::vector<int> data = {0, 1};
   Engine evaluator([](Engine&, const int&) {});
-  Engine trainer([&](Engine&, const int&) {
-    torch::NoGradGuard g;
-    model->weight.add_(1.0);
-  });
   auto ckpt = ModelCheckpoint::Create(
       {.disk = {.dirname = dir, .fs = &fs},
        .checkpoint = {.n_saved = 2, .global_step_transform = GlobalStepFromEngine(trainer), .async_save = true}},
@@ -796,14 +800,9 @@ TEST(CheckpointAsync, TheOutermostRunAwaitsASaveRegisteredWithOnAnEvaluator) {
 // it holds, are gone before the trainer's run ends): the run still awaits the last background
 // save, without touching the dead engine (ASan in CI), and returns its error.
 TEST(CheckpointAsync, APerEpochEvaluatorGoneBeforeTheRunEndsLeavesNothingDangling) {
-  const std::string dir = TempDir("async_per_epoch_evaluator");
-  testing::FaultInjectionFileSystem fs;
-  torch::nn::Linear model(4, 4);
+  BumpingTrainer t("async_per_epoch_evaluator");
+  auto& [dir, fs, model, trainer] = t;
   std::vector<int> data = {0, 1};
-  Engine trainer([&](Engine&, const int&) {
-    torch::NoGradGuard g;
-    model->weight.add_(1.0);
-  });
   auto ckpt = ModelCheckpoint::Create(
       {.disk = {.dirname = dir, .fs = &fs},
        .checkpoint = {.n_saved = 2, .global_step_transform = GlobalStepFromEngine(trainer), .async_save = true}},
@@ -829,14 +828,9 @@ TEST(CheckpointAsync, APerEpochEvaluatorGoneBeforeTheRunEndsLeavesNothingDanglin
 // A checkpoint replaced mid-run by a new one (which may take the freed one's address): the new
 // checkpoint's background save is awaited, and its error is the run's.
 TEST(CheckpointAsync, ACheckpointReplacedMidRunHasItsOwnSaveAwaited) {
-  const std::string dir = TempDir("async_replaced");
-  testing::FaultInjectionFileSystem fs;
-  torch::nn::Linear model(4, 4);
+  BumpingTrainer t("async_replaced");
+  auto& [dir, fs, model, trainer] = t;
   std::vector<int> data = {0};
-  Engine trainer([&](Engine&, const int&) {
-    torch::NoGradGuard g;
-    model->weight.add_(1.0);
-  });
   auto make = [&]() -> std::unique_ptr<Checkpoint> {
     auto c = ModelCheckpoint::Create({.disk = {.dirname = dir, .require_empty = false, .fs = &fs},
                                       .checkpoint = {.n_saved = 2, .async_save = true}},
