@@ -73,35 +73,8 @@ inc=$root/usr/include
 [[ -f $inc/torch/csrc/api/include/torch/torch.h ]] || fail_setup "no torch.h under $inc"
 
 # ---- the files: every .cc that reaches a torch/ATen/c10 header through our includes ------------
-mapfile -t files < <(/usr/bin/python3 - <<'PY'
-import os, re
-dirs = ["base", "engine", "distributed", "handlers", "tools", "tests", "examples"]
-inc = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', re.M)
-cache = {}
-def uses_torch(path, seen):
-    if path in cache: return cache[path]
-    if path in seen: return False
-    seen.add(path)
-    try:
-        text = open(path, errors="replace").read()
-    except OSError:
-        return False
-    found = False
-    for name in inc.findall(text):
-        if name.split("/")[0] in ("torch", "ATen", "c10"):
-            found = True
-        elif os.path.isfile(name) and uses_torch(name, seen):
-            found = True
-    cache[path] = found
-    return found
-for d in dirs:
-    for top, _, names in os.walk(d):
-        for n in sorted(names):
-            p = os.path.join(top, n)
-            if n.endswith(".cc") and uses_torch(p, set()):
-                print(p)
-PY
-)
+mapfile -t files < <(tools/sources_including.py --dirs base,engine,distributed,handlers,tools,tests,examples \
+  torch/ ATen/ c10/)
 [[ ${#files[@]} -gt 0 ]] || fail_setup "found no source file that includes LibTorch (run from the repository root)"
 
 flags=(-std=c++20 -w -I. -isystem "$inc" -isystem "$inc/torch/csrc/api/include"

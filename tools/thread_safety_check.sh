@@ -33,30 +33,8 @@ if [[ ${#files[@]} -eq 0 ]]; then
   # can draw a thread-safety diagnostic: clang's analysis knows nothing of unannotated types, and
   # libstdc++'s std::mutex carries no annotations. The others are not parsed (each file costs
   # seconds of LibTorch headers).
-  mapfile -t files < <(/usr/bin/python3 - <<'PY'
-import os, re
-inc = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', re.M)
-roots = {"base/mutex.h", "absl/synchronization/mutex.h", "absl/base/thread_annotations.h"}
-cache = {}
-def reaches(path, seen):
-    if path in cache: return cache[path]
-    if path in seen: return False
-    seen.add(path)
-    try:
-        names = inc.findall(open(path, errors="replace").read())
-    except OSError:
-        return False
-    found = any(n in roots for n in names) or any(os.path.isfile(n) and reaches(n, seen) for n in names)
-    cache[path] = found
-    return found
-for d in ["base", "engine", "distributed", "handlers", "tools"]:
-    for top, _, names in sorted(os.walk(d)):
-        for n in sorted(names):
-            p = os.path.join(top, n)
-            if n.endswith(".cc") and not n.endswith("_test.cc") and reaches(p, set()):
-                print(p)
-PY
-)
+  mapfile -t files < <(tools/sources_including.py --no-tests --dirs base,engine,distributed,handlers,tools \
+    base/mutex.h absl/synchronization/mutex.h absl/base/thread_annotations.h)
 fi
 [[ ${#files[@]} -gt 0 ]] || { echo "thread-safety: no source files found (run from the repository root)" >&2; exit 1; }
 for f in "${files[@]}"; do
