@@ -119,6 +119,11 @@ class DataParallel {
   absl::Status AllReduceGradients(Engine& engine, const std::any& step_output);
 
   int world_size() const { return comm_ != nullptr ? comm_->world_size() : 1; }
+  // The communicator the gradients are averaged through (nullptr: this process is the whole
+  // job), and whether buckets start during backward (accumulating gradients over several
+  // backward passes before one AllReduceGradients, as SupervisedStep does, needs overlap false).
+  dist::Communicator* communicator() const { return comm_; }
+  bool overlap() const { return options_.overlap; }
   size_t num_buckets() const { return buckets_.size(); }
   // Buckets started during backward so far (overlap), and in all.
   int64_t buckets_started_early() const { return started_early_; }

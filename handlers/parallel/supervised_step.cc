@@ -1,0 +1,120 @@
+#include "handlers/parallel/supervised_step.h"
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
+#include "distributed/settings_agreement.h"
+
+namespace ember {
+
+absl::Status ValidateClipGradNorm(double max_norm, double norm_type) {
+  if (!std::isfinite(max_norm) || !(max_norm > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "clip_grad_norm: the max norm must be finite and greater than 0, got ", dist::CanonicalDouble(max_norm)));
+  }
+  if (norm_type != 2.0 && norm_type != std::numeric_limits<double>::infinity()) {
+    return absl::InvalidArgumentError(absl::StrCat("clip_grad_norm: the norm type must be 2 or inf, got ",
+                                                   dist::CanonicalDouble(norm_type)));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ClipResult> ClipGradNorm(const std::vector<torch::Tensor>& params, double max_norm, double norm_type) {
+  EMBER_RETURN_IF_ERROR(ValidateClipGradNorm(max_norm, norm_type));
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> grads;
+  for (const torch::Tensor& p : params) {
+    if (p.grad().defined()) grads.push_back(p.grad().detach());
+  }
+  if (grads.empty()) return ClipResult{};
+  // As torch 1.13's clip_grad_norm_: the norm of the per-parameter norms, on the first gradient's
+  // device; the factor clamped to 1 and applied to every gradient (x * 1 is x).
+  const torch::Device device = grads.front().device();
+  std::vector<torch::Tensor> norms;
+  norms.reserve(grads.size());
+  torch::Tensor total;
+  if (std::isinf(norm_type)) {
+    for (const torch::Tensor& g : grads) norms.push_back(g.abs().max().to(device));
+    total = norms.size() == 1 ? norms.front() : torch::stack(norms).max();
+  } else {
+    for (const torch::Tensor& g : grads) norms.push_back(torch::norm(g, norm_type).to(device));
+    total = torch::norm(torch::stack(norms), norm_type);
+  }
+  const torch::Tensor coef = torch::clamp(max_norm / (total + 1e-6), c10::nullopt, 1.0);
+  for (torch::Tensor& g : grads) g.mul_(coef.to(g.device()));
+  return ClipResult{.norm = total.item<double>(), .factor = coef.item<double>()};
+}
+
+absl::StatusOr<std::unique_ptr<SupervisedStep>> SupervisedStep::Create(Forward forward,
+                                                                       torch::optim::Optimizer& optimizer,
+                                                                       LossFn loss_fn, SupervisedStepOptions options) {
+  if (options.accumulation_steps <= 0) {
+    // ignite 0.5.3's message.
+    return absl::InvalidArgumentError(
+        "Gradient_accumulation_steps must be strictly positive. No gradient accumulation if the value set to one "
+        "(default).");
+  }
+  if (options.clip_grad_norm.has_value()) {
+    EMBER_RETURN_IF_ERROR(ValidateClipGradNorm(*options.clip_grad_norm, options.norm_type));
+  }
+  if (!forward || !loss_fn) return absl::InvalidArgumentError("SupervisedStep: forward and loss_fn must be set");
+  DataParallel* ddp = options.data_parallel;
+  if (ddp != nullptr) {
+    EMBER_RETURN_IF_ERROR(ddp->status());
+    if (options.accumulation_steps > 1 && ddp->overlap()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "SupervisedStep: accumulation_steps ", options.accumulation_steps,
+          " with a DataParallel constructed with overlap = true: its hooks would start the gradient all-reduce "
+          "in the first micro-batch's backward; construct it with overlap = false to accumulate"));
+    }
+    if (ddp->communicator() != nullptr && ddp->world_size() > 1) {
+      // Every rank must reduce at the same iterations and clip the same way.
+      dist::SettingList settings;
+      settings.AddInt("accumulation_steps", options.accumulation_steps)
+          .Add("clip_grad_norm",
+               options.clip_grad_norm.has_value() ? dist::CanonicalDouble(*options.clip_grad_norm) : "none")
+          .AddDouble("norm_type", options.norm_type);
+      EMBER_RETURN_IF_ERROR(
+          dist::AgreeOnSettings(*ddp->communicator(), "SupervisedStep", settings, options.deadline));
+    }
+  }
+  return std::unique_ptr<SupervisedStep>(
+      new SupervisedStep(std::move(forward), optimizer, std::move(loss_fn), options));
+}
+
+absl::StatusOr<double> SupervisedStep::operator()(Engine& engine, const torch::Tensor& x, const torch::Tensor& y) {
+  const int64_t k = options_.accumulation_steps;
+  const int64_t iteration = engine.state().iteration;
+  stepped_ = false;
+  if ((iteration - 1) % k == 0) optimizer_.zero_grad();
+  torch::Tensor loss = loss_fn_(forward_(x), y) / k;
+  loss.backward();
+  const double output = (loss * k).item<double>();
+  if (iteration % k != 0) return output;  // a micro-batch: no collective, the firing agrees itself
+  if (options_.data_parallel != nullptr) {
+    // One reduce per window, carrying the engine's agreement of this iteration.
+    EMBER_RETURN_IF_ERROR(options_.data_parallel->AllReduceGradients(engine, output));
+  }
+  Window window{.iteration = iteration};
+  if (options_.clip_grad_norm.has_value()) {
+    std::vector<torch::Tensor> params;
+    for (const torch::optim::OptimizerParamGroup& group : optimizer_.param_groups()) {
+      for (const torch::Tensor& p : group.params()) params.push_back(p);
+    }
+    EMBER_ASSIGN_OR_RETURN(ClipResult clip, ClipGradNorm(params, *options_.clip_grad_norm, options_.norm_type));
+    window.grad_norm = clip.norm;
+    window.clip_factor = clip.factor;
+    if (clip.clipped()) ++clipped_steps_;
+  }
+  optimizer_.step();
+  ++optimizer_steps_;
+  stepped_ = true;
+  last_ = window;
+  return output;
+}
+
+}  // namespace ember

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# SupervisedStep under real mpirun on N ranks (supervised_step_mpi_main.cc): gradient
+# accumulation and clipping, one reduce per window, checked on every rank; then ranks that ask for
+# different accumulation steps: Create must fail on every rank naming the setting and the ranks'
+# values, and the job must end non-zero instead of hanging.
+set -uo pipefail
+binary=$1
+n=$2
+source tests/mpi/mpi_lib.sh  # OpenMPI as root, ASan leak setting, `mpi` and `fail`
+mpi+=(-np "$n")
+
+out=$(timeout 120 "${mpi[@]}" "$binary" 2>&1)
+rc=$?
+echo "$out" | tail -n 40
+[[ $rc -eq 0 ]] || fail "the checks exited $rc"
+[[ $(grep -c "of $n: PASSED" <<<"$out") -eq $n ]] || fail "not every rank passed"
+
+out=$(timeout 60 "${mpi[@]}" "$binary" mismatch 2>&1)
+rc=$?
+echo "== rank 1 asks for accumulation_steps 3, the others 2: exit $rc"
+grep -E "^rank " <<<"$out"
+[[ $rc -ne 0 && $rc -ne 124 ]] || fail "the job exited $rc"
+for ((r = 0; r < n; ++r)); do
+  line=$(grep "^rank $r: " <<<"$out")
+  grep -q "SupervisedStep.*differ across ranks: accumulation_steps is 2 on rank.*3 on rank 1" <<<"$line" ||
+    { echo "$out" | tail -n 30; fail "rank $r did not name the differing accumulation_steps: $line"; }
+done
+echo OK
