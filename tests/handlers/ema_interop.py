@@ -1,0 +1,57 @@
+"""Python side of the EMA checkpoint test (Debian's /usr/bin/python3): ema_interop.py DIR.
+
+DIR holds the one checkpoint ema_interop_tool wrote ({"model", "ema_model"}) and its
+ema_reference.txt (each EMA tensor read from the C++ module). torch.load(weights_only=True) must
+read "ema_model" with exactly the keys, in the order, of the same architecture's state_dict in
+Python, each tensor bit for bit the reference's; it must load strictly into that architecture;
+and it must differ from the online model (the EMA is not a copy of it).
+"""
+import glob
+import os
+import sys
+
+import torch
+
+
+def main(d):
+    files = glob.glob(os.path.join(d, "*.pt"))
+    if len(files) != 1:
+        sys.exit(f"expected one checkpoint in {d}, found {files}")
+    ckpt = torch.load(files[0], weights_only=True)
+    failures = []
+    if list(ckpt.keys()) != ["model", "ema_model"]:
+        failures.append(f"checkpoint keys {list(ckpt.keys())}")
+    ema = ckpt["ema_model"]
+    ref = {}
+    with open(os.path.join(d, "ema_reference.txt")) as f:
+        for line in f:
+            name, dtype, shape, hexbytes = line.split()
+            ref[name] = (dtype, shape, b"" if hexbytes == "-" else bytes.fromhex(hexbytes))
+    python_model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    expected_keys = list(python_model.state_dict().keys())
+    if list(ema.keys()) != expected_keys:
+        failures.append(f"ema_model keys {list(ema.keys())}, Python's state_dict has {expected_keys}")
+    if set(ref) != set(expected_keys):
+        failures.append(f"reference names {sorted(ref)}")
+    for name, t in ema.items():
+        if name not in ref:
+            continue
+        dtype, shape, data = ref[name]
+        got_shape = ",".join(str(s) for s in t.shape) or "()"
+        raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        if got_shape != shape or raw != data:
+            failures.append(f"{name}: {t} differs from the C++ EMA model's ({dtype} {shape})")
+    python_model.load_state_dict(ema, strict=True)
+    for name, t in python_model.state_dict().items():
+        if not torch.equal(t, ema[name]):
+            failures.append(f"{name} changed on load_state_dict")
+    if all(torch.equal(ema[k], ckpt["model"][k]) for k in expected_keys if ema[k].is_floating_point()):
+        failures.append("the EMA model equals the online model")
+    if failures:
+        print("FAIL:\n  " + "\n  ".join(failures))
+        sys.exit(1)
+    print(f"ema_model: {len(ema)} tensors read equal to the C++ EMA model's state_dict")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
