@@ -79,7 +79,7 @@ absl::StatusOr<std::unique_ptr<SupervisedStep>> SupervisedStep::Create(Forward f
                options.clip_grad_norm.has_value() ? dist::CanonicalDouble(*options.clip_grad_norm) : "none")
           .AddDouble("norm_type", options.norm_type);
       EMBER_RETURN_IF_ERROR(
-          dist::AgreeOnSettings(*ddp->communicator(), "SupervisedStep", settings, options.deadline));
+          dist::AgreeOnSettings(*ddp->communicator(), "SupervisedStep settings", settings, options.deadline));
     }
   }
   return std::unique_ptr<SupervisedStep>(
