@@ -8,6 +8,7 @@
 // strictly parsed SLURM_JOB_END_TIME values.
 #include "handlers/time_limit.h"
 
+#include <any>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -23,6 +24,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "base/clock.h"
 #include "base/log.h"
@@ -107,7 +109,10 @@ void RunScenario(const json& in, Replay& r, dist::Communicator* comm = nullptr, 
   clock.Advance(ahead);
   clock.Advance(in["advance_between_construction_and_run"].get<double>());
   r.trainer = std::make_unique<Engine>([&](Engine&, const int&) { clock.Advance(step); });
-  if (comm != nullptr) r.trainer->set_communicator(comm);
+  if (comm != nullptr) {
+    r.trainer->set_communicator(comm);
+    r.trainer->set_collective_timeout(absl::Seconds(10));  // ranks that stop apart fail, not hang
+  }
   // The trace handlers, registered before TimeLimit (the scenario's order).
   for (const char* name : {"ITERATION_COMPLETED", "EPOCH_COMPLETED", "TERMINATE", "COMPLETED"}) {
     r.trainer->On(EventNamed(name), [&, name](Engine& e) {
@@ -217,6 +222,48 @@ TEST(TimeLimitMultiRank, OneRankOverStopsEveryRankAtTheSameIteration) {
   }
 }
 
+// The proposal reads only the clock (proposes_in_step): it rides a collective the step makes
+// anyway (DataParallel's), and the stop is the same as with the firing's own agreement.
+TEST(TimeLimitMultiRank, AgreementCarriedByTheStepsCollective) {
+  const json in = Golden("timelimit_iteration_completed")["inputs"];
+  const double step = NumberAfter(in["process_function"], "advances the clock by ");
+  const int n = 2;
+  dist::testing::FakeWorld world(n);
+  std::vector<int64_t> stopped_at(n, -1), carried(n, -1), agreements(n, -1);
+  world.RunOnEveryRank([&](dist::Communicator& c) {
+    FakeClock clock;
+    auto limit = TimeLimit::Create({.limit_sec = in["limit_sec"].get<int64_t>(), .clock = &clock});
+    ASSERT_TRUE(limit.ok()) << limit.status();
+    clock.Advance(c.rank() == 1 ? 2.0 : 0.0);
+    Engine trainer([&](Engine& e) -> absl::Status {
+      clock.Advance(step);
+      absl::StatusOr<absl::Span<const double>> mine = e.ProposeAhead(std::any());
+      if (!mine.ok()) return mine.status();
+      std::vector<double> all(mine->size() * n);
+      absl::Status s = c.AllGather(*mine, absl::MakeSpan(all), absl::Now() + absl::Seconds(10));
+      if (!s.ok()) return s;
+      return e.CarryAgreement(all);
+    });
+    trainer.set_communicator(&c);
+    trainer.set_collective_timeout(absl::Seconds(10));
+    trainer.On(Events::IterationCompleted(), **limit);
+    ASSERT_TRUE(trainer.Run({.max_epochs = in["max_epochs"].get<int64_t>(),
+                             .epoch_length = in["data_len"].get<int64_t>()})
+                    .ok());
+    ASSERT_TRUE((*limit)->stopped());
+    stopped_at[c.rank()] = (*limit)->stop()->iteration;
+    carried[c.rank()] = trainer.carried_agreements();
+    agreements[c.rank()] = trainer.agreements();
+  });
+  int64_t want = 1;
+  while (!(2.0 + want * step > in["limit_sec"].get<double>())) ++want;
+  for (int r = 0; r < n; ++r) {
+    EXPECT_EQ(stopped_at[r], want) << "rank " << r;
+    EXPECT_EQ(carried[r], want) << "rank " << r;  // every iteration's agreement was carried
+  }
+  EXPECT_EQ(agreements[0], agreements[1]);
+}
+
 // ---- Safety mode ------------------------------------------------------------------------------------
 
 struct SafetyRun {
@@ -240,7 +287,10 @@ SafetyRun RunSafety(TimeLimitOptions o, double step, int save_every = 0, double 
   if (!limit.ok()) return out;
   clock.Advance(ahead);
   Engine trainer([&](Engine&) { clock.Advance(step); });
-  if (comm != nullptr) trainer.set_communicator(comm);
+  if (comm != nullptr) {
+    trainer.set_communicator(comm);
+    trainer.set_collective_timeout(absl::Seconds(10));  // ranks that stop apart fail, not hang
+  }
   trainer.On(Events::IterationCompleted(), [&](Engine& e) {
     if (save_every > 0 && e.state().iteration % save_every == 0) {
       clock.Advance(save);
