@@ -1,5 +1,8 @@
 #include "handlers/parallel/supervised_step.h"
 
+#include <ATen/autocast_mode.h>
+#include <torch/version.h>
+
 #include <cmath>
 #include <limits>
 #include <string>
@@ -49,6 +52,49 @@ absl::StatusOr<ClipResult> ClipGradNorm(const std::vector<torch::Tensor>& params
   return ClipResult{.norm = total.item<double>(), .factor = coef.item<double>()};
 }
 
+// LibTorch 2.4 replaced the per-device autocast functions by ones taking the device type.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+#define EMBER_AUTOCAST_BY_DEVICE 1
+#endif
+
+bool CpuAutocastScope::Enabled() {
+#ifdef EMBER_AUTOCAST_BY_DEVICE
+  return at::autocast::is_autocast_enabled(at::kCPU);
+#else
+  return at::autocast::is_cpu_enabled();
+#endif
+}
+
+torch::ScalarType CpuAutocastScope::Dtype() {
+#ifdef EMBER_AUTOCAST_BY_DEVICE
+  return at::autocast::get_autocast_dtype(at::kCPU);
+#else
+  return at::autocast::get_autocast_cpu_dtype();
+#endif
+}
+
+namespace {
+void SetCpuAutocast(bool enabled, torch::ScalarType dtype) {
+#ifdef EMBER_AUTOCAST_BY_DEVICE
+  at::autocast::set_autocast_enabled(at::kCPU, enabled);
+  at::autocast::set_autocast_dtype(at::kCPU, dtype);
+#else
+  at::autocast::set_cpu_enabled(enabled);
+  at::autocast::set_autocast_cpu_dtype(dtype);
+#endif
+}
+}  // namespace
+
+CpuAutocastScope::CpuAutocastScope(torch::ScalarType dtype) : was_enabled_(Enabled()), was_dtype_(Dtype()) {
+  SetCpuAutocast(true, dtype);
+  at::autocast::increment_nesting();
+}
+
+CpuAutocastScope::~CpuAutocastScope() {
+  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+  SetCpuAutocast(was_enabled_, was_dtype_);
+}
+
 absl::StatusOr<std::unique_ptr<SupervisedStep>> SupervisedStep::Create(Forward forward,
                                                                        torch::optim::Optimizer& optimizer,
                                                                        LossFn loss_fn, SupervisedStepOptions options) {
@@ -60,6 +106,11 @@ absl::StatusOr<std::unique_ptr<SupervisedStep>> SupervisedStep::Create(Forward f
   }
   if (options.clip_grad_norm.has_value()) {
     EMBER_RETURN_IF_ERROR(ValidateClipGradNorm(*options.clip_grad_norm, options.norm_type));
+  }
+  if (options.autocast_cpu_dtype.has_value() && *options.autocast_cpu_dtype != torch::kBFloat16) {
+    return absl::InvalidArgumentError(absl::StrCat("SupervisedStep: autocast_cpu_dtype ",
+                                                   c10::toString(*options.autocast_cpu_dtype),
+                                                   ": CPU autocast supports BFloat16 only"));
   }
   if (!forward || !loss_fn) return absl::InvalidArgumentError("SupervisedStep: forward and loss_fn must be set");
   DataParallel* ddp = options.data_parallel;
@@ -91,7 +142,14 @@ absl::StatusOr<double> SupervisedStep::operator()(Engine& engine, const torch::T
   const int64_t iteration = engine.state().iteration;
   stepped_ = false;
   if ((iteration - 1) % k == 0) optimizer_.zero_grad();
-  torch::Tensor loss = loss_fn_(forward_(x), y) / k;
+  torch::Tensor loss;
+  if (options_.autocast_cpu_dtype.has_value()) {
+    CpuAutocastScope autocast(*options_.autocast_cpu_dtype);
+    loss = loss_fn_(forward_(x), y);
+  } else {
+    loss = loss_fn_(forward_(x), y);
+  }
+  loss = loss / k;
   loss.backward();
   const double output = (loss * k).item<double>();
   if (iteration % k != 0) return output;  // a micro-batch: no collective, the firing agrees itself

@@ -74,12 +74,37 @@ absl::Status ValidateClipGradNorm(double max_norm, double norm_type);
 absl::StatusOr<ClipResult> ClipGradNorm(const std::vector<torch::Tensor>& params, double max_norm,
                                         double norm_type = 2.0);
 
+// ---- Mixed precision on the CPU -------------------------------------------------------------
+// torch.autocast("cpu", dtype) as a scope: CPU autocast on with `dtype` (bfloat16, the one dtype
+// CPU autocast supports in LibTorch 1.13) until the scope ends, which restores the enabled flag and
+// dtype found at its start and, leaving the outermost scope, clears autocast's cast cache (as
+// torch.autocast's __exit__). Compiles against LibTorch 1.13 (at::autocast::set_cpu_enabled and
+// set_autocast_cpu_dtype) and 2.x (from 2.4 the per-device set_autocast_enabled(kCPU, ...) and
+// set_autocast_dtype; the older names are deprecated there).
+class CpuAutocastScope {
+ public:
+  explicit CpuAutocastScope(torch::ScalarType dtype = torch::kBFloat16);
+  ~CpuAutocastScope();
+  CpuAutocastScope(const CpuAutocastScope&) = delete;
+  CpuAutocastScope& operator=(const CpuAutocastScope&) = delete;
+  // Whether CPU autocast is on now, and its dtype.
+  static bool Enabled();
+  static torch::ScalarType Dtype();
+
+ private:
+  bool was_enabled_;
+  torch::ScalarType was_dtype_;
+};
+
 // ---- The step --------------------------------------------------------------------------------
 struct SupervisedStepOptions {
   int64_t accumulation_steps = 1;        // K >= 1
   std::optional<double> clip_grad_norm;  // max norm (> 0, finite); none: no clipping
   double norm_type = 2.0;                // 2 or std::numeric_limits<double>::infinity()
   DataParallel* data_parallel = nullptr; // averages each window's gradients over the ranks
+  // Mixed precision (ignite's amp_mode="amp" on the CPU): forward and loss_fn run inside a
+  // CpuAutocastScope of this dtype (bfloat16 only), backward and the optimizer step outside it.
+  std::optional<torch::ScalarType> autocast_cpu_dtype;
   absl::Duration deadline = absl::Seconds(300);  // Create's settings agreement
 };
 

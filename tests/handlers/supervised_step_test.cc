@@ -375,5 +375,73 @@ TEST(SupervisedStepClip, RefusesAccumulationWithOverlappedDataParallel) {
   EXPECT_TRUE(SupervisedStep::Create(forward, opt, loss, {.accumulation_steps = 2, .data_parallel = &plain}).ok());
 }
 
+// ---- Mixed precision on the CPU (bfloat16) ------------------------------------------------------
+TEST(CpuAutocastScope, RestoresTheStateItFound) {
+  ASSERT_FALSE(CpuAutocastScope::Enabled());
+  const torch::ScalarType before = CpuAutocastScope::Dtype();
+  {
+    CpuAutocastScope outer(torch::kBFloat16);
+    EXPECT_TRUE(CpuAutocastScope::Enabled());
+    EXPECT_EQ(CpuAutocastScope::Dtype(), torch::kBFloat16);
+    torch::Tensor a = torch::randn({2, 3}), b = torch::randn({3, 2});
+    EXPECT_EQ(torch::mm(a, b).scalar_type(), torch::kBFloat16);
+    {
+      CpuAutocastScope inner(torch::kBFloat16);
+      EXPECT_TRUE(CpuAutocastScope::Enabled());
+    }
+    EXPECT_TRUE(CpuAutocastScope::Enabled()) << "leaving a nested scope turned autocast off";
+  }
+  EXPECT_FALSE(CpuAutocastScope::Enabled());
+  EXPECT_EQ(CpuAutocastScope::Dtype(), before);
+  EXPECT_EQ(torch::mm(torch::randn({2, 3}), torch::randn({3, 2})).scalar_type(), torch::kFloat32);
+}
+
+TEST(SupervisedStepAutocast, ForwardAndLossInBFloat16BackwardAndStepInFloat32) {
+  torch::manual_seed(5);
+  torch::nn::Linear model(8, 3), plain(8, 3);
+  {
+    torch::NoGradGuard no_grad;
+    plain->weight.copy_(model->weight);
+    plain->bias.copy_(model->bias);
+  }
+  torch::optim::SGD opt(model->parameters(), 0.1), plain_opt(plain->parameters(), 0.1);
+  std::vector<torch::ScalarType> pred_dtypes;
+  auto step = SupervisedStep::Create(
+      [&](const torch::Tensor& x) {
+        torch::Tensor p = model->forward(x);
+        pred_dtypes.push_back(p.scalar_type());
+        return p;
+      },
+      opt, [](const torch::Tensor& p, const torch::Tensor& y) { return torch::mse_loss(p, y); },
+      {.accumulation_steps = 2, .autocast_cpu_dtype = torch::kBFloat16});
+  ASSERT_TRUE(step.ok()) << step.status();
+  auto plain_step = SupervisedStep::Create(
+      [&](const torch::Tensor& x) { return plain->forward(x); }, plain_opt,
+      [](const torch::Tensor& p, const torch::Tensor& y) { return torch::mse_loss(p, y); }, {.accumulation_steps = 2});
+  ASSERT_TRUE(plain_step.ok());
+  std::vector<Batch> data;
+  for (int i = 0; i < 4; ++i) data.push_back({torch::randn({5, 8}), torch::randn({5, 3})});
+  Engine a([&](Engine& e, const Batch& b) { return (**step)(e, b.x, b.y); });
+  Engine b([&](Engine& e, const Batch& b) { return (**plain_step)(e, b.x, b.y); });
+  ASSERT_TRUE(a.Run(data, {.max_epochs = 1}).ok());
+  ASSERT_TRUE(b.Run(data, {.max_epochs = 1}).ok());
+  ASSERT_EQ(pred_dtypes.size(), 4u);
+  for (torch::ScalarType t : pred_dtypes) EXPECT_EQ(t, torch::kBFloat16);
+  EXPECT_FALSE(CpuAutocastScope::Enabled()) << "the step left autocast on";
+  EXPECT_EQ(model->weight.scalar_type(), torch::kFloat32);
+  EXPECT_EQ(model->weight.grad().scalar_type(), torch::kFloat32);
+  EXPECT_EQ((*step)->optimizer_steps(), 2);
+  // Close to the float32 run, not equal to it (bfloat16 has 8 bits of mantissa).
+  EXPECT_TRUE(torch::allclose(model->weight, plain->weight, 0.05, 0.02)) << model->weight << plain->weight;
+  EXPECT_FALSE(torch::equal(model->weight, plain->weight)) << "autocast changed nothing";
+
+  auto bad = SupervisedStep::Create([&](const torch::Tensor& x) { return model->forward(x); }, opt,
+                                    [](const torch::Tensor& p, const torch::Tensor& y) { return torch::mse_loss(p, y); },
+                                    {.autocast_cpu_dtype = torch::kFloat16});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(std::string(bad.status().message()),
+            "SupervisedStep: autocast_cpu_dtype Half: CPU autocast supports BFloat16 only");
+}
+
 }  // namespace
 }  // namespace ember
