@@ -61,7 +61,7 @@ absl::StatusOr<std::unique_ptr<TimeLimit>> TimeLimit::Create(TimeLimitOptions o)
       const std::optional<std::string> job = o.getenv ? o.getenv("SLURM_JOB_ID") : GetEnv("SLURM_JOB_ID");
       return absl::NotFoundError(absl::StrCat(
           "TimeLimit: the Slurm budget needs ", kSlurmEndVariable, " (the job's end, a Unix time), which is not set (",
-          job ? absl::StrCat("SLURM_JOB_ID is '", *job, "': a Slurm older than 23.02 does not set it")
+          job ? absl::StrCat("SLURM_JOB_ID is '", *job, "': this Slurm does not set it in the job's environment")
               : "SLURM_JOB_ID is not set either: not a Slurm job",
           "); give limit_sec with budget kLimitSec instead"));
     }

@@ -10,10 +10,10 @@
 //
 // Ember's additions (off by default, so that the default is ignite's behaviour):
 //   - budget kSlurmJobEnd: the budget is the time left, at creation, until the Slurm job's end,
-//     read from SLURM_JOB_END_TIME (a Unix time in whole seconds, which sbatch/salloc set);
-//     limit_sec is then not used. Create fails when the variable is absent (kNotFound), not a
-//     plain decimal number (kInvalidArgument, naming the value), or already past
-//     (kFailedPrecondition).
+//     read from SLURM_JOB_END_TIME (a Unix time in whole seconds, set in the job's environment by
+//     recent Slurm versions); limit_sec is then not used. Create fails when the variable is
+//     absent (kNotFound), not a plain decimal number (kInvalidArgument, naming the value), or
+//     already past (kFailedPrecondition).
 //   - safety: stop early enough to save. The engine is terminated at the first call where
 //       elapsed + next_step + save_reserve > budget
 //     next_step is the longest time between two calls seen so far (one step with its handlers),
