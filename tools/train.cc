@@ -43,6 +43,7 @@
 #include "handlers/early_stopping.h"
 #include "handlers/metrics.h"
 #include "handlers/metrics_log.h"
+#include "handlers/param_scheduler.h"
 #include "handlers/parallel/data_parallel.h"
 #include "handlers/parallel/sharded_source.h"
 #include "handlers/preemption.h"
@@ -52,6 +53,7 @@
 #include "nlohmann/json.hpp"
 #include "tools/data.h"
 #include "tools/ledger.h"
+#include "tools/lr_schedule.h"
 #include "tools/models.h"
 #include "tools/run_dir.h"
 #include "tools/run_report.h"
@@ -66,6 +68,31 @@ bool SameDirectory(const std::string& a, const std::string& b) {
   char ra[PATH_MAX], rb[PATH_MAX];
   if (::realpath(a.c_str(), ra) != nullptr && ::realpath(b.c_str(), rb) != nullptr) return std::string(ra) == rb;
   return std::filesystem::path(a).lexically_normal() == std::filesystem::path(b).lexically_normal();
+}
+
+// A checkpoint's schedule position means something only in the schedule it was taken in: a
+// resume with a schedule needs the checkpoint's own (a checkpoint trained at a constant lr has no
+// position to continue from). Resuming a scheduled checkpoint without a schedule keeps its last
+// lr, and says so.
+absl::Status CheckLrSchedule(const Value& loaded, const std::string& file, bool scheduled, const std::string& mine,
+                             int rank) {
+  const Value* record = loaded.Find("lr_schedule");
+  const Value* saved = record != nullptr && record->is_dict() ? record->Find("flags") : nullptr;
+  const std::string theirs =
+      saved != nullptr && saved->is_string() ? saved->as_string()
+      : loaded.Find("lr_scheduler") != nullptr ? "a schedule this trainer did not record"
+                                              : "a constant lr (no --lr_schedule)";
+  if (scheduled && theirs != mine) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(file, " was trained with ", theirs, ", this run asks for ", mine,
+                     ": a schedule continues only from a checkpoint of the same schedule (give the same flags, "
+                     "or leave them out to go on at the checkpoint's last lr, or start a new run)"));
+  }
+  if (!scheduled && loaded.Find("lr_scheduler") != nullptr && rank == 0) {
+    std::fprintf(stderr, "train: %s was trained with %s; without it this run goes on at a constant lr\n",
+                 file.c_str(), theirs.c_str());
+  }
+  return absl::OkStatus();
 }
 
 // The run, from the validated flags to the end of training (or of the evaluation with
@@ -132,6 +159,11 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
           [&](const torch::Tensor& ids) { return Batch{data.train.x.index_select(0, ids), data.train.y.index_select(0, ids)}; },
           &comm));
   ShardedSource<Batch>& train_source = *train_source_ptr;
+  // --lr_schedule: sets every group's lr before each step (none for a constant lr).
+  EMBER_ASSIGN_OR_RETURN(std::unique_ptr<ParamScheduler> lr_scheduler,
+                         BuildLrScheduler(flags.lr_schedule, optimizer, flags.lr,
+                                          int64_t{flags.epochs} * train_source.size().value_or(0)));
+  if (lr_scheduler != nullptr) trainer.On(Events::IterationStarted(), *lr_scheduler);
   torch::Tensor ledger_ids;  // this rank's ids of the current batch (--ledger)
 
   // Evaluation on this rank's shard of the held-out split; the sums are all-reduced. The shards
@@ -179,9 +211,20 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
   std::function<EpochTally()> epoch_now;  // set below, once its pieces exist
   EpochSoFar epoch_so_far([&] { return epoch_now ? epoch_now() : EpochTally{}; });
   // What every checkpoint of the run holds, epoch-end and preemption alike.
-  const ObjectMap to_save = {{"model", *model},     {"optimizer", optimizer}, {"trainer", trainer},
-                             {"early_stopping", *es}, {"data", train_source},   {"run", settings},
-                             {"epoch_so_far", epoch_so_far}};
+  ObjectMap to_save = {{"model", *model},     {"optimizer", optimizer}, {"trainer", trainer},
+                       {"early_stopping", *es}, {"data", train_source},   {"run", settings},
+                       {"epoch_so_far", epoch_so_far}};
+  // The schedule's position, and which schedule it is a position in (checked on resume).
+  const std::string schedule_flags = flags.lr_schedule.Describe();
+  if (lr_scheduler != nullptr) {
+    to_save.emplace_back("lr_scheduler", *lr_scheduler);
+    to_save.emplace_back("lr_schedule", Saveable([&]() -> absl::StatusOr<Value> {
+                                          Value v = Value::Dict();
+                                          v.Set("flags", schedule_flags);
+                                          return v;
+                                        },
+                                        [](const Value&, bool) { return absl::OkStatus(); }));
+  }
   // --eval_only writes nothing: its checkpointers only read (a corrupt file is skipped, not moved
   // aside; a live run's temporary files stay), and with --resume_from it needs none.
   ReadOnlyFileSystem read_only(FileSystem::Default());
@@ -274,7 +317,8 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
         {"train_samples", samples},
         {"samples_per_s", static_cast<double>(samples) / train_s},
         {"world_size", world_size},
-        {"time_per_iteration_s", timer.value()}};
+        {"time_per_iteration_s", timer.value()},
+        {"lr", static_cast<torch::optim::SGDOptions&>(optimizer.param_groups()[0].options()).lr()}};
     const Spent now = spent_now();
     const double epoch_s = carried.epoch_s + absl::ToDoubleSeconds(now.at - epoch_began.at);
     const double blocked_s = absl::ToDoubleSeconds(now.blocked - epoch_began.blocked);
@@ -295,8 +339,9 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
   if (resuming) {
     Value loaded;
     // The settings record is checked, not loaded (a checkpoint written in Python has none).
-    const ObjectMap to_load = {
+    ObjectMap to_load = {
         {"model", *model}, {"optimizer", optimizer}, {"trainer", trainer}, {"early_stopping", *es}};
+    if (lr_scheduler != nullptr) to_load.emplace_back("lr_scheduler", *lr_scheduler);
     const ObjectMap nothing;
     if (!resume_from.empty()) {
       EMBER_ASSIGN_OR_RETURN(loaded, ReadOnRootAndShare(comm, resume_from, absl::Now() + deadline));
@@ -345,6 +390,7 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
     // another model is named as such (not as a tensor of another shape).
     if (from) {
       EMBER_RETURN_IF_ERROR(settings.CheckModel(loaded.Find("run"), *from));
+      EMBER_RETURN_IF_ERROR(CheckLrSchedule(loaded, *from, lr_scheduler != nullptr, schedule_flags, rank));
       EMBER_RETURN_IF_ERROR(Checkpoint::LoadObjects(to_load, loaded));
       stored_patience = RunSettings::Patience(loaded.Find("run"));
     }
@@ -383,6 +429,7 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
       for (const auto& [name, flag] : {std::pair<const char*, double>{"lr", flags.lr},
                                        std::pair<const char*, double>{"momentum", flags.momentum}}) {
         const bool is_lr = std::string_view(name) == "lr";
+        if (is_lr && lr_scheduler != nullptr) continue;  // the saved schedule continues, and sets the lr
         const double stored = is_lr ? sgd(0).lr() : sgd(0).momentum();
         if (stored == flag) continue;
         const bool given = is_lr ? flags.lr_given : flags.momentum_given;

@@ -22,6 +22,7 @@
 #include "absl/strings/str_split.h"
 #include "base/file_system.h"
 #include "base/status_macros.h"
+#include "tools/lr_schedule.h"
 
 ABSL_FLAG(std::string, data, "fashion-mnist", "fashion-mnist | mnist:DIR | csv:PATH | synthetic");
 ABSL_FLAG(std::string, model, "mlp",
@@ -38,6 +39,10 @@ ABSL_FLAG(bool, ledger, false,
           "'ckpt ledger OUTPUT_DIR' checks that every sample of every finished epoch was used exactly once");
 ABSL_FLAG(double, lr, 0.05, "SGD learning rate (> 0)");
 ABSL_FLAG(double, momentum, 0.9, "SGD momentum (>= 0, < 1)");
+ABSL_FLAG(std::string, lr_schedule, "constant",
+          "constant | cosine (--lr down to 0 over the run) | piecewise:ITERATION=LR,... (linear between milestones)");
+ABSL_FLAG(int64_t, warmup_iters, 0,
+          "linear lr warm-up from 0 to --lr over this many iterations (0: none, else >= 2; constant and cosine)");
 ABSL_FLAG(int64_t, seed, 0, "random seed (weights and data order)");
 ABSL_FLAG(std::string, output_dir, "runs/train", "checkpoints and metrics.jsonl go here");
 ABSL_FLAG(int, n_saved, 2, "best checkpoints kept, by validation accuracy (>= 1)");
@@ -132,7 +137,7 @@ absl::Status ValidateFlags() {
 dist::SettingList RunDefiningFlags(const std::string& flag_error) {
   dist::SettingList list;
   for (const char* name : {"data", "model", "hidden", "seed", "epochs", "batch_size", "global_batch", "lr", "momentum",
-                           "patience", "n_saved", "async_save", "ledger", "output_dir", "resume", "resume_from",
+                           "lr_schedule", "warmup_iters", "patience", "n_saved", "async_save", "ledger", "output_dir", "resume", "resume_from",
                            "start_over", "eval_only", "backend", "device", "inject_nan", "inject_preempt"}) {
     const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
     const std::string value = flag != nullptr ? flag->CurrentValue() : "(unknown)";
@@ -190,6 +195,8 @@ absl::StatusOr<TrainFlags> ReadTrainFlags(int world_size) {
   f.lr_given = Given("lr");
   f.momentum = absl::GetFlag(FLAGS_momentum);
   f.momentum_given = Given("momentum");
+  EMBER_ASSIGN_OR_RETURN(f.lr_schedule,
+                         ParseLrSchedule(absl::GetFlag(FLAGS_lr_schedule), absl::GetFlag(FLAGS_warmup_iters)));
   f.seed = absl::GetFlag(FLAGS_seed);
   f.output_dir = UserPath(absl::GetFlag(FLAGS_output_dir));
   f.n_saved = absl::GetFlag(FLAGS_n_saved);

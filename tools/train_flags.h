@@ -25,6 +25,7 @@
 #include "distributed/launch.h"
 #include "distributed/settings_agreement.h"
 #include "handlers/progress.h"
+#include "tools/lr_schedule.h"
 
 namespace ember::tools {
 
@@ -48,6 +49,7 @@ struct TrainFlags {
   bool lr_given = false;              // on the command line (it then replaces a resumed checkpoint's)
   double momentum = 0;
   bool momentum_given = false;
+  LrSchedule lr_schedule;             // --lr_schedule and --warmup_iters
   int64_t seed = 0;
   std::string output_dir;             // the user's path
   int n_saved = 0;
@@ -77,7 +79,7 @@ struct TrainFlags {
 // communicates. `flag_error` is this rank's flag error (empty: none): a rank whose flags are
 // invalid takes part in the agreement too, so that its peers name it instead of waiting.
 // Run-defining: --data, --model, --hidden, --seed, --epochs, --batch_size, --global_batch, --lr,
-// --momentum, --patience, --n_saved, --async_save, --ledger, --output_dir, --resume,
+// --momentum, --lr_schedule, --warmup_iters, --patience, --n_saved, --async_save, --ledger, --output_dir, --resume,
 // --resume_from, --start_over, --eval_only, --backend, --device, --inject_nan, --inject_preempt
 // (the testing aids change what every rank does). Rank-local, not agreed: --progress (rank 0
 // displays), --threads, --deadline_s, --init_timeout_s, --inject_step_delay_ms.

@@ -777,6 +777,62 @@ model_mismatch)
   grep -q "was trained with --model=cnn --hidden=32" <<<"$out" || fail "the message does not name the checkpoint's model: $out"
   ! grep -q -- "--start_over" <<<"$out" || fail "the message suggests --start_over: $out"
   ;;
+lr_schedule)
+  # --lr_schedule (issue 28.6): a cosine with a linear warm-up on 2 ranks, preempted mid-epoch and
+  # resumed, ends bitwise equal to the uninterrupted run (the schedule's position is in every
+  # checkpoint as "lr_scheduler", which Python reads with ignite's ConcatScheduler keys); each
+  # metrics line's lr is the schedule's; a piecewise schedule's values are exact.
+  args=(--data=synthetic --epochs=2 --global_batch=96 --patience=100 --progress=none --lr=0.1
+        --lr_schedule=cosine --warmup_iters=10)
+  mpi 2 "$train" "${args[@]}" --output_dir="$work/ref" >/dev/null 2>&1 || fail "reference run"
+  out=$(mpi 2 "$train" "${args[@]}" --output_dir="$work/cut" --inject_preempt=0:130 2>&1) || fail "preempted run: $out"
+  grep -q "preempted at iteration 130" <<<"$out" || fail "not preempted at iteration 130: $out"
+  out=$(mpi 2 "$train" "${args[@]}" --output_dir="$work/cut" --resume 2>&1) || fail "resume: $out"
+  st() { "$ckpt" show "$1"/checkpoint_2_*.pt | sed 's/"file": "[^"]*", //'; }
+  [[ "$(st "$work/cut")" == "$(st "$work/ref")" ]] || { diff <(st "$work/cut") <(st "$work/ref"); fail "the resumed schedule differs"; }
+  /usr/bin/python3 - "$work/ref" <<'PY' || fail "the schedule in the checkpoints or metrics"
+import glob, json, math, sys, torch
+ref = sys.argv[1]
+lines = [json.loads(l) for l in open(ref + "/metrics.jsonl")]
+# iteration i's lr (fired at ITERATION_STARTED): the cosine's event i - 10 over 170 - 9 events.
+want = [0.1 * (1 + math.cos(math.pi * (l["iteration"] - 10) / 161)) / 2 for l in lines]
+assert all(abs(l["lr"] - w) <= 1e-8 * w for l, w in zip(lines, want)), (lines, want)
+ck = torch.load(glob.glob(ref + "/checkpoint_2_*.pt")[0])
+s = ck["lr_scheduler"]
+assert list(s)[:4] == ["event_index", "param_name", "save_history", "param_group_index"], list(s)
+assert s["param_name"] == "lr" and s["schedulers"][1]["event_index"] == 170 - 9, s  # the cosine after 9 warm-up events
+assert abs(ck["optimizer"]["param_groups"][0]["lr"] - want[-1]) < 1e-12, ck["optimizer"]["param_groups"]
+PY
+  echo "cosine with warm-up: preempted and resumed bitwise equal; lr per epoch as the formula; Python reads the state"
+  "$train" --data=synthetic --epochs=2 --global_batch=96 --patience=100 --progress=none \
+    --lr_schedule=piecewise:0=0.1,85=0.01,100=0.001 --output_dir="$work/pw" >/dev/null 2>&1 || fail "piecewise run"
+  lr1=$(sed -n 1p "$work/pw/metrics.jsonl"); lr2=$(sed -n 2p "$work/pw/metrics.jsonl")
+  awk -v a="$(field "$lr1" lr)" 'BEGIN { w = 0.1 + (0.01 - 0.1) * 84 / 85; d = a - w; exit !(d < 1e-9 && d > -1e-9) }' ||
+    fail "piecewise lr at iteration 85: $lr1"
+  [[ $(field "$lr2" lr) == 0.001 ]] || fail "piecewise lr at iteration 170: $lr2"
+  # A schedule that differs between ranks is refused before anything runs, naming both values.
+  out=$(mpi 1 "$train" --data=synthetic --epochs=1 --progress=none --output_dir="$work/d" --lr_schedule=cosine : \
+        -np 1 "$train" --data=synthetic --epochs=1 --progress=none --output_dir="$work/d" --lr_schedule=constant 2>&1)
+  [[ $? -ne 0 ]] || fail "ranks with different schedules ran"
+  grep -q -- "--lr_schedule" <<<"$out" || fail "the disagreement does not name --lr_schedule: $out"
+  [[ ! -e $work/d ]] || [[ -z $(ls "$work/d"/*.pt 2>/dev/null) ]] || fail "a checkpoint was written after the disagreement"
+  # A resume continues only the checkpoint's own schedule: one trained at a constant lr, or with
+  # another schedule, is refused naming both; dropping the schedule goes on at its last lr, said.
+  one=(--data=synthetic --global_batch=96 --patience=100 --progress=none)
+  "$train" "${one[@]}" --epochs=1 --output_dir="$work/c" >/dev/null 2>&1 || fail "constant run"
+  out=$("$train" "${one[@]}" --epochs=2 --output_dir="$work/c" --resume --lr_schedule=cosine 2>&1); rc=$?
+  [[ $rc -eq 1 ]] && grep -q "was trained with a constant lr (no --lr_schedule), this run asks for --lr_schedule=cosine" <<<"$out" ||
+    fail "a schedule over a constant-lr checkpoint (rc $rc): $out"
+  "$train" "${one[@]}" --epochs=1 --output_dir="$work/s" --lr_schedule=cosine --warmup_iters=4 >/dev/null 2>&1 || fail "cosine run"
+  out=$("$train" "${one[@]}" --epochs=2 --output_dir="$work/s" --resume --lr_schedule=cosine 2>&1); rc=$?
+  [[ $rc -eq 1 ]] && grep -q "was trained with --lr_schedule=cosine --warmup_iters=4, this run asks for --lr_schedule=cosine:" <<<"$out" ||
+    fail "another schedule (rc $rc): $out"
+  out=$("$train" "${one[@]}" --epochs=2 --output_dir="$work/s" --resume 2>&1) || fail "resume without the schedule: $out"
+  grep -q "without it this run goes on at a constant lr" <<<"$out" || fail "dropping the schedule is not said: $out"
+  # Malformed values are named with what is allowed.
+  out=$("$train" --data=synthetic --lr_schedule=cosin --output_dir="$work/bad" --progress=none 2>&1); rc=$?
+  [[ $rc -eq 1 ]] && grep -q "unknown schedule (allowed: constant, cosine or piecewise:" <<<"$out" || fail "bad schedule (rc $rc): $out"
+  ;;
 *) fail "unknown mode $mode" ;;
 esac
 echo OK
