@@ -35,7 +35,10 @@
 // firing's one collective: every rank stops at the same iteration, if ANY rank is over its
 // budget (or, in safety mode, would be after the next step and the final save, measured as the
 // slowest rank's). Its proposal reads only the clock and save_time, so it may ride the step's
-// collective (proposes_in_step). Every rank must create it with the same options.
+// collective (proposes_in_step): the clock is then read in the step, before the firing's
+// handlers, and a save made at that firing counts from the next iteration. Every rank should
+// create it with the same options (the stop agrees whatever the budgets; the number of values,
+// 1 or 3 with safety, is checked at the start of the run).
 //
 // Thread safety: not thread-safe; runs on the engine's thread. `clock` must outlive the handler.
 //
