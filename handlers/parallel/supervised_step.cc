@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "distributed/settings_agreement.h"
+#include "handlers/checkpoint/snapshot_fence.h"
 
 namespace ember {
 
@@ -168,6 +169,9 @@ absl::StatusOr<double> SupervisedStep::operator()(Engine& engine, const torch::T
     window.clip_factor = clip.factor;
     if (clip.clipped()) ++clipped_steps_;
   }
+  // A background checkpoint snapshot must have finished copying before the step changes the
+  // parameters (DataParallel's reduce has waited already; without it, wait here).
+  if (options_.data_parallel == nullptr) WaitForSnapshots();
   optimizer_.step();
   ++optimizer_steps_;
   stepped_ = true;

@@ -31,6 +31,10 @@
 // backward passes before one reduce need DataParallel's overlap = false (its hooks would start
 // buckets during the first micro-batch's backward): Create refuses K > 1 with overlap.
 //
+// Checkpoints: the step waits at the snapshot fence (WaitForSnapshots, snapshot_fence.h) before
+// optimizer.step(), so a Checkpoint with snapshot_in_background is safe (with DataParallel its
+// AllReduceGradients is that fence).
+//
 // Thread safety: not thread-safe; call it from the engine's step function on the training thread.
 //
 // Example:

@@ -8,19 +8,28 @@
 
 #include <torch/torch.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <future>
 #include <limits>
 #include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "base/file_system.h"
+#include "base/testing/temp_dir.h"
 #include "engine/engine.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "handlers/checkpoint/model_checkpoint.h"
+#include "handlers/checkpoint/snapshot_fence.h"
 #include "handlers/parallel/data_parallel.h"
+#include "handlers/serialization/torch_save.h"
 #include "nlohmann/json.hpp"
 #include "tests/conformance/golden.h"
 
@@ -373,6 +382,75 @@ TEST(SupervisedStepClip, RefusesAccumulationWithOverlappedDataParallel) {
   EXPECT_TRUE(SupervisedStep::Create(forward, opt, loss, {.accumulation_steps = 1, .data_parallel = &overlapped}).ok());
   DataParallel plain(*model, {.overlap = false});
   EXPECT_TRUE(SupervisedStep::Create(forward, opt, loss, {.accumulation_steps = 2, .data_parallel = &plain}).ok());
+}
+
+// ---- The snapshot fence --------------------------------------------------------------------------
+// Holds a background snapshot's copy before its first piece until Release().
+class HeldCopy {
+ public:
+  HeldCopy() : released_(release_.get_future().share()) {
+    SetSnapshotPieceHookForTesting([this](size_t piece) {
+      if (piece != 0 || held_.exchange(true)) return;
+      reached_.set_value();
+      released_.wait();
+    });
+  }
+  ~HeldCopy() {
+    Release();
+    SetSnapshotPieceHookForTesting({});
+  }
+  void WaitReached() { reached_future_.wait(); }
+  void Release() {
+    if (!released_flag_.exchange(true)) release_.set_value();
+  }
+
+ private:
+  std::promise<void> release_;
+  std::shared_future<void> released_;
+  std::promise<void> reached_;
+  std::shared_future<void> reached_future_ = reached_.get_future().share();
+  std::atomic<bool> held_{false}, released_flag_{false};
+};
+
+// Without DataParallel the step itself waits at the fence before optimizer.step(): a checkpoint
+// copying the parameters in the background (held here, released 100 ms later by a timer, not by
+// the training thread) saves the parameters of its own iteration, not the next step's (SGD writes
+// through p.data(), which no version counter sees).
+TEST(SupervisedStepFence, TheOptimizerStepWaitsForABackgroundSnapshot) {
+  const std::string dir = testing::TempDir("supervised_step_fence");
+  torch::nn::Linear model(4, 4);
+  torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.5));
+  auto step = SupervisedStep::Create([&](const torch::Tensor& x) { return model->forward(x); }, optimizer,
+                                     [](const torch::Tensor& p, const torch::Tensor& y) { return torch::mse_loss(p, y); });
+  ASSERT_TRUE(step.ok());
+  HeldCopy hold;
+  auto ckpt = ModelCheckpoint::Create(
+      {.disk = {.dirname = dir}, .checkpoint = {.n_saved = 2, .async_save = true, .snapshot_in_background = true}},
+      {{"model", model}, {"optimizer", optimizer}});
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  torch::Tensor weight_at_save;
+  std::thread timer;
+  Engine trainer([&](Engine& e, const Batch& b) -> absl::StatusOr<double> {
+    if (e.state().epoch == 2) {
+      hold.WaitReached();
+      timer = std::thread([&hold] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        hold.Release();
+      });
+    }
+    absl::StatusOr<double> out = (**step)(e, b.x, b.y);
+    if (e.state().epoch == 1) weight_at_save = model->weight.detach().clone();
+    return out;
+  });
+  ASSERT_TRUE((*ckpt)->Attach(trainer, Events::EpochCompleted()).ok());
+  std::vector<Batch> data = {{torch::ones({2, 4}), torch::zeros({2, 4})}};
+  absl::Status run = trainer.Run(data, {.max_epochs = 2});
+  if (timer.joinable()) timer.join();
+  ASSERT_TRUE(run.ok()) << run;
+  absl::StatusOr<Value> first = ReadTorchSaveFile(JoinPath(dir, "checkpoint_1.pt"));
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_TRUE(torch::equal(first->Find("model")->Find("weight")->as_tensor(), weight_at_save))
+      << "the optimizer step landed in the held snapshot";
 }
 
 // ---- Mixed precision on the CPU (bfloat16) ------------------------------------------------------
