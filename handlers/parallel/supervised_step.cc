@@ -143,16 +143,19 @@ absl::StatusOr<double> SupervisedStep::operator()(Engine& engine, const torch::T
   const int64_t iteration = engine.state().iteration;
   stepped_ = false;
   if ((iteration - 1) % k == 0) optimizer_.zero_grad();
-  torch::Tensor loss;
+  torch::Tensor y_pred, loss;
   if (options_.autocast_cpu_dtype.has_value()) {
     CpuAutocastScope autocast(*options_.autocast_cpu_dtype);
-    loss = loss_fn_(forward_(x), y);
+    y_pred = forward_(x);
+    loss = loss_fn_(y_pred, y);
   } else {
-    loss = loss_fn_(forward_(x), y);
+    y_pred = forward_(x);
+    loss = loss_fn_(y_pred, y);
   }
   loss = loss / k;
   loss.backward();
-  const double output = (loss * k).item<double>();
+  const double output = options_.output_transform ? options_.output_transform(x, y, y_pred, loss * k)
+                                                  : (loss * k).item<double>();
   if (iteration % k != 0) return output;  // a micro-batch: no collective, the firing agrees itself
   if (options_.data_parallel != nullptr) {
     // One reduce per window, carrying the engine's agreement of this iteration.

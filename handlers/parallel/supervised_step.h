@@ -7,7 +7,7 @@
 //   if (i - 1) % K == 0: optimizer.zero_grad()
 //   loss = loss_fn(forward(x), y) / K;  loss.backward()
 //   if i % K == 0: [DataParallel: average the gradients over the ranks] [clip] optimizer.step()
-//   return (loss * K).item()
+//   return (loss * K).item()   (or output_transform(x, y, y_pred, loss * K))
 // The gradients of a trailing incomplete window (the run ends, or is cut, inside it) are never
 // applied; gradients are in no state_dict (as in ignite), so a run resumed in the middle of a
 // window applies only the micro-batches it ran of it (golden accum_k3_resume_mid_window).
@@ -106,6 +106,11 @@ struct SupervisedStepOptions {
   std::optional<double> clip_grad_norm;  // max norm (> 0, finite); none: no clipping
   double norm_type = 2.0;                // 2 or std::numeric_limits<double>::infinity()
   DataParallel* data_parallel = nullptr; // averages each window's gradients over the ranks
+  // ignite's output_transform(x, y, y_pred, loss * K): the step's output (what TerminateOnNan and
+  // the carried agreement see). Default: (loss * K).item().
+  std::function<double(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& y_pred,
+                       const torch::Tensor& loss)>
+      output_transform;
   // Mixed precision (ignite's amp_mode="amp" on the CPU): forward and loss_fn run inside a
   // CpuAutocastScope of this dtype (bfloat16 only), backward and the optimizer step outside it.
   std::optional<torch::ScalarType> autocast_cpu_dtype;

@@ -30,6 +30,7 @@
 #include "handlers/checkpoint/snapshot_fence.h"
 #include "handlers/parallel/data_parallel.h"
 #include "handlers/serialization/torch_save.h"
+#include "handlers/terminate_on_nan.h"
 #include "nlohmann/json.hpp"
 #include "tests/conformance/golden.h"
 
@@ -382,6 +383,46 @@ TEST(SupervisedStepClip, RefusesAccumulationWithOverlappedDataParallel) {
   EXPECT_TRUE(SupervisedStep::Create(forward, opt, loss, {.accumulation_steps = 1, .data_parallel = &overlapped}).ok());
   DataParallel plain(*model, {.overlap = false});
   EXPECT_TRUE(SupervisedStep::Create(forward, opt, loss, {.accumulation_steps = 2, .data_parallel = &plain}).ok());
+}
+
+// ignite's output_transform(x, y, y_pred, loss * K) gives the step's output: what TerminateOnNan
+// sees (here NaN at iteration 3, the first of the second window: the run stops there, before that
+// window is applied).
+TEST(SupervisedStepOutput, OutputTransformGivesTheOutputTerminateOnNanSees) {
+  torch::nn::Linear model(2, 1);
+  torch::optim::SGD opt(model->parameters(), 0.1);
+  const double expected_first = [&] {
+    torch::NoGradGuard no_grad;
+    return torch::mse_loss(model->forward(torch::ones({3, 2})), torch::zeros({3, 1})).item<double>();
+  }();
+  std::vector<double> seen;
+  Engine* engine = nullptr;
+  auto step = SupervisedStep::Create(
+      [&](const torch::Tensor& x) { return model->forward(x); }, opt,
+      [](const torch::Tensor& p, const torch::Tensor& y) { return torch::mse_loss(p, y); },
+      {.accumulation_steps = 2,
+       .output_transform = [&](const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& y_pred,
+                               const torch::Tensor& loss) {
+         EXPECT_EQ(y_pred.sizes(), y.sizes());
+         EXPECT_EQ(x.size(0), y.size(0));
+         seen.push_back(loss.item<double>());
+         return engine->state().iteration == 3 ? std::nan("") : loss.item<double>();
+       }});
+  ASSERT_TRUE(step.ok()) << step.status();
+  Engine trainer([&](Engine& e, const Batch& b) { return (**step)(e, b.x, b.y); });
+  engine = &trainer;
+  TerminateOnNan ton;
+  trainer.On(Events::IterationCompleted(), ton);
+  std::vector<Batch> data(6, Batch{torch::ones({3, 2}), torch::zeros({3, 1})});
+  ASSERT_TRUE(trainer.Run(data, {.max_epochs = 1}).ok());
+  EXPECT_EQ(trainer.state().iteration, 3);
+  EXPECT_TRUE(trainer.outcome().terminated());
+  EXPECT_EQ((*step)->optimizer_steps(), 1);
+  ASSERT_EQ(seen.size(), 3u);
+  // loss * K: the micro-batch's mean loss, not the scaled one (iterations 1 and 2 see the same
+  // parameters and data).
+  EXPECT_EQ(seen[0], expected_first);
+  EXPECT_EQ(seen[1], seen[0]);
 }
 
 // ---- The snapshot fence --------------------------------------------------------------------------
