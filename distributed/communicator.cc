@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "base/mutex.h"
 
 namespace ember::dist {
 
@@ -44,6 +45,33 @@ absl::Status Communicator::Guard(const char* what, F&& f) {
   AddCollectiveTime(absl::Now() - start);
   if (!s.ok()) CollectiveFailed(s);
   return s;
+}
+
+namespace {
+
+struct Abandoned {
+  Mutex mu;
+  std::vector<std::shared_ptr<const void>> memory ABSL_GUARDED_BY(mu);
+};
+
+Abandoned& AbandonedMemory() {
+  static Abandoned* const abandoned = new Abandoned();  // never destroyed: MPI may write it at exit
+  return *abandoned;
+}
+
+}  // namespace
+
+void AbandonToTransport(std::shared_ptr<const void> memory) {
+  if (memory == nullptr) return;
+  Abandoned& a = AbandonedMemory();
+  MutexLock lock(&a.mu);
+  a.memory.push_back(std::move(memory));
+}
+
+int64_t AbandonedToTransport() {
+  Abandoned& a = AbandonedMemory();
+  MutexLock lock(&a.mu);
+  return static_cast<int64_t>(a.memory.size());
 }
 
 namespace {

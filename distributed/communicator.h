@@ -69,11 +69,26 @@ const char* ReduceOpName(ReduceOp op);
 // it started (the communicator is then poisoned); its buffer must stay valid and untouched until
 // then. A second Wait() returns the first result. Destroying a Pending that was not waited for
 // waits for it (a started collective cannot be taken back).
+//
+// A collective whose wait failed (a deadline, a peer's failure notice) is given up on, not
+// cancelled: MPI cannot cancel a collective, and it may still write the buffer whenever this
+// process calls into it again (a failure notice, the shutdown meeting) and a late peer's data
+// arrives. So after a failed Wait() the buffer must never be freed or reused: hand its owner to
+// AbandonToTransport(). The communicator's own collectives on memory it does not own
+// (AllReduce/AllGather/Broadcast of spans and strings, the shutdown meeting) post on staging
+// memory of their own and do this themselves; DataParallel does it for its buckets.
 class Pending {
  public:
   virtual ~Pending() = default;
   virtual absl::Status Wait() = 0;
 };
+
+// Keeps `memory` allocated until the process exits: the memory of a collective given up on
+// (above). One small allocation per failed collective, and a failed communicator starts no other.
+// Thread-safe.
+void AbandonToTransport(std::shared_ptr<const void> memory);
+// How many allocations were abandoned so far (tests).
+int64_t AbandonedToTransport();
 
 class Communicator {
  public:

@@ -10,6 +10,7 @@
 #include <string>
 #include <cstring>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -156,14 +157,19 @@ void MpiCommunicator::DoNotifyFailure(const absl::Status& error) {
 }
 
 absl::StatusOr<std::vector<int>> MpiCommunicator::DoMeet(bool failed, absl::Time deadline) {
-  int mine = failed ? 1 : 0;
-  std::vector<int> all(static_cast<size_t>(world_size_));
+  // Staged (see AllReduceStaged): a meeting given up on may complete later.
+  auto staging = std::make_shared<std::vector<int>>(static_cast<size_t>(world_size_) + 1);
+  int* mine = staging->data() + world_size_;
+  *mine = failed ? 1 : 0;
   MPI_Request request;
-  int rc = MPI_Iallgather(&mine, 1, MPI_INT, all.data(), 1, MPI_INT, channels_->comm[kControl], &request);
+  int rc = MPI_Iallgather(mine, 1, MPI_INT, staging->data(), 1, MPI_INT, channels_->comm[kControl], &request);
   if (rc != MPI_SUCCESS) return MpiError("MPI_Iallgather (shutdown meeting)", rc);
   // Not watching notices: a rank that failed comes to the meeting too.
-  EMBER_RETURN_IF_ERROR(Wait(&request, "MPI_Iallgather (shutdown meeting)", deadline, /*watch=*/false));
-  return all;
+  if (absl::Status s = Wait(&request, "MPI_Iallgather (shutdown meeting)", deadline, /*watch=*/false); !s.ok()) {
+    AbandonToTransport(std::move(staging));
+    return s;
+  }
+  return std::vector<int>(staging->begin(), staging->begin() + world_size_);
 }
 
 // A posted MPI_Iallreduce.
@@ -246,20 +252,24 @@ absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::Create(absl::D
     comm->local_rank_ = info->local_rank;
   } else {
     // No launcher variables: ranks with the same host name count as one host.
-    char name[MPI_MAX_PROCESSOR_NAME] = {};
+    // Staged (see AllReduceStaged): this rank's name first, then every rank's.
+    auto staging = std::make_shared<std::vector<char>>(static_cast<size_t>(MPI_MAX_PROCESSOR_NAME) *
+                                                       (comm->world_size_ + 1));
+    char* name = staging->data();
+    char* all = name + MPI_MAX_PROCESSOR_NAME;
     int len = 0;
     MPI_Get_processor_name(name, &len);
-    std::vector<char> all(static_cast<size_t>(MPI_MAX_PROCESSOR_NAME) * comm->world_size_);
     MPI_Request request;
-    int rc = MPI_Iallgather(name, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, all.data(), MPI_MAX_PROCESSOR_NAME,
-                            MPI_CHAR, MPI_COMM_WORLD, &request);
+    int rc = MPI_Iallgather(name, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, all, MPI_MAX_PROCESSOR_NAME, MPI_CHAR,
+                            MPI_COMM_WORLD, &request);
     if (rc != MPI_SUCCESS) return MpiError("MPI_Iallgather (host names)", rc);
     if (absl::Status s = comm->Wait(&request, "MPI_Iallgather (host names)", deadline, false); !s.ok()) {
+      AbandonToTransport(std::move(staging));
       comm->Poison(s);  // a peer never joined: MPI_Finalize would block on it
       return s;
     }
     for (int r = 0; r < comm->rank_; ++r) {
-      if (std::strncmp(all.data() + static_cast<size_t>(r) * MPI_MAX_PROCESSOR_NAME, name, MPI_MAX_PROCESSOR_NAME) == 0) {
+      if (std::strncmp(all + static_cast<size_t>(r) * MPI_MAX_PROCESSOR_NAME, name, MPI_MAX_PROCESSOR_NAME) == 0) {
         ++comm->local_rank_;
       }
     }
@@ -271,7 +281,7 @@ absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::Create(absl::D
     if (rc != MPI_SUCCESS) return MpiError("MPI_Comm_idup", rc);
     const std::string what = absl::StrCat("MPI_Comm_idup (", kChannelNames[c], ")");
     if (absl::Status s = comm->Wait(&request, what.c_str(), deadline, false); !s.ok()) {
-      comm->Poison(s);
+      comm->Poison(s);  // the destructor leaves the channels (the posted idup's target) to MPI
       return s;
     }
     MPI_Comm_set_errhandler(comm->channels_->comm[c], MPI_ERRORS_RETURN);
@@ -292,8 +302,12 @@ MpiCommunicator::~MpiCommunicator() {
     if (done) break;
     std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
-  // After a failed collective MPI_Finalize may block forever on the peers; leave it undone.
-  if (!finalize_ || !poisoned().ok()) return;
+  // After a failed collective MPI_Finalize may block forever on the peers; leave it undone. The
+  // notice's receive (and any collective given up on) stays posted: its memory stays with MPI.
+  if (!finalize_ || !poisoned().ok()) {
+    AbandonToTransport(std::shared_ptr<Channels>(channels_.release()));
+    return;
+  }
   if (channels_->notice != MPI_REQUEST_NULL) {
     MPI_Cancel(&channels_->notice);
     MPI_Wait(&channels_->notice, MPI_STATUS_IGNORE);
@@ -304,47 +318,78 @@ MpiCommunicator::~MpiCommunicator() {
   MPI_Finalize();
 }
 
+// The communicator's collectives on memory it does not own post on staging memory of its own,
+// which a failed wait leaves to MPI (AbandonToTransport: MPI may still write it). The copies are
+// of a few values (agreements, metrics, settings); a broadcast's bytes are moved, not copied.
+template <typename T>
+absl::Status MpiCommunicator::AllReduceStaged(absl::Span<T> values, ReduceOp op, absl::Time deadline) {
+  static_assert(std::is_same_v<T, double> || std::is_same_v<T, float>);
+  const MPI_Datatype type = std::is_same_v<T, double> ? MPI_DOUBLE : MPI_FLOAT;
+  if (values.size() > INT_MAX) return absl::InvalidArgumentError("AllReduce: too many values");
+  auto staging = std::make_shared<std::vector<T>>(values.begin(), values.end());
+  MPI_Request request;
+  int rc = MPI_Iallreduce(MPI_IN_PLACE, staging->data(), static_cast<int>(staging->size()), type, ToMpi(op),
+                          channels_->comm[kReduce], &request);
+  if (rc != MPI_SUCCESS) return MpiError("MPI_Iallreduce", rc);
+  if (absl::Status s = Wait(&request, "MPI_Iallreduce", deadline); !s.ok()) {
+    AbandonToTransport(std::move(staging));
+    return s;
+  }
+  std::copy(staging->begin(), staging->end(), values.begin());
+  return absl::OkStatus();
+}
+
 absl::Status MpiCommunicator::DoAllReduce(absl::Span<double> values, ReduceOp op,
                                           absl::Time deadline) {
-  if (values.size() > INT_MAX) return absl::InvalidArgumentError("AllReduce: too many values");
-  MPI_Request request;
-  int rc = MPI_Iallreduce(MPI_IN_PLACE, values.data(), static_cast<int>(values.size()), MPI_DOUBLE,
-                          ToMpi(op), channels_->comm[kReduce], &request);
-  if (rc != MPI_SUCCESS) return MpiError("MPI_Iallreduce", rc);
-  return Wait(&request, "MPI_Iallreduce", deadline);
+  return AllReduceStaged(values, op, deadline);
 }
 
 absl::Status MpiCommunicator::DoAllReduce(absl::Span<float> values, ReduceOp op,
                                           absl::Time deadline) {
-  if (values.size() > INT_MAX) return absl::InvalidArgumentError("AllReduce: too many values");
-  MPI_Request request;
-  int rc = MPI_Iallreduce(MPI_IN_PLACE, values.data(), static_cast<int>(values.size()), MPI_FLOAT,
-                          ToMpi(op), channels_->comm[kReduce], &request);
-  if (rc != MPI_SUCCESS) return MpiError("MPI_Iallreduce", rc);
-  return Wait(&request, "MPI_Iallreduce", deadline);
+  return AllReduceStaged(values, op, deadline);
 }
 
 absl::Status MpiCommunicator::DoAllGather(absl::Span<const double> send, absl::Span<double> recv,
                                           absl::Time deadline) {
+  struct Staging {
+    std::vector<double> send, recv;
+  };
+  auto staging = std::make_shared<Staging>(Staging{{send.begin(), send.end()}, std::vector<double>(recv.size())});
   MPI_Request request;
-  int rc = MPI_Iallgather(send.data(), static_cast<int>(send.size()), MPI_DOUBLE, recv.data(),
+  int rc = MPI_Iallgather(staging->send.data(), static_cast<int>(send.size()), MPI_DOUBLE, staging->recv.data(),
                           static_cast<int>(send.size()), MPI_DOUBLE, channels_->comm[kGather], &request);
   if (rc != MPI_SUCCESS) return MpiError("MPI_Iallgather", rc);
-  return Wait(&request, "MPI_Iallgather", deadline);
+  if (absl::Status s = Wait(&request, "MPI_Iallgather", deadline); !s.ok()) {
+    AbandonToTransport(std::move(staging));
+    return s;
+  }
+  std::copy(staging->recv.begin(), staging->recv.end(), recv.begin());
+  return absl::OkStatus();
 }
 
 absl::Status MpiCommunicator::DoBroadcast(std::string& bytes, int root, absl::Time deadline) {
-  uint64_t size = bytes.size();
+  auto size = std::make_shared<uint64_t>(bytes.size());
   MPI_Request request;
-  int rc = MPI_Ibcast(&size, 1, MPI_UINT64_T, root, channels_->comm[kBroadcast], &request);
+  int rc = MPI_Ibcast(size.get(), 1, MPI_UINT64_T, root, channels_->comm[kBroadcast], &request);
   if (rc != MPI_SUCCESS) return MpiError("MPI_Ibcast", rc);
-  EMBER_RETURN_IF_ERROR(Wait(&request, "MPI_Ibcast", deadline));
-  bytes.resize(size);
-  for (uint64_t offset = 0; offset < size;) {
-    const int chunk = static_cast<int>(std::min<uint64_t>(size - offset, 1u << 30));
+  if (absl::Status s = Wait(&request, "MPI_Ibcast", deadline); !s.ok()) {
+    AbandonToTransport(std::move(size));
+    return s;
+  }
+  // The bytes are received in place; on a failed wait the string's heap buffer goes to MPI (moved,
+  // so the caller's `bytes` is left empty). Capacity beyond the short-string buffer makes sure the
+  // data lives on the heap, where a move keeps it.
+  bytes.reserve(std::max<uint64_t>(*size, 64));
+  bytes.resize(*size);
+  for (uint64_t offset = 0; offset < *size;) {
+    const int chunk = static_cast<int>(std::min<uint64_t>(*size - offset, 1u << 30));
     rc = MPI_Ibcast(bytes.data() + offset, chunk, MPI_CHAR, root, channels_->comm[kBroadcast], &request);
     if (rc != MPI_SUCCESS) return MpiError("MPI_Ibcast", rc);
-    EMBER_RETURN_IF_ERROR(Wait(&request, "MPI_Ibcast", deadline));
+    if (absl::Status s = Wait(&request, "MPI_Ibcast", deadline); !s.ok()) {
+      AbandonToTransport(std::make_shared<std::string>(std::move(bytes)));
+      bytes.clear();
+      return s;
+    }
     offset += static_cast<uint64_t>(chunk);
   }
   return absl::OkStatus();

@@ -67,6 +67,11 @@ class MpiCommunicator final : public Communicator {
   // Polls `request` (an MPI_Request*) until it completes, the deadline passes or (watch) a peer's
   // failure notice arrives.
   absl::Status Wait(void* request, const char* what, absl::Time deadline, bool watch = true);
+  // In-place all-reduce of double or float values through staging memory (the .cc says why).
+  template <typename T>
+  absl::Status AllReduceStaged(absl::Span<T> values, ReduceOp op, absl::Time deadline);
+  // Owned until the destructor, which leaves them to MPI (AbandonToTransport) when requests may
+  // still be posted on them (MPI not finalized).
   std::unique_ptr<Channels> channels_;
   absl::Status peer_failure_;
   bool finalize_ = false;

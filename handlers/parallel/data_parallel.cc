@@ -112,7 +112,20 @@ DataParallel::DataParallel(torch::nn::Module& module, DataParallelOptions option
 
 DataParallel::~DataParallel() {
   for (auto& [node, key] : hooks_) node->del_post_hook(key);
-  for (Bucket& b : buckets_) b.pending.reset();  // waits for what is in flight
+  // Waits for what is in flight; a bucket given up on stays with the transport.
+  for (Bucket& b : buckets_) {
+    if (b.pending == nullptr) continue;
+    if (!b.pending->Wait().ok()) Abandon(b);
+    b.pending.reset();
+  }
+}
+
+// A bucket whose all-reduce was given up on (its wait failed) may still be written by the
+// transport (communicator.h): its memory goes to dist::AbandonToTransport, and the bucket gets new
+// memory of the same shape (the communicator is poisoned, so no step reduces it again).
+void DataParallel::Abandon(Bucket& bucket) {
+  dist::AbandonToTransport(std::make_shared<torch::Tensor>(bucket.flat));
+  bucket.flat = torch::empty_like(bucket.flat);
 }
 
 std::string DataParallel::Describe(size_t bucket) const {
@@ -313,6 +326,7 @@ absl::Status DataParallel::Reduce(Engine* engine, const std::any* step_output) {
     bucket.pending.reset();
     if (!s.ok()) {
       if (result.ok()) result = absl::Status(s.code(), absl::StrCat(Describe(b), ": ", s.message()));
+      Abandon(bucket);
       continue;
     }
     if (!result.ok()) continue;

@@ -149,6 +149,7 @@ class DataParallel {
   absl::Status Broadcast(torch::nn::Module& module);
   void OnGradientReady(size_t param);    // from the hooks
   // Packs and starts one bucket's all-reduce; the last one may carry this rank's agreement values.
+  void Abandon(Bucket& bucket);
   absl::Status Start(size_t bucket, absl::Span<const double> carry = {});
   absl::Status Reduce(Engine* engine, const std::any* step_output);
   // Decodes every rank's carried values from the reduced last bucket and gives them to engine

@@ -27,6 +27,7 @@
 //                         EMBER_DISTRIBUTED_DEBUG=DETAIL every rank fails at once naming both.
 // In the fault modes the process then returns from main normally: the communicator's destructor
 // must not block in MPI_Finalize on the stalled peer (shutdown is bounded in the library).
+#include <mpi.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -35,6 +36,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "distributed/launch.h"
 #include "distributed/mpi_communicator.h"
@@ -184,6 +186,51 @@ int Kinds(int victim) {
   return s.ok() ? 0 : 1;
 }
 
+// A collective given up on completes later (mpi_checks late K KIND, KIND allreduce | allgather |
+// broadcast): rank K joins 2 s late; the others give up at their 0.5 s deadline, free their
+// buffers, allocate new ones filled with a sentinel, and then drive MPI (a barrier on
+// MPI_COMM_WORLD, outside Ember's channels) while rank K's data arrives. The late data must land
+// in memory the communicator left to MPI, never in freed memory that has been reused (the
+// sentinels must survive; under ASan the transport's memcpy into freed memory is reported), and
+// the given-up collective is counted by dist::AbandonedToTransport().
+int Late(int victim, const std::string& kind) {
+  ember::dist::Communicator& comm = *g_comm;
+  const bool late = comm.rank() == victim;
+  constexpr size_t kN = 4096;
+  constexpr double kSentinel = -12345.0;
+  const int64_t abandoned_before = ember::dist::AbandonedToTransport();
+  if (late) absl::SleepFor(absl::Seconds(2));
+  const absl::Time deadline = absl::Now() + (late ? absl::Seconds(4) : absl::Milliseconds(500));
+  absl::Status s;
+  {
+    std::vector<double> values(kN, comm.rank() + 1.0);
+    std::vector<double> gathered(kN * static_cast<size_t>(comm.world_size()));
+    std::string bytes(late ? kN * 8 : 0, 'x');
+    if (kind == "allreduce") {
+      s = comm.AllReduce(absl::MakeSpan(values), ember::dist::ReduceOp::kSum, deadline);
+    } else if (kind == "allgather") {
+      s = comm.AllGather(values, absl::MakeSpan(gathered), deadline);
+    } else if (kind == "broadcast") {
+      s = comm.Broadcast(bytes, victim, deadline);
+    } else {
+      std::fprintf(stderr, "unknown kind %s\n", kind.c_str());
+      return 2;
+    }
+  }  // the buffers are freed here
+  std::vector<std::vector<double>> sentinels;
+  for (int i = 0; i < 8; ++i) sentinels.emplace_back(kN * static_cast<size_t>(comm.world_size()), kSentinel);
+  MPI_Barrier(MPI_COMM_WORLD);  // progresses what was posted (Ember's poisoned communicator starts nothing)
+  size_t overwritten = 0;
+  for (const auto& v : sentinels) {
+    for (double x : v) overwritten += x != kSentinel ? 1 : 0;
+  }
+  std::printf("rank %d: late %d: %s: %s; abandoned %lld; sentinel values overwritten %zu\n", comm.rank(),
+              late ? 1 : 0, kind.c_str(), s.ToString().c_str(),
+              static_cast<long long>(ember::dist::AbandonedToTransport() - abandoned_before), overwritten);
+  std::fflush(stdout);
+  return overwritten == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -197,6 +244,11 @@ int main(int argc, char** argv) {
   if (argc == 3 && (std::string(argv[1]) == "handler_error" || std::string(argv[1]) == "order" ||
                     std::string(argv[1]) == "extra")) {
     int rc = Divergence(*std::move(comm), argv[1], std::atoi(argv[2]));
+    std::fflush(nullptr);
+    ::_exit(rc);  // poisoned: MPI is not finalized
+  }
+  if (argc == 4 && std::string(argv[1]) == "late") {
+    int rc = Late(std::atoi(argv[2]), argv[3]);
     std::fflush(nullptr);
     ::_exit(rc);  // poisoned: MPI is not finalized
   }
