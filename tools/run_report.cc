@@ -13,6 +13,7 @@
 #include "handlers/early_stopping.h"
 #include "handlers/preemption.h"
 #include "handlers/terminate_on_nan.h"
+#include "handlers/time_limit.h"
 #include "nlohmann/json.hpp"
 
 namespace ember::tools {
@@ -43,6 +44,7 @@ std::string StoppedBy(const std::string& terminated_by) {
   if (terminated_by == Preemption::kName) return "preempted";
   if (terminated_by == TerminateOnNan::kName) return "terminate_on_nan";
   if (terminated_by == EarlyStopping::kName) return "early_stopping";
+  if (terminated_by == TimeLimit::kName) return "time_limit";
   return "completed";
 }
 

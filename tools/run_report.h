@@ -6,7 +6,7 @@
 //    "best_checkpoint": "/abs/checkpoint_3_val_accuracy=0.9634.pt", "latest_checkpoint": ...,
 //    "best_score": 0.963400}
 //
-// stopped_by and the exit code: completed, early_stopping, preempted and evaluated exit 0;
+// stopped_by and the exit code: completed, early_stopping, preempted, time_limit and evaluated exit 0;
 // terminate_on_nan exits 3; error exits 1 (bad flags, data, output directory, a failed collective
 // or save). Every exit prints the line, even abseil's own exit on a malformed flag
 // (InstallFinalLineAtExit). The checkpoint fields name files on disk (null: none).

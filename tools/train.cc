@@ -29,6 +29,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/status/status.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/directory_lock.h"
@@ -47,8 +48,10 @@
 #include "handlers/parallel/data_parallel.h"
 #include "handlers/parallel/sharded_source.h"
 #include "handlers/preemption.h"
+#include "handlers/parallel/supervised_step.h"
 #include "handlers/progress.h"
 #include "handlers/terminate_on_nan.h"
+#include "handlers/time_limit.h"
 #include "handlers/timer.h"
 #include "nlohmann/json.hpp"
 #include "tools/data.h"
@@ -108,6 +111,27 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
   const int64_t global_batch = flags.global_batch;
   const absl::Duration deadline = flags.deadline;
   const RankIteration nan_at = flags.inject_nan, preempt_at = flags.inject_preempt;
+  // --time_limit: its clock starts now (the budget covers the start-up); it stops the run, agreed
+  // by every rank, when the next step and the final checkpoint would no longer fit (safety mode,
+  // with the measured step and save times), and the run saves as a preemption does.
+  std::unique_ptr<Checkpoint> ckpt, preempt_ckpt;
+  std::unique_ptr<TimeLimit> time_limit;
+  if (!flags.time_limit.empty()) {
+    TimeLimitOptions o{.safety = true,
+                       .final_save_reserve_sec = 1.0,
+                       .save_time = [&] {
+                         return (ckpt ? ckpt->blocked_time() : absl::ZeroDuration()) +
+                                (preempt_ckpt ? preempt_ckpt->blocked_time() : absl::ZeroDuration());
+                       }};
+    if (flags.time_limit == "slurm") {
+      o.budget = TimeLimitOptions::Budget::kSlurmJobEnd;
+    } else if (!absl::SimpleAtoi(flags.time_limit, &o.limit_sec)) {
+      return absl::InvalidArgumentError(absl::StrCat("--time_limit='", flags.time_limit, "'"));  // validated before
+    }
+    absl::StatusOr<std::unique_ptr<TimeLimit>> made = TimeLimit::Create(std::move(o));
+    if (!made.ok()) return absl::Status(made.status().code(), absl::StrCat("--time_limit=", flags.time_limit, ": ", made.status().message()));
+    time_limit = *std::move(made);
+  }
   EMBER_ASSIGN_OR_RETURN(Dataset data, LoadDataset(flags.data, seed));
   if (data.train.size() < global_batch) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -129,23 +153,40 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
   model->to(device);
   torch::optim::SGD optimizer(model->parameters(),
                               torch::optim::SGDOptions(flags.lr).momentum(flags.momentum));
-  // Parameters broadcast from rank 0; gradients averaged in buckets (one collective each).
-  DataParallel ddp(*model, {.deadline = deadline});
+  // Parameters broadcast from rank 0; gradients averaged in buckets (one collective each),
+  // overlapping backward unless several backward passes precede one reduce (--accumulate).
+  DataParallel ddp(*model, {.deadline = deadline, .overlap = flags.accumulate == 1});
   EMBER_RETURN_IF_ERROR(ddp.status());
 
+  // The step: ignite's supervised update (SupervisedStep) with --accumulate micro-batches per
+  // optimizer step, --clip_grad_norm on the averaged gradients and --precision's autocast. The
+  // iteration's agreement (TerminateOnNan, Preemption, TimeLimit) rides in the last gradient
+  // bucket of each step that reduces; the testing aids act in the output, before it is carried.
+  int64_t iteration_now = 0;
+  EMBER_ASSIGN_OR_RETURN(
+      std::unique_ptr<SupervisedStep> step,
+      SupervisedStep::Create(
+          [&](const torch::Tensor& x) { return model->forward(x); }, optimizer,
+          [](const torch::Tensor& p, const torch::Tensor& y) { return torch::nn::functional::cross_entropy(p, y); },
+          {.accumulation_steps = flags.accumulate,
+           .clip_grad_norm = flags.clip_grad_norm > 0 ? std::optional<double>(flags.clip_grad_norm) : std::nullopt,
+           .data_parallel = &ddp,
+           .output_transform = [&](const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                                   const torch::Tensor& loss) {
+             double output = loss.item<double>();
+             if (rank == nan_at.rank && iteration_now == nan_at.iteration) output = std::nan("");
+             if (rank == preempt_at.rank && iteration_now == preempt_at.iteration) ::raise(SIGTERM);
+             return output;
+           },
+           .autocast_cpu_dtype = flags.precision == "bfloat16" ? std::optional<torch::ScalarType>(torch::kBFloat16)
+                                                               : std::nullopt,
+           .deadline = deadline}));
   const absl::Duration step_delay = flags.step_delay;
   int64_t epoch_samples = 0;  // this rank's, this epoch (a partial last batch counts its real size)
   Engine trainer([&](Engine& e, const Batch& b) -> absl::StatusOr<double> {
     epoch_samples += b.y.size(0);
-    optimizer.zero_grad();
-    torch::Tensor loss = torch::nn::functional::cross_entropy(model->forward(b.x.to(device)), b.y.to(device));
-    loss.backward();
-    double output = loss.item<double>();
-    if (rank == nan_at.rank && e.state().iteration == nan_at.iteration) output = std::nan("");
-    if (rank == preempt_at.rank && e.state().iteration == preempt_at.iteration) ::raise(SIGTERM);
-    // The iteration's agreement (TerminateOnNan, Preemption) rides in the last gradient bucket.
-    EMBER_RETURN_IF_ERROR(ddp.AllReduceGradients(e, output));
-    optimizer.step();
+    iteration_now = e.state().iteration;
+    EMBER_ASSIGN_OR_RETURN(double output, (*step)(e, b.x.to(device), b.y.to(device)));
     if (step_delay > absl::ZeroDuration()) absl::SleepFor(step_delay);
     return output;
   });
@@ -194,6 +235,7 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
   TerminateOnNan ton;
   trainer.On(Events::IterationCompleted(), ton);
   trainer.On(Events::IterationCompleted(), preemption);
+  if (time_limit != nullptr) trainer.On(Events::IterationCompleted(), *time_limit);
   Timer timer(/*average=*/true);
   EMBER_RETURN_IF_ERROR(timer.Attach(trainer, {.start = Events::EpochStarted(), .pause = Events::IterationCompleted(),
                                                .resume = Events::IterationStarted(), .step = Events::IterationCompleted()}));
@@ -229,7 +271,6 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
   // aside; a live run's temporary files stay), and with --resume_from it needs none.
   ReadOnlyFileSystem read_only(FileSystem::Default());
   FileSystem* fs = eval_only ? &read_only : FileSystem::Default();
-  std::unique_ptr<Checkpoint> ckpt, preempt_ckpt;
   if (!eval_only || resume_from.empty()) {
     EMBER_ASSIGN_OR_RETURN(
         ckpt, ModelCheckpoint::Create(
@@ -567,7 +608,7 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
   if (!run.ok()) return run;
   // Why the run ended, from the engine (the handlers terminate it by name).
   const std::string& by = trainer.outcome().terminated_by;
-  if (by == Preemption::kName) {
+  if (by == Preemption::kName || by == TimeLimit::kName) {
     // Save where we are, every rank agreeing, durably before exiting.
     const absl::Time save_start = absl::Now();
     EMBER_RETURN_IF_ERROR(trainer.Synchronize(*preempt_ckpt));
@@ -576,7 +617,16 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
     const absl::Time durable = absl::Now();
     // The bound for this event: the window between the two checks the signal fell in (one
     // step, plus an epoch's evaluation when it crossed one) plus the save.
-    if (std::optional<absl::Time> signalled = Preemption::signal_time(); signalled && !preemption.stop_window()) {
+    if (by == TimeLimit::kName) {
+      const TimeLimit::Stop& stop = *time_limit->stop();
+      std::fprintf(stderr,
+                   "train: rank %d: time limit: stopped at iteration %lld after %.1f s of a %.0f s budget (next step "
+                   "%.2f s, save reserve %.2f s); %s durable %.0f ms later\n",
+                   rank, static_cast<long long>(trainer.state().iteration), stop.elapsed_sec, stop.budget_sec,
+                   stop.next_step_sec, stop.save_reserve_sec,
+                   preempt_ckpt->latest_checkpoint().value_or("checkpoint").c_str(),
+                   absl::ToDoubleMilliseconds(durable - save_start));
+    } else if (std::optional<absl::Time> signalled = Preemption::signal_time(); signalled && !preemption.stop_window()) {
       std::fprintf(stderr,
                    "train: rank %d: preempted at iteration %lld; %s durable %.0f ms after the signal (signalled "
                    "before training began, save %.0f ms)\n",

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <iostream>
 #include <string>
@@ -41,6 +42,14 @@ ABSL_FLAG(double, lr, 0.05, "SGD learning rate (> 0)");
 ABSL_FLAG(double, momentum, 0.9, "SGD momentum (>= 0, < 1)");
 ABSL_FLAG(std::string, lr_schedule, "constant",
           "constant | cosine (--lr down to 0 over the run) | piecewise:ITERATION=LR,... (linear between milestones)");
+ABSL_FLAG(int, accumulate, 1,
+          "micro-batches per optimizer step (>= 1): gradients accumulated over them, then averaged over the ranks once");
+ABSL_FLAG(double, clip_grad_norm, 0,
+          "clip the averaged gradients to this global 2-norm before each optimizer step (0: no clipping)");
+ABSL_FLAG(std::string, precision, "float32", "float32 | bfloat16 (CPU autocast of forward and loss)");
+ABSL_FLAG(std::string, time_limit, "",
+          "stop cleanly, with a checkpoint, before this budget runs out: SECONDS of this process, or 'slurm' "
+          "(the job's end, SLURM_JOB_END_TIME); empty: none");
 ABSL_FLAG(int64_t, warmup_iters, 0,
           "linear lr warm-up from 0 to --lr over this many iterations (0: none, else >= 2; constant and cosine)");
 ABSL_FLAG(int64_t, seed, 0, "random seed (weights and data order)");
@@ -122,6 +131,28 @@ absl::Status ValidateFlags() {
   if (absl::GetFlag(FLAGS_inject_step_delay_ms) < 0 || absl::GetFlag(FLAGS_inject_step_delay_ms) > 60000) {
     return bad(absl::StrCat("--inject_step_delay_ms must be in [0, 60000], got ", absl::GetFlag(FLAGS_inject_step_delay_ms)));
   }
+  if (absl::GetFlag(FLAGS_accumulate) < 1) {
+    return bad(absl::StrCat("--accumulate must be >= 1 (micro-batches per optimizer step), got ",
+                            absl::GetFlag(FLAGS_accumulate)));
+  }
+  const double clip = absl::GetFlag(FLAGS_clip_grad_norm);
+  if (!(clip >= 0) || !std::isfinite(clip)) {
+    return bad(absl::StrCat("--clip_grad_norm must be 0 (no clipping) or a finite norm > 0, got ", clip));
+  }
+  const std::string precision = absl::GetFlag(FLAGS_precision);
+  if (precision != "float32" && precision != "bfloat16") {
+    return bad(absl::StrCat("--precision='", precision, "': allowed: float32, bfloat16"));
+  }
+  if (precision == "bfloat16" && d == "cuda") {
+    return bad("--precision=bfloat16 is CPU autocast; with --device=cuda use --precision=float32 (CUDA mixed "
+               "precision is not built yet)");
+  }
+  if (const std::string t = absl::GetFlag(FLAGS_time_limit); !t.empty() && t != "slurm") {
+    int64_t seconds = 0;
+    if (!absl::SimpleAtoi(t, &seconds) || seconds < 1) {
+      return bad(absl::StrCat("--time_limit='", t, "': allowed: a whole number of seconds >= 1, or 'slurm'"));
+    }
+  }
   if (absl::GetFlag(FLAGS_output_dir).empty()) return bad("--output_dir is empty");
   if (absl::GetFlag(FLAGS_eval_only) && !absl::GetFlag(FLAGS_resume) && absl::GetFlag(FLAGS_resume_from).empty()) {
     return bad("--eval_only evaluates a checkpoint: give --resume or --resume_from=PATH too");
@@ -137,7 +168,8 @@ absl::Status ValidateFlags() {
 dist::SettingList RunDefiningFlags(const std::string& flag_error) {
   dist::SettingList list;
   for (const char* name : {"data", "model", "hidden", "seed", "epochs", "batch_size", "global_batch", "lr", "momentum",
-                           "lr_schedule", "warmup_iters", "patience", "n_saved", "async_save", "ledger", "output_dir", "resume", "resume_from",
+                           "lr_schedule", "warmup_iters", "accumulate", "clip_grad_norm", "precision",
+                           "time_limit", "patience", "n_saved", "async_save", "ledger", "output_dir", "resume", "resume_from",
                            "start_over", "eval_only", "backend", "device", "inject_nan", "inject_preempt"}) {
     const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
     const std::string value = flag != nullptr ? flag->CurrentValue() : "(unknown)";
@@ -195,6 +227,10 @@ absl::StatusOr<TrainFlags> ReadTrainFlags(int world_size) {
   f.lr_given = Given("lr");
   f.momentum = absl::GetFlag(FLAGS_momentum);
   f.momentum_given = Given("momentum");
+  f.accumulate = absl::GetFlag(FLAGS_accumulate);
+  f.clip_grad_norm = absl::GetFlag(FLAGS_clip_grad_norm);
+  f.precision = absl::GetFlag(FLAGS_precision);
+  f.time_limit = absl::GetFlag(FLAGS_time_limit);
   EMBER_ASSIGN_OR_RETURN(f.lr_schedule,
                          ParseLrSchedule(absl::GetFlag(FLAGS_lr_schedule), absl::GetFlag(FLAGS_warmup_iters)));
   f.seed = absl::GetFlag(FLAGS_seed);

@@ -833,6 +833,51 @@ PY
   out=$("$train" --data=synthetic --lr_schedule=cosin --output_dir="$work/bad" --progress=none 2>&1); rc=$?
   [[ $rc -eq 1 ]] && grep -q "unknown schedule (allowed: constant, cosine or piecewise:" <<<"$out" || fail "bad schedule (rc $rc): $out"
   ;;
+training_loop)
+  # Issue 28.6: --accumulate, --clip_grad_norm, --precision and --time_limit, as a user runs them.
+  # 2 ranks, 2 micro-batches per step, clipping, bfloat16 autocast: it learns, and a preemption at
+  # a window's end (iteration 130 of K=2) resumes bitwise equal to the uninterrupted run.
+  args=(--data=synthetic --epochs=2 --global_batch=96 --patience=100 --progress=none --accumulate=2
+        --clip_grad_norm=1.0 --precision=bfloat16)
+  out=$(mpi 2 "$train" "${args[@]}" --output_dir="$work/ref" 2>&1) || fail "accumulate run: $out"
+  acc=$(field "$(sed -n 2p "$work/ref/metrics.jsonl")" val_accuracy)
+  awk -v a="$acc" 'BEGIN { exit !(a > 0.9) }' || fail "accumulate run: val_accuracy $acc"
+  out=$(mpi 2 "$train" "${args[@]}" --output_dir="$work/cut" --inject_preempt=0:130 2>&1) || fail "preempted: $out"
+  out=$(mpi 2 "$train" "${args[@]}" --output_dir="$work/cut" --resume 2>&1) || fail "resume: $out"
+  st() { "$ckpt" show "$1"/checkpoint_2_*.pt | sed 's/"file": "[^"]*", //'; }
+  [[ "$(st "$work/cut")" == "$(st "$work/ref")" ]] || { diff <(st "$work/cut") <(st "$work/ref"); fail "accumulate: the resumed run differs"; }
+  echo "accumulate 2 + clip + bfloat16 on 2 ranks: val_accuracy $acc; preempted at a window's end and resumed bitwise equal"
+  # Ranks that disagree on --accumulate are refused before anything runs, naming the flag.
+  out=$(mpi 1 "$train" --data=synthetic --epochs=1 --progress=none --output_dir="$work/d" --accumulate=2 : \
+        -np 1 "$train" --data=synthetic --epochs=1 --progress=none --output_dir="$work/d" 2>&1)
+  [[ $? -ne 0 ]] && grep -q -- "--accumulate" <<<"$out" || fail "ranks with different --accumulate: $out"
+  # --time_limit=4 on 2 ranks with slow steps: both stop at the same iteration before the budget
+  # runs out, save a checkpoint, exit 0 with stopped_by "time_limit"; --resume finishes the run,
+  # bitwise equal to an uninterrupted one.
+  tl=(--data=synthetic --epochs=3 --global_batch=96 --patience=100 --progress=none)
+  mpi 2 "$train" "${tl[@]}" --output_dir="$work/tref" >/dev/null 2>&1 || fail "time-limit reference run"
+  start=$(date +%s.%N)
+  out=$(mpi 2 "$train" "${tl[@]}" --output_dir="$work/t" --time_limit=4 --inject_step_delay_ms=15 2>&1); rc=$?
+  took=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
+  [[ $rc -eq 0 ]] || fail "time limit: exit $rc: $out"
+  [[ $(grep -c '"stopped_by": "time_limit"' <<<"$out") -eq 2 ]] || fail "time limit: both ranks must report time_limit: $out"
+  its=$(finals "$out" | sed -n 's/.*"iteration": \([0-9]*\).*/\1/p' | sort -u)
+  [[ $(wc -l <<<"$its") -eq 1 && $its -lt 255 ]] || fail "time limit: the ranks stopped at iterations $its"
+  l=$(field "$(finals "$out" | head -n 1)" latest_checkpoint)
+  [[ $l == "$work/t/preempted_checkpoint_$its.pt" ]] && "$ckpt" verify "$l" >/dev/null || fail "time limit: no durable checkpoint at $its: $l"
+  grep -q "time limit: stopped at iteration $its after" <<<"$out" || fail "time limit: the stop is not said: $out"
+  echo "time limit: stopped at iteration $its, job took ${took}s"
+  out=$(mpi 2 "$train" "${tl[@]}" --output_dir="$work/t" --resume 2>&1) || fail "resume after the time limit: $out"
+  st3() { "$ckpt" show "$1"/checkpoint_3_*.pt | sed 's/"file": "[^"]*", //'; }
+  [[ "$(st3 "$work/t")" == "$(st3 "$work/tref")" ]] || fail "time limit: the resumed run differs from the uninterrupted one"
+  # Malformed values are named with what is allowed.
+  for bad in "--accumulate=0|--accumulate must be >= 1" "--clip_grad_norm=nan|--clip_grad_norm must be 0" \
+             "--precision=fp16|allowed: float32, bfloat16" "--time_limit=2h|allowed: a whole number of seconds >= 1, or 'slurm'" \
+             "--time_limit=slurm|SLURM_JOB_END_TIME"; do
+    out=$(env -u SLURM_JOB_END_TIME "$train" --data=synthetic "${bad%%|*}" --output_dir="$work/bad" --progress=none 2>&1); rc=$?
+    [[ $rc -eq 1 ]] && grep -qF -- "${bad#*|}" <<<"$out" || fail "${bad%%|*} (rc $rc): $out"
+  done
+  ;;
 *) fail "unknown mode $mode" ;;
 esac
 echo OK
