@@ -117,7 +117,8 @@ class EMAHandler : public Stateful {
   template <typename M>
   static absl::StatusOr<std::unique_ptr<EMAHandler>> Create(const torch::nn::ModuleHolder<M>& model,
                                                             EMAHandlerOptions options = {}) {
-    return Create(std::shared_ptr<torch::nn::Module>(model.ptr()), std::move(options));
+    // An empty holder (torch::nn::Linear{nullptr}) is a null model, not a c10::Error.
+    return Create(model.is_empty() ? nullptr : std::shared_ptr<torch::nn::Module>(model.ptr()), std::move(options));
   }
   EMAHandler(const EMAHandler&) = delete;
   EMAHandler& operator=(const EMAHandler&) = delete;

@@ -409,6 +409,8 @@ TEST(EMAHandlerConformance, Errors) {
       EXPECT_EQ(made.status().code(), absl::StatusCode::kInvalidArgument);
       const std::string prefix = message.substr(0, message.rfind(": ") + 2);
       EXPECT_EQ(std::string(made.status().message()), prefix + "NoneType") << which;
+      absl::StatusOr<std::unique_ptr<EMAHandler>> empty = EMAHandler::Create(torch::nn::Linear{nullptr});
+      EXPECT_EQ(std::string(empty.status().message()), prefix + "NoneType") << "an empty module holder";
       continue;
     } else if (which == "handle_buffers='average'") {
       made = EMAHandler::Create(TinyNet(), {.handle_buffers = "average"});
