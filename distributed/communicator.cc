@@ -313,9 +313,26 @@ absl::StatusOr<std::unique_ptr<Pending>> Communicator::StartAllReduce(const Buff
 }
 
 absl::Status Communicator::AllReduce(const Buffer& buffer, ReduceOp op, absl::Time deadline) {
-  absl::StatusOr<std::unique_ptr<Pending>> p = StartAllReduce(buffer, op, deadline);
+  if (!buffer.on_host() || world_size() == 1) {
+    absl::StatusOr<std::unique_ptr<Pending>> p = StartAllReduce(buffer, op, deadline);
+    if (!p.ok()) return p.status();
+    return (*p)->Wait();
+  }
+  // The caller's memory is not ours to leave to the transport if the wait fails (communicator.h):
+  // the all-reduce runs on a copy, which a failed wait abandons, and the result is copied back.
+  auto staging = std::make_shared<std::vector<unsigned char>>(static_cast<const unsigned char*>(buffer.data),
+                                                              static_cast<const unsigned char*>(buffer.data) +
+                                                                  buffer.bytes());
+  Buffer staged = buffer;
+  staged.data = staging->data();
+  absl::StatusOr<std::unique_ptr<Pending>> p = StartAllReduce(staged, op, deadline);
   if (!p.ok()) return p.status();
-  return (*p)->Wait();
+  if (absl::Status s = (*p)->Wait(); !s.ok()) {
+    AbandonToTransport(std::move(staging));
+    return s;
+  }
+  std::memcpy(buffer.data, staging->data(), buffer.bytes());
+  return absl::OkStatus();
 }
 
 absl::Status Communicator::AllReduce(absl::Span<double> values, ReduceOp op, absl::Time deadline) {

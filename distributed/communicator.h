@@ -75,8 +75,10 @@ const char* ReduceOpName(ReduceOp op);
 // process calls into it again (a failure notice, the shutdown meeting) and a late peer's data
 // arrives. So after a failed Wait() the buffer must never be freed or reused: hand its owner to
 // AbandonToTransport(). The communicator's own collectives on memory it does not own
-// (AllReduce/AllGather/Broadcast of spans and strings, the shutdown meeting) post on staging
-// memory of their own and do this themselves; DataParallel does it for its buckets.
+// (AllReduce/AllGather/Broadcast of spans and strings, the blocking AllReduce of a host Buffer,
+// the shutdown meeting) post on staging memory of their own and do this themselves; DataParallel
+// does it for its buckets. A Pending destroyed without Wait() waits in its destructor: on failure
+// the buffer is still the transport's, so wait explicitly and check the result.
 class Pending {
  public:
   virtual ~Pending() = default;
@@ -84,7 +86,8 @@ class Pending {
 };
 
 // Keeps `memory` allocated until the process exits: the memory of a collective given up on
-// (above). One small allocation per failed collective, and a failed communicator starts no other.
+// (above). At most one buffer per collective in flight when the communicator failed (a failed
+// communicator starts no other).
 // Thread-safe.
 void AbandonToTransport(std::shared_ptr<const void> memory);
 // How many allocations were abandoned so far (tests).
@@ -115,7 +118,9 @@ class Communicator {
   // int64 host buffers are reduced exactly where the backend has no such type (through float32
   // or float64; int64 sums within +-2^53). Same ordering contract as every collective.
   absl::StatusOr<std::unique_ptr<Pending>> StartAllReduce(const Buffer& buffer, ReduceOp op, absl::Time deadline);
-  // StartAllReduce, then Wait.
+  // StartAllReduce, then Wait; with several ranks a host buffer is reduced through a copy (which a
+  // failed wait leaves to the transport, see Pending), so the caller's buffer is free to go after
+  // an error. StartAllReduce does not copy: its caller keeps the buffer after a failed Wait().
   absl::Status AllReduce(const Buffer& buffer, ReduceOp op, absl::Time deadline);
 
   // recv holds world_size() * send.size() values: rank r's send at [r * send.size(), ...).

@@ -94,7 +94,10 @@ absl::Status TimeLimit::Propose(Engine&, absl::Span<double> values) {
   last_check_ = now;
   last_save_total_ = saved;
   values[1] = max_step_;
-  values[2] = max_save_.value_or(-1.0);  // -1: no save measured on this rank
+  // The larger of the reserve given and the longest save measured (a measured save never lowers
+  // the reserve: an asynchronous checkpoint's blocked time is far below the final save's), reduced
+  // with MAX like the others, so that ranks with different reserves still decide on one number.
+  values[2] = std::max(options_.final_save_reserve_sec, max_save_.value_or(0.0));
   return absl::OkStatus();
 }
 
@@ -106,8 +109,8 @@ absl::Status TimeLimit::Decide(Engine& engine, const Agreement& agreement) {
   bool over = overrun > 0;
   if (options_.safety) {
     s.next_step_sec = agreement.value(1);
-    s.save_measured = agreement.value(2) >= 0;
-    s.save_reserve_sec = s.save_measured ? agreement.value(2) : options_.final_save_reserve_sec;
+    s.save_reserve_sec = agreement.value(2);
+    s.save_measured = max_save_.has_value();
     if (!over && overrun + s.next_step_sec + s.save_reserve_sec > 0) {
       over = true;
       s.early = true;
@@ -122,7 +125,7 @@ absl::Status TimeLimit::Decide(Engine& engine, const Agreement& agreement) {
         absl::StrFormat("TimeLimit: Stopping before the time limit: elapsed %.3f s + next step %.3f s + final "
                         "save %.3f s (%s) would exceed the budget of %.3f sec. Stop training (%s)",
                         s.elapsed_sec, s.next_step_sec, s.save_reserve_sec,
-                        s.save_measured ? "measured" : "reserve given", s.budget_sec, where));
+                        s.save_measured ? "the reserve or the longest save measured" : "the reserve given", s.budget_sec, where));
   } else {
     Log(LogSeverity::kInfo,
         absl::StrFormat("TimeLimit: Reached the time limit: %s sec. Stop training (elapsed %.3f s, %s)",

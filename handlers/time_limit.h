@@ -17,10 +17,12 @@
 //   - safety: stop early enough to save. The engine is terminated at the first call where
 //       elapsed + next_step + save_reserve > budget
 //     next_step is the longest time between two calls seen so far (one step with its handlers),
-//     without the time spent saving in it; save_reserve is the longest single save measured
-//     through `save_time` (a cumulative time, e.g. Checkpoint::blocked_time(): each increase
-//     between two calls is one save) once one was seen, else final_save_reserve_sec. Before a
-//     second call there is no step measurement (next_step = 0).
+//     without the time spent saving in it; save_reserve is the larger of final_save_reserve_sec
+//     and the longest single save measured through `save_time` (a cumulative time, e.g.
+//     Checkpoint::blocked_time(): each increase between two calls is one save; with async_save
+//     that is only the blocked part, so give a reserve for the final, whole save). Every rank's
+//     values are reduced with MAX, so ranks with different reserves decide on one number. Before
+//     a second call there is no step measurement (next_step = 0).
 //
 // Differences from ignite v0.5.3: the decision is agreed across ranks (below); a stop says who
 // stopped the run (engine.outcome().terminated_by == "TimeLimit") and is readable afterwards
@@ -75,7 +77,7 @@ struct TimeLimitOptions {
   enum class Budget { kLimitSec, kSlurmJobEnd } budget = Budget::kLimitSec;
   // Stop when elapsed + next step + save reserve would exceed the budget (see above).
   bool safety = false;
-  // The save reserve until a save was measured, in seconds (finite, >= 0).
+  // The least save reserve, in seconds (finite, >= 0); a longer measured save replaces it.
   double final_save_reserve_sec = 0.0;
   // Cumulative time spent saving (Checkpoint::blocked_time()); optional.
   std::function<absl::Duration()> save_time;
@@ -112,7 +114,7 @@ class TimeLimit final : public SynchronizedHandler {
     double budget_sec = 0;
     double next_step_sec = 0;     // safety mode: the agreed step estimate
     double save_reserve_sec = 0;  // safety mode: the reserve used
-    bool save_measured = false;   // whether save_reserve_sec was measured
+    bool save_measured = false;   // whether this rank had measured a save
     bool early = false;           // stopped by the safety margin before the budget was spent
   };
   // Whether this handler terminated the engine (the same on every rank).

@@ -6,18 +6,20 @@
 // before each step; its state is saved in every checkpoint under "lr_scheduler", so that a
 // resumed run continues the schedule at the iteration it stopped.
 //
-//   constant              --lr throughout (no scheduler; with --warmup_iters=N a linear warm-up
-//                         from 0 to --lr over N iterations, then --lr)
+//   constant              --lr throughout (no scheduler; with --warmup_iters=N a linear warm-up:
+//                         0 at iteration 1, --lr at iteration N and after)
 //   cosine                half a cosine from --lr down to 0 over the run's iterations (--epochs x
 //                         the epoch length), after the warm-up when --warmup_iters=N is given
 //                         (ignite's create_lr_scheduler_with_warmup: 0 at iteration 1, --lr at N)
-//   piecewise:I=V,I=V,... linear between (iteration, lr) milestones, iterations non-decreasing
-//                         (equal ones make a jump); before the first its value, after the last the
-//                         last's (ignite's PiecewiseLinear). --warmup_iters does not combine with
+//   piecewise:I=V,I=V,... linear between (iteration, lr) milestones, I the 1-based iteration
+//                         the metrics report (0 is taken as 1), non-decreasing (equal ones make a
+//                         jump); before the first its value, after the last the last's (ignite's
+//                         PiecewiseLinear over events I-1). --warmup_iters does not combine with
 //                         it: put the warm-up in the milestones.
 //
-// Errors name the flag, the bad value and what is allowed. The cosine's length is fixed when the
-// run starts: a resumed run continues the saved schedule even with another --epochs.
+// Errors name the flag, the bad value and what is allowed; numbers are plain decimals (no sign,
+// space or hexadecimal). The cosine's length is fixed when the run starts (--epochs x the epoch
+// length): a resume with another --epochs would stretch it, and the trainer refuses it.
 #ifndef EMBER_TOOLS_LR_SCHEDULE_H_
 #define EMBER_TOOLS_LR_SCHEDULE_H_
 
@@ -41,8 +43,9 @@ struct LrSchedule {
   int64_t warmup_iters = 0;
   std::string text;  // --lr_schedule as given
 
-  // "--lr_schedule=cosine --warmup_iters=10" (the flags that make it, as a user gives them).
-  std::string Describe() const;
+  // "--lr_schedule=cosine --warmup_iters=10" (the flags that make it, as a user gives them), and
+  // for a cosine the length it spans, " over 256 iterations" (the run's, fixed at its start).
+  std::string Describe(int64_t total_iterations) const;
   // Whether the lr changes during the run (a scheduler is attached and checkpointed).
   bool scheduled() const { return kind != Kind::kConstant || warmup_iters > 0; }
 };

@@ -201,9 +201,9 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
           &comm));
   ShardedSource<Batch>& train_source = *train_source_ptr;
   // --lr_schedule: sets every group's lr before each step (none for a constant lr).
+  const int64_t run_iterations = int64_t{flags.epochs} * train_source.size().value_or(0);
   EMBER_ASSIGN_OR_RETURN(std::unique_ptr<ParamScheduler> lr_scheduler,
-                         BuildLrScheduler(flags.lr_schedule, optimizer, flags.lr,
-                                          int64_t{flags.epochs} * train_source.size().value_or(0)));
+                         BuildLrScheduler(flags.lr_schedule, optimizer, flags.lr, run_iterations));
   if (lr_scheduler != nullptr) trainer.On(Events::IterationStarted(), *lr_scheduler);
   torch::Tensor ledger_ids;  // this rank's ids of the current batch (--ledger)
 
@@ -257,7 +257,7 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
                        {"early_stopping", *es}, {"data", train_source},   {"run", settings},
                        {"epoch_so_far", epoch_so_far}};
   // The schedule's position, and which schedule it is a position in (checked on resume).
-  const std::string schedule_flags = flags.lr_schedule.Describe();
+  const std::string schedule_flags = flags.lr_schedule.Describe(run_iterations);
   if (lr_scheduler != nullptr) {
     to_save.emplace_back("lr_scheduler", *lr_scheduler);
     to_save.emplace_back("lr_schedule", Saveable([&]() -> absl::StatusOr<Value> {
@@ -470,7 +470,16 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
       for (const auto& [name, flag] : {std::pair<const char*, double>{"lr", flags.lr},
                                        std::pair<const char*, double>{"momentum", flags.momentum}}) {
         const bool is_lr = std::string_view(name) == "lr";
-        if (is_lr && lr_scheduler != nullptr) continue;  // the saved schedule continues, and sets the lr
+        if (is_lr && lr_scheduler != nullptr) {
+          // The saved schedule continues and sets the lr; a --lr given now changes nothing: say so.
+          if (flags.lr_given && rank == 0) {
+            std::fprintf(stderr,
+                         "train: --lr=%g is ignored: this run continues the checkpoint's schedule (%s), which sets "
+                         "the lr (start a new run to change its peak)\n",
+                         flag, schedule_flags.c_str());
+          }
+          continue;
+        }
         const double stored = is_lr ? sgd(0).lr() : sgd(0).momentum();
         if (stored == flag) continue;
         const bool given = is_lr ? flags.lr_given : flags.momentum_given;

@@ -121,11 +121,12 @@ DataParallel::~DataParallel() {
 }
 
 // A bucket whose all-reduce was given up on (its wait failed) may still be written by the
-// transport (communicator.h): its memory goes to dist::AbandonToTransport, and the bucket gets new
-// memory of the same shape (the communicator is poisoned, so no step reduces it again).
+// transport (communicator.h): its memory goes to dist::AbandonToTransport, and the bucket is left
+// empty (nothing is allocated on the failure path; the communicator is poisoned, so no step
+// reduces again, and Start() would size it afresh).
 void DataParallel::Abandon(Bucket& bucket) {
   dist::AbandonToTransport(std::make_shared<torch::Tensor>(bucket.flat));
-  bucket.flat = torch::empty_like(bucket.flat);
+  bucket.flat = torch::empty({0}, bucket.flat.options());
 }
 
 std::string DataParallel::Describe(size_t bucket) const {

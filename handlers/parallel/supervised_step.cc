@@ -129,7 +129,10 @@ absl::StatusOr<std::unique_ptr<SupervisedStep>> SupervisedStep::Create(Forward f
       settings.AddInt("accumulation_steps", options.accumulation_steps)
           .Add("clip_grad_norm",
                options.clip_grad_norm.has_value() ? dist::CanonicalDouble(*options.clip_grad_norm) : "none")
-          .AddDouble("norm_type", options.norm_type);
+          .AddDouble("norm_type", options.norm_type)
+          .Add("autocast_cpu_dtype", options.autocast_cpu_dtype.has_value()
+                                         ? std::string(c10::toString(*options.autocast_cpu_dtype))
+                                         : "none");
       EMBER_RETURN_IF_ERROR(
           dist::AgreeOnSettings(*ddp->communicator(), "SupervisedStep settings", settings, options.deadline));
     }

@@ -25,7 +25,7 @@
 // bucket. On the other K-1 iterations the engine agrees in its own collective at the firing (when a
 // synchronized handler is due): the agreement is decided at every iteration on every rank. Whether
 // an iteration reduces depends only on the engine's iteration and K, both the same on every rank
-// (Create agrees K and the clip settings across the ranks), so the ranks issue the same collectives
+// (Create agrees K, the clip settings and the autocast dtype across the ranks), so the ranks issue the same collectives
 // in the same order. Clipping runs on the averaged gradients, bitwise the same on every rank, with
 // the same operations, so every rank computes the same norm and clips by the same factor. Several
 // backward passes before one reduce need DataParallel's overlap = false (its hooks would start

@@ -186,8 +186,8 @@ int Kinds(int victim) {
   return s.ok() ? 0 : 1;
 }
 
-// A collective given up on completes later (mpi_checks late K KIND, KIND allreduce | allgather |
-// broadcast): rank K joins 2 s late; the others give up at their 0.5 s deadline, free their
+// A collective given up on completes later (mpi_checks late K KIND, KIND allreduce | buffer |
+// allgather | broadcast): rank K joins 2 s late; the others give up at their 0.5 s deadline, free their
 // buffers, allocate new ones filled with a sentinel, and then drive MPI (a barrier on
 // MPI_COMM_WORLD, outside Ember's channels) while rank K's data arrives. The late data must land
 // in memory the communicator left to MPI, never in freed memory that has been reused (the
@@ -210,6 +210,9 @@ int Late(int victim, const std::string& kind) {
       s = comm.AllReduce(absl::MakeSpan(values), ember::dist::ReduceOp::kSum, deadline);
     } else if (kind == "allgather") {
       s = comm.AllGather(values, absl::MakeSpan(gathered), deadline);
+    } else if (kind == "buffer") {  // the blocking all-reduce of a typed host buffer
+      s = comm.AllReduce(ember::dist::Buffer::Host(values.data(), values.size()), ember::dist::ReduceOp::kSum,
+                         deadline);
     } else if (kind == "broadcast") {
       s = comm.Broadcast(bytes, victim, deadline);
     } else {

@@ -124,7 +124,7 @@ done
 # arrives while the others call MPI again: it lands in memory the communicator left to MPI
 # (dist::AbandonToTransport), never in freed memory reused by then. Two ranks suffice.
 if [[ $n -eq 2 ]]; then
-  for kind in allreduce allgather broadcast; do
+  for kind in allreduce buffer allgather broadcast; do
     out=$(timeout 120 "${mpi[@]}" "$binary" late 1 "$kind" 2>&1)
     rc=$?
     echo "== late $kind: exit $rc"

@@ -323,7 +323,7 @@ TEST(TimeLimitSafety, StopsWhenTheNextStepAndTheReserveWouldPassTheLimit) {
   EXPECT_EQ(r.stop->save_reserve_sec, 2.0);
   EXPECT_FALSE(r.stop->save_measured);
   ASSERT_EQ(r.log.size(), 1u);
-  EXPECT_THAT(r.log[0], HasSubstr("elapsed 8.000 s + next step 1.000 s + final save 2.000 s (reserve given) "
+  EXPECT_THAT(r.log[0], HasSubstr("elapsed 8.000 s + next step 1.000 s + final save 2.000 s (the reserve given) "
                                   "would exceed the budget of 10.000 sec"));
   EXPECT_THAT(r.log[0], HasSubstr("iteration 8"));
 }
@@ -340,7 +340,36 @@ TEST(TimeLimitSafety, MeasuredSaveReplacesTheReserveAndIsNotCountedAsStepTime) {
   EXPECT_EQ(r.stop->save_reserve_sec, 4.0);
   EXPECT_EQ(r.stop->next_step_sec, 1.0);
   EXPECT_EQ(r.stop->elapsed_sec, 28.0);
-  EXPECT_THAT(r.log[0], HasSubstr("final save 4.000 s (measured)"));
+  EXPECT_THAT(r.log[0], HasSubstr("final save 4.000 s (the reserve or the longest save measured)"));
+}
+
+TEST(TimeLimitSafety, AMeasuredSaveShorterThanTheReserveDoesNotLowerIt) {
+  // Steps of 1 s, a 0.5 s save every 3rd iteration (an asynchronous checkpoint's blocked time),
+  // a reserve of 5 s for the final save: the reserve stands. Elapsed at k: k + 0.5 floor(k/3);
+  // k + 0.5 floor(k/3) + 1 + 5 > 30 first at k = 21 (with the measured 0.5 instead: k = 25).
+  SafetyRun r = RunSafety({.limit_sec = 30, .safety = true, .final_save_reserve_sec = 5}, 1.0, 3, 0.5);
+  EXPECT_EQ(r.stopped_at, 21);
+  ASSERT_TRUE(r.stop);
+  EXPECT_TRUE(r.stop->save_measured);
+  EXPECT_EQ(r.stop->save_reserve_sec, 5.0);
+}
+
+// Ranks given different reserves (before any save is measured) decide on the largest: one stop,
+// at one iteration, on every rank (each rank using its own reserve stops them apart, and the
+// rank that goes on waits in an agreement nobody else joins).
+TEST(TimeLimitSafety, RanksWithDifferentReservesStopTogether) {
+  dist::testing::FakeWorld world(2);
+  std::vector<SafetyRun> runs(2);
+  world.RunOnEveryRank([&](dist::Communicator& c) {
+    runs[c.rank()] = RunSafety({.limit_sec = 20, .safety = true, .final_save_reserve_sec = c.rank() == 0 ? 0.0 : 6.0},
+                               1.0, 0, 0, &c);
+  });
+  // k + 1 + 6 > 20 first at k = 14.
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(runs[r].stopped_at, 14) << "rank " << r;
+    ASSERT_TRUE(runs[r].stop);
+    EXPECT_EQ(runs[r].stop->save_reserve_sec, 6.0) << "rank " << r;
+  }
 }
 
 TEST(TimeLimitSafety, StepTimeIsAgreedAsTheSlowestRanks) {

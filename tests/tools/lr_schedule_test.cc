@@ -62,8 +62,13 @@ TEST(LrSchedule, MalformedFlagsAreNamedWithWhatIsAllowed) {
       {"piecewise:1.5=0.1", 0, "'1.5=0.1' is not ITERATION=LR"},
       {"piecewise:-1=0.1", 0, "iteration -1 is negative"},
       {"piecewise:0=-0.1", 0, "lr -0.1 at iteration 0 must be finite and >= 0"},
-      {"piecewise:0=nan", 0, "must be finite and >= 0"},
-      {"piecewise:0=inf", 0, "must be finite and >= 0"},
+      {"piecewise:0=nan", 0, "'0=nan' is not ITERATION=LR"},
+      {"piecewise:0=inf", 0, "'0=inf' is not ITERATION=LR"},
+      {"piecewise:0=0x10", 0, "'0=0x10' is not ITERATION=LR"},
+      {"piecewise:+5=0.1", 0, "'+5=0.1' is not ITERATION=LR"},
+      {"piecewise: 5=0.1", 0, "' 5=0.1' is not ITERATION=LR"},
+      {"piecewise:5=0.1 ", 0, "'5=0.1 ' is not ITERATION=LR"},
+      {"piecewise:5=+0.1", 0, "'5=+0.1' is not ITERATION=LR"},
       {"piecewise:10=0.1,5=0.2", 0, "iteration 5 comes after 10 (milestones must not decrease)"},
       {"piecewise:0=0,50=0.1", 5, "--warmup_iters=5 does not combine with --lr_schedule=piecewise:0=0,50=0.1"},
   };
@@ -85,12 +90,17 @@ TEST(LrSchedule, ConstantWithoutWarmupIsNoScheduler) {
   EXPECT_EQ(*made, nullptr);
 }
 
-TEST(LrSchedule, ConstantWithWarmupRampsFromZeroToTheLr) {
+// 0 at iteration 1, --lr at iteration N: the same ramp as the cosine's warm-up.
+TEST(LrSchedule, ConstantWithWarmupRampsFromZeroToTheLrAtIterationN) {
   Sgd sgd;
   auto s = Build("constant", 4, sgd, 10);
   ASSERT_NE(s, nullptr);
   std::vector<double> lrs = Lrs(*s, sgd, 10);
-  for (int64_t i = 0; i < 10; ++i) EXPECT_NEAR(lrs[i], i < 4 ? kLr * i / 4 : kLr, 1e-12) << "iteration " << i + 1;
+  for (int64_t i = 1; i <= 10; ++i) EXPECT_NEAR(lrs[i - 1], i < 4 ? kLr * (i - 1) / 3 : kLr, 1e-12) << "iteration " << i;
+  Sgd cosine_sgd;
+  auto cosine = Build("cosine", 4, cosine_sgd, 100);
+  std::vector<double> cosine_lrs = Lrs(*cosine, cosine_sgd, 4);
+  for (int64_t i = 0; i < 4; ++i) EXPECT_NEAR(cosine_lrs[i], lrs[i], 1e-12) << "warm-up iteration " << i + 1;
 }
 
 TEST(LrSchedule, CosineSpansTheWholeRunWithoutRestarting) {
@@ -127,18 +137,35 @@ TEST(LrSchedule, CosineTooShortForTheRunIsRefused) {
   absl::StatusOr<std::unique_ptr<ParamScheduler>> made = BuildLrScheduler(*spec, sgd.optimizer, kLr, 10);
   ASSERT_FALSE(made.ok());
   EXPECT_THAT(std::string(made.status().message()),
-              HasSubstr("--lr_schedule=cosine: the run has 10 iterations, 9 of them warm-up, which leaves 1"));
+              HasSubstr("--lr_schedule=cosine --warmup_iters=10: the run has 10 iterations (--epochs x the epoch "
+                        "length), which leaves 1 for the cosine after the warm-up"));
 }
 
-TEST(LrSchedule, PiecewiseIsLinearBetweenMilestones) {
+// Milestones name the iteration the metrics report (1-based): the lr at iteration 10 is the
+// milestone's; 0 is taken as 1.
+TEST(LrSchedule, PiecewiseIsLinearBetweenMilestonesAtTheReportedIterations) {
   Sgd sgd;
   auto s = Build("piecewise:0=0.2,10=0.05,10=0.5,20=0", 0, sgd, 30);
   ASSERT_NE(s, nullptr);
   std::vector<double> lrs = Lrs(*s, sgd, 30);
-  for (int64_t e = 0; e < 30; ++e) {
-    const double want = e < 10 ? 0.2 + (0.05 - 0.2) * e / 10.0 : e < 20 ? 0.5 * (20 - e) / 10.0 : 0.0;
-    EXPECT_NEAR(lrs[e], want, 1e-12) << "iteration " << e + 1;
+  for (int64_t i = 1; i <= 30; ++i) {
+    const double want = i < 10 ? 0.2 + (0.05 - 0.2) * (i - 1) / 9.0 : i < 20 ? 0.5 * (20 - i) / 10.0 : 0.0;
+    EXPECT_NEAR(lrs[i - 1], want, 1e-12) << "iteration " << i;
   }
+  Sgd one_based;
+  auto t = Build("piecewise:1=0.3,5=0.1", 0, one_based, 6);
+  std::vector<double> got = Lrs(*t, one_based, 6);
+  EXPECT_NEAR(got[0], 0.3, 1e-12);
+  EXPECT_NEAR(got[4], 0.1, 1e-12);  // iteration 5
+}
+
+TEST(LrSchedule, DescribeNamesTheFlagsAndTheCosinesLength) {
+  absl::StatusOr<LrSchedule> cosine = ParseLrSchedule("cosine", 10);
+  ASSERT_TRUE(cosine.ok());
+  EXPECT_EQ(cosine->Describe(256), "--lr_schedule=cosine --warmup_iters=10 over 256 iterations");
+  absl::StatusOr<LrSchedule> piecewise = ParseLrSchedule("piecewise:0=0.1,100=0.01", 0);
+  ASSERT_TRUE(piecewise.ok());
+  EXPECT_EQ(piecewise->Describe(256), "--lr_schedule=piecewise:0=0.1,100=0.01");
 }
 
 // What a resumed trainer does: a fresh optimizer and scheduler, the saved state loaded, the run
