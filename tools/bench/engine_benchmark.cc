@@ -3,6 +3,8 @@
 // finiteness check of the output, two per-epoch handlers). Also counts heap allocations per
 // iteration in steady state (the difference between a long and a short run).
 //
+// With a parameter scheduler, and with a scheduler and an EMAHandler too (issue 28).
+//
 //   bazel run -c opt //tools/bench:engine_benchmark
 #include <atomic>
 #include <cmath>
@@ -11,12 +13,16 @@
 #include <new>
 #include <vector>
 
+#include <torch/torch.h>
+
 #include "absl/status/status.h"
 #include "base/clock.h"
 #include "benchmark/benchmark.h"
 #include "engine/engine.h"
 #include "handlers/checkpoint/checkpoint.h"
 #include "handlers/early_stopping.h"
+#include "handlers/ema_handler.h"
+#include "handlers/param_scheduler.h"
 #include "handlers/checkpoint/in_memory_saver.h"
 #include "handlers/terminate_on_nan.h"
 #include "handlers/timer.h"
@@ -151,6 +157,45 @@ void BM_EngineRealHandlers(benchmark::State& state) {
   Report(state, engine, data);
 }
 BENCHMARK(BM_EngineRealHandlers)->Unit(benchmark::kMicrosecond);
+
+// Issue 28: the real four handlers plus a parameter scheduler (cosine annealing of an SGD's lr
+// at ITERATION_STARTED), and plus an EMAHandler of a small model (Linear(16, 16): 272
+// parameters) at ITERATION_COMPLETED. The scheduler's cost is its arithmetic and one write to the
+// optimizer's options; the EMA's is two LibTorch kernels per parameter tensor per update (it
+// grows with the model: for a real model it is the same work as in ignite, per tensor).
+void RealHandlersWithSchedules(benchmark::State& state, bool ema) {
+  std::vector<int> data(kEpochLength, 1);
+  Engine engine([](Engine&, const int& b) { return 0.5 * b; });
+  Timer timer(/*average=*/true);
+  if (!timer.Attach(engine, {.start = Events::EpochStarted(), .pause = Events::IterationCompleted(),
+                             .resume = Events::IterationStarted(), .step = Events::IterationCompleted()})
+           .ok()) {
+    state.SkipWithError("timer");
+  }
+  engine.On(Events::IterationCompleted(), TerminateOnNan());
+  auto es = EarlyStopping::Create({.patience = 1000000, .score_function = [](const Engine&) { return 1.0; }}, engine);
+  engine.On(Events::EpochCompleted(), *std::move(es));
+  torch::nn::Linear model(16, 16);
+  torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.1));
+  auto cosine = CosineAnnealingScheduler::Create(
+      optimizer, {.param_name = "lr", .start_value = 0.1, .end_value = 0.0, .cycle_size = 2 * kEpochLength});
+  if (!cosine.ok()) state.SkipWithError("scheduler");
+  engine.On(Events::IterationStarted(), **cosine);
+  std::unique_ptr<EMAHandler> ema_handler;
+  if (ema) {
+    auto made = EMAHandler::Create(model, {.momentum = 0.001});
+    if (!made.ok() || !(*made)->Attach(engine).ok()) state.SkipWithError("ema");
+    ema_handler = *std::move(made);
+  }
+  for (auto _ : state) RunOnce(engine, data, kEpochLength);
+  Report(state, engine, data);
+}
+
+void BM_EngineRealHandlersWithLrScheduler(benchmark::State& state) { RealHandlersWithSchedules(state, false); }
+BENCHMARK(BM_EngineRealHandlersWithLrScheduler)->Unit(benchmark::kMicrosecond);
+
+void BM_EngineRealHandlersWithLrSchedulerAndEma(benchmark::State& state) { RealHandlersWithSchedules(state, true); }
+BENCHMARK(BM_EngineRealHandlersWithLrSchedulerAndEma)->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 }  // namespace ember
