@@ -42,6 +42,7 @@
 #include "handlers/checkpoint/global_step.h"
 #include "handlers/checkpoint/model_checkpoint.h"
 #include "handlers/early_stopping.h"
+#include "handlers/ema_handler.h"
 #include "handlers/metrics.h"
 #include "handlers/metrics_log.h"
 #include "handlers/param_scheduler.h"
@@ -216,9 +217,21 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
     const int64_t end = std::min(val_end, at + 512);
     val_batches.push_back({data.val.x.slice(0, at, end), data.val.y.slice(0, at, end)});
   }
+  // --ema: an exponential moving average of the weights (EMAHandler), created after DataParallel's
+  // broadcast so that it is the same on every rank, updated after every iteration; the evaluation
+  // (and so the checkpoints' score and EarlyStopping) is the EMA's.
+  std::unique_ptr<EMAHandler> ema;
+  std::shared_ptr<torch::nn::SequentialImpl> ema_model;
+  if (flags.ema > 0) {
+    EMBER_ASSIGN_OR_RETURN(ema, EMAHandler::Create(model, {.momentum = flags.ema}));
+    ema_model = std::dynamic_pointer_cast<torch::nn::SequentialImpl>(ema->ema_model_ptr());
+    if (ema_model == nullptr) return absl::InternalError("--ema: the EMA model is not a Sequential");
+    EMBER_RETURN_IF_ERROR(ema->Attach(trainer));
+  }
   Engine evaluator([&](Engine&, const Batch& b) {
     torch::NoGradGuard no_grad;
-    return Prediction{model->forward(b.x.to(device)), b.y.to(device)};
+    torch::Tensor x = b.x.to(device);
+    return Prediction{ema_model != nullptr ? ema_model->forward(x) : model->forward(x), b.y.to(device)};
   });
   evaluator.set_collective_timeout(deadline);
   // Every rank's sums, all-reduced in one collective at COMPLETED.
@@ -258,6 +271,10 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
                        {"epoch_so_far", epoch_so_far}};
   // The schedule's position, and which schedule it is a position in (checked on resume).
   const std::string schedule_flags = flags.lr_schedule.Describe(run_iterations);
+  if (ema != nullptr) {
+    to_save.emplace_back("ema_model", *ema_model);
+    to_save.emplace_back("ema_handler", *ema);
+  }
   if (lr_scheduler != nullptr) {
     to_save.emplace_back("lr_scheduler", *lr_scheduler);
     to_save.emplace_back("lr_schedule", Saveable([&]() -> absl::StatusOr<Value> {
@@ -432,7 +449,25 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
     if (from) {
       EMBER_RETURN_IF_ERROR(settings.CheckModel(loaded.Find("run"), *from));
       EMBER_RETURN_IF_ERROR(CheckLrSchedule(loaded, *from, lr_scheduler != nullptr, schedule_flags, rank));
-      EMBER_RETURN_IF_ERROR(Checkpoint::LoadObjects(to_load, loaded));
+      // The EMA, when the checkpoint has one (a checkpoint trained without --ema: below).
+      ObjectMap load_now = to_load;
+      if (ema != nullptr && loaded.Find("ema_model") != nullptr) {
+        load_now.emplace_back("ema_model", *ema_model);
+        if (loaded.Find("ema_handler") != nullptr) load_now.emplace_back("ema_handler", *ema);
+      }
+      EMBER_RETURN_IF_ERROR(Checkpoint::LoadObjects(load_now, loaded));
+      if (ema != nullptr && loaded.Find("ema_model") == nullptr) {
+        // A checkpoint trained without --ema: the average starts from its weights.
+        torch::NoGradGuard no_grad;
+        auto from_params = model->parameters(), to_params = ema_model->parameters();
+        for (size_t i = 0; i < from_params.size(); ++i) to_params[i].copy_(from_params[i]);
+        auto from_buffers = model->buffers(), to_buffers = ema_model->buffers();
+        for (size_t i = 0; i < from_buffers.size(); ++i) to_buffers[i].copy_(from_buffers[i]);
+        if (rank == 0) {
+          std::fprintf(stderr, "train: %s has no EMA (trained without --ema): the average starts from its weights\n",
+                       from->c_str());
+        }
+      }
       stored_patience = RunSettings::Patience(loaded.Find("run"));
     }
     if (rank == 0) {

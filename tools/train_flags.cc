@@ -46,6 +46,9 @@ ABSL_FLAG(int, accumulate, 1,
           "micro-batches per optimizer step (>= 1): gradients accumulated over them, then averaged over the ranks once");
 ABSL_FLAG(double, clip_grad_norm, 0,
           "clip the averaged gradients to this global 2-norm before each optimizer step (0: no clipping)");
+ABSL_FLAG(double, ema, 0,
+          "keep an exponential moving average of the weights with this momentum (in (0, 1); 0: none), "
+          "evaluated and checkpointed instead of the raw weights' evaluation");
 ABSL_FLAG(std::string, precision, "float32", "float32 | bfloat16 (CPU autocast of forward and loss)");
 ABSL_FLAG(std::string, time_limit, "",
           "stop cleanly, with a checkpoint, before this budget runs out: SECONDS of this process, or 'slurm' "
@@ -139,6 +142,8 @@ absl::Status ValidateFlags() {
   if (!(clip >= 0) || !std::isfinite(clip)) {
     return bad(absl::StrCat("--clip_grad_norm must be 0 (no clipping) or a finite norm > 0, got ", clip));
   }
+  const double ema = absl::GetFlag(FLAGS_ema);
+  if (!(ema >= 0 && ema < 1)) return bad(absl::StrCat("--ema must be 0 (none) or a momentum in (0, 1), got ", ema));
   const std::string precision = absl::GetFlag(FLAGS_precision);
   if (precision != "float32" && precision != "bfloat16") {
     return bad(absl::StrCat("--precision='", precision, "': allowed: float32, bfloat16"));
@@ -168,7 +173,7 @@ absl::Status ValidateFlags() {
 dist::SettingList RunDefiningFlags(const std::string& flag_error) {
   dist::SettingList list;
   for (const char* name : {"data", "model", "hidden", "seed", "epochs", "batch_size", "global_batch", "lr", "momentum",
-                           "lr_schedule", "warmup_iters", "accumulate", "clip_grad_norm", "precision",
+                           "lr_schedule", "warmup_iters", "accumulate", "clip_grad_norm", "ema", "precision",
                            "time_limit", "patience", "n_saved", "async_save", "ledger", "output_dir", "resume", "resume_from",
                            "start_over", "eval_only", "backend", "device", "inject_nan", "inject_preempt"}) {
     const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
@@ -230,6 +235,7 @@ absl::StatusOr<TrainFlags> ReadTrainFlags(int world_size) {
   f.accumulate = absl::GetFlag(FLAGS_accumulate);
   f.clip_grad_norm = absl::GetFlag(FLAGS_clip_grad_norm);
   f.precision = absl::GetFlag(FLAGS_precision);
+  f.ema = absl::GetFlag(FLAGS_ema);
   f.time_limit = absl::GetFlag(FLAGS_time_limit);
   EMBER_ASSIGN_OR_RETURN(f.lr_schedule,
                          ParseLrSchedule(absl::GetFlag(FLAGS_lr_schedule), absl::GetFlag(FLAGS_warmup_iters)));

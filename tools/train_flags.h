@@ -53,6 +53,7 @@ struct TrainFlags {
   int accumulate = 1;                 // micro-batches per optimizer step
   double clip_grad_norm = 0;          // 0: no clipping
   std::string precision;              // float32 | bfloat16
+  double ema = 0;                     // EMA momentum; 0: none
   std::string time_limit;             // empty: none; seconds; "slurm"
   int64_t seed = 0;
   std::string output_dir;             // the user's path
@@ -83,7 +84,8 @@ struct TrainFlags {
 // communicates. `flag_error` is this rank's flag error (empty: none): a rank whose flags are
 // invalid takes part in the agreement too, so that its peers name it instead of waiting.
 // Run-defining: --data, --model, --hidden, --seed, --epochs, --batch_size, --global_batch, --lr,
-// --momentum, --lr_schedule, --warmup_iters, --accumulate, --clip_grad_norm, --precision, --time_limit,
+// --momentum, --lr_schedule, --warmup_iters, --accumulate, --clip_grad_norm, --ema, --precision,
+// --time_limit,
 // --patience, --n_saved, --async_save, --ledger, --output_dir, --resume,
 // --resume_from, --start_over, --eval_only, --backend, --device, --inject_nan, --inject_preempt
 // (the testing aids change what every rank does). Rank-local, not agreed: --progress (rank 0

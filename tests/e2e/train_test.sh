@@ -873,8 +873,30 @@ training_loop)
   out=$(mpi 2 "$train" "${tl[@]}" --output_dir="$work/t" --resume 2>&1) || fail "resume after the time limit: $out"
   st3() { "$ckpt" show "$1"/checkpoint_3_*.pt | sed 's/"file": "[^"]*", //'; }
   [[ "$(st3 "$work/t")" == "$(st3 "$work/tref")" ]] || fail "time limit: the resumed run differs from the uninterrupted one"
+  # --ema=0.05 on 2 ranks: the EMA is what is evaluated and checkpointed ("ema_model", loaded by
+  # Python into the same network; "ema_handler"), and a mid-epoch preemption resumes bitwise.
+  em=(--data=synthetic --epochs=2 --global_batch=96 --patience=100 --progress=none --ema=0.05)
+  mpi 2 "$train" "${em[@]}" --output_dir="$work/eref" >/dev/null 2>&1 || fail "ema run"
+  out=$(mpi 2 "$train" "${em[@]}" --output_dir="$work/ecut" --inject_preempt=1:120 2>&1) || fail "ema preempted: $out"
+  out=$(mpi 2 "$train" "${em[@]}" --output_dir="$work/ecut" --resume 2>&1) || fail "ema resume: $out"
+  [[ "$(st "$work/ecut")" == "$(st "$work/eref")" ]] || fail "ema: the resumed run differs"
+  /usr/bin/python3 - "$work/eref" <<'PY' || fail "ema: the checkpoint's EMA"
+import glob, json, sys, torch
+ck = torch.load(glob.glob(sys.argv[1] + "/checkpoint_2_*.pt")[0])
+assert "ema_model" in ck and "ema_handler" in ck, list(ck)
+net = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+net.load_state_dict(ck["ema_model"])
+assert any(not torch.equal(ck["ema_model"][k], ck["model"][k]) for k in ck["model"]), "the EMA equals the model"
+line = [json.loads(l) for l in open(sys.argv[1] + "/metrics.jsonl")][-1]
+assert line["val_accuracy"] > 0.9, line
+PY
+  one=(--data=synthetic --global_batch=96 --patience=100 --progress=none)
+  "$train" "${one[@]}" --epochs=1 --output_dir="$work/noema" >/dev/null 2>&1 || fail "run without ema"
+  out=$("$train" "${one[@]}" --epochs=2 --output_dir="$work/noema" --resume --ema=0.05 2>&1) || fail "ema over a checkpoint without: $out"
+  grep -q "has no EMA (trained without --ema): the average starts from its weights" <<<"$out" || fail "ema start not said: $out"
+  echo "ema: evaluated, checkpointed (Python loads it), resumed bitwise"
   # Malformed values are named with what is allowed.
-  for bad in "--accumulate=0|--accumulate must be >= 1" "--clip_grad_norm=nan|--clip_grad_norm must be 0" \
+  for bad in "--ema=1|--ema must be 0 (none) or a momentum in (0, 1)" "--accumulate=0|--accumulate must be >= 1" "--clip_grad_norm=nan|--clip_grad_norm must be 0" \
              "--precision=fp16|allowed: float32, bfloat16" "--time_limit=2h|allowed: a whole number of seconds >= 1, or 'slurm'" \
              "--time_limit=slurm|SLURM_JOB_END_TIME"; do
     out=$(env -u SLURM_JOB_END_TIME "$train" --data=synthetic "${bad%%|*}" --output_dir="$work/bad" --progress=none 2>&1); rc=$?
