@@ -132,27 +132,35 @@ void BM_EngineFilteredHandlers(benchmark::State& state) {
 }
 BENCHMARK(BM_EngineFilteredHandlers)->Unit(benchmark::kMicrosecond);
 
-void BM_EngineRealHandlers(benchmark::State& state) {
-  // The real Timer (resume/pause/step per iteration), TerminateOnNan (synchronized: one
-  // agreement per iteration, through the single-process communicator), EarlyStopping and a
-  // Checkpoint (in memory) per epoch.
-  std::vector<int> data(kEpochLength, 1);
-  Engine engine([](Engine&, const int& b) { return 0.5 * b; });
-  Timer timer(/*average=*/true);
-  if (!timer.Attach(engine, {.start = Events::EpochStarted(), .pause = Events::IterationCompleted(),
-                             .resume = Events::IterationStarted(), .step = Events::IterationCompleted()})
-           .ok()) {
-    state.SkipWithError("timer");
-  }
-  engine.On(Events::IterationCompleted(), TerminateOnNan());
-  auto es = EarlyStopping::Create({.patience = 1000000, .score_function = [](const Engine&) { return 1.0; }}, engine);
-  engine.On(Events::EpochCompleted(), *std::move(es));
+// The real Timer (resume/pause/step per iteration), TerminateOnNan (synchronized: one agreement
+// per iteration, through the single-process communicator), EarlyStopping and a Checkpoint (in
+// memory) per epoch, attached to `engine` (which owns the last three; this owns the Timer and the
+// checkpointed object).
+struct RealHandlers {
   struct Counter : Stateful {
     Value StateDict() const override { return Value(int64_t{1}); }
     absl::Status LoadStateDict(const Value&) override { return absl::OkStatus(); }
-  } counter;
-  auto ckpt = Checkpoint::Create({{"counter", counter}}, std::make_shared<InMemorySaver>(), {.n_saved = 1});
-  engine.On(Events::EpochCompleted(), *std::move(ckpt));
+  };
+  RealHandlers(benchmark::State& state, Engine& engine) {
+    if (!timer.Attach(engine, {.start = Events::EpochStarted(), .pause = Events::IterationCompleted(),
+                               .resume = Events::IterationStarted(), .step = Events::IterationCompleted()})
+             .ok()) {
+      state.SkipWithError("timer");
+    }
+    engine.On(Events::IterationCompleted(), TerminateOnNan());
+    auto es = EarlyStopping::Create({.patience = 1000000, .score_function = [](const Engine&) { return 1.0; }}, engine);
+    engine.On(Events::EpochCompleted(), *std::move(es));
+    auto ckpt = Checkpoint::Create({{"counter", counter}}, std::make_shared<InMemorySaver>(), {.n_saved = 1});
+    engine.On(Events::EpochCompleted(), *std::move(ckpt));
+  }
+  Timer timer{/*average=*/true};
+  Counter counter;
+};
+
+void BM_EngineRealHandlers(benchmark::State& state) {
+  std::vector<int> data(kEpochLength, 1);
+  Engine engine([](Engine&, const int& b) { return 0.5 * b; });
+  RealHandlers handlers(state, engine);
   for (auto _ : state) RunOnce(engine, data, kEpochLength);
   Report(state, engine, data);
 }
@@ -166,15 +174,7 @@ BENCHMARK(BM_EngineRealHandlers)->Unit(benchmark::kMicrosecond);
 void RealHandlersWithSchedules(benchmark::State& state, bool ema) {
   std::vector<int> data(kEpochLength, 1);
   Engine engine([](Engine&, const int& b) { return 0.5 * b; });
-  Timer timer(/*average=*/true);
-  if (!timer.Attach(engine, {.start = Events::EpochStarted(), .pause = Events::IterationCompleted(),
-                             .resume = Events::IterationStarted(), .step = Events::IterationCompleted()})
-           .ok()) {
-    state.SkipWithError("timer");
-  }
-  engine.On(Events::IterationCompleted(), TerminateOnNan());
-  auto es = EarlyStopping::Create({.patience = 1000000, .score_function = [](const Engine&) { return 1.0; }}, engine);
-  engine.On(Events::EpochCompleted(), *std::move(es));
+  RealHandlers handlers(state, engine);
   torch::nn::Linear model(16, 16);
   torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.1));
   auto cosine = CosineAnnealingScheduler::Create(
