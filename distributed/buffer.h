@@ -2,7 +2,7 @@
 //
 // Buffer: a typed region of memory a collective works on in place, on the host or on a CUDA
 // device, described without LibTorch (distributed/ stays LibTorch-free; the tensor adapter is
-// handlers/data_parallel). A device buffer names the producer's CUDA stream: the NCCL backend
+// handlers/parallel/data_parallel). A device buffer names the producer's CUDA stream: the NCCL backend
 // enqueues its collective on its own stream after an event recorded on that one, so the host
 // never waits for the producer per buffer.
 //

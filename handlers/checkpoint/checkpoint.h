@@ -268,7 +268,9 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
   bool restored_ = false;
   Score::Kind local_kind_ = Score::Kind::kFloat;
   std::optional<int64_t> pending_step_;
-  // Asynchronous saving (saving rank only).
+  // Asynchronous saving (saving rank only). writer_status_, pending_saved_ and copy_cache_ are
+  // written by the writer thread while it runs and read by the training thread only after
+  // writer_.join() (Flush, WaitLocally, the next save, the destructor): join() is their lock.
   std::thread writer_;
   absl::Status writer_status_;
   std::optional<std::vector<Item>> pending_saved_;  // saved_ once the background save succeeds

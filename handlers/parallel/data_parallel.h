@@ -162,6 +162,9 @@ class DataParallel {
   DataParallelOptions options_;
   std::vector<torch::Tensor> params_;
   std::vector<std::string> names_;
+  // buckets_, ready_, next_, hook_error_ and the counters are written by the gradient hooks,
+  // which run while the training thread is inside backward() (on CPU its own thread; hooks on
+  // another thread never start collectives: hooks_may_start_), and read after backward returns.
   std::vector<Bucket> buckets_;
   std::vector<size_t> bucket_of_;  // per parameter
   std::vector<bool> ready_;        // per parameter, this step
