@@ -163,8 +163,9 @@ class DataParallel {
   std::vector<torch::Tensor> params_;
   std::vector<std::string> names_;
   // buckets_, ready_, next_, hook_error_ and the counters are written by the gradient hooks,
-  // which run while the training thread is inside backward() (on CPU its own thread; hooks on
-  // another thread never start collectives: hooks_may_start_), and read after backward returns.
+  // which run while the training thread is blocked inside backward() (on the CPU on that thread,
+  // on a GPU on autograd's device thread, which starts collectives with NCCL only), and read by
+  // the training thread after backward() returned (its completion orders them).
   std::vector<Bucket> buckets_;
   std::vector<size_t> bucket_of_;  // per parameter
   std::vector<bool> ready_;        // per parameter, this step
