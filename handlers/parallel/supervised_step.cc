@@ -133,6 +133,15 @@ absl::StatusOr<std::unique_ptr<SupervisedStep>> SupervisedStep::Create(Forward f
           .Add("autocast_cpu_dtype", options.autocast_cpu_dtype.has_value()
                                          ? std::string(c10::toString(*options.autocast_cpu_dtype))
                                          : "none");
+      if (const GradScaler* g = options.grad_scaler; g != nullptr) {
+        settings.AddDouble("grad_scaler.scale", g->scale())
+            .AddDouble("grad_scaler.growth_factor", g->options().growth_factor)
+            .AddDouble("grad_scaler.backoff_factor", g->options().backoff_factor)
+            .AddInt("grad_scaler.growth_interval", g->options().growth_interval)
+            .AddInt("grad_scaler._growth_tracker", g->growth_tracker());
+      } else {
+        settings.Add("grad_scaler", "none");
+      }
       EMBER_RETURN_IF_ERROR(
           dist::AgreeOnSettings(*ddp->communicator(), "SupervisedStep settings", settings, options.deadline));
     }
@@ -156,7 +165,11 @@ absl::StatusOr<double> SupervisedStep::operator()(Engine& engine, const torch::T
     loss = loss_fn_(y_pred, y);
   }
   loss = loss / k;
-  loss.backward();
+  if (options_.grad_scaler != nullptr) {
+    options_.grad_scaler->Scale(loss).backward();
+  } else {
+    loss.backward();
+  }
   const double output = options_.output_transform ? options_.output_transform(x, y, y_pred, loss * k)
                                                   : (loss * k).item<double>();
   if (iteration % k != 0) return output;  // a micro-batch: no collective, the firing agrees itself
@@ -165,6 +178,13 @@ absl::StatusOr<double> SupervisedStep::operator()(Engine& engine, const torch::T
     EMBER_RETURN_IF_ERROR(options_.data_parallel->AllReduceGradients(engine, output));
   }
   Window window{.iteration = iteration};
+  if (options_.grad_scaler != nullptr && options_.grad_scaler->Unscale(optimizer_)) {
+    // An inf or NaN in the averaged gradients: the same on every rank. No step; the scale backs off.
+    options_.grad_scaler->Update(/*found_inf=*/true);
+    window.skipped = true;
+    last_ = window;
+    return output;
+  }
   if (options_.clip_grad_norm.has_value()) {
     std::vector<torch::Tensor> params;
     for (const torch::optim::OptimizerParamGroup& group : optimizer_.param_groups()) {
@@ -179,6 +199,7 @@ absl::StatusOr<double> SupervisedStep::operator()(Engine& engine, const torch::T
   // parameters (DataParallel's reduce has waited already; without it, wait here).
   if (options_.data_parallel == nullptr) WaitForSnapshots();
   optimizer_.step();
+  if (options_.grad_scaler != nullptr) options_.grad_scaler->Update(/*found_inf=*/false);
   ++optimizer_steps_;
   stepped_ = true;
   last_ = window;

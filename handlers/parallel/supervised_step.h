@@ -8,6 +8,8 @@
 //   loss = loss_fn(forward(x), y) / K;  loss.backward()
 //   if i % K == 0: [DataParallel: average the gradients over the ranks] [clip] optimizer.step()
 //   return (loss * K).item()   (or output_transform(x, y, y_pred, loss * K))
+// With a GradScaler, backward runs on loss * scale and the window's averaged gradients are
+// unscaled (and checked for inf/NaN: the step is then skipped) before clipping.
 // The gradients of a trailing incomplete window (the run ends, or is cut, inside it) are never
 // applied; gradients are in no state_dict (as in ignite), so a run resumed in the middle of a
 // window applies only the micro-batches it ran of it (golden accum_k3_resume_mid_window).
@@ -62,6 +64,7 @@
 #include "absl/time/time.h"
 #include "engine/engine.h"
 #include "handlers/parallel/data_parallel.h"
+#include "handlers/parallel/grad_scaler.h"
 
 namespace ember {
 
@@ -114,6 +117,10 @@ struct SupervisedStepOptions {
   // Mixed precision (ignite's amp_mode="amp" on the CPU): forward and loss_fn run inside a
   // CpuAutocastScope of this dtype (bfloat16 only), backward and the optimizer step outside it.
   std::optional<torch::ScalarType> autocast_cpu_dtype;
+  // Dynamic loss scaling (grad_scaler.h; not owned): the loss is scaled before backward, the
+  // window's gradients unscaled after the reduce (before clipping) and checked; a window with an
+  // inf or NaN gradient is skipped on every rank (its average is non-finite everywhere).
+  GradScaler* grad_scaler = nullptr;
   absl::Duration deadline = absl::Seconds(300);  // Create's settings agreement
 };
 
@@ -136,6 +143,7 @@ class SupervisedStep {
     int64_t iteration = 0;             // the engine iteration that applied it (0: none yet)
     std::optional<double> grad_norm;   // the pre-clip global norm (clipping on)
     double clip_factor = 1;            // 1 without clipping
+    bool skipped = false;              // grad_scaler found an inf or NaN: no optimizer step
   };
   const Window& last_window() const { return last_; }
   // Whether the last call ran optimizer.step().

@@ -47,10 +47,30 @@ def main(d):
             failures.append(f"{name} changed on load_state_dict")
     if all(torch.equal(ema[k], ckpt["model"][k]) for k in expected_keys if ema[k].is_floating_point()):
         failures.append("the EMA model equals the online model")
+    # The GradScaler's state: torch's own GradScaler reads it and gives it back unchanged (CUDA is
+    # absent here, so it is built as if it were; load_state_dict/state_dict are host code).
+    scaler_files = glob.glob(os.path.join(d, "scaler", "*.pt"))
+    if len(scaler_files) != 1:
+        sys.exit(f"expected one scaler checkpoint in {d}/scaler, found {scaler_files}")
+    # torch 1.13's weights_only reader refuses pickled floats (BINFLOAT), as for Python's own.
+    # One object in a Checkpoint: the file holds its state itself (ignite's rule).
+    scaler = torch.load(scaler_files[0], weights_only=False)
+    want = {"scale": 512.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 7, "_growth_tracker": 1}
+    if list(scaler.keys()) != list(want) or scaler != want or [type(v) for v in scaler.values()] != [float, float, float, int, int]:
+        failures.append(f"scaler state {scaler}, want {want} with Python's types")
+    cuda_available = torch.cuda.is_available
+    torch.cuda.is_available = lambda: True  # GradScaler switches itself off without CUDA
+    try:
+        torch_scaler = torch.cuda.amp.GradScaler()
+    finally:
+        torch.cuda.is_available = cuda_available
+    torch_scaler.load_state_dict(scaler)
+    if torch_scaler.state_dict() != scaler:
+        failures.append(f"torch's GradScaler gives back {torch_scaler.state_dict()} for {scaler}")
     if failures:
         print("FAIL:\n  " + "\n  ".join(failures))
         sys.exit(1)
-    print(f"ema_model: {len(ema)} tensors read equal to the C++ EMA model's state_dict")
+    print(f"ema_model: {len(ema)} tensors read equal to the C++ EMA model's state_dict; scaler: torch's GradScaler round-trips it")
 
 
 if __name__ == "__main__":

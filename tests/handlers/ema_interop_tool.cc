@@ -1,5 +1,5 @@
 // ema_interop_tool DIR: trains Sequential(Linear(4, 3), BatchNorm1d(3)) for 6 iterations with an
-// EMAHandler (momentum 0.3, handle_buffers "update"), saves {"model", "ema_model"} with a
+// EMAHandler (momentum 0.3, handle_buffers "update"), saves {"model", "ema_model"} (and a GradScaler in DIR/scaler) with a
 // Checkpoint (DiskSaver into DIR) at COMPLETED, and writes DIR/ema_reference.txt: one line per
 // tensor of the EMA model, read from the module itself (named_parameters, named_buffers), not
 // through Ember's state_dict: "name dtype shape hex-bytes". ema_interop.py checks that torch.load
@@ -15,6 +15,7 @@
 #include "handlers/checkpoint/checkpoint.h"
 #include "handlers/checkpoint/disk_saver.h"
 #include "handlers/ema_handler.h"
+#include "handlers/parallel/grad_scaler.h"
 
 namespace {
 
@@ -56,10 +57,25 @@ int Run(const std::string& dir) {
   if (auto s = (*ema)->Attach(trainer); !s.ok()) return std::fprintf(stderr, "%s\n", s.ToString().c_str()), 1;
   auto saver = ember::DiskSaver::Create({.dirname = dir});
   if (!saver.ok()) return std::fprintf(stderr, "%s\n", saver.status().ToString().c_str()), 1;
+  // A GradScaler's state beside it (issue 28.5): one backoff, one success.
+  auto scaler = ember::GradScaler::Create({.init_scale = 1024, .growth_interval = 7});
+  if (!scaler.ok()) return std::fprintf(stderr, "%s\n", scaler.status().ToString().c_str()), 1;
+  (*scaler)->Update(/*found_inf=*/true);
+  (*scaler)->Update(/*found_inf=*/false);
   auto ckpt = ember::Checkpoint::Create({{"model", *model}, {"ema_model", (*ema)->ema_model()}},
                                         std::shared_ptr<ember::SaveHandler>(*std::move(saver)));
   if (!ckpt.ok()) return std::fprintf(stderr, "%s\n", ckpt.status().ToString().c_str()), 1;
   if (auto s = (*ckpt)->Attach(trainer, ember::Events::Completed()); !s.ok()) {
+    return std::fprintf(stderr, "%s\n", s.ToString().c_str()), 1;
+  }
+  // The scaler's checkpoint apart: its floats are pickled as BINFLOAT, which torch 1.13's
+  // weights_only reader refuses (as for a checkpoint Python writes with a GradScaler in it).
+  auto scaler_saver = ember::DiskSaver::Create({.dirname = dir + "/scaler"});
+  if (!scaler_saver.ok()) return std::fprintf(stderr, "%s\n", scaler_saver.status().ToString().c_str()), 1;
+  auto scaler_ckpt = ember::Checkpoint::Create({{"scaler", **scaler}},
+                                               std::shared_ptr<ember::SaveHandler>(*std::move(scaler_saver)));
+  if (!scaler_ckpt.ok()) return std::fprintf(stderr, "%s\n", scaler_ckpt.status().ToString().c_str()), 1;
+  if (auto s = (*scaler_ckpt)->Attach(trainer, ember::Events::Completed()); !s.ok()) {
     return std::fprintf(stderr, "%s\n", s.ToString().c_str()), 1;
   }
   if (auto s = trainer.Run({.max_epochs = 2, .epoch_length = 3}); !s.ok()) {

@@ -9,6 +9,8 @@
 //                                 bitwise-equal parameters on every rank; and parameters equal to
 //                                 a one-process run (K = 1) over each window's concatenated data
 //                                 of every rank, within float tolerance.
+//                                 With a GradScaler, one rank's overflow skips the step on every
+//                                 rank (the decision rides in the gradient all-reduce).
 //   supervised_step_mpi mismatch  rank 1 asks for another K: Create fails on every rank, naming
 //                                 accumulation_steps and each rank's value.
 // Each rank prints "rank R of N: PASSED" or "rank R: <error>".
@@ -26,6 +28,7 @@
 #include "engine/engine.h"
 #include "gtest/gtest.h"
 #include "handlers/parallel/data_parallel.h"
+#include "handlers/parallel/grad_scaler.h"
 #include "handlers/parallel/supervised_step.h"
 #include "handlers/preemption.h"
 #include "handlers/terminate_on_nan.h"
@@ -187,6 +190,50 @@ void TrainAndCheck(int64_t k) {
 
 TEST(SupervisedStepMpi, K2OneReducePerWindowSameClipEveryRank) { TrainAndCheck(2); }
 TEST(SupervisedStepMpi, K3OneReducePerWindowSameClipEveryRank) { TrainAndCheck(3); }
+
+// GradScaler (issue 28.5): the last rank's gradients overflow at iteration 3 only (its micro-batch
+// holds 3e38); every rank's averaged gradients are then non-finite, so every rank skips that step
+// and backs its scale off, with no collective of its own (the same reduces as without a scaler),
+// and the ranks keep bitwise-equal, finite parameters.
+TEST(SupervisedStepMpi, GradScalerOverflowOnOneRankSkipsTheStepOnEveryRank) {
+  ember::dist::Communicator& comm = *g_comm;
+  torch::manual_seed(5 + comm.rank());
+  Net net;
+  ember::DataParallel ddp(*net, {.comm = &comm, .overlap = false});
+  ASSERT_TRUE(ddp.status().ok()) << ddp.status();
+  torch::optim::SGD opt(net->parameters(), torch::optim::SGDOptions(0.1));
+  auto scaler = ember::GradScaler::Create({.init_scale = 1024, .growth_interval = 2});
+  ASSERT_TRUE(scaler.ok());
+  auto step = ember::SupervisedStep::Create([&](const torch::Tensor& x) { return net->forward(x); }, opt, CrossEntropy(),
+                                            {.data_parallel = &ddp, .grad_scaler = scaler->get()});
+  ASSERT_TRUE(step.ok()) << step.status();
+  torch::manual_seed(77 + comm.rank());  // each rank its own data
+  std::vector<Batch> data;
+  for (int i = 0; i < 5; ++i) data.push_back({torch::randn({kMicro, 16}), torch::randint(0, 5, {kMicro})});
+  if (comm.rank() == comm.world_size() - 1) data[2].x[0][0] = 3e38f;
+  std::vector<double> skipped_at;
+  ember::Engine trainer([&](ember::Engine& e, const Batch& b) -> absl::StatusOr<double> {
+    EMBER_ASSIGN_OR_RETURN(double out, (**step)(e, b.x, b.y));
+    if ((*step)->last_window().skipped && (*step)->last_window().iteration == e.state().iteration) {
+      skipped_at.push_back(static_cast<double>(e.state().iteration));
+    }
+    return out;
+  });
+  trainer.set_communicator(&comm);
+  const int64_t collectives_before = comm.collectives();
+  ASSERT_TRUE(trainer.Run(data, {.max_epochs = 1}).ok());
+  EXPECT_EQ(skipped_at, std::vector<double>{3});
+  EXPECT_EQ((*scaler)->skipped_steps(), 1);
+  // 1024: two successes grow it to 2048, the overflow halves it to 1024, two more grow it to 2048.
+  EXPECT_EQ((*scaler)->scale(), 2048.0);
+  EXPECT_TRUE(torch::isfinite(Flat(net)).all().item<bool>());
+  const torch::Tensor flat = Flat(net).to(torch::kFloat64);
+  std::vector<double> params(flat.data_ptr<double>(), flat.data_ptr<double>() + flat.numel());
+  ExpectSameOnEveryRank(params, "the parameters");
+  ExpectSameOnEveryRank({(*scaler)->scale(), static_cast<double>((*scaler)->growth_tracker()),
+                         static_cast<double>(comm.collectives() - collectives_before)},
+                        "the scale, the growth tracker and the number of collectives");
+}
 
 int Mismatch() {
   ember::dist::Communicator& comm = *g_comm;
