@@ -31,7 +31,9 @@ namespace {
 
 using ::nlohmann::json;
 using ::testing::HasSubstr;
+using testing::ExpectJsonNear;
 using testing::Golden;
+using testing::GoldenOrdered;
 
 // ---- Comparison -------------------------------------------------------------------------------
 json ToJson(const Value& v) {
@@ -62,61 +64,6 @@ json ToJson(const Value& v) {
     }
     default: return "<tensor>";
   }
-}
-
-bool Near(double a, double b, double rel) {
-  if (a == b) return true;
-  return std::abs(a - b) <= rel * std::max(std::abs(a), std::abs(b));
-}
-
-// Structural comparison; numbers exactly (rel == 0) or within `rel`.
-void ExpectJsonNear(const json& actual, const json& expected, double rel, const std::string& path) {
-  // ignite pickles some objects whole (CosineAnnealingWarmRestarts' adapter), recorded as
-  // "<object C>"; Ember saves a state_dict there (checked by the resume instead).
-  if (expected.is_string() && expected.get<std::string>().rfind("<object ", 0) == 0) {
-    EXPECT_TRUE(actual.is_object()) << path << ": " << actual;
-    return;
-  }
-  if (expected.is_number() && actual.is_number()) {
-    EXPECT_TRUE(Near(actual.get<double>(), expected.get<double>(), rel))
-        << path << ": " << actual << " vs expected " << expected;
-    return;
-  }
-  if (expected.is_array() && actual.is_array()) {
-    ASSERT_EQ(actual.size(), expected.size()) << path << ": " << actual << " vs " << expected;
-    for (size_t i = 0; i < expected.size(); ++i) {
-      ExpectJsonNear(actual[i], expected[i], rel, absl::StrCat(path, "[", i, "]"));
-    }
-    return;
-  }
-  if (expected.is_object() && actual.is_object()) {
-    for (auto it = expected.begin(); it != expected.end(); ++it) {
-      // A bound method (ReduceLROnPlateau's _reduce_lr) is not data: Ember does not save it.
-      if (it.value().is_string() &&
-          it.value().get<std::string>().rfind("<bound method ", 0) == 0 && !actual.contains(it.key())) {
-        continue;
-      }
-      ASSERT_TRUE(actual.contains(it.key())) << path << ": missing key " << it.key();
-      ExpectJsonNear(actual[it.key()], it.value(), rel, absl::StrCat(path, ".", it.key()));
-    }
-    for (auto it = actual.begin(); it != actual.end(); ++it) {
-      EXPECT_TRUE(expected.contains(it.key())) << path << ": unexpected key " << it.key();
-    }
-    return;
-  }
-  EXPECT_EQ(actual, expected) << path;
-}
-
-// The scenario with its objects' keys in the recorded order (nlohmann::json sorts them).
-nlohmann::ordered_json GoldenOrdered(const std::string& name) {
-  std::ifstream in("tests/conformance/golden-training-public.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    nlohmann::ordered_json j = nlohmann::ordered_json::parse(line, nullptr, false);
-    if (!j.is_discarded() && j.value("scenario", "") == name) return j;
-  }
-  ADD_FAILURE() << "scenario " << name << " not found";
-  return nullptr;
 }
 
 // ignite's state_dict keys come in its order (OrderedDict of _state_attrs), at every level.
