@@ -24,10 +24,10 @@
 #include "handlers/parallel/data_parallel.h"
 #include "handlers/preemption.h"
 #include "handlers/terminate_on_nan.h"
+#include "tests/mpi/rank_main.h"
 
 namespace {
 
-ember::dist::Communicator* g_comm = nullptr;
 constexpr int kPerRank = 8;
 
 struct NetImpl : torch::nn::Module {
@@ -69,7 +69,7 @@ Data FullBatch(int world) {
 }
 
 TEST(DataParallelMpi, OverlapEqualsNoOverlapAndOneProcess) {
-  ember::dist::Communicator& comm = *g_comm;
+  ember::dist::Communicator& comm = ember::testing::MpiWorld();
   const int r = comm.rank(), n = comm.world_size();
   torch::manual_seed(1000 + r);  // every rank initialises differently
   Net a;
@@ -137,7 +137,7 @@ TEST(DataParallelMpi, OverlapEqualsNoOverlapAndOneProcess) {
 TEST(DataParallelMpi, PreemptionAndNanFlagsRideTheLastBucket) {
   // Rank n-1 is signalled inside its step 4: every rank stops at iteration 4, and no iteration
   // costs more collectives than its gradient buckets.
-  ember::dist::Communicator& comm = *g_comm;
+  ember::dist::Communicator& comm = ember::testing::MpiWorld();
   const int r = comm.rank(), n = comm.world_size();
   torch::manual_seed(11);
   Net net;
@@ -177,7 +177,7 @@ TEST(DataParallelMpi, PreemptionAndNanFlagsRideTheLastBucket) {
 }
 
 int Stall(int victim) {
-  ember::dist::Communicator& comm = *g_comm;
+  ember::dist::Communicator& comm = ember::testing::MpiWorld();
   torch::manual_seed(7);
   Net net;
   ember::DataParallel ddp(*net, {.bucket_bytes = 4096, .deadline = absl::Seconds(2), .comm = &comm});
@@ -207,16 +207,9 @@ int Stall(int victim) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  torch::set_num_threads(1);
-  auto comm = ember::dist::MpiCommunicator::Create(absl::Seconds(60));
-  if (!comm.ok()) {
-    std::fprintf(stderr, "MPI: %s\n", comm.status().ToString().c_str());
-    return 2;
-  }
-  g_comm = comm->get();
-  if (argc == 3 && std::string(argv[1]) == "stall") return Stall(std::atoi(argv[2]));
-  ::testing::InitGoogleTest(&argc, argv);
-  const int failed = RUN_ALL_TESTS();
-  std::fprintf(stderr, "rank %d of %d: %s\n", g_comm->rank(), g_comm->world_size(), failed ? "FAILED" : "PASSED");
-  return failed;
+  return ember::testing::RunTestsOnEveryRank(
+      argc, argv, [](ember::dist::Communicator&, int argc, char** argv) -> std::optional<int> {
+        if (argc == 3 && std::string(argv[1]) == "stall") return Stall(std::atoi(argv[2]));
+        return std::nullopt;
+      });
 }

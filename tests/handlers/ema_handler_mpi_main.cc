@@ -24,8 +24,11 @@
 #include "engine/engine.h"
 #include "handlers/ema_handler.h"
 #include "handlers/parallel/data_parallel.h"
+#include "tests/mpi/rank_main.h"
 
 namespace {
+
+using ember::testing::SameOnEveryRank;
 
 uint64_t Digest(const std::vector<torch::Tensor>& tensors) {
   uint64_t h = 1469598103934665603ull;
@@ -37,30 +40,6 @@ uint64_t Digest(const std::vector<torch::Tensor>& tensors) {
     }
   }
   return h;
-}
-
-// Every value as a double (float32 converts exactly), then MIN and MAX over the ranks.
-bool EqualOnEveryRank(ember::dist::Communicator& comm, const std::vector<torch::Tensor>& tensors, std::string* why) {
-  std::vector<double> values;
-  for (const torch::Tensor& t : tensors) {
-    const torch::Tensor d = t.detach().to(torch::kFloat64).contiguous().reshape(-1);
-    values.insert(values.end(), d.data_ptr<double>(), d.data_ptr<double>() + d.numel());
-  }
-  std::vector<double> lo = values, hi = values;
-  const absl::Time deadline = absl::Now() + absl::Seconds(30);
-  if (!comm.AllReduce(absl::MakeSpan(lo), ember::dist::ReduceOp::kMin, deadline).ok() ||
-      !comm.AllReduce(absl::MakeSpan(hi), ember::dist::ReduceOp::kMax, deadline).ok()) {
-    *why = "the all-reduce failed";
-    return false;
-  }
-  for (size_t i = 0; i < values.size(); ++i) {
-    if (std::memcmp(&lo[i], &hi[i], sizeof(double)) != 0) {
-      *why = "value " + std::to_string(i) + " differs across ranks: " + std::to_string(lo[i]) + " .. " +
-             std::to_string(hi[i]);
-      return false;
-    }
-  }
-  return true;
 }
 
 int Run(ember::dist::Communicator& comm, bool ema_before_broadcast) {
@@ -100,15 +79,12 @@ int Run(ember::dist::Communicator& comm, bool ema_before_broadcast) {
   std::fflush(stderr);
   if (ema_before_broadcast) return 0;  // the script compares the digests
 
-  std::string why;
-  if (!EqualOnEveryRank(comm, ema_params, &why)) {
-    return std::fprintf(stderr, "rank %d: FAILED: EMA parameters: %s\n", r, why.c_str()), 1;
-  }
-  if (!EqualOnEveryRank(comm, model->parameters(), &why)) {
-    return std::fprintf(stderr, "rank %d: FAILED: online parameters: %s\n", r, why.c_str()), 1;
+  for (const absl::Status& same : {SameOnEveryRank(comm, ema_params, "the EMA parameters"),
+                                   SameOnEveryRank(comm, model->parameters(), "the online parameters")}) {
+    if (!same.ok()) return std::fprintf(stderr, "rank %d: FAILED: %s\n", r, same.ToString().c_str()), 1;
   }
   // The ranks' data differed: their first local losses are not all the same.
-  if (EqualOnEveryRank(comm, {torch::tensor(first_loss, torch::kFloat64)}, &why) && n > 1) {
+  if (n > 1 && SameOnEveryRank(comm, {torch::tensor(first_loss, torch::kFloat64)}, "the first loss").ok()) {
     return std::fprintf(stderr, "rank %d: FAILED: every rank saw the same data\n", r), 1;
   }
   if (Digest(ema_params) == Digest(model->parameters())) {
@@ -122,11 +98,6 @@ int Run(ember::dist::Communicator& comm, bool ema_before_broadcast) {
 
 int main(int argc, char** argv) {
   torch::set_num_threads(1);
-  auto comm = ember::dist::MpiCommunicator::Create(absl::Seconds(60));
-  if (!comm.ok()) {
-    std::fprintf(stderr, "MPI: %s\n", comm.status().ToString().c_str());
-    return 2;
-  }
   const bool before = argc == 2 && std::string(argv[1]) == "ema_before_broadcast";
-  return Run(**comm, before);
+  return ember::testing::ExitLettingOthersReport(Run(ember::testing::MpiWorld(), before));
 }

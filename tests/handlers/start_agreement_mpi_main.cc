@@ -17,6 +17,7 @@
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
 #include "distributed/mpi_communicator.h"
+#include "tests/mpi/rank_main.h"
 #include "engine/engine.h"
 #include "handlers/checkpoint/model_checkpoint.h"
 #include "handlers/early_stopping.h"
@@ -79,17 +80,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: %s CASE DIR [divergent]\n", argv[0]);
     return 2;
   }
-  auto created = ember::dist::MpiCommunicator::Create();
-  if (!created.ok()) {
-    std::fprintf(stderr, "%s\n", created.status().ToString().c_str());
-    return 2;
-  }
-  ember::dist::Communicator& comm = **created;
+  ember::dist::Communicator& comm = ember::testing::MpiWorld();
   const absl::Status s = Run(comm, argv[1], argv[2], argc > 3 && std::string(argv[3]) == "divergent");
   std::printf("rank %d: %s\n", comm.rank(), s.ToString().c_str());
-  std::fflush(stdout);
-  // mpirun ends the job at the first non-zero exit: let every rank print first.
-  if (!s.ok()) absl::SleepFor(absl::Seconds(2));
-  created->reset();
-  return s.ok() ? 0 : 1;
+  return ember::testing::ExitLettingOthersReport(s.ok() ? 0 : 1);
 }

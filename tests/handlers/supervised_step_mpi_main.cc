@@ -32,10 +32,12 @@
 #include "handlers/parallel/supervised_step.h"
 #include "handlers/preemption.h"
 #include "handlers/terminate_on_nan.h"
+#include "tests/mpi/rank_main.h"
 
 namespace {
 
-ember::dist::Communicator* g_comm = nullptr;
+using ember::testing::SameOnEveryRank;
+
 constexpr int kMicro = 4;     // samples per micro-batch per rank
 constexpr int kWindows = 3;   // windows applied; one more micro-batch is the trailing incomplete window
 constexpr double kMaxNorm = 0.3;
@@ -66,19 +68,8 @@ ember::SupervisedStep::LossFn CrossEntropy() {
   return [](const torch::Tensor& p, const torch::Tensor& y) { return torch::nn::functional::cross_entropy(p, y); };
 }
 
-// Every rank's doubles, compared bitwise with this rank's.
-void ExpectSameOnEveryRank(const std::vector<double>& mine, const std::string& what) {
-  ember::dist::Communicator& comm = *g_comm;
-  std::vector<double> all(mine.size() * static_cast<size_t>(comm.world_size()));
-  ASSERT_TRUE(comm.AllGather(mine, absl::MakeSpan(all), absl::Now() + absl::Seconds(60)).ok());
-  for (int r = 0; r < comm.world_size(); ++r) {
-    EXPECT_EQ(std::memcmp(all.data() + r * mine.size(), mine.data(), mine.size() * sizeof(double)), 0)
-        << what << " differs between rank " << r << " and rank " << comm.rank();
-  }
-}
-
 void TrainAndCheck(int64_t k) {
-  ember::dist::Communicator& comm = *g_comm;
+  ember::dist::Communicator& comm = ember::testing::MpiWorld();
   const int r = comm.rank(), n = comm.world_size();
   // The data of window w: n * k micro-batches; rank r's j-th micro-batch of it is number r * k + j.
   torch::manual_seed(99);
@@ -144,13 +135,13 @@ void TrainAndCheck(int64_t k) {
     const int64_t it = static_cast<int64_t>(i) + 1;
     EXPECT_EQ(c, it % k == 0 ? static_cast<double>(ddp.num_buckets()) : 1.0) << "collectives of iteration " << it;
   }
-  ExpectSameOnEveryRank(per_iteration, "the collectives per iteration");
+  EXPECT_EQ(SameOnEveryRank(comm, per_iteration, "the collectives per iteration"), absl::OkStatus());
 
   // Clipping on the averaged gradients: the same norm and factor on every rank, and it clipped.
   ASSERT_EQ(factors.size(), static_cast<size_t>(kWindows));
   EXPECT_EQ((*step)->clipped_steps(), kWindows) << "max norm " << kMaxNorm << " did not clip every window";
-  ExpectSameOnEveryRank(norms, "the pre-clip norm");
-  ExpectSameOnEveryRank(factors, "the clip factor");
+  EXPECT_EQ(SameOnEveryRank(comm, norms, "the pre-clip norm"), absl::OkStatus());
+  EXPECT_EQ(SameOnEveryRank(comm, factors, "the clip factor"), absl::OkStatus());
 
   // Bitwise-equal parameters on every rank: rank 0's bytes against this rank's.
   const torch::Tensor flat = Flat(net);
@@ -196,7 +187,7 @@ TEST(SupervisedStepMpi, K3OneReducePerWindowSameClipEveryRank) { TrainAndCheck(3
 // and backs its scale off, with no collective of its own (the same reduces as without a scaler),
 // and the ranks keep bitwise-equal, finite parameters.
 TEST(SupervisedStepMpi, GradScalerOverflowOnOneRankSkipsTheStepOnEveryRank) {
-  ember::dist::Communicator& comm = *g_comm;
+  ember::dist::Communicator& comm = ember::testing::MpiWorld();
   torch::manual_seed(5 + comm.rank());
   Net net;
   ember::DataParallel ddp(*net, {.comm = &comm, .overlap = false});
@@ -229,14 +220,15 @@ TEST(SupervisedStepMpi, GradScalerOverflowOnOneRankSkipsTheStepOnEveryRank) {
   EXPECT_TRUE(torch::isfinite(Flat(net)).all().item<bool>());
   const torch::Tensor flat = Flat(net).to(torch::kFloat64);
   std::vector<double> params(flat.data_ptr<double>(), flat.data_ptr<double>() + flat.numel());
-  ExpectSameOnEveryRank(params, "the parameters");
-  ExpectSameOnEveryRank({(*scaler)->scale(), static_cast<double>((*scaler)->growth_tracker()),
-                         static_cast<double>(comm.collectives() - collectives_before)},
-                        "the scale, the growth tracker and the number of collectives");
+  EXPECT_EQ(SameOnEveryRank(comm, params, "the parameters"), absl::OkStatus());
+  const std::vector<double> scaler_state = {(*scaler)->scale(), static_cast<double>((*scaler)->growth_tracker()),
+                                            static_cast<double>(comm.collectives() - collectives_before)};
+  EXPECT_EQ(SameOnEveryRank(comm, scaler_state, "the scale, the growth tracker and the number of collectives"),
+            absl::OkStatus());
 }
 
 int Mismatch() {
-  ember::dist::Communicator& comm = *g_comm;
+  ember::dist::Communicator& comm = ember::testing::MpiWorld();
   Net net;
   ember::DataParallel ddp(*net, {.comm = &comm, .overlap = false});
   if (!ddp.status().ok()) return 2;
@@ -245,23 +237,15 @@ int Mismatch() {
                                             {.accumulation_steps = comm.rank() == 1 ? 3 : 2, .data_parallel = &ddp});
   std::fprintf(stderr, "rank %d: %s\n", comm.rank(), step.ok() ? "OK" : step.status().ToString().c_str());
   std::fflush(stderr);
-  absl::SleepFor(absl::Seconds(1));  // every rank reports before mpirun tears the job down
-  return step.ok() ? 0 : 1;
+  return ember::testing::ExitLettingOthersReport(step.ok() ? 0 : 1);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  torch::set_num_threads(1);
-  auto comm = ember::dist::MpiCommunicator::Create(absl::Seconds(60));
-  if (!comm.ok()) {
-    std::fprintf(stderr, "MPI: %s\n", comm.status().ToString().c_str());
-    return 2;
-  }
-  g_comm = comm->get();
-  if (argc == 2 && std::string(argv[1]) == "mismatch") return Mismatch();
-  ::testing::InitGoogleTest(&argc, argv);
-  const int failed = RUN_ALL_TESTS();
-  std::fprintf(stderr, "rank %d of %d: %s\n", g_comm->rank(), g_comm->world_size(), failed ? "FAILED" : "PASSED");
-  return failed;
+  return ember::testing::RunTestsOnEveryRank(
+      argc, argv, [](ember::dist::Communicator&, int argc, char** argv) -> std::optional<int> {
+        if (argc == 2 && std::string(argv[1]) == "mismatch") return Mismatch();
+        return std::nullopt;
+      });
 }

@@ -17,6 +17,7 @@
 #include "base/clock.h"
 #include "base/status_macros.h"
 #include "distributed/mpi_communicator.h"
+#include "tests/mpi/rank_main.h"
 #include "distributed/single_process_communicator.h"
 #include "engine/engine.h"
 #include "handlers/time_limit.h"
@@ -50,17 +51,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: %s staggered|last agreed|local\n", argv[0]);
     return 2;
   }
-  auto created = ember::dist::MpiCommunicator::Create();
-  if (!created.ok()) {
-    std::fprintf(stderr, "%s\n", created.status().ToString().c_str());
-    return 2;
-  }
-  ember::dist::Communicator& comm = **created;
+  ember::dist::Communicator& comm = ember::testing::MpiWorld();
   const absl::StatusOr<std::string> s = Run(comm, argv[1], std::string(argv[2]) == "agreed");
   std::printf("rank %d: %s; %s\n", comm.rank(), s.status().ToString().c_str(), s.ok() ? s->c_str() : "");
-  std::fflush(stdout);
-  // mpirun ends the job at the first non-zero exit: let every rank print first.
-  if (!s.ok()) absl::SleepFor(absl::Seconds(2));
-  created->reset();
-  return s.ok() ? 0 : 1;
+  return ember::testing::ExitLettingOthersReport(s.ok() ? 0 : 1);
 }
