@@ -1,17 +1,21 @@
 #include "distributed/launch.h"
 
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
 #include "distributed/default_communicator.h"
+#include "distributed/gloo_communicator.h"
 #include "distributed/mpi_communicator.h"
 #include "distributed/nccl_communicator.h"
 #include "distributed/single_process_communicator.h"
+#include "distributed/tcp_rendezvous.h"
 
 namespace ember::dist {
 namespace {
@@ -95,6 +99,41 @@ absl::StatusOr<std::unique_ptr<Communicator>> LaunchNccl(const LaunchOptions& op
       new BootstrappedCommunicator(std::move(bootstrap), std::move(comm)));
 }
 
+bool IsLoopback(const std::string& addr) {
+  return addr == "localhost" || addr == "::1" || addr.rfind("127.", 0) == 0;
+}
+
+absl::StatusOr<std::unique_ptr<Communicator>> LaunchGloo(const LaunchOptions& options, const LaunchInfo& info) {
+  if (info.world_size > 1 && (info.master_addr.empty() || info.rendezvous_port == 0)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "backend gloo: rank ", info.rank, " of ", info.world_size, " (", info.launcher,
+        " launcher) has no MASTER_ADDR and MASTER_PORT to meet the other ranks at; launch with torchrun "
+        "(or set MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE), or use --backend=mpi under mpirun"));
+  }
+  GlooOptions gloo;
+  gloo.rank = info.rank;
+  gloo.world_size = info.world_size;
+  gloo.local_rank = info.local_rank;
+  gloo.init_timeout = options.init_timeout;
+  gloo.loopback = IsLoopback(info.master_addr);
+  if (const char* iface = std::getenv("GLOO_SOCKET_IFNAME"); iface != nullptr) gloo.iface = iface;
+  // The addresses of the ranks' connections meet at rank 0, on the rendezvous port (beside
+  // torchrun's agent store, never on it: launcher_env.h).
+  const std::string addr = info.master_addr;
+  const int port = info.rendezvous_port;
+  const std::string from = info.rendezvous_port_from;
+  gloo.exchange = [rank = info.rank, size = info.world_size, addr, port, from](
+                      const std::string& mine, absl::Time deadline) -> absl::StatusOr<std::vector<std::string>> {
+    absl::StatusOr<std::vector<std::string>> all = GatherThroughRank0(rank, size, addr, port, mine, deadline);
+    if (!all.ok()) {
+      return absl::Status(all.status().code(),
+                          absl::StrCat(all.status().message(), " (rendezvous port from ", from, ")"));
+    }
+    return all;
+  };
+  return CreateGlooCommunicator(gloo);
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> ChooseBackend(const LaunchOptions& options, const LaunchInfo& info, int gpus,
@@ -103,8 +142,9 @@ absl::StatusOr<std::string> ChooseBackend(const LaunchOptions& options, const La
   if (options.device != "cpu" && options.device != "cuda") {
     return absl::InvalidArgumentError(absl::StrCat("unknown device '", options.device, "'; allowed: cpu, cuda"));
   }
-  if (b != "auto" && b != "single" && b != "mpi" && b != "nccl") {
-    return absl::InvalidArgumentError(absl::StrCat("unknown backend '", b, "'; allowed: auto, single, mpi, nccl"));
+  if (b != "auto" && b != "single" && b != "mpi" && b != "nccl" && b != "gloo") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown backend '", b, "'; allowed: auto, single, mpi, nccl, gloo"));
   }
   if (options.device == "cuda" && info.local_world_size > gpus) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -116,7 +156,7 @@ absl::StatusOr<std::string> ChooseBackend(const LaunchOptions& options, const La
     if (info.world_size > 1) {
       return absl::InvalidArgumentError(absl::StrCat(
           "backend single, but the ", info.launcher, " launcher started rank ", info.rank, " of ",
-          info.world_size, "; use --backend=auto, mpi or nccl"));
+          info.world_size, "; use --backend=auto, mpi, nccl or gloo"));
     }
     return std::string("single");
   }
@@ -124,10 +164,14 @@ absl::StatusOr<std::string> ChooseBackend(const LaunchOptions& options, const La
   if (options.device == "cuda" && nccl_built && info.world_size > 1) return std::string("nccl");
   if (info.mpi_launched) return std::string("mpi");
   if (info.world_size <= 1) return std::string("single");
+  // CPU ranks that no MPI launcher started (torchrun, a Kubernetes operator): Gloo, which meets
+  // at MASTER_ADDR.
+  if (options.device == "cpu" && GlooBuilt() && !info.master_addr.empty()) return std::string("gloo");
   return absl::FailedPreconditionError(absl::StrCat(
       "rank ", info.rank, " of ", info.world_size, " (", info.launcher,
       " launcher) but no backend can connect the ranks: NCCL needs device cuda",
-      nccl_built ? "" : " and a build with NCCL", ", MPI needs an MPI launcher (mpirun, srun --mpi=pmix)"));
+      nccl_built ? "" : " and a build with NCCL", ", MPI needs an MPI launcher (mpirun, srun --mpi=pmix)",
+      GlooBuilt() ? ", Gloo needs device cpu and MASTER_ADDR" : ", Gloo needs a build with Gloo"));
 }
 
 absl::StatusOr<std::unique_ptr<Communicator>> Launch(const LaunchOptions& options,
@@ -135,6 +179,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> Launch(const LaunchOptions& option
   EMBER_ASSIGN_OR_RETURN(const std::string backend, ChooseBackend(options, info, CudaDeviceCount(), NcclBuilt()));
   if (backend == "mpi") return LaunchMpi(options, info);
   if (backend == "nccl") return LaunchNccl(options, info);
+  if (backend == "gloo") return LaunchGloo(options, info);
   return std::unique_ptr<Communicator>(new SingleProcessCommunicator());
 }
 

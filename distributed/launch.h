@@ -7,9 +7,15 @@
 //   backend "nccl"    NCCL on the GPU of this local rank; the ncclUniqueId travels through MPI
 //                     when an MPI launcher started the job, else through a TCP rendezvous at
 //                     MASTER_ADDR (port: launcher_env.h's rendezvous_port)
+//   backend "gloo"    Gloo over TCP (gloo_communicator.h), host buffers only: the ranks meet at
+//                     MASTER_ADDR on the rendezvous port (launcher_env.h: MASTER_PORT + 1 beside
+//                     torchrun's agent store, MASTER_PORT in a plain or Kubernetes-style launch;
+//                     LOCAL_RANK may be absent, one process per pod); GLOO_SOCKET_IFNAME picks the
+//                     interface, else the host name (127.0.0.1 when MASTER_ADDR is loopback)
 //   backend "auto"    NCCL when the tensors are on GPUs (device "cuda"), this build has NCCL and
 //                     there are several ranks; else MPI when an MPI launcher started the job;
-//                     else single. Device "cpu" never picks NCCL.
+//                     else single for one rank; else Gloo for CPU ranks with MASTER_ADDR (torchrun,
+//                     Kubernetes). Device "cpu" never picks NCCL.
 // Device "cuda" needs one visible GPU per rank of the node (the local rank picks it): more ranks
 // on a node than GPUs is an error naming both numbers, whatever the backend.
 // A bad or partial environment is an error message here, not a hang later.
@@ -44,14 +50,14 @@
 namespace ember::dist {
 
 struct LaunchOptions {
-  std::string backend = "auto";  // auto | single | mpi | nccl
+  std::string backend = "auto";  // auto | single | mpi | nccl | gloo
   std::string device = "cpu";    // cpu | cuda: where the tensors the collectives carry live
   absl::Duration init_timeout = absl::Seconds(300);
 };
 
 absl::StatusOr<std::unique_ptr<Communicator>> Launch(const LaunchOptions& options,
                                                      const LaunchInfo& info);
-// The backend Launch would create ("single", "mpi" or "nccl") for `info` on a node with `gpus`
+// The backend Launch would create ("single", "mpi", "nccl" or "gloo") for `info` on a node with `gpus`
 // visible GPUs, or the error it would give.
 absl::StatusOr<std::string> ChooseBackend(const LaunchOptions& options, const LaunchInfo& info, int gpus,
                                           bool nccl_built);

@@ -32,6 +32,14 @@ class Fd {
     if (fd_ >= 0) ::close(fd_);
   }
   Fd(Fd&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
+  Fd& operator=(Fd&& o) noexcept {
+    if (this != &o) {
+      if (fd_ >= 0) ::close(fd_);
+      fd_ = o.fd_;
+      o.fd_ = -1;
+    }
+    return *this;
+  }
   int get() const { return fd_; }
 
  private:
@@ -93,9 +101,13 @@ constexpr size_t kHelloSize = 12;
 // How long an accepted connection may take to say hello before it is dropped.
 constexpr absl::Duration kHelloTimeout = absl::Seconds(5);
 
-std::string Hello(int rank) {
+// GatherThroughRank0's hello, and the most a rank may send there.
+constexpr char kGatherMagic[] = "EMBG";
+constexpr uint32_t kMaxGatherPayload = 16u << 20;
+
+std::string Hello(int rank, const char* magic = kHelloMagic) {
   uint32_t v = htonl(kVersion), r = htonl(static_cast<uint32_t>(rank));
-  return std::string(kHelloMagic, 4) + std::string(reinterpret_cast<const char*>(&v), 4) +
+  return std::string(magic, 4) + std::string(reinterpret_cast<const char*>(&v), 4) +
          std::string(reinterpret_cast<const char*>(&r), 4);
 }
 
@@ -211,15 +223,10 @@ absl::StatusOr<std::string> ServeRank0(int world_size, int port, const std::stri
   return payload;
 }
 
-}  // namespace
 
-absl::StatusOr<std::string> ShareFromRank0(int rank, int world_size, const std::string& addr,
-                                           int port, const std::string& payload,
-                                           absl::Time deadline) {
+// Connects to rank 0 (non-blocking connect per address, retried until it listens or `deadline`).
+absl::StatusOr<Fd> ConnectToRank0(const std::string& addr, int port, absl::Time deadline) {
   const std::string where = absl::StrCat(addr, ":", port);
-  if (world_size <= 1) return payload;
-  if (rank == 0) return ServeRank0(world_size, port, payload, deadline, where);
-  // Other ranks: connect, retrying until rank 0 listens.
   addrinfo hints{};
   hints.ai_socktype = SOCK_STREAM;
   const std::string port_text = std::to_string(port);
@@ -243,15 +250,7 @@ absl::StatusOr<std::string> ShareFromRank0(int rank, int world_size, const std::
         if (::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &error, &len) != 0 || error != 0) continue;
       }
       ::freeaddrinfo(found);
-      if (absl::Status s = SendAll(fd.get(), Hello(rank), deadline); !s.ok()) return s;
-      absl::StatusOr<std::string> head = RecvAll(fd.get(), 8, deadline);
-      if (!head.ok()) return head.status();
-      if (head->compare(0, 4, kMagic, 4) != 0) {
-        return absl::DataLossError(absl::StrCat("rendezvous: ", where, " is not an Ember rank 0"));
-      }
-      uint32_t n;
-      std::memcpy(&n, head->data() + 4, 4);
-      return RecvAll(fd.get(), ntohl(n), deadline);
+      return fd;
     }
     ::freeaddrinfo(found);
     if (absl::Now() > deadline) {
@@ -260,6 +259,187 @@ absl::StatusOr<std::string> ShareFromRank0(int rank, int world_size, const std::
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
+}
+
+// Reads one Frame.
+absl::StatusOr<std::string> ReceiveFrame(int fd, const std::string& where, absl::Time deadline) {
+  absl::StatusOr<std::string> head = RecvAll(fd, 8, deadline);
+  if (!head.ok()) return head.status();
+  if (head->compare(0, 4, kMagic, 4) != 0) {
+    return absl::DataLossError(absl::StrCat("rendezvous: ", where, " is not an Ember rank 0"));
+  }
+  uint32_t n;
+  std::memcpy(&n, head->data() + 4, 4);
+  return RecvAll(fd, ntohl(n), deadline);
+}
+
+// The gather's table: world_size strings, each a 4-byte length (network order) and its bytes.
+std::string Pack(const std::vector<std::string>& parts) {
+  std::string out;
+  for (const std::string& p : parts) {
+    uint32_t n = htonl(static_cast<uint32_t>(p.size()));
+    out.append(reinterpret_cast<const char*>(&n), 4);
+    out += p;
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<std::string>> Unpack(const std::string& table, int world_size) {
+  std::vector<std::string> parts;
+  size_t at = 0;
+  for (int r = 0; r < world_size; ++r) {
+    if (table.size() - at < 4) return absl::DataLossError("truncated table");
+    uint32_t n;
+    std::memcpy(&n, table.data() + at, 4);
+    n = ntohl(n);
+    at += 4;
+    if (table.size() - at < n) return absl::DataLossError("truncated table");
+    parts.push_back(table.substr(at, n));
+    at += n;
+  }
+  if (at != table.size()) return absl::DataLossError("trailing bytes in the table");
+  return parts;
+}
+
+// Rank 0 of GatherThroughRank0: accepts connections and keeps each that says a valid gather
+// hello of a rank not seen yet followed by a frame, until every other rank has; then answers them
+// all with the table. Connections that close, send anything else or stay silent for
+// kHelloTimeout before their payload is complete are dropped, uncounted.
+absl::StatusOr<std::vector<std::string>> ServeGather(int world_size, int port, const std::string& payload,
+                                                     absl::Time deadline, const std::string& where) {
+  absl::StatusOr<Fd> listener = Listen(port, std::max(world_size, 16));
+  if (!listener.ok()) return listener.status();
+  struct Pending {
+    Fd fd;
+    std::string got;
+    absl::Time until;
+  };
+  std::vector<Pending> pending;
+  std::vector<Fd> joined(static_cast<size_t>(world_size));
+  std::vector<std::string> parts(static_cast<size_t>(world_size));
+  std::vector<bool> seen(static_cast<size_t>(world_size), false);
+  parts[0] = payload;
+  int count = 0, dropped = 0;
+  while (count < world_size - 1) {
+    const absl::Time now = absl::Now();
+    if (now >= deadline) {
+      std::string missing;
+      for (int r = 1; r < world_size; ++r) {
+        if (!seen[static_cast<size_t>(r)]) absl::StrAppend(&missing, missing.empty() ? "" : ", ", r);
+      }
+      return absl::DeadlineExceededError(absl::StrCat(
+          "rendezvous on ", where, " (", count, " of ", world_size - 1, " ranks joined; missing rank(s) ", missing,
+          dropped > 0 ? absl::StrCat("; ", dropped, " other connection(s) dropped: no Ember hello") : "",
+          "): timed out"));
+    }
+    std::vector<pollfd> polled = {{listener->get(), POLLIN, 0}};
+    absl::Time wake = deadline;
+    for (const Pending& p : pending) {
+      polled.push_back({p.fd.get(), POLLIN, 0});
+      wake = std::min(wake, p.until);
+    }
+    const int64_t ms = std::clamp<int64_t>(absl::ToInt64Milliseconds(wake - now) + 1, 0, 1 << 30);
+    if (::poll(polled.data(), polled.size(), static_cast<int>(ms)) < 0 && errno != EINTR) {
+      return absl::UnavailableError(absl::StrCat("rendezvous on ", where, ": poll: ", std::strerror(errno)));
+    }
+    std::vector<Pending> still;
+    for (size_t i = 0; i < pending.size(); ++i) {
+      Pending& p = pending[i];
+      bool drop = false;
+      if (polled[i + 1].revents != 0) {
+        char buf[4096];
+        ssize_t n = ::recv(p.fd.get(), buf, sizeof(buf), 0);
+        if (n > 0) {
+          p.got.append(buf, static_cast<size_t>(n));
+        } else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
+          drop = true;  // closed (a probe) or broken
+        }
+      }
+      // The hello, then the frame's head, then its payload.
+      if (!drop && p.got.size() >= kHelloSize) {
+        uint32_t v, r;
+        std::memcpy(&v, p.got.data() + 4, 4);
+        std::memcpy(&r, p.got.data() + 8, 4);
+        v = ntohl(v);
+        r = ntohl(r);
+        if (p.got.compare(0, 4, kGatherMagic, 4) != 0 || v != kVersion || r < 1 ||
+            r >= static_cast<uint32_t>(world_size) || seen[r]) {
+          drop = true;
+        } else if (p.got.size() >= kHelloSize + 8) {
+          uint32_t n;
+          std::memcpy(&n, p.got.data() + kHelloSize + 4, 4);
+          n = ntohl(n);
+          if (p.got.compare(kHelloSize, 4, kMagic, 4) != 0 || n > kMaxGatherPayload ||
+              p.got.size() > kHelloSize + 8 + n) {
+            drop = true;
+          } else if (p.got.size() == kHelloSize + 8 + n) {
+            seen[r] = true;
+            parts[r] = p.got.substr(kHelloSize + 8);
+            joined[r] = std::move(p.fd);
+            ++count;
+            continue;
+          }
+        }
+      }
+      if (drop || absl::Now() >= p.until) {
+        ++dropped;
+        continue;
+      }
+      still.push_back(std::move(p));
+    }
+    pending = std::move(still);
+    if (polled[0].revents != 0) {
+      while (true) {
+        Fd peer(::accept4(listener->get(), nullptr, nullptr, SOCK_NONBLOCK));
+        if (peer.get() < 0) break;
+        pending.push_back({std::move(peer), "", absl::Now() + kHelloTimeout});
+      }
+    }
+  }
+  const std::string answer = Frame(Pack(parts));
+  for (int r = 1; r < world_size; ++r) {
+    if (absl::Status s = SendAll(joined[static_cast<size_t>(r)].get(), answer, deadline); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("rendezvous on ", where, ": answering rank ", r, ": ", s.message()));
+    }
+  }
+  return parts;
+}
+}  // namespace
+
+absl::StatusOr<std::string> ShareFromRank0(int rank, int world_size, const std::string& addr,
+                                           int port, const std::string& payload,
+                                           absl::Time deadline) {
+  const std::string where = absl::StrCat(addr, ":", port);
+  if (world_size <= 1) return payload;
+  if (rank == 0) return ServeRank0(world_size, port, payload, deadline, where);
+  // Other ranks: connect, retrying until rank 0 listens.
+  absl::StatusOr<Fd> fd = ConnectToRank0(addr, port, deadline);
+  if (!fd.ok()) return fd.status();
+  if (absl::Status s = SendAll(fd->get(), Hello(rank), deadline); !s.ok()) return s;
+  return ReceiveFrame(fd->get(), where, deadline);
+}
+
+absl::StatusOr<std::vector<std::string>> GatherThroughRank0(int rank, int world_size,
+                                                            const std::string& addr, int port,
+                                                            const std::string& payload,
+                                                            absl::Time deadline) {
+  const std::string where = absl::StrCat(addr, ":", port);
+  if (world_size <= 1) return std::vector<std::string>{payload};
+  if (payload.size() > kMaxGatherPayload) {
+    return absl::InvalidArgumentError(absl::StrCat("rendezvous: a payload of ", payload.size(), " bytes (at most ",
+                                                   kMaxGatherPayload, ")"));
+  }
+  if (rank == 0) return ServeGather(world_size, port, payload, deadline, where);
+  absl::StatusOr<Fd> fd = ConnectToRank0(addr, port, deadline);
+  if (!fd.ok()) return fd.status();
+  if (absl::Status s = SendAll(fd->get(), Hello(rank, kGatherMagic) + Frame(payload), deadline); !s.ok()) return s;
+  absl::StatusOr<std::string> table = ReceiveFrame(fd->get(), where, deadline);
+  if (!table.ok()) return table.status();
+  absl::StatusOr<std::vector<std::string>> all = Unpack(*table, world_size);
+  if (!all.ok()) {
+    return absl::DataLossError(absl::StrCat("rendezvous on ", where, ": rank 0's answer: ", all.status().message()));
+  }
+  return all;
 }
 
 }  // namespace ember::dist

@@ -13,6 +13,7 @@
 #define EMBER_DISTRIBUTED_TCP_RENDEZVOUS_H_
 
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -23,6 +24,17 @@ namespace ember::dist {
 absl::StatusOr<std::string> ShareFromRank0(int rank, int world_size, const std::string& addr,
                                            int port, const std::string& payload,
                                            absl::Time deadline);
+
+// GatherThroughRank0: an all-gather of one string per rank through rank 0 (how the Gloo backend
+// exchanges its connection addresses, gloo_communicator.h). Rank 0 listens on `port`; each other
+// rank connects, says a hello of its own kind (magic "EMBG", version, rank: never mistaken for a
+// ShareFromRank0 peer, nor one for it) followed by its payload (at most 16 MiB); once every rank
+// in [1, world_size) has sent one, rank 0 answers each with all world_size payloads, in rank
+// order. Stray connections are dropped uncounted as above. Returns the world_size payloads.
+absl::StatusOr<std::vector<std::string>> GatherThroughRank0(int rank, int world_size,
+                                                            const std::string& addr, int port,
+                                                            const std::string& payload,
+                                                            absl::Time deadline);
 
 }  // namespace ember::dist
 

@@ -7,6 +7,7 @@ PACKAGES=(
   bazel-bootstrap bazel-platforms         # Bazel 4.2.3 (WORKSPACE mode) and @platforms
   build-essential                         # g++ 12
   libtorch-dev                            # LibTorch 1.13.1 (CPU)
+  libgloo-dev                             # Gloo headers: the CPU backend without MPI (torchrun, Kubernetes)
   libopenmpi-dev openmpi-bin              # OpenMPI 4.1.4
   libabsl-dev                             # Abseil 20220623
   libgtest-dev libgmock-dev               # GoogleTest / GoogleMock 1.12

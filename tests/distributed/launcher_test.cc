@@ -178,16 +178,24 @@ TEST(Launch, BackendChoiceAndErrors) {
   absl::StatusOr<std::unique_ptr<Communicator>> c = Launch({.backend = "auto"}, single);
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ((*c)->backend(), "single");
-  EXPECT_THAT(std::string(Launch({.backend = "gloo"}, single).status().message()),
-              HasSubstr("unknown backend 'gloo'; allowed: auto, single, mpi, nccl"));
+  EXPECT_THAT(std::string(Launch({.backend = "gl00"}, single).status().message()),
+              HasSubstr("unknown backend 'gl00'; allowed: auto, single, mpi, nccl, gloo"));
+  // Gloo on one rank: no peers, nothing to exchange.
+  absl::StatusOr<std::unique_ptr<Communicator>> one = Launch({.backend = "gloo"}, single);
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_EQ((*one)->backend(), "gloo");
+  double v = 2.0;
+  EXPECT_TRUE((*one)->AllReduce(absl::MakeSpan(&v, 1), ReduceOp::kMax, absl::Now() + absl::Seconds(5)).ok());
+  EXPECT_EQ(v, 2.0);
   EXPECT_THAT(std::string(Launch({.backend = "mpi"}, single).status().message()),
               HasSubstr("not started by an MPI launcher"));
   LaunchInfo torchrun = Read({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", "1"}});
   EXPECT_THAT(std::string(Launch({.backend = "single"}, torchrun).status().message()),
               HasSubstr("backend single, but the torchrun launcher started rank 0 of 2"));
+  // CPU ranks under torchrun: Gloo (gloo_test.sh runs it for real).
+  EXPECT_EQ(*ChooseBackend({}, torchrun, 0, false), "gloo");
+  EXPECT_EQ(*ChooseBackend({.backend = "gloo"}, torchrun, 0, false), "gloo");
   if (CudaDeviceCount() == 0) {
-    EXPECT_THAT(std::string(Launch({.backend = "auto"}, torchrun).status().message()),
-                HasSubstr("no backend can connect the ranks"));
     absl::Status nccl = Launch({.backend = "nccl", .init_timeout = absl::Seconds(2)}, torchrun).status();
     EXPECT_FALSE(nccl.ok());
     EXPECT_THAT(std::string(nccl.message()), ::testing::AnyOf(HasSubstr("no CUDA device"), HasSubstr("no NCCL backend")));
@@ -197,9 +205,12 @@ TEST(Launch, BackendChoiceAndErrors) {
 TEST(Launch, AutoPicksNcclOnlyForCudaTensorsWithAGpuPerRank) {
   LaunchInfo info = Read({{"RANK", "0"}, {"WORLD_SIZE", "4"}, {"LOCAL_RANK", "0"}, {"LOCAL_WORLD_SIZE", "2"},
                           {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", "1"}});
-  // CPU tensors never go to NCCL, even with GPUs on the node.
-  EXPECT_THAT(std::string(ChooseBackend({.device = "cpu"}, info, /*gpus=*/8, true).status().message()),
-              HasSubstr("no backend can connect the ranks: NCCL needs device cuda"));
+  // CPU tensors never go to NCCL, even with GPUs on the node: Gloo, without an MPI launcher.
+  EXPECT_EQ(*ChooseBackend({.device = "cpu"}, info, /*gpus=*/8, true), "gloo");
+  // CUDA tensors without NCCL or MPI: nothing can carry them (Gloo reduces host buffers only).
+  EXPECT_THAT(std::string(ChooseBackend({.device = "cuda"}, info, 2, false).status().message()),
+              HasSubstr("no backend can connect the ranks: NCCL needs device cuda and a build with NCCL, MPI "
+                        "needs an MPI launcher (mpirun, srun --mpi=pmix), Gloo needs device cpu and MASTER_ADDR"));
   info.mpi_launched = true;
   EXPECT_EQ(*ChooseBackend({.device = "cpu"}, info, 8, true), "mpi");
   EXPECT_EQ(*ChooseBackend({.device = "cuda"}, info, 2, true), "nccl");
@@ -299,6 +310,83 @@ TEST(TcpRendezvous, TorchrunsAgentStoreOnMasterPortDoesNotBlockTheRendezvous) {
   EXPECT_THAT(std::string(busy.status().message()),
               HasSubstr("cannot listen on port " + std::to_string(master_port)));
   ::close(agent);
+}
+
+// Issue 26: a Kubernetes-style environment (a PyTorchJob's pod: no LOCAL_RANK, no agent store)
+// is one process per pod; rank 0 listens on MASTER_PORT, and auto picks Gloo for CPU ranks.
+TEST(Launch, KubernetesStyleEnvironmentWithoutLocalRank) {
+  LaunchInfo info = Read({{"RANK", "3"}, {"WORLD_SIZE", "4"}, {"MASTER_ADDR", "job-master-0"}, {"MASTER_PORT", "23456"}});
+  EXPECT_EQ(info.launcher, "torchrun");
+  EXPECT_EQ(info.rank, 3);
+  EXPECT_EQ(info.local_rank, 0);
+  EXPECT_EQ(info.local_world_size, 1);
+  EXPECT_EQ(info.rendezvous_port, 23456);
+  EXPECT_EQ(info.rendezvous_port_from, "MASTER_PORT");
+  EXPECT_EQ(*ChooseBackend({}, info, 0, false), "gloo");
+  info.master_addr.clear();  // no address to meet at: not Gloo, and the error says so
+  EXPECT_THAT(std::string(ChooseBackend({}, info, 0, false).status().message()),
+              HasSubstr("Gloo needs device cpu and MASTER_ADDR"));
+}
+
+// GatherThroughRank0 (the Gloo backend's address exchange): every rank gets every rank's payload,
+// in rank order, whoever comes first; stray connections (a probe, a silent client, junk, a
+// ShareFromRank0 peer's hello) never count as ranks.
+TEST(TcpRendezvous, GatherThroughRank0GivesEveryRankEveryPayload) {
+  const int world = 4;
+  const int port = 20000 + ((::getpid() + 104729) % 20000);
+  std::vector<absl::StatusOr<std::vector<std::string>>> got(world, absl::UnknownError("not run"));
+  std::vector<std::thread> threads;
+  threads.emplace_back([&] {
+    got[0] = GatherThroughRank0(0, world, "127.0.0.1", port, "zero", absl::Now() + absl::Seconds(30));
+  });
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  sa.sin_port = htons(static_cast<uint16_t>(port));
+  auto connected = [&] {
+    for (int attempt = 0; attempt < 200; ++attempt) {
+      int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+      if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0) return fd;
+      ::close(fd);
+      ::usleep(50 * 1000);
+    }
+    return -1;
+  };
+  int probe = connected();
+  ASSERT_GE(probe, 0) << "rank 0 never listened";
+  ::close(probe);
+  int silent = connected();
+  int garbage = connected();
+  ASSERT_EQ(::send(garbage, "GET / HTTP/1.0\r\n\r\n", 18, MSG_NOSIGNAL), 18);
+  // A ShareFromRank0 hello of rank 1 (another protocol): dropped, rank 1 not taken.
+  int other = connected();
+  const char share_hello[12] = {'E', 'M', 'B', 'H', 0, 0, 0, 1, 0, 0, 0, 1};
+  ASSERT_EQ(::send(other, share_hello, 12, MSG_NOSIGNAL), 12);
+  ::usleep(300 * 1000);
+  for (int r = world - 1; r >= 1; --r) {
+    threads.emplace_back([&, r] {
+      got[r] = GatherThroughRank0(r, world, "127.0.0.1", port, r == 2 ? std::string("t\x00o", 3) : std::to_string(r),
+                                  absl::Now() + absl::Seconds(30));
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  ::close(silent);
+  ::close(garbage);
+  ::close(other);
+  const std::vector<std::string> want = {"zero", "1", std::string("t\x00o", 3), "3"};
+  for (int r = 0; r < world; ++r) {
+    ASSERT_TRUE(got[r].ok()) << "rank " << r << ": " << got[r].status();
+    EXPECT_EQ(*got[r], want) << "rank " << r;
+  }
+}
+
+TEST(TcpRendezvous, GatherThroughRank0NamesTheMissingRanksAtItsDeadline) {
+  const int port = 20000 + ((::getpid() + 7) % 20000);
+  absl::StatusOr<std::vector<std::string>> got =
+      GatherThroughRank0(0, 3, "127.0.0.1", port, "zero", absl::Now() + absl::Milliseconds(300));
+  ASSERT_FALSE(got.ok());
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(std::string(got.status().message()), HasSubstr("0 of 2 ranks joined; missing rank(s) 1, 2"));
 }
 
 // Issue 24.14: connections that are not ranks (a port probe that connects and closes, a client

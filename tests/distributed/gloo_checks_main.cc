@@ -1,0 +1,132 @@
+// Runs under a real torchrun (gloo_test.sh: 2 and 4 ranks) or a Kubernetes-style environment
+// (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, no LOCAL_RANK), with the backend Launch picks for
+// CPU ranks without an MPI launcher ("auto", which must be Gloo) or --backend given as argv[1]:
+//   gloo_checks [auto|gloo]           the communicator conformance suite, every rank; prints
+//                                     "rank R of N: PASSED (backend gloo)"
+//   gloo_checks stall K               rank K stops itself (SIGSTOP) at iteration 3 of an engine run;
+//                                     every other rank must fail by itself within the 3 s deadline
+//                                     with DEADLINE_EXCEEDED naming the event and the iteration
+//   gloo_checks exit K                rank K exits (as a crash would, status 9) at iteration 3
+//   gloo_checks leave K               rank K leaves early, exiting 0 at iteration 3
+//   gloo_checks kinds K               rank K all-reduces 4 doubles while the others all-reduce a
+//                                     gradient bucket of 50858 floats: never matched, every rank
+//                                     fails at its deadline
+// In the fault modes each rank prints "rank R: <status> after <seconds>s" and exits non-zero on
+// failure (after a pause, so that torchrun, which stops the other workers at the first failure,
+// does not stop a survivor before it has detected the fault by itself).
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "distributed/launch.h"
+#include "engine/engine.h"
+#include "gtest/gtest.h"
+#include "handlers/terminate_on_nan.h"
+#include "tests/distributed/communicator_checks.h"
+
+namespace {
+
+ember::dist::Communicator* g_comm = nullptr;
+
+TEST(Gloo, Conformance) { ember::dist::testing::CheckAll(*g_comm); }
+
+TEST(Gloo, Backend) {
+  EXPECT_EQ(g_comm->backend(), "gloo");
+  EXPECT_GE(g_comm->local_rank(), 0);
+  EXPECT_LT(g_comm->local_rank(), g_comm->world_size());
+}
+
+int Fault(const std::string& kind, int victim) {
+  ember::dist::Communicator& comm = *g_comm;
+  std::vector<int> data(100, 0);
+  ember::Engine engine([&](ember::Engine& e, const int&) {
+    if (comm.rank() == victim && e.state().iteration == 3) {
+      std::fprintf(stderr, "rank %d: %s at iteration 3\n", victim, kind.c_str());
+      std::fflush(nullptr);
+      if (kind == "stall") ::raise(SIGSTOP);
+      ::_exit(kind == "leave" ? 0 : 9);
+    }
+    return 1.0;
+  });
+  engine.set_communicator(&comm);
+  engine.set_collective_timeout(absl::Seconds(3));
+  engine.On(ember::Events::IterationCompleted(), ember::TerminateOnNan());
+  const absl::Time start = absl::Now();
+  absl::Status s = engine.Run(data);
+  std::printf("rank %d: %s after %.1fs\n", comm.rank(), s.ToString().c_str(),
+              absl::ToDoubleSeconds(absl::Now() - start));
+  std::fflush(stdout);
+  return s.ok() ? 0 : 1;
+}
+
+int Kinds(int victim) {
+  ember::dist::Communicator& comm = *g_comm;
+  const absl::Time start = absl::Now();
+  const absl::Time deadline = absl::Now() + absl::Seconds(3);
+  absl::Status s;
+  std::vector<float> gradients(50858, 1.0f);
+  std::vector<double> metric(4, 1.0);
+  if (comm.rank() == victim) {
+    s = comm.AllReduce(absl::MakeSpan(metric), ember::dist::ReduceOp::kSum, deadline);
+  } else {
+    s = comm.AllReduce(ember::dist::Buffer{gradients.data(), ember::dist::DType::kFloat32, gradients.size()},
+                       ember::dist::ReduceOp::kSum, deadline);
+  }
+  std::printf("rank %d: %s after %.1fs\n", comm.rank(), s.ToString().c_str(),
+              absl::ToDoubleSeconds(absl::Now() - start));
+  std::fflush(stdout);
+  return s.ok() ? 0 : 1;
+}
+
+// The last checks of a healthy run, in the same order on every rank: a collective whose deadline
+// has passed fails at once with kDeadlineExceeded (no rank waits), and poisons the communicator.
+int PastDeadline() {
+  ember::dist::Communicator& comm = *g_comm;
+  double v = 1.0;
+  const absl::Time start = absl::Now();
+  absl::Status s = comm.AllReduce(absl::MakeSpan(&v, 1), ember::dist::ReduceOp::kSum, absl::Now() - absl::Seconds(1));
+  absl::Status after = comm.Barrier(absl::Now() + absl::Seconds(5));
+  const double took = absl::ToDoubleSeconds(absl::Now() - start);
+  const bool ok = s.code() == absl::StatusCode::kDeadlineExceeded &&
+                  after.code() == absl::StatusCode::kFailedPrecondition && took < 1.0;
+  std::printf("rank %d: past deadline: %s; then: %s (%s)\n", comm.rank(), s.ToString().c_str(),
+              after.ToString().c_str(), ok ? "as expected" : "WRONG");
+  return ok ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  const bool fault = argc == 3;
+  ember::dist::LaunchOptions options;
+  options.backend = argc == 2 ? argv[1] : "auto";
+  options.init_timeout = absl::Seconds(60);
+  absl::StatusOr<std::unique_ptr<ember::dist::Communicator>> comm = ember::dist::Launch(options);
+  if (!comm.ok()) {
+    std::printf("rank ?: %s\n", comm.status().ToString().c_str());
+    return 2;
+  }
+  g_comm = comm->get();
+  if (fault) {
+    const std::string kind = argv[1];
+    const int rc = kind == "kinds" ? Kinds(std::atoi(argv[2])) : Fault(kind, std::atoi(argv[2]));
+    std::fflush(nullptr);
+    // torchrun stops every worker at the first failure it sees: the survivors wait here so that
+    // each has detected the fault by itself (the time printed above) before any of them exits.
+    if (rc != 0) absl::SleepFor(absl::Seconds(4));
+    ::_exit(rc);  // poisoned: the communicator is left to the process
+  }
+  int rc = RUN_ALL_TESTS();
+  if (rc == 0) rc = PastDeadline();
+  std::printf("rank %d of %d: %s (backend %s)\n", g_comm->rank(), g_comm->world_size(), rc == 0 ? "PASSED" : "FAILED",
+              g_comm->backend().c_str());
+  std::fflush(nullptr);
+  ::_exit(rc);
+}

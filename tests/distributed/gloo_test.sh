@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The Gloo backend with real processes: Debian's torchrun (PyTorch 1.13, /usr/bin/python3) on 2
+# and 4 CPU ranks, and a Kubernetes-style launch (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, no
+# LOCAL_RANK; one process per "pod"):
+#  - the communicator conformance suite, with backend auto (which must pick Gloo) and gloo;
+#  - a stray connection to the rendezvous port (silent, or sending junk) never counts as a rank;
+#  - the fault matrix: a rank that stalls (SIGSTOP), is killed, or leaves early (exit 0) at
+#    iteration 3: every survivor fails by itself within the 3 s deadline, naming the event and
+#    the iteration (the stall: DEADLINE_EXCEEDED); a metric all-reduce against a gradient bucket
+#    never matches (DEADLINE_EXCEEDED on every rank).
+# Python 3.11 breaks torchrun 1.13's default output redirection, hence --redirects/--tee.
+set -uo pipefail
+checks=$1
+py=/usr/bin/python3
+if ! "$py" -c "import torch.distributed.run" 2>/dev/null; then
+  echo "python3-torch is not installed (tools/setup.sh installs it)"; exit 1
+fi
+fail() { echo "FAIL: $*"; exit 1; }
+base=$((25000 + ($$ % 4000) * 2))
+export OMP_NUM_THREADS=1
+logs=${TEST_TMPDIR:-$(mktemp -d)}
+
+# torchrun stops every worker once it sees one fail, at its next check (--monitor_interval): the
+# fault cases check every 8 s, so that the survivors' own detection (3 s deadline) is what is seen.
+torchrun() {  # torchrun NAME NPROC MONITOR_INTERVAL [binary args...]
+  local name=$1 n=$2 monitor=$3
+  shift 3
+  timeout 180 "$py" -m torch.distributed.run --nproc_per_node="$n" --redirects 1 --tee 1 --monitor_interval "$monitor" \
+    --master_port "$base" --log_dir "$logs/$name" --no_python "$checks" "$@" 2>&1
+}
+
+for n in 2 4; do
+  for backend in auto gloo; do
+    echo "== conformance: torchrun, $n ranks, backend $backend"
+    out=$(torchrun "conf-$n-$backend" "$n" 1 "$backend")
+    rc=$?
+    grep -E "rank [0-9?]" <<<"$out" | grep -v "^\[.*\]:\[" | head -n 20
+    [[ $rc -eq 0 ]] || { echo "$out" | tail -n 40; fail "conformance ($n ranks, $backend): torchrun exited $rc"; }
+    [[ $(grep -c "of $n: PASSED (backend gloo)" <<<"$out") -eq $n ]] || fail "conformance ($n ranks, $backend): not every rank passed on gloo"
+    [[ $(grep -c "past deadline: DEADLINE_EXCEEDED.*as expected" <<<"$out") -eq $n ]] || fail "past deadline ($n ranks)"
+  done
+done
+
+echo "== Kubernetes-style: no LOCAL_RANK, rank 0 listens on MASTER_PORT; stray connections first"
+port=$((base + 11))
+env -u LOCAL_RANK MASTER_ADDR=127.0.0.1 MASTER_PORT=$port WORLD_SIZE=2 RANK=0 "$checks" >"$logs/k8s-0.log" 2>&1 &
+pid0=$!
+sleep 1
+# A port probe that stays silent, one that sends junk, and one that closes at once.
+"$py" - "$port" <<'PY' &
+import socket, sys, time
+port = int(sys.argv[1])
+silent = socket.create_connection(("127.0.0.1", port))
+junk = socket.create_connection(("127.0.0.1", port)); junk.sendall(b"GET / HTTP/1.0\r\n\r\n" * 4)
+socket.create_connection(("127.0.0.1", port)).close()
+time.sleep(8)
+PY
+probe=$!
+sleep 1
+env -u LOCAL_RANK MASTER_ADDR=127.0.0.1 MASTER_PORT=$port WORLD_SIZE=2 RANK=1 "$checks" >"$logs/k8s-1.log" 2>&1 &
+pid1=$!
+wait "$pid0"; rc0=$?
+wait "$pid1"; rc1=$?
+wait "$probe"
+cat "$logs/k8s-0.log" "$logs/k8s-1.log" | grep -E "^rank "
+[[ $rc0 -eq 0 && $rc1 -eq 0 ]] || { tail -n 30 "$logs"/k8s-*.log; fail "Kubernetes-style launch exited $rc0 / $rc1"; }
+grep -q "rank 0 of 2: PASSED (backend gloo)" "$logs/k8s-0.log" || fail "k8s rank 0"
+grep -q "rank 1 of 2: PASSED (backend gloo)" "$logs/k8s-1.log" || fail "k8s rank 1"
+
+for n in 2 4; do
+  victim=$((n - 1))
+  for kind in stall exit leave kinds; do
+    start=$(date +%s.%N)
+    out=$(torchrun "$kind-$n" "$n" 8 "$kind" "$victim")
+    rc=$?
+    took=$(echo "$(date +%s.%N) - $start" | bc)
+    echo "== $kind of rank $victim of $n: torchrun exited $rc after ${took}s"
+    grep -E "rank [0-9]+: " <<<"$out" | head -n 20
+    [[ $rc -ne 0 ]] || fail "$kind: the job exited 0"
+    [[ $rc -ne 124 ]] || fail "$kind: the job hung"
+    last=$victim
+    [[ $kind == kinds ]] && last=$n
+    for ((r = 0; r < last; ++r)); do
+      line=$(grep -E "rank $r: [A-Z_]+: .* after [0-9.]+s" <<<"$out" | head -n 1)
+      [[ -n $line ]] || fail "$kind: rank $r reported nothing"
+      secs=$(grep -oE "after [0-9.]+s" <<<"$line" | grep -oE "[0-9.]+" | head -n 1)
+      # Within the 3 s deadline (plus scheduling on a loaded 2-core machine).
+      (( $(echo "$secs < 4.5" | bc) )) || fail "$kind: rank $r took ${secs}s: $line"
+      if [[ $kind == kinds ]]; then
+        grep -q "DEADLINE_EXCEEDED: .*gloo all-reduce" <<<"$line" || fail "kinds: rank $r: $line"
+        continue
+      fi
+      grep -q "\[at ITERATION_COMPLETED, epoch 1, iteration 3\]" <<<"$line" ||
+        fail "$kind: rank $r did not name the event and iteration: $line"
+      grep -q "gloo .* on rank $r of $n (peers " <<<"$line" || fail "$kind: rank $r did not name the peers: $line"
+      if [[ $kind == stall ]]; then
+        grep -q "DEADLINE_EXCEEDED: agreement of 1 value(s) from 1 synchronized handler(s) at ITERATION_COMPLETED failed on rank $r " <<<"$line" ||
+          fail "stall: rank $r did not report the deadline itself: $line"
+      fi
+    done
+  done
+done
+echo OK
