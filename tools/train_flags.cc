@@ -72,7 +72,7 @@ ABSL_FLAG(bool, eval_only, false,
 ABSL_FLAG(bool, start_over, false,
           "with --resume: when checkpoints are there but none is usable (corrupt ones are moved aside "
           "as NAME.pt.corrupt), train from scratch instead of failing");
-ABSL_FLAG(std::string, backend, "auto", "auto | single | mpi | nccl");
+ABSL_FLAG(std::string, backend, "auto", "auto | single | mpi | nccl | gloo");
 ABSL_FLAG(std::string, device, "cpu", "cpu | cuda (the local rank picks the GPU)");
 ABSL_FLAG(double, deadline_s, 120, "seconds a collective may wait for the other ranks");
 ABSL_FLAG(double, init_timeout_s, 300, "seconds the start-up may wait for every rank to join (> 0)");
