@@ -7,6 +7,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <algorithm>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -102,6 +104,47 @@ const char* FileKind(mode_t mode) {
   return "of an unknown kind";
 }
 
+// The last min(max_bytes, size) bytes of the regular file `path` (all of it for SIZE_MAX), read
+// with pread from the size it had when opened (a file that grows meanwhile cannot make this
+// unbounded; one that shrinks gives what is there).
+absl::StatusOr<std::string> ReadEnd(const std::string& path, size_t max_bytes, uint64_t* file_size) {
+  // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below); it changes
+  // nothing for a regular file.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return ErrnoStatus(errno, "open", path);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    int e = errno;
+    ::close(fd);
+    return ErrnoStatus(e, "fstat", path);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return absl::FailedPreconditionError(absl::StrCat("read ", path, ": not a regular file (", FileKind(st.st_mode),
+                                                      "); only regular files are read"));
+  }
+  const uint64_t total = static_cast<uint64_t>(st.st_size);
+  if (file_size != nullptr) *file_size = total;
+  const size_t size = static_cast<size_t>(std::min<uint64_t>(total, max_bytes));
+  const off_t start = static_cast<off_t>(total - size);
+  std::string out(size, '\0');
+  size_t got = 0;
+  while (got < size) {
+    ssize_t n = ::pread(fd, out.data() + got, size - got, start + static_cast<off_t>(got));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int e = errno;
+      ::close(fd);
+      return ErrnoStatus(e, "read", path);
+    }
+    if (n == 0) break;  // shrank meanwhile: what is there
+    got += static_cast<size_t>(n);
+  }
+  out.resize(got);
+  ::close(fd);
+  return out;
+}
+
 class PosixFileSystem final : public FileSystem {
  public:
   absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path) override {
@@ -110,39 +153,11 @@ class PosixFileSystem final : public FileSystem {
     return std::unique_ptr<WritableFile>(new PosixWritableFile(fd, path));
   }
   absl::StatusOr<std::string> ReadFile(const std::string& path) override {
-    // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below); it changes
-    // nothing for a regular file.
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) return ErrnoStatus(errno, "open", path);
-    struct stat st;
-    if (::fstat(fd, &st) != 0) {
-      int e = errno;
-      ::close(fd);
-      return ErrnoStatus(e, "fstat", path);
-    }
-    if (!S_ISREG(st.st_mode)) {
-      ::close(fd);
-      return absl::FailedPreconditionError(absl::StrCat("read ", path, ": not a regular file (", FileKind(st.st_mode),
-                                                        "); only regular files are read"));
-    }
-    // At most the size it had when opened: a file that grows meanwhile cannot make this unbounded.
-    const size_t size = static_cast<size_t>(st.st_size);
-    std::string out(size, '\0');
-    size_t got = 0;
-    while (got < size) {
-      ssize_t n = ::read(fd, out.data() + got, size - got);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        int e = errno;
-        ::close(fd);
-        return ErrnoStatus(e, "read", path);
-      }
-      if (n == 0) break;  // shrank meanwhile: what is there
-      got += static_cast<size_t>(n);
-    }
-    out.resize(got);
-    ::close(fd);
-    return out;
+    return ReadEnd(path, std::numeric_limits<size_t>::max(), nullptr);
+  }
+  absl::StatusOr<std::string> ReadFileTail(const std::string& path, size_t max_bytes,
+                                           uint64_t* file_size) override {
+    return ReadEnd(path, max_bytes, file_size);
   }
   absl::Status Rename(const std::string& from, const std::string& to) override {
     if (::rename(from.c_str(), to.c_str()) != 0) {
@@ -208,6 +223,15 @@ class PosixFileSystem final : public FileSystem {
 };
 
 }  // namespace
+
+absl::StatusOr<std::string> FileSystem::ReadFileTail(const std::string& path, size_t max_bytes,
+                                                     uint64_t* file_size) {
+  absl::StatusOr<std::string> all = ReadFile(path);
+  if (!all.ok()) return all.status();
+  if (file_size != nullptr) *file_size = all->size();
+  if (all->size() > max_bytes) all->erase(0, all->size() - max_bytes);
+  return all;
+}
 
 absl::Status FileSystem::CreateDirs(const std::string& dir) {
   if (dir.empty() || IsDirectory(dir)) return absl::OkStatus();

@@ -47,6 +47,12 @@ class FileSystem {
   // a directory) is refused at once with kFailedPrecondition naming it and what it is, never
   // waited on (a FIFO is opened without blocking).
   virtual absl::StatusOr<std::string> ReadFile(const std::string& path) = 0;
+  // The last min(max_bytes, size) bytes of a regular file, and (in `*file_size`) its size when
+  // opened: one open, fstat and pread, so that a reader of a file's trailer (a zip's central
+  // directory) does not read its body. Refuses what ReadFile refuses. The default reads the whole
+  // file through ReadFile and keeps its end (for fakes; the POSIX file system reads only the end).
+  virtual absl::StatusOr<std::string> ReadFileTail(const std::string& path, size_t max_bytes,
+                                                   uint64_t* file_size);
   // Atomically replaces `to` with `from` (rename(2)).
   virtual absl::Status Rename(const std::string& from, const std::string& to) = 0;
   virtual absl::Status RemoveFile(const std::string& path) = 0;
@@ -79,6 +85,9 @@ class FileSystemWrapper : public FileSystem {
     return target_->NewWritableFile(p);
   }
   absl::StatusOr<std::string> ReadFile(const std::string& p) override { return target_->ReadFile(p); }
+  absl::StatusOr<std::string> ReadFileTail(const std::string& p, size_t max_bytes, uint64_t* file_size) override {
+    return target_->ReadFileTail(p, max_bytes, file_size);
+  }
   absl::Status Rename(const std::string& f, const std::string& t) override { return target_->Rename(f, t); }
   absl::Status RemoveFile(const std::string& p) override { return target_->RemoveFile(p); }
   absl::Status SyncDir(const std::string& d) override { return target_->SyncDir(d); }

@@ -94,6 +94,19 @@ absl::StatusOr<std::string> FaultInjectionFileSystem::ReadFile(const std::string
   return target()->ReadFile(path);
 }
 
+absl::StatusOr<std::string> FaultInjectionFileSystem::ReadFileTail(const std::string& path, size_t max_bytes,
+                                                                   uint64_t* file_size) {
+  RunHook("read " + path + " (tail)");
+  {
+    MutexLock lock(&mu_);
+    if (!read_fault_path_.empty() && path.find(read_fault_path_) != std::string::npos) {
+      log_.push_back("read " + path + " [FAILED] (tail)");
+      return absl::Status(read_error_.code(), absl::StrCat("read ", path, ": ", read_error_.message()));
+    }
+  }
+  return target()->ReadFileTail(path, max_bytes, file_size);
+}
+
 int FaultInjectionFileSystem::ops() const {
   MutexLock lock(&mu_);
   return ops_;

@@ -4,7 +4,7 @@
 // temporary directory) that can
 //   - fail the n-th mutating operation from now (create, append, fsync, close, chmod, rename,
 //     remove, fsync of a directory, mkdir) with a given error (ENOSPC, EIO, ...);
-//   - fail reads (ReadFile) of paths containing a substring with a given error (EIO on resume);
+//   - fail reads (ReadFile, ReadFileTail) of paths containing a substring with a given error (EIO on resume);
 //   - call a hook before every operation (a test delays an asynchronous writer with it);
 //   - SimulateCrash(): drop everything that was not made durable, as a power loss would: file
 //     data appended after the file's last fsync, and directory entries (file creations, renames,
@@ -58,6 +58,9 @@ class FaultInjectionFileSystem final : public FileSystemWrapper {
   absl::Status CreateDir(const std::string& dir) override;
   absl::Status RemoveDir(const std::string& dir) override;
   absl::StatusOr<std::string> ReadFile(const std::string& path) override;
+  // Reads of a file's end fail as ReadFile does (FailReads) and are logged as "read PATH [FAILED] (tail)".
+  absl::StatusOr<std::string> ReadFileTail(const std::string& path, size_t max_bytes,
+                                           uint64_t* file_size) override;
   absl::Status Chmod(const std::string& path, unsigned mode) override;
 
   // Used by the files it hands out.

@@ -547,14 +547,41 @@ absl::Status Checkpoint::Propose(Engine& engine, absl::Span<double> values) {
   return absl::OkStatus();
 }
 
-absl::Status Checkpoint::RestoreFromHandler(dist::Communicator& comm) {
+void Checkpoint::VerifyBest(std::vector<Item> ranked, const std::string& trusted,
+                            std::set<std::string>* untrusted) {
+  SortSaved(ranked);
+  for (auto it = ranked.rbegin(); it != ranked.rend(); ++it) {
+    if (it->filename == trusted || untrusted->count(it->filename) > 0) {
+      if (it->filename == trusted) return;
+      continue;
+    }
+    absl::Status v = save_handler_->Verify(it->filename);
+    if (v.ok()) return;
+    LogWarning(absl::StrCat("Checkpoint: ", save_handler_->Location(it->filename),
+                            " would rank best but does not verify, so it is not ranked: ", v.ToString()));
+    untrusted->insert(it->filename);
+  }
+}
+
+absl::Status Checkpoint::RestoreFromHandler(dist::Communicator& comm, bool verify_best) {
   // The saving rank lists what is there; every rank adopts the same list.
   std::string listing;
   const absl::Time deadline = absl::Now() + options_.save_timeout;
   absl::Status s = dist::RunOnRoot(comm, options_.save_on_rank, deadline, [&]() -> absl::Status {
     EMBER_ASSIGN_OR_RETURN(auto files, save_handler_->List());
+    // A listing may come from the files' trailers alone (DiskSaver): the file that would rank
+    // best is read whole first, and one that does not verify is not adopted (the next best is
+    // tried). Only that one is read, however many files there are.
+    std::set<std::string> untrusted;
+    if (verify_best) {
+      std::vector<Item> ranked = saved_;
+      for (const auto& [filename, meta] : files) {
+        if (meta.basename == Basename()) ranked.push_back(Item{meta.priority, filename, meta.save_index});
+      }
+      VerifyBest(std::move(ranked), "", &untrusted);
+    }
     for (const auto& [filename, meta] : files) {
-      if (meta.basename != Basename()) continue;
+      if (meta.basename != Basename() || untrusted.count(filename) > 0) continue;
       absl::StrAppendFormat(&listing, "%s\t%.17g\t%d\t%s\n", filename, meta.priority, meta.save_index,
                             meta.global_step ? absl::StrCat(*meta.global_step) : "-");
     }
@@ -929,7 +956,8 @@ absl::StatusOr<std::optional<std::string>> Checkpoint::ResumeLatest(dist::Commun
                                                                      Value* loaded) {
   if (!restored_) {
     restored_ = true;
-    EMBER_RETURN_IF_ERROR(RestoreFromHandler(comm));
+    // The best is verified below, unless it is the file resumed from (read whole anyway).
+    EMBER_RETURN_IF_ERROR(RestoreFromHandler(comm, /*verify_best=*/false));
   }
   std::vector<Item> newest_first = saved_;
   std::sort(newest_first.begin(), newest_first.end(),
@@ -958,6 +986,18 @@ absl::StatusOr<std::optional<std::string>> Checkpoint::ResumeLatest(dist::Commun
       chosen = item.filename;
       bytes = *std::move(b);
       break;
+    }
+    // The file that ranks best is read whole too, unless it is the one just read.
+    std::set<std::string> untrusted;
+    for (absl::string_view f : absl::StrSplit(dropped, '\n', absl::SkipEmpty())) untrusted.insert(std::string(f));
+    const size_t known = untrusted.size();
+    VerifyBest(saved_, chosen, &untrusted);
+    if (untrusted.size() > known) {
+      for (const Item& item : saved_) {
+        if (untrusted.count(item.filename) > 0 && dropped.find(item.filename + "\n") == std::string::npos) {
+          absl::StrAppend(&dropped, item.filename, "\n");
+        }
+      }
     }
     std::vector<std::string> rejected = save_handler_->Rejected();
     rejected.insert(rejected.end(), unreadable.begin(), unreadable.end());

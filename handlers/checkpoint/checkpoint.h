@@ -247,7 +247,12 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
   // With `fenced`: also the storages a background snapshot copies behind the fence (see
   // Saveable::fenced()); every other tensor is copied at the firing.
   absl::StatusOr<Value> BuildCheckpoint(std::set<const void*>* fenced = nullptr) const;
-  absl::Status RestoreFromHandler(dist::Communicator& comm);
+  // verify_best: the file that would rank best is verified in full (SaveHandler::Verify) before
+  // it is adopted (ResumeLatest does it itself, after reading the file it resumes from).
+  absl::Status RestoreFromHandler(dist::Communicator& comm, bool verify_best = true);
+  // On the saving rank: verifies the best-ranked of `ranked` (skipping those in `*untrusted`),
+  // adding each one that fails to `*untrusted`, until one verifies or is `trusted` (already read).
+  void VerifyBest(std::vector<Item> ranked, const std::string& trusted, std::set<std::string>* untrusted);
   std::optional<int64_t> StepOf(const Item& item) const;
   absl::StatusOr<std::vector<std::string>> SetAsideLater(dist::Communicator& comm, int64_t step);
   // After a failed run, without a collective: waits for this rank's writer; the saving rank

@@ -90,11 +90,24 @@ absl::Status DiskSaver::Save(const Value& checkpoint, const std::string& filenam
   auto write = [&](const AppendFn& append) {
     return WriteTorchSave(checkpoint, append, {{kMetaRecord, metadata.Serialize()}});
   };
-  return options_.atomic ? WriteFileAtomically(options_.fs, path, write)
-                         : WriteFileDirectly(options_.fs, path, write);
+  Forget(filename);
+  absl::Status s = options_.atomic ? WriteFileAtomically(options_.fs, path, write)
+                                   : WriteFileDirectly(options_.fs, path, write);
+  if (s.ok()) {
+    // Its bytes are those just checksummed while written: verified by construction.
+    MutexLock lock(&mu_);
+    verified_.insert(filename);
+  }
+  return s;
+}
+
+void DiskSaver::Forget(const std::string& filename) {
+  MutexLock lock(&mu_);
+  verified_.erase(filename);
 }
 
 absl::Status DiskSaver::Remove(const std::string& filename) {
+  Forget(filename);
   const std::string path = Location(filename);
   EMBER_RETURN_IF_ERROR(options_.fs->RemoveFile(path));
   return options_.fs->SyncDir(dirname_);
@@ -106,9 +119,11 @@ absl::StatusOr<std::vector<std::pair<std::string, CheckpointMetadata>>> DiskSave
   std::vector<std::pair<std::string, CheckpointMetadata>> out;
   for (const std::string& name : names) {
     if (!absl::EndsWith(name, ".pt") || options_.fs->IsDirectory(Location(name))) continue;
-    // Every file is verified before it is adopted: a corrupt checkpoint is never ranked, never
-    // reported as best or latest, and never deleted or overwritten.
-    absl::StatusOr<RecordLookup> found = ReadRecordAndVerify(Location(name), kMetaRecord, options_.fs);
+    // Only each file's trailer is read (its zip directory, metadata and checksum record, checked
+    // against each other): listing costs the same however many and however large the checkpoints
+    // are. A listed file is not yet trusted: Verify() reads it whole before it is resumed from or
+    // ranked as best (Checkpoint does so), and a corrupt one is moved aside then.
+    absl::StatusOr<RecordLookup> found = ReadRecordFromTrailer(Location(name), kMetaRecord, options_.fs);
     if (!found.ok()) {
       // Not readable as an archive: whose it is cannot be told, so it is left where it is.
       LogWarning(absl::StrCat("DiskSaver: ignoring ", Location(name), ": ", found.status().message()));
@@ -134,6 +149,25 @@ absl::StatusOr<std::vector<std::pair<std::string, CheckpointMetadata>>> DiskSave
   return out;
 }
 
+absl::Status DiskSaver::Verify(const std::string& filename) {
+  {
+    MutexLock lock(&mu_);
+    if (verified_.count(filename) > 0) return absl::OkStatus();
+  }
+  absl::StatusOr<ArchiveCheck> check = VerifyTorchSaveFile(Location(filename), options_.fs);
+  absl::Status s = check.status();
+  if (s.ok() && !check->has_checksum) {
+    s = absl::DataLossError(absl::StrCat(Location(filename), ": has no checksum record"));
+  }
+  if (!s.ok()) {
+    if (s.code() == absl::StatusCode::kDataLoss) Quarantine(filename, s);
+    return s;
+  }
+  MutexLock lock(&mu_);
+  verified_.insert(filename);
+  return absl::OkStatus();
+}
+
 void DiskSaver::Reject(const std::string& filename, const absl::Status& why) {
   MutexLock lock(&mu_);
   rejected_.push_back(absl::StrCat(filename, ": ", why.message()));
@@ -142,6 +176,7 @@ void DiskSaver::Reject(const std::string& filename, const absl::Status& why) {
 void DiskSaver::Quarantine(const std::string& filename, const absl::Status& why) {
   // Moved aside under a name that says so (and no longer ends in .pt): kept for inspection,
   // never adopted again, and a later save of the same name cannot overwrite it.
+  Forget(filename);
   std::string aside = absl::StrCat(filename, ".corrupt");
   for (int i = 1; options_.fs->Exists(Location(aside)); ++i) aside = absl::StrCat(filename, ".corrupt.", i);
   absl::Status moved = options_.fs->Rename(Location(filename), Location(aside));
@@ -153,6 +188,7 @@ void DiskSaver::Quarantine(const std::string& filename, const absl::Status& why)
 }
 
 absl::StatusOr<std::string> DiskSaver::SetAside(const std::string& filename) {
+  Forget(filename);
   std::string aside = absl::StrCat(filename, ".abandoned");
   for (int i = 1; options_.fs->Exists(Location(aside)); ++i) aside = absl::StrCat(filename, ".abandoned.", i);
   EMBER_RETURN_IF_ERROR(options_.fs->Rename(Location(filename), Location(aside)));

@@ -37,6 +37,11 @@ class SaveHandler {
   // Files List() saw and did not adopt, as "filename: reason": unreadable, corrupt (a corrupt file
   // of Ember's own is moved aside, see DiskSaver), or not written by Ember.
   virtual std::vector<std::string> Rejected() const { return {}; }
+  // Checks a listed checkpoint in full before it is trusted (List() may report a file from its
+  // trailer alone, see DiskSaver): OK, or why not; a corrupt one (kDataLoss) has been set aside
+  // (Quarantine). Checkpoint calls it before a file is ranked as best; the file a run resumes from
+  // is read and checked whole anyway. The default: nothing to check.
+  virtual absl::Status Verify(const std::string& filename) { return absl::OkStatus(); }
   // Sets a corrupt stored checkpoint aside so that it is never used, ranked or overwritten
   // (DiskSaver renames it; the default does nothing).
   virtual void Quarantine(const std::string& filename, const absl::Status& why) {}

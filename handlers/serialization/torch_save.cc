@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -311,6 +312,124 @@ absl::StatusOr<RecordLookup> ReadRecordAndVerify(const std::string& path, const 
         }
         return out;
       });
+}
+
+namespace {
+
+// Bytes read from a file's end for its trailer (the zip directory and Ember's records, written
+// last): enough for some thousands of records, and at most kMaxTrailerBytes when there are more.
+constexpr size_t kTrailerBytes = size_t{256} << 10;
+constexpr uint64_t kMaxTrailerBytes = uint64_t{64} << 20;
+
+uint64_t LeAt(std::string_view b, size_t at, int n) {
+  uint64_t v = 0;
+  for (int i = n - 1; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(b[at + i]);
+  return v;
+}
+
+}  // namespace
+
+absl::StatusOr<RecordLookup> ReadRecordFromTrailer(const std::string& path, const std::string& record,
+                                                   FileSystem* fs) {
+  if (fs == nullptr) fs = FileSystem::Default();
+  if (fs->IsDirectory(path)) {
+    return absl::FailedPreconditionError(absl::StrCat(path, ": is a directory, not a checkpoint file"));
+  }
+  uint64_t file_size = 0;
+  EMBER_ASSIGN_OR_RETURN(std::string tail, fs->ReadFileTail(path, kTrailerBytes, &file_size));
+  // Reads the file's end again, from byte `from` on.
+  auto read_from = [&](uint64_t from) -> absl::Status {
+    if (from > file_size || file_size - from > kMaxTrailerBytes) {
+      return absl::DataLossError(absl::StrCat(path, ": its zip directory would start at byte ", from, " of ",
+                                              file_size, ", more than ", kMaxTrailerBytes,
+                                              " bytes before the end (corrupted, or not a checkpoint of Ember's)"));
+    }
+    uint64_t again = 0;
+    EMBER_ASSIGN_OR_RETURN(tail, fs->ReadFileTail(path, static_cast<size_t>(file_size - from), &again));
+    if (again != file_size) {
+      return absl::AbortedError(absl::StrCat(path, ": changed size while it was read (", file_size, " then ",
+                                             again, " bytes)"));
+    }
+    return absl::OkStatus();
+  };
+  uint64_t need_from = 0;
+  absl::StatusOr<std::map<std::string, serialization::ZipEntry>> dir =
+      serialization::ReadZipDirectoryTail(tail, file_size, path, &need_from);
+  if (dir.status().code() == absl::StatusCode::kOutOfRange) {
+    EMBER_RETURN_IF_ERROR(read_from(need_from));
+    dir = serialization::ReadZipDirectoryTail(tail, file_size, path, nullptr);
+  }
+  if (!dir.ok()) return dir.status();
+  RecordLookup out;
+  auto wanted = dir->find(record);
+  if (wanted == dir->end()) return out;  // not one of ours
+  auto checksum = dir->find(kChecksumRecord);
+  // Ember writes its own records last (after every tensor): read from the first of them.
+  uint64_t first = wanted->second.offset;
+  if (checksum != dir->end()) first = std::min(first, checksum->second.offset);
+  if (first < file_size - tail.size()) EMBER_RETURN_IF_ERROR(read_from(first));
+  const uint64_t base = file_size - tail.size();
+  auto extract = [&](const std::string& name, const serialization::ZipEntry& e) -> absl::StatusOr<std::string> {
+    auto bad = [&](const std::string& why) {
+      return absl::DataLossError(absl::StrCat(path, ": record ", name, " ", why, ": the file is corrupted"));
+    };
+    if (e.offset < base || e.offset > file_size || file_size - e.offset < 30 ||
+        LeAt(tail, static_cast<size_t>(e.offset - base), 4) != 0x04034b50) {
+      return bad(absl::StrCat("has no local header at byte ", e.offset));
+    }
+    const size_t at = static_cast<size_t>(e.offset - base);
+    const uint64_t data = e.offset + 30 + LeAt(tail, at + 26, 2) + LeAt(tail, at + 28, 2);
+    if (data > file_size || file_size - data < e.size) return bad("overruns the file");
+    std::string bytes = tail.substr(static_cast<size_t>(data - base), static_cast<size_t>(e.size));
+    const uint32_t crc = Crc32(bytes.data(), bytes.size());
+    if (crc != e.crc) {
+      return bad(absl::StrFormat("fails its zip CRC-32 (crc32 %08x, expected %08x)", crc, e.crc));
+    }
+    return bytes;
+  };
+  absl::StatusOr<std::string> found = extract(record, wanted->second);
+  if (!found.ok()) {
+    out.record = std::string();
+    out.integrity = found.status();
+    return out;
+  }
+  out.record = *std::move(found);
+  if (checksum == dir->end()) {
+    out.integrity = absl::DataLossError(absl::StrCat(path, ": has no checksum record"));
+    return out;
+  }
+  absl::StatusOr<std::string> text = extract(kChecksumRecord, checksum->second);
+  if (!text.ok()) {
+    out.integrity = text.status();
+    return out;
+  }
+  int version = 0;
+  absl::StatusOr<std::map<std::string, ChecksumEntry>> ember = ParseChecksum(*text, path, &version);
+  if (!ember.ok()) {
+    out.integrity = ember.status();
+    return out;
+  }
+  if (ember->count("data.pkl") == 0 || ember->count(record) == 0) {
+    out.integrity = absl::DataLossError(absl::StrCat(path, ": checksum record does not cover data.pkl and ", record));
+    return out;
+  }
+  // Ember's checksum record and the zip directory must agree on every record (the bodies are not
+  // read here: VerifyTorchSaveFile reads them).
+  for (const auto& [name, expected] : *ember) {
+    auto in_zip = dir->find(name);
+    if (in_zip == dir->end()) {
+      out.integrity = absl::DataLossError(absl::StrCat(path, ": record ", name, " is missing"));
+      return out;
+    }
+    if (in_zip->second.crc != expected.crc || in_zip->second.size != expected.size) {
+      out.integrity = absl::DataLossError(absl::StrFormat(
+          "%s: the zip directory and Ember's checksum record disagree on record %s (crc32 %08x, %d bytes; "
+          "expected %08x, %d bytes): the file is corrupted",
+          path, name, in_zip->second.crc, in_zip->second.size, expected.crc, expected.size));
+      return out;
+    }
+  }
+  return out;
 }
 
 absl::StatusOr<ArchiveCheck> VerifyTorchSaveFile(const std::string& path, FileSystem* fs) {

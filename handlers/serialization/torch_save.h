@@ -97,6 +97,17 @@ struct RecordLookup {
 absl::StatusOr<RecordLookup> ReadRecordAndVerify(const std::string& path, const std::string& record,
                                                  FileSystem* fs = nullptr);
 
+// The same, from the file's trailer only (what a directory listing needs, in time that does not
+// grow with the file): the zip directory, `record` and Ember's checksum record are read from the
+// file's last bytes (FileSystem::ReadFileTail; Ember writes its records after the tensors), and
+// `integrity` says whether they are intact and agree: each one's CRC-32 against the directory,
+// and the checksum record's CRC-32 and size of every record against the directory's. The
+// records' bodies (the tensors) are NOT read or checked: VerifyTorchSaveFile does that, and a
+// file must pass it before it is trusted (resumed from, ranked as best). `record` is an empty
+// string when present but unreadable (integrity then says why).
+absl::StatusOr<RecordLookup> ReadRecordFromTrailer(const std::string& path, const std::string& record,
+                                                   FileSystem* fs = nullptr);
+
 namespace serialization_internal {
 // WriteTorchSave with zip64 records forced on (as for records or archives over 4 GiB), so that
 // tests can check that readers accept the zip64 layout without writing 4 GiB.

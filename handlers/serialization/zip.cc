@@ -1,6 +1,7 @@
 #include "handlers/serialization/zip.h"
 
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <string>
@@ -203,55 +204,91 @@ absl::StatusOr<uint32_t> ZipWriter::Record(const std::string& name, const void* 
 }
 absl::Status ZipWriter::Finish() { return impl_->Finish(); }
 
-// The CRC-32 and size that the zip central directory records for each record, keyed by the
-// reader's record name (the path without the archive's top-level folder). Every offset is
-// bounds-checked: a malformed directory is an error, never a read past the buffer.
-absl::StatusOr<std::map<std::string, ZipEntry>> ReadZipDirectory(std::string_view b,
-                                                                 const std::string& name) {
+// The CRC-32, size and local-header offset that the zip central directory records for each
+// record, keyed by the reader's record name (the path without the archive's top-level folder),
+// read from the last t.size() bytes of a file of `file_size` bytes. Every offset is bounds-checked
+// against the file and the tail: a malformed directory is kDataLoss, and a directory that starts
+// before the tail is kOutOfRange with `*need_from` set to where it starts (read more, then call
+// again); never a read past the buffer.
+absl::StatusOr<std::map<std::string, ZipEntry>> ReadZipDirectoryTail(std::string_view t, uint64_t file_size,
+                                                                     const std::string& name,
+                                                                     uint64_t* need_from) {
   auto bad = [&](const std::string& why) {
     return absl::DataLossError(absl::StrCat(name, ": malformed zip central directory: ", why));
   };
-  constexpr size_t kEocd = 22;
-  if (b.size() < kEocd) return bad("file too short");
-  size_t eocd = std::string_view::npos;
-  const size_t lowest = b.size() > kEocd + 65535 ? b.size() - kEocd - 65535 : 0;
-  for (size_t at = b.size() - kEocd + 1; at-- > lowest;) {
-    if (Le(b, at, 4) == 0x06054b50) {
+  auto short_tail = [&](uint64_t from) {
+    if (need_from != nullptr) *need_from = from;
+    return absl::OutOfRangeError(absl::StrCat(name, ": the zip central directory starts at byte ", from,
+                                              ", before the ", t.size(), " bytes read"));
+  };
+  if (t.size() > file_size) return bad("tail longer than the file");
+  const uint64_t base = file_size - t.size();
+  auto le = [&](uint64_t at, int n) { return Le(t, static_cast<size_t>(at - base), n); };
+  constexpr uint64_t kEocd = 22;
+  if (file_size < kEocd) return bad("file too short");
+  const uint64_t lowest = file_size > kEocd + 65535 ? file_size - kEocd - 65535 : 0;
+  uint64_t eocd = file_size;
+  for (uint64_t at = file_size - kEocd + 1; at-- > std::max(lowest, base);) {
+    if (le(at, 4) == 0x06054b50) {
       eocd = at;
       break;
     }
   }
-  if (eocd == std::string_view::npos) return bad("no end-of-directory record");
-  uint64_t count = Le(b, eocd + 10, 2), offset = Le(b, eocd + 16, 4);
-  if ((count == 0xFFFF || offset == 0xFFFFFFFF) && eocd >= 20 && Le(b, eocd - 20, 4) == 0x07064b50) {
-    const uint64_t z = Le(b, eocd - 20 + 8, 8);
-    if (b.size() < 56 || z > b.size() - 56 || Le(b, z, 4) != 0x06064b50) return bad("bad zip64 end-of-directory record");
-    count = Le(b, z + 32, 8);
-    offset = Le(b, z + 48, 8);
+  if (eocd == file_size) {
+    if (lowest < base) return short_tail(lowest);
+    return bad("no end-of-directory record");
   }
+  uint64_t count = le(eocd + 10, 2), offset = le(eocd + 16, 4);
+  if ((count == 0xFFFF || offset == 0xFFFFFFFF) && eocd >= 20) {
+    if (eocd - 20 < base) return short_tail(eocd - 20);
+    if (le(eocd - 20, 4) == 0x07064b50) {
+      const uint64_t z = le(eocd - 20 + 8, 8);
+      if (file_size < 56 || z > file_size - 56) return bad("bad zip64 end-of-directory record");
+      if (z < base) return short_tail(z);
+      if (le(z, 4) != 0x06064b50) return bad("bad zip64 end-of-directory record");
+      count = le(z + 32, 8);
+      offset = le(z + 48, 8);
+    }
+  }
+  if (offset > file_size) return bad(absl::StrCat("directory offset ", offset, " is past the end of the file"));
+  if (offset < base) return short_tail(offset);
   std::map<std::string, ZipEntry> out;
-  size_t at = offset;
+  uint64_t at = offset;
   for (uint64_t i = 0; i < count; ++i) {
-    if (at > b.size() || b.size() - at < 46 || Le(b, at, 4) != 0x02014b50) {
+    if (at > file_size || file_size - at < 46 || le(at, 4) != 0x02014b50) {
       return bad(absl::StrCat("entry ", i, " of ", count, " is out of bounds or has a bad signature"));
     }
-    const size_t n = Le(b, at + 28, 2), extra = Le(b, at + 30, 2), comment = Le(b, at + 32, 2);
-    if (b.size() - at - 46 < n + extra + comment) return bad(absl::StrCat("entry ", i, " overruns the file"));
-    uint64_t size = Le(b, at + 24, 4);
-    // A zip64 extra field carries the real size when the 32-bit one is saturated.
-    for (size_t e = at + 46 + n; size == 0xFFFFFFFF && e + 4 <= at + 46 + n + extra;) {
-      const size_t id = Le(b, e, 2), len = Le(b, e + 2, 2);
+    const uint64_t n = le(at + 28, 2), extra = le(at + 30, 2), comment = le(at + 32, 2);
+    if (file_size - at - 46 < n + extra + comment) return bad(absl::StrCat("entry ", i, " overruns the file"));
+    uint64_t size = le(at + 24, 4);
+    const uint64_t packed = le(at + 20, 4);
+    uint64_t local = le(at + 42, 4);
+    // A zip64 extra field carries the real size and offset when the 32-bit ones are saturated
+    // (in that order, each only when saturated).
+    const bool big_size = size == 0xFFFFFFFF, big_packed = packed == 0xFFFFFFFF, big_local = local == 0xFFFFFFFF;
+    for (uint64_t e = at + 46 + n; (big_size || big_local) && e + 4 <= at + 46 + n + extra;) {
+      const uint64_t id = le(e, 2), len = le(e + 2, 2);
       if (e + 4 + len > at + 46 + n + extra) break;
-      if (id == 0x0001 && len >= 8) size = Le(b, e + 4, 8);
+      if (id == 0x0001) {
+        uint64_t field = e + 4;
+        if (big_size && field + 8 <= e + 4 + len) size = le(field, 8), field += 8;
+        if (big_packed) field += 8;
+        if (big_local && field + 8 <= e + 4 + len) local = le(field, 8);
+        break;
+      }
       e += 4 + len;
     }
-    std::string full(b.substr(at + 46, n));
+    std::string full(t.substr(static_cast<size_t>(at + 46 - base), static_cast<size_t>(n)));
     const size_t slash = full.find('/');
     out[slash == std::string::npos ? full : full.substr(slash + 1)] = {
-        static_cast<uint32_t>(Le(b, at + 16, 4)), size};
+        static_cast<uint32_t>(le(at + 16, 4)), size, local};
     at += 46 + n + extra + comment;
   }
   return out;
+}
+
+absl::StatusOr<std::map<std::string, ZipEntry>> ReadZipDirectory(std::string_view b, const std::string& name) {
+  return ReadZipDirectoryTail(b, b.size(), name, nullptr);
 }
 
 }  // namespace ember::serialization

@@ -8,8 +8,8 @@
 // is computed while the data streams to the sink (flag bit 3 and a data descriptor carry it), so
 // each byte is read once, and Record() returns it for Ember's checksum record.
 //
-// ReadZipDirectory parses the central directory of an archive in memory: the CRC-32 and size of
-// each record, keyed by its name without the archive's top-level folder. Every offset is
+// ReadZipDirectory parses the central directory of an archive in memory (ReadZipDirectoryTail,
+// from the file's last bytes only): the CRC-32, size and local-header offset of each record, keyed by its name without the archive's top-level folder. Every offset is
 // bounds-checked: a malformed directory is kDataLoss naming `name`, never a read past the buffer.
 //
 // Thread safety: a ZipWriter is used by one thread at a time (it may use a helper thread for the
@@ -53,10 +53,18 @@ class ZipWriter {
 struct ZipEntry {
   uint32_t crc;
   uint64_t size;
+  uint64_t offset = 0;  // of the record's local header (0 where not read from a directory)
 };
 
 absl::StatusOr<std::map<std::string, ZipEntry>> ReadZipDirectory(std::string_view bytes,
                                                                  const std::string& name);
+
+// The same from the last tail.size() bytes of a file of `file_size` bytes (a reader that does not
+// read the file's body): kOutOfRange, with `*need_from` set to the first byte needed, when the
+// directory starts before the tail (read from there, then call again).
+absl::StatusOr<std::map<std::string, ZipEntry>> ReadZipDirectoryTail(std::string_view tail, uint64_t file_size,
+                                                                     const std::string& name,
+                                                                     uint64_t* need_from);
 
 }  // namespace serialization
 }  // namespace ember

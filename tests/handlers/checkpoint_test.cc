@@ -11,6 +11,7 @@
 #include <cmath>
 #include <future>
 #include <limits>
+#include <map>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -1731,6 +1732,172 @@ TEST(CheckpointRestart, AnOverflowingSaveIndexIsMalformed) {
   EXPECT_THAT(std::string(parsed.status().message()), HasSubstr("save_index"));
   m.save_index = std::numeric_limits<int64_t>::max() - 1;
   EXPECT_TRUE(CheckpointMetadata::Parse(m.Serialize()).ok());
+}
+
+// ---- Issue 27.3: listing reads trailers only; the best is verified before it is ranked ----------
+
+// Counts what is read through the seam: whole-file reads (per path) and the bytes of tail reads.
+class CountingFileSystem final : public FileSystemWrapper {
+ public:
+  CountingFileSystem() : FileSystemWrapper(FileSystem::Default()) {}
+  absl::StatusOr<std::string> ReadFile(const std::string& path) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++whole_reads_[BaseName(path)];
+    return target()->ReadFile(path);
+  }
+  absl::StatusOr<std::string> ReadFileTail(const std::string& path, size_t max_bytes, uint64_t* size) override {
+    absl::StatusOr<std::string> tail = target()->ReadFileTail(path, max_bytes, size);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (tail.ok()) tail_bytes_ += tail->size();
+    return tail;
+  }
+  std::map<std::string, int> whole_reads() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return whole_reads_;
+  }
+  uint64_t tail_bytes() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return tail_bytes_;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::map<std::string, int> whole_reads_;
+  uint64_t tail_bytes_ = 0;
+};
+
+// A state of `floats` float32 values filled with kMarker (so FlipInsideTensor finds them).
+Value MarkedState(int64_t floats) {
+  Value v = Value::Dict(/*ordered=*/true);
+  v.Set("weight", torch::full({floats}, kMarker));
+  return v;
+}
+
+TEST(DiskSaverList, ReadsOnlyEachFilesTrailerNeverItsBody) {
+  const std::string dir = TempDir("list_trailers");
+  auto writer = DiskSaver::Create({.dirname = dir});
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  const int64_t floats = int64_t{1} << 20;  // 4 MiB per checkpoint
+  for (int i = 0; i < 5; ++i) {
+    CheckpointMetadata meta{.basename = "model", .priority = static_cast<double>(i), .save_index = i};
+    ASSERT_TRUE((*writer)->Save(MarkedState(floats), absl::StrCat("model_", i, ".pt"), meta).ok());
+  }
+  // An older checkpoint's body is corrupted: listing cannot see it (it reads no body), and does
+  // not need to (the file is neither the best nor the newest).
+  FlipInsideTensor(JoinPath(dir, "model_1.pt"));
+  CountingFileSystem counting;
+  auto saver = DiskSaver::Create({.dirname = dir, .require_empty = false, .fs = &counting});
+  ASSERT_TRUE(saver.ok()) << saver.status();
+  auto listed = (*saver)->List();
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  ASSERT_EQ(listed->size(), 5u);
+  EXPECT_EQ((*listed)[3].first, "model_3.pt");
+  EXPECT_EQ((*listed)[3].second.save_index, 3);
+  EXPECT_THAT(counting.whole_reads(), ::testing::IsEmpty());
+  // Five trailers of at most 256 KiB each: less than one checkpoint's 4 MiB body.
+  EXPECT_LE(counting.tail_bytes(), 5u * (256u << 10));
+  EXPECT_LT(counting.tail_bytes(), static_cast<uint64_t>(floats) * 4);
+  // Verify() is what reads a body: the corrupt one is found and moved aside.
+  EXPECT_TRUE((*saver)->Verify("model_4.pt").ok());
+  absl::Status bad = (*saver)->Verify("model_1.pt");
+  EXPECT_EQ(bad.code(), absl::StatusCode::kDataLoss) << bad;
+  EXPECT_THAT(std::string(bad.message()), HasSubstr("model_1.pt"));
+  EXPECT_THAT(Files(dir), Contains("model_1.pt.corrupt"));
+  EXPECT_THAT(Files(dir), ::testing::Not(Contains("model_1.pt")));
+}
+
+TEST(DiskSaverList, ACorruptTrailerIsQuarantinedAtListing) {
+  const std::string dir = TempDir("list_bad_trailer");
+  auto saver = DiskSaver::Create({.dirname = dir});
+  ASSERT_TRUE(saver.ok()) << saver.status();
+  CheckpointMetadata meta{.basename = "model", .priority = 1, .save_index = 0};
+  ASSERT_TRUE((*saver)->Save(MarkedState(1024), "model_1.pt", meta).ok());
+  // Flip a byte of the metadata record (its text is in the trailer).
+  const std::string path = JoinPath(dir, "model_1.pt");
+  std::string bytes = *FileSystem::Default()->ReadFile(path);
+  const size_t at = bytes.rfind("basename");
+  ASSERT_NE(at, std::string::npos);
+  bytes[at] ^= 0x20;
+  ASSERT_TRUE(WriteFileAtomically(FileSystem::Default(), path, [&](const AppendFn& a) { return a(bytes.data(), bytes.size()); }).ok());
+  auto listed = (*saver)->List();
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_TRUE(listed->empty());
+  EXPECT_THAT(Files(dir), ElementsAre("model_1.pt.corrupt"));
+  ASSERT_EQ((*saver)->Rejected().size(), 1u);
+  EXPECT_THAT((*saver)->Rejected()[0], HasSubstr("CRC-32"));
+}
+
+// The trailer reader against the layouts a file can have: a directory larger than the first tail
+// read (thousands of records: read again from where it starts), and zip64 records and offsets.
+TEST(DiskSaverList, TrailerReaderHandlesLargeDirectoriesAndZip64) {
+  const std::string dir = TempDir("trailer_layouts");
+  ASSERT_TRUE(FileSystem::Default()->CreateDirs(dir).ok());
+  Value many = Value::Dict(/*ordered=*/true);
+  for (int i = 0; i < 6000; ++i) many.Set(absl::StrCat("layer", i, ".bias"), torch::full({2}, float(i)));
+  for (bool zip64 : {false, true}) {
+    SCOPED_TRACE(zip64 ? "zip64" : "zip");
+    const std::string path = JoinPath(dir, zip64 ? "many64.pt" : "many.pt");
+    ASSERT_TRUE(WriteFileAtomically(FileSystem::Default(), path, [&](const AppendFn& a) {
+                  return serialization_internal::WriteTorchSaveImpl(many, a, zip64, {{"ember_meta", "hello"}});
+                }).ok());
+    CountingFileSystem counting;
+    absl::StatusOr<RecordLookup> found = ReadRecordFromTrailer(path, "ember_meta", &counting);
+    ASSERT_TRUE(found.ok()) << found.status();
+    ASSERT_TRUE(found->record.has_value());
+    EXPECT_EQ(*found->record, "hello");
+    EXPECT_TRUE(found->integrity.ok()) << found->integrity;
+    EXPECT_THAT(counting.whole_reads(), ::testing::IsEmpty());
+    EXPECT_GT(counting.tail_bytes(), 256u << 10);  // read a second time, from the directory's start
+    absl::StatusOr<RecordLookup> absent = ReadRecordFromTrailer(path, "no_such_record", &counting);
+    ASSERT_TRUE(absent.ok()) << absent.status();
+    EXPECT_FALSE(absent->record.has_value());
+  }
+  // Not an archive: an error naming the file.
+  const std::string junk = JoinPath(dir, "junk.pt");
+  ASSERT_TRUE(WriteFileAtomically(FileSystem::Default(), junk, [](const AppendFn& a) { return a("not a zip at all, no", 20); }).ok());
+  absl::StatusOr<RecordLookup> bad = ReadRecordFromTrailer(junk, "ember_meta");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss) << bad.status();
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr(junk));
+}
+
+// A fresh run (no resume) in a directory of kept checkpoints whose best is corrupt: its first save
+// reads only the file that would rank best (and finds it corrupt, moves it aside, never ranks it),
+// not the others; and retention deletes none of the valid files to make room for the corrupt one.
+TEST(CheckpointRestart, AFreshRunsFirstSaveVerifiesOnlyTheBest) {
+  const std::string dir = TempDir("fresh_corrupt_best");
+  torch::nn::Linear model(3, 2);
+  FillMarker(model);
+  std::vector<int> data = {0};
+  std::vector<double> scores = {0.5, 0.9, 0.7, 0.6, 0.8};
+  auto score = [&](const Engine& e) { return Score(scores[static_cast<size_t>(e.state().epoch) - 1]); };
+  auto options = [&](FileSystem* fs, bool require_empty) {
+    return ModelCheckpointOptions{
+        .disk = {.dirname = dir, .require_empty = require_empty, .fs = fs},
+        .checkpoint = {.score_function = score, .score_name = "acc", .n_saved = 3,
+                       .global_step_transform = [](const Engine& e, Event) { return e.state().epoch; }}};
+  };
+  {
+    auto ckpt = ModelCheckpoint::Create(options(nullptr, true), {{"model", model}});
+    Engine trainer(Identity);
+    trainer.On(Events::EpochCompleted(), **ckpt);
+    ASSERT_TRUE(trainer.Run(data, {.max_epochs = 3}).ok());
+  }
+  FlipInsideTensor(JoinPath(dir, "model_2_acc=0.9000.pt"));
+  CountingFileSystem counting;
+  auto ckpt = ModelCheckpoint::Create(options(&counting, false), {{"model", model}});
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  Engine trainer(Identity);
+  ASSERT_TRUE(trainer.LoadStateDict({{"epoch", int64_t{3}}, {"max_epochs", int64_t{4}}, {"epoch_length", int64_t{1}}}).ok());
+  trainer.On(Events::EpochCompleted(), **ckpt);
+  ASSERT_TRUE(trainer.Run(data).ok());  // epoch 4, score 0.6
+  // The corrupt best was read (once) and set aside; the next best (0.7) was read to stand in for
+  // it; the oldest and worst (0.5) was never read.
+  EXPECT_THAT(counting.whole_reads(), ElementsAre(::testing::Pair("model_2_acc=0.9000.pt", 1),
+                                                  ::testing::Pair("model_3_acc=0.7000.pt", 1)));
+  EXPECT_DOUBLE_EQ(*(*ckpt)->best_score(), 0.7);
+  EXPECT_EQ(*(*ckpt)->last_checkpoint(), JoinPath(dir, "model_3_acc=0.7000.pt"));
+  EXPECT_THAT(Files(dir), ElementsAre("model_1_acc=0.5000.pt", "model_2_acc=0.9000.pt.corrupt",
+                                      "model_3_acc=0.7000.pt", "model_4_acc=0.6000.pt"));
 }
 
 }  // namespace
