@@ -47,6 +47,7 @@
 #include "handlers/metrics_log.h"
 #include "handlers/param_scheduler.h"
 #include "handlers/parallel/data_parallel.h"
+#include "handlers/parallel/grad_scaler.h"
 #include "handlers/parallel/sharded_source.h"
 #include "handlers/preemption.h"
 #include "handlers/parallel/supervised_step.h"
@@ -164,6 +165,15 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
   // iteration's agreement (TerminateOnNan, Preemption, TimeLimit) rides in the last gradient
   // bucket of each step that reduces; the testing aids act in the output, before it is carried.
   int64_t iteration_now = 0;
+  // --precision: bfloat16 autocast on either device; float16 (CUDA only) with torch's dynamic loss
+  // scaling, whose state ("grad_scaler", Python's GradScaler layout) every checkpoint keeps.
+  std::optional<torch::ScalarType> autocast_dtype;
+  if (flags.precision == "bfloat16") autocast_dtype = torch::kBFloat16;
+  if (flags.precision == "float16") autocast_dtype = torch::kFloat16;
+  std::unique_ptr<GradScaler> grad_scaler;
+  if (flags.precision == "float16") {
+    EMBER_ASSIGN_OR_RETURN(grad_scaler, GradScaler::Create({}));
+  }
   EMBER_ASSIGN_OR_RETURN(
       std::unique_ptr<SupervisedStep> step,
       SupervisedStep::Create(
@@ -179,8 +189,9 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
              if (rank == preempt_at.rank && iteration_now == preempt_at.iteration) ::raise(SIGTERM);
              return output;
            },
-           .autocast_cpu_dtype = flags.precision == "bfloat16" ? std::optional<torch::ScalarType>(torch::kBFloat16)
-                                                               : std::nullopt,
+           .autocast_cpu_dtype = device.is_cuda() ? std::nullopt : autocast_dtype,
+           .autocast_cuda_dtype = device.is_cuda() ? autocast_dtype : std::nullopt,
+           .grad_scaler = grad_scaler.get(),
            .deadline = deadline}));
   const absl::Duration step_delay = flags.step_delay;
   int64_t epoch_samples = 0;  // this rank's, this epoch (a partial last batch counts its real size)
@@ -275,6 +286,7 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
     to_save.emplace_back("ema_model", *ema_model);
     to_save.emplace_back("ema_handler", *ema);
   }
+  if (grad_scaler != nullptr) to_save.emplace_back("grad_scaler", *grad_scaler);
   if (lr_scheduler != nullptr) {
     to_save.emplace_back("lr_scheduler", *lr_scheduler);
     to_save.emplace_back("lr_schedule", Saveable([&]() -> absl::StatusOr<Value> {
@@ -400,6 +412,7 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
     ObjectMap to_load = {
         {"model", *model}, {"optimizer", optimizer}, {"trainer", trainer}, {"early_stopping", *es}};
     if (lr_scheduler != nullptr) to_load.emplace_back("lr_scheduler", *lr_scheduler);
+    if (grad_scaler != nullptr) to_load.emplace_back("grad_scaler", *grad_scaler);
     const ObjectMap nothing;
     if (!resume_from.empty()) {
       EMBER_ASSIGN_OR_RETURN(loaded, ReadOnRootAndShare(comm, resume_from, absl::Now() + deadline));

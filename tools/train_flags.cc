@@ -49,7 +49,9 @@ ABSL_FLAG(double, clip_grad_norm, 0,
 ABSL_FLAG(double, ema, 0,
           "keep an exponential moving average of the weights with this momentum (in (0, 1); 0: none), "
           "evaluated and checkpointed instead of the raw weights' evaluation");
-ABSL_FLAG(std::string, precision, "float32", "float32 | bfloat16 (CPU autocast of forward and loss)");
+ABSL_FLAG(std::string, precision, "float32",
+          "float32 | bfloat16 (autocast of forward and loss, CPU or CUDA) | float16 (CUDA autocast with dynamic loss "
+          "scaling)");
 ABSL_FLAG(std::string, time_limit, "",
           "stop cleanly, with a checkpoint, before this budget runs out: SECONDS of this process, or 'slurm' "
           "(the job's end, SLURM_JOB_END_TIME); empty: none");
@@ -145,12 +147,11 @@ absl::Status ValidateFlags() {
   const double ema = absl::GetFlag(FLAGS_ema);
   if (!(ema >= 0 && ema < 1)) return bad(absl::StrCat("--ema must be 0 (none) or a momentum in (0, 1), got ", ema));
   const std::string precision = absl::GetFlag(FLAGS_precision);
-  if (precision != "float32" && precision != "bfloat16") {
-    return bad(absl::StrCat("--precision='", precision, "': allowed: float32, bfloat16"));
+  if (precision != "float32" && precision != "bfloat16" && precision != "float16") {
+    return bad(absl::StrCat("--precision='", precision, "': allowed: float32, bfloat16, float16"));
   }
-  if (precision == "bfloat16" && d == "cuda") {
-    return bad("--precision=bfloat16 is CPU autocast; with --device=cuda use --precision=float32 (CUDA mixed "
-               "precision is not built yet)");
+  if (precision == "float16" && d != "cuda") {
+    return bad("--precision=float16 needs --device=cuda (CPU autocast supports bfloat16 only; use --precision=bfloat16)");
   }
   if (const std::string t = absl::GetFlag(FLAGS_time_limit); !t.empty() && t != "slurm") {
     int64_t seconds = 0;

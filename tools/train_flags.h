@@ -52,7 +52,7 @@ struct TrainFlags {
   LrSchedule lr_schedule;             // --lr_schedule and --warmup_iters
   int accumulate = 1;                 // micro-batches per optimizer step
   double clip_grad_norm = 0;          // 0: no clipping
-  std::string precision;              // float32 | bfloat16
+  std::string precision;              // float32 | bfloat16 | float16 (CUDA)
   double ema = 0;                     // EMA momentum; 0: none
   std::string time_limit;             // empty: none; seconds; "slurm"
   int64_t seed = 0;

@@ -32,16 +32,19 @@ bool GradScaler::Unscale(torch::optim::Optimizer& optimizer) const {
   // torch: inv_scale = self._scale.double().reciprocal().float()
   const float inv_scale = static_cast<float>(1.0 / static_cast<double>(scale_));
   torch::NoGradGuard no_grad;
-  bool found_inf = false;
+  // The non-finite flags gather in one tensor on the first gradient's device and are read once:
+  // on a GPU, one synchronization per step, not one per parameter.
+  torch::Tensor non_finite;
   for (const torch::optim::OptimizerParamGroup& group : optimizer.param_groups()) {
     for (const torch::Tensor& p : group.params()) {
       if (!p.grad().defined()) continue;
       torch::Tensor g = p.grad();
       g.mul_(inv_scale);
-      if (!found_inf && !torch::isfinite(g).all().item<bool>()) found_inf = true;
+      torch::Tensor bad = torch::isfinite(g).all().logical_not();
+      non_finite = non_finite.defined() ? non_finite.logical_or(bad.to(non_finite.device())) : bad;
     }
   }
-  return found_inf;
+  return non_finite.defined() && non_finite.item<bool>();
 }
 
 void GradScaler::Update(bool found_inf) {

@@ -58,42 +58,76 @@ absl::StatusOr<ClipResult> ClipGradNorm(const std::vector<torch::Tensor>& params
 #define EMBER_AUTOCAST_BY_DEVICE 1
 #endif
 
-bool CpuAutocastScope::Enabled() {
-#ifdef EMBER_AUTOCAST_BY_DEVICE
-  return at::autocast::is_autocast_enabled(at::kCPU);
-#else
-  return at::autocast::is_cpu_enabled();
-#endif
-}
-
-torch::ScalarType CpuAutocastScope::Dtype() {
-#ifdef EMBER_AUTOCAST_BY_DEVICE
-  return at::autocast::get_autocast_dtype(at::kCPU);
-#else
-  return at::autocast::get_autocast_cpu_dtype();
-#endif
-}
-
 namespace {
-void SetCpuAutocast(bool enabled, torch::ScalarType dtype) {
+
+// The one place that knows both autocast APIs. `device` is kCPU or kCUDA (AutocastScope checks).
+bool AutocastEnabled(c10::DeviceType device) {
 #ifdef EMBER_AUTOCAST_BY_DEVICE
-  at::autocast::set_autocast_enabled(at::kCPU, enabled);
-  at::autocast::set_autocast_dtype(at::kCPU, dtype);
+  return at::autocast::is_autocast_enabled(device);
 #else
-  at::autocast::set_cpu_enabled(enabled);
-  at::autocast::set_autocast_cpu_dtype(dtype);
+  return device == c10::DeviceType::CUDA ? at::autocast::is_enabled() : at::autocast::is_cpu_enabled();
 #endif
 }
+
+torch::ScalarType AutocastDtype(c10::DeviceType device) {
+#ifdef EMBER_AUTOCAST_BY_DEVICE
+  return at::autocast::get_autocast_dtype(device);
+#else
+  return device == c10::DeviceType::CUDA ? at::autocast::get_autocast_gpu_dtype()
+                                         : at::autocast::get_autocast_cpu_dtype();
+#endif
+}
+
+void SetAutocast(c10::DeviceType device, bool enabled, torch::ScalarType dtype) {
+#ifdef EMBER_AUTOCAST_BY_DEVICE
+  at::autocast::set_autocast_enabled(device, enabled);
+  at::autocast::set_autocast_dtype(device, dtype);
+#else
+  if (device == c10::DeviceType::CUDA) {
+    at::autocast::set_enabled(enabled);
+    at::autocast::set_autocast_gpu_dtype(dtype);
+  } else {
+    at::autocast::set_cpu_enabled(enabled);
+    at::autocast::set_autocast_cpu_dtype(dtype);
+  }
+#endif
+}
+
+c10::DeviceType CheckedDevice(c10::DeviceType device) {
+  TORCH_CHECK(device == c10::DeviceType::CPU || device == c10::DeviceType::CUDA, "AutocastScope: device ",
+              c10::DeviceTypeName(device), ": allowed: cpu, cuda");
+  return device;
+}
+
 }  // namespace
 
-CpuAutocastScope::CpuAutocastScope(torch::ScalarType dtype) : was_enabled_(Enabled()), was_dtype_(Dtype()) {
-  SetCpuAutocast(true, dtype);
+absl::Status ValidateAutocastDtype(c10::DeviceType device, torch::ScalarType dtype) {
+  if (device == c10::DeviceType::CPU && dtype == torch::kBFloat16) return absl::OkStatus();
+  if (device == c10::DeviceType::CUDA && (dtype == torch::kFloat16 || dtype == torch::kBFloat16)) {
+    return absl::OkStatus();
+  }
+  if (device != c10::DeviceType::CPU && device != c10::DeviceType::CUDA) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("autocast device ", c10::DeviceTypeName(device, /*lower_case=*/true), ": allowed: cpu, cuda"));
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "autocast dtype ", c10::toString(dtype), " on ", c10::DeviceTypeName(device, /*lower_case=*/true), ": ",
+      device == c10::DeviceType::CPU ? "CPU autocast supports BFloat16 only" : "allowed: Half, BFloat16"));
+}
+
+bool AutocastScope::Enabled(c10::DeviceType device) { return AutocastEnabled(CheckedDevice(device)); }
+
+torch::ScalarType AutocastScope::Dtype(c10::DeviceType device) { return AutocastDtype(CheckedDevice(device)); }
+
+AutocastScope::AutocastScope(c10::DeviceType device, torch::ScalarType dtype)
+    : device_(CheckedDevice(device)), was_enabled_(AutocastEnabled(device)), was_dtype_(AutocastDtype(device)) {
+  SetAutocast(device_, true, dtype);
   at::autocast::increment_nesting();
 }
 
-CpuAutocastScope::~CpuAutocastScope() {
+AutocastScope::~AutocastScope() {
   if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-  SetCpuAutocast(was_enabled_, was_dtype_);
+  SetAutocast(device_, was_enabled_, was_dtype_);
 }
 
 absl::StatusOr<std::unique_ptr<SupervisedStep>> SupervisedStep::Create(Forward forward,
@@ -112,6 +146,16 @@ absl::StatusOr<std::unique_ptr<SupervisedStep>> SupervisedStep::Create(Forward f
     return absl::InvalidArgumentError(absl::StrCat("SupervisedStep: autocast_cpu_dtype ",
                                                    c10::toString(*options.autocast_cpu_dtype),
                                                    ": CPU autocast supports BFloat16 only"));
+  }
+  if (options.autocast_cuda_dtype.has_value()) {
+    if (options.autocast_cpu_dtype.has_value()) {
+      return absl::InvalidArgumentError(
+          "SupervisedStep: autocast_cpu_dtype and autocast_cuda_dtype are both set; the model runs on one device: "
+          "set the one of its device");
+    }
+    if (absl::Status s = ValidateAutocastDtype(c10::DeviceType::CUDA, *options.autocast_cuda_dtype); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("SupervisedStep: autocast_cuda_dtype: ", s.message()));
+    }
   }
   if (!forward || !loss_fn) return absl::InvalidArgumentError("SupervisedStep: forward and loss_fn must be set");
   DataParallel* ddp = options.data_parallel;
@@ -132,7 +176,10 @@ absl::StatusOr<std::unique_ptr<SupervisedStep>> SupervisedStep::Create(Forward f
           .AddDouble("norm_type", options.norm_type)
           .Add("autocast_cpu_dtype", options.autocast_cpu_dtype.has_value()
                                          ? std::string(c10::toString(*options.autocast_cpu_dtype))
-                                         : "none");
+                                         : "none")
+          .Add("autocast_cuda_dtype", options.autocast_cuda_dtype.has_value()
+                                          ? std::string(c10::toString(*options.autocast_cuda_dtype))
+                                          : "none");
       if (const GradScaler* g = options.grad_scaler; g != nullptr) {
         settings.AddDouble("grad_scaler.scale", g->scale())
             .AddDouble("grad_scaler.growth_factor", g->options().growth_factor)
@@ -156,8 +203,9 @@ absl::StatusOr<double> SupervisedStep::operator()(Engine& engine, const torch::T
   stepped_ = false;
   if ((iteration - 1) % k == 0) optimizer_.zero_grad();
   torch::Tensor y_pred, loss;
-  if (options_.autocast_cpu_dtype.has_value()) {
-    CpuAutocastScope autocast(*options_.autocast_cpu_dtype);
+  if (options_.autocast_cpu_dtype.has_value() || options_.autocast_cuda_dtype.has_value()) {
+    AutocastScope autocast(options_.autocast_cuda_dtype.has_value() ? c10::DeviceType::CUDA : c10::DeviceType::CPU,
+                           options_.autocast_cuda_dtype.value_or(options_.autocast_cpu_dtype.value_or(torch::kBFloat16)));
     y_pred = forward_(x);
     loss = loss_fn_(y_pred, y);
   } else {

@@ -81,26 +81,49 @@ absl::Status ValidateClipGradNorm(double max_norm, double norm_type);
 absl::StatusOr<ClipResult> ClipGradNorm(const std::vector<torch::Tensor>& params, double max_norm,
                                         double norm_type = 2.0);
 
-// ---- Mixed precision on the CPU -------------------------------------------------------------
-// torch.autocast("cpu", dtype) as a scope: CPU autocast on with `dtype` (bfloat16, the one dtype
-// CPU autocast supports in LibTorch 1.13) until the scope ends, which restores the enabled flag and
-// dtype found at its start and, leaving the outermost scope, clears autocast's cast cache (as
-// torch.autocast's __exit__). Compiles against LibTorch 1.13 (at::autocast::set_cpu_enabled and
-// set_autocast_cpu_dtype) and 2.x (from 2.4 the per-device set_autocast_enabled(kCPU, ...) and
+// ---- Mixed precision -------------------------------------------------------------------------
+// torch.autocast(device, dtype) as a scope: autocast of `device` on with `dtype` until the scope
+// ends, which restores the enabled flag and dtype found at its start and, leaving the outermost
+// scope, clears autocast's cast cache (as torch.autocast's __exit__). Devices: kCPU (bfloat16, the
+// one dtype CPU autocast supports in LibTorch 1.13) and kCUDA (float16, as torch.autocast("cuda")
+// by default, or bfloat16); another device throws c10::Error naming it. The flags are per thread
+// (autocast's thread-local state). Compiles against LibTorch 1.13 (set_enabled / set_cpu_enabled
+// and set_autocast_{gpu,cpu}_dtype) and 2.x (from 2.4 the per-device set_autocast_enabled and
 // set_autocast_dtype; the older names are deprecated there).
-class CpuAutocastScope {
+class AutocastScope {
  public:
-  explicit CpuAutocastScope(torch::ScalarType dtype = torch::kBFloat16);
-  ~CpuAutocastScope();
-  CpuAutocastScope(const CpuAutocastScope&) = delete;
-  CpuAutocastScope& operator=(const CpuAutocastScope&) = delete;
-  // Whether CPU autocast is on now, and its dtype.
-  static bool Enabled();
-  static torch::ScalarType Dtype();
+  AutocastScope(c10::DeviceType device, torch::ScalarType dtype);
+  ~AutocastScope();
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+  // Whether `device`'s autocast is on now in this thread, and its dtype.
+  static bool Enabled(c10::DeviceType device);
+  static torch::ScalarType Dtype(c10::DeviceType device);
 
  private:
+  c10::DeviceType device_;
   bool was_enabled_;
   torch::ScalarType was_dtype_;
+};
+
+// OK when autocast of `device` supports `dtype` (above); otherwise InvalidArgument naming both
+// and what is allowed.
+absl::Status ValidateAutocastDtype(c10::DeviceType device, torch::ScalarType dtype);
+
+// torch.autocast("cpu", dtype).
+class CpuAutocastScope : public AutocastScope {
+ public:
+  explicit CpuAutocastScope(torch::ScalarType dtype = torch::kBFloat16) : AutocastScope(c10::DeviceType::CPU, dtype) {}
+  static bool Enabled() { return AutocastScope::Enabled(c10::DeviceType::CPU); }
+  static torch::ScalarType Dtype() { return AutocastScope::Dtype(c10::DeviceType::CPU); }
+};
+
+// torch.autocast("cuda", dtype): float16 by default (pair it with a GradScaler), or bfloat16.
+class CudaAutocastScope : public AutocastScope {
+ public:
+  explicit CudaAutocastScope(torch::ScalarType dtype = torch::kFloat16) : AutocastScope(c10::DeviceType::CUDA, dtype) {}
+  static bool Enabled() { return AutocastScope::Enabled(c10::DeviceType::CUDA); }
+  static torch::ScalarType Dtype() { return AutocastScope::Dtype(c10::DeviceType::CUDA); }
 };
 
 // ---- The step --------------------------------------------------------------------------------
@@ -117,6 +140,10 @@ struct SupervisedStepOptions {
   // Mixed precision (ignite's amp_mode="amp" on the CPU): forward and loss_fn run inside a
   // CpuAutocastScope of this dtype (bfloat16 only), backward and the optimizer step outside it.
   std::optional<torch::ScalarType> autocast_cpu_dtype;
+  // The same on a GPU (ignite's amp_mode="amp" with a CUDA model): a CudaAutocastScope of this
+  // dtype (float16 or bfloat16); float16 wants a grad_scaler (below), as torch's recipe. Not with
+  // autocast_cpu_dtype.
+  std::optional<torch::ScalarType> autocast_cuda_dtype;
   // Dynamic loss scaling (grad_scaler.h; not owned): the loss is scaled before backward, the
   // window's gradients unscaled after the reduce (before clipping) and checked; a window with an
   // inf or NaN gradient is skipped on every rank (its average is non-finite everywhere).

@@ -897,7 +897,7 @@ PY
   echo "ema: evaluated, checkpointed (Python loads it), resumed bitwise"
   # Malformed values are named with what is allowed.
   for bad in "--ema=1|--ema must be 0 (none) or a momentum in (0, 1)" "--accumulate=0|--accumulate must be >= 1" "--clip_grad_norm=nan|--clip_grad_norm must be 0" \
-             "--precision=fp16|allowed: float32, bfloat16" "--time_limit=2h|allowed: a whole number of seconds >= 1, or 'slurm'" \
+             "--precision=fp16|allowed: float32, bfloat16, float16" "--precision=float16|--precision=float16 needs --device=cuda" "--time_limit=2h|allowed: a whole number of seconds >= 1, or 'slurm'" \
              "--time_limit=slurm|SLURM_JOB_END_TIME"; do
     out=$(env -u SLURM_JOB_END_TIME "$train" --data=synthetic "${bad%%|*}" --output_dir="$work/bad" --progress=none 2>&1); rc=$?
     [[ $rc -eq 1 ]] && grep -qF -- "${bad#*|}" <<<"$out" || fail "${bad%%|*} (rc $rc): $out"

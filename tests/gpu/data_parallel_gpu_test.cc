@@ -5,7 +5,8 @@
 // One GPU holds one NCCL rank, so the one-rank NCCL communicator is presented as rank 0 of a world
 // of 2 whose peer contributes zeros: the average is half of this rank's gradient, which a
 // reference copy of the model gives. Skipped, with the reason, without NCCL, without a CUDA
-// LibTorch (Debian's is CPU-only) or without a GPU.
+// LibTorch (Debian's is CPU-only) or without a GPU. Also float16 AMP (CudaAutocastScope with a
+// GradScaler) in SupervisedStep on the device.
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -18,6 +19,8 @@
 #include "engine/engine.h"
 #include "gtest/gtest.h"
 #include "handlers/parallel/data_parallel.h"
+#include "handlers/parallel/grad_scaler.h"
+#include "handlers/parallel/supervised_step.h"
 #include "handlers/terminate_on_nan.h"
 
 namespace ember {
@@ -153,6 +156,58 @@ TEST_F(DataParallelGpu, TheAgreementCarriedOnTheDeviceStopsAtTheNan) {
   EXPECT_EQ(ton.bad_ranks(), std::vector<int>{0});
   EXPECT_EQ(ddp.staged_buckets(), 0);
   EXPECT_EQ(nccl_->host_staged_bytes(), staged_before);
+}
+
+
+// torch's AMP recipe on the device (issue 28): forward and loss in float16 under a
+// CudaAutocastScope, the parameters and their gradients float32, the loss scaled; a window whose
+// float16 forward overflows is skipped and the scale backs off. Needs a GPU, not NCCL.
+TEST(SupervisedStepGpu, Float16AutocastWithLossScaling) {
+  if (!torch::cuda::is_available()) {
+    GTEST_SKIP() << "LibTorch without CUDA or no CUDA device: CUDA autocast was built but not run";
+  }
+  const torch::Device cuda{torch::kCUDA, 0};
+  torch::manual_seed(5);
+  torch::nn::Sequential model = Model();
+  model->to(cuda);
+  torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.01));
+  absl::StatusOr<std::unique_ptr<GradScaler>> scaler = GradScaler::Create({.init_scale = 1024, .growth_interval = 100});
+  ASSERT_TRUE(scaler.ok()) << scaler.status();
+  std::vector<torch::ScalarType> pred_types;
+  absl::StatusOr<std::unique_ptr<SupervisedStep>> step = SupervisedStep::Create(
+      [&](const torch::Tensor& x) {
+        torch::Tensor p = model->forward(x);
+        pred_types.push_back(p.scalar_type());
+        return p;
+      },
+      optimizer,
+      [](const torch::Tensor& p, const torch::Tensor& y) { return torch::nn::functional::cross_entropy(p, y); },
+      {.autocast_cuda_dtype = torch::kFloat16, .grad_scaler = scaler->get()});
+  ASSERT_TRUE(step.ok()) << step.status();
+  std::vector<torch::Tensor> before;
+  Engine trainer([&](Engine& e, const int& i) -> absl::StatusOr<double> {
+    // Iteration 3's inputs overflow float16 (max 65504) in the first layer: inf, a skipped step.
+    const float magnitude = i == 3 ? 1e6f : 1.0f;
+    torch::Tensor x = torch::randn({16, 64}, cuda) * magnitude;
+    torch::Tensor y = torch::randint(0, 10, {16}, torch::TensorOptions().dtype(torch::kLong).device(cuda));
+    if (i == 3) {
+      before.clear();
+      for (const torch::Tensor& p : model->parameters()) before.push_back(p.detach().clone());
+    }
+    return (**step)(e, x, y);
+  });
+  ASSERT_TRUE(trainer.Run(std::vector<int>{1, 2, 3, 4}, {.max_epochs = 1}).ok());
+  ASSERT_EQ(pred_types.size(), 4u);
+  for (torch::ScalarType t : pred_types) EXPECT_EQ(t, torch::kHalf);
+  EXPECT_FALSE(CudaAutocastScope::Enabled()) << "the step left CUDA autocast on";
+  for (const torch::Tensor& p : model->parameters()) {
+    EXPECT_EQ(p.scalar_type(), torch::kFloat32);
+    EXPECT_EQ(p.grad().scalar_type(), torch::kFloat32);
+    EXPECT_TRUE(torch::isfinite(p).all().item<bool>());
+  }
+  EXPECT_EQ((*scaler)->skipped_steps(), 1);
+  EXPECT_EQ((*scaler)->scale(), 512.0) << "the scale did not back off once";
+  EXPECT_EQ((*step)->optimizer_steps(), 3) << "the overflowing window was applied";
 }
 
 }  // namespace

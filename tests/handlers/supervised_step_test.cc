@@ -23,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/file_system.h"
 #include "base/testing/temp_dir.h"
+#include "distributed/testing/fake_world.h"
 #include "engine/engine.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -560,6 +561,80 @@ TEST(SupervisedStepAutocast, ForwardAndLossInBFloat16BackwardAndStepInFloat32) {
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(std::string(bad.status().message()),
             "SupervisedStep: autocast_cpu_dtype Half: CPU autocast supports BFloat16 only");
+}
+
+
+// ---- Mixed precision on a GPU (float16): the scope's flags; the GPU run is tests/gpu ---------
+TEST(CudaAutocastScope, SetsCudaAutocastAloneAndRestoresIt) {
+  // Autocast's flags are thread-local dispatch state: settable without a GPU.
+  ASSERT_FALSE(CudaAutocastScope::Enabled());
+  const torch::ScalarType before = CudaAutocastScope::Dtype();
+  {
+    CudaAutocastScope outer;  // float16, as torch.autocast("cuda")
+    EXPECT_TRUE(CudaAutocastScope::Enabled());
+    EXPECT_EQ(CudaAutocastScope::Dtype(), torch::kFloat16);
+    EXPECT_FALSE(CpuAutocastScope::Enabled()) << "the CUDA scope turned CPU autocast on";
+    // CPU tensors are not cast by CUDA autocast.
+    EXPECT_EQ(torch::mm(torch::randn({2, 3}), torch::randn({3, 2})).scalar_type(), torch::kFloat32);
+    {
+      CudaAutocastScope inner(torch::kBFloat16);
+      EXPECT_EQ(CudaAutocastScope::Dtype(), torch::kBFloat16);
+    }
+    EXPECT_TRUE(CudaAutocastScope::Enabled()) << "leaving a nested scope turned autocast off";
+    EXPECT_EQ(CudaAutocastScope::Dtype(), torch::kFloat16) << "leaving a nested scope kept its dtype";
+  }
+  EXPECT_FALSE(CudaAutocastScope::Enabled());
+  EXPECT_EQ(CudaAutocastScope::Dtype(), before);
+}
+
+TEST(AutocastScope, DtypesAndDevicesOutsideAutocastAreNamed) {
+  EXPECT_TRUE(ValidateAutocastDtype(c10::DeviceType::CPU, torch::kBFloat16).ok());
+  EXPECT_TRUE(ValidateAutocastDtype(c10::DeviceType::CUDA, torch::kFloat16).ok());
+  EXPECT_TRUE(ValidateAutocastDtype(c10::DeviceType::CUDA, torch::kBFloat16).ok());
+  EXPECT_EQ(std::string(ValidateAutocastDtype(c10::DeviceType::CUDA, torch::kFloat32).message()),
+            "autocast dtype Float on cuda: allowed: Half, BFloat16");
+  EXPECT_EQ(std::string(ValidateAutocastDtype(c10::DeviceType::CPU, torch::kFloat16).message()),
+            "autocast dtype Half on cpu: CPU autocast supports BFloat16 only");
+  EXPECT_EQ(std::string(ValidateAutocastDtype(c10::DeviceType::Meta, torch::kFloat16).message()),
+            "autocast device meta: allowed: cpu, cuda");
+  EXPECT_THROW(AutocastScope(c10::DeviceType::Meta, torch::kFloat16), c10::Error);
+  EXPECT_FALSE(AutocastScope::Enabled(c10::DeviceType::CPU)) << "a refused scope left autocast on";
+}
+
+TEST(SupervisedStepAutocast, CudaDtypeIsValidatedAndExclusiveWithTheCpuOne) {
+  torch::nn::Linear model(2, 1);
+  torch::optim::SGD opt(model->parameters(), 0.1);
+  auto create = [&](SupervisedStepOptions o) {
+    return SupervisedStep::Create([&](const torch::Tensor& x) { return model->forward(x); }, opt,
+                                  [](const torch::Tensor& p, const torch::Tensor& y) { return torch::mse_loss(p, y); },
+                                  o);
+  };
+  EXPECT_TRUE(create({.autocast_cuda_dtype = torch::kFloat16}).ok());
+  EXPECT_TRUE(create({.autocast_cuda_dtype = torch::kBFloat16}).ok());
+  EXPECT_EQ(std::string(create({.autocast_cuda_dtype = torch::kFloat64}).status().message()),
+            "SupervisedStep: autocast_cuda_dtype: autocast dtype Double on cuda: allowed: Half, BFloat16");
+  EXPECT_THAT(std::string(create({.autocast_cpu_dtype = torch::kBFloat16, .autocast_cuda_dtype = torch::kFloat16})
+                              .status()
+                              .message()),
+              HasSubstr("autocast_cpu_dtype and autocast_cuda_dtype are both set"));
+}
+
+TEST(SupervisedStepAutocast, RanksWithDifferentCudaDtypesAreRefusedOnEveryRank) {
+  dist::testing::FakeWorld world(2);
+  std::vector<std::string> errors(2);
+  world.RunOnEveryRank([&](dist::Communicator& c) {
+    torch::nn::Linear model(2, 1);
+    torch::optim::SGD opt(model->parameters(), 0.1);
+    DataParallel ddp(*model, {.comm = &c, .overlap = false});
+    ASSERT_TRUE(ddp.status().ok());
+    SupervisedStepOptions o{.data_parallel = &ddp, .deadline = absl::Seconds(20)};
+    if (c.rank() == 1) o.autocast_cuda_dtype = torch::kFloat16;
+    auto step = SupervisedStep::Create([&](const torch::Tensor& x) { return model->forward(x); }, opt,
+                                       [](const torch::Tensor& p, const torch::Tensor& y) { return torch::mse_loss(p, y); },
+                                       o);
+    errors[c.rank()] = std::string(step.status().message());
+  });
+  for (const std::string& e : errors) EXPECT_THAT(e, HasSubstr("autocast_cuda_dtype")) << e;
 }
 
 }  // namespace
