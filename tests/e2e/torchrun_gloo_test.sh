@@ -5,6 +5,9 @@
 #  - two runs of the same seed (auto, and --backend=gloo) end bitwise equal (the checkpoints'
 #    tensors and trainer state, as `ckpt show` prints them);
 #  - a run stopped after epoch 2 and resumed to epoch 4 ends bitwise equal to the straight run;
+#  - a preemption signal to one rank mid-epoch is agreed (every rank stops at that iteration and
+#    saves), and the resumed run ends bitwise equal to the straight run;
+#  - 4 ranks end with the same decisions on every rank;
 #  - the MPI run of the same seed (mpirun -np 2) reaches the same validation accuracy within
 #    float tolerance (the reductions sum in another order).
 set -uo pipefail
@@ -55,6 +58,25 @@ grep -q "resumed from $work/c/checkpoint_2_" <<<"$out" || fail "did not resume f
 same_on_every_rank "$out" c
 [[ "$(st "$work/a")" == "$(st "$work/c")" ]] || { diff <(st "$work/a") <(st "$work/c") | head; fail "the resumed run differs"; }
 echo "resume: bitwise equal to the straight run"
+
+echo "== a preemption signal (SIGTERM to rank 1 at iteration 150, in epoch 3): agreed, saved, resumed exactly"
+out=$(torchrun p1 "${common[@]}" --epochs=4 --output_dir="$work/p" --inject_preempt=1:150) || { tail -n 20 <<<"$out"; fail "preempted run"; }
+[[ $(finals "$out" | grep -c '"stopped_by": "preempted"') -eq 2 ]] || fail "both ranks must report preempted: $(finals "$out")"
+[[ $(finals "$out" | grep -c '"iteration": 150,') -eq 2 ]] || fail "both ranks must stop at iteration 150: $(finals "$out")"
+"$ckpt" verify "$work"/p/*.pt >/dev/null || fail "checkpoints after preemption do not verify"
+out=$(torchrun p2 "${common[@]}" --epochs=4 --output_dir="$work/p" --resume) || { tail -n 20 <<<"$out"; fail "resume after preemption"; }
+same_on_every_rank "$out" p
+[[ "$(st "$work/a")" == "$(st "$work/p")" ]] || { diff <(st "$work/a") <(st "$work/p") | head; fail "the run resumed after preemption differs"; }
+echo "preemption: both ranks stopped at iteration 150; resumed bitwise equal to the straight run"
+
+echo "== 4 ranks: the same decisions on every rank"
+out=$(timeout 300 "$py" -m torch.distributed.run --nproc_per_node=4 --redirects 2 --tee 2 --master_port "$port" \
+  --log_dir "$work/logs-4" --no_python "$train" "${common[@]}" --epochs=2 --output_dir="$work/four" 2>&1) ||
+  { tail -n 20 <<<"$out"; fail "4 ranks"; }
+f=$(finals "$out")
+[[ $(wc -l <<<"$f") -eq 4 ]] || fail "4 ranks: want 4 final lines: $f"
+[[ $(sed 's/"rank": [0-9]*, //' <<<"$f" | sort -u | wc -l) -eq 1 ]] || fail "4 ranks decided differently: $f"
+grep -q '"world_size": 4, "epoch": 2, ' <<<"$f" || fail "4 ranks: not 2 epochs on 4 ranks: $f"
 
 echo "== the MPI run of the same seed"
 mpi=(mpirun --oversubscribe -np 2)
