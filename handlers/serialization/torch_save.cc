@@ -43,6 +43,12 @@ std::string CppError(const c10::Error& e) { return e.what_without_backtrace(); }
 
 using ChecksumEntry = serialization::ZipEntry;
 
+uint64_t LocalLe(std::string_view b, uint64_t at, int n) {
+  uint64_t v = 0;
+  for (int i = n - 1; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(b[static_cast<size_t>(at) + i]);
+  return v;
+}
+
 absl::StatusOr<std::map<std::string, ChecksumEntry>> ParseChecksum(std::string_view text,
                                                                    const std::string& name,
                                                                    int* version) {
@@ -98,8 +104,27 @@ absl::StatusOr<ArchiveCheck> VerifyReader(caffe2::serialize::PyTorchStreamReader
   }
   for (const auto& [record, in_zip] : zip) {
     if (!reader.hasRecord(record)) continue;  // a directory entry, or outside the archive folder
-    auto [ptr, size] = reader.getRecord(record);
-    const uint32_t crc = Crc32(ptr.get(), size);
+    // A stored record's CRC is computed on the archive's bytes where they lie (no copy: one pass
+    // over the file); anything else (a compressed record, a local header that does not parse)
+    // through the reader's own copy, as before.
+    uint32_t crc = 0;
+    uint64_t size = 0;
+    const uint64_t at = in_zip.offset;
+    bool direct = false;
+    if (at <= bytes.size() && bytes.size() - at >= 30 && LocalLe(bytes, at, 4) == 0x04034b50 &&
+        LocalLe(bytes, at + 8, 2) == 0) {
+      const uint64_t data = at + 30 + LocalLe(bytes, at + 26, 2) + LocalLe(bytes, at + 28, 2);
+      if (data <= bytes.size() && bytes.size() - data >= in_zip.size) {
+        crc = Crc32(bytes.data() + data, static_cast<size_t>(in_zip.size));
+        size = in_zip.size;
+        direct = true;
+      }
+    }
+    if (!direct) {
+      auto [ptr, n] = reader.getRecord(record);
+      crc = Crc32(ptr.get(), n);
+      size = n;
+    }
     // Structured bindings are captured through init-captures: clang 14 (tools/thread_safety_check.sh)
     // does not implement capturing them directly (C++20 P1091R3).
     auto mismatch = [&, &record = record, size = size](const char* against, const ChecksumEntry& expected) {
