@@ -11,6 +11,11 @@
 #   4. data_parallel_benchmark, 2 ranks       step time with and without overlap, collectives/step
 #   5. handwritten_train, train 1 and 2 ranks the trainer's samples/s against a hand-written loop
 #   6. checkpoint_goodput.sh                  what checkpointing costs the trainer
+#   7. checkpoint_io_benchmark                checkpoint save/verify/load against raw I/O at 64 MiB,
+#                                             512 MiB and 2 GiB (RUNS runs each, interleaved with the
+#                                             raw baseline), a save's peak extra memory, and listing /
+#                                             a fresh run's first save with 1 and 5 kept checkpoints
+#                                             (needs about 5 GiB free in /tmp)
 # The raw outputs go to OUT_DIR (default: a new /tmp/ember-bench.XXXXXX) and the tables, with
 # the machine and the commit, to OUT_DIR/report.md, which is printed at the end. The figures
 # of docs/performance.md are copied from that report. Needs the Fashion-MNIST package for 5 and 6
@@ -28,7 +33,7 @@ log() { echo "[$(date +%T)] $*" >&2; }
 log "building the benchmarks (-c opt)"
 bazel build -c opt //tools/bench:engine_benchmark //tools/bench:serialization_benchmark \
   //tools/bench:consensus_benchmark //tools/bench:data_parallel_benchmark //tools/bench:handwritten_train \
-  //tools:train >"$out/build.log" 2>&1 || { tail -n 30 "$out/build.log"; exit 1; }
+  //tools/bench:checkpoint_io_benchmark //tools:train >"$out/build.log" 2>&1 || { tail -n 30 "$out/build.log"; exit 1; }
 bin=bazel-bin/tools/bench
 {
   echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
@@ -41,25 +46,25 @@ bin=bazel-bin/tools/bench
 cat "$out/machine.txt" >&2
 
 for ((r = 1; r <= runs; ++r)); do
-  log "1/6 engine_benchmark, run $r of $runs"
+  log "1/7 engine_benchmark, run $r of $runs"
   "$bin/engine_benchmark" --benchmark_format=json >"$out/engine-$r.json" 2>"$out/engine-$r.log"
 done
 for ((r = 1; r <= runs; ++r)); do
-  log "2/6 serialization_benchmark, run $r of $runs"
+  log "2/7 serialization_benchmark, run $r of $runs"
   "$bin/serialization_benchmark" --benchmark_format=json >"$out/serialization-$r.json" 2>"$out/serialization-$r.log"
 done
 for np in 2 4; do
   for ((r = 1; r <= runs; ++r)); do
-    log "3/6 consensus_benchmark, $np ranks, run $r of $runs"
+    log "3/7 consensus_benchmark, $np ranks, run $r of $runs"
     "${mpi[@]}" -np "$np" "$bin/consensus_benchmark" >"$out/consensus-$np-$r.jsonl" 2>"$out/consensus-$np-$r.log"
   done
 done
-log "4/6 data_parallel_benchmark, 2 ranks, $runs repetitions"
+log "4/7 data_parallel_benchmark, 2 ranks, $runs repetitions"
 "${mpi[@]}" -np 2 "$bin/data_parallel_benchmark" --repetitions="$runs" >"$out/data_parallel.jsonl" 2>"$out/data_parallel.log"
 rate() { sed -n 's/.*"samples_per_s": \([0-9.]*\).*/\1/p' "$1" | head -n 1; }
 for ((r = 1; r <= runs; ++r)); do
   # Interleaved, so that a drift of the machine's speed hits all three alike.
-  log "5/6 trainer throughput, run $r of $runs"
+  log "5/7 trainer throughput, run $r of $runs"
   "$bin/handwritten_train" >"$out/handwritten-$r.json" 2>"$out/handwritten-$r.log"
   d=$(mktemp -d /tmp/ember-bench-train.XXXXXX)
   bazel-bin/tools/train --epochs=1 --output_dir="$d/one" --progress=none >"$out/train1-$r.log" 2>&1
@@ -67,10 +72,13 @@ for ((r = 1; r <= runs; ++r)); do
   echo "{\"one_rank\": $(rate "$d/one/metrics.jsonl"), \"two_ranks\": $(rate "$d/two/metrics.jsonl")}" >"$out/train-$r.json"
   rm -rf "$d"
 done
-log "6/6 checkpoint_goodput.sh $runs"
+log "6/7 checkpoint_goodput.sh $runs"
 tools/bench/checkpoint_goodput.sh "$runs" >"$out/goodput.txt" 2>&1
+log "7/7 checkpoint_io_benchmark, $runs runs per size"
+"$bin/checkpoint_io_benchmark" --runs="$runs" >"$out/checkpoint_io.jsonl" 2>"$out/checkpoint_io.log"
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$out/machine.txt"
 
 /usr/bin/python3 tools/bench/report.py "$out" >"$out/report.md"
+{ echo; echo '## Checkpoint I/O (checkpoint_io_benchmark, seconds per run)'; echo; echo '```'; cat "$out/checkpoint_io.jsonl"; echo '```'; } >>"$out/report.md"
 cat "$out/report.md"
 log "raw outputs and report.md in $out"

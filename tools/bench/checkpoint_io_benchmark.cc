@@ -1,0 +1,252 @@
+// Checkpoint I/O against the disk (issue 27), every figure beside its raw baseline in the same run,
+// the two interleaved so that a drift of the disk's speed hits both alike:
+//   save:    DiskSaver::Save (temporary file, write, fsync, rename, fsync of the directory)
+//            against raw write + fsync + rename + directory fsync of the same bytes; and the
+//            save's peak extra resident memory (VmHWM over the resident size before it, with
+//            the high-water mark reset through /proc/self/clear_refs);
+//   verify:  VerifyTorchSaveFile (every record's CRC-32) and ReadTorchSaveFile (load) against a
+//            raw sequential read of the file, each after dropping the file from the page cache
+//            (posix_fadvise DONTNEED after an fsync) so that all three read the disk;
+//   list:    DiskSaver::List() with 1 and with 5 kept checkpoints of --list_mib, and a fresh
+//            run's first save in that directory (list, verify the best, write): what start-up and
+//            a preemption save cost, against the count of other checkpoints.
+// One JSON object per line on stdout.
+//
+//   bazel run -c opt //tools/bench:checkpoint_io_benchmark -- [--sizes_mib=64,512,2048]
+//       [--runs=3] [--list_mib=512] [--dir=/tmp]
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "base/file_system.h"
+#include "handlers/checkpoint/disk_saver.h"
+#include "handlers/serialization/torch_save.h"
+#include "handlers/serialization/value.h"
+
+namespace ember {
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// A model-like state: four float32 tensors adding up to `bytes`.
+Value MakeState(int64_t bytes) {
+  Value v = Value::Dict(/*ordered=*/true);
+  for (int i = 0; i < 4; ++i) {
+    v.Set("layer" + std::to_string(i) + ".weight", torch::rand({bytes / 16}, torch::kFloat32));
+  }
+  return v;
+}
+
+int64_t StatusKib(const char* key) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key, 0) == 0) return std::atoll(line.c_str() + std::strlen(key));
+  }
+  return -1;
+}
+
+void ResetPeak() {
+  std::ofstream out("/proc/self/clear_refs");
+  out << "5";
+}
+
+bool WriteAll(int fd, const void* data, size_t size) {
+  const char* p = static_cast<const char*>(data);
+  while (size > 0) {
+    ssize_t n = ::write(fd, p, size);
+    if (n <= 0) return false;
+    p += n;
+    size -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+void Fail(const std::string& what) {
+  std::fprintf(stderr, "checkpoint_io_benchmark: %s\n", what.c_str());
+  std::exit(1);
+}
+
+// Raw: the same tensors' bytes, with the same durability protocol as DiskSaver.
+double RawSave(const Value& v, const std::string& dir) {
+  const std::string tmp = dir + "/.raw.bin.tmp", path = dir + "/raw.bin";
+  const double t0 = Now();
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  for (const Value& t : v.values()) {
+    if (!WriteAll(fd, t.as_tensor().data_ptr(), t.as_tensor().nbytes())) Fail("raw write failed");
+  }
+  ::fsync(fd);
+  ::close(fd);
+  ::rename(tmp.c_str(), path.c_str());
+  int d = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  ::fsync(d);
+  ::close(d);
+  return Now() - t0;
+}
+
+void DropCache(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  ::fdatasync(fd);
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  ::close(fd);
+}
+
+double RawRead(const std::string& path) {
+  DropCache(path);
+  const double t0 = Now();
+  int fd = ::open(path.c_str(), O_RDONLY);
+  struct stat st;
+  ::fstat(fd, &st);
+  std::string buf(static_cast<size_t>(st.st_size), '\0');
+  size_t got = 0;
+  while (got < buf.size()) {
+    ssize_t n = ::read(fd, buf.data() + got, buf.size() - got);
+    if (n <= 0) break;
+    got += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  return Now() - t0;
+}
+
+std::string Median(std::vector<double> xs) {
+  std::sort(xs.begin(), xs.end());
+  return absl::StrCat(xs[xs.size() / 2]);
+}
+
+std::string Json(const std::vector<double>& xs) {
+  std::string s = "[";
+  for (size_t i = 0; i < xs.size(); ++i) absl::StrAppend(&s, i ? ", " : "", xs[i]);
+  return s + "]";
+}
+
+void SaveAndRead(int64_t mib, int runs, const std::string& root) {
+  const int64_t bytes = mib << 20;
+  const std::string dir = root + "/ember_io_bench_" + std::to_string(mib);
+  Value v = MakeState(bytes);
+  auto saver = DiskSaver::Create({.dirname = dir, .require_empty = false});
+  if (!saver.ok()) Fail(saver.status().ToString());
+  std::vector<double> raw, ember, extra_mib, raw_read, verify, load;
+  for (int r = 0; r < runs; ++r) {
+    raw.push_back(RawSave(v, dir));
+    const int64_t rss = StatusKib("VmRSS:");
+    ResetPeak();
+    const double t0 = Now();
+    absl::Status s = (*saver)->Save(v, "bench.pt", CheckpointMetadata{.basename = "bench"});
+    ember.push_back(Now() - t0);
+    if (!s.ok()) Fail(s.ToString());
+    extra_mib.push_back(static_cast<double>(StatusKib("VmHWM:") - rss) / 1024.0);
+    const std::string path = dir + "/bench.pt";
+    raw_read.push_back(RawRead(path));
+    DropCache(path);
+    double t1 = Now();
+    absl::StatusOr<ArchiveCheck> check = VerifyTorchSaveFile(path);
+    verify.push_back(Now() - t1);
+    if (!check.ok()) Fail(check.status().ToString());
+    DropCache(path);
+    t1 = Now();
+    absl::StatusOr<Value> back = ReadTorchSaveFile(path);
+    load.push_back(Now() - t1);
+    if (!back.ok()) Fail(back.status().ToString());
+  }
+  std::printf(
+      "{\"bench\": \"save_and_read\", \"mib\": %lld, \"raw_save_s\": %s, \"ember_save_s\": %s, "
+      "\"save_ratio_median\": %.3f, \"save_peak_extra_mib\": %s, \"raw_read_s\": %s, \"verify_s\": %s, "
+      "\"load_s\": %s}\n",
+      static_cast<long long>(mib), Json(raw).c_str(), Json(ember).c_str(),
+      std::stod(Median(raw)) / std::stod(Median(ember)), Json(extra_mib).c_str(), Json(raw_read).c_str(),
+      Json(verify).c_str(), Json(load).c_str());
+  std::fflush(stdout);
+  std::string rm = "rm -rf '" + dir + "'";
+  if (std::system(rm.c_str()) != 0) Fail("cleanup failed");
+}
+
+void ListCost(int64_t mib, const std::string& root) {
+  const std::string dir = root + "/ember_io_bench_list";
+  Value v = MakeState(mib << 20);
+  for (int kept : {1, 5}) {
+    std::string rm = "rm -rf '" + dir + "'";
+    if (std::system(rm.c_str()) != 0) Fail("cleanup failed");
+    {
+      auto writer = DiskSaver::Create({.dirname = dir});
+      if (!writer.ok()) Fail(writer.status().ToString());
+      for (int i = 0; i < kept; ++i) {
+        CheckpointMetadata meta{.basename = "model", .priority = static_cast<double>(i), .save_index = i};
+        absl::Status s = (*writer)->Save(v, absl::StrCat("model_", i, ".pt"), meta);
+        if (!s.ok()) Fail(s.ToString());
+      }
+    }
+    for (int i = 0; i < kept; ++i) DropCache(absl::StrCat(dir, "/model_", i, ".pt"));
+    // Start-up: list the directory (trailers only).
+    auto saver = DiskSaver::Create({.dirname = dir, .require_empty = false});
+    double t0 = Now();
+    auto listed = saver.ok() ? (*saver)->List() : saver.status();
+    const double list_s = Now() - t0;
+    if (!listed.ok() || static_cast<int>(listed->size()) != kept) Fail("list failed");
+    // A fresh run's first save (a preemption): verify the best (the newest here), then write.
+    t0 = Now();
+    absl::Status s = (*saver)->Verify(absl::StrCat("model_", kept - 1, ".pt"));
+    const double verify_best_s = Now() - t0;
+    if (!s.ok()) Fail(s.ToString());
+    t0 = Now();
+    s = (*saver)->Save(v, "model_preempt.pt", CheckpointMetadata{.basename = "model", .save_index = kept});
+    const double save_s = Now() - t0;
+    if (!s.ok()) Fail(s.ToString());
+    std::printf(
+        "{\"bench\": \"list\", \"mib\": %lld, \"kept\": %d, \"list_s\": %.6f, \"verify_best_s\": %.4f, "
+        "\"first_save_s\": %.4f}\n",
+        static_cast<long long>(mib), kept, list_s, verify_best_s, save_s);
+    std::fflush(stdout);
+    if (std::system(rm.c_str()) != 0) Fail("cleanup failed");
+  }
+}
+
+}  // namespace
+}  // namespace ember
+
+int main(int argc, char** argv) {
+  std::vector<int64_t> sizes = {64, 512, 2048};
+  int runs = 3;
+  int64_t list_mib = 512;
+  std::string dir = "/tmp";
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&](const char* flag) -> const char* {
+      const size_t n = std::strlen(flag);
+      return a.compare(0, n, flag) == 0 ? argv[i] + n : nullptr;
+    };
+    if (const char* s = value("--sizes_mib=")) {
+      sizes.clear();
+      for (absl::string_view p : absl::StrSplit(s, ',')) {
+        int64_t m;
+        if (!absl::SimpleAtoi(p, &m) || m <= 0) ember::Fail(absl::StrCat("bad --sizes_mib entry '", std::string(p), "'"));
+        sizes.push_back(m);
+      }
+    } else if (const char* s = value("--runs=")) {
+      if (!absl::SimpleAtoi(s, &runs) || runs <= 0) ember::Fail(absl::StrCat("bad --runs '", s, "'"));
+    } else if (const char* s = value("--list_mib=")) {
+      if (!absl::SimpleAtoi(s, &list_mib) || list_mib <= 0) ember::Fail(absl::StrCat("bad --list_mib '", s, "'"));
+    } else if (const char* s = value("--dir=")) {
+      dir = s;
+    } else {
+      ember::Fail(absl::StrCat("unknown flag '", a, "'"));
+    }
+  }
+  for (int64_t mib : sizes) ember::SaveAndRead(mib, runs, dir);
+  ember::ListCost(list_mib, dir);
+  return 0;
+}
