@@ -1,8 +1,9 @@
 // Runs under a real torchrun (gloo_test.sh: 2 and 4 ranks) or a Kubernetes-style environment
 // (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, no LOCAL_RANK), with the backend Launch picks for
 // CPU ranks without an MPI launcher ("auto", which must be Gloo) or --backend given as argv[1]:
-//   gloo_checks [auto|gloo]           the communicator conformance suite, every rank; prints
-//                                     "rank R of N: PASSED (backend gloo)"
+//   gloo_checks [auto|gloo]           the communicator conformance suite, every rank, then a
+//                                     second communicator rebuilt in the same process with the
+//                                     ranks renumbered; prints "rank R of N: PASSED (backend gloo)"
 //   gloo_checks stall K               rank K stops itself (SIGSTOP) at iteration 3 of an engine run;
 //                                     every other rank must fail by itself within the 3 s deadline
 //                                     with DEADLINE_EXCEEDED naming the event and the iteration
@@ -24,7 +25,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "distributed/gloo_communicator.h"
 #include "distributed/launch.h"
+#include "distributed/launcher_env.h"
+#include "distributed/tcp_rendezvous.h"
 #include "engine/engine.h"
 #include "gtest/gtest.h"
 #include "handlers/terminate_on_nan.h"
@@ -100,6 +104,41 @@ int PastDeadline() {
   return ok ? 0 : 1;
 }
 
+// A communicator rebuilt in the same process with a new member list (gloo_communicator.h): while
+// the first one lives, every rank builds a second with the ranks renumbered (rank r becomes
+// world - 1 - r) and an exchange of its own on another port; its collectives see the new ranks.
+int Rebuild() {
+  absl::StatusOr<ember::dist::LaunchInfo> info = ember::dist::ReadLaunchInfo();
+  if (!info.ok()) return 1;
+  ember::dist::GlooOptions o;
+  o.world_size = info->world_size;
+  o.rank = info->world_size - 1 - info->rank;
+  o.loopback = true;
+  o.init_timeout = absl::Seconds(60);
+  const int port = info->rendezvous_port + 2;
+  const std::string addr = info->master_addr;
+  o.exchange = [&](const std::string& mine, absl::Time deadline) {
+    return ember::dist::GatherThroughRank0(o.rank, o.world_size, addr, port, mine, deadline);
+  };
+  absl::StatusOr<std::unique_ptr<ember::dist::Communicator>> second = ember::dist::CreateGlooCommunicator(o);
+  if (!second.ok()) {
+    std::printf("rank %d: rebuild: %s\n", info->rank, second.status().ToString().c_str());
+    return 1;
+  }
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  const double mine = (*second)->rank();
+  std::vector<double> all(static_cast<size_t>(o.world_size));
+  absl::Status s = (*second)->AllGather(absl::MakeConstSpan(&mine, 1), absl::MakeSpan(all), deadline);
+  bool ok = s.ok() && (*second)->rank() == o.rank;
+  for (int r = 0; ok && r < o.world_size; ++r) ok = all[static_cast<size_t>(r)] == r;
+  double one = 1.0;  // the first communicator still works
+  ok = ok && g_comm->AllReduce(absl::MakeSpan(&one, 1), ember::dist::ReduceOp::kSum, deadline).ok() &&
+       one == g_comm->world_size();
+  std::printf("rank %d: rebuilt as rank %d of %d: %s (%s)\n", info->rank, (*second)->rank(), o.world_size,
+              s.ToString().c_str(), ok ? "as expected" : "WRONG");
+  return ok ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -124,6 +163,7 @@ int main(int argc, char** argv) {
     ::_exit(rc);  // poisoned: the communicator is left to the process
   }
   int rc = RUN_ALL_TESTS();
+  if (rc == 0) rc = Rebuild();
   if (rc == 0) rc = PastDeadline();
   std::printf("rank %d of %d: %s (backend %s)\n", g_comm->rank(), g_comm->world_size(), rc == 0 ? "PASSED" : "FAILED",
               g_comm->backend().c_str());

@@ -2,7 +2,8 @@
 # The Gloo backend with real processes: Debian's torchrun (PyTorch 1.13, /usr/bin/python3) on 2
 # and 4 CPU ranks, and a Kubernetes-style launch (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, no
 # LOCAL_RANK; one process per "pod"):
-#  - the communicator conformance suite, with backend auto (which must pick Gloo) and gloo;
+#  - the communicator conformance suite, with backend auto (which must pick Gloo) and gloo, then
+#    a communicator rebuilt in the same process with the ranks renumbered (a new member list);
 #  - a stray connection to the rendezvous port (silent, or sending junk) never counts as a rank;
 #  - the fault matrix: a rank that stalls (SIGSTOP), is killed, or leaves early (exit 0) at
 #    iteration 3: every survivor fails by itself within the 3 s deadline, naming the event and
@@ -38,6 +39,7 @@ for n in 2 4; do
     [[ $rc -eq 0 ]] || { echo "$out" | tail -n 40; fail "conformance ($n ranks, $backend): torchrun exited $rc"; }
     [[ $(grep -c "of $n: PASSED (backend gloo)" <<<"$out") -eq $n ]] || fail "conformance ($n ranks, $backend): not every rank passed on gloo"
     [[ $(grep -c "past deadline: DEADLINE_EXCEEDED.*as expected" <<<"$out") -eq $n ]] || fail "past deadline ($n ranks)"
+    [[ $(grep -c "rebuilt as rank [0-9]* of $n: OK (as expected)" <<<"$out") -eq $n ]] || fail "rebuild ($n ranks)"
   done
 done
 
