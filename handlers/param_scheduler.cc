@@ -78,11 +78,11 @@ absl::StatusOr<const OptionAccess*> FindOption(const torch::optim::Optimizer& op
         "the optimizer's type is not one the parameter schedulers support (SGD, Adam, AdamW, "
         "Adagrad, RMSprop, LBFGS)");
   }
-  std::vector<std::string> allowed;
   for (const OptionAccess& a : kind->options) {
-    if (name == a.name) return &a;
-    allowed.push_back(a.name);
+    if (name == a.name) return &a;  // the per-event path: no allocation
   }
+  std::vector<std::string> allowed;
+  for (const OptionAccess& a : kind->options) allowed.push_back(a.name);
   return absl::InvalidArgumentError(absl::StrCat("param_name '", name,
                                                  "' is not a schedulable option of ", kind->type,
                                                  "'s param groups; allowed: ",
@@ -254,21 +254,33 @@ void ParamScheduler::operator()(Engine& engine) {
 
 void ParamScheduler::Step() { Call(nullptr, nullptr); }
 
+std::vector<double> ParamScheduler::GetParam() {
+  std::vector<double> values;
+  FillParam(values);
+  return values;
+}
+
 void ParamScheduler::Call(ParamHistory* history, const std::string* name) {
-  Apply(GetParam(), history, name);
+  // The values land in a buffer the scheduler keeps: an event allocates nothing (engine_benchmark).
+  FillParam(param_values_);
+  Apply(param_values_, history, name);
 }
 
 void ParamScheduler::Apply(const std::vector<double>& values, ParamHistory* history,
                            const std::string* name) {
-  const std::vector<size_t> groups = group_indices();
-  for (size_t i = 0; i < groups.size(); ++i) {
+  // The targeted groups, {param_group_index} or all, without a vector of their indices.
+  const size_t first = param_group_index_ ? static_cast<size_t>(*param_group_index_) : 0;
+  const size_t count = param_group_index_ ? 1 : optimizer_->param_groups().size();
+  for (size_t i = 0; i < count; ++i) {
     const double v = values.size() == 1 ? values[0] : values.at(i);
     // Validated at Create: the name is an option of every targeted group.
-    (void)SetParamGroupOption(*optimizer_, groups[i], param_name_, v);
+    (void)SetParamGroupOption(*optimizer_, first + i, param_name_, v);
   }
   if (save_history_ && history != nullptr) {
     std::vector<double> recorded;
-    for (size_t g : groups) recorded.push_back(*GetParamGroupOption(*optimizer_, g, param_name_));
+    for (size_t i = 0; i < count; ++i) {
+      recorded.push_back(*GetParamGroupOption(*optimizer_, first + i, param_name_));
+    }
     (*history)[name ? *name : param_name_].push_back(std::move(recorded));
   }
   ++event_index_;
@@ -386,13 +398,14 @@ void CyclicalScheduler::Call(ParamHistory* history, const std::string* name) {
   ParamScheduler::Call(history, name);
 }
 
-std::vector<double> CyclicalScheduler::GetParam() {
+void CyclicalScheduler::FillParam(std::vector<double>& out) {
   if (warmup_duration_ > 0 && event_index_ >= cycle_size_) {
     const double progress = static_cast<double>(event_index_ - cycle_size_) /
                             static_cast<double>(warmup_duration_);
-    return {end_value_ + (start_value_ - end_value_) * progress};
+    out.assign(1, end_value_ + (start_value_ - end_value_) * progress);
+    return;
   }
-  return {CycleParam()};
+  out.assign(1, CycleParam());
 }
 
 void CyclicalScheduler::AppendState(Value& state) const {
@@ -530,7 +543,7 @@ absl::StatusOr<SimulatedValues> PiecewiseLinear::Simulate(int64_t num_events,
   return SimulateOnSgd<PiecewiseLinear>(num_events, std::move(options));
 }
 
-std::vector<double> PiecewiseLinear::GetParam() {
+void PiecewiseLinear::FillParam(std::vector<double>& out) {
   // ignite's _get_start_end, advancing _index as the events pass the milestones.
   int64_t start_index, end_index;
   double start_value, end_value;
@@ -558,8 +571,8 @@ std::vector<double> PiecewiseLinear::GetParam() {
     }
     ++index_;
   }
-  return {start_value + (end_value - start_value) * static_cast<double>(event_index_ - start_index) /
-                            static_cast<double>(end_index - start_index)};
+  out.assign(1, start_value + (end_value - start_value) * static_cast<double>(event_index_ - start_index) /
+                            static_cast<double>(end_index - start_index));
 }
 
 void PiecewiseLinear::AppendState(Value& state) const {
@@ -630,13 +643,12 @@ void ParamGroupScheduler::set_save_history(bool on) {
   for (auto& s : schedulers_) s->set_save_history(on);
 }
 
-std::vector<double> ParamGroupScheduler::GetParam() {
-  std::vector<double> out;
+void ParamGroupScheduler::FillParam(std::vector<double>& out) {
+  out.clear();
   for (auto& s : schedulers_) {
     std::vector<double> v = s->GetParam();
     out.insert(out.end(), v.begin(), v.end());
   }
-  return out;
 }
 
 void ParamGroupScheduler::Call(ParamHistory* history, const std::string* name) {
@@ -763,8 +775,8 @@ void ConcatScheduler::SetupScheduler() {
                           : -1;
 }
 
-std::vector<double> ConcatScheduler::GetParam() {
-  return schedulers_[static_cast<size_t>(scheduler_index_)]->GetParam();
+void ConcatScheduler::FillParam(std::vector<double>& out) {
+  schedulers_[static_cast<size_t>(scheduler_index_)]->FillParam(out);
 }
 
 void ConcatScheduler::Call(ParamHistory* history, const std::string* name) {
@@ -1059,14 +1071,13 @@ absl::StatusOr<std::unique_ptr<LRScheduler>> LRScheduler::Create(
   return scheduler;
 }
 
-std::vector<double> LRScheduler::GetParam() {
+void LRScheduler::FillParam(std::vector<double>& out) {
   schedule_->Advance();
-  std::vector<double> lrs;
+  out.clear();
   for (size_t g = 0; g < base_lrs_.size(); ++g) {
-    lrs.push_back(schedule_->GetLr(last_epoch_, *GetParamGroupOption(*optimizer_, g, "lr"),
+    out.push_back(schedule_->GetLr(last_epoch_, *GetParamGroupOption(*optimizer_, g, "lr"),
                                    base_lrs_[g]));
   }
-  return lrs;
 }
 
 void LRScheduler::Call(ParamHistory* history, const std::string* name) {

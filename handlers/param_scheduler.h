@@ -111,7 +111,10 @@ class ParamScheduler : public Stateful {
   void Step();
 
   // The value the next event sets: one value for every targeted group, or one per group.
-  virtual std::vector<double> GetParam() = 0;
+  std::vector<double> GetParam();
+  // The same into `out` (replacing its contents): what each scheduler implements; an event fills
+  // a buffer the scheduler keeps, so that it allocates nothing.
+  virtual void FillParam(std::vector<double>& out) = 0;
 
   const std::string& param_name() const { return param_name_; }
   bool save_history() const { return save_history_; }
@@ -163,6 +166,7 @@ class ParamScheduler : public Stateful {
   std::optional<int64_t> param_group_index_;
   int64_t event_index_ = 0;
   ParamHistory history_;
+  std::vector<double> param_values_;  // Call's values, reused from event to event
 };
 
 // ---- Cyclical schedulers --------------------------------------------------------------------
@@ -188,7 +192,7 @@ struct CyclicalSchedulerOptions {
 // cycle, start_value_mult, end_value_mult, warmup_duration, total_cycle_size.
 class CyclicalScheduler : public ParamScheduler {
  public:
-  std::vector<double> GetParam() override;
+  void FillParam(std::vector<double>& out) override;
   int64_t cycle() const { return cycle_; }
 
  protected:
@@ -272,7 +276,7 @@ class PiecewiseLinear : public ParamScheduler {
       torch::optim::Optimizer& optimizer, PiecewiseLinearOptions options);
   static absl::StatusOr<SimulatedValues> Simulate(int64_t num_events,
                                                   PiecewiseLinearOptions options);
-  std::vector<double> GetParam() override;
+  void FillParam(std::vector<double>& out) override;
 
  protected:
   void AppendState(Value& state) const override;
@@ -297,7 +301,7 @@ class ParamGroupScheduler : public ParamScheduler {
       std::vector<std::unique_ptr<ParamScheduler>> schedulers, std::vector<std::string> names = {},
       bool save_history = false);
   // Each scheduler's GetParam(), concatenated.
-  std::vector<double> GetParam() override;
+  void FillParam(std::vector<double>& out) override;
   void set_save_history(bool on) override;
   const std::vector<std::unique_ptr<ParamScheduler>>& schedulers() const { return schedulers_; }
   const std::vector<std::string>& names() const { return names_; }
@@ -332,7 +336,7 @@ class ConcatScheduler : public ParamScheduler {
   static absl::StatusOr<std::unique_ptr<ConcatScheduler>> Create(
       std::vector<std::unique_ptr<ParamScheduler>> schedulers, std::vector<int64_t> durations,
       bool save_history = false);
-  std::vector<double> GetParam() override;
+  void FillParam(std::vector<double>& out) override;
   void set_save_history(bool on) override;
   const std::vector<std::unique_ptr<ParamScheduler>>& schedulers() const { return schedulers_; }
 
@@ -412,7 +416,7 @@ class LRScheduler : public ParamScheduler {
   static absl::StatusOr<std::unique_ptr<LRScheduler>> Create(
       torch::optim::Optimizer& optimizer, std::unique_ptr<TorchLrSchedule> schedule,
       LRSchedulerOptions options = {});
-  std::vector<double> GetParam() override;
+  void FillParam(std::vector<double>& out) override;
   int64_t last_epoch() const { return last_epoch_; }
   const std::vector<double>& base_lrs() const { return base_lrs_; }
   // torch's `lr_scheduler.last_epoch += 1` (what use_legacy and the warm-up builder do).
