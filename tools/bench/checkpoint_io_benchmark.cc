@@ -142,7 +142,8 @@ void SaveAndRead(int64_t mib, int runs, const std::string& root) {
   if (!saver.ok()) Fail(saver.status().ToString());
   std::vector<double> raw, ember, extra_mib, raw_read, verify, load;
   for (int r = 0; r < runs; ++r) {
-    raw.push_back(RawSave(v, dir));
+    // Alternating which goes first, so that neither always follows the previous run's reads.
+    if (r % 2 == 0) raw.push_back(RawSave(v, dir));
     const int64_t rss = StatusKib("VmRSS:");
     ResetPeak();
     const double t0 = Now();
@@ -150,6 +151,7 @@ void SaveAndRead(int64_t mib, int runs, const std::string& root) {
     ember.push_back(Now() - t0);
     if (!s.ok()) Fail(s.ToString());
     extra_mib.push_back(static_cast<double>(StatusKib("VmHWM:") - rss) / 1024.0);
+    if (r % 2 == 1) raw.push_back(RawSave(v, dir));
     const std::string path = dir + "/bench.pt";
     raw_read.push_back(RawRead(path));
     DropCache(path);
