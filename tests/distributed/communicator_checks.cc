@@ -1,6 +1,10 @@
 #include "tests/distributed/communicator_checks.h"
 
+#include <signal.h>
+#include <unistd.h>
+
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <string>
 #include <vector>
@@ -159,6 +163,51 @@ void CheckEngineAgreement(Communicator& comm) {
     EXPECT_EQ(comm.collectives() - before, n == 1 ? 0 : 5 + 1);
     EXPECT_EQ(trainer.agreements(), 5);
   }
+}
+
+int RunFaultScenario(Communicator& comm, const std::string& kind, int victim) {
+  std::vector<int> data(100, 0);
+  Engine engine([&](Engine& e, const int&) {
+    if (comm.rank() == victim && e.state().iteration == 3) {
+      std::fprintf(stderr, "rank %d: %s at iteration 3\n", victim, kind.c_str());
+      std::fflush(nullptr);
+      if (kind == "stall" || kind == "swallow") ::raise(SIGSTOP);
+      ::_exit(kind == "leave" ? 0 : 9);
+    }
+    return 1.0;
+  });
+  engine.set_communicator(&comm);
+  engine.set_collective_timeout(absl::Seconds(3));
+  engine.On(Events::IterationCompleted(), TerminateOnNan());
+  int observed = 0;
+  if (kind == "swallow") {
+    engine.On(Events::ExceptionRaised(), [&](Engine&, std::exception_ptr) {
+      ++observed;  // logs and swallows, as an ignite user's handler would
+    });
+  }
+  const absl::Time start = absl::Now();
+  const absl::Status s = engine.Run(data);
+  std::printf("rank %d: %s after %.1fs (EXCEPTION_RAISED handler called %d time(s))\n", comm.rank(),
+              s.ToString().c_str(), absl::ToDoubleSeconds(absl::Now() - start), observed);
+  std::fflush(stdout);
+  return s.ok() ? 0 : 1;
+}
+
+int RunKindsScenario(Communicator& comm, int victim) {
+  const absl::Time start = absl::Now();
+  const absl::Time deadline = absl::Now() + absl::Seconds(3);
+  absl::Status s;
+  std::vector<float> gradients(50858, 1.0f);
+  std::vector<double> metric(4, 1.0);
+  if (comm.rank() == victim) {
+    s = comm.AllReduce(absl::MakeSpan(metric), ReduceOp::kSum, deadline);
+  } else {
+    s = comm.AllReduce(Buffer{gradients.data(), DType::kFloat32, gradients.size()}, ReduceOp::kSum, deadline);
+  }
+  std::printf("rank %d: %s after %.1fs (strict %d)\n", comm.rank(), s.ToString().c_str(),
+              absl::ToDoubleSeconds(absl::Now() - start), comm.strict() ? 1 : 0);
+  std::fflush(stdout);
+  return s.ok() ? 0 : 1;
 }
 
 }  // namespace ember::dist::testing

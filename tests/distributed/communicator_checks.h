@@ -6,6 +6,8 @@
 #ifndef EMBER_TESTS_DISTRIBUTED_COMMUNICATOR_CHECKS_H_
 #define EMBER_TESTS_DISTRIBUTED_COMMUNICATOR_CHECKS_H_
 
+#include <string>
+
 #include "distributed/communicator.h"
 
 namespace ember::dist::testing {
@@ -22,6 +24,18 @@ void CheckBarrier(Communicator& comm);
 // per-rank EarlyStopping score reduced with MEAN stops every rank at the same epoch, with one
 // collective per synchronized firing.
 void CheckEngineAgreement(Communicator& comm);
+
+// The fault matrix's programs (mpi_checks, gloo_checks), run on every rank of a real launch.
+// RunFaultScenario: an engine run of 100 iterations with TerminateOnNan and a 3 s collective
+// timeout in which rank `victim`, at iteration 3, "stall"s (SIGSTOP), "swallow"s (SIGSTOP, while
+// every rank's EXCEPTION_RAISED handler swallows the failure), "exit"s (status 9, as a crash) or
+// "leave"s (status 0, early). Each rank prints "rank R: <status> after <S>s (EXCEPTION_RAISED
+// handler called N time(s))". RunKindsScenario: rank `victim` all-reduces 4 doubles while the
+// others all-reduce a 50858-float gradient bucket (deadline 3 s); each rank prints "rank R:
+// <status> after <S>s (strict 0|1)". Both return 0 when this rank's run ended OK, 1 otherwise;
+// the caller decides how to exit (a poisoned MPI must not be finalized).
+int RunFaultScenario(Communicator& comm, const std::string& kind, int victim);
+int RunKindsScenario(Communicator& comm, int victim);
 
 inline void CheckAll(Communicator& comm) {
   CheckAllReduce(comm);

@@ -46,48 +46,6 @@ TEST(Gloo, Backend) {
   EXPECT_LT(g_comm->local_rank(), g_comm->world_size());
 }
 
-int Fault(const std::string& kind, int victim) {
-  ember::dist::Communicator& comm = *g_comm;
-  std::vector<int> data(100, 0);
-  ember::Engine engine([&](ember::Engine& e, const int&) {
-    if (comm.rank() == victim && e.state().iteration == 3) {
-      std::fprintf(stderr, "rank %d: %s at iteration 3\n", victim, kind.c_str());
-      std::fflush(nullptr);
-      if (kind == "stall") ::raise(SIGSTOP);
-      ::_exit(kind == "leave" ? 0 : 9);
-    }
-    return 1.0;
-  });
-  engine.set_communicator(&comm);
-  engine.set_collective_timeout(absl::Seconds(3));
-  engine.On(ember::Events::IterationCompleted(), ember::TerminateOnNan());
-  const absl::Time start = absl::Now();
-  absl::Status s = engine.Run(data);
-  std::printf("rank %d: %s after %.1fs\n", comm.rank(), s.ToString().c_str(),
-              absl::ToDoubleSeconds(absl::Now() - start));
-  std::fflush(stdout);
-  return s.ok() ? 0 : 1;
-}
-
-int Kinds(int victim) {
-  ember::dist::Communicator& comm = *g_comm;
-  const absl::Time start = absl::Now();
-  const absl::Time deadline = absl::Now() + absl::Seconds(3);
-  absl::Status s;
-  std::vector<float> gradients(50858, 1.0f);
-  std::vector<double> metric(4, 1.0);
-  if (comm.rank() == victim) {
-    s = comm.AllReduce(absl::MakeSpan(metric), ember::dist::ReduceOp::kSum, deadline);
-  } else {
-    s = comm.AllReduce(ember::dist::Buffer{gradients.data(), ember::dist::DType::kFloat32, gradients.size()},
-                       ember::dist::ReduceOp::kSum, deadline);
-  }
-  std::printf("rank %d: %s after %.1fs\n", comm.rank(), s.ToString().c_str(),
-              absl::ToDoubleSeconds(absl::Now() - start));
-  std::fflush(stdout);
-  return s.ok() ? 0 : 1;
-}
-
 // The last checks of a healthy run, in the same order on every rank: a collective whose deadline
 // has passed fails at once with kDeadlineExceeded (no rank waits), and poisons the communicator.
 int PastDeadline() {
@@ -155,7 +113,8 @@ int main(int argc, char** argv) {
   g_comm = comm->get();
   if (fault) {
     const std::string kind = argv[1];
-    const int rc = kind == "kinds" ? Kinds(std::atoi(argv[2])) : Fault(kind, std::atoi(argv[2]));
+    const int rc = kind == "kinds" ? ember::dist::testing::RunKindsScenario(*g_comm, std::atoi(argv[2]))
+                                   : ember::dist::testing::RunFaultScenario(*g_comm, kind, std::atoi(argv[2]));
     std::fflush(nullptr);
     // torchrun stops every worker at the first failure it sees: the survivors wait here so that
     // each has detected the fault by itself (the time printed above) before any of them exits.

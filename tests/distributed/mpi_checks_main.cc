@@ -58,35 +58,6 @@ TEST(Mpi, LocalRankAndSize) {
   EXPECT_LT(g_comm->local_rank(), g_comm->world_size());
 }
 
-int Fault(const std::string& kind, int victim) {
-  ember::dist::Communicator& comm = *g_comm;
-  std::vector<int> data(100, 0);
-  ember::Engine engine([&](ember::Engine& e, const int&) {
-    if (comm.rank() == victim && e.state().iteration == 3) {
-      std::fprintf(stderr, "rank %d: %s at iteration 3\n", victim, kind.c_str());
-      std::fflush(stderr);
-      if (kind == "stall" || kind == "swallow") ::raise(SIGSTOP);
-      ::_exit(9);
-    }
-    return 1.0;
-  });
-  engine.set_communicator(&comm);
-  engine.set_collective_timeout(absl::Seconds(3));
-  engine.On(ember::Events::IterationCompleted(), ember::TerminateOnNan());
-  int observed = 0;
-  if (kind == "swallow") {
-    engine.On(ember::Events::ExceptionRaised(), [&](ember::Engine&, std::exception_ptr) {
-      ++observed;  // logs and swallows, as an ignite user's handler would
-    });
-  }
-  const absl::Time start = absl::Now();
-  absl::Status s = engine.Run(data);
-  std::printf("rank %d: %s after %.1fs (EXCEPTION_RAISED handler called %d time(s))\n", comm.rank(),
-              s.ToString().c_str(), absl::ToDoubleSeconds(absl::Now() - start), observed);
-  std::fflush(stdout);
-  return s.ok() ? 0 : 1;
-}
-
 }  // namespace
 
 namespace probes {
@@ -166,26 +137,6 @@ int Divergence(std::unique_ptr<ember::dist::MpiCommunicator> comm, const std::st
 // gradient all-reduce of 50858 floats. "kinds": different matching spaces, so the pair never meets
 // (each waits for its deadline; no heap corruption). "strict" (EMBER_DISTRIBUTED_DEBUG=DETAIL):
 // the fingerprints differ and every rank fails at once naming each rank's collective.
-int Kinds(int victim) {
-  ember::dist::Communicator& comm = *g_comm;
-  const absl::Time start = absl::Now();
-  const absl::Time deadline = absl::Now() + absl::Seconds(3);
-  absl::Status s;
-  std::vector<float> gradients(50858, 1.0f);
-  std::vector<double> metric(4, 1.0);
-  if (comm.rank() == victim) {
-    s = comm.AllReduce(absl::MakeSpan(metric), ember::dist::ReduceOp::kSum, deadline);
-  } else {
-    s = comm.AllReduce(ember::dist::Buffer{gradients.data(), ember::dist::DType::kFloat32, gradients.size()},
-                       ember::dist::ReduceOp::kSum, deadline);
-  }
-  std::printf("rank %d: %s after %.1fs (strict %d)\n", comm.rank(), s.ToString().c_str(),
-              absl::ToDoubleSeconds(absl::Now() - start), comm.strict() ? 1 : 0);
-  std::fflush(stdout);
-  absl::SleepFor(absl::Seconds(2));  // mpirun ends the job at the first non-zero exit
-  return s.ok() ? 0 : 1;
-}
-
 // A collective given up on completes later (mpi_checks late K KIND, KIND allreduce | buffer |
 // allgather | broadcast): rank K joins 2 s late; the others give up at their 0.5 s deadline, free their
 // buffers, allocate new ones filled with a sentinel, and then drive MPI (a barrier on
@@ -256,12 +207,13 @@ int main(int argc, char** argv) {
     ::_exit(rc);  // poisoned: MPI is not finalized
   }
   if (argc == 3 && std::string(argv[1]) == "kinds") {
-    int rc = Kinds(std::atoi(argv[2]));
+    int rc = ember::dist::testing::RunKindsScenario(*g_comm, std::atoi(argv[2]));
+    absl::SleepFor(absl::Seconds(2));  // mpirun ends the job at the first non-zero exit
     std::fflush(nullptr);
     ::_exit(rc);  // poisoned: MPI is not finalized
   }
   if (argc == 3) {
-    int rc = Fault(argv[1], std::atoi(argv[2]));
+    int rc = ember::dist::testing::RunFaultScenario(*g_comm, argv[1], std::atoi(argv[2]));
     std::fflush(nullptr);
     // mpirun tears the job down at the first non-zero exit: give the other survivors (whose
     // deadlines end within milliseconds of this one's on a quiet machine, later on a loaded one
