@@ -412,7 +412,6 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
     ObjectMap to_load = {
         {"model", *model}, {"optimizer", optimizer}, {"trainer", trainer}, {"early_stopping", *es}};
     if (lr_scheduler != nullptr) to_load.emplace_back("lr_scheduler", *lr_scheduler);
-    if (grad_scaler != nullptr) to_load.emplace_back("grad_scaler", *grad_scaler);
     const ObjectMap nothing;
     if (!resume_from.empty()) {
       EMBER_ASSIGN_OR_RETURN(loaded, ReadOnRootAndShare(comm, resume_from, absl::Now() + deadline));
@@ -467,6 +466,17 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
       if (ema != nullptr && loaded.Find("ema_model") != nullptr) {
         load_now.emplace_back("ema_model", *ema_model);
         if (loaded.Find("ema_handler") != nullptr) load_now.emplace_back("ema_handler", *ema);
+      }
+      // --precision may change on resume (the weights are float32 either way); float16's loss
+      // scale continues when the checkpoint has one and starts afresh (as torch's) when not.
+      if (grad_scaler != nullptr && loaded.Find("grad_scaler") != nullptr) {
+        load_now.emplace_back("grad_scaler", *grad_scaler);
+      } else if (grad_scaler != nullptr && rank == 0) {
+        std::fprintf(stderr, "train: %s has no loss scale (trained without --precision=float16): the scale starts at %g\n",
+                     from->c_str(), grad_scaler->scale());
+      } else if (grad_scaler == nullptr && loaded.Find("grad_scaler") != nullptr && rank == 0) {
+        std::fprintf(stderr, "train: %s was trained with --precision=float16; its loss scale is not used at --precision=%s\n",
+                     from->c_str(), flags.precision.c_str());
       }
       EMBER_RETURN_IF_ERROR(Checkpoint::LoadObjects(load_now, loaded));
       if (ema != nullptr && loaded.Find("ema_model") == nullptr) {

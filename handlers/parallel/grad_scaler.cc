@@ -11,7 +11,8 @@ namespace ember {
 
 absl::StatusOr<std::unique_ptr<GradScaler>> GradScaler::Create(GradScalerOptions o) {
   auto bad = [](const std::string& m) { return absl::InvalidArgumentError(absl::StrCat("GradScaler: ", m)); };
-  if (!(o.init_scale > 0) || !std::isfinite(o.init_scale) || !std::isfinite(static_cast<float>(o.init_scale))) {
+  if (!(o.init_scale > 0) || !std::isfinite(o.init_scale) || !std::isfinite(static_cast<float>(o.init_scale)) ||
+      !(static_cast<float>(o.init_scale) > 0)) {
     return bad(absl::StrCat("init_scale must be finite in float32 and > 0, got ", o.init_scale));
   }
   if (!(o.growth_factor > 1) || !std::isfinite(o.growth_factor)) {

@@ -80,22 +80,22 @@ torch::ScalarType AutocastDtype(c10::DeviceType device) {
 
 void SetAutocast(c10::DeviceType device, bool enabled, torch::ScalarType dtype) {
 #ifdef EMBER_AUTOCAST_BY_DEVICE
-  at::autocast::set_autocast_enabled(device, enabled);
   at::autocast::set_autocast_dtype(device, dtype);
+  at::autocast::set_autocast_enabled(device, enabled);
 #else
   if (device == c10::DeviceType::CUDA) {
-    at::autocast::set_enabled(enabled);
     at::autocast::set_autocast_gpu_dtype(dtype);
+    at::autocast::set_enabled(enabled);
   } else {
-    at::autocast::set_cpu_enabled(enabled);
     at::autocast::set_autocast_cpu_dtype(dtype);
+    at::autocast::set_cpu_enabled(enabled);
   }
 #endif
 }
 
 c10::DeviceType CheckedDevice(c10::DeviceType device) {
   TORCH_CHECK(device == c10::DeviceType::CPU || device == c10::DeviceType::CUDA, "AutocastScope: device ",
-              c10::DeviceTypeName(device), ": allowed: cpu, cuda");
+              c10::DeviceTypeName(device, /*lower_case=*/true), ": allowed: cpu, cuda");
   return device;
 }
 
@@ -119,8 +119,20 @@ bool AutocastScope::Enabled(c10::DeviceType device) { return AutocastEnabled(Che
 
 torch::ScalarType AutocastScope::Dtype(c10::DeviceType device) { return AutocastDtype(CheckedDevice(device)); }
 
+namespace {
+// Checked before anything is changed, so that a refused scope leaves autocast as it was (LibTorch
+// 1.13 itself throws on a CPU dtype other than bfloat16, after the flag is set; 2.x checks nothing).
+c10::DeviceType CheckedDeviceAndDtype(c10::DeviceType device, torch::ScalarType dtype) {
+  const absl::Status valid = ValidateAutocastDtype(device, dtype);
+  TORCH_CHECK(valid.ok(), "AutocastScope: ", std::string(valid.message()));
+  return device;
+}
+}  // namespace
+
 AutocastScope::AutocastScope(c10::DeviceType device, torch::ScalarType dtype)
-    : device_(CheckedDevice(device)), was_enabled_(AutocastEnabled(device)), was_dtype_(AutocastDtype(device)) {
+    : device_(CheckedDeviceAndDtype(device, dtype)),
+      was_enabled_(AutocastEnabled(device)),
+      was_dtype_(AutocastDtype(device)) {
   SetAutocast(device_, true, dtype);
   at::autocast::increment_nesting();
 }

@@ -86,7 +86,8 @@ absl::StatusOr<ClipResult> ClipGradNorm(const std::vector<torch::Tensor>& params
 // ends, which restores the enabled flag and dtype found at its start and, leaving the outermost
 // scope, clears autocast's cast cache (as torch.autocast's __exit__). Devices: kCPU (bfloat16, the
 // one dtype CPU autocast supports in LibTorch 1.13) and kCUDA (float16, as torch.autocast("cuda")
-// by default, or bfloat16); another device throws c10::Error naming it. The flags are per thread
+// by default, or bfloat16); another device or dtype throws c10::Error naming it and what is
+// allowed (ValidateAutocastDtype's message), before anything is changed. The flags are per thread
 // (autocast's thread-local state). Compiles against LibTorch 1.13 (set_enabled / set_cpu_enabled
 // and set_autocast_{gpu,cpu}_dtype) and 2.x (from 2.4 the per-device set_autocast_enabled and
 // set_autocast_dtype; the older names are deprecated there).

@@ -33,6 +33,7 @@ TEST(GradScaler, BadOptionsAreNamedWithWhatIsAllowed) {
       {{.init_scale = 0}, "init_scale must be finite in float32 and > 0, got 0"},
       {{.init_scale = 1e39}, "init_scale must be finite in float32"},
       {{.init_scale = NAN}, "init_scale"},
+      {{.init_scale = 1e-50}, "init_scale must be finite in float32 and > 0, got 1e-50"},  // 0 as a float32
       {{.growth_factor = 1.0}, "growth_factor must be > 1 (and finite), got 1"},
       {{.backoff_factor = 1.0}, "backoff_factor must be in (0, 1), got 1"},
       {{.backoff_factor = 0}, "backoff_factor must be in (0, 1), got 0"},

@@ -598,6 +598,25 @@ TEST(AutocastScope, DtypesAndDevicesOutsideAutocastAreNamed) {
   EXPECT_EQ(std::string(ValidateAutocastDtype(c10::DeviceType::Meta, torch::kFloat16).message()),
             "autocast device meta: allowed: cpu, cuda");
   EXPECT_THROW(AutocastScope(c10::DeviceType::Meta, torch::kFloat16), c10::Error);
+  // A refused dtype throws before anything changes (LibTorch 1.13 throws on a CPU Half itself,
+  // after turning the flag on).
+  for (torch::ScalarType bad : {torch::kFloat16, torch::kFloat32}) {
+    try {
+      CpuAutocastScope scope(bad);
+      ADD_FAILURE() << "CpuAutocastScope(" << c10::toString(bad) << ") was accepted";
+    } catch (const c10::Error& e) {
+      EXPECT_THAT(e.what(), HasSubstr("CPU autocast supports BFloat16 only"));
+    }
+    EXPECT_FALSE(CpuAutocastScope::Enabled()) << "a refused scope left CPU autocast on";
+  }
+  try {
+    CudaAutocastScope scope(torch::kInt);
+    ADD_FAILURE() << "CudaAutocastScope(Int) was accepted";
+  } catch (const c10::Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("autocast dtype Int on cuda: allowed: Half, BFloat16"));
+  }
+  EXPECT_FALSE(CudaAutocastScope::Enabled()) << "a refused scope left CUDA autocast on";
+  EXPECT_NE(CudaAutocastScope::Dtype(), torch::kInt);
   EXPECT_FALSE(AutocastScope::Enabled(c10::DeviceType::CPU)) << "a refused scope left autocast on";
 }
 

@@ -53,6 +53,21 @@ int ExitLettingOthersReport(int code, absl::Duration linger) {
 
 absl::Status SameOnEveryRank(dist::Communicator& comm, absl::Span<const double> mine,
                              const std::string& what) {
+  // The lengths first: ranks that pass different lengths are named, not mismatched in the gather.
+  double length = static_cast<double>(mine.size());
+  std::vector<double> lengths(static_cast<size_t>(comm.world_size()));
+  if (absl::Status s = comm.AllGather(absl::MakeConstSpan(&length, 1), absl::MakeSpan(lengths),
+                                      absl::Now() + absl::Seconds(60));
+      !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("comparing ", what, " across ranks: ", s.message()));
+  }
+  for (int r = 0; r < comm.world_size(); ++r) {
+    if (lengths[static_cast<size_t>(r)] != length) {
+      return absl::InternalError(absl::StrCat(what, " differs in length between rank ", r, " (",
+                                              lengths[static_cast<size_t>(r)], ") and rank ",
+                                              comm.rank(), " (", mine.size(), ")"));
+    }
+  }
   std::vector<double> all(mine.size() * static_cast<size_t>(comm.world_size()));
   if (absl::Status s = comm.AllGather(mine, absl::MakeSpan(all), absl::Now() + absl::Seconds(60));
       !s.ok()) {
@@ -75,7 +90,7 @@ absl::Status SameOnEveryRank(dist::Communicator& comm, const std::vector<torch::
                              const std::string& what) {
   std::vector<double> values;
   for (const torch::Tensor& t : tensors) {
-    const torch::Tensor d = t.detach().to(torch::kFloat64).contiguous().reshape(-1);
+    const torch::Tensor d = t.detach().to(torch::kCPU, torch::kFloat64).contiguous().reshape(-1);
     values.insert(values.end(), d.data_ptr<double>(), d.data_ptr<double>() + d.numel());
   }
   return SameOnEveryRank(comm, values, what);
