@@ -107,7 +107,10 @@ const char* FileKind(mode_t mode) {
 // The last min(max_bytes, size) bytes of the regular file `path` (all of it for SIZE_MAX), read
 // with pread from the size it had when opened (a file that grows meanwhile cannot make this
 // unbounded; one that shrinks gives what is there).
-absl::StatusOr<std::string> ReadEnd(const std::string& path, size_t max_bytes, uint64_t* file_size) {
+// exact: a short read (the file shrank while it was read) is an error (kAborted, naming the file),
+// never taken for the file's last bytes: a tail read that came up short would not be the tail.
+absl::StatusOr<std::string> ReadEnd(const std::string& path, size_t max_bytes, uint64_t* file_size,
+                                    bool exact = false) {
   // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below); it changes
   // nothing for a regular file.
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
@@ -137,8 +140,13 @@ absl::StatusOr<std::string> ReadEnd(const std::string& path, size_t max_bytes, u
       ::close(fd);
       return ErrnoStatus(e, "read", path);
     }
-    if (n == 0) break;  // shrank meanwhile: what is there
+    if (n == 0) break;  // shrank meanwhile
     got += static_cast<size_t>(n);
+  }
+  if (exact && got < size) {
+    ::close(fd);
+    return absl::AbortedError(absl::StrCat("read ", path, ": the file shrank while it was read (", got, " of ",
+                                           size, " bytes of its last ", size, " read); not used"));
   }
   out.resize(got);
   ::close(fd);
@@ -157,7 +165,7 @@ class PosixFileSystem final : public FileSystem {
   }
   absl::StatusOr<std::string> ReadFileTail(const std::string& path, size_t max_bytes,
                                            uint64_t* file_size) override {
-    return ReadEnd(path, max_bytes, file_size);
+    return ReadEnd(path, max_bytes, file_size, /*exact=*/true);
   }
   absl::Status Rename(const std::string& from, const std::string& to) override {
     if (::rename(from.c_str(), to.c_str()) != 0) {

@@ -51,6 +51,8 @@ class FileSystem {
   // opened: one open, fstat and pread, so that a reader of a file's trailer (a zip's central
   // directory) does not read its body. Refuses what ReadFile refuses. The default reads the whole
   // file through ReadFile and keeps its end (for fakes; the POSIX file system reads only the end).
+  // A read that comes up short (the file shrank while it was read) is an error (kAborted, naming
+  // the file), never returned as the file's end.
   virtual absl::StatusOr<std::string> ReadFileTail(const std::string& path, size_t max_bytes,
                                                    uint64_t* file_size);
   // Atomically replaces `to` with `from` (rename(2)).

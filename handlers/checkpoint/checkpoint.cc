@@ -563,6 +563,42 @@ void Checkpoint::VerifyBest(std::vector<Item> ranked, const std::string& trusted
   }
 }
 
+absl::Status Checkpoint::VerifyFiles(dist::Communicator& comm, const std::vector<std::string>& files) {
+  if (files.empty()) return absl::OkStatus();
+  std::string dropped;
+  const absl::Time deadline = absl::Now() + options_.save_timeout;
+  EMBER_RETURN_IF_ERROR(dist::RunOnRoot(comm, options_.save_on_rank, deadline, [&]() -> absl::Status {
+    for (const std::string& f : files) {
+      absl::Status v = save_handler_->Verify(f);
+      if (v.ok()) continue;
+      LogWarning(absl::StrCat("Checkpoint: ", save_handler_->Location(f),
+                              " does not verify, so it is not ranked, kept in place of another or reported: ",
+                              v.ToString()));
+      absl::StrAppend(&dropped, f, "\n");
+    }
+    return absl::OkStatus();
+  }));
+  EMBER_RETURN_IF_ERROR(comm.Broadcast(dropped, options_.save_on_rank, deadline));
+  std::set<std::string> gone;
+  for (absl::string_view f : absl::StrSplit(dropped, '\n', absl::SkipEmpty())) gone.insert(std::string(f));
+  for (Item& item : saved_) {
+    if (gone.count(item.filename) == 0 &&
+        std::find(files.begin(), files.end(), item.filename) != files.end()) {
+      item.verified = true;
+    }
+  }
+  std::erase_if(saved_, [&](const Item& i) { return gone.count(i.filename) > 0; });
+  for (const std::string& f : gone) steps_.erase(f);
+  return absl::OkStatus();
+}
+
+absl::Status Checkpoint::KeepBestVerified(dist::Communicator& comm) {
+  while (!saved_.empty() && !saved_.back().verified) {
+    EMBER_RETURN_IF_ERROR(VerifyFiles(comm, {saved_.back().filename}));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Checkpoint::RestoreFromHandler(dist::Communicator& comm, bool verify_best) {
   // The saving rank lists what is there; every rank adopts the same list.
   std::string listing;
@@ -609,6 +645,8 @@ absl::Status Checkpoint::RestoreFromHandler(dist::Communicator& comm, bool verif
     next_index_ = std::max(next_index_, item.save_index + 1);
   }
   SortSaved(saved_);
+  // The best was verified above (Verify remembers it: no second read); this marks it on every rank.
+  if (verify_best) EMBER_RETURN_IF_ERROR(KeepBestVerified(comm));
   return absl::OkStatus();
 }
 
@@ -659,6 +697,8 @@ absl::StatusOr<std::vector<std::string>> Checkpoint::SetAsideLater(dist::Communi
     std::erase_if(saved_, [&f = f](const Item& i) { return i.filename == f; });  // init-capture: clang 14
     steps_.erase(f);
   }
+  // The best may be among those set aside: the next best is verified before it is reported.
+  EMBER_RETURN_IF_ERROR(KeepBestVerified(comm));
   return where;
 }
 
@@ -741,43 +781,72 @@ absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
 
   const bool keep_all = !options_.n_saved.has_value();
   const size_t n_saved = keep_all ? 0 : static_cast<size_t>(*options_.n_saved);
-  // Priority-ranked entries only (the keep_last extras are tracked apart below).
-  const bool full = !keep_all && saved_.size() >= n_saved;
-  if (options_.keep_last == 0 && full && !saved_.empty()) {
-    const double lowest = saved_.front().priority;
-    const bool improves = !std::isnan(priority) &&
-                          (std::isnan(lowest) || priority > lowest ||
-                           (options_.greater_or_equal && priority == lowest));
-    if (!improves) return absl::OkStatus();
-  }
-
-  EMBER_ASSIGN_OR_RETURN(std::string filename, Filename(score, global_step));
-  std::vector<Item> next = saved_;
-  std::erase_if(next, [&](const Item& i) { return i.filename == filename; });  // replaced by rename
-  next.push_back(Item{priority, filename, next_index_});
-  if (global_step) steps_[filename] = *global_step;
-  SortSaved(next);
-  // Retention: the best n_saved by priority, plus the keep_last most recent.
-  std::vector<std::string> evicted;
-  if (!keep_all) {
-    std::vector<Item> by_recency = next;
-    std::sort(by_recency.begin(), by_recency.end(),
-              [](const Item& a, const Item& b) { return a.save_index > b.save_index; });
-    std::vector<std::string> keep;
-    for (size_t i = 0; i < next.size() && i < n_saved; ++i) keep.push_back(next[next.size() - 1 - i].filename);
-    for (size_t i = 0; i < by_recency.size() && i < static_cast<size_t>(options_.keep_last); ++i) {
-      keep.push_back(by_recency[i].filename);
+  absl::StatusOr<std::string> named = Filename(score, global_step);
+  const std::string planned = named.ok() ? *named : std::string();
+  struct Plan {
+    bool skip = false;
+    std::vector<Item> next;
+    std::vector<std::string> evicted;
+    // Files not yet verified that rank within the best n_saved when this save evicts a file or
+    // is skipped: the decision must not rest on them.
+    std::vector<std::string> unverified;
+  };
+  auto plan = [&]() {
+    Plan p;
+    // Priority-ranked entries only (the keep_last extras are tracked apart below).
+    const bool full = !keep_all && saved_.size() >= n_saved;
+    if (options_.keep_last == 0 && full && !saved_.empty()) {
+      const double lowest = saved_.front().priority;
+      const bool improves = !std::isnan(priority) &&
+                            (std::isnan(lowest) || priority > lowest ||
+                             (options_.greater_or_equal && priority == lowest));
+      p.skip = !improves;
     }
-    std::vector<Item> kept;
-    for (const Item& item : next) {
-      if (std::find(keep.begin(), keep.end(), item.filename) != keep.end()) {
-        kept.push_back(item);
-      } else {
-        evicted.push_back(item.filename);
+    p.next = saved_;
+    std::erase_if(p.next, [&](const Item& i) { return i.filename == planned; });  // replaced by rename
+    p.next.push_back(Item{priority, planned, next_index_, /*verified=*/true});  // kept only once written
+    SortSaved(p.next);
+    // Retention: the best n_saved by priority, plus the keep_last most recent.
+    if (!keep_all) {
+      std::vector<Item> by_recency = p.next;
+      std::sort(by_recency.begin(), by_recency.end(),
+                [](const Item& a, const Item& b) { return a.save_index > b.save_index; });
+      std::vector<std::string> keep;
+      for (size_t i = 0; i < p.next.size() && i < n_saved; ++i) keep.push_back(p.next[p.next.size() - 1 - i].filename);
+      const size_t by_priority = keep.size();
+      for (size_t i = 0; i < by_recency.size() && i < static_cast<size_t>(options_.keep_last); ++i) {
+        keep.push_back(by_recency[i].filename);
       }
+      std::vector<Item> kept;
+      for (const Item& item : p.next) {
+        if (std::find(keep.begin(), keep.end(), item.filename) != keep.end()) {
+          kept.push_back(item);
+        } else {
+          p.evicted.push_back(item.filename);
+        }
+      }
+      if (p.skip || !p.evicted.empty()) {
+        for (size_t i = 0; i < by_priority; ++i) {
+          const Item& item = p.next[p.next.size() - 1 - i];
+          if (!item.verified) p.unverified.push_back(item.filename);
+        }
+      }
+      p.next = std::move(kept);
     }
-    next = std::move(kept);
+    return p;
+  };
+  Plan p = plan();
+  while (!p.unverified.empty()) {
+    // Usually none or one file: those listed from their trailers that rank at or above the cut-off.
+    EMBER_RETURN_IF_ERROR(VerifyFiles(comm, p.unverified));
+    p = plan();
   }
+  EMBER_RETURN_IF_ERROR(KeepBestVerified(comm));
+  if (p.skip) return absl::OkStatus();
+  EMBER_ASSIGN_OR_RETURN(std::string filename, std::move(named));
+  if (global_step) steps_[filename] = *global_step;
+  std::vector<Item> next = std::move(p.next);
+  std::vector<std::string> evicted = std::move(p.evicted);
   // With include_self the file holds the list as it will be after this save (as ignite).
   std::vector<Item> before = std::move(saved_);
   saved_ = next;
@@ -939,6 +1008,10 @@ absl::Status Checkpoint::LoadStateDict(const Value& state) {
       return absl::InvalidArgumentError("Checkpoint state: '_saved' entries must be (priority, filename)");
     }
     items.push_back(Item{entry.items()[0].as_double(), entry.items()[1].as_string(), index++});
+    // A file this checkpoint already verified (or wrote) stays so; the others are not, yet.
+    for (const Item& known : saved_) {
+      if (known.filename == items.back().filename && known.verified) items.back().verified = true;
+    }
   }
   saved_ = std::move(items);
   next_index_ = std::max(next_index_, index);
@@ -1013,13 +1086,21 @@ absl::StatusOr<std::optional<std::string>> Checkpoint::ResumeLatest(dist::Commun
     std::erase_if(saved_, [&](const Item& i) { return i.filename == f; });
   }
   EMBER_RETURN_IF_ERROR(comm.Broadcast(chosen, options_.save_on_rank, deadline));
+  for (Item& item : saved_) item.verified = item.verified || item.filename == chosen;  // read whole above
+  // The best was verified above (Verify remembers it); this marks it on every rank.
+  EMBER_RETURN_IF_ERROR(KeepBestVerified(comm));
   if (chosen.empty()) return std::optional<std::string>();
   EMBER_RETURN_IF_ERROR(comm.Broadcast(bytes, options_.save_on_rank, deadline));
   const std::string location = save_handler_->Location(chosen);
   EMBER_ASSIGN_OR_RETURN(Value checkpoint, ReadTorchSave(bytes, location));
   if (options_.include_self) {
     const Value* self = checkpoint.Find("checkpointer");
-    if (self != nullptr) EMBER_RETURN_IF_ERROR(LoadStateDict(*self));
+    if (self != nullptr) {
+      // The stored list replaces the one listed: its best is verified before it is reported.
+      EMBER_RETURN_IF_ERROR(LoadStateDict(*self));
+      for (Item& item : saved_) item.verified = item.verified || item.filename == chosen;
+      EMBER_RETURN_IF_ERROR(KeepBestVerified(comm));
+    }
     checkpoint.Erase("checkpointer");
   }
   EMBER_RETURN_IF_ERROR(LoadObjects(to_load != nullptr ? *to_load : to_save_, checkpoint));

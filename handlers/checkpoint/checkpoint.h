@@ -137,6 +137,11 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
     double priority;
     std::string filename;
     int64_t save_index;
+    // Read whole and found intact (SaveHandler::Verify), or written by this run; a file adopted
+    // from a listing (its trailer alone) or a loaded state is not, until it is verified. The
+    // best in saved() is always verified; so is every file that ranks above one that retention
+    // evicts or above a save that is skipped as not better.
+    bool verified = false;
   };
 
   static absl::StatusOr<std::unique_ptr<Checkpoint>> Create(ObjectMap to_save,
@@ -253,6 +258,13 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
   // On the saving rank: verifies the best-ranked of `ranked` (skipping those in `*untrusted`),
   // adding each one that fails to `*untrusted`, until one verifies or is `trusted` (already read).
   void VerifyBest(std::vector<Item> ranked, const std::string& trusted, std::set<std::string>* untrusted);
+  // A collective: the saving rank verifies `files` (of saved_); those that fail are dropped
+  // from saved_ on every rank (a corrupt one is quarantined by the handler), the rest marked
+  // verified on every rank.
+  absl::Status VerifyFiles(dist::Communicator& comm, const std::vector<std::string>& files);
+  // Keeps "the best in saved_ is verified" after the best was removed or replaced: verifies the
+  // best until one passes (nothing, and no collective, when it already is). Call on every rank.
+  absl::Status KeepBestVerified(dist::Communicator& comm);
   std::optional<int64_t> StepOf(const Item& item) const;
   absl::StatusOr<std::vector<std::string>> SetAsideLater(dist::Communicator& comm, int64_t step);
   // After a failed run, without a collective: waits for this rank's writer; the saving rank

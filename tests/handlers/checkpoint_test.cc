@@ -1900,5 +1900,109 @@ TEST(CheckpointRestart, AFreshRunsFirstSaveVerifiesOnlyTheBest) {
                                       "model_3_acc=0.7000.pt", "model_4_acc=0.6000.pt"));
 }
 
+// Retention never rests on a file it has not verified: a corrupt-body file that is not the best
+// (listed from its trailer) must not keep its slot while a valid file is evicted for it. Before the
+// eviction, the files that rank at or above the cut-off are read whole; the corrupt one is moved
+// aside and dropped, so the valid oldest file stays.
+TEST(CheckpointRestart, RetentionVerifiesFilesAboveTheCutOffBeforeEvicting) {
+  const std::string dir = TempDir("retention_corrupt_non_best");
+  torch::nn::Linear model(3, 2);
+  FillMarker(model);
+  std::vector<int> data = {0};
+  std::vector<double> scores = {0.5, 0.9, 0.7, 0.8};
+  auto score = [&](const Engine& e) { return Score(scores[static_cast<size_t>(e.state().epoch) - 1]); };
+  auto options = [&](bool require_empty) {
+    return ModelCheckpointOptions{
+        .disk = {.dirname = dir, .require_empty = require_empty},
+        .checkpoint = {.score_function = score, .score_name = "acc", .n_saved = 3,
+                       .global_step_transform = [](const Engine& e, Event) { return e.state().epoch; }}};
+  };
+  {
+    auto ckpt = ModelCheckpoint::Create(options(true), {{"model", model}});
+    Engine trainer(Identity);
+    trainer.On(Events::EpochCompleted(), **ckpt);
+    ASSERT_TRUE(trainer.Run(data, {.max_epochs = 3}).ok());
+  }
+  FlipInsideTensor(JoinPath(dir, "model_3_acc=0.7000.pt"));  // not the best: only its body
+  auto ckpt = ModelCheckpoint::Create(options(false), {{"model", model}});
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  Engine trainer(Identity);
+  ASSERT_TRUE(trainer.LoadStateDict({{"epoch", int64_t{3}}, {"max_epochs", int64_t{4}}, {"epoch_length", int64_t{1}}}).ok());
+  trainer.On(Events::EpochCompleted(), **ckpt);
+  ASSERT_TRUE(trainer.Run(data).ok());  // epoch 4, score 0.8: would evict 0.5 for the corrupt 0.7
+  EXPECT_THAT(Files(dir), ElementsAre("model_1_acc=0.5000.pt", "model_2_acc=0.9000.pt",
+                                      "model_3_acc=0.7000.pt.corrupt", "model_4_acc=0.8000.pt"));
+  ASSERT_EQ((*ckpt)->saved().size(), 3u);
+  EXPECT_EQ((*ckpt)->saved()[0].filename, "model_1_acc=0.5000.pt");
+  EXPECT_DOUBLE_EQ(*(*ckpt)->best_score(), 0.9);
+}
+
+// A save is not skipped as "not better" (keep_last 0, n_saved full) because of a corrupt file it
+// has not verified: the files above the cut-off are read first, the corrupt one is dropped, and
+// the save is made.
+TEST(CheckpointRestart, ASaveIsNotSkippedForAnUnverifiedCorruptFile) {
+  const std::string dir = TempDir("skip_corrupt_non_best");
+  torch::nn::Linear model(3, 2);
+  FillMarker(model);
+  std::vector<int> data = {0};
+  std::vector<double> scores = {0.5, 0.9, 0.7, 0.4};
+  auto score = [&](const Engine& e) { return Score(scores[static_cast<size_t>(e.state().epoch) - 1]); };
+  auto options = [&](bool require_empty) {
+    return ModelCheckpointOptions{
+        .disk = {.dirname = dir, .require_empty = require_empty},
+        .checkpoint = {.score_function = score, .score_name = "acc", .n_saved = 3,
+                       .global_step_transform = [](const Engine& e, Event) { return e.state().epoch; }}};
+  };
+  {
+    auto ckpt = ModelCheckpoint::Create(options(true), {{"model", model}});
+    Engine trainer(Identity);
+    trainer.On(Events::EpochCompleted(), **ckpt);
+    ASSERT_TRUE(trainer.Run(data, {.max_epochs = 3}).ok());
+  }
+  FlipInsideTensor(JoinPath(dir, "model_3_acc=0.7000.pt"));
+  auto ckpt = ModelCheckpoint::Create(options(false), {{"model", model}});
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  Engine trainer(Identity);
+  ASSERT_TRUE(trainer.LoadStateDict({{"epoch", int64_t{3}}, {"max_epochs", int64_t{4}}, {"epoch_length", int64_t{1}}}).ok());
+  trainer.On(Events::EpochCompleted(), **ckpt);
+  ASSERT_TRUE(trainer.Run(data).ok());  // epoch 4, score 0.4: below 0.5, but 0.7 is corrupt
+  EXPECT_THAT(Files(dir), ElementsAre("model_1_acc=0.5000.pt", "model_2_acc=0.9000.pt",
+                                      "model_3_acc=0.7000.pt.corrupt", "model_4_acc=0.4000.pt"));
+}
+
+// The best removed by a set-aside (a resume from an earlier point): the next best, listed from its
+// trailer, is verified before it is reported; a corrupt one is moved aside and the next tried.
+TEST(CheckpointRestart, AfterTheBestIsSetAsideTheNextBestIsVerifiedBeforeItIsReported) {
+  const std::string dir = TempDir("set_aside_corrupt_next_best");
+  torch::nn::Linear model(3, 2);
+  FillMarker(model);
+  std::vector<int> data = {0};
+  std::vector<double> scores = {0.7, 0.5, 0.9};
+  auto score = [&](const Engine& e) { return Score(scores[static_cast<size_t>(e.state().epoch) - 1]); };
+  auto options = [&](bool require_empty) {
+    return ModelCheckpointOptions{
+        .disk = {.dirname = dir, .require_empty = require_empty},
+        .checkpoint = {.score_function = score, .score_name = "acc", .n_saved = 3,
+                       .global_step_transform = [](const Engine& e, Event) { return e.state().epoch; }}};
+  };
+  {
+    auto ckpt = ModelCheckpoint::Create(options(true), {{"model", model}});
+    Engine trainer(Identity);
+    trainer.On(Events::EpochCompleted(), **ckpt);
+    ASSERT_TRUE(trainer.Run(data, {.max_epochs = 3}).ok());
+  }
+  FlipInsideTensor(JoinPath(dir, "model_1_acc=0.7000.pt"));  // the next best
+  auto ckpt = ModelCheckpoint::Create(options(false), {{"model", model}});
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  dist::SingleProcessCommunicator alone;
+  absl::StatusOr<std::vector<std::string>> aside = (*ckpt)->SetAsideAfter(alone, 2);  // the best, 0.9
+  ASSERT_TRUE(aside.ok()) << aside.status();
+  ASSERT_TRUE((*ckpt)->best_score().has_value());
+  EXPECT_DOUBLE_EQ(*(*ckpt)->best_score(), 0.5);
+  EXPECT_EQ(*(*ckpt)->last_checkpoint(), JoinPath(dir, "model_2_acc=0.5000.pt"));
+  EXPECT_THAT(Files(dir), Contains("model_1_acc=0.7000.pt.corrupt"));
+  ASSERT_EQ((*ckpt)->saved().size(), 1u);
+}
+
 }  // namespace
 }  // namespace ember
