@@ -40,6 +40,32 @@ constexpr uint32_t kMeetTag = 4;
 constexpr uint32_t kBroadcastTag = 5;
 constexpr uint32_t kBarrierTag = 6;
 
+// The Gloo tag of one collective: its kind (the base tags above, in the low 3 bits) with a hash of
+// its element type and counts in the other 29. Two ranks running collectives that differ in kind,
+// type or count then never share a tag, so they never match: each waits for the other until its
+// deadline (a DEADLINE_EXCEEDED) instead of Gloo's transport thread aborting the process on a size
+// mismatch or two same-size buffers of different types reducing into garbage.
+enum class TagType : uint32_t { kNone = 0, kFloat32 = 1, kFloat64 = 2, kBytes = 3 };
+uint32_t TagFor(uint32_t base, TagType type, uint64_t count, uint64_t count2 = 0) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a over (base, type, count, count2)
+  auto mix = [&h](uint64_t v) {
+    for (int i = 0; i < 8; ++i) {
+      h ^= (v >> (8 * i)) & 0xff;
+      h *= 1099511628211ull;
+    }
+  };
+  mix(base);
+  mix(static_cast<uint32_t>(type));
+  mix(count);
+  mix(count2);
+  const uint32_t folded = static_cast<uint32_t>(h ^ (h >> 32));
+  return (folded << 3) | (base & 7u);
+}
+template <typename T>
+constexpr TagType TypeOf() {
+  return std::is_same_v<T, double> ? TagType::kFloat64 : TagType::kFloat32;
+}
+
 // A gloo::Context whose pairs are connected from an AddressExchange (what
 // gloo::rendezvous::Context::connectFullMesh does through a gloo Store).
 class MeshContext final : public gloo::Context {
@@ -164,7 +190,7 @@ class GlooCommunicator final : public Communicator {
           gloo::BroadcastOptions opts(context_);
           opts.setOutput(size.get(), 1);
           opts.setRoot(root);
-          opts.setTag(kBroadcastTag);
+          opts.setTag(TagFor(kBroadcastTag, TagType::kNone, 0));
           opts.setTimeout(timeout);
           gloo::broadcast(opts);
         });
@@ -181,7 +207,7 @@ class GlooCommunicator final : public Communicator {
                                gloo::BroadcastOptions opts(context_);
                                opts.setOutput(staging->data(), staging->size());
                                opts.setRoot(root);
-                               opts.setTag(kBroadcastTag);
+                               opts.setTag(TagFor(kBroadcastTag, TagType::kBytes, *size));
                                opts.setTimeout(timeout);
                                gloo::broadcast(opts);
                              });
@@ -195,7 +221,7 @@ class GlooCommunicator final : public Communicator {
   absl::Status DoBarrier(absl::Time deadline) override {
     return Run("barrier", deadline, nullptr, [&](std::chrono::milliseconds timeout) {
       gloo::BarrierOptions opts(context_);
-      opts.setTag(kBarrierTag);
+      opts.setTag(TagFor(kBarrierTag, TagType::kNone, 0));
       opts.setTimeout(timeout);
       gloo::barrier(opts);
     });
@@ -268,7 +294,7 @@ class GlooCommunicator final : public Communicator {
                  opts.setReduceFunction([op](void* c, const void* a, const void* b, size_t n) {
                    Reduce<T>(c, a, b, n, op);
                  });
-                 opts.setTag(tag);
+                 opts.setTag(TagFor(tag, TypeOf<T>(), count));
                  opts.setTimeout(timeout);
                  gloo::allreduce(opts);
                });
@@ -298,7 +324,8 @@ class GlooCommunicator final : public Communicator {
                            gloo::AllgatherOptions opts(context_);
                            opts.setInput(staging->send.data(), staging->send.size());
                            opts.setOutput(staging->recv.data(), staging->recv.size());
-                           opts.setTag(tag);
+                           opts.setTag(TagFor(tag, TagType::kFloat64, staging->send.size(),
+                                              staging->recv.size()));
                            opts.setTimeout(timeout);
                            gloo::allgather(opts);
                          });

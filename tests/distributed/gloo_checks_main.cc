@@ -12,6 +12,11 @@
 //   gloo_checks kinds K               rank K all-reduces 4 doubles while the others all-reduce a
 //                                     gradient bucket of 50858 floats: never matched, every rank
 //                                     fails at its deadline
+//   gloo_checks sizes K               rank K all-reduces 4096 doubles while the others all-reduce
+//                                     4 (one Gloo tag once aborted the receiver in Gloo's
+//                                     transport thread): every rank fails at its deadline
+//   gloo_checks types K               rank K all-reduces 16 floats while the others all-reduce 8
+//                                     doubles (the same 64 bytes; once returned OK with garbage)
 // In the fault modes each rank prints "rank R: <status> after <seconds>s" and exits non-zero on
 // failure (after a pause, so that torchrun, which stops the other workers at the first failure,
 // does not stop a survivor before it has detected the fault by itself).
@@ -97,6 +102,30 @@ int Rebuild() {
   return ok ? 0 : 1;
 }
 
+// Mismatched all-reduces (sizes: 4 vs 4096 doubles; types: 8 doubles vs 16 floats, the same
+// bytes): never matched, so every rank fails at its 3 s deadline; none aborts, none returns OK.
+int Mismatch(const std::string& kind, int victim) {
+  ember::dist::Communicator& comm = *g_comm;
+  const absl::Time start = absl::Now();
+  const absl::Time deadline = absl::Now() + absl::Seconds(3);
+  const bool odd = comm.rank() == victim;
+  absl::Status s;
+  if (kind == "sizes") {
+    std::vector<double> v(odd ? 4096 : 4, 1.0);
+    s = comm.AllReduce(absl::MakeSpan(v), ember::dist::ReduceOp::kSum, deadline);
+  } else if (odd) {
+    std::vector<float> v(16, 1.0f);
+    s = comm.AllReduce(absl::MakeSpan(v), ember::dist::ReduceOp::kSum, deadline);
+  } else {
+    std::vector<double> v(8, 1.0);
+    s = comm.AllReduce(absl::MakeSpan(v), ember::dist::ReduceOp::kSum, deadline);
+  }
+  std::printf("rank %d: %s after %.1fs (%s)\n", comm.rank(), s.ToString().c_str(),
+              absl::ToDoubleSeconds(absl::Now() - start), kind.c_str());
+  std::fflush(stdout);
+  return s.ok() ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -113,8 +142,9 @@ int main(int argc, char** argv) {
   g_comm = comm->get();
   if (fault) {
     const std::string kind = argv[1];
-    const int rc = kind == "kinds" ? ember::dist::testing::RunKindsScenario(*g_comm, std::atoi(argv[2]))
-                                   : ember::dist::testing::RunFaultScenario(*g_comm, kind, std::atoi(argv[2]));
+    const int rc = kind == "kinds"                      ? ember::dist::testing::RunKindsScenario(*g_comm, std::atoi(argv[2]))
+                   : kind == "sizes" || kind == "types" ? Mismatch(kind, std::atoi(argv[2]))
+                                                        : ember::dist::testing::RunFaultScenario(*g_comm, kind, std::atoi(argv[2]));
     std::fflush(nullptr);
     // torchrun stops every worker at the first failure it sees: the survivors wait here so that
     // each has detected the fault by itself (the time printed above) before any of them exits.

@@ -8,7 +8,9 @@
 #  - the fault matrix: a rank that stalls (SIGSTOP), is killed, or leaves early (exit 0) at
 #    iteration 3: every survivor fails by itself within the 3 s deadline, naming the event and
 #    the iteration (the stall: DEADLINE_EXCEEDED); a metric all-reduce against a gradient bucket
-#    never matches (DEADLINE_EXCEEDED on every rank).
+#    never matches (DEADLINE_EXCEEDED on every rank), nor do all-reduces of different counts (4 vs
+#    4096 doubles) or of different types of the same byte size (8 doubles vs 16 floats): every
+#    rank reports DEADLINE_EXCEEDED within the deadline, none is killed by a signal, none is OK.
 # Python 3.11 breaks torchrun 1.13's default output redirection, hence --redirects/--tee.
 set -uo pipefail
 checks=$1
@@ -71,7 +73,7 @@ grep -q "rank 1 of 2: PASSED (backend gloo)" "$logs/k8s-1.log" || fail "k8s rank
 
 for n in 2 4; do
   victim=$((n - 1))
-  for kind in stall exit leave kinds; do
+  for kind in stall exit leave kinds sizes types; do
     start=$(date +%s.%N)
     out=$(torchrun "$kind-$n" "$n" 8 "$kind" "$victim")
     rc=$?
@@ -81,14 +83,18 @@ for n in 2 4; do
     [[ $rc -ne 0 ]] || fail "$kind: the job exited 0"
     [[ $rc -ne 124 ]] || fail "$kind: the job hung"
     last=$victim
-    [[ $kind == kinds ]] && last=$n
+    [[ $kind == kinds || $kind == sizes || $kind == types ]] && last=$n
+    if [[ $kind == sizes || $kind == types ]]; then
+      ! grep -qE "terminate called|EnforceNotMet|SIGABRT|SIGSEGV|exitcode *: -(6|11) " <<<"$out" || fail "$kind: a rank was killed by a signal"
+      ! grep -qE "rank [0-9]+: OK after" <<<"$out" || fail "$kind: a rank returned OK"
+    fi
     for ((r = 0; r < last; ++r)); do
       line=$(grep -E "rank $r: [A-Z_]+: .* after [0-9.]+s" <<<"$out" | head -n 1)
       [[ -n $line ]] || fail "$kind: rank $r reported nothing"
       secs=$(grep -oE "after [0-9.]+s" <<<"$line" | grep -oE "[0-9.]+" | head -n 1)
       # Within the 3 s deadline (plus scheduling on a loaded 2-core machine).
       (( $(echo "$secs < 4.5" | bc) )) || fail "$kind: rank $r took ${secs}s: $line"
-      if [[ $kind == kinds ]]; then
+      if [[ $kind == kinds || $kind == sizes || $kind == types ]]; then
         grep -q "DEADLINE_EXCEEDED: .*gloo all-reduce" <<<"$line" || fail "kinds: rank $r: $line"
         continue
       fi
