@@ -53,7 +53,11 @@ int MillisLeft(absl::Time deadline) {
 
 absl::Status WaitFor(int fd, short events, absl::Time deadline, const std::string& what) {
   pollfd p{fd, events, 0};
-  int rc = ::poll(&p, 1, MillisLeft(deadline));
+  int rc;
+  // A signal (SIGUSR1 to a profiler, SIGCHLD) interrupts poll: wait again for the time left.
+  do {
+    rc = ::poll(&p, 1, MillisLeft(deadline));
+  } while (rc < 0 && errno == EINTR);
   if (rc == 0) return absl::DeadlineExceededError(absl::StrCat(what, ": timed out"));
   if (rc < 0) return absl::UnavailableError(absl::StrCat(what, ": ", std::strerror(errno)));
   return absl::OkStatus();

@@ -2,9 +2,12 @@
 // partial or inconsistent ones get; Launch's backend choice; the TCP rendezvous.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <fstream>
 
@@ -244,6 +247,44 @@ TEST(TcpRendezvous, Rank0HandsItsPayloadToEveryRank) {
   absl::StatusOr<std::string> lonely = ShareFromRank0(1, 2, "127.0.0.1", port + 1, "", absl::Now() + absl::Milliseconds(300));
   EXPECT_EQ(lonely.status().code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_THAT(std::string(lonely.status().message()), HasSubstr("rank 0 never listened on 127.0.0.1:"));
+}
+
+// A signal during the wait for rank 0's answer (SIGUSR1 to a profiler, a preemption signal the
+// trainer handles) interrupts poll(): the rendezvous waits again for the time left, and fails at
+// its deadline as DEADLINE_EXCEEDED, not at the signal as "Interrupted system call".
+TEST(TcpRendezvous, ASignalDuringTheWaitDoesNotEndIt) {
+  const int listener = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(listener, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  ASSERT_EQ(::listen(listener, 4), 0);  // a silent rank 0: connections wait in the backlog
+  socklen_t len = sizeof(a);
+  ASSERT_EQ(::getsockname(listener, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  const int port = ntohs(a.sin_port);
+  struct sigaction handler {}, old {};
+  handler.sa_handler = [](int) {};
+  handler.sa_flags = 0;  // no SA_RESTART: poll() returns EINTR
+  ASSERT_EQ(::sigaction(SIGUSR1, &handler, &old), 0);
+  const pthread_t waiter = ::pthread_self();
+  std::atomic<bool> done{false};
+  std::thread signaller([&] {
+    for (int i = 0; i < 20 && !done; ++i) {
+      absl::SleepFor(absl::Milliseconds(50));
+      if (!done) ::pthread_kill(waiter, SIGUSR1);
+    }
+  });
+  const absl::Time start = absl::Now();
+  absl::StatusOr<std::string> got =
+      ShareFromRank0(1, 2, "127.0.0.1", port, "", absl::Now() + absl::Milliseconds(1500));
+  const absl::Duration took = absl::Now() - start;
+  done = true;
+  signaller.join();
+  ::sigaction(SIGUSR1, &old, nullptr);
+  ::close(listener);
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kDeadlineExceeded) << got.status();
+  EXPECT_GE(took, absl::Milliseconds(1400)) << "the wait ended at a signal: " << got.status();
 }
 
 // torchrun (static rendezvous, and c10d sharing its store) runs a TCPStore server in its agent
