@@ -265,8 +265,10 @@ absl::StatusOr<Fd> ConnectToRank0(const std::string& addr, int port, absl::Time 
   }
 }
 
-// Reads one Frame.
-absl::StatusOr<std::string> ReceiveFrame(int fd, const std::string& where, absl::Time deadline) {
+// Reads one Frame of at most `max_bytes`: a longer one (whatever else listens on the port) is
+// refused before anything is allocated for it.
+absl::StatusOr<std::string> ReceiveFrame(int fd, const std::string& where, absl::Time deadline,
+                                         uint64_t max_bytes) {
   absl::StatusOr<std::string> head = RecvAll(fd, 8, deadline);
   if (!head.ok()) return head.status();
   if (head->compare(0, 4, kMagic, 4) != 0) {
@@ -274,7 +276,13 @@ absl::StatusOr<std::string> ReceiveFrame(int fd, const std::string& where, absl:
   }
   uint32_t n;
   std::memcpy(&n, head->data() + 4, 4);
-  return RecvAll(fd, ntohl(n), deadline);
+  n = ntohl(n);
+  if (n > max_bytes) {
+    return absl::DataLossError(absl::StrCat("rendezvous: ", where, " announced an answer of ", n,
+                                            " bytes, more than the ", max_bytes,
+                                            " this rendezvous sends: not an Ember rank 0 of this job"));
+  }
+  return RecvAll(fd, n, deadline);
 }
 
 // The gather's table: world_size strings, each a 4-byte length (network order) and its bytes.
@@ -415,12 +423,16 @@ absl::StatusOr<std::string> ShareFromRank0(int rank, int world_size, const std::
                                            absl::Time deadline) {
   const std::string where = absl::StrCat(addr, ":", port);
   if (world_size <= 1) return payload;
+  if (payload.size() > kMaxGatherPayload) {
+    return absl::InvalidArgumentError(absl::StrCat("rendezvous: a payload of ", payload.size(), " bytes (at most ",
+                                                   kMaxGatherPayload, ")"));
+  }
   if (rank == 0) return ServeRank0(world_size, port, payload, deadline, where);
   // Other ranks: connect, retrying until rank 0 listens.
   absl::StatusOr<Fd> fd = ConnectToRank0(addr, port, deadline);
   if (!fd.ok()) return fd.status();
   if (absl::Status s = SendAll(fd->get(), Hello(rank), deadline); !s.ok()) return s;
-  return ReceiveFrame(fd->get(), where, deadline);
+  return ReceiveFrame(fd->get(), where, deadline, kMaxGatherPayload);
 }
 
 absl::StatusOr<std::vector<std::string>> GatherThroughRank0(int rank, int world_size,
@@ -437,7 +449,8 @@ absl::StatusOr<std::vector<std::string>> GatherThroughRank0(int rank, int world_
   absl::StatusOr<Fd> fd = ConnectToRank0(addr, port, deadline);
   if (!fd.ok()) return fd.status();
   if (absl::Status s = SendAll(fd->get(), Hello(rank, kGatherMagic) + Frame(payload), deadline); !s.ok()) return s;
-  absl::StatusOr<std::string> table = ReceiveFrame(fd->get(), where, deadline);
+  absl::StatusOr<std::string> table = ReceiveFrame(
+      fd->get(), where, deadline, static_cast<uint64_t>(world_size) * (kMaxGatherPayload + 4));
   if (!table.ok()) return table.status();
   absl::StatusOr<std::vector<std::string>> all = Unpack(*table, world_size);
   if (!all.ok()) {

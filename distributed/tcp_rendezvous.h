@@ -20,7 +20,10 @@
 
 namespace ember::dist {
 
-// On rank 0 returns `payload` after every peer received it; elsewhere returns what rank 0 sent.
+// On rank 0 returns `payload` (at most 16 MiB) after every peer received it; elsewhere returns
+// what rank 0 sent. An answer announcing more than that (another service on the port) is refused
+// as DATA_LOSS before anything is allocated for it; GatherThroughRank0 likewise refuses a table
+// longer than world_size payloads.
 absl::StatusOr<std::string> ShareFromRank0(int rank, int world_size, const std::string& addr,
                                            int port, const std::string& payload,
                                            absl::Time deadline);

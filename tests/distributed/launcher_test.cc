@@ -287,6 +287,44 @@ TEST(TcpRendezvous, ASignalDuringTheWaitDoesNotEndIt) {
   EXPECT_GE(took, absl::Milliseconds(1400)) << "the wait ended at a signal: " << got.status();
 }
 
+// Whatever else listens on the port may announce any length: a rank refuses more than the
+// rendezvous ever sends, at once and without allocating it (it allocated 4 GiB and overran its
+// deadline before).
+TEST(TcpRendezvous, AnAnswerLongerThanTheRendezvousSendsIsRefused) {
+  const int listener = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(listener, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  ASSERT_EQ(::listen(listener, 4), 0);
+  socklen_t len = sizeof(a);
+  ASSERT_EQ(::getsockname(listener, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  const int port = ntohs(a.sin_port);
+  std::thread impostor([&] {  // answers each of two connections with a frame of 0xfffffff0 bytes
+    for (int i = 0; i < 2; ++i) {
+      const int c = ::accept(listener, nullptr, nullptr);
+      if (c < 0) return;
+      const char head[8] = {'E', 'M', 'B', 'R', '\xff', '\xff', '\xff', '\xf0'};
+      (void)!::write(c, head, sizeof(head));
+      absl::SleepFor(absl::Milliseconds(500));
+      ::close(c);
+    }
+  });
+  const absl::Time start = absl::Now();
+  absl::StatusOr<std::string> shared =
+      ShareFromRank0(1, 2, "127.0.0.1", port, "", absl::Now() + absl::Seconds(5));
+  absl::StatusOr<std::vector<std::string>> gathered =
+      GatherThroughRank0(1, 2, "127.0.0.1", port, "x", absl::Now() + absl::Seconds(5));
+  impostor.join();
+  ::close(listener);
+  for (const absl::Status& s : {shared.status(), gathered.status()}) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+    EXPECT_THAT(std::string(s.message()), HasSubstr("announced an answer of 4294967280 bytes")) << s;
+  }
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+}
+
 // torchrun (static rendezvous, and c10d sharing its store) runs a TCPStore server in its agent
 // on MASTER_PORT and tells the workers so with TORCHELASTIC_USE_AGENT_STORE=True. A rank 0 that
 // listened on MASTER_PORT would fail with "Address already in use"; the rendezvous port the
