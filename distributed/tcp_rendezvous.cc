@@ -299,7 +299,7 @@ std::string Pack(const std::vector<std::string>& parts) {
 absl::StatusOr<std::vector<std::string>> Unpack(const std::string& table, int world_size) {
   std::vector<std::string> parts;
   size_t at = 0;
-  for (int r = 0; r < world_size; ++r) {
+  while (at < table.size()) {
     if (table.size() - at < 4) return absl::DataLossError("truncated table");
     uint32_t n;
     std::memcpy(&n, table.data() + at, 4);
@@ -309,7 +309,13 @@ absl::StatusOr<std::vector<std::string>> Unpack(const std::string& table, int wo
     parts.push_back(table.substr(at, n));
     at += n;
   }
-  if (at != table.size()) return absl::DataLossError("trailing bytes in the table");
+  if (parts.size() != static_cast<size_t>(world_size)) {
+    // Rank 0 answers with its own world size's entries: the launches disagree.
+    return absl::FailedPreconditionError(absl::StrCat(
+        "rank 0's table has ", parts.size(), " entries but this rank's WORLD_SIZE is ", world_size,
+        ": the ranks were launched with different world sizes (check WORLD_SIZE, or --nnodes and "
+        "--nproc_per_node, on every node)"));
+  }
   return parts;
 }
 
@@ -454,7 +460,8 @@ absl::StatusOr<std::vector<std::string>> GatherThroughRank0(int rank, int world_
   if (!table.ok()) return table.status();
   absl::StatusOr<std::vector<std::string>> all = Unpack(*table, world_size);
   if (!all.ok()) {
-    return absl::DataLossError(absl::StrCat("rendezvous on ", where, ": rank 0's answer: ", all.status().message()));
+    return absl::Status(all.status().code(),
+                        absl::StrCat("rendezvous on ", where, ": rank 0's answer: ", all.status().message()));
   }
   return all;
 }

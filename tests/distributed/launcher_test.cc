@@ -325,6 +325,21 @@ TEST(TcpRendezvous, AnAnswerLongerThanTheRendezvousSendsIsRefused) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(3));
 }
 
+// A rank launched with another WORLD_SIZE than rank 0 is told so, naming both sizes (it said
+// "truncated table" before).
+TEST(TcpRendezvous, GatherNamesRanksLaunchedWithAnotherWorldSize) {
+  const int port = 20000 + ((::getpid() + 7919) % 20000);
+  absl::StatusOr<std::vector<std::string>> zero = absl::UnknownError("not run"), one = zero;
+  std::thread rank0([&] { zero = GatherThroughRank0(0, 2, "127.0.0.1", port, "a", absl::Now() + absl::Seconds(10)); });
+  std::thread rank1([&] { one = GatherThroughRank0(1, 3, "127.0.0.1", port, "b", absl::Now() + absl::Seconds(10)); });
+  rank0.join();
+  rank1.join();
+  EXPECT_EQ(one.status().code(), absl::StatusCode::kFailedPrecondition) << one.status();
+  EXPECT_THAT(std::string(one.status().message()),
+              HasSubstr("rank 0's table has 2 entries but this rank's WORLD_SIZE is 3: the ranks were launched "
+                        "with different world sizes"));
+}
+
 // torchrun (static rendezvous, and c10d sharing its store) runs a TCPStore server in its agent
 // on MASTER_PORT and tells the workers so with TORCHELASTIC_USE_AGENT_STORE=True. A rank 0 that
 // listened on MASTER_PORT would fail with "Address already in use"; the rendezvous port the
