@@ -249,20 +249,30 @@ TEST(TcpRendezvous, Rank0HandsItsPayloadToEveryRank) {
   EXPECT_THAT(std::string(lonely.status().message()), HasSubstr("rank 0 never listened on 127.0.0.1:"));
 }
 
+// A listening loopback socket on a free port that accepts nothing by itself (connections wait in
+// its backlog): a silent rank 0, or another service on the port. -1 on failure.
+int LoopbackListener(int* port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(a);
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || ::listen(fd, 4) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    if (fd >= 0) ::close(fd);
+    return -1;
+  }
+  *port = ntohs(a.sin_port);
+  return fd;
+}
+
 // A signal during the wait for rank 0's answer (SIGUSR1 to a profiler, a preemption signal the
 // trainer handles) interrupts poll(): the rendezvous waits again for the time left, and fails at
 // its deadline as DEADLINE_EXCEEDED, not at the signal as "Interrupted system call".
 TEST(TcpRendezvous, ASignalDuringTheWaitDoesNotEndIt) {
-  const int listener = ::socket(AF_INET, SOCK_STREAM, 0);
+  int port = 0;
+  const int listener = LoopbackListener(&port);
   ASSERT_GE(listener, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
-  ASSERT_EQ(::listen(listener, 4), 0);  // a silent rank 0: connections wait in the backlog
-  socklen_t len = sizeof(a);
-  ASSERT_EQ(::getsockname(listener, reinterpret_cast<sockaddr*>(&a), &len), 0);
-  const int port = ntohs(a.sin_port);
   struct sigaction handler {}, old {};
   handler.sa_handler = [](int) {};
   handler.sa_flags = 0;  // no SA_RESTART: poll() returns EINTR
@@ -291,16 +301,9 @@ TEST(TcpRendezvous, ASignalDuringTheWaitDoesNotEndIt) {
 // rendezvous ever sends, at once and without allocating it (it allocated 4 GiB and overran its
 // deadline before).
 TEST(TcpRendezvous, AnAnswerLongerThanTheRendezvousSendsIsRefused) {
-  const int listener = ::socket(AF_INET, SOCK_STREAM, 0);
+  int port = 0;
+  const int listener = LoopbackListener(&port);
   ASSERT_GE(listener, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
-  ASSERT_EQ(::listen(listener, 4), 0);
-  socklen_t len = sizeof(a);
-  ASSERT_EQ(::getsockname(listener, reinterpret_cast<sockaddr*>(&a), &len), 0);
-  const int port = ntohs(a.sin_port);
   std::thread impostor([&] {  // answers each of two connections with a frame of 0xfffffff0 bytes
     for (int i = 0; i < 2; ++i) {
       const int c = ::accept(listener, nullptr, nullptr);
