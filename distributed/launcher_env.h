@@ -13,6 +13,9 @@
 // TORCHELASTIC_USE_AGENT_STORE=True (torchrun's agent serves its own TCPStore on MASTER_PORT and
 // its workers are only clients of it, so that port is taken); else MASTER_PORT, which a plain
 // torchrun-style launch leaves for rank 0 to listen on, as PyTorch's own rank 0 does.
+// Under torchrun's elastic agent, TORCHELASTIC_RESTART_COUNT and TORCHELASTIC_MAX_RESTARTS say
+// which attempt this is and how many restarts the agent allows (a trainer that stops for a
+// preemption with restarts left asks to be restarted: tools/run_report.h).
 // No launcher variables at all means a single process. A partial set (RANK without WORLD_SIZE),
 // a value that is not an integer, or one out of range (rank >= world size) is an error that
 // names the variable and its value.
@@ -44,6 +47,13 @@ struct LaunchInfo {
   std::string rendezvous_port_from;
   // True when an MPI library can bootstrap this job (launched by mpirun, srun with PMI(x), ...).
   bool mpi_launched = false;
+  // torchrun's elastic agent: this attempt (0: the first) and the restarts it allows; both -1
+  // when the agent did not say (not torchrun, or a launcher that only mimics its variables).
+  int restart_count = -1;
+  int max_restarts = -1;
+
+  // True when an elastic agent will start this worker group again if it exits with an error.
+  bool restarts_left() const { return restart_count >= 0 && max_restarts >= 0 && restart_count < max_restarts; }
 };
 
 // `getenv` returns a variable's value or nullopt; the default reads the process environment.

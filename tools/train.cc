@@ -36,6 +36,7 @@
 #include "base/file_system.h"
 #include "base/status_macros.h"
 #include "distributed/launch.h"
+#include "distributed/launcher_env.h"
 #include "distributed/root_action.h"
 #include "distributed/settings_agreement.h"
 #include "engine/engine.h"
@@ -113,6 +114,8 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
   const int64_t global_batch = flags.global_batch;
   const absl::Duration deadline = flags.deadline;
   const RankIteration nan_at = flags.inject_nan, preempt_at = flags.inject_preempt;
+  // Which attempt of torchrun's elastic agent this is (LaunchWorld has read it without error).
+  const dist::LaunchInfo launch = dist::ReadLaunchInfo().value_or(dist::LaunchInfo{});
   // --time_limit: its clock starts now (the budget covers the start-up); it stops the run, agreed
   // by every rank, when the next step and the final checkpoint would no longer fit (safety mode,
   // with the measured step and save times), and the run saves as a preemption does.
@@ -269,7 +272,17 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
   const std::string& resume_from = flags.resume_from;
   const bool resuming = flags.resuming();
   const bool eval_only = flags.eval_only;
-  if (!eval_only) EMBER_RETURN_IF_ERROR(TakeOutputDir(comm, out_dir, resuming, absl::Now() + deadline, dir_lock));
+  if (!eval_only) {
+    absl::Status taken = TakeOutputDir(comm, out_dir, resuming, absl::Now() + deadline, dir_lock);
+    if (taken.code() == absl::StatusCode::kFailedPrecondition && launch.restart_count > 0) {
+      // torchrun's elastic agent restarts workers with the flags of the first attempt.
+      return absl::FailedPreconditionError(absl::StrCat(
+          taken.message(), " (torchrun's elastic agent restarted this trainer, TORCHELASTIC_RESTART_COUNT=",
+          launch.restart_count, ", with the flags of its first attempt: launch with --resume, which starts "
+          "fresh when nothing is there, so that a restart continues the run)"));
+    }
+    EMBER_RETURN_IF_ERROR(taken);
+  }
   RunSettings settings(global_batch, batch_size, world_size, flags.model, flags.hidden, flags.patience);
   // The epoch in progress so far (its loss, samples and seconds), for the metrics line of an epoch
   // a preemption cut: `carried` is what the run resumed from had done of it.
@@ -712,6 +725,19 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
     }
   }
   report.SetOutcome(by);
+  if (report.stopped_by == "preempted" && launch.restarts_left()) {
+    // Under torchrun's elastic agent a clean exit ends the job; a preempted stop with restarts
+    // left exits with an error so that the agent starts the group again (every surviving node
+    // does), and --resume continues from the preemption checkpoint.
+    report.exit_code = kExitPreemptedRestart;
+    if (rank == 0) {
+      std::fprintf(stderr,
+                   "train: preempted under torchrun's elastic agent with restarts left (attempt %d of %d): exit %d "
+                   "so that it restarts the workers; --resume continues from %s\n",
+                   launch.restart_count + 1, launch.max_restarts + 1, kExitPreemptedRestart,
+                   preempt_ckpt->latest_checkpoint().value_or("the preemption checkpoint").c_str());
+    }
+  }
   // The trainer's Run() has awaited its last asynchronous epoch checkpoint (Checkpoint registers
   // that with Engine::AtOutermostRunEnd; after a failed run, rank 0's writer only, so that the
   // final line names what is on disk). This Flush() is then a no-op agreement, kept for a

@@ -54,6 +54,8 @@ void ExpectInfo(const LaunchInfo& got, const LaunchInfo& want) {
   EXPECT_EQ(got.rendezvous_port, want.rendezvous_port) << want.launcher;
   EXPECT_EQ(got.rendezvous_port_from, want.rendezvous_port_from) << want.launcher;
   EXPECT_EQ(got.mpi_launched, want.mpi_launched) << want.launcher;
+  EXPECT_EQ(got.restart_count, want.restart_count) << want.launcher;
+  EXPECT_EQ(got.max_restarts, want.max_restarts) << want.launcher;
 }
 
 TEST(LauncherEnv, EachLauncher) {
@@ -135,6 +137,38 @@ TEST(LauncherEnv, TheRendezvousPortAvoidsTorchrunsAgentStore) {
   env["TORCHELASTIC_USE_AGENT_STORE"] = "True";
   env["MASTER_PORT"] = "65535";
   EXPECT_THAT(Error(env), HasSubstr("set EMBER_RENDEZVOUS_PORT to a free TCP port"));
+}
+
+TEST(LauncherEnv, TorchrunsElasticAgentSaysWhichAttemptThisIs) {
+  std::map<std::string, std::string> env = {{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "h"},
+                                            {"MASTER_PORT", "29500"}};
+  LaunchInfo plain = Read(env);  // no agent variables: nothing is known of restarts
+  EXPECT_EQ(plain.restart_count, -1);
+  EXPECT_EQ(plain.max_restarts, -1);
+  EXPECT_FALSE(plain.restarts_left());
+
+  env["TORCHELASTIC_RESTART_COUNT"] = "0";
+  env["TORCHELASTIC_MAX_RESTARTS"] = "0";  // torchrun's default: no restart
+  ExpectInfo(Read(env), {.launcher = "torchrun", .rank = 0, .world_size = 2, .local_rank = 0, .local_world_size = 1,
+                         .master_addr = "h", .master_port = 29500, .rendezvous_port = 29500,
+                         .rendezvous_port_from = "MASTER_PORT", .restart_count = 0, .max_restarts = 0});
+  EXPECT_FALSE(Read(env).restarts_left());
+  env["TORCHELASTIC_MAX_RESTARTS"] = "3";
+  EXPECT_TRUE(Read(env).restarts_left());
+  env["TORCHELASTIC_RESTART_COUNT"] = "2";
+  EXPECT_EQ(Read(env).restart_count, 2);
+  EXPECT_TRUE(Read(env).restarts_left());
+  env["TORCHELASTIC_RESTART_COUNT"] = "3";  // the last attempt
+  EXPECT_FALSE(Read(env).restarts_left());
+
+  env["TORCHELASTIC_RESTART_COUNT"] = "-1";
+  EXPECT_THAT(Error(env), HasSubstr("TORCHELASTIC_RESTART_COUNT='-1' is not an integer >= 0"));
+  env["TORCHELASTIC_RESTART_COUNT"] = "1";
+  env["TORCHELASTIC_MAX_RESTARTS"] = "three";
+  EXPECT_THAT(Error(env), HasSubstr("TORCHELASTIC_MAX_RESTARTS='three' is not an integer >= 0"));
+  env.erase("TORCHELASTIC_MAX_RESTARTS");  // one without the other: restarts unknown
+  EXPECT_EQ(Read(env).restart_count, 1);
+  EXPECT_FALSE(Read(env).restarts_left());
 }
 
 TEST(LauncherEnv, PartialOrInconsistentEnvironmentsNameTheVariable) {
