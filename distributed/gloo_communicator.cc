@@ -384,7 +384,9 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateGlooCommunicator(const GlooO
     // Pairs half connected may still be touched by the transport thread: leave them be.
     AbandonToTransport(std::move(context));
     return absl::Status(s.code(), absl::StrCat("gloo: rank ", options.rank, " of ", options.world_size,
-                                               ": connecting the ranks: ", s.message()));
+                                               ": connecting the ranks: ", s.message(), " (this rank listened on ",
+                                               attr.iface.empty() ? "host " + attr.hostname : "interface " + attr.iface,
+                                               "; GLOO_SOCKET_IFNAME chooses the interface)"));
   }
   return std::unique_ptr<Communicator>(
       new GlooCommunicator(options.rank, options.world_size, options.local_rank, std::move(context)));

@@ -62,8 +62,9 @@ struct GlooOptions {
   int local_rank = 0;
   AddressExchange exchange;  // required when world_size > 1
   // Where this rank listens for its peers' connections: an interface name (as GLOO_SOCKET_IFNAME)
-  // or else a host name or address; both empty: the host name (gethostname), or 127.0.0.1 when
-  // `loopback` (every rank on this host, as when MASTER_ADDR is a loopback address).
+  // or else a host name or address (LaunchWorld passes the address this host reaches MASTER_ADDR
+  // from, tcp_rendezvous.h LocalAddressToward); both empty: the host name (gethostname), or
+  // 127.0.0.1 when `loopback` (every rank on this host, as when MASTER_ADDR is a loopback address).
   std::string iface;
   std::string hostname;
   bool loopback = false;

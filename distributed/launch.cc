@@ -116,7 +116,20 @@ absl::StatusOr<std::unique_ptr<Communicator>> LaunchGloo(const LaunchOptions& op
   gloo.local_rank = info.local_rank;
   gloo.init_timeout = options.init_timeout;
   gloo.loopback = IsLoopback(info.master_addr);
-  if (const char* iface = std::getenv("GLOO_SOCKET_IFNAME"); iface != nullptr) gloo.iface = iface;
+  if (const char* iface = std::getenv("GLOO_SOCKET_IFNAME"); iface != nullptr && *iface != '\0') {
+    gloo.iface = iface;
+  } else if (!gloo.loopback && info.world_size > 1) {
+    // Listen where this host reaches rank 0 from: the host name may resolve to a loopback address
+    // (Debian's 127.0.1.1, a container's /etc/hosts) that the other hosts cannot connect to.
+    absl::StatusOr<std::string> toward = LocalAddressToward(info.master_addr);
+    if (!toward.ok()) {
+      return absl::Status(toward.status().code(),
+                          absl::StrCat("backend gloo: rank ", info.rank, ": MASTER_ADDR=", info.master_addr, ": ",
+                                       toward.status().message(),
+                                       " (set GLOO_SOCKET_IFNAME to the interface that reaches the other ranks)"));
+    }
+    gloo.hostname = *toward;
+  }
   // The addresses of the ranks' connections meet at rank 0, on the rendezvous port (beside
   // torchrun's agent store, never on it: launcher_env.h).
   const std::string addr = info.master_addr;

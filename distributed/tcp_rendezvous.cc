@@ -466,4 +466,43 @@ absl::StatusOr<std::vector<std::string>> GatherThroughRank0(int rank, int world_
   return all;
 }
 
+absl::StatusOr<std::string> LocalAddressToward(const std::string& host) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_DGRAM;
+  addrinfo* found = nullptr;
+  if (int rc = ::getaddrinfo(host.c_str(), "9", &hints, &found); rc != 0 || found == nullptr) {
+    return absl::UnavailableError(absl::StrCat("cannot resolve '", host, "': ", ::gai_strerror(rc)));
+  }
+  std::string error;
+  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    const int fd = ::socket(a->ai_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      error = std::strerror(errno);
+      continue;
+    }
+    sockaddr_storage local{};
+    socklen_t len = sizeof(local);
+    if (::connect(fd, a->ai_addr, a->ai_addrlen) != 0 ||
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) != 0) {
+      error = std::strerror(errno);
+      ::close(fd);
+      continue;
+    }
+    ::close(fd);
+    char text[INET6_ADDRSTRLEN] = {};
+    const void* raw = local.ss_family == AF_INET6
+                          ? static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(&local)->sin6_addr)
+                          : static_cast<const void*>(&reinterpret_cast<sockaddr_in*>(&local)->sin_addr);
+    if (::inet_ntop(local.ss_family, raw, text, sizeof(text)) == nullptr) {
+      error = std::strerror(errno);
+      continue;
+    }
+    ::freeaddrinfo(found);
+    return std::string(text);
+  }
+  ::freeaddrinfo(found);
+  return absl::UnavailableError(absl::StrCat("no route from this host to '", host, "': ", error));
+}
+
 }  // namespace ember::dist

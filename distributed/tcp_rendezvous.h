@@ -39,6 +39,13 @@ absl::StatusOr<std::vector<std::string>> GatherThroughRank0(int rank, int world_
                                                             const std::string& payload,
                                                             absl::Time deadline);
 
+// The address of this host from which the kernel would reach `host` (a name or an address): the
+// source address of a UDP socket connected to it (connecting a UDP socket sends nothing). This is
+// the interface that faces the other ranks, whatever the host name resolves to (127.0.1.1 in
+// Debian's /etc/hosts, a container's name). An address that does not resolve, or has no route, is
+// an error naming it.
+absl::StatusOr<std::string> LocalAddressToward(const std::string& host);
+
 }  // namespace ember::dist
 
 #endif  // EMBER_DISTRIBUTED_TCP_RENDEZVOUS_H_

@@ -630,4 +630,17 @@ TEST(FileRendezvous, AStaleFileIsNeverAccepted) {
 }
 
 }  // namespace
+TEST(TcpRendezvous, TheGlooAddressIsWhereThisHostReachesRank0From) {
+  // On one host: the loopback address, whatever the host name resolves to.
+  absl::StatusOr<std::string> lo = LocalAddressToward("127.0.0.1");
+  ASSERT_TRUE(lo.ok()) << lo.status();
+  EXPECT_EQ(*lo, "127.0.0.1");
+  absl::StatusOr<std::string> local = LocalAddressToward("localhost");
+  ASSERT_TRUE(local.ok()) << local.status();
+  EXPECT_TRUE(*local == "127.0.0.1" || *local == "::1") << *local;
+  absl::StatusOr<std::string> bad = LocalAddressToward("no-such-host.invalid");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("cannot resolve 'no-such-host.invalid'"));
+}
+
 }  // namespace ember::dist

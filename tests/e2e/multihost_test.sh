@@ -2,7 +2,8 @@
 # Two simulated hosts on one machine: two network namespaces joined by a veth pair, mpirun started
 # in the first with an rsh agent that starts OpenMPI's daemons inside the namespace that owns each
 # host address, the TCP transport only. Checks that 2 hosts x 2 ranks train to the same decisions
-# as 4 ranks on one host, and that cutting one host's link mid-run makes every surviving rank fail
+# as 4 ranks on one host, on MPI and on Gloo (a process per rank started in its namespace with
+# RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT only, as a Kubernetes operator does), and that cutting one host's link mid-run makes every surviving rank fail
 # within the deadline naming the event and iteration, with the checkpoints intact and resumable.
 # Needs from the machine: root (ip netns, iproute2), two addresses in a 10.x.y.0/24 that exist only
 # inside the two namespaces; elsewhere the test is reported as skipped, with the reason. Leaves
@@ -67,6 +68,30 @@ for f in epoch iteration stopped_by; do
 done
 awk -v a="$(field "$l1" best_score)" -v b="$(field "$l2" best_score)" 'BEGIN { d = a - b; exit !(d < 0.01 && d > -0.01) }' ||
   fail "accuracy differs: $(field "$l1" best_score) vs $(field "$l2" best_score)"
+
+echo "== 2 hosts x 2 ranks on Gloo, one pod per rank as a Kubernetes operator starts them"
+# RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT only; both namespaces share this machine's host name,
+# which resolves to a loopback address: each rank must listen where it reaches MASTER_ADDR from.
+port=$((29000 + id % 1000))
+for r in 0 1 2 3; do
+  ns=$h1
+  ((r >= 2)) && ns=$h2
+  timeout 120 ip netns exec "$ns" env -u OMPI_COMM_WORLD_RANK -u OMPI_COMM_WORLD_SIZE RANK=$r WORLD_SIZE=4 \
+    MASTER_ADDR="$a1" MASTER_PORT="$port" "$train" "${common[@]}" --init_timeout_s=30 --output_dir="$work/gloo" \
+    >"$work/gloo-$r.log" 2>&1 &
+done
+wait_ok=1
+for j in $(jobs -p); do wait "$j" || wait_ok=0; done
+((wait_ok)) || fail "Gloo across two hosts: $(tail -n 3 "$work"/gloo-*.log)"
+l3=$(grep -h '^{"rank": 0' "$work/gloo-0.log")
+echo "$l3"
+[[ $(cat "$work"/gloo-*.log | grep -c '"world_size": 4, .*"stopped_by": "completed"') -eq 4 ]] ||
+  fail "not 4 completed final lines from Gloo on two hosts: $(grep -h '^{"rank"' "$work"/gloo-*.log)"
+for f in epoch iteration stopped_by; do
+  [[ $(field "$l1" $f) == $(field "$l3" $f) ]] || fail "Gloo: $f differs: $(field "$l1" $f) vs $(field "$l3" $f)"
+done
+awk -v a="$(field "$l1" best_score)" -v b="$(field "$l3" best_score)" 'BEGIN { d = a - b; exit !(d < 0.01 && d > -0.01) }' ||
+  fail "Gloo: accuracy differs: $(field "$l1" best_score) vs $(field "$l3" best_score)"
 
 echo "== cut the second host's link mid-run"
 hosts_mpirun 120 "$train" --data=synthetic --epochs=500 --patience=1000 --deadline_s=5 --progress=none \
