@@ -164,9 +164,13 @@ absl::StatusOr<LaunchInfo> ReadLaunchInfo(const EnvLookup& getenv) {
         info.rendezvous_port_from = "MASTER_PORT";
       }
       EMBER_ASSIGN_OR_RETURN(std::optional<int> restart,
-                             ReadInt(getenv, "TORCHELASTIC_RESTART_COUNT", 0, "an integer >= 0"));
+                             ReadInt(getenv, "TORCHELASTIC_RESTART_COUNT", 0, "an integer from 0 to 2147483647"));
       EMBER_ASSIGN_OR_RETURN(std::optional<int> max_restarts,
-                             ReadInt(getenv, "TORCHELASTIC_MAX_RESTARTS", 0, "an integer >= 0"));
+                             ReadInt(getenv, "TORCHELASTIC_MAX_RESTARTS", 0, "an integer from 0 to 2147483647"));
+      if (restart && max_restarts && *restart > *max_restarts) {
+        return absl::InvalidArgumentError(absl::StrCat("launcher environment: TORCHELASTIC_RESTART_COUNT=", *restart,
+                                                       " exceeds TORCHELASTIC_MAX_RESTARTS=", *max_restarts));
+      }
       info.restart_count = restart.value_or(-1);
       info.max_restarts = max_restarts.value_or(-1);
       if (*size > 1 && (info.master_addr.empty() || info.master_port == 0)) {

@@ -725,16 +725,30 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
     }
   }
   report.SetOutcome(by);
-  if (report.stopped_by == "preempted" && launch.restarts_left()) {
-    // Under torchrun's elastic agent a clean exit ends the job; a preempted stop with restarts
-    // left exits with an error so that the agent starts the group again (every surviving node
-    // does), and --resume continues from the preemption checkpoint.
-    report.exit_code = kExitPreemptedRestart;
-    if (rank == 0) {
+  if (report.stopped_by == "preempted") {
+    // Under torchrun's elastic agent a clean exit ends the job; a preempted stop exits 4 so that
+    // the agents start the workers again and --resume continues from the preemption checkpoint,
+    // when every rank's agent has a restart left (each agent counts its own: one that joined
+    // later, or was restarted for a membership change, has another count) and the flags can
+    // continue the run (--resume; --resume_from would start over from its file). Agreed, so
+    // that every rank exits with the same code: a node exiting 0 would wait in torchrun's exit
+    // barrier for nodes that restarted. (Every rank takes part, launched by an agent or not.)
+    double restart = launch.restarts_left() && flags.resume ? 1.0 : 0.0;
+    EMBER_RETURN_IF_ERROR(comm.AllReduce(absl::MakeSpan(&restart, 1), dist::ReduceOp::kMin, absl::Now() + deadline));
+    if (restart == 1.0) report.exit_code = kExitPreemptedRestart;
+    if (rank == 0 && restart == 1.0) {
       std::fprintf(stderr,
-                   "train: preempted under torchrun's elastic agent with restarts left (attempt %d of %d): exit %d "
-                   "so that it restarts the workers; --resume continues from %s\n",
+                   "train: preempted under torchrun's elastic agent with restarts left on every rank (this "
+                   "attempt: %d of %d): exit %d so that the agent restarts the workers (unless it is stopping "
+                   "itself); --resume continues from %s\n",
                    launch.restart_count + 1, launch.max_restarts + 1, kExitPreemptedRestart,
+                   preempt_ckpt->latest_checkpoint().value_or("the preemption checkpoint").c_str());
+    } else if (rank == 0 && launch.max_restarts > 0) {
+      std::fprintf(stderr,
+                   "train: preempted under torchrun's elastic agent: exit 0, which ends the elastic job (%s); "
+                   "--resume continues from %s\n",
+                   !flags.resume ? "launched without --resume, a restart could not continue this run"
+                                 : "a rank's agent has no restart left",
                    preempt_ckpt->latest_checkpoint().value_or("the preemption checkpoint").c_str());
     }
   }

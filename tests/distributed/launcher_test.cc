@@ -162,10 +162,14 @@ TEST(LauncherEnv, TorchrunsElasticAgentSaysWhichAttemptThisIs) {
   EXPECT_FALSE(Read(env).restarts_left());
 
   env["TORCHELASTIC_RESTART_COUNT"] = "-1";
-  EXPECT_THAT(Error(env), HasSubstr("TORCHELASTIC_RESTART_COUNT='-1' is not an integer >= 0"));
+  EXPECT_THAT(Error(env), HasSubstr("TORCHELASTIC_RESTART_COUNT='-1' is not an integer from 0 to 2147483647"));
+  env["TORCHELASTIC_RESTART_COUNT"] = "99999999999";
+  EXPECT_THAT(Error(env), HasSubstr("TORCHELASTIC_RESTART_COUNT='99999999999' is not an integer from 0 to 2147483647"));
+  env["TORCHELASTIC_RESTART_COUNT"] = "4";  // beyond what the agent allows (MAX_RESTARTS=3)
+  EXPECT_THAT(Error(env), HasSubstr("TORCHELASTIC_RESTART_COUNT=4 exceeds TORCHELASTIC_MAX_RESTARTS=3"));
   env["TORCHELASTIC_RESTART_COUNT"] = "1";
   env["TORCHELASTIC_MAX_RESTARTS"] = "three";
-  EXPECT_THAT(Error(env), HasSubstr("TORCHELASTIC_MAX_RESTARTS='three' is not an integer >= 0"));
+  EXPECT_THAT(Error(env), HasSubstr("TORCHELASTIC_MAX_RESTARTS='three' is not an integer from 0 to 2147483647"));
   env.erase("TORCHELASTIC_MAX_RESTARTS");  // one without the other: restarts unknown
   EXPECT_EQ(Read(env).restart_count, 1);
   EXPECT_FALSE(Read(env).restarts_left());

@@ -11,7 +11,8 @@
 #  (b) two torchrun agents sharing one rendezvous (--nnodes=1:2, one rank each): killing one agent
 #      and its worker (its whole process group, as a lost node) shrinks the world; the survivor's
 #      worker restarts on 1 rank and resumes from the same checkpoint (--global_batch fixed), every
-#      sample exactly once.
+#      sample exactly once;
+#  (d) ranks whose agents count restarts differently (one joined later) agree on the exit code.
 # (a) and (b) print the time from the kill to the first resumed iteration and the iterations redone.
 set -uo pipefail
 train=$1
@@ -107,6 +108,31 @@ completed_on p 2
 ledger_ok p "$work/p"
 [[ "$(st "$work/ref")" == "$(st "$work/p")" ]] || { diff <(st "$work/ref") <(st "$work/p") | head; fail "run p differs from the uninterrupted run"; }
 echo "run p: nothing redone, bitwise equal to the uninterrupted run"
+
+echo "== (d) the exit code of a preemption is agreed: 4 only when every rank's agent has a restart left and --resume"
+# Agents count their own restarts (one that joined later starts at 0): ranks started by hand with
+# the variables torchrun sets, each with its own count.
+preempt_codes() {  # NAME RESTART_COUNT_OF_RANK_0 RESTART_COUNT_OF_RANK_1 [train args...]: prints "CODE0 CODE1"
+  local name=$1 c0=$2 c1=$3 r pids=()
+  shift 3
+  for r in 0 1; do
+    local c=$c0
+    ((r == 1)) && c=$c1
+    RANK=$r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$((port + 2)) TORCHELASTIC_RESTART_COUNT=$c \
+      TORCHELASTIC_MAX_RESTARTS=1 timeout 120 "$train" --data=synthetic --seed=7 --progress=none --epochs=1 \
+      --deadline_s=30 --inject_preempt=1:20 --output_dir="$work/$name" "$@" >"$work/$name-$r.log" 2>&1 &
+    pids+=($!)
+  done
+  local codes=()
+  for r in 0 1; do wait "${pids[$r]}"; codes+=($?); done
+  echo "${codes[*]}"
+}
+[[ $(preempt_codes d1 0 0 --resume) == "4 4" ]] || fail "d1: restarts left on both ranks: want exit 4 on both: $(cat "$work"/d1-0.log)"
+[[ $(preempt_codes d2 1 0 --resume) == "0 0" ]] || fail "d2: rank 0's agent has no restart left: want exit 0 on both: $(cat "$work"/d2-0.log)"
+grep -q "a rank's agent has no restart left" "$work/d2-0.log" || fail "d2: rank 0 does not say why it exits 0"
+[[ $(preempt_codes d3 0 0) == "0 0" ]] || fail "d3: without --resume a restart cannot continue: want exit 0 on both: $(cat "$work"/d3-0.log)"
+grep -q "launched without --resume" "$work/d3-0.log" || fail "d3: rank 0 does not say why it exits 0"
+echo "exit codes agreed: 4 4 with restarts left everywhere, 0 0 when one agent has none or without --resume"
 
 echo "== (b) two agents (--nnodes=1:2), one lost with its worker: the survivor goes on alone"
 node() {  # node NAME IS_HOST: one agent and its worker, in a process group of their own
