@@ -7,8 +7,9 @@
 //    "best_score": 0.963400}
 //
 // stopped_by and the exit code: completed, early_stopping, preempted, time_limit and evaluated exit 0;
-// terminate_on_nan exits 3; preempted exits 4 instead of 0 under torchrun's elastic agent with
-// restarts left (so that it restarts the workers); error exits 1 (bad flags, data, output directory, a failed collective
+// terminate_on_nan exits 3; preempted exits 4 instead of 0 under torchrun's elastic agent when
+// every rank's agent has a restart left and --resume was given (agreed; so that the agents
+// restart the workers); error exits 1 (bad flags, data, output directory, a failed collective
 // or save). Every exit prints the line, even abseil's own exit on a malformed flag
 // (InstallFinalLineAtExit). The checkpoint fields name files on disk (null: none).
 #ifndef EMBER_TOOLS_RUN_REPORT_H_
@@ -25,8 +26,9 @@ namespace ember::tools {
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitError = 1;
 inline constexpr int kExitNan = 3;
-// preempted under torchrun's elastic agent with restarts left (TORCHELASTIC_RESTART_COUNT <
-// TORCHELASTIC_MAX_RESTARTS): the agent restarts the workers only after a failed exit.
+// preempted under torchrun's elastic agent with restarts left on every rank
+// (TORCHELASTIC_RESTART_COUNT < TORCHELASTIC_MAX_RESTARTS) and --resume: the agent restarts the
+// workers only after a failed exit.
 inline constexpr int kExitPreemptedRestart = 4;
 
 struct RunReport {
