@@ -105,14 +105,23 @@ constexpr size_t kHelloSize = 12;
 // How long an accepted connection may take to say hello before it is dropped.
 constexpr absl::Duration kHelloTimeout = absl::Seconds(5);
 
-// GatherThroughRank0's hello, and the most a rank may send there.
+// GatherThroughRank0's hello (the common hello with magic "EMBG" and version 2, then the rank's
+// WORLD_SIZE, so that rank 0 names a rank launched with another one), and the most a rank may
+// send there.
 constexpr char kGatherMagic[] = "EMBG";
+constexpr uint32_t kGatherVersion = 2;
+constexpr size_t kGatherHelloSize = kHelloSize + 4;
 constexpr uint32_t kMaxGatherPayload = 16u << 20;
 
-std::string Hello(int rank, const char* magic = kHelloMagic) {
-  uint32_t v = htonl(kVersion), r = htonl(static_cast<uint32_t>(rank));
+std::string Hello(int rank, const char* magic = kHelloMagic, uint32_t version = kVersion) {
+  uint32_t v = htonl(version), r = htonl(static_cast<uint32_t>(rank));
   return std::string(magic, 4) + std::string(reinterpret_cast<const char*>(&v), 4) +
          std::string(reinterpret_cast<const char*>(&r), 4);
+}
+
+std::string GatherHello(int rank, int world_size) {
+  uint32_t w = htonl(static_cast<uint32_t>(world_size));
+  return Hello(rank, kGatherMagic, kGatherVersion) + std::string(reinterpret_cast<const char*>(&w), 4);
 }
 
 // The listener: IPv6 accepting IPv4 too (dual stack), or IPv4 alone where IPv6 is unavailable.
@@ -374,25 +383,36 @@ absl::StatusOr<std::vector<std::string>> ServeGather(int world_size, int port, c
         }
       }
       // The hello, then the frame's head, then its payload.
-      if (!drop && p.got.size() >= kHelloSize) {
-        uint32_t v, r;
+      if (!drop && p.got.size() >= kGatherHelloSize) {
+        uint32_t v, r, w;
         std::memcpy(&v, p.got.data() + 4, 4);
         std::memcpy(&r, p.got.data() + 8, 4);
+        std::memcpy(&w, p.got.data() + 12, 4);
         v = ntohl(v);
         r = ntohl(r);
-        if (p.got.compare(0, 4, kGatherMagic, 4) != 0 || v != kVersion || r < 1 ||
+        w = ntohl(w);
+        if (p.got.compare(0, 4, kGatherMagic, 4) == 0 && v == kGatherVersion &&
+            w != static_cast<uint32_t>(world_size)) {
+          // An Ember rank of another world: tell it (a table of this world's size, which it
+          // refuses naming both sizes), then fail here, naming it, instead of at the deadline.
+          (void)SendAll(p.fd.get(), Frame(Pack(parts)), std::min(deadline, absl::Now() + absl::Seconds(1)));
+          return absl::FailedPreconditionError(absl::StrCat(
+              "rendezvous on ", where, ": rank ", r, " was launched with WORLD_SIZE=", w, ", this rank 0 with WORLD_SIZE=",
+              world_size, ": launch every rank with the same WORLD_SIZE (and the same MASTER_ADDR and MASTER_PORT)"));
+        }
+        if (p.got.compare(0, 4, kGatherMagic, 4) != 0 || v != kGatherVersion || r < 1 ||
             r >= static_cast<uint32_t>(world_size) || seen[r]) {
           drop = true;
-        } else if (p.got.size() >= kHelloSize + 8) {
+        } else if (p.got.size() >= kGatherHelloSize + 8) {
           uint32_t n;
-          std::memcpy(&n, p.got.data() + kHelloSize + 4, 4);
+          std::memcpy(&n, p.got.data() + kGatherHelloSize + 4, 4);
           n = ntohl(n);
-          if (p.got.compare(kHelloSize, 4, kMagic, 4) != 0 || n > kMaxGatherPayload ||
-              p.got.size() > kHelloSize + 8 + n) {
+          if (p.got.compare(kGatherHelloSize, 4, kMagic, 4) != 0 || n > kMaxGatherPayload ||
+              p.got.size() > kGatherHelloSize + 8 + n) {
             drop = true;
-          } else if (p.got.size() == kHelloSize + 8 + n) {
+          } else if (p.got.size() == kGatherHelloSize + 8 + n) {
             seen[r] = true;
-            parts[r] = p.got.substr(kHelloSize + 8);
+            parts[r] = p.got.substr(kGatherHelloSize + 8);
             joined[r] = std::move(p.fd);
             ++count;
             continue;
@@ -454,7 +474,7 @@ absl::StatusOr<std::vector<std::string>> GatherThroughRank0(int rank, int world_
   if (rank == 0) return ServeGather(world_size, port, payload, deadline, where);
   absl::StatusOr<Fd> fd = ConnectToRank0(addr, port, deadline);
   if (!fd.ok()) return fd.status();
-  if (absl::Status s = SendAll(fd->get(), Hello(rank, kGatherMagic) + Frame(payload), deadline); !s.ok()) return s;
+  if (absl::Status s = SendAll(fd->get(), GatherHello(rank, world_size) + Frame(payload), deadline); !s.ok()) return s;
   absl::StatusOr<std::string> table = ReceiveFrame(
       fd->get(), where, deadline, static_cast<uint64_t>(world_size) * (kMaxGatherPayload + 4));
   if (!table.ok()) return table.status();

@@ -30,8 +30,9 @@ absl::StatusOr<std::string> ShareFromRank0(int rank, int world_size, const std::
 
 // GatherThroughRank0: an all-gather of one string per rank through rank 0 (how the Gloo backend
 // exchanges its connection addresses, gloo_communicator.h). Rank 0 listens on `port`; each other
-// rank connects, says a hello of its own kind (magic "EMBG", version, rank: never mistaken for a
-// ShareFromRank0 peer, nor one for it) followed by its payload (at most 16 MiB); once every rank
+// rank connects, says a hello of its own kind (magic "EMBG", version, rank, WORLD_SIZE: never
+// mistaken for a ShareFromRank0 peer, nor one for it; a rank of another WORLD_SIZE fails rank 0
+// at once, naming both sizes, and is told so) followed by its payload (at most 16 MiB); once every rank
 // in [1, world_size) has sent one, rank 0 answers each with all world_size payloads, in rank
 // order. Stray connections are dropped uncounted as above. Returns the world_size payloads.
 absl::StatusOr<std::vector<std::string>> GatherThroughRank0(int rank, int world_size,

@@ -379,6 +379,11 @@ TEST(TcpRendezvous, GatherNamesRanksLaunchedWithAnotherWorldSize) {
   EXPECT_THAT(std::string(one.status().message()),
               HasSubstr("rank 0's table has 2 entries but this rank's WORLD_SIZE is 3: the ranks were launched "
                         "with different world sizes"));
+  // Rank 0 names the peer too, at once (before, it completed a table of 2 and its peers' Gloo
+  // connection waited out the init timeout).
+  EXPECT_EQ(zero.status().code(), absl::StatusCode::kFailedPrecondition) << zero.status();
+  EXPECT_THAT(std::string(zero.status().message()),
+              HasSubstr("rank 1 was launched with WORLD_SIZE=3, this rank 0 with WORLD_SIZE=2"));
 }
 
 // torchrun (static rendezvous, and c10d sharing its store) runs a TCPStore server in its agent
