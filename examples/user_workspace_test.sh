@@ -3,7 +3,7 @@
 # ember_dependencies()) with a nested Bazel, checks that the user guide (docs/library.md) shows
 # its user_trainer.cc verbatim, and runs it: one process, then 2 ranks under mpirun (same decisions
 # on every rank), then a resume; then 2 ranks under torchrun on Gloo (same decisions on every rank,
-# checkpoints that `ckpt verify` passes), then a resume.
+# checkpoints that `ckpt verify` passes), then a resume; then 4 ranks under torchrun.
 set -uo pipefail
 fail() { echo "FAIL: $*"; exit 1; }
 ckpt=$(readlink -f "$1")   # //tools:ckpt
@@ -76,5 +76,12 @@ echo "$out" | grep '^rank'
 [[ $(grep -cE '^rank [01]/2: (completed at epoch 5|terminated by EarlyStopping)' <<<"$out") -eq 2 ]] || fail "torchrun, resume: $out"
 [[ $(decisions "$out" | sort -u | wc -l) -eq 1 ]] || fail "torchrun, resume: the ranks decided differently: $out"
 "$ckpt" verify "$work"/gloo/*.pt >/dev/null || fail "torchrun, resume: the checkpoints do not verify"
+# 7. Four ranks under torchrun: the same decisions on every rank.
+out=$(OMP_NUM_THREADS=1 timeout 300 "$py" -m torch.distributed.run --nproc_per_node=4 --redirects 2 --tee 2 \
+  --master_port "$port" --log_dir "$work/logs-g4" --no_python "$bin" "$work/gloo4" 2 2>&1) || fail "torchrun, 4 ranks: $out"
+echo "$out" | grep '^rank'
+[[ $(grep -c '^rank [0-3]/4: completed at epoch 2, accuracy 0\.[5-9]' <<<"$out") -eq 4 ]] || fail "torchrun, 4 ranks: $out"
+[[ $(grep '^rank' <<<"$out" | sed 's/^rank [0-3]\/4: //; s/, [0-9.]* ms\/iteration//' | sort -u | wc -l) -eq 1 ]] ||
+  fail "torchrun, 4 ranks: the ranks decided differently: $out"
 rm -rf "$work"
 echo OK
