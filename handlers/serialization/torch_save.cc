@@ -1,6 +1,7 @@
 #include "handlers/serialization/torch_save.h"
 
 #include <caffe2/serialize/inline_container.h>
+#include <c10/core/CPUAllocator.h>
 #include <caffe2/serialize/read_adapter_interface.h>
 #include <torch/torch.h>
 
@@ -83,8 +84,28 @@ absl::StatusOr<std::map<std::string, ChecksumEntry>> ParseChecksum(std::string_v
 // Checks every record of the archive `bytes`: its CRC-32 against the zip central directory (any
 // torch.save archive carries one per record) and, where Ember's checksum record is present,
 // against that too (which also covers a record missing from the zip).
+// A stored (uncompressed) record's data where it lies in the archive `bytes`, located through
+// its local header at the central directory's offset; nullopt when the record is compressed or
+// its local header does not parse (the reader's own copy is used then).
+std::optional<std::string_view> StoredData(std::string_view bytes, const serialization::ZipEntry& in_zip) {
+  const uint64_t at = in_zip.offset;
+  if (at <= bytes.size() && bytes.size() - at >= 30 && LocalLe(bytes, at, 4) == 0x04034b50 &&
+      LocalLe(bytes, at + 8, 2) == 0) {
+    const uint64_t data = at + 30 + LocalLe(bytes, at + 26, 2) + LocalLe(bytes, at + 28, 2);
+    if (data <= bytes.size() && bytes.size() - data >= in_zip.size) {
+      return bytes.substr(static_cast<size_t>(data), static_cast<size_t>(in_zip.size));
+    }
+  }
+  return std::nullopt;
+}
+
+// Records whose CRC-32 was checked on their bytes in place (VerifyReader's `in_place`): loading
+// takes them from there, so that no record is copied (or checksummed) a second time.
+using InPlaceRecords = std::unordered_map<std::string, std::string_view>;
+
 absl::StatusOr<ArchiveCheck> VerifyReader(caffe2::serialize::PyTorchStreamReader& reader,
-                                          std::string_view bytes, const std::string& name) {
+                                          std::string_view bytes, const std::string& name,
+                                          InPlaceRecords* in_place = nullptr) {
   ArchiveCheck check;
   EMBER_ASSIGN_OR_RETURN(auto zip, serialization::ReadZipDirectory(bytes, name));
   std::map<std::string, ChecksumEntry> ember;
@@ -109,18 +130,11 @@ absl::StatusOr<ArchiveCheck> VerifyReader(caffe2::serialize::PyTorchStreamReader
     // through the reader's own copy, as before.
     uint32_t crc = 0;
     uint64_t size = 0;
-    const uint64_t at = in_zip.offset;
-    bool direct = false;
-    if (at <= bytes.size() && bytes.size() - at >= 30 && LocalLe(bytes, at, 4) == 0x04034b50 &&
-        LocalLe(bytes, at + 8, 2) == 0) {
-      const uint64_t data = at + 30 + LocalLe(bytes, at + 26, 2) + LocalLe(bytes, at + 28, 2);
-      if (data <= bytes.size() && bytes.size() - data >= in_zip.size) {
-        crc = Crc32(bytes.data() + data, static_cast<size_t>(in_zip.size));
-        size = in_zip.size;
-        direct = true;
-      }
-    }
-    if (!direct) {
+    const std::optional<std::string_view> stored = StoredData(bytes, in_zip);
+    if (stored.has_value()) {
+      crc = Crc32(stored->data(), stored->size());
+      size = stored->size();
+    } else {
       auto [ptr, n] = reader.getRecord(record);
       crc = Crc32(ptr.get(), n);
       size = n;
@@ -138,20 +152,40 @@ absl::StatusOr<ArchiveCheck> VerifyReader(caffe2::serialize::PyTorchStreamReader
     if (it != ember.end() && (crc != it->second.crc || size != it->second.size)) {
       return mismatch("checksum", it->second);
     }
+    if (in_place != nullptr && stored.has_value()) in_place->emplace(record, *stored);
     ++check.records;
   }
   return check;
 }
 
+// Keeps the file's buffer alive while a tensor built on it lives (a DataPtr's context).
+void ReleaseOwner(void* ctx) { delete static_cast<std::shared_ptr<const std::string>*>(ctx); }
+
+// Unpickles the archive `bytes` after VerifyReader's checks. Each tensor's storage is its
+// record's bytes where they lie in `owner` (the buffer the file was read into, which `bytes`
+// views; it stays alive while any loaded tensor does): the file is read once, CRC-checked in
+// place and never copied. Without an owner (bytes the caller keeps), each record is copied once
+// into a tensor's own storage. Records the verifier could not locate in place (compressed ones,
+// from another writer) go through caffe2's reader as before.
 absl::StatusOr<Value> ReadArchive(caffe2::serialize::PyTorchStreamReader& reader,
                                   std::string_view bytes, const std::string& name,
-                                  ArchiveCheck* check = nullptr) {
-  EMBER_ASSIGN_OR_RETURN(ArchiveCheck verified, VerifyReader(reader, bytes, name));
+                                  ArchiveCheck* check = nullptr,
+                                  std::shared_ptr<const std::string> owner = nullptr) {
+  InPlaceRecords in_place;
+  EMBER_ASSIGN_OR_RETURN(ArchiveCheck verified, VerifyReader(reader, bytes, name, &in_place));
   if (check != nullptr) *check = verified;
   if (!reader.hasRecord("data.pkl")) {
     return absl::DataLossError(absl::StrCat(name, ": not a torch.save archive (no data.pkl)"));
   }
-  auto [pkl_ptr, pkl_size] = reader.getRecord("data.pkl");
+  std::string_view pkl;
+  at::DataPtr pkl_copy;
+  if (auto it = in_place.find("data.pkl"); it != in_place.end()) {
+    pkl = it->second;
+  } else {
+    auto [pkl_ptr, pkl_size] = reader.getRecord("data.pkl");
+    pkl_copy = std::move(pkl_ptr);
+    pkl = std::string_view(static_cast<const char*>(pkl_copy.get()), pkl_size);
+  }
   std::unordered_map<std::string, torch::Tensor> loaded;
   serialization::StorageLoader loader = [&](const std::string& key, torch::ScalarType dtype,
                              int64_t numel) -> absl::StatusOr<torch::Tensor> {
@@ -167,22 +201,44 @@ absl::StatusOr<Value> ReadArchive(caffe2::serialize::PyTorchStreamReader& reader
     if (!reader.hasRecord(record)) {
       return absl::DataLossError(absl::StrCat(name, ": record ", record, " is missing"));
     }
-    auto [ptr, size] = reader.getRecord(record);
     const size_t element = c10::elementSize(dtype);
-    if (static_cast<uint64_t>(numel) > size / element || size != static_cast<size_t>(numel) * element) {
-      return absl::DataLossError(absl::StrFormat(
-          "%s: record %s has %d bytes but its %s storage needs %d elements (%d bytes)", name,
-          record, size, std::string(c10::toString(dtype)), numel, numel * element));
+    auto check_size = [&](size_t size) -> absl::Status {
+      if (static_cast<uint64_t>(numel) > size / element || size != static_cast<size_t>(numel) * element) {
+        return absl::DataLossError(absl::StrFormat(
+            "%s: record %s has %d bytes but its %s storage needs %d elements (%d bytes)", name,
+            record, size, std::string(c10::toString(dtype)), numel, numel * element));
+      }
+      return absl::OkStatus();
+    };
+    c10::Storage storage;
+    auto found = in_place.find(record);
+    if (found != in_place.end()) {
+      const std::string_view data = found->second;
+      EMBER_RETURN_IF_ERROR(check_size(data.size()));
+      if (owner != nullptr && reinterpret_cast<uintptr_t>(data.data()) % element == 0) {
+        // In place: the storage points into the file's buffer and holds it alive.
+        at::DataPtr ptr(const_cast<char*>(data.data()), new std::shared_ptr<const std::string>(owner),
+                        &ReleaseOwner, c10::Device(c10::DeviceType::CPU));
+        storage = c10::Storage(c10::Storage::use_byte_size_t(), data.size(), std::move(ptr),
+                               /*allocator=*/nullptr, /*resizable=*/false);
+      } else {
+        // One copy into the tensor's own (aligned) storage; the bytes were checked in place.
+        storage = c10::Storage(c10::Storage::use_byte_size_t(), data.size(), c10::GetCPUAllocator(),
+                               /*resizable=*/false);
+        if (!data.empty()) std::memcpy(storage.data_ptr().get(), data.data(), data.size());
+      }
+    } else {
+      auto [ptr, size] = reader.getRecord(record);
+      EMBER_RETURN_IF_ERROR(check_size(size));
+      storage = c10::Storage(c10::Storage::use_byte_size_t(), size, std::move(ptr),
+                             /*allocator=*/nullptr, /*resizable=*/false);
     }
-    c10::Storage storage(c10::Storage::use_byte_size_t(), size, std::move(ptr),
-                         /*allocator=*/nullptr, /*resizable=*/false);
     torch::Tensor t = torch::empty({0}, torch::TensorOptions().dtype(dtype))
                           .set_(storage, 0, {numel}, {1});
     loaded.emplace(key, t);
     return t;
   };
-  return serialization::Unpickle(std::string_view(static_cast<const char*>(pkl_ptr.get()), pkl_size),
-                                 name, loader);
+  return serialization::Unpickle(pkl, name, loader);
 }
 
 // caffe2's MemoryReadAdapter copies whatever range the zip reader asks for, and a corrupt
@@ -280,11 +336,14 @@ absl::StatusOr<T> WithFileReader(const std::string& path, FileSystem* fs, F use)
   if (fs->IsDirectory(path)) {
     return absl::FailedPreconditionError(absl::StrCat(path, ": is a directory, not a checkpoint file"));
   }
-  EMBER_ASSIGN_OR_RETURN(const std::string bytes, fs->ReadFile(path));
-  EMBER_RETURN_IF_ERROR(CheckMagic(std::string_view(bytes).substr(0, 4), path));
+  EMBER_ASSIGN_OR_RETURN(std::string read, fs->ReadFile(path));
+  // Shared, so that loaded tensors can keep the buffer the file was read into (ReadArchive).
+  const auto owner = std::make_shared<const std::string>(std::move(read));
+  const std::string_view bytes(*owner);
+  EMBER_RETURN_IF_ERROR(CheckMagic(bytes.substr(0, 4), path));
   try {
     caffe2::serialize::PyTorchStreamReader reader(std::make_shared<BoundedMemoryAdapter>(bytes));
-    return use(reader, std::string_view(bytes));
+    return use(reader, bytes, owner);
   } catch (const c10::Error& e) {
     return Unreadable(path, e);
   }
@@ -304,15 +363,17 @@ absl::StatusOr<Value> ReadTorchSave(std::string_view bytes, std::string_view nam
 }
 
 absl::StatusOr<Value> ReadTorchSaveFile(const std::string& path, FileSystem* fs, ArchiveCheck* check) {
-  return WithFileReader<Value>(path, fs, [&](caffe2::serialize::PyTorchStreamReader& r, std::string_view b) {
-    return ReadArchive(r, b, path, check);
+  return WithFileReader<Value>(path, fs, [&](caffe2::serialize::PyTorchStreamReader& r, std::string_view b,
+                                              const std::shared_ptr<const std::string>& owner) {
+    return ReadArchive(r, b, path, check, owner);
   });
 }
 
 absl::StatusOr<std::string> ReadTorchSaveRecord(const std::string& path, const std::string& record,
                                                 FileSystem* fs) {
   return WithFileReader<std::string>(
-      path, fs, [&](caffe2::serialize::PyTorchStreamReader& r, std::string_view) -> absl::StatusOr<std::string> {
+      path, fs, [&](caffe2::serialize::PyTorchStreamReader& r, std::string_view,
+          const std::shared_ptr<const std::string>&) -> absl::StatusOr<std::string> {
         if (!r.hasRecord(record)) return absl::NotFoundError(absl::StrCat(path, ": no record '", record, "'"));
         auto [ptr, size] = r.getRecord(record);
         return std::string(static_cast<const char*>(ptr.get()), size);
@@ -322,7 +383,8 @@ absl::StatusOr<std::string> ReadTorchSaveRecord(const std::string& path, const s
 absl::StatusOr<RecordLookup> ReadRecordAndVerify(const std::string& path, const std::string& record,
                                                  FileSystem* fs) {
   return WithFileReader<RecordLookup>(
-      path, fs, [&](caffe2::serialize::PyTorchStreamReader& r, std::string_view b) -> absl::StatusOr<RecordLookup> {
+      path, fs, [&](caffe2::serialize::PyTorchStreamReader& r, std::string_view b,
+          const std::shared_ptr<const std::string>&) -> absl::StatusOr<RecordLookup> {
         RecordLookup out;
         if (!r.hasRecord(record)) return out;
         auto [ptr, size] = r.getRecord(record);
@@ -458,7 +520,10 @@ absl::StatusOr<RecordLookup> ReadRecordFromTrailer(const std::string& path, cons
 }
 
 absl::StatusOr<ArchiveCheck> VerifyTorchSaveFile(const std::string& path, FileSystem* fs) {
-  return WithFileReader<ArchiveCheck>(path, fs, [&](caffe2::serialize::PyTorchStreamReader& r, std::string_view b) { return VerifyReader(r, b, path); });
+  return WithFileReader<ArchiveCheck>(path, fs, [&](caffe2::serialize::PyTorchStreamReader& r, std::string_view b,
+                                                     const std::shared_ptr<const std::string>&) {
+    return VerifyReader(r, b, path);
+  });
 }
 
 }  // namespace ember

@@ -4,6 +4,7 @@
 #include <caffe2/serialize/inline_container.h>
 
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <string>
 #include <vector>
@@ -261,6 +262,52 @@ TEST(TorchSaveMalformed, CorruptedTensorDataFailsTheChecksum) {
   EXPECT_THAT(std::string(v.status().message()),
               ::testing::AnyOf(HasSubstr("CRC-32 mismatch in record data/0"),
                                HasSubstr("unreadable torch.save archive")));
+}
+
+// A file's tensors are built on the buffer the file was read into (no copy of each record): they
+// stay valid after everything else loaded is dropped, and a flipped tensor byte in the file is
+// still refused (checked in place before any tensor is built).
+TEST(TorchSave, FileLoadIsInPlaceAndStillChecked) {
+  const std::string path = ::testing::TempDir() + "/in_place.pt";
+  const torch::Tensor a = torch::arange(256, torch::kFloat32);
+  const torch::Tensor b = torch::arange(64, torch::kInt64);
+  Value v = Value::Dict();
+  v.Set("a", a);
+  v.Set("b", b);
+  absl::StatusOr<std::string> bytes = SerializeTorchSave(v);
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  auto write = [&](const std::string& content) {
+    FILE* f = std::fopen(path.c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    ASSERT_EQ(std::fwrite(content.data(), 1, content.size(), f), content.size());
+    std::fclose(f);
+  };
+  write(*bytes);
+  torch::Tensor kept;
+  {
+    ArchiveCheck check;
+    absl::StatusOr<Value> back = ReadTorchSaveFile(path, nullptr, &check);
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_TRUE(check.has_checksum);
+    const Value* got = back->Find("a");
+    ASSERT_NE(got, nullptr);
+    kept = got->as_tensor();
+    const Value* got_b = back->Find("b");
+    ASSERT_NE(got_b, nullptr);
+    EXPECT_TRUE(torch::equal(got_b->as_tensor(), b));
+  }
+  EXPECT_TRUE(torch::equal(kept, a));  // the file's buffer outlives the Value
+  kept = torch::Tensor();
+
+  std::string flipped = *bytes;
+  const size_t at = flipped.find("data/0");
+  ASSERT_NE(at, std::string::npos);
+  flipped[at + 600] = static_cast<char>(flipped[at + 600] ^ 1);
+  write(flipped);
+  absl::StatusOr<Value> bad = ReadTorchSaveFile(path);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("in_place.pt"));
 }
 
 TEST(TorchSaveMalformed, NotAnArchive) {
