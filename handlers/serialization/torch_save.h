@@ -20,7 +20,10 @@
 //
 // Thread safety: the functions are reentrant; a Value must not be mutated while it is written.
 // Tensors are written from CPU memory without an intermediate copy (non-CPU tensors are copied to
-// the CPU first); loaded tensors own the archive's record buffers (no copy after extraction).
+// the CPU first). ReadTorchSaveFile reads the file once into one buffer, checks every record's
+// CRC-32 where it lies and builds each tensor on its record's bytes there (no copy): the loaded
+// tensors share that buffer, which lives until the last of them is gone (clone a small tensor
+// kept from a large file). ReadTorchSave copies each record once out of the caller's bytes.
 //
 // Example:
 //   ember::Value ckpt = ember::Value::Dict();
