@@ -1,14 +1,32 @@
 #include "handlers/metrics.h"
 
+#include <cxxabi.h>
+
 #include <algorithm>
+#include <cstdlib>
 #include <string>
+#include <typeinfo>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
 
 namespace ember {
 namespace {
+
+// A metric's type for messages and the layout digest: demangled, without "ember::".
+std::string MetricTypeName(const Metric& metric) {
+  const char* mangled = typeid(metric).name();
+  int status = 0;
+  char* demangled = abi::__cxa_demangle(mangled, nullptr, nullptr, &status);
+  std::string name = status == 0 && demangled != nullptr ? demangled : mangled;
+  std::free(demangled);
+  for (const std::string noise : {"ember::", "(anonymous namespace)::"}) {
+    for (size_t at = name.find(noise); at != std::string::npos; at = name.find(noise)) name.erase(at, noise.size());
+  }
+  return name;
+}
 
 absl::StatusOr<const Prediction*> PredictionOf(const Engine& engine, const char* metric) {
   const Prediction* p = engine.state().output_as<Prediction>();
@@ -70,6 +88,12 @@ absl::Status Metrics::Attach(Engine& engine) {
   }
   local_.assign(offset, 0.0);
   global_.assign(offset, 0.0);
+  ops_.assign(offset, dist::Reduction::kSum);
+  layout_ = dist::kLayoutSeed;
+  for (const Entry& e : metrics_) {
+    layout_ = dist::LayoutDigest(layout_, absl::StrCat(e.name, ":", MetricTypeName(*e.metric)),
+                                 absl::MakeConstSpan(ops_.data(), e.metric->num_sums()));
+  }
   EMBER_RETURN_IF_ERROR(
       engine.AddEventHandler(Events::Started(), [this] { std::fill(local_.begin(), local_.end(), 0.0); }).status());
   EMBER_RETURN_IF_ERROR(engine.AddEventHandler(Events::IterationCompleted(), [this](Engine& e) -> absl::Status {
@@ -81,11 +105,26 @@ absl::Status Metrics::Attach(Engine& engine) {
   return engine.AddEventHandler(Events::Completed(), [this](Engine& e) { return Complete(e); }).status();
 }
 
+std::string Metrics::Describe() const {
+  std::vector<std::string> parts;
+  for (const Entry& m : metrics_) {
+    parts.push_back(absl::StrCat(m.name, " (", MetricTypeName(*m.metric), ", ", m.metric->num_sums(), " sums)"));
+  }
+  return absl::StrCat("Metrics at COMPLETED: ", parts.empty() ? std::string("none") : absl::StrJoin(parts, ", "));
+}
+
 absl::Status Metrics::Complete(Engine& engine) {
-  global_ = local_;
-  absl::Status s = engine.communicator().AllReduce(absl::MakeSpan(global_), dist::ReduceOp::kSum,
-                                                   absl::Now() + engine.collective_timeout());
-  if (!s.ok()) return absl::Status(s.code(), absl::StrCat("Metrics: all-reduce of ", global_.size(), " sums: ", s.message()));
+  dist::Communicator* comm = &engine.communicator();
+  if (consensus_ == nullptr || consensus_->comm() != comm) consensus_ = std::make_unique<dist::Consensus>(comm);
+  per_rank_.resize(local_.size() * static_cast<size_t>(comm->world_size()));
+  dist::AgreementId id;
+  id.event = Events::Completed().id();
+  id.iteration = 0;  // ranks may evaluate different numbers of batches (uneven shards)
+  id.layout = layout_;
+  id.describe = [this] { return Describe(); };
+  absl::Status s = consensus_->Reduce(absl::MakeConstSpan(local_), absl::MakeConstSpan(ops_), absl::MakeSpan(global_),
+                                      absl::MakeSpan(per_rank_), absl::Now() + engine.collective_timeout(), id);
+  if (!s.ok()) return absl::Status(s.code(), absl::StrCat("Metrics: agreement of ", global_.size(), " sums: ", s.message()));
   for (const Entry& m : metrics_) {
     engine.state().metrics[m.name] = m.metric->Compute(absl::MakeConstSpan(global_).subspan(m.offset, m.metric->num_sums()));
   }

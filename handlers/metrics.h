@@ -16,7 +16,15 @@
 // sums). A step that returns something else than a Prediction is an error naming the metric.
 //
 // The collective is the engine's communicator with its collective timeout; an error fails the
-// run at COMPLETED on every rank.
+// run at COMPLETED on every rank. It is identified (issue 23): the sums travel in the fixed-size
+// slots of a dist::Consensus agreement whose header carries the set's layout (each metric's name,
+// type and number of sums, in order), checked on every rank before any sum is used. A rank whose
+// Metrics differ (other metrics, another order, another count) fails every rank with
+// kFailedPrecondition naming each rank's set ("rank 0 ... Metrics at COMPLETED: a (Const, 2
+// sums), b (Const, 2 sums); rank 1 ... b (Const, 2 sums), a (Const, 2 sums)") instead of summing
+// one metric's sums into another's. Still one collective: an all-gather of 24 doubles per rank
+// (up to 19 sums; more take a second exchange after the headers agreed), summed locally in rank
+// order.
 //
 // Example:
 //   ember::Metrics metrics;
@@ -35,6 +43,7 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
+#include "distributed/consensus.h"
 #include "engine/engine.h"
 
 namespace ember {
@@ -110,9 +119,15 @@ class Metrics {
     size_t offset = 0;
   };
   absl::Status Complete(Engine& engine);
+  std::string Describe() const;
   std::vector<Entry> metrics_;
   std::vector<double> local_;
   std::vector<double> global_;
+  // The identity-checked exchange of the sums (one collective per COMPLETED, as before).
+  std::unique_ptr<dist::Consensus> consensus_;
+  std::vector<dist::Reduction> ops_;
+  std::vector<double> per_rank_;
+  uint64_t layout_ = 0;
 };
 
 }  // namespace ember

@@ -89,7 +89,7 @@ TEST(Metrics, AStalledRankFailsCompletedAtTheDeadline) {
     result = e.Run(data);
   });
   ASSERT_FALSE(result.ok());
-  EXPECT_THAT(std::string(result.message()), ::testing::HasSubstr("Metrics: all-reduce of 2 sums"));
+  EXPECT_THAT(std::string(result.message()), ::testing::HasSubstr("Metrics: agreement of 2 sums"));
 }
 
 }  // namespace

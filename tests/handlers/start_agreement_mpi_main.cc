@@ -7,6 +7,9 @@
 //   ddp_shape      DataParallel over Linear(4, 6) + Linear(6, 4), transposed on the divergent rank
 //   save_on_rank   ModelCheckpoint with save_on_rank 1 on the divergent rank (case 7)
 //   sharded        ShardedSource with another global_batch on the divergent rank (case 2)
+//   metrics_order  an evaluator at EPOCH_COMPLETED with Metrics "a" then "b" (2 sums each), "b" then
+//                  "a" on the divergent rank: without identity the all-reduce summed one metric's
+//                  sums into the other's, silently (review item b)
 //   same           nothing diverges: the trainer runs 2 epochs and saves
 // Checkpoints go to DIR. Each rank prints "rank R: <status>" and exits 0 or 1.
 #include <torch/torch.h>
@@ -14,6 +17,7 @@
 #include <cstdio>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
 #include "distributed/mpi_communicator.h"
@@ -21,6 +25,7 @@
 #include "engine/engine.h"
 #include "handlers/checkpoint/model_checkpoint.h"
 #include "handlers/early_stopping.h"
+#include "handlers/metrics.h"
 #include "handlers/parallel/data_parallel.h"
 #include "handlers/parallel/sharded_source.h"
 
@@ -28,6 +33,22 @@ namespace {
 
 struct Batch {
   torch::Tensor ids;
+};
+
+// A metric of a constant value: sums (value, 1) per iteration, the mean of them.
+class Const final : public ember::Metric {
+ public:
+  explicit Const(double value) : value_(value) {}
+  size_t num_sums() const override { return 2; }
+  absl::Status Update(const ember::Engine&, absl::Span<double> sums) override {
+    sums[0] += value_;
+    sums[1] += 1;
+    return absl::OkStatus();
+  }
+  double Compute(absl::Span<const double> sums) const override { return sums[0] / sums[1]; }
+
+ private:
+  double value_;
 };
 
 absl::Status Run(ember::dist::Communicator& comm, const std::string& kind, const std::string& dir, bool divergent) {
@@ -62,6 +83,23 @@ absl::Status Run(ember::dist::Communicator& comm, const std::string& kind, const
                                          return static_cast<double>(e.state().epoch);
                                        }},
                                       trainer));
+  ember::Engine evaluator([](ember::Engine&) -> absl::StatusOr<double> { return 0.0; });
+  evaluator.set_communicator(&comm);
+  evaluator.set_collective_timeout(absl::Seconds(60));
+  ember::Metrics metrics;
+  if (kind == "metrics_order" && divergent) {
+    metrics.Add("b", Const(100)).Add("a", Const(1));
+  } else {
+    metrics.Add("a", Const(1)).Add("b", Const(100));
+  }
+  EMBER_RETURN_IF_ERROR(metrics.Attach(evaluator));
+  trainer.On(ember::Events::EpochCompleted(), [&]() -> absl::Status {
+    EMBER_RETURN_IF_ERROR(evaluator.Run({.max_epochs = 1, .epoch_length = 2}));
+    const double a = evaluator.state().metrics.at("a");
+    const double b = evaluator.state().metrics.at("b");
+    if (a != 1 || b != 100) return absl::InternalError(absl::StrCat("metrics a=", a, " b=", b, ", expected 1 and 100"));
+    return absl::OkStatus();
+  });
   if (kind == "engine_order" && divergent) {
     trainer.On(ember::Events::EpochCompleted(), *ckpt);
     trainer.On(ember::Events::EpochCompleted(), *es);
