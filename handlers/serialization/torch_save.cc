@@ -338,7 +338,9 @@ absl::StatusOr<T> WithFileReader(const std::string& path, FileSystem* fs, F use)
   }
   EMBER_ASSIGN_OR_RETURN(std::string read, fs->ReadFile(path));
   // Shared, so that loaded tensors can keep the buffer the file was read into (ReadArchive).
-  const auto owner = std::make_shared<const std::string>(std::move(read));
+  // A non-const string: loaded tensors are writable views of it (an in-place op on one writes
+  // here), which a const object would not allow.
+  const std::shared_ptr<const std::string> owner = std::make_shared<std::string>(std::move(read));
   const std::string_view bytes(*owner);
   EMBER_RETURN_IF_ERROR(CheckMagic(bytes.substr(0, 4), path));
   try {

@@ -253,6 +253,7 @@ absl::StatusOr<std::map<std::string, ZipEntry>> ReadZipDirectoryTail(std::string
   if (offset > file_size) return bad(absl::StrCat("directory offset ", offset, " is past the end of the file"));
   if (offset < base) return short_tail(offset);
   std::map<std::string, ZipEntry> out;
+  std::string folder;
   uint64_t at = offset;
   for (uint64_t i = 0; i < count; ++i) {
     if (at > file_size || file_size - at < 46 || le(at, 4) != 0x02014b50) {
@@ -279,9 +280,20 @@ absl::StatusOr<std::map<std::string, ZipEntry>> ReadZipDirectoryTail(std::string
       e += 4 + len;
     }
     std::string full(t.substr(static_cast<size_t>(at + 46 - base), static_cast<size_t>(n)));
+    // As torch.load: every record lies in the archive's one top folder, and a record's name is
+    // what follows it. A record outside it, or a second record of one name, would let this
+    // reader and PyTorch's load different bytes for the same tensor: refused.
     const size_t slash = full.find('/');
-    out[slash == std::string::npos ? full : full.substr(slash + 1)] = {
-        static_cast<uint32_t>(le(at + 16, 4)), size, local};
+    if (slash == std::string::npos || slash == 0) {
+      return bad(absl::StrCat("entry ", i, " ('", full, "') is not in the archive's folder"));
+    }
+    if (i == 0) {
+      folder = full.substr(0, slash);
+    } else if (full.compare(0, slash, folder) != 0 || slash != folder.size()) {
+      return bad(absl::StrCat("entry ", i, " ('", full, "') is not in the archive's folder '", folder, "/'"));
+    }
+    auto [it, added] = out.try_emplace(full.substr(slash + 1), ZipEntry{static_cast<uint32_t>(le(at + 16, 4)), size, local});
+    if (!added) return bad(absl::StrCat("entry ", i, " ('", full, "') repeats a record name"));
     at += 46 + n + extra + comment;
   }
   return out;

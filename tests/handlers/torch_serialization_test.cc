@@ -310,6 +310,43 @@ TEST(TorchSave, FileLoadIsInPlaceAndStillChecked) {
   EXPECT_THAT(std::string(bad.status().message()), HasSubstr("in_place.pt"));
 }
 
+// A record outside the archive's folder, or two records of one name: this reader and PyTorch's
+// could load different bytes for one tensor (a later record of a name used to win here, where
+// torch.load takes the first, or refuses a record outside the folder), so the archive is refused.
+TEST(TorchSaveMalformed, RecordsOutsideTheFolderOrRepeatedAreRefused) {
+  Value v = Value::Dict();
+  v.Set("a", torch::arange(256, torch::kFloat32));
+  v.Set("b", torch::arange(64, torch::kInt64));
+  absl::StatusOr<std::string> bytes = SerializeTorchSave(v);
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  ASSERT_TRUE(ReadTorchSave(*bytes, "good.pt").ok());
+  // Same-length renames of record data/1, in its local header and in the central directory.
+  auto renamed = [&](const std::string& to) {
+    std::string out = *bytes;
+    const std::string from = "archive/data/1";
+    int n = 0;
+    for (size_t at = out.find(from); at != std::string::npos; at = out.find(from, at + 1), ++n) {
+      out.replace(at, from.size(), to);
+    }
+    EXPECT_EQ(n, 2);
+    return out;
+  };
+  absl::StatusOr<Value> outside = ReadTorchSave(renamed("zzzzzzz/data/1"), "outside.pt");
+  EXPECT_EQ(outside.status().code(), absl::StatusCode::kDataLoss) << outside.status();
+  EXPECT_THAT(std::string(outside.status().message()),
+              HasSubstr("('zzzzzzz/data/1') is not in the archive's folder 'archive/'"));
+  absl::StatusOr<Value> twice = ReadTorchSave(renamed("archive/data/0"), "twice.pt");
+  EXPECT_EQ(twice.status().code(), absl::StatusCode::kDataLoss) << twice.status();
+  EXPECT_THAT(std::string(twice.status().message()), HasSubstr("('archive/data/0') repeats a record name"));
+  const std::string path = ::testing::TempDir() + "/twice.pt";
+  FILE* f = std::fopen(path.c_str(), "wb");
+  ASSERT_NE(f, nullptr);
+  const std::string twice_bytes = renamed("archive/data/0");
+  ASSERT_EQ(std::fwrite(twice_bytes.data(), 1, twice_bytes.size(), f), twice_bytes.size());
+  std::fclose(f);
+  EXPECT_EQ(ReadTorchSaveFile(path).status().code(), absl::StatusCode::kDataLoss);
+}
+
 TEST(TorchSaveMalformed, NotAnArchive) {
   EXPECT_THAT(std::string(ReadTorchSave("", "empty.pt").status().message()),
               HasSubstr("empty.pt: empty file"));
