@@ -141,8 +141,16 @@ absl::StatusOr<HandlerHandle> Engine::Register(const EventList& events, const Ha
     entry->sync = sync;
     if (sync != nullptr) {
       std::vector<dist::Reduction> ops;
-      for (size_t k = 0; k < sync->num_values(); ++k) ops.push_back(sync->reduction(k));
-      entry->sync_digest = dist::LayoutDigest(dist::kLayoutSeed, HandlerTypeName(*sync), ops);
+      std::vector<std::string> parts, names;
+      for (size_t k = 0; k < sync->num_values(); ++k) {
+        ops.push_back(sync->reduction(k));
+        names.push_back(dist::ReductionName(ops.back()));
+      }
+      if (std::string label = sync->label(); !label.empty()) parts.push_back(std::move(label));
+      parts.push_back(absl::StrJoin(names, ","));
+      if (std::string filter = entry->filter.Describe(); !filter.empty()) parts.push_back(std::move(filter));
+      entry->sync_layout = absl::StrCat(HandlerTypeName(*sync), "(", absl::StrJoin(parts, "; "), ")");
+      entry->sync_digest = dist::LayoutDigest(dist::kLayoutSeed, entry->sync_layout, ops);
     }
     entry->owned = owned;
     handle.ids_.push_back(entry->id);
@@ -355,10 +363,7 @@ dist::AgreementId Engine::FiringId(Event event, size_t first_handler) const {
 std::string Engine::DescribeFiring(Event event, size_t first_handler) const {
   std::vector<std::string> names;
   for (size_t h = first_handler; h < pending_.size(); ++h) {
-    const SynchronizedHandler& sync = *pending_[h]->sync;
-    std::vector<std::string> ops;
-    for (size_t k = 0; k < sync.num_values(); ++k) ops.push_back(dist::ReductionName(sync.reduction(k)));
-    names.push_back(absl::StrCat(HandlerTypeName(sync), "(", absl::StrJoin(ops, ","), ")"));
+    names.push_back(pending_[h]->sync_layout);
   }
   return absl::StrCat("at ", event.name(), " (epoch ", state_.epoch, ", iteration ", state_.iteration,
                       ") runs ", names.empty() ? std::string("no synchronized handler") : absl::StrJoin(names, " then "));
@@ -420,11 +425,7 @@ dist::AgreementId Engine::CarriedId() const {
   id.layout = carried_.layout;
   id.describe = [this] {
     std::vector<std::string> names;
-    for (const HandlerEntry* e : carried_.entries) {
-      std::vector<std::string> ops;
-      for (size_t k = 0; k < e->sync->num_values(); ++k) ops.push_back(dist::ReductionName(e->sync->reduction(k)));
-      names.push_back(absl::StrCat(HandlerTypeName(*e->sync), "(", absl::StrJoin(ops, ","), ")"));
-    }
+    for (const HandlerEntry* e : carried_.entries) names.push_back(e->sync_layout);
     return absl::StrCat("carries ITERATION_COMPLETED's agreement in its step (epoch ", state_.epoch, ", iteration ",
                         carried_.iteration, ") for ",
                         names.empty() ? std::string("no synchronized handler") : absl::StrJoin(names, " then "));
@@ -507,13 +508,7 @@ absl::Status Engine::AgreeOnRun(const absl::Status& prepared) {
     std::vector<std::string> layout;
     for (const auto& h : handlers_[id]) {
       if (h->sync == nullptr || h->removed) continue;
-      std::string name = HandlerTypeName(*h->sync);
-      std::vector<std::string> reductions;
-      for (size_t i = 0; i < h->sync->num_values(); ++i) {
-        reductions.push_back(dist::ReductionName(h->sync->reduction(i)));
-      }
-      absl::StrAppend(&name, "(", absl::StrJoin(reductions, ","), h->filter.is_trivial() ? ")" : "; filtered)");
-      layout.push_back(std::move(name));
+      layout.push_back(h->sync_layout);
     }
     if (layout.empty()) continue;
     settings.Add(absl::StrCat("synchronized handlers at ", Event(static_cast<uint16_t>(id)).name()),

@@ -27,12 +27,17 @@
 // synchronized handlers, Run() first checks, in one small collective (dist::AgreeOnSettings,
 // "Engine::Run"), that every rank runs with the same epoch_length, max_epochs, max_iters and
 // starting iteration, the same validity of Run's arguments, and the same synchronized handlers
-// (their types, in order, per event, each with its reductions and whether it is filtered). A
-// mismatch fails Run on every rank before any event fires, naming each setting and each rank's
-// value ("synchronized handlers at COMPLETED is EarlyStopping(MAX) then Checkpoint(MAX) on rank
-// 0, Checkpoint(MAX) then EarlyStopping(MAX) on rank 1"), and poisons the communicator. Plain
-// handlers are not compared (they do not communicate; a rank may log alone), nor are filter
-// arguments. An engine without synchronized handlers issues no collective and agrees on nothing.
+// (in order, per event, each with its type, its label (SynchronizedHandler::label(): the score
+// name, the filename prefix), its reductions and its filter with its arguments). A mismatch
+// fails Run on every rank before any event fires, naming each setting and each rank's value
+// ("synchronized handlers at COMPLETED is EarlyStopping(score=accuracy; MEAN) then
+// EarlyStopping(score=loss; MEAN) on rank 0, EarlyStopping(score=loss; MEAN) then
+// EarlyStopping(score=accuracy; MEAN) on rank 1"; "Checkpoint(MAX; every=2) on rank 0,
+// Checkpoint(MAX; every=3) on rank 1"), and poisons the communicator. The same description,
+// hashed once when the handler is registered, is the layout digest of each firing's agreement.
+// Plain handlers are not compared (they do not communicate; a rank may log alone); two score
+// functions, or two filter predicates, are not told apart. An engine without synchronized
+// handlers issues no collective and agrees on nothing.
 //
 // The step function is called as step(engine, batch) with the batch by const reference, or as
 // step(engine) for runs without data. What it returns becomes state().output (std::any; void
@@ -304,7 +309,8 @@ class Engine {
     EventFilter filter;
     HandlerFn fn;                          // plain handlers
     SynchronizedHandler* sync = nullptr;   // synchronized handlers
-    uint64_t sync_digest = 0;              // its name and reductions (dist::LayoutDigest)
+    std::string sync_layout;               // "EarlyStopping(score=accuracy; MEAN; every=2)": type, label, reductions, filter
+    uint64_t sync_digest = 0;              // dist::LayoutDigest of sync_layout (computed once, at registration)
     std::shared_ptr<void> owned;           // keeps an owned synchronized handler alive
     bool removed = false;
   };

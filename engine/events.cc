@@ -200,6 +200,25 @@ bool EventFilter::Matches(const Engine& engine, int64_t value) const {
   return false;
 }
 
+std::string EventFilter::Describe() const {
+  switch (kind_) {
+    case Kind::kNone:
+      return "";
+    case Kind::kEvery:
+      return absl::StrCat("every=", every_);
+    case Kind::kOnce:
+      return absl::StrCat("once=", once_.size() == 1 ? absl::StrCat(once_[0]) : PyList(once_));
+    case Kind::kRange: {
+      std::string out = absl::StrCat("every=", every_, ", after=", after_);
+      if (before_) absl::StrAppend(&out, ", before=", *before_);
+      return out;
+    }
+    case Kind::kPredicate:
+      return "event_filter=<function>";
+  }
+  return "";
+}
+
 EventList operator|(EventList a, EventList b) {
   for (const EventSpec& spec : b.specs()) a.Add(spec);
   return a;

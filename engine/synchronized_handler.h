@@ -14,6 +14,7 @@
 #define EMBER_ENGINE_SYNCHRONIZED_HANDLER_H_
 
 #include <cstddef>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
@@ -60,6 +61,11 @@ class SynchronizedHandler {
   // before the firing, and its agreement ride in the step's own collective (Engine::ProposeAhead,
   // DataParallel). TerminateOnNan and Preemption can; the default is no.
   virtual bool proposes_in_step() const { return false; }
+  // What tells this handler from another of its type, for the layout the ranks agree on (the
+  // start agreement and each firing's layout digest, read once when it is registered): e.g.
+  // "score=accuracy" for an EarlyStopping on a named score. Empty (the default) when there is
+  // nothing to tell (a score function, a handler that is one of a kind).
+  virtual std::string label() const { return {}; }
 };
 
 }  // namespace ember

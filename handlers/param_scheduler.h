@@ -520,6 +520,8 @@ class ReduceLROnPlateauScheduler : public SynchronizedHandler, public Stateful {
   dist::Reduction reduction(size_t) const override { return options_.reduction; }
   absl::Status Propose(Engine& engine, absl::Span<double> values) override;
   absl::Status Decide(Engine& engine, const Agreement& agreement) override;
+  // "metric=<metric_name>", for the layout the ranks agree on.
+  std::string label() const override { return "metric=" + options_.metric_name; }
 
   Value StateDict() const override;
   absl::Status LoadStateDict(const Value& state) override;

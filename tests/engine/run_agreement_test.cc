@@ -118,7 +118,7 @@ std::string Expected(const std::string& divergent, int n) {
   }
   if (divergent == "filtered") {
     return "Engine::Run differ across ranks: synchronized handlers at ITERATION_COMPLETED is VoteB(MIN,SUM) on " +
-           others + ", VoteB(MIN,SUM; filtered) on " + last;
+           others + ", VoteB(MIN,SUM; every=2) on " + last;
   }
   return "";
 }

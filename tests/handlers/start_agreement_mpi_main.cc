@@ -10,12 +10,20 @@
 //   metrics_order  an evaluator at EPOCH_COMPLETED with Metrics "a" then "b" (2 sums each), "b" then
 //                  "a" on the divergent rank: without identity the all-reduce summed one metric's
 //                  sums into the other's, silently (review item b)
+//   es_order       two EarlyStopping handlers on scores "accuracy" and "loss", swapped on the
+//                  divergent rank: with types alone in the layout each paired its score with the
+//                  other's, silently (review item d)
+//   filter_args    the ModelCheckpoint filtered Every(2), Every(3) on the divergent rank: the start
+//                  agreement told only "filtered" (review item d)
 //   same           nothing diverges: the trainer runs 2 epochs and saves
 // Checkpoints go to DIR. Each rank prints "rank R: <status>" and exits 0 or 1.
 #include <torch/torch.h>
 
 #include <cstdio>
+#include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -100,7 +108,24 @@ absl::Status Run(ember::dist::Communicator& comm, const std::string& kind, const
     if (a != 1 || b != 100) return absl::InternalError(absl::StrCat("metrics a=", a, " b=", b, ", expected 1 and 100"));
     return absl::OkStatus();
   });
-  if (kind == "engine_order" && divergent) {
+  std::vector<std::unique_ptr<ember::EarlyStopping>> scored;
+  if (kind == "es_order") {
+    trainer.On(ember::Events::EpochCompleted(), [](ember::Engine& e) {
+      e.state().metrics["accuracy"] = 0.5 + 0.1 * static_cast<double>(e.state().epoch);
+      e.state().metrics["loss"] = 1.0 / static_cast<double>(e.state().epoch);
+    });
+    std::vector<std::string> names = {"accuracy", "loss"};
+    if (divergent) std::swap(names[0], names[1]);
+    for (const std::string& name : names) {
+      EMBER_ASSIGN_OR_RETURN(auto h, ember::EarlyStopping::Create({.patience = 5, .score_name = name}, trainer));
+      trainer.On(ember::Events::EpochCompleted(), *h);
+      scored.push_back(std::move(h));
+    }
+    trainer.On(ember::Events::EpochCompleted(), *ckpt);
+  } else if (kind == "filter_args") {
+    trainer.On(ember::Events::EpochCompleted(), *es);
+    trainer.On(ember::Events::EpochCompleted().Every(divergent ? 3 : 2), *ckpt);
+  } else if (kind == "engine_order" && divergent) {
     trainer.On(ember::Events::EpochCompleted(), *ckpt);
     trainer.On(ember::Events::EpochCompleted(), *es);
   } else {

@@ -16,9 +16,11 @@ want[engine_epochs]="Engine::Run differ across ranks: max_epochs is 2 on $others
 want[ddp_shape]="DataParallel parameters differ across ranks: parameter 0.weight is Float[6,4] on $others, Float[4,6] on $last; parameter 0.bias is Float[6] on $others, Float[4] on $last; parameter 1.weight is Float[4,6] on $others, Float[6,4] on $last; parameter 1.bias is Float[4] on $others, Float[6] on $last"
 want[save_on_rank]="ModelCheckpoint options differ across ranks: save_on_rank is 0 on $others, 1 on $last"
 want[metrics_order]="Metrics: agreement of 4 sums: the ranks' agreements differ (layout), detected before any value was used: rank 0 (agreement #0) Metrics at COMPLETED: a (Const, 2 sums), b (Const, 2 sums); $last (agreement #0) Metrics at COMPLETED: b (Const, 2 sums), a (Const, 2 sums). Every rank must run the same program: the same handlers, registered in the same order, at the same events [at COMPLETED, epoch 1, iteration 2] [at EPOCH_COMPLETED, epoch 1, iteration 8]"
+want[es_order]="Engine::Run differ across ranks: synchronized handlers at EPOCH_COMPLETED is EarlyStopping(score=accuracy; MEAN) then EarlyStopping(score=loss; MEAN) then Checkpoint(MAX) on $others, EarlyStopping(score=loss; MEAN) then EarlyStopping(score=accuracy; MEAN) then Checkpoint(MAX) on $last"
+want[filter_args]="Engine::Run differ across ranks: synchronized handlers at EPOCH_COMPLETED is EarlyStopping(MEAN) then Checkpoint(MAX; every=2) on $others, EarlyStopping(MEAN) then Checkpoint(MAX; every=3) on $last"
 want[sharded]="ShardedSource options differ across ranks: global_batch is 8 on $others, 16 on $last"
 
-for kind in same engine_order engine_attach engine_epochs ddp_shape save_on_rank sharded metrics_order; do
+for kind in same engine_order engine_attach engine_epochs ddp_shape save_on_rank sharded metrics_order es_order filter_args; do
   dir="$tmp/$kind"
   rm -rf "$dir"
   out=$(timeout 180 "${mpi[@]}" -np $((n - 1)) "$binary" "$kind" "$dir" : -np 1 "$binary" "$kind" "$dir" divergent 2>&1)
