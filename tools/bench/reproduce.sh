@@ -15,7 +15,10 @@
 #                                             512 MiB and 2 GiB (RUNS runs each, interleaved with the
 #                                             raw baseline), a save's peak extra memory, and listing /
 #                                             a fresh run's first save with 1 and 5 kept checkpoints
-#                                             (needs about 5 GiB free in /tmp)
+#                                             (needs about 5 GiB free in /tmp); then
+#                                             checkpoint_io_python.py: Python's torch.save /
+#                                             torch.load of the same states, beside the same raw
+#                                             baselines (Debian's /usr/bin/python3 and its torch)
 # The raw outputs go to OUT_DIR (default: a new /tmp/ember-bench.XXXXXX) and the tables, with
 # the machine and the commit, to OUT_DIR/report.md, which is printed at the end. The figures
 # of docs/performance.md are copied from that report. Needs the Fashion-MNIST package for 5 and 6
@@ -76,9 +79,12 @@ log "6/7 checkpoint_goodput.sh $runs"
 tools/bench/checkpoint_goodput.sh "$runs" >"$out/goodput.txt" 2>&1
 log "7/7 checkpoint_io_benchmark, $runs runs per size"
 "$bin/checkpoint_io_benchmark" --runs="$runs" >"$out/checkpoint_io.jsonl" 2>"$out/checkpoint_io.log"
+log "7/7 checkpoint_io_python.py (torch.save / torch.load of the same states), $runs runs per size"
+/usr/bin/python3 tools/bench/checkpoint_io_python.py --runs="$runs" --sizes_mib=64,512,2048 \
+  >>"$out/checkpoint_io.jsonl" 2>>"$out/checkpoint_io.log"
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$out/machine.txt"
 
 /usr/bin/python3 tools/bench/report.py "$out" >"$out/report.md"
-{ echo; echo '## Checkpoint I/O (checkpoint_io_benchmark, seconds per run)'; echo; echo '```'; cat "$out/checkpoint_io.jsonl"; echo '```'; } >>"$out/report.md"
+{ echo; echo '## Checkpoint I/O (checkpoint_io_benchmark, then checkpoint_io_python.py; seconds per run)'; echo; echo '```'; cat "$out/checkpoint_io.jsonl"; echo '```'; } >>"$out/report.md"
 cat "$out/report.md"
 log "raw outputs and report.md in $out"
