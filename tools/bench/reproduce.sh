@@ -19,6 +19,8 @@
 #                                             checkpoint_io_python.py: Python's torch.save /
 #                                             torch.load of the same states, beside the same raw
 #                                             baselines (Debian's /usr/bin/python3 and its torch)
+#                                             and resume_benchmark, 2 ranks, 512 MiB: a resume
+#                                             end to end against a raw read (+ broadcast)
 # The raw outputs go to OUT_DIR (default: a new /tmp/ember-bench.XXXXXX) and the tables, with
 # the machine and the commit, to OUT_DIR/report.md, which is printed at the end. The figures
 # of docs/performance.md are copied from that report. Needs the Fashion-MNIST package for 5 and 6
@@ -36,7 +38,7 @@ log() { echo "[$(date +%T)] $*" >&2; }
 log "building the benchmarks (-c opt)"
 bazel build -c opt //tools/bench:engine_benchmark //tools/bench:serialization_benchmark \
   //tools/bench:consensus_benchmark //tools/bench:data_parallel_benchmark //tools/bench:handwritten_train \
-  //tools/bench:checkpoint_io_benchmark //tools:train >"$out/build.log" 2>&1 || { tail -n 30 "$out/build.log"; exit 1; }
+  //tools/bench:checkpoint_io_benchmark //tools/bench:resume_benchmark //tools:train >"$out/build.log" 2>&1 || { tail -n 30 "$out/build.log"; exit 1; }
 bin=bazel-bin/tools/bench
 {
   echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
@@ -81,6 +83,9 @@ log "7/7 checkpoint_io_benchmark, $runs runs per size"
 "$bin/checkpoint_io_benchmark" --runs="$runs" >"$out/checkpoint_io.jsonl" 2>"$out/checkpoint_io.log"
 log "7/7 checkpoint_io_python.py (torch.save / torch.load of the same states), $runs runs per size"
 /usr/bin/python3 tools/bench/checkpoint_io_python.py --runs="$runs" --sizes_mib=64,512,2048 \
+  >>"$out/checkpoint_io.jsonl" 2>>"$out/checkpoint_io.log"
+log "7/7 resume_benchmark, 2 ranks, 512 MiB, $runs runs (read + verify, broadcast, load on each rank)"
+"${mpi[@]}" -np 2 "$bin/resume_benchmark" --runs="$runs" --sizes_mib=512 \
   >>"$out/checkpoint_io.jsonl" 2>>"$out/checkpoint_io.log"
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$out/machine.txt"
 
