@@ -1,6 +1,5 @@
 #include "engine/engine.h"
 
-#include <cxxabi.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -22,6 +21,7 @@
 #include "base/log.h"
 #include "base/status_error.h"
 #include "base/status_macros.h"
+#include "base/type_name.h"
 #include "distributed/settings_agreement.h"
 
 namespace ember {
@@ -42,18 +42,6 @@ std::string OptionalToString(const std::optional<int64_t>& v) {
   return v ? absl::StrCat(*v) : "None";
 }
 
-// A synchronized handler's type for messages: demangled, without "ember::" and anonymous namespaces.
-std::string HandlerTypeName(const SynchronizedHandler& handler) {
-  const char* mangled = typeid(handler).name();
-  int status = 0;
-  char* demangled = abi::__cxa_demangle(mangled, nullptr, nullptr, &status);
-  std::string name = status == 0 && demangled != nullptr ? demangled : mangled;
-  std::free(demangled);
-  for (const std::string noise : {"ember::", "(anonymous namespace)::"}) {
-    for (size_t at = name.find(noise); at != std::string::npos; at = name.find(noise)) name.erase(at, noise.size());
-  }
-  return name;
-}
 
 // Reads an optional integer entry of a state dict: absent -> error, None -> nullopt.
 absl::StatusOr<std::optional<int64_t>> ReadOptionalInt(const StateDict& d, const std::string& key) {
@@ -149,7 +137,7 @@ absl::StatusOr<HandlerHandle> Engine::Register(const EventList& events, const Ha
       if (std::string label = sync->label(); !label.empty()) parts.push_back(std::move(label));
       parts.push_back(absl::StrJoin(names, ","));
       if (std::string filter = entry->filter.Describe(); !filter.empty()) parts.push_back(std::move(filter));
-      entry->sync_layout = absl::StrCat(HandlerTypeName(*sync), "(", absl::StrJoin(parts, "; "), ")");
+      entry->sync_layout = absl::StrCat(ReadableTypeName(typeid(*sync)), "(", absl::StrJoin(parts, "; "), ")");
       entry->sync_digest = dist::LayoutDigest(dist::kLayoutSeed, entry->sync_layout, ops);
     }
     entry->owned = owned;

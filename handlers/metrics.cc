@@ -1,6 +1,5 @@
 #include "handlers/metrics.h"
 
-#include <cxxabi.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -11,22 +10,11 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
+#include "base/type_name.h"
 
 namespace ember {
 namespace {
 
-// A metric's type for messages and the layout digest: demangled, without "ember::".
-std::string MetricTypeName(const Metric& metric) {
-  const char* mangled = typeid(metric).name();
-  int status = 0;
-  char* demangled = abi::__cxa_demangle(mangled, nullptr, nullptr, &status);
-  std::string name = status == 0 && demangled != nullptr ? demangled : mangled;
-  std::free(demangled);
-  for (const std::string noise : {"ember::", "(anonymous namespace)::"}) {
-    for (size_t at = name.find(noise); at != std::string::npos; at = name.find(noise)) name.erase(at, noise.size());
-  }
-  return name;
-}
 
 absl::StatusOr<const Prediction*> PredictionOf(const Engine& engine, const char* metric) {
   const Prediction* p = engine.state().output_as<Prediction>();
@@ -91,7 +79,7 @@ absl::Status Metrics::Attach(Engine& engine) {
   ops_.assign(offset, dist::Reduction::kSum);
   layout_ = dist::kLayoutSeed;
   for (const Entry& e : metrics_) {
-    layout_ = dist::LayoutDigest(layout_, absl::StrCat(e.name, ":", MetricTypeName(*e.metric)),
+    layout_ = dist::LayoutDigest(layout_, absl::StrCat(e.name, ":", ReadableTypeName(typeid(*e.metric))),
                                  absl::MakeConstSpan(ops_.data(), e.metric->num_sums()));
   }
   EMBER_RETURN_IF_ERROR(
@@ -108,7 +96,7 @@ absl::Status Metrics::Attach(Engine& engine) {
 std::string Metrics::Describe() const {
   std::vector<std::string> parts;
   for (const Entry& m : metrics_) {
-    parts.push_back(absl::StrCat(m.name, " (", MetricTypeName(*m.metric), ", ", m.metric->num_sums(), " sums)"));
+    parts.push_back(absl::StrCat(m.name, " (", ReadableTypeName(typeid(*m.metric)), ", ", m.metric->num_sums(), " sums)"));
   }
   return absl::StrCat("Metrics at COMPLETED: ", parts.empty() ? std::string("none") : absl::StrJoin(parts, ", "));
 }
