@@ -7,7 +7,8 @@
 #      are signalled, save, the job script requeues the job, it resumes by itself (--resume), and
 #      ends bitwise equal to the uninterrupted run, every sample of every epoch used once.
 #      slurmctld checks time limits every 30 s, so USR1@50 arrives 10 to 40 s into the job: the job's
-#      steps sleep 70 ms each (--inject_step_delay_ms) so that no run can finish before it.
+#      255 steps (3 epochs) sleep 170 ms each (--inject_step_delay_ms, 43 s in all) so that no run
+#      can finish before it, and the rest fits in one or two more runs.
 # Needs from the machine: root, Debian's munge, slurmctld, slurmd and slurm-client (tools/setup.sh),
 # two free TCP ports in 20000..31999. Leaves nothing: the cluster (slurm_cluster.sh) lives in a
 # mktemp directory under /tmp with its own slurm.conf, munge key and socket, state, ports and
@@ -77,8 +78,8 @@ if [[ $rc -ne 0 ]]; then
   [[ $rc -eq 2 ]] && skip "no Slurm here: $why"
   fail "starting Slurm: $why"
 fi
-args=(--data=synthetic --epochs=8 --hidden=512,512 --global_batch=96 --patience=100 --progress=none)
-state() { "$ckpt" show "$1"/checkpoint_8_*.pt | sed 's/"file": "[^"]*", //'; }
+args=(--data=synthetic --epochs=3 --hidden=512,512 --global_batch=96 --patience=100 --progress=none)
+state() { "$ckpt" show "$1"/checkpoint_3_*.pt | sed 's/"file": "[^"]*", //'; }
 job_state() { scontrol show job "$1" 2>/dev/null | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p'; }
 
 # 1. srun with PMIx, 2 and 4 ranks.
@@ -112,7 +113,7 @@ cat >"$work/job.sh" <<JOB
 #!/bin/bash
 #SBATCH -n 2 -O --requeue --time=1 --signal=USR1@50 -o $work/job-%j.out
 log=$work/run-\${SLURM_RESTART_COUNT:-0}.log
-srun --mpi=pmix -O "$train" ${args[*]} --inject_step_delay_ms=70 --ledger --resume --output_dir="$work/batch" >"\$log" 2>&1
+srun --mpi=pmix -O "$train" ${args[*]} --inject_step_delay_ms=170 --ledger --resume --output_dir="$work/batch" >"\$log" 2>&1
 echo "srun exit \$?"
 # Requeue unless the run completed: preempted (saved), or killed by a signal Slurm sent before
 # the trainer had installed its handlers (Slurm may send --signal up to 60 s early).
@@ -121,7 +122,7 @@ JOB
 job=$(sbatch --parsable "$work/job.sh") || fail "sbatch failed"
 states=""
 # Each run of the job trains 10 to 40 s before its USR1 and then waits ~30 s to be requeued: on a
-# loaded machine the 8 epochs take several runs. Waited for by the clock (9 minutes at most,
+# loaded machine the 3 epochs may take several runs. Waited for by the clock (9 minutes at most,
 # within Bazel's 15 for a large test), not by a count of polls that slow down with the load.
 deadline=$(( $(date +%s) + 540 ))
 while [[ $(date +%s) -lt $deadline ]]; do
