@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "base/large_buffer.h"
 
 namespace ember {
 
@@ -130,7 +131,8 @@ absl::StatusOr<std::string> ReadEnd(const std::string& path, size_t max_bytes, u
   if (file_size != nullptr) *file_size = total;
   const size_t size = static_cast<size_t>(std::min<uint64_t>(total, max_bytes));
   const off_t start = static_cast<off_t>(total - size);
-  std::string out(size, '\0');
+  std::string out;
+  ResizeLargeBuffer(out, size);  // a checkpoint of many MiB: 2 MiB pages, far fewer faults
   size_t got = 0;
   while (got < size) {
     ssize_t n = ::pread(fd, out.data() + got, size - got, start + static_cast<off_t>(got));

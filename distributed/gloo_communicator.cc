@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "base/large_buffer.h"
 #include "gloo/allgather.h"
 #include "gloo/allreduce.h"
 #include "gloo/barrier.h"
@@ -201,7 +202,16 @@ class GlooCommunicator final : public Communicator {
       bytes.clear();
       return absl::OkStatus();
     }
-    auto staging = std::make_shared<std::string>(rank_ == root ? bytes : std::string(*size, '\0'));
+    // Staged (a timed-out transfer may still write it: the transport keeps it); many MiB go on 2 MiB
+    // pages (base/large_buffer.h).
+    auto staging = std::make_shared<std::string>();
+    staging->reserve(*size);
+    AdviseHugePages(staging->data(), *size);
+    if (rank_ == root) {
+      staging->assign(bytes);  // one pass (no zero-fill first)
+    } else {
+      staging->resize(*size);
+    }
     if (absl::Status s = Run(absl::StrCat("broadcast of ", *size, " bytes from rank ", root), deadline, staging,
                              [&](std::chrono::milliseconds timeout) {
                                gloo::BroadcastOptions opts(context_);
@@ -214,7 +224,7 @@ class GlooCommunicator final : public Communicator {
         !s.ok()) {
       return s;
     }
-    bytes = *staging;
+    if (rank_ != root) bytes.swap(*staging);  // the root's bytes are what it sent
     return absl::OkStatus();
   }
 

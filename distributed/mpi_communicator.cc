@@ -4,6 +4,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <array>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -17,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/large_buffer.h"
 #include "base/status_macros.h"
 #include "distributed/launcher_env.h"
 
@@ -101,7 +103,7 @@ MpiCommunicator::MpiCommunicator() : channels_(new Channels()) {}
 
 // Spins briefly (collectives of a few bytes finish in microseconds), then yields, then sleeps,
 // so that oversubscribed ranks make progress.
-absl::Status MpiCommunicator::Wait(void* request_ptr, const char* what, absl::Time deadline, bool watch) {
+absl::Status MpiCommunicator::Wait(void* request_ptr, const char* what, absl::Time deadline, bool watch, bool bulk) {
   MPI_Request* request = static_cast<MPI_Request*>(request_ptr);
   int done = 0;
   for (int64_t polls = 0;; ++polls) {
@@ -120,7 +122,7 @@ absl::Status MpiCommunicator::Wait(void* request_ptr, const char* what, absl::Ti
           absl::StrCat(what, ": not every rank joined before the deadline (a rank stalled, died "
                              "or is running a different collective)"));
     }
-    if (polls < 20000) {
+    if (bulk || polls < 20000) {
       sched_yield();
     } else {
       std::this_thread::sleep_for(std::chrono::microseconds(100));
@@ -368,24 +370,32 @@ absl::Status MpiCommunicator::DoAllGather(absl::Span<const double> send, absl::S
 }
 
 absl::Status MpiCommunicator::DoBroadcast(std::string& bytes, int root, absl::Time deadline) {
-  auto size = std::make_shared<uint64_t>(bytes.size());
+  // The size, as an all-reduce (MAX of the root's size and everyone else's 0) rather than a
+  // broadcast: it completes only once every rank has joined (an eager broadcast of 8 bytes leaves
+  // the root at once), so that the payload's wait, which never sleeps, never spins for a late rank.
+  auto sizes = std::make_shared<std::array<uint64_t, 2>>();
+  (*sizes)[0] = rank_ == root ? bytes.size() : 0;
   MPI_Request request;
-  int rc = MPI_Ibcast(size.get(), 1, MPI_UINT64_T, root, channels_->comm[kBroadcast], &request);
-  if (rc != MPI_SUCCESS) return MpiError("MPI_Ibcast", rc);
-  if (absl::Status s = Wait(&request, "MPI_Ibcast", deadline); !s.ok()) {
-    AbandonToTransport(std::move(size));
+  int rc = MPI_Iallreduce(sizes->data(), sizes->data() + 1, 1, MPI_UINT64_T, MPI_MAX, channels_->comm[kBroadcast],
+                          &request);
+  if (rc != MPI_SUCCESS) return MpiError("MPI_Iallreduce (broadcast size)", rc);
+  if (absl::Status s = Wait(&request, "MPI_Iallreduce (broadcast size)", deadline); !s.ok()) {
+    AbandonToTransport(std::move(sizes));
     return s;
   }
+  const uint64_t* size = sizes->data() + 1;
   // The bytes are received in place; on a failed wait the string's heap buffer goes to MPI (moved,
   // so the caller's `bytes` is left empty). Capacity beyond the short-string buffer makes sure the
   // data lives on the heap, where a move keeps it.
-  bytes.reserve(std::max<uint64_t>(*size, 64));
-  bytes.resize(*size);
+  if (rank_ != root) bytes.clear();  // nothing of the old content to keep (and copy on a reserve)
+  bytes.reserve(64);
+  ResizeLargeBuffer(bytes, *size);  // many MiB: on 2 MiB pages, which CMA also copies far faster into
   for (uint64_t offset = 0; offset < *size;) {
     const int chunk = static_cast<int>(std::min<uint64_t>(*size - offset, 1u << 30));
     rc = MPI_Ibcast(bytes.data() + offset, chunk, MPI_CHAR, root, channels_->comm[kBroadcast], &request);
     if (rc != MPI_SUCCESS) return MpiError("MPI_Ibcast", rc);
-    if (absl::Status s = Wait(&request, "MPI_Ibcast", deadline); !s.ok()) {
+    if (absl::Status s = Wait(&request, "MPI_Ibcast", deadline, /*watch=*/true, /*bulk=*/chunk >= (1 << 20));
+        !s.ok()) {
       AbandonToTransport(std::make_shared<std::string>(std::move(bytes)));
       bytes.clear();
       return s;

@@ -19,6 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/large_buffer.h"
 #include "base/status_macros.h"
 #include "distributed/file_rendezvous.h"
 #include "distributed/tcp_rendezvous.h"
@@ -164,7 +165,7 @@ class NcclCommunicator final : public Communicator {
     EMBER_RETURN_IF_ERROR(Staged(&size, 8, &size, 8, deadline, [&](void* buf) {
       return ncclBroadcast(buf, buf, 8, ncclChar, root, comm_, stream_);
     }));
-    bytes.resize(size);
+    ResizeLargeBuffer(bytes, size);  // many MiB: 2 MiB pages (base/large_buffer.h)
     if (size == 0) return absl::OkStatus();
     return Staged(bytes.data(), size, bytes.data(), size, deadline, [&](void* buf) {
       return ncclBroadcast(buf, buf, size, ncclChar, root, comm_, stream_);

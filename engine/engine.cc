@@ -502,7 +502,17 @@ absl::Status Engine::AgreeOnRun(const absl::Status& prepared) {
     settings.Add(absl::StrCat("synchronized handlers at ", Event(static_cast<uint16_t>(id)).name()),
                  absl::StrJoin(layout, " then "));
   }
-  return dist::AgreeOnSettings(*consensus_.comm(), "Engine::Run", settings, collective_timeout_);
+  absl::Status agreed = dist::AgreeOnSettings(*consensus_.comm(), "Engine::Run", settings, collective_timeout_);
+  if (absl::IsDeadlineExceeded(agreed)) {
+    // The likeliest cause, which no rank can see from here: a rank whose engine has no synchronized
+    // handlers skips this agreement (an engine without them issues no collective) and is in its
+    // step's collectives instead (a gradient all-reduce), or has finished.
+    return absl::Status(agreed.code(),
+                        absl::StrCat(agreed.message(), " (every rank whose engine has synchronized handlers agrees "
+                                     "at the start of Run; a rank that registered none skips this agreement: "
+                                     "register the same synchronized handlers on every rank)"));
+  }
+  return agreed;
 }
 
 // ---- Termination -----------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <optional>
 #include <string_view>
 #include <utility>
@@ -172,13 +173,19 @@ absl::Status TakeOutputDir(dist::Communicator& comm, const std::string& dir, boo
 }
 
 absl::StatusOr<Value> ReadOnRootAndShare(dist::Communicator& comm, const std::string& path, absl::Time deadline) {
-  std::string bytes;
+  auto bytes = std::make_shared<std::string>();
   EMBER_RETURN_IF_ERROR(dist::RunOnRoot(comm, 0, deadline, [&]() -> absl::Status {
-    EMBER_ASSIGN_OR_RETURN(bytes, FileSystem::Default()->ReadFile(path));
-    return ReadTorchSave(bytes, path).status();  // every check, before sharing
+    if (FileSystem::Default()->IsDirectory(path)) {
+      return absl::FailedPreconditionError(absl::StrCat(path, ": is a directory, not a checkpoint file"));
+    }
+    EMBER_ASSIGN_OR_RETURN(*bytes, FileSystem::Default()->ReadFile(path));
+    return VerifyTorchSave(*bytes, path).status();  // every CRC-32 and checksum, before sharing
   }));
-  EMBER_RETURN_IF_ERROR(comm.Broadcast(bytes, 0, deadline));
-  return ReadTorchSave(bytes, path);
+  EMBER_RETURN_IF_ERROR(dist::BroadcastChecked(comm, *bytes, 0, path, deadline));
+  // Rank 0's verified bytes, exactly (BroadcastChecked compared every rank's CRC of them): parsed
+  // once on each rank, in place (the tensors are views of the buffer), without the per-record
+  // CRC-32s a second time.
+  return ReadVerifiedTorchSave(std::move(bytes), path);
 }
 
 }  // namespace ember::tools

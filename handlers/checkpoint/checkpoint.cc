@@ -6,6 +6,7 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <thread>
@@ -1044,7 +1045,7 @@ absl::StatusOr<std::optional<std::string>> Checkpoint::ResumeLatest(dist::Commun
     for (const Item& item : newest_first) {
       absl::StatusOr<std::string> b = save_handler_->ReadBytes(item.filename);
       absl::Status ok = b.status();
-      if (ok.ok()) ok = ReadTorchSave(*b, save_handler_->Location(item.filename)).status();
+      if (ok.ok()) ok = VerifyTorchSave(*b, save_handler_->Location(item.filename)).status();
       if (!ok.ok()) {
         LogWarning(absl::StrCat("Checkpoint: cannot resume from ", save_handler_->Location(item.filename), ": ",
                                 ok.ToString()));
@@ -1090,9 +1091,12 @@ absl::StatusOr<std::optional<std::string>> Checkpoint::ResumeLatest(dist::Commun
   // The best was verified above (Verify remembers it); this marks it on every rank.
   EMBER_RETURN_IF_ERROR(KeepBestVerified(comm));
   if (chosen.empty()) return std::optional<std::string>();
-  EMBER_RETURN_IF_ERROR(comm.Broadcast(bytes, options_.save_on_rank, deadline));
   const std::string location = save_handler_->Location(chosen);
-  EMBER_ASSIGN_OR_RETURN(Value checkpoint, ReadTorchSave(bytes, location));
+  // The saving rank's verified bytes, checked to be the same on every rank after the transfer, then
+  // parsed once, in place, without the per-record CRCs again (tools/run_dir.cc does the same).
+  EMBER_RETURN_IF_ERROR(dist::BroadcastChecked(comm, bytes, options_.save_on_rank, location, deadline));
+  EMBER_ASSIGN_OR_RETURN(Value checkpoint,
+                         ReadVerifiedTorchSave(std::make_shared<std::string>(std::move(bytes)), location));
   if (options_.include_self) {
     const Value* self = checkpoint.Find("checkpointer");
     if (self != nullptr) {

@@ -103,9 +103,12 @@ std::optional<std::string_view> StoredData(std::string_view bytes, const seriali
 // takes them from there, so that no record is copied (or checksummed) a second time.
 using InPlaceRecords = std::unordered_map<std::string, std::string_view>;
 
+// With `checksums` false (bytes another rank verified and sent: ReadVerifiedTorchSave), the
+// structure is checked as always (the zip directory, Ember's checksum record, every record it
+// names present) and each record's size against both directories, but no CRC-32 is computed.
 absl::StatusOr<ArchiveCheck> VerifyReader(caffe2::serialize::PyTorchStreamReader& reader,
                                           std::string_view bytes, const std::string& name,
-                                          InPlaceRecords* in_place = nullptr) {
+                                          InPlaceRecords* in_place = nullptr, bool checksums = true) {
   ArchiveCheck check;
   EMBER_ASSIGN_OR_RETURN(auto zip, serialization::ReadZipDirectory(bytes, name));
   std::map<std::string, ChecksumEntry> ember;
@@ -132,7 +135,7 @@ absl::StatusOr<ArchiveCheck> VerifyReader(caffe2::serialize::PyTorchStreamReader
     uint64_t size = 0;
     const std::optional<std::string_view> stored = StoredData(bytes, in_zip);
     if (stored.has_value()) {
-      crc = Crc32(stored->data(), stored->size());
+      crc = checksums ? Crc32(stored->data(), stored->size()) : in_zip.crc;
       size = stored->size();
     } else {
       auto [ptr, n] = reader.getRecord(record);
@@ -149,11 +152,13 @@ absl::StatusOr<ArchiveCheck> VerifyReader(caffe2::serialize::PyTorchStreamReader
     };
     if (crc != in_zip.crc || size != in_zip.size) return mismatch("zip CRC-32", in_zip);
     auto it = ember.find(record);
+    // Unchecked (`checksums` false), `crc` is the zip directory's: the two directories must
+    // still agree.
     if (it != ember.end() && (crc != it->second.crc || size != it->second.size)) {
       return mismatch("checksum", it->second);
     }
     if (in_place != nullptr && stored.has_value()) in_place->emplace(record, *stored);
-    ++check.records;
+    if (checksums) ++check.records;  // records whose CRC-32 was computed and matched
   }
   return check;
 }
@@ -170,9 +175,10 @@ void ReleaseOwner(void* ctx) { delete static_cast<std::shared_ptr<const std::str
 absl::StatusOr<Value> ReadArchive(caffe2::serialize::PyTorchStreamReader& reader,
                                   std::string_view bytes, const std::string& name,
                                   ArchiveCheck* check = nullptr,
-                                  std::shared_ptr<const std::string> owner = nullptr) {
+                                  std::shared_ptr<const std::string> owner = nullptr,
+                                  bool checksums = true) {
   InPlaceRecords in_place;
-  EMBER_ASSIGN_OR_RETURN(ArchiveCheck verified, VerifyReader(reader, bytes, name, &in_place));
+  EMBER_ASSIGN_OR_RETURN(ArchiveCheck verified, VerifyReader(reader, bytes, name, &in_place, checksums));
   if (check != nullptr) *check = verified;
   if (!reader.hasRecord("data.pkl")) {
     return absl::DataLossError(absl::StrCat(name, ": not a torch.save archive (no data.pkl)"));
@@ -359,6 +365,31 @@ absl::StatusOr<Value> ReadTorchSave(std::string_view bytes, std::string_view nam
   try {
     caffe2::serialize::PyTorchStreamReader reader(std::make_shared<BoundedMemoryAdapter>(bytes));
     return ReadArchive(reader, bytes, name);
+  } catch (const c10::Error& e) {
+    return Unreadable(name, e);
+  }
+}
+
+absl::StatusOr<ArchiveCheck> VerifyTorchSave(std::string_view bytes, std::string_view name_view) {
+  const std::string name(name_view);
+  EMBER_RETURN_IF_ERROR(CheckMagic(bytes.substr(0, 4), name));
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(std::make_shared<BoundedMemoryAdapter>(bytes));
+    return VerifyReader(reader, bytes, name);
+  } catch (const c10::Error& e) {
+    return Unreadable(name, e);
+  }
+}
+
+absl::StatusOr<Value> ReadVerifiedTorchSave(std::shared_ptr<std::string> bytes, std::string_view name_view) {
+  const std::string name(name_view);
+  if (bytes == nullptr) return absl::InvalidArgumentError(absl::StrCat(name, ": no bytes (null)"));
+  const std::string_view view(*bytes);
+  EMBER_RETURN_IF_ERROR(CheckMagic(view.substr(0, 4), name));
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(std::make_shared<BoundedMemoryAdapter>(view));
+    return ReadArchive(reader, view, name, /*check=*/nullptr, std::shared_ptr<const std::string>(std::move(bytes)),
+                       /*checksums=*/false);
   } catch (const c10::Error& e) {
     return Unreadable(name, e);
   }

@@ -83,6 +83,17 @@ struct ArchiveCheck {
   int records = 0;            // records whose CRC-32 was verified
 };
 absl::StatusOr<ArchiveCheck> VerifyTorchSaveFile(const std::string& path, FileSystem* fs = nullptr);
+// The same checks of an archive in memory (no record is copied; `name` is for messages).
+absl::StatusOr<ArchiveCheck> VerifyTorchSave(std::string_view bytes, std::string_view name);
+
+// Reads an archive whose bytes were verified already (VerifyTorchSave, on this rank or on the
+// rank that sent them, as tools' ReadOnRootAndShare does: a broadcast hands over rank 0's bytes
+// exactly), without computing the CRC-32s again: everything else is checked as ReadTorchSave
+// checks it (the zip structure, Ember's checksum record and the records it names, each record's
+// size against both directories, the pickle). No record is copied: each tensor's storage is its
+// bytes where they lie in `*bytes`, which the tensors keep alive (and may write: they are
+// ordinary writable tensors). Bytes that no one verified must go through ReadTorchSave.
+absl::StatusOr<Value> ReadVerifiedTorchSave(std::shared_ptr<std::string> bytes, std::string_view name);
 
 // Reads a torch.save archive from a file, after the checks above; `check`, when given, receives
 // what they found.

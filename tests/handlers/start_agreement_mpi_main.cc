@@ -3,6 +3,10 @@
 //   engine_order   a trainer with EarlyStopping and a ModelCheckpoint at EPOCH_COMPLETED, in the
 //                  other order on the divergent rank (issue 23, case 3)
 //   engine_attach  the same, the checkpoint attached on the non-divergent ranks only (case 4)
+//   engine_none    no synchronized handler at all on the divergent rank: it skips the start
+//                  agreement and goes to its step; every rank fails within the deadline (10 s here),
+//                  and the ranks in the agreement say that a rank without synchronized handlers
+//                  skips it (review item a)
 //   engine_epochs  max_epochs 3 on the divergent rank, 2 elsewhere (case 6)
 //   ddp_shape      DataParallel over Linear(4, 6) + Linear(6, 4), transposed on the divergent rank
 //   save_on_rank   ModelCheckpoint with save_on_rank 1 on the divergent rank (case 7)
@@ -63,7 +67,10 @@ absl::Status Run(ember::dist::Communicator& comm, const std::string& kind, const
   const int a = kind == "ddp_shape" && divergent ? 6 : 4;
   const int b = kind == "ddp_shape" && divergent ? 4 : 6;
   torch::nn::Sequential net(torch::nn::Linear(a, b), torch::nn::Linear(b, a));
-  ember::DataParallel ddp(*net, {.deadline = absl::Seconds(60), .comm = &comm});
+  // engine_none: every rank's deadline is 10 s (the agreement's on the others, the gradient
+  // all-reduce's on the divergent rank); a missed deadline sends no failure notice (each rank
+  // reports its own), so each fails by itself at 10 s and says where it waited.
+  ember::DataParallel ddp(*net, {.deadline = absl::Seconds(kind == "engine_none" ? 10 : 60), .comm = &comm});
   EMBER_RETURN_IF_ERROR(ddp.status());
   EMBER_ASSIGN_OR_RETURN(
       auto source, ember::ShardedSource<Batch>::Create(
@@ -85,7 +92,7 @@ absl::Status Run(ember::dist::Communicator& comm, const std::string& kind, const
     return loss.item<double>();
   });
   trainer.set_communicator(&comm);
-  trainer.set_collective_timeout(absl::Seconds(60));
+  trainer.set_collective_timeout(absl::Seconds(kind == "engine_none" ? 10 : 60));
   EMBER_ASSIGN_OR_RETURN(auto es, ember::EarlyStopping::Create(
                                       {.patience = 5, .score_function = [](const ember::Engine& e) {
                                          return static_cast<double>(e.state().epoch);
@@ -128,6 +135,8 @@ absl::Status Run(ember::dist::Communicator& comm, const std::string& kind, const
   } else if (kind == "engine_order" && divergent) {
     trainer.On(ember::Events::EpochCompleted(), *ckpt);
     trainer.On(ember::Events::EpochCompleted(), *es);
+  } else if (kind == "engine_none" && divergent) {
+    // No synchronized handler at all on this rank.
   } else {
     trainer.On(ember::Events::EpochCompleted(), *es);
     if (!(kind == "engine_attach" && divergent)) trainer.On(ember::Events::EpochCompleted(), *ckpt);

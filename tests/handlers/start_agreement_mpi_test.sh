@@ -20,7 +20,7 @@ want[es_order]="Engine::Run differ across ranks: synchronized handlers at EPOCH_
 want[filter_args]="Engine::Run differ across ranks: synchronized handlers at EPOCH_COMPLETED is EarlyStopping(MEAN) then Checkpoint(MAX; every=2) on $others, EarlyStopping(MEAN) then Checkpoint(MAX; every=3) on $last"
 want[sharded]="ShardedSource options differ across ranks: global_batch is 8 on $others, 16 on $last"
 
-for kind in same engine_order engine_attach engine_epochs ddp_shape save_on_rank sharded metrics_order es_order filter_args; do
+for kind in same engine_order engine_attach engine_none engine_epochs ddp_shape save_on_rank sharded metrics_order es_order filter_args; do
   dir="$tmp/$kind"
   rm -rf "$dir"
   out=$(timeout 180 "${mpi[@]}" -np $((n - 1)) "$binary" "$kind" "$dir" : -np 1 "$binary" "$kind" "$dir" divergent 2>&1)
@@ -34,6 +34,20 @@ for kind in same engine_order engine_attach engine_epochs ddp_shape save_on_rank
     continue
   fi
   [[ $rc -eq 1 ]] || fail "$kind: exit $rc, expected 1"
+  if [[ $kind == engine_none ]]; then
+    # No rank can see the other's program: the ranks in the agreement wait out its deadline (10 s)
+    # and say why it likely failed; the divergent rank fails in its gradient all-reduce at its own
+    # deadline (10 s). Nothing hangs, nothing is written.
+    hint="a rank that registered none skips this agreement: register the same synchronized handlers on every rank"
+    for ((r = 0; r < n - 1; ++r)); do
+      grep -E "^rank $r: DEADLINE_EXCEEDED: agreeing on Engine::Run: .*" <<<"$out" | grep -qF "$hint" ||
+        fail "$kind: rank $r did not say why the start agreement failed"
+    done
+    grep -qE "^rank $((n - 1)): DEADLINE_EXCEEDED: DataParallel: step 1: gradient all-reduce" <<<"$out" ||
+      fail "$kind: the rank without synchronized handlers did not fail in its step's gradient all-reduce"
+    [[ -z $(ls "$dir" 2>/dev/null | grep '\.pt') ]] || fail "$kind: a checkpoint was written"
+    continue
+  fi
   code=INVALID_ARGUMENT
   [[ $kind == metrics_order ]] && code=FAILED_PRECONDITION
   [[ $(grep -cxF "rank $((n - 1)): $code: ${want[$kind]}" <<<"$out") -eq 1 ]] || fail "$kind: the divergent rank's error"

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -308,6 +309,59 @@ TEST(TorchSave, FileLoadIsInPlaceAndStillChecked) {
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(std::string(bad.status().message()), HasSubstr("in_place.pt"));
+}
+
+// What a resume on several ranks runs (tools' ReadOnRootAndShare): VerifyTorchSave on the bytes
+// rank 0 read (every CRC-32: a flipped tensor byte is refused), then ReadVerifiedTorchSave on every
+// rank's copy: the same content, tensors in place on the shared buffer (which they keep alive),
+// the structure still checked (every truncation refused, naming the file).
+TEST(TorchSave, VerifiedBytesParseInPlaceWithTheStructureChecked) {
+  const torch::Tensor a = torch::arange(256, torch::kFloat32);
+  Value v = Value::Dict();
+  v.Set("a", a);
+  v.Set("n", Value(int64_t{7}));
+  absl::StatusOr<std::string> bytes = SerializeTorchSave(v);
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  absl::StatusOr<ArchiveCheck> check = VerifyTorchSave(*bytes, "verified.pt");
+  ASSERT_TRUE(check.ok()) << check.status();
+  EXPECT_TRUE(check->has_checksum);
+  EXPECT_GE(check->records, 2);
+
+  auto shared = std::make_shared<std::string>(*bytes);
+  const char* begin = shared->data();
+  const char* end = begin + shared->size();
+  torch::Tensor kept;
+  {
+    absl::StatusOr<Value> back = ReadVerifiedTorchSave(std::move(shared), "verified.pt");
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_TRUE(*back == v);
+    kept = back->Find("a")->as_tensor();
+    const char* data = static_cast<const char*>(kept.data_ptr());
+    EXPECT_TRUE(data >= begin && data + kept.nbytes() <= end) << "the tensor was copied, not read in place";
+  }
+  EXPECT_TRUE(torch::equal(kept, a));  // the buffer outlives the Value
+
+  std::string flipped = *bytes;
+  const size_t at = flipped.find("data/0");
+  ASSERT_NE(at, std::string::npos);
+  flipped[at + 600] = static_cast<char>(flipped[at + 600] ^ 1);
+  absl::StatusOr<ArchiveCheck> bad = VerifyTorchSave(flipped, "verified.pt");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("verified.pt"));
+  // The contract, pinned: ReadVerifiedTorchSave computes no CRC (its caller verified the bytes, and
+  // BroadcastChecked compared them across ranks), so the same flip loads; ReadTorchSave refuses it.
+  absl::StatusOr<Value> unchecked = ReadVerifiedTorchSave(std::make_shared<std::string>(flipped), "verified.pt");
+  ASSERT_TRUE(unchecked.ok()) << unchecked.status();
+  EXPECT_FALSE(torch::equal(unchecked->Find("a")->as_tensor(), a));
+  EXPECT_FALSE(ReadTorchSave(flipped, "verified.pt").ok());
+
+  for (size_t cut = 0; cut < bytes->size(); cut += 61) {
+    absl::StatusOr<Value> c = ReadVerifiedTorchSave(std::make_shared<std::string>(bytes->substr(0, cut)), "cut.pt");
+    ASSERT_FALSE(c.ok()) << "cut at " << cut << " of " << bytes->size();
+    EXPECT_THAT(std::string(c.status().message()), HasSubstr("cut.pt")) << cut;
+  }
+  EXPECT_FALSE(ReadVerifiedTorchSave(nullptr, "null.pt").ok());
 }
 
 // A record outside the archive's folder, or two records of one name: this reader and PyTorch's

@@ -1,8 +1,9 @@
 // Resume of a large checkpoint on several ranks, end to end (issue 27, item 2): what tools/train
 // does with --resume_from (tools/run_dir.cc, ReadOnRootAndShare, then LoadObjects into the model)
 // and what Checkpoint::ResumeLatest does with the newest file: rank 0 reads the file and checks it
-// whole (every CRC-32 and Ember's checksum, ReadTorchSave), broadcasts its bytes, every rank
-// parses them and loads the tensors into its model. Against the raw I/O floor of the same file:
+// whole (every CRC-32 and Ember's checksum, VerifyTorchSave), broadcasts its bytes, every rank
+// parses them in place without computing the CRC-32s again (ReadVerifiedTorchSave) and loads the
+// tensors into its model. Against the raw I/O floor of the same file:
 // a raw sequential read on rank 0, and a raw read followed by the broadcast of its bytes.
 //
 // The file is written once with DiskSaver (a model of four float32 parameters adding up to
@@ -12,9 +13,10 @@
 // first would need the file read twice per order; the raw reads go first in even runs):
 //   trainer:  ReadOnRootAndShare + LoadObjects, timed as one (what train.cc runs);
 //   phases:   the same steps one by one, each ended by a barrier: read (rank 0), verify
-//             (ReadTorchSave on rank 0), broadcast, parse (ReadTorchSave on every rank), load
+//             (VerifyTorchSave on rank 0), broadcast, parse (ReadVerifiedTorchSave on every rank), load
 //             (LoadObjects into the model on every rank);
-//   raw:      read on rank 0; read on rank 0 + Broadcast of the bytes.
+//   raw:      read on rank 0 (a plain read() into a fresh buffer, and the same into a buffer
+//             advised for 2 MiB pages); read on rank 0 + Broadcast of the bytes.
 // Rank 0 prints one JSON object per size, times in seconds per run.
 //
 //   bazel build -c opt //tools/bench:resume_benchmark
@@ -37,6 +39,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "base/large_buffer.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "base/file_system.h"
@@ -84,11 +87,19 @@ void DropCache(const std::string& path) {
   ::close(fd);
 }
 
-std::string RawRead(const std::string& path) {
+// A plain read() of the whole file into a fresh buffer; with `huge_pages`, into one advised for
+// 2 MiB pages first (base/large_buffer.h, as Ember's FileSystem::ReadFile does): the floor of a
+// read on a machine whose page faults are expensive.
+std::string RawRead(const std::string& path, bool huge_pages = false) {
   int fd = ::open(path.c_str(), O_RDONLY);
   struct stat st;
   ::fstat(fd, &st);
-  std::string buf(static_cast<size_t>(st.st_size), '\0');
+  std::string buf;
+  if (huge_pages) {
+    ResizeLargeBuffer(buf, static_cast<size_t>(st.st_size));
+  } else {
+    buf.assign(static_cast<size_t>(st.st_size), '\0');
+  }
   size_t got = 0;
   while (got < buf.size()) {
     ssize_t n = ::read(fd, buf.data() + got, buf.size() - got);
@@ -134,7 +145,7 @@ void Resume(dist::Communicator& comm, int64_t mib, int runs, const std::string& 
   Model model(bytes);  // every rank's model, loaded into by each run
   const ObjectMap to_load = {{"model", model}};
 
-  std::vector<double> trainer, read, verify, bcast, parse, load, total, raw_read, raw_read_bcast;
+  std::vector<double> trainer, read, verify, bcast, parse, load, total, raw_read, raw_read_huge, raw_read_bcast;
   auto cold = [&] {
     if (r0) DropCache(path);
     Check(comm.Barrier(deadline));
@@ -145,6 +156,13 @@ void Resume(dist::Communicator& comm, int64_t mib, int runs, const std::string& 
     if (r0) {
       const std::string got = RawRead(path);
       raw_read.push_back(Now() - t0);
+    }
+    Check(comm.Barrier(deadline));
+    cold();
+    t0 = Now();
+    if (r0) {
+      const std::string got = RawRead(path, /*huge_pages=*/true);
+      raw_read_huge.push_back(Now() - t0);
     }
     Check(comm.Barrier(deadline));
     cold();
@@ -171,16 +189,16 @@ void Resume(dist::Communicator& comm, int64_t mib, int runs, const std::string& 
     cold();
     const double start = Now();
     t0 = start;
-    std::string b;
+    auto b = std::make_shared<std::string>();
     double read_s = 0, verify_s = 0;
     Check(dist::RunOnRoot(comm, 0, deadline, [&]() -> absl::Status {
       double t = Now();
       absl::StatusOr<std::string> got = FileSystem::Default()->ReadFile(path);
       if (!got.ok()) return got.status();
-      b = *std::move(got);
+      *b = *std::move(got);
       read_s = Now() - t;
       t = Now();
-      absl::Status s = ReadTorchSave(b, path).status();
+      absl::Status s = VerifyTorchSave(*b, path).status();
       verify_s = Now() - t;
       return s;
     }));
@@ -190,12 +208,12 @@ void Resume(dist::Communicator& comm, int64_t mib, int runs, const std::string& 
       verify.push_back(verify_s);
     }
     t0 = Now();
-    Check(comm.Broadcast(b, 0, deadline));
+    Check(comm.Broadcast(*b, 0, deadline));
     Check(comm.Barrier(deadline));
     bcast.push_back(Now() - t0);
     t0 = Now();
     {
-      absl::StatusOr<Value> loaded = ReadTorchSave(b, path);
+      absl::StatusOr<Value> loaded = ReadVerifiedTorchSave(std::move(b), path);
       Check(loaded.status());
       Check(comm.Barrier(deadline));
       parse.push_back(Now() - t0);
@@ -219,11 +237,13 @@ void Resume(dist::Communicator& comm, int64_t mib, int runs, const std::string& 
     std::printf(
         "{\"bench\": \"resume\", \"mib\": %lld, \"ranks\": %d, \"trainer_resume_s\": %s, \"read_s\": %s, "
         "\"verify_s\": %s, \"broadcast_s\": %s, \"parse_s\": %s, \"load_s\": %s, \"total_s\": %s, "
-        "\"raw_read_s\": %s, \"raw_read_broadcast_s\": %s, \"raw_read_over_trainer_median\": %.3f, "
+        "\"raw_read_s\": %s, \"raw_read_hugepages_s\": %s, \"raw_read_broadcast_s\": %s, "
+        "\"raw_read_over_trainer_median\": %.3f, \"raw_read_hugepages_over_trainer_median\": %.3f, "
         "\"raw_read_broadcast_over_trainer_median\": %.3f}\n",
         static_cast<long long>(mib), comm.world_size(), Json(trainer).c_str(), Json(read).c_str(),
         Json(verify).c_str(), Json(bcast).c_str(), Json(parse).c_str(), Json(load).c_str(), Json(total).c_str(),
-        Json(raw_read).c_str(), Json(raw_read_bcast).c_str(), Median(raw_read) / Median(trainer),
+        Json(raw_read).c_str(), Json(raw_read_huge).c_str(), Json(raw_read_bcast).c_str(),
+        Median(raw_read) / Median(trainer), Median(raw_read_huge) / Median(trainer),
         Median(raw_read_bcast) / Median(trainer));
     std::fflush(stdout);
     std::string rm = "rm -rf '" + dir + "'";
