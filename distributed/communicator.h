@@ -32,7 +32,9 @@
 // naming each rank's collective ("collective #12 differs across ranks: rank 0 AllReduce of 4
 // float64 (SUM); rank 1 StartAllReduce of 50858 float32 (SUM)") before the collective reaches
 // the transport. It costs one more small collective per collective: for debugging. A Broadcast's
-// fingerprint has no count (only the root knows the size).
+// fingerprint has no count (only the root knows the size). The mode must be the same on every
+// rank: dist::Launch/LaunchWorld agree on it right after making the communicator (one all-gather),
+// and a rank set differently fails every rank at once, naming the ranks.
 //
 // Thread safety: a communicator is used by one thread at a time (the training thread); the
 // counters may be read from any thread.

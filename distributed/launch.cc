@@ -8,6 +8,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/types/span.h"
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
 #include "distributed/default_communicator.h"
@@ -187,13 +189,48 @@ absl::StatusOr<std::string> ChooseBackend(const LaunchOptions& options, const La
       GlooBuilt() ? ", Gloo needs device cpu and MASTER_ADDR" : ", Gloo needs a build with Gloo"));
 }
 
-absl::StatusOr<std::unique_ptr<Communicator>> Launch(const LaunchOptions& options,
-                                                     const LaunchInfo& info) {
+namespace {
+
+// Strict mode (EMBER_DISTRIBUTED_DEBUG=DETAIL, communicator.h) is read from each process's
+// environment; a rank in it runs a fingerprint all-gather before every collective, which a rank
+// without it does not run, so the two would pair one's fingerprint with the other's collective and
+// wait out a deadline. Agreed once, right after the communicator is made (one all-gather of one
+// value per rank, itself not fingerprinted): a difference fails every rank, naming the ranks.
+absl::Status AgreeOnStrictMode(Communicator& comm, absl::Time deadline) {
+  if (comm.world_size() == 1) return absl::OkStatus();
+  const bool mine = comm.strict();
+  const double v = mine ? 1 : 0;
+  std::vector<double> all(static_cast<size_t>(comm.world_size()));
+  comm.set_strict(false);
+  absl::Status gathered = comm.AllGather(absl::MakeConstSpan(&v, 1), absl::MakeSpan(all), deadline);
+  comm.set_strict(mine);
+  if (!gathered.ok()) return gathered;
+  std::vector<std::string> on, off;
+  for (size_t r = 0; r < all.size(); ++r) (all[r] != 0 ? on : off).push_back(std::to_string(r));
+  if (on.empty() || off.empty()) return absl::OkStatus();
+  absl::Status differ = absl::FailedPreconditionError(absl::StrCat(
+      "EMBER_DISTRIBUTED_DEBUG differs across ranks: DETAIL (strict mode) on rank(s) ", absl::StrJoin(on, ", "),
+      ", not on rank(s) ", absl::StrJoin(off, ", "),
+      ": set it on every rank or on none (mpirun -x EMBER_DISTRIBUTED_DEBUG=DETAIL exports it to every rank)"));
+  comm.PoisonDetectedEverywhere(differ);
+  return differ;
+}
+
+absl::StatusOr<std::unique_ptr<Communicator>> LaunchBackend(const LaunchOptions& options, const LaunchInfo& info) {
   EMBER_ASSIGN_OR_RETURN(const std::string backend, ChooseBackend(options, info, CudaDeviceCount(), NcclBuilt()));
   if (backend == "mpi") return LaunchMpi(options, info);
   if (backend == "nccl") return LaunchNccl(options, info);
   if (backend == "gloo") return LaunchGloo(options, info);
   return std::unique_ptr<Communicator>(new SingleProcessCommunicator());
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Communicator>> Launch(const LaunchOptions& options,
+                                                     const LaunchInfo& info) {
+  EMBER_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, LaunchBackend(options, info));
+  EMBER_RETURN_IF_ERROR(AgreeOnStrictMode(*comm, absl::Now() + options.init_timeout));
+  return comm;
 }
 
 absl::StatusOr<std::unique_ptr<Communicator>> Launch(const LaunchOptions& options) {

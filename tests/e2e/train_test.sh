@@ -607,6 +607,19 @@ agree)
     fail "--n_saved=2 on rank 1 only (the default) did not train: $(tail -n 5 <<<"$out")"
   [[ $(finals "$out" | grep -c '"stopped_by": "completed"') -eq 2 ]] || fail "an explicit default: $(finals "$out")"
   [[ ! -e $work/e ]] || fail "rank 1's output directory was created"
+  # Strict mode (EMBER_DISTRIBUTED_DEBUG=DETAIL) on rank 1 only: agreed when the World is made, so
+  # both ranks fail at once naming it, instead of pairing one rank's fingerprints with the other's
+  # collectives until a deadline (issue 23, review item c).
+  rm -rf "$work/d"
+  start=$SECONDS
+  out=$(timeout 300 mpirun --oversubscribe --mca btl self,vader -np 1 "$train" "${base[@]}" --output_dir="$work/d" : \
+    -np 1 -x EMBER_DISTRIBUTED_DEBUG=DETAIL "$train" "${base[@]}" --output_dir="$work/d" 2>&1); rc=$?
+  [[ $rc -eq 1 ]] || fail "strict mode on rank 1 only: exit $rc, expected 1: $(tail -n 5 <<<"$out")"
+  [[ $(grep -cF "train: error: EMBER_DISTRIBUTED_DEBUG differs across ranks: DETAIL (strict mode) on rank(s) 1, not on rank(s) 0" <<<"$out") -eq 2 ]] ||
+    fail "strict mode on rank 1 only: not both ranks named it: $out"
+  (( SECONDS - start < 15 )) || fail "strict mode on rank 1 only: took $((SECONDS - start)) s (a deadline was waited out)"
+  [[ ! -e $work/d ]] || fail "strict mode on rank 1 only: the output directory was created"
+  echo "ok: EMBER_DISTRIBUTED_DEBUG=DETAIL on rank 1 only -> both ranks name it"
   # A flag error on one rank only: the other rank names it instead of waiting.
   mpmd "--n_saved is 2 on rank 0, 0 on rank 1; flag error is (absent) on rank 0, --n_saved must be >= 1, got 0 on rank 1" -- --n_saved=0
   # A failure of one rank alone, outside any collective (the same --data=csv:d.csv, but each
