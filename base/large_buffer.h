@@ -6,9 +6,10 @@
 // On a virtual machine a fault is expensive: on the 2-core VM of docs/performance.md, receiving a
 // 512 MiB MPI broadcast into fresh 4 KiB pages took about 1 s, into 2 MiB pages 0.04 s, and a
 // resume of 512 MiB on 2 ranks fell from 10 s to under 1.5 s (docs/performance.md, resume). The
-// advice is only advice: where huge pages are off the buffer is an ordinary one. Only buffers over 32 MiB are advised:
-// glibc always gives those a mapping of their own (its mmap threshold never exceeds 32 MiB), so the
-// advice ends with the buffer; a smaller one may come from the heap, where it would outlive it.
+// advice is only advice: where huge pages are off the buffer is an ordinary one. Only buffers
+// over 32 MiB are advised: glibc always gives those a mapping of their own (its mmap threshold
+// never exceeds 32 MiB), so the advice ends with the buffer; a smaller one may come from the
+// heap, where it would outlive it.
 // Thread-safe (no shared state).
 #ifndef EMBER_BASE_LARGE_BUFFER_H_
 #define EMBER_BASE_LARGE_BUFFER_H_
