@@ -13,8 +13,9 @@
 //
 // Identity (checked, not assumed): every agreement of several ranks carries, in the slots it
 // already exchanges, a header: a sequence number (per Consensus), the event and iteration, the
-// number of values and a digest of the layout (which handlers propose how many values with which
-// reductions, in which order). The exchange has a fixed size (kAgreementSlots doubles per rank:
+// number of values and a digest of the layout (which handlers, each by type, label (the score
+// name, the filename prefix) and event filter with its arguments, propose how many values with
+// which reductions, in which order; Engine builds and hashes it once at registration). The exchange has a fixed size (kAgreementSlots doubles per rank:
 // the header and up to kAgreementInline values), so that ranks that disagree on the number of
 // values never hand the transport buffers of different sizes; more values take a second
 // exchange, issued only once the headers agreed. Every rank compares every rank's header with
