@@ -359,40 +359,46 @@ absl::StatusOr<T> WithFileReader(const std::string& path, FileSystem* fs, F use)
 
 }  // namespace
 
-absl::StatusOr<Value> ReadTorchSave(std::string_view bytes, std::string_view name_view) {
-  const std::string name(name_view);
+namespace {
+
+// The in-memory counterpart of WithFileReader: checks the leading bytes, opens `bytes` with
+// caffe2's reader and runs `use` on it; the reader's exceptions become DATA_LOSS errors naming
+// `name`.
+template <typename T, typename F>
+absl::StatusOr<T> WithMemoryReader(std::string_view bytes, const std::string& name, F use) {
   EMBER_RETURN_IF_ERROR(CheckMagic(bytes.substr(0, 4), name));
   try {
     caffe2::serialize::PyTorchStreamReader reader(std::make_shared<BoundedMemoryAdapter>(bytes));
-    return ReadArchive(reader, bytes, name);
+    return use(reader);
   } catch (const c10::Error& e) {
     return Unreadable(name, e);
   }
 }
 
+}  // namespace
+
+absl::StatusOr<Value> ReadTorchSave(std::string_view bytes, std::string_view name_view) {
+  const std::string name(name_view);
+  return WithMemoryReader<Value>(bytes, name, [&](caffe2::serialize::PyTorchStreamReader& r) {
+    return ReadArchive(r, bytes, name);
+  });
+}
+
 absl::StatusOr<ArchiveCheck> VerifyTorchSave(std::string_view bytes, std::string_view name_view) {
   const std::string name(name_view);
-  EMBER_RETURN_IF_ERROR(CheckMagic(bytes.substr(0, 4), name));
-  try {
-    caffe2::serialize::PyTorchStreamReader reader(std::make_shared<BoundedMemoryAdapter>(bytes));
-    return VerifyReader(reader, bytes, name);
-  } catch (const c10::Error& e) {
-    return Unreadable(name, e);
-  }
+  return WithMemoryReader<ArchiveCheck>(bytes, name, [&](caffe2::serialize::PyTorchStreamReader& r) {
+    return VerifyReader(r, bytes, name);
+  });
 }
 
 absl::StatusOr<Value> ReadVerifiedTorchSave(std::shared_ptr<std::string> bytes, std::string_view name_view) {
   const std::string name(name_view);
   if (bytes == nullptr) return absl::InvalidArgumentError(absl::StrCat(name, ": no bytes (null)"));
   const std::string_view view(*bytes);
-  EMBER_RETURN_IF_ERROR(CheckMagic(view.substr(0, 4), name));
-  try {
-    caffe2::serialize::PyTorchStreamReader reader(std::make_shared<BoundedMemoryAdapter>(view));
-    return ReadArchive(reader, view, name, /*check=*/nullptr, std::shared_ptr<const std::string>(std::move(bytes)),
-                       /*checksums=*/false);
-  } catch (const c10::Error& e) {
-    return Unreadable(name, e);
-  }
+  std::shared_ptr<const std::string> owner = std::move(bytes);
+  return WithMemoryReader<Value>(view, name, [&](caffe2::serialize::PyTorchStreamReader& r) {
+    return ReadArchive(r, view, name, /*check=*/nullptr, owner, /*checksums=*/false);
+  });
 }
 
 absl::StatusOr<Value> ReadTorchSaveFile(const std::string& path, FileSystem* fs, ArchiveCheck* check) {
