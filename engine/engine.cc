@@ -510,7 +510,8 @@ absl::Status Engine::AgreeOnRun(const absl::Status& prepared) {
     return absl::Status(agreed.code(),
                         absl::StrCat(agreed.message(), " (every rank whose engine has synchronized handlers agrees "
                                      "at the start of Run; a rank that registered none skips this agreement: "
-                                     "register the same synchronized handlers on every rank)"));
+                                     "register the same synchronized handlers on every rank; EMBER_DISTRIBUTED_DEBUG=DETAIL on every "
+                                     "rank shows at once which collective each rank is in)"));
   }
   return agreed;
 }

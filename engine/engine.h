@@ -35,15 +35,18 @@
 // EarlyStopping(score=accuracy; MEAN) on rank 1"; "Checkpoint(MAX; every=2) on rank 0,
 // Checkpoint(MAX; every=3) on rank 1"), and poisons the communicator. The same description,
 // hashed once when the handler is registered, is the layout digest of each firing's agreement.
-// Plain handlers are not compared (they do not communicate; a rank may log alone); two score
-// functions, or two filter predicates, are not told apart. An engine without synchronized
+// Plain handlers are not compared (they do not communicate; a rank may log alone). Score
+// functions and filter predicates are compared by CallableName (base/type_name.h): two lambdas
+// are told apart, one lambda's captured state is not. An engine without synchronized
 // handlers issues no collective and agrees on nothing (an engine only some ranks run, say an
 // evaluator on rank 0 with plain handlers, must not wait for the others). The cost: a rank that
 // registered no synchronized handler while its peers did is not seen at start; the peers wait
 // out the collective timeout in this agreement and fail with DEADLINE_EXCEEDED saying that a rank
 // without synchronized handlers skips it, and that rank fails in its step's collective (a
 // gradient all-reduce, which never matches the agreement: another channel) or with their
-// failure notice. Nothing is reduced or written meanwhile.
+// failure notice. Nothing is reduced or written meanwhile. Under strict mode
+// (EMBER_DISTRIBUTED_DEBUG=DETAIL on every rank, communicator.h) it is seen at once: every rank
+// fails with FAILED_PRECONDITION naming the collective each rank is in.
 //
 // The step function is called as step(engine, batch) with the batch by const reference, or as
 // step(engine) for runs without data. What it returns becomes state().output (std::any; void

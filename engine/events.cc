@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/mutex.h"
+#include "base/type_name.h"
 
 namespace ember {
 namespace {
@@ -124,7 +125,7 @@ std::string EventSpec::DebugString() const {
   }
   if (args_.before) parts.push_back(absl::StrCat("before=", *args_.before));
   if (args_.after) parts.push_back(absl::StrCat("after=", *args_.after));
-  if (args_.predicate) parts.push_back("event_filter=<function>");
+  if (args_.predicate) parts.push_back("event_filter=" + CallableName(args_.predicate));
   if (parts.empty()) return event_.name();
   return absl::StrCat(event_.name(), "(", absl::StrJoin(parts, ", "), ")");
 }
@@ -214,7 +215,7 @@ std::string EventFilter::Describe() const {
       return out;
     }
     case Kind::kPredicate:
-      return "event_filter=<function>";
+      return "event_filter=" + CallableName(predicate_);
   }
   return "";
 }

@@ -137,8 +137,8 @@ class EventFilter {
   bool is_trivial() const { return kind_ == Kind::kNone; }
   bool Matches(const Engine& engine, int64_t value) const;
   // Its arguments, for messages and layouts: "every=2", "once=3", "once=[1, 2]",
-  // "every=1, after=2, before=10", "event_filter=<function>" (two predicates are not told
-  // apart); empty for the trivial filter.
+  // "every=1, after=2, before=10", "event_filter=Run()::{lambda()#2}" (the predicate named by
+  // CallableName, base/type_name.h: two predicates are told apart); empty for the trivial filter.
   std::string Describe() const;
 
  private:

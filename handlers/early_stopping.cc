@@ -6,6 +6,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "base/type_name.h"
 
 namespace ember {
 
@@ -55,6 +56,12 @@ void EarlyStopping::Reset() {
 
 bool EarlyStopping::Better(double a, double b) const {
   return options_.mode == EarlyStoppingOptions::Mode::kMax ? a > b : a < b;
+}
+
+std::string EarlyStopping::label() const {
+  if (options_.score_function) return "score_function=" + CallableName<float (*)(const Engine&), int (*)(const Engine&), int64_t (*)(const Engine&)>(
+                                       options_.score_function);
+  return options_.score_name.empty() ? std::string() : "score=" + options_.score_name;
 }
 
 absl::Status EarlyStopping::Propose(Engine& engine, absl::Span<double> values) {

@@ -77,11 +77,10 @@ class EarlyStopping : public SynchronizedHandler, public Stateful {
   dist::Reduction reduction(size_t) const override { return options_.reduction; }
   absl::Status Propose(Engine& engine, absl::Span<double> values) override;
   absl::Status Decide(Engine& engine, const Agreement& agreement) override;
-  // "score=<score_name>" (empty with a score function): two EarlyStopping handlers on different
-  // scores are told apart in the layout the ranks agree on.
-  std::string label() const override {
-    return options_.score_name.empty() ? std::string() : "score=" + options_.score_name;
-  }
+  // "score=<score_name>", or "score_function=<CallableName>" (base/type_name.h): two
+  // EarlyStopping handlers on different scores or score functions are told apart in the layout
+  // the ranks agree on.
+  std::string label() const override;
 
  private:
   EarlyStopping(EarlyStoppingOptions options, Engine& trainer)

@@ -22,6 +22,7 @@
 #include "absl/time/clock.h"
 #include "base/log.h"
 #include "base/status_macros.h"
+#include "base/type_name.h"
 #include "distributed/default_communicator.h"
 #include "distributed/root_action.h"
 #include "handlers/serialization/torch_save.h"
@@ -528,6 +529,18 @@ absl::StatusOr<Value> Checkpoint::BuildCheckpoint(std::set<const void*>* fenced)
   return checkpoint;
 }
 
+
+std::string Checkpoint::label() const {
+  std::vector<std::string> parts;
+  if (!options_.filename_prefix.empty()) parts.push_back("prefix=" + options_.filename_prefix);
+  if (!options_.score_name.empty()) parts.push_back("score=" + options_.score_name);
+  if (options_.score_function) {
+    parts.push_back("score_function=" + CallableName<double (*)(const Engine&), float (*)(const Engine&),
+                                                     int (*)(const Engine&), int64_t (*)(const Engine&),
+                                                     bool (*)(const Engine&)>(options_.score_function));
+  }
+  return absl::StrJoin(parts, ", ");
+}
 
 absl::Status Checkpoint::Propose(Engine& engine, absl::Span<double> values) {
   if (options_.score_function) {

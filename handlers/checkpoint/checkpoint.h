@@ -239,14 +239,9 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
   }
   absl::Status Propose(Engine& engine, absl::Span<double> values) override;
   absl::Status Decide(Engine& engine, const Agreement& agreement) override;
-  // "prefix=<filename_prefix>, score=<score_name>" (each when set), for the layout the ranks
-  // agree on.
-  std::string label() const override {
-    std::string out;
-    if (!options_.filename_prefix.empty()) out = "prefix=" + options_.filename_prefix;
-    if (!options_.score_name.empty()) out += (out.empty() ? "score=" : ", score=") + options_.score_name;
-    return out;
-  }
+  // "prefix=<filename_prefix>, score=<score_name>" (each when set; "score_function=<CallableName>"
+  // with a score function, base/type_name.h), for the layout the ranks agree on.
+  std::string label() const override;
 
  private:
   Checkpoint(ObjectMap to_save, std::shared_ptr<SaveHandler> save_handler, CheckpointOptions options);

@@ -6,7 +6,8 @@
 //   engine_none    no synchronized handler at all on the divergent rank: it skips the start
 //                  agreement and goes to its step; every rank fails within the deadline (10 s here),
 //                  and the ranks in the agreement say that a rank without synchronized handlers
-//                  skips it (review item a)
+//                  skips it (review item a); the test runs it again under strict mode
+//                  (EMBER_DISTRIBUTED_DEBUG=DETAIL), where every rank fails at once
 //   engine_epochs  max_epochs 3 on the divergent rank, 2 elsewhere (case 6)
 //   ddp_shape      DataParallel over Linear(4, 6) + Linear(6, 4), transposed on the divergent rank
 //   save_on_rank   ModelCheckpoint with save_on_rank 1 on the divergent rank (case 7)
@@ -19,11 +20,17 @@
 //                  other's, silently (review item d)
 //   filter_args    the ModelCheckpoint filtered Every(2), Every(3) on the divergent rank: the start
 //                  agreement told only "filtered" (review item d)
+//   score_fn       EarlyStopping with another score function (lambda) on the divergent rank: the
+//                  layout said only that there was a score function (issue 23: score functions
+//                  were not told apart)
+//   filter_fn      the ModelCheckpoint filtered by another predicate on the divergent rank
 //   same           nothing diverges: the trainer runs 2 epochs and saves
 // Checkpoints go to DIR. Each rank prints "rank R: <status>" and exits 0 or 1.
 #include <torch/torch.h>
 
+#include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -129,6 +136,28 @@ absl::Status Run(ember::dist::Communicator& comm, const std::string& kind, const
       scored.push_back(std::move(h));
     }
     trainer.On(ember::Events::EpochCompleted(), *ckpt);
+  } else if (kind == "score_fn") {
+    std::function<double(const ember::Engine&)> by_epoch = [](const ember::Engine& e) {
+      return static_cast<double>(e.state().epoch);
+    };
+    std::function<double(const ember::Engine&)> by_iteration = [](const ember::Engine& e) {
+      return static_cast<double>(e.state().iteration);
+    };
+    EMBER_ASSIGN_OR_RETURN(auto h, ember::EarlyStopping::Create(
+                                       {.patience = 5, .score_function = divergent ? by_iteration : by_epoch},
+                                       trainer));
+    trainer.On(ember::Events::EpochCompleted(), *h);
+    scored.push_back(std::move(h));
+    trainer.On(ember::Events::EpochCompleted(), *ckpt);
+  } else if (kind == "filter_fn") {
+    std::function<bool(const ember::Engine&, int64_t)> even = [](const ember::Engine&, int64_t epoch) {
+      return epoch % 2 == 0;
+    };
+    std::function<bool(const ember::Engine&, int64_t)> odd = [](const ember::Engine&, int64_t epoch) {
+      return epoch % 2 == 1;
+    };
+    trainer.On(ember::Events::EpochCompleted(), *es);
+    trainer.On(ember::Events::EpochCompleted().When(divergent ? odd : even), *ckpt);
   } else if (kind == "filter_args") {
     trainer.On(ember::Events::EpochCompleted(), *es);
     trainer.On(ember::Events::EpochCompleted().Every(divergent ? 3 : 2), *ckpt);

@@ -10,21 +10,38 @@ tmp=${TEST_TMPDIR:-$(mktemp -d)}
 if [[ $n -eq 2 ]]; then others="rank 0"; last="rank 1"; else others="ranks 0-$((n - 2))"; last="rank $((n - 1))"; fi
 
 declare -A want
-want[engine_order]="Engine::Run differ across ranks: synchronized handlers at EPOCH_COMPLETED is EarlyStopping(MEAN) then Checkpoint(MAX) on $others, Checkpoint(MAX) then EarlyStopping(MEAN) on $last"
-want[engine_attach]="Engine::Run differ across ranks: synchronized handlers at EPOCH_COMPLETED is EarlyStopping(MEAN) then Checkpoint(MAX) on $others, EarlyStopping(MEAN) on $last"
+# The trainer's EarlyStopping, named by its score function (a lambda of Run()). Lambdas are
+# compared without their number, which depends on the compiler's numbering (g++ 12 counts every
+# lambda of the function, g++ 13 those of one signature) and on the code above them; a reported
+# difference is itself the proof that the two callables were told apart.
+es='EarlyStopping(score_function=Run()::{lambda()#N}; MEAN)'
+norm() { sed -E 's/\{lambda\(\)#[0-9]+\}/{lambda()#N}/g'; }
+want[engine_order]="Engine::Run differ across ranks: synchronized handlers at EPOCH_COMPLETED is $es then Checkpoint(MAX) on $others, Checkpoint(MAX) then $es on $last"
+want[engine_attach]="Engine::Run differ across ranks: synchronized handlers at EPOCH_COMPLETED is $es then Checkpoint(MAX) on $others, $es on $last"
 want[engine_epochs]="Engine::Run differ across ranks: max_epochs is 2 on $others, 3 on $last"
 want[ddp_shape]="DataParallel parameters differ across ranks: parameter 0.weight is Float[6,4] on $others, Float[4,6] on $last; parameter 0.bias is Float[6] on $others, Float[4] on $last; parameter 1.weight is Float[4,6] on $others, Float[6,4] on $last; parameter 1.bias is Float[4] on $others, Float[6] on $last"
 want[save_on_rank]="ModelCheckpoint options differ across ranks: save_on_rank is 0 on $others, 1 on $last"
 want[metrics_order]="Metrics: agreement of 4 sums: the ranks' agreements differ (layout), detected before any value was used: rank 0 (agreement #0) Metrics at COMPLETED: a (Const, 2 sums), b (Const, 2 sums); $last (agreement #0) Metrics at COMPLETED: b (Const, 2 sums), a (Const, 2 sums). Every rank must run the same program: the same handlers, registered in the same order, at the same events [at COMPLETED, epoch 1, iteration 2] [at EPOCH_COMPLETED, epoch 1, iteration 8]"
 want[es_order]="Engine::Run differ across ranks: synchronized handlers at EPOCH_COMPLETED is EarlyStopping(score=accuracy; MEAN) then EarlyStopping(score=loss; MEAN) then Checkpoint(MAX) on $others, EarlyStopping(score=loss; MEAN) then EarlyStopping(score=accuracy; MEAN) then Checkpoint(MAX) on $last"
-want[filter_args]="Engine::Run differ across ranks: synchronized handlers at EPOCH_COMPLETED is EarlyStopping(MEAN) then Checkpoint(MAX; every=2) on $others, EarlyStopping(MEAN) then Checkpoint(MAX; every=3) on $last"
+want[filter_args]="Engine::Run differ across ranks: synchronized handlers at EPOCH_COMPLETED is $es then Checkpoint(MAX; every=2) on $others, $es then Checkpoint(MAX; every=3) on $last"
+want[score_fn]="Engine::Run differ across ranks: synchronized handlers at EPOCH_COMPLETED is EarlyStopping(score_function=Run()::{lambda()#N}; MEAN) then Checkpoint(MAX) on $others, EarlyStopping(score_function=Run()::{lambda()#N}; MEAN) then Checkpoint(MAX) on $last"
+want[filter_fn]="Engine::Run differ across ranks: synchronized handlers at EPOCH_COMPLETED is $es then Checkpoint(MAX; event_filter=Run()::{lambda()#N}) on $others, $es then Checkpoint(MAX; event_filter=Run()::{lambda()#N}) on $last"
 want[sharded]="ShardedSource options differ across ranks: global_batch is 8 on $others, 16 on $last"
 
-for kind in same engine_order engine_attach engine_none engine_epochs ddp_shape save_on_rank sharded metrics_order es_order filter_args; do
+for kind in same engine_order engine_attach engine_none engine_none_strict engine_epochs ddp_shape save_on_rank sharded metrics_order es_order filter_args score_fn filter_fn; do
   dir="$tmp/$kind"
   rm -rf "$dir"
-  out=$(timeout 180 "${mpi[@]}" -np $((n - 1)) "$binary" "$kind" "$dir" : -np 1 "$binary" "$kind" "$dir" divergent 2>&1)
-  rc=$?
+  start=$(date +%s)
+  if [[ $kind == engine_none_strict ]]; then
+    # engine_none under strict mode (EMBER_DISTRIBUTED_DEBUG=DETAIL on every rank): the collectives
+    # are compared before each one, so the rank that skipped the start agreement is seen at once.
+    out=$(EMBER_DISTRIBUTED_DEBUG=DETAIL timeout 180 "${mpi[@]}" -x EMBER_DISTRIBUTED_DEBUG -np $((n - 1)) "$binary" \
+      engine_none "$dir" : -np 1 "$binary" engine_none "$dir" divergent 2>&1 | norm)
+  else
+    out=$(timeout 180 "${mpi[@]}" -np $((n - 1)) "$binary" "$kind" "$dir" : -np 1 "$binary" "$kind" "$dir" divergent 2>&1 | norm)
+  fi
+  rc=$?  # pipefail: the launch's status (norm exits 0)
+  took=$(($(date +%s) - start))
   echo "== $kind: exit $rc; files: $(ls "$dir" 2>/dev/null | tr '\n' ' ')"
   echo "$out" | grep -E "^rank " | sort
   if [[ $kind == same ]]; then
@@ -45,6 +62,18 @@ for kind in same engine_order engine_attach engine_none engine_epochs ddp_shape 
     done
     grep -qE "^rank $((n - 1)): DEADLINE_EXCEEDED: DataParallel: step 1: gradient all-reduce" <<<"$out" ||
       fail "$kind: the rank without synchronized handlers did not fail in its step's gradient all-reduce"
+    [[ -z $(ls "$dir" 2>/dev/null | grep '\.pt') ]] || fail "$kind: a checkpoint was written"
+    continue
+  fi
+  if [[ $kind == engine_none_strict ]]; then
+    # Well before the 10 s deadline; every rank names the collective each rank is in.
+    [[ $took -lt 10 ]] || fail "$kind: took ${took}s, not at once (the deadline is 10 s)"
+    for ((r = 0; r < n - 1; ++r)); do
+      grep -qE "^rank $r: FAILED_PRECONDITION: agreeing on Engine::Run: collective #[0-9]+ differs across ranks \(EMBER_DISTRIBUTED_DEBUG=DETAIL\): .* StartAllReduce of [0-9]+ float32 \(SUM\)" <<<"$out" ||
+        fail "$kind: rank $r did not name the divergent rank's gradient all-reduce"
+    done
+    grep -qE "^rank $((n - 1)): FAILED_PRECONDITION: DataParallel: step 1: gradient all-reduce of bucket 0 .* differs across ranks" <<<"$out" ||
+      fail "$kind: the rank without synchronized handlers did not fail at once in its gradient all-reduce"
     [[ -z $(ls "$dir" 2>/dev/null | grep '\.pt') ]] || fail "$kind: a checkpoint was written"
     continue
   fi

@@ -191,6 +191,68 @@ def goodput(out):
     print("```\n" + text.rstrip() + "\n```\n")
 
 
+def checkpoint_io(out):
+    """Issue 27's growth table: every cost of a checkpoint against its raw baseline, per state size.
+
+    Each record holds the runs of one size; a ratio is raw / Ember (or raw / Python) per run
+    (higher is better, 1 = the disk's speed), then min / median / max over the runs."""
+    text = read_optional(out, "checkpoint_io.jsonl")
+    if text is None:
+        return
+    ember, python, resume = {}, {}, {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        d = json.loads(line)
+        target = {"save_and_read": ember, "python_save_and_load": python, "resume": resume}.get(d.get("bench"))
+        if target is not None and "mib" in d:
+            target[d["mib"]] = d
+    if not ember:
+        return
+
+    def ratios(raw, ours):
+        n = min(len(raw), len(ours))
+        return [raw[i] / ours[i] for i in range(n) if ours[i] > 0]
+
+    def cell(d, key, raw_key=None):
+        if d is None or key not in d:
+            return "n/a"
+        if raw_key is None:
+            return mmm(d[key], "%.3f")
+        return f"{mmm(d[key], '%.3f')} ({mmm(ratios(d[raw_key], d[key]), '%.2f')}x)"
+
+    print("### Checkpoint I/O against the state size (reproduce.sh --checkpoint_io; seconds, min / median / max)\n")
+    print("Ratios in parentheses are the raw baseline's time over the row's time, per run (1.00x = the "
+          "disk's speed). Save: temporary file, write, fsync, rename, fsync of the directory, on both "
+          "sides. Reads are of a cold file (dropped from the page cache). Resume: 2 ranks, rank 0 reads "
+          "and verifies, broadcasts with a CRC check, every rank loads into its model (ranks: see the "
+          "records); its baseline is "
+          "a raw read into 2 MiB pages.\n")
+    print("| state | raw write+fsync | Ember save | torch.save (Python) | async save blocks (first save) "
+          "| warm memcpy | raw read | `ckpt verify` | Ember load | torch.load (Python) | resume, all ranks |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for mib in sorted(ember):
+        e, p, r = ember[mib], python.get(mib), resume.get(mib)
+        size = f"{mib // 1024} GiB" if mib >= 1024 and mib % 1024 == 0 else f"{mib} MiB"
+        blocked = "n/a"
+        if "async_blocked_s" in e:
+            blocked = f"{mmm(e['async_blocked_s'], '%.3f')} ({e['async_first_blocked_s']:.3f})"
+        resume_cell = "n/a"
+        if r is not None:
+            resume_cell = f"{mmm(r['trainer_resume_s'], '%.3f')} ({mmm(ratios(r['raw_read_hugepages_s'], r['trainer_resume_s']), '%.2f')}x)"
+        memcpy = f"{e['memcpy_s']:.3f}" if "memcpy_s" in e else "n/a"
+        cells = [size, cell(e, "raw_save_s"), cell(e, "ember_save_s", "raw_save_s"),
+                 cell(p, "torch_save_s", "raw_save_s"), blocked, memcpy, cell(e, "raw_read_hugepages_s"),
+                 cell(e, "verify_s", "raw_read_hugepages_s"), cell(e, "load_s", "raw_read_hugepages_s"),
+                 cell(p, "torch_load_s", "raw_read_s"), resume_cell]
+        print("| " + " | ".join(cells) + " |")
+    print()
+    print("The raw read is into 2 MiB pages (base/large_buffer.h); a plain read into 4 KiB pages, the "
+          "Python side's baseline, is in the raw records below. Python's torch.save writes and fsyncs "
+          "the same tensors (checkpoint_io_python.py), beside its own raw baseline in the same run.\n")
+
+
 def main():
     if len(sys.argv) != 2 or not os.path.isdir(sys.argv[1]):
         sys.exit("usage: report.py OUT_DIR (the folder tools/bench/reproduce.sh wrote)")
@@ -198,12 +260,14 @@ def main():
     print("## Ember performance figures (min / median / max of the runs)\n")
     with open(os.path.join(out, "machine.txt")) as f:
         print("```\n" + f.read().rstrip() + "\n```\n")
-    engine(out)
-    serialization(out)
-    consensus(out)
-    data_parallel(out)
-    throughput(out)
-    goodput(out)
+    if glob.glob(os.path.join(out, "engine-*.json")):  # absent with reproduce.sh --checkpoint_io
+        engine(out)
+        serialization(out)
+        consensus(out)
+        data_parallel(out)
+        throughput(out)
+        goodput(out)
+    checkpoint_io(out)
 
 
 if __name__ == "__main__":
