@@ -227,8 +227,8 @@ def checkpoint_io(out):
           "disk's speed). Save: temporary file, write, fsync, rename, fsync of the directory, on both "
           "sides. Reads are of a cold file (dropped from the page cache). Resume: 2 ranks, rank 0 reads "
           "and verifies, broadcasts with a CRC check, every rank loads into its model (ranks: see the "
-          "records); its baseline is "
-          "a raw read into 2 MiB pages.\n")
+          "records), against rank 0's raw read of the file into 2 MiB pages alone and against a raw "
+          "read + MPI broadcast of the bytes (no check, no load).\n")
     print("| state | raw write+fsync | Ember save | torch.save (Python) | async save blocks (first save) "
           "| warm memcpy | raw read | `ckpt verify` | Ember load | torch.load (Python) | resume, all ranks |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -240,7 +240,9 @@ def checkpoint_io(out):
             blocked = f"{mmm(e['async_blocked_s'], '%.3f')} ({e['async_first_blocked_s']:.3f})"
         resume_cell = "n/a"
         if r is not None:
-            resume_cell = f"{mmm(r['trainer_resume_s'], '%.3f')} ({mmm(ratios(r['raw_read_hugepages_s'], r['trainer_resume_s']), '%.2f')}x)"
+            resume_cell = (f"{mmm(r['trainer_resume_s'], '%.3f')} "
+                           f"({mmm(ratios(r['raw_read_hugepages_s'], r['trainer_resume_s']), '%.2f')}x a read; "
+                           f"{mmm(ratios(r['raw_read_broadcast_s'], r['trainer_resume_s']), '%.2f')}x a read + broadcast)")
         memcpy = f"{e['memcpy_s']:.3f}" if "memcpy_s" in e else "n/a"
         cells = [size, cell(e, "raw_save_s"), cell(e, "ember_save_s", "raw_save_s"),
                  cell(p, "torch_save_s", "raw_save_s"), blocked, memcpy, cell(e, "raw_read_hugepages_s"),
