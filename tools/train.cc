@@ -224,11 +224,18 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
 
   // Evaluation on this rank's shard of the held-out split; the sums are all-reduced. The shards
   // cover every sample exactly once whatever the world size (their sizes differ by at most one).
+  // Every rank cuts its shard into the same number of batches (of at most 512 samples, sizes
+  // differing by at most one), so that the evaluator's epochs have the same length on every rank,
+  // as its start agreement requires: shards of 512 and 513 samples are one batch against two
+  // when cut every 512.
   const int64_t val_begin = data.val.size() * rank / world_size;
   const int64_t val_end = data.val.size() * (rank + 1) / world_size;
+  const int64_t largest_shard = (data.val.size() + world_size - 1) / world_size;
+  const int64_t val_batch_count = (largest_shard + 511) / 512;
   std::vector<Batch> val_batches;
-  for (int64_t at = val_begin; at < val_end; at += 512) {
-    const int64_t end = std::min(val_end, at + 512);
+  for (int64_t b = 0; b < val_batch_count; ++b) {
+    const int64_t at = val_begin + (val_end - val_begin) * b / val_batch_count;
+    const int64_t end = val_begin + (val_end - val_begin) * (b + 1) / val_batch_count;
     val_batches.push_back({data.val.x.slice(0, at, end), data.val.y.slice(0, at, end)});
   }
   // --ema: an exponential moving average of the weights (EMAHandler), created after DataParallel's

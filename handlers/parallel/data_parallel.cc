@@ -58,6 +58,18 @@ DataParallel::DataParallel(torch::nn::Module& module, DataParallelOptions option
     : comm_(options.comm != nullptr ? options.comm : dist::DefaultCommunicator()),
       options_(options),
       owner_(std::this_thread::get_id()) {
+  if (comm_ == nullptr) {
+    if (const int launched = dist::LauncherWorldSize(); launched > 1) {
+      // Alone, each rank would step on its own gradients: the replicas would drift apart while
+      // the job looked healthy (and rank 0 would save its own model under an averaged score).
+      status_ = absl::FailedPreconditionError(absl::StrCat(
+          "DataParallel: this process is one of ", launched, " ranks (launcher environment) but no "
+          "World exists, so the gradients would be averaged over this rank alone: create the World "
+          "(ember::dist::LaunchWorld()) before DataParallel, or pass .comm"));
+      without_world_ = true;
+      return;
+    }
+  }
   for (const auto& p : module.named_parameters()) {
     if (!p.value().requires_grad()) continue;
     names_.push_back(p.key());
@@ -291,6 +303,7 @@ absl::Status DataParallel::Reduce(Engine* engine, const std::any* step_output) {
   struct Fence {
     ~Fence() { WaitForSnapshots(); }
   } fence;
+  if (without_world_) return status_;  // one rank of several, alone: never a silent success
   if (world_size() == 1) return absl::OkStatus();
   EMBER_RETURN_IF_ERROR(status_);
   torch::NoGradGuard no_grad;

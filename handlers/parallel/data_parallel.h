@@ -179,6 +179,7 @@ class DataParallel {
   std::unique_ptr<dist::Consensus> own_;
   std::vector<double> own_slots_;
   absl::Status status_;
+  bool without_world_ = false;  // made with no World inside a multi-rank launch (status_ says so)
 };
 
 }  // namespace ember

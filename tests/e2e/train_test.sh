@@ -565,6 +565,15 @@ eval_shards)
     [[ $(field "$e" val_samples) == 2048 && $(field "$e" val_accuracy) == $(field "$m" val_accuracy) ]] ||
       fail "$n rank(s): $e differs from the 3-rank evaluation $m"
   done
+  # Shards of 512 and 513 samples (6150 rows, the last 1025 held out, 2 ranks): cut every 512
+  # they were one batch against two, and the evaluator's start agreement refused the run after
+  # its first epoch ("epoch_length is 1 on rank 0, 2 on rank 1"). Every rank now cuts its shard
+  # into the same number of batches.
+  /usr/bin/python3 -c 'import sys; sys.stdout.write("label,a,b\n" + "".join("%d,%d,%d\n" % (i % 2, i % 7, i % 5) for i in range(6150)))' >"$work/uneven.csv"
+  out=$(mpi 2 "$train" --data=csv:"$work/uneven.csv" --epochs=1 --output_dir="$work/u" --progress=none 2>&1) || fail "uneven shards on 2 ranks: $out"
+  m=$(tail -n 1 "$work/u/metrics.jsonl")
+  echo "$m"
+  [[ $(field "$m" val_samples) == 1025 ]] || fail "uneven shards: evaluated $(field "$m" val_samples) of 1025 samples"
   ;;
 agree)
   # Issue 23: the run-defining flags are agreed once at start. An MPMD job whose ranks differ in

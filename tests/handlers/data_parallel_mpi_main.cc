@@ -14,6 +14,7 @@
 #include <torch/torch.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "absl/time/clock.h"
@@ -22,6 +23,7 @@
 #include "base/status_macros.h"
 #include "engine/engine.h"
 #include "handlers/parallel/data_parallel.h"
+#include "handlers/parallel/sharded_source.h"
 #include "handlers/preemption.h"
 #include "handlers/terminate_on_nan.h"
 #include "tests/mpi/rank_main.h"
@@ -206,7 +208,22 @@ int Stall(int victim) {
 
 }  // namespace
 
+// `before_world`: DataParallel and ShardedSource created inside an mpirun launch before any
+// World (no MPI_Init, no default communicator): both refuse, instead of training alone on each rank.
+int BeforeWorld() {
+  const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
+  auto net = torch::nn::Linear(4, 2);
+  ember::DataParallel ddp(*net);
+  net->forward(torch::ones({2, 4})).sum().backward();
+  const absl::Status step = ddp.AllReduceGradients();
+  std::printf("rank %s: DataParallel: %s\n", rank != nullptr ? rank : "?", step.ToString().c_str());
+  auto sampler = ember::ShardedSampler::Create({.dataset_size = 64, .global_batch = 8});
+  std::printf("rank %s: ShardedSource: %s\n", rank != nullptr ? rank : "?", sampler.status().ToString().c_str());
+  return step.ok() || sampler.ok() ? 1 : 0;
+}
+
 int main(int argc, char** argv) {
+  if (argc == 2 && std::string(argv[1]) == "before_world") return BeforeWorld();
   return ember::testing::RunTestsOnEveryRank(
       argc, argv, [](ember::dist::Communicator&, int argc, char** argv) -> std::optional<int> {
         if (argc == 3 && std::string(argv[1]) == "stall") return Stall(std::atoi(argv[2]));

@@ -14,6 +14,20 @@ echo "$out" | tail -n 40
 [[ $rc -eq 0 ]] || fail "the checks exited $rc"
 [[ $(grep -c "of $n: PASSED" <<<"$out") -eq $n ]] || fail "not every rank passed"
 
+# Created before the World inside this launch: every rank refuses (issue 23: the replicas used to
+# train alone and drift apart, exit 0).
+out=$(timeout 120 "${mpi[@]}" "$binary" before_world 2>&1)
+rc=$?
+echo "== before_world: exit $rc"
+grep -E "^rank " <<<"$out"
+[[ $rc -eq 0 ]] || fail "before_world: exit $rc (a rank accepted a World-less DataParallel or ShardedSource)"
+for ((r = 0; r < n; ++r)); do
+  grep -qF "rank $r: DataParallel: FAILED_PRECONDITION: DataParallel: this process is one of $n ranks (launcher environment) but no World exists" <<<"$out" ||
+    fail "before_world: rank $r's DataParallel did not refuse"
+  grep -qF "rank $r: ShardedSource: FAILED_PRECONDITION: ShardedSource: this process is one of $n ranks (launcher environment) but no World exists" <<<"$out" ||
+    fail "before_world: rank $r's ShardedSource did not refuse"
+done
+
 victim=$((n - 1))
 start=$(date +%s)
 out=$(timeout 120 "${mpi[@]}" "$binary" stall "$victim" 2>&1)
