@@ -10,12 +10,21 @@
 
 namespace ember {
 
-std::string ReadableTypeName(const std::type_info& type) {
-  const char* mangled = type.name();
+namespace {
+
+// The demangled name, or `mangled` itself when it does not demangle.
+std::string Demangle(const char* mangled) {
   int status = 0;
   char* demangled = abi::__cxa_demangle(mangled, nullptr, nullptr, &status);
   std::string name = status == 0 && demangled != nullptr ? demangled : mangled;
   std::free(demangled);
+  return name;
+}
+
+}  // namespace
+
+std::string ReadableTypeName(const std::type_info& type) {
+  std::string name = Demangle(type.name());
   for (const std::string noise : {"ember::", "(anonymous namespace)::"}) {
     for (size_t at = name.find(noise); at != std::string::npos; at = name.find(noise)) name.erase(at, noise.size());
   }
@@ -77,13 +86,7 @@ const void* MainProgramBase() {
 std::string FunctionAddressName(const void* address) {
   Dl_info info{};
   if (dladdr(address, &info) == 0 || info.dli_fname == nullptr) return "<function>";
-  if (info.dli_sname != nullptr && info.dli_saddr == address) {
-    int status = 0;
-    char* demangled = abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &status);
-    std::string name = status == 0 && demangled != nullptr ? demangled : info.dli_sname;
-    std::free(demangled);
-    return name;
-  }
+  if (info.dli_sname != nullptr && info.dli_saddr == address) return Demangle(info.dli_sname);
   // The main program is named by nothing: dladdr reports it as argv[0], which differs between
   // ranks that start one binary by different paths or names (a symlink, a per-node copy). A shared
   // library by its file name, which its loader resolved the same way on every rank.

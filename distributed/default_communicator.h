@@ -13,6 +13,7 @@
 #ifndef EMBER_DISTRIBUTED_DEFAULT_COMMUNICATOR_H_
 #define EMBER_DISTRIBUTED_DEFAULT_COMMUNICATOR_H_
 
+#include "absl/status/status.h"
 #include "distributed/communicator.h"
 
 namespace ember::dist {
@@ -23,6 +24,12 @@ Communicator* DefaultCommunicator();
 Communicator* SetDefaultCommunicator(Communicator* comm);
 
 int LauncherWorldSize();
+
+// For an object that takes the default communicator when given none: OK unless there is no World
+// while the launcher announces several ranks; then FAILED_PRECONDITION "<who>: this process is
+// one of N ranks (launcher environment) but no World exists, so <consequence>: create the World
+// (ember::dist::LaunchWorld()) before <who>, or pass <how>".
+absl::Status CheckWorldExists(const char* who, const char* consequence, const char* how);
 
 }  // namespace ember::dist
 

@@ -59,13 +59,10 @@ DataParallel::DataParallel(torch::nn::Module& module, DataParallelOptions option
       options_(options),
       owner_(std::this_thread::get_id()) {
   if (comm_ == nullptr) {
-    if (const int launched = dist::LauncherWorldSize(); launched > 1) {
-      // Alone, each rank would step on its own gradients: the replicas would drift apart while
-      // the job looked healthy (and rank 0 would save its own model under an averaged score).
-      status_ = absl::FailedPreconditionError(absl::StrCat(
-          "DataParallel: this process is one of ", launched, " ranks (launcher environment) but no "
-          "World exists, so the gradients would be averaged over this rank alone: create the World "
-          "(ember::dist::LaunchWorld()) before DataParallel, or pass .comm"));
+    // Alone, each rank would step on its own gradients: the replicas would drift apart while the
+    // job looked healthy (and rank 0 would save its own model under an averaged score).
+    status_ = dist::CheckWorldExists("DataParallel", "the gradients would be averaged over this rank alone", ".comm");
+    if (!status_.ok()) {
       without_world_ = true;
       return;
     }

@@ -38,13 +38,9 @@ absl::StatusOr<ShardedSampler::Place> ShardedSampler::Check(const ShardedSourceO
                                                             dist::Communicator* comm) {
   if (comm == nullptr) comm = dist::DefaultCommunicator();
   if (comm == nullptr) {
-    if (const int launched = dist::LauncherWorldSize(); launched > 1) {
-      // Alone, every rank would read the whole dataset in the same order: each sample N times.
-      return absl::FailedPreconditionError(absl::StrCat(
-          "ShardedSource: this process is one of ", launched, " ranks (launcher environment) but no "
-          "World exists, so each rank would read every sample: create the World "
-          "(ember::dist::LaunchWorld()) before the ShardedSource, or pass its communicator"));
-    }
+    // Alone, every rank would read the whole dataset in the same order: each sample N times.
+    EMBER_RETURN_IF_ERROR(dist::CheckWorldExists("ShardedSource", "each rank would read every sample",
+                                                 "its communicator"));
   }
   const int world = comm != nullptr ? comm->world_size() : 1;
   const int rank = comm != nullptr ? comm->rank() : 0;
