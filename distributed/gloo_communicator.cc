@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <thread>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
@@ -28,6 +29,8 @@
 #include "gloo/transport/pair.h"
 #include "gloo/transport/tcp/attr.h"
 #include "gloo/transport/tcp/device.h"
+#include "gloo/transport/unbound_buffer.h"
+#include "gloo/types.h"
 
 namespace ember::dist {
 namespace {
@@ -40,6 +43,15 @@ constexpr uint32_t kGatherTag = 3;
 constexpr uint32_t kMeetTag = 4;
 constexpr uint32_t kBroadcastTag = 5;
 constexpr uint32_t kBarrierTag = 6;
+
+// Failure notices (communicator.h) travel on a slot of their own, outside the slot prefixes of
+// Gloo's collectives (gloo/types.h), as one fixed-size message: a 4-byte length, then the text.
+constexpr uint8_t kNoticeSlotPrefix = 0x7e;
+constexpr size_t kNoticeBytes = 1024;
+// How long a failing rank waits for its notices to leave (a peer may be stalled or gone), and
+// then for its peers' transport threads to read them before the connections are reset.
+constexpr auto kNoticeSendBudget = std::chrono::milliseconds(500);
+constexpr auto kNoticeReadGrace = std::chrono::milliseconds(100);
 
 // The Gloo tag of one collective: its kind (the base tags above, in the low 3 bits) with a hash of
 // its element type and counts in the other 29. Two ranks running collectives that differ in kind,
@@ -130,12 +142,26 @@ class GlooCommunicator final : public Communicator {
       if (r != rank_) peers.push_back(r);
     }
     where_ = absl::StrCat(" on rank ", rank_, " of ", world_size_, " (peers ", absl::StrJoin(peers, ", "), ")");
+    // Every rank listens for one failure notice from any peer for the communicator's life.
+    if (world_size_ > 1) {
+      notices_ = std::make_shared<Notices>();
+      try {
+        notices_->in = context_->createUnboundBuffer(notices_->in_bytes, kNoticeBytes);
+        notices_->in->recv(peers, gloo::Slot::build(kNoticeSlotPrefix, 0));
+      } catch (const std::exception& e) {
+        notices_.reset();  // no notices: peers then see closed connections only
+      }
+    }
   }
   ~GlooCommunicator() override {
     // After a failure the transport may still write memory of a collective given up on, and its
     // pairs may be stuck on a stalled peer: leave the context (and the transport thread) to the
-    // process rather than wait in its destructor.
-    if (!poisoned().ok()) AbandonToTransport(std::move(context_));
+    // process rather than wait in its destructor. The notices' buffers go with it (a notice may
+    // still arrive).
+    if (!poisoned().ok()) {
+      AbandonToTransport(std::move(notices_));
+      AbandonToTransport(std::move(context_));
+    }
   }
 
   int rank() const override { return rank_; }
@@ -175,6 +201,10 @@ class GlooCommunicator final : public Communicator {
   }
 
   absl::StatusOr<std::vector<int>> DoMeet(bool failed, absl::Time deadline) override {
+    if (closed_) {
+      return absl::UnavailableError(absl::StrCat("gloo shutdown meeting", where_,
+                                                 ": skipped, this rank's connections were reset after the failure"));
+    }
     const double mine = failed ? 1.0 : 0.0;
     std::vector<double> all(static_cast<size_t>(world_size_));
     if (absl::Status s = AllGatherStaged(absl::MakeConstSpan(&mine, 1), absl::MakeSpan(all), kMeetTag, deadline,
@@ -237,7 +267,81 @@ class GlooCommunicator final : public Communicator {
     });
   }
 
+  // The notice of the first peer that failed, once a collective of this rank failed (a notice's
+  // sender resets its connections after sending it, which is what ends a peer's wait): Gloo has no
+  // way to poll a receive without failing the whole context when it has not arrived, so it is
+  // looked at only then (TakeNotice).
+  absl::Status ReceivedNotice() override { return peer_failure_; }
+
+  // Sends "rank R failed: <error>" to every peer (bounded: a peer may be stalled or gone), gives
+  // their transport threads a moment to read it, then resets this rank's connections: a peer
+  // waiting in a collective fails at once, finds the notice and reports it.
+  void DoNotifyFailure(const absl::Status& error) override {
+    if (closed_) return;
+    if (notices_ != nullptr) {
+      std::string text = absl::StrCat(absl::StatusCodeToString(error.code()), ": ", error.message());
+      if (text.size() > kNoticeBytes - 4) text.resize(kNoticeBytes - 4);
+      const uint32_t n = static_cast<uint32_t>(text.size());
+      std::memcpy(notices_->out_bytes, &n, 4);
+      std::memcpy(notices_->out_bytes + 4, text.data(), text.size());
+      try {
+        notices_->out = context_->createUnboundBuffer(notices_->out_bytes, kNoticeBytes);
+        int sent = 0;
+        for (int r = 0; r < world_size_; ++r) {
+          if (r == rank_) continue;
+          try {
+            notices_->out->send(r, gloo::Slot::build(kNoticeSlotPrefix, 0));
+            ++sent;
+          } catch (const std::exception&) {  // that peer's connection is gone already
+          }
+        }
+        const auto until = std::chrono::steady_clock::now() + kNoticeSendBudget;
+        for (int i = 0; i < sent; ++i) {
+          const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+          if (left.count() <= 0) break;
+          notices_->out->waitSend(left);
+        }
+        std::this_thread::sleep_for(kNoticeReadGrace);
+      } catch (const std::exception&) {  // a peer stalled or gone: the others may have it
+      }
+    }
+    CloseConnections();
+  }
+
  private:
+  struct Notices {
+    char in_bytes[kNoticeBytes] = {};
+    char out_bytes[kNoticeBytes] = {};
+    std::unique_ptr<gloo::transport::UnboundBuffer> in, out;
+  };
+
+  // After this rank's collective failed: the first peer's notice, if one arrived (it arrives
+  // before the sender resets its connections, so before the failure it explains).
+  absl::Status TakeNotice() {
+    if (!peer_failure_.ok() || notices_ == nullptr || notices_->in == nullptr) return peer_failure_;
+    int from = -1;
+    try {
+      if (!notices_->in->waitRecv(&from, std::chrono::milliseconds(50))) return absl::OkStatus();
+    } catch (const std::exception&) {
+      return absl::OkStatus();  // none came (the wait fails the context, which has failed already)
+    }
+    uint32_t n = 0;
+    std::memcpy(&n, notices_->in_bytes, 4);
+    n = std::min<uint32_t>(n, kNoticeBytes - 4);
+    peer_failure_ = PeerFailure(from, std::string(notices_->in_bytes + 4, n));
+    return peer_failure_;
+  }
+
+  // Resets every connection of this rank (once): a peer waiting on one fails at once.
+  void CloseConnections() {
+    if (closed_) return;
+    closed_ = true;
+    try {
+      context_->closeConnections();
+    } catch (const std::exception&) {
+    }
+  }
+
   class DonePending final : public Pending {
    public:
     explicit DonePending(absl::Status s) : s_(std::move(s)) {}
@@ -252,6 +356,9 @@ class GlooCommunicator final : public Communicator {
   // `memory` (what the transport may still write) goes to AbandonToTransport.
   template <typename F>
   absl::Status Run(const std::string& what, absl::Time deadline, std::shared_ptr<const void> memory, F&& f) {
+    if (closed_) {  // not reached: a communicator whose connections were reset is poisoned
+      return absl::UnavailableError(absl::StrCat("gloo ", what, where_, ": this rank's connections were reset"));
+    }
     const int64_t left_ms = absl::ToInt64Milliseconds(deadline - absl::Now());
     if (left_ms <= 0) {
       return absl::DeadlineExceededError(absl::StrCat("gloo ", what, where_, ": the deadline had passed before it started"));
@@ -266,7 +373,15 @@ class GlooCommunicator final : public Communicator {
       // rank's) closes its connections as Gloo does after a timeout: so a connection lost within
       // the last tenth of the time (at most 500 ms) before the deadline counts as the deadline.
       const absl::Duration margin = std::min(absl::Milliseconds(500), absl::Milliseconds(left_ms) / 10);
-      if (absl::Now() >= deadline - margin || text.find("Timed out") != std::string::npos) {
+      const bool timed_out = absl::Now() >= deadline - margin || text.find("Timed out") != std::string::npos;
+      // A peer that failed sent its notice before resetting its connections (DoNotifyFailure).
+      if (absl::Status notice = TakeNotice(); !notice.ok()) {
+        CloseConnections();  // so that a peer waiting on this rank learns it too
+        return absl::Status(notice.code(),
+                            absl::StrCat(notice.message(), " (while this rank waited in gloo ", what, where_, ")"));
+      }
+      if (timed_out) {
+        CloseConnections();  // Gloo has failed the context; the peers time out or see the reset
         return absl::DeadlineExceededError(absl::StrCat(
             "gloo ", what, where_, ": not every rank joined before the deadline (a rank stalled, died or is running a "
             "different collective): ", text));
@@ -350,6 +465,9 @@ class GlooCommunicator final : public Communicator {
   std::shared_ptr<MeshContext> context_;
   std::string where_;
   uint32_t reduce_tag_ = kReduceTag;
+  std::shared_ptr<Notices> notices_;
+  absl::Status peer_failure_;
+  bool closed_ = false;  // connections reset (after this rank's failure or a peer's)
 };
 
 }  // namespace

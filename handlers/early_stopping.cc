@@ -3,10 +3,13 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "base/type_name.h"
+#include "distributed/settings_agreement.h"
 
 namespace ember {
 
@@ -59,9 +62,27 @@ bool EarlyStopping::Better(double a, double b) const {
 }
 
 std::string EarlyStopping::label() const {
-  if (options_.score_function) return "score_function=" + CallableName<float (*)(const Engine&), int (*)(const Engine&), int64_t (*)(const Engine&)>(
-                                       options_.score_function);
-  return options_.score_name.empty() ? std::string() : "score=" + options_.score_name;
+  std::vector<std::string> parts;
+  if (options_.score_function) {
+    parts.push_back("score_function=" + CallableName<float (*)(const Engine&), int (*)(const Engine&),
+                                                     int64_t (*)(const Engine&)>(options_.score_function));
+  } else if (!options_.score_name.empty()) {
+    parts.push_back("score=" + options_.score_name);
+  }
+  // The options that decide when to stop, those not at their defaults (so that two ranks with
+  // another patience are told apart at the start of the run, and the usual label stays short).
+  const EarlyStoppingOptions defaults;
+  if (options_.patience != defaults.patience) parts.push_back(absl::StrCat("patience=", options_.patience));
+  if (options_.min_delta != defaults.min_delta) parts.push_back("min_delta=" + dist::CanonicalDouble(options_.min_delta));
+  if (options_.cumulative_delta) parts.push_back("cumulative_delta=true");
+  if (options_.mode != defaults.mode) parts.push_back("mode=min");
+  if (options_.threshold_mode != defaults.threshold_mode) parts.push_back("threshold_mode=rel");
+  if (options_.stopping_threshold) parts.push_back("stopping_threshold=" + dist::CanonicalDouble(*options_.stopping_threshold));
+  if (options_.divergence_threshold) {
+    parts.push_back("divergence_threshold=" + dist::CanonicalDouble(*options_.divergence_threshold));
+  }
+  if (options_.check_finite) parts.push_back("check_finite=true");
+  return absl::StrJoin(parts, ", ");
 }
 
 absl::Status EarlyStopping::Propose(Engine& engine, absl::Span<double> values) {

@@ -77,9 +77,10 @@ class EarlyStopping : public SynchronizedHandler, public Stateful {
   dist::Reduction reduction(size_t) const override { return options_.reduction; }
   absl::Status Propose(Engine& engine, absl::Span<double> values) override;
   absl::Status Decide(Engine& engine, const Agreement& agreement) override;
-  // "score=<score_name>", or "score_function=<CallableName>" (base/type_name.h): two
-  // EarlyStopping handlers on different scores or score functions are told apart in the layout
-  // the ranks agree on.
+  // "score=<score_name>", or "score_function=<CallableName>" (base/type_name.h), then the
+  // stopping options that differ from their defaults ("score=acc, patience=5, mode=min"): two
+  // EarlyStopping handlers on different scores, score functions or options are told apart in the
+  // layout the ranks agree on (a rank with another patience fails the run's start agreement).
   std::string label() const override;
 
  private:

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "distributed/settings_agreement.h"
 
 namespace ember {
 namespace {
@@ -1314,6 +1315,22 @@ void ReduceLROnPlateauScheduler::Step(double metric) {
     history_["lr"].push_back(std::move(values));
   }
   ++event_index_;
+}
+
+std::string ReduceLROnPlateauScheduler::label() const {
+  const ReduceLROnPlateauOptions d;
+  const ReduceLROnPlateauOptions& o = options_;
+  std::vector<std::string> parts = {"metric=" + o.metric_name};
+  if (o.mode != d.mode) parts.push_back("mode=" + o.mode);
+  if (o.factor != d.factor) parts.push_back("factor=" + dist::CanonicalDouble(o.factor));
+  if (o.patience != d.patience) parts.push_back(absl::StrCat("patience=", o.patience));
+  if (o.threshold != d.threshold) parts.push_back("threshold=" + dist::CanonicalDouble(o.threshold));
+  if (o.threshold_mode != d.threshold_mode) parts.push_back("threshold_mode=" + o.threshold_mode);
+  if (o.cooldown != d.cooldown) parts.push_back(absl::StrCat("cooldown=", o.cooldown));
+  if (o.min_lr != d.min_lr) parts.push_back("min_lr=" + dist::CanonicalDouble(o.min_lr));
+  if (o.eps != d.eps) parts.push_back("eps=" + dist::CanonicalDouble(o.eps));
+  if (o.param_group_index) parts.push_back(absl::StrCat("param_group_index=", *o.param_group_index));
+  return absl::StrJoin(parts, ", ");
 }
 
 absl::Status ReduceLROnPlateauScheduler::Propose(Engine& engine, absl::Span<double> values) {

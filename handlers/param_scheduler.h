@@ -520,8 +520,10 @@ class ReduceLROnPlateauScheduler : public SynchronizedHandler, public Stateful {
   dist::Reduction reduction(size_t) const override { return options_.reduction; }
   absl::Status Propose(Engine& engine, absl::Span<double> values) override;
   absl::Status Decide(Engine& engine, const Agreement& agreement) override;
-  // "metric=<metric_name>", for the layout the ranks agree on.
-  std::string label() const override { return "metric=" + options_.metric_name; }
+  // "metric=<metric_name>", then the options that differ from their defaults ("metric=loss,
+  // mode=max, patience=3"), for the layout the ranks agree on: a rank with another factor or
+  // patience fails the run's start agreement instead of holding another lr.
+  std::string label() const override;
 
   Value StateDict() const override;
   absl::Status LoadStateDict(const Value& state) override;

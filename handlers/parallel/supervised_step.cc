@@ -6,10 +6,13 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <tuple>
+#include <typeinfo>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "base/type_name.h"
 #include "distributed/settings_agreement.h"
 #include "handlers/checkpoint/snapshot_fence.h"
 
@@ -142,6 +145,47 @@ AutocastScope::~AutocastScope() {
   SetAutocast(device_, was_enabled_, was_dtype_);
 }
 
+namespace {
+
+// A parameter group's hyperparameters, as text the ranks compare: every option of torch's
+// optimizers (SGD, Adam, AdamW, RMSprop, Adagrad), the lr of any other.
+std::string GroupOptions(const torch::optim::OptimizerOptions& o) {
+  using dist::CanonicalDouble;
+  if (const auto* s = dynamic_cast<const torch::optim::SGDOptions*>(&o)) {
+    return absl::StrCat("lr=", CanonicalDouble(s->lr()), " momentum=", CanonicalDouble(s->momentum()),
+                        " dampening=", CanonicalDouble(s->dampening()),
+                        " weight_decay=", CanonicalDouble(s->weight_decay()), " nesterov=", s->nesterov() ? 1 : 0);
+  }
+  if (const auto* a = dynamic_cast<const torch::optim::AdamOptions*>(&o)) {
+    return absl::StrCat("lr=", CanonicalDouble(a->lr()), " betas=", CanonicalDouble(std::get<0>(a->betas())), ",",
+                        CanonicalDouble(std::get<1>(a->betas())), " eps=", CanonicalDouble(a->eps()),
+                        " weight_decay=", CanonicalDouble(a->weight_decay()), " amsgrad=", a->amsgrad() ? 1 : 0);
+  }
+  if (const auto* a = dynamic_cast<const torch::optim::AdamWOptions*>(&o)) {
+    return absl::StrCat("lr=", CanonicalDouble(a->lr()), " betas=", CanonicalDouble(std::get<0>(a->betas())), ",",
+                        CanonicalDouble(std::get<1>(a->betas())), " eps=", CanonicalDouble(a->eps()),
+                        " weight_decay=", CanonicalDouble(a->weight_decay()), " amsgrad=", a->amsgrad() ? 1 : 0);
+  }
+  if (const auto* r = dynamic_cast<const torch::optim::RMSpropOptions*>(&o)) {
+    return absl::StrCat("lr=", CanonicalDouble(r->lr()), " alpha=", CanonicalDouble(r->alpha()),
+                        " eps=", CanonicalDouble(r->eps()), " weight_decay=", CanonicalDouble(r->weight_decay()),
+                        " momentum=", CanonicalDouble(r->momentum()), " centered=", r->centered() ? 1 : 0);
+  }
+  if (const auto* g = dynamic_cast<const torch::optim::AdagradOptions*>(&o)) {
+    return absl::StrCat("lr=", CanonicalDouble(g->lr()), " lr_decay=", CanonicalDouble(g->lr_decay()),
+                        " weight_decay=", CanonicalDouble(g->weight_decay()),
+                        " initial_accumulator_value=", CanonicalDouble(g->initial_accumulator_value()),
+                        " eps=", CanonicalDouble(g->eps()));
+  }
+  try {
+    return absl::StrCat("lr=", CanonicalDouble(o.get_lr()));
+  } catch (const std::exception&) {  // an optimizer of the user's whose options have no lr
+    return "lr=unknown";
+  }
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<SupervisedStep>> SupervisedStep::Create(Forward forward,
                                                                        torch::optim::Optimizer& optimizer,
                                                                        LossFn loss_fn, SupervisedStepOptions options) {
@@ -192,6 +236,15 @@ absl::StatusOr<std::unique_ptr<SupervisedStep>> SupervisedStep::Create(Forward f
           .Add("autocast_cuda_dtype", options.autocast_cuda_dtype.has_value()
                                           ? std::string(c10::toString(*options.autocast_cuda_dtype))
                                           : "none");
+      // The optimizer: its type, and each parameter group's size and hyperparameters (a rank with
+      // another lr or momentum would train a replica that drifts away from the others).
+      settings.Add("optimizer", ReadableTypeName(typeid(optimizer)))
+          .AddInt("optimizer.param_groups", static_cast<int64_t>(optimizer.param_groups().size()));
+      for (size_t i = 0; i < optimizer.param_groups().size(); ++i) {
+        const torch::optim::OptimizerParamGroup& group = optimizer.param_groups()[i];
+        settings.Add(absl::StrCat("optimizer.param_groups[", i, "]"),
+                     absl::StrCat(group.params().size(), " tensors, ", GroupOptions(group.options())));
+      }
       if (const GradScaler* g = options.grad_scaler; g != nullptr) {
         settings.AddDouble("grad_scaler.scale", g->scale())
             .AddDouble("grad_scaler.growth_factor", g->options().growth_factor)

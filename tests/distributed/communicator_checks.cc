@@ -10,10 +10,36 @@
 #include <vector>
 
 #include "absl/time/clock.h"
+#include "distributed/launch.h"
 #include "engine/engine.h"
+#include "engine/synchronized_handler.h"
 #include "gtest/gtest.h"
 #include "handlers/early_stopping.h"
 #include "handlers/terminate_on_nan.h"
+
+namespace probes {
+
+// Synchronized handlers that propose a score and record every decision (a checkpoint would save
+// on it: "decided" is what would be written).
+template <int kValue, ember::dist::Reduction kOp>
+class Probe : public ember::SynchronizedHandler {
+ public:
+  size_t num_values() const override { return 1; }
+  ember::dist::Reduction reduction(size_t) const override { return kOp; }
+  absl::Status Propose(ember::Engine&, absl::Span<double> values) override {
+    values[0] = kValue / 10000.0;
+    return absl::OkStatus();
+  }
+  absl::Status Decide(ember::Engine&, const ember::Agreement& agreement) override {
+    decided->push_back(agreement.value(0));
+    return absl::OkStatus();
+  }
+  std::vector<double>* decided = nullptr;
+};
+class AccuracyProbe final : public Probe<9531, ember::dist::Reduction::kMax> {};
+class LossProbe final : public Probe<1234, ember::dist::Reduction::kMean> {};
+
+}  // namespace probes
 
 namespace ember::dist::testing {
 namespace {
@@ -171,7 +197,17 @@ int RunFaultScenario(Communicator& comm, const std::string& kind, int victim) {
     if (comm.rank() == victim && e.state().iteration == 3) {
       std::fprintf(stderr, "rank %d: %s at iteration 3\n", victim, kind.c_str());
       std::fflush(nullptr);
-      if (kind == "stall" || kind == "swallow") ::raise(SIGSTOP);
+      if (kind == "stall" || kind == "swallow") {
+        // A stopped process dies only once continued: a watchdog continues it after the
+        // survivors have reported (at their 3 s deadline), so that the launcher tearing the job
+        // down does not wait out its kill timeout (torchrun: 30 s) for it.
+        if (::fork() == 0) {
+          ::sleep(8);
+          ::kill(::getppid(), SIGCONT);
+          ::_exit(0);
+        }
+        ::raise(SIGSTOP);
+      }
       ::_exit(kind == "leave" ? 0 : 9);
     }
     return 1.0;
@@ -208,6 +244,53 @@ int RunKindsScenario(Communicator& comm, int victim) {
               absl::ToDoubleSeconds(absl::Now() - start), comm.strict() ? 1 : 0);
   std::fflush(stdout);
   return s.ok() ? 0 : 1;
+}
+
+// The divergent programs (see the top of the file): "handler_error", "order", "extra".
+int RunDivergenceScenario(std::unique_ptr<Communicator> comm, const std::string& kind, int victim) {
+  const int rank = comm->rank();
+  ember::dist::World world(std::move(comm));
+  std::vector<int> data(4, 0);
+  std::vector<double> decided;
+  ember::Engine evaluator([](ember::Engine&, const int&) { return 1.0; });
+  evaluator.set_collective_timeout(absl::Seconds(60));  // a wait for it would show in the time
+  probes::AccuracyProbe accuracy;
+  probes::LossProbe loss, extra;
+  accuracy.decided = loss.decided = extra.decided = &decided;
+  if (kind == "handler_error") {
+    evaluator.On(ember::Events::Completed(), [&](ember::Engine&) -> absl::Status {
+      if (rank == victim) return absl::InternalError("handler failed on purpose");
+      return absl::OkStatus();
+    });
+    evaluator.On(ember::Events::Completed(), accuracy);
+  } else {
+    // Attached once the run started (after Engine::Run's start-of-run agreement on the layout):
+    // only the agreement's own identity can catch it.
+    evaluator.On(ember::Events::Started(), [&](ember::Engine& e) {
+      if (kind == "order" && rank == victim) {
+        e.On(ember::Events::Completed(), loss);
+        e.On(ember::Events::Completed(), accuracy);
+      } else {
+        e.On(ember::Events::Completed(), accuracy);
+        e.On(ember::Events::Completed(), loss);
+      }
+      if (kind == "extra" && rank == victim) e.On(ember::Events::Completed(), extra);
+    });
+  }
+  const absl::Time start = absl::Now();
+  absl::Status s = evaluator.Run(data);
+  std::string values;
+  for (double v : decided) values += std::to_string(v) + " ";
+  std::printf("rank %d: run: %s after %.1fs (decided %zu time(s): %s)\n", rank, s.ToString().c_str(),
+              absl::ToDoubleSeconds(absl::Now() - start), decided.size(), values.c_str());
+  std::fflush(stdout);
+  absl::Status shutdown = world.Shutdown(absl::Seconds(20));
+  std::printf("rank %d: shutdown: %s\n", rank, shutdown.ToString().c_str());
+  std::fflush(stdout);
+  // Every rank met (above) before any exits; a launcher ends the job at the first non-zero exit,
+  // so give every rank the moment it needs to print this line too.
+  absl::SleepFor(absl::Seconds(1));
+  return s.ok() && shutdown.ok() ? 0 : 1;
 }
 
 }  // namespace ember::dist::testing

@@ -17,6 +17,12 @@
 //                                     transport thread): every rank fails at its deadline
 //   gloo_checks types K               rank K all-reduces 16 floats while the others all-reduce 8
 //                                     doubles (the same 64 bytes; once returned OK with garbage)
+//   gloo_checks handler_error|order|extra K
+//                                     the divergent programs of mpi_checks (communicator_checks.h
+//                                     RunDivergenceScenario): a rank-local error reaches every
+//                                     peer as ABORTED "rank K failed: <its error>" at once (Gloo's
+//                                     failure notice); handlers in another order, or one more, fail
+//                                     every rank with the same FAILED_PRECONDITION naming both
 // In the fault modes each rank prints "rank R: <status> after <seconds>s" and exits non-zero on
 // failure (after a pause, so that torchrun, which stops the other workers at the first failure,
 // does not stop a survivor before it has detected the fault by itself).
@@ -142,6 +148,12 @@ int main(int argc, char** argv) {
   g_comm = comm->get();
   if (fault) {
     const std::string kind = argv[1];
+    if (kind == "handler_error" || kind == "order" || kind == "extra") {
+      const int rc = ember::dist::testing::RunDivergenceScenario(*std::move(comm), kind, std::atoi(argv[2]));
+      std::fflush(nullptr);
+      if (rc != 0) absl::SleepFor(absl::Seconds(4));  // as below
+      ::_exit(rc);
+    }
     const int rc = kind == "kinds"                      ? ember::dist::testing::RunKindsScenario(*g_comm, std::atoi(argv[2]))
                    : kind == "sizes" || kind == "types" ? Mismatch(kind, std::atoi(argv[2]))
                                                         : ember::dist::testing::RunFaultScenario(*g_comm, kind, std::atoi(argv[2]));

@@ -74,6 +74,54 @@ cat "$logs/k8s-0.log" "$logs/k8s-1.log" | grep -E "^rank "
 grep -q "rank 0 of 2: PASSED (backend gloo)" "$logs/k8s-0.log" || fail "k8s rank 0"
 grep -q "rank 1 of 2: PASSED (backend gloo)" "$logs/k8s-1.log" || fail "k8s rank 1"
 
+# The issue's divergent programs on Gloo (as mpi_test.sh on MPI): a rank-local handler error
+# reaches every peer at once as ABORTED "rank K failed: <its error>" (the failure notice, then the
+# reset connections end their wait: a 60 s collective timeout must not be waited out), on 4 ranks
+# (peers that never talked to the failed rank directly too); handlers in another order, or one
+# more, fail every rank with the same FAILED_PRECONDITION; nobody decides on a garbage gather.
+for case in handler_error:4 order:2 extra:2; do
+  kind=${case%:*} n=${case#*:}
+  victim=$((n - 1))
+  out=$(torchrun "$kind-$n" "$n" 8 "$kind" "$victim")
+  rc=$?
+  echo "== $kind on rank $victim of $n: torchrun exited $rc"
+  grep -E "rank [0-9]+: (run|shutdown): " <<<"$out" | sed 's/^\[[^]]*\]:*//' | head -n 20
+  [[ $rc -ne 0 && $rc -ne 124 ]] || fail "$kind: the job exited $rc"
+  grep -q "decided [1-9]" <<<"$out" && fail "$kind: a rank decided on the agreement"
+  for ((r = 0; r < n; ++r)); do
+    line=$(grep -E "rank $r: run: " <<<"$out" | head -n 1)
+    [[ -n $line ]] || fail "$kind: rank $r reported nothing"
+    secs=$(grep -oE "after [0-9.]+s" <<<"$line" | grep -oE "[0-9.]+" | head -n 1)
+    (( $(echo "$secs < 10" | bc) )) || fail "$kind: rank $r took ${secs}s (a deadline was waited out?): $line"
+    grep -q "(decided 0 time(s)" <<<"$line" || fail "$kind: rank $r decided: $line"
+    if [[ $kind == handler_error ]]; then
+      if [[ $r == "$victim" ]]; then
+        grep -q "run: INTERNAL: handler failed on purpose \[at COMPLETED" <<<"$line" || fail "handler_error: rank $r: $line"
+        grep -qE "rank $r: shutdown: INTERNAL: handler failed on purpose" <<<"$out" || fail "handler_error: rank $r's shutdown"
+      else
+        grep -q "run: ABORTED: .*rank $victim failed: INTERNAL: handler failed on purpose.*while this rank waited in gloo .* on rank $r of $n" <<<"$line" ||
+          fail "handler_error: rank $r did not report rank $victim's error: $line"
+        grep -qE "rank $r: shutdown: ABORTED: .*rank $victim failed: INTERNAL" <<<"$out" ||
+          fail "handler_error: rank $r's shutdown did not report rank $victim's failure"
+      fi
+    else
+      grep -q "FAILED_PRECONDITION: .*the ranks' agreements differ" <<<"$line" || fail "$kind: rank $r: $line"
+      grep -q "runs probes::AccuracyProbe(MAX) then probes::LossProbe(MEAN)" <<<"$line" || fail "$kind: rank $r does not name rank 0's side: $line"
+    fi
+  done
+done
+
+# Strict mode (EMBER_DISTRIBUTED_DEBUG=DETAIL) on Gloo: a metric all-reduce against a gradient
+# bucket fails every rank at once naming both (not at the 3 s deadline).
+out=$(EMBER_DISTRIBUTED_DEBUG=DETAIL torchrun "kinds-strict" 2 8 kinds 1)
+echo "== kinds on rank 1 of 2, strict: torchrun exited $?"
+grep -E "rank [0-9]+: " <<<"$out" | head -n 4
+for r in 0 1; do
+  line=$(grep -E "rank $r: [A-Z_]+: .* after [0-9.]+s" <<<"$out" | head -n 1)
+  grep -q "FAILED_PRECONDITION: collective #0 differs across ranks (EMBER_DISTRIBUTED_DEBUG=DETAIL): rank 0 StartAllReduce of 50858 float32 (SUM) (#0); .*rank 1 AllReduce of 4 float64 (SUM) (#0)\..* after [0-2]\.[0-9]s (strict 1)" <<<"$line" ||
+    fail "kinds (strict): rank $r: $line"
+done
+
 # The fault matrix on 4 ranks (the last rank is the victim; three survivors must each detect it).
 # 2 ranks ran it too until session 15: the same code paths, for 100 s of CI.
 for n in 4; do

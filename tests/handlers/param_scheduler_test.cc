@@ -982,3 +982,19 @@ TEST(ParamSchedulerResume, EveryEventContinuesExactly) {
 
 }  // namespace
 }  // namespace ember
+
+// The label enters the layout the ranks agree on at the start of a run (see EarlyStopping's).
+TEST(ReduceLROnPlateauLabel, NamesTheNonDefaultOptions) {
+  torch::nn::Linear net(2, 1);
+  torch::optim::SGD sgd(net->parameters(), 0.1);
+  auto plain = ember::ReduceLROnPlateauScheduler::Create(sgd, {.metric_name = "loss"});
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ((*plain)->label(), "metric=loss");
+  auto tuned = ember::ReduceLROnPlateauScheduler::Create(
+      sgd, {.metric_name = "acc", .mode = "max", .factor = 0.5, .patience = 3, .threshold = 0.01,
+            .threshold_mode = "abs", .cooldown = 2, .min_lr = 1e-5, .eps = 1e-9, .param_group_index = 0});
+  ASSERT_TRUE(tuned.ok()) << tuned.status();
+  EXPECT_EQ((*tuned)->label(),
+            "metric=acc, mode=max, factor=0.5, patience=3, threshold=0.01, threshold_mode=abs, cooldown=2, "
+            "min_lr=1e-05, eps=1e-09, param_group_index=0");
+}

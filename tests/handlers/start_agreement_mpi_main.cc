@@ -101,7 +101,8 @@ absl::Status Run(ember::dist::Communicator& comm, const std::string& kind, const
   trainer.set_communicator(&comm);
   trainer.set_collective_timeout(absl::Seconds(kind == "engine_none" ? 10 : 60));
   EMBER_ASSIGN_OR_RETURN(auto es, ember::EarlyStopping::Create(
-                                      {.patience = 5, .score_function = [](const ember::Engine& e) {
+                                      {.patience = kind == "es_patience" && divergent ? 3 : 5,
+                                       .score_function = [](const ember::Engine& e) {
                                          return static_cast<double>(e.state().epoch);
                                        }},
                                       trainer));

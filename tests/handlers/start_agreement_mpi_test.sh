@@ -14,7 +14,7 @@ declare -A want
 # compared without their number, which depends on the compiler's numbering (g++ 12 counts every
 # lambda of the function, g++ 13 those of one signature) and on the code above them; a reported
 # difference is itself the proof that the two callables were told apart.
-es='EarlyStopping(score_function=Run()::{lambda()#N}; MEAN)'
+es='EarlyStopping(score_function=Run()::{lambda()#N}, patience=5; MEAN)'
 norm() { sed -E 's/\{lambda\(\)#[0-9]+\}/{lambda()#N}/g'; }
 want[engine_order]="Engine::Run differ across ranks: synchronized handlers at EPOCH_COMPLETED is $es then Checkpoint(MAX) on $others, Checkpoint(MAX) then $es on $last"
 want[engine_attach]="Engine::Run differ across ranks: synchronized handlers at EPOCH_COMPLETED is $es then Checkpoint(MAX) on $others, $es on $last"
@@ -22,9 +22,10 @@ want[engine_epochs]="Engine::Run differ across ranks: max_epochs is 2 on $others
 want[ddp_shape]="DataParallel parameters differ across ranks: parameter 0.weight is Float[6,4] on $others, Float[4,6] on $last; parameter 0.bias is Float[6] on $others, Float[4] on $last; parameter 1.weight is Float[4,6] on $others, Float[6,4] on $last; parameter 1.bias is Float[4] on $others, Float[6] on $last"
 want[save_on_rank]="ModelCheckpoint options differ across ranks: save_on_rank is 0 on $others, 1 on $last"
 want[metrics_order]="Metrics: agreement of 4 sums: the ranks' agreements differ (layout), detected before any value was used: rank 0 (agreement #0) Metrics at COMPLETED: a (Const, 2 sums), b (Const, 2 sums); $last (agreement #0) Metrics at COMPLETED: b (Const, 2 sums), a (Const, 2 sums). Every rank must run the same program: the same handlers, registered in the same order, at the same events [at COMPLETED, epoch 1, iteration 2] [at EPOCH_COMPLETED, epoch 1, iteration 8]"
-want[es_order]="Engine::Run differ across ranks: synchronized handlers at EPOCH_COMPLETED is EarlyStopping(score=accuracy; MEAN) then EarlyStopping(score=loss; MEAN) then Checkpoint(MAX) on $others, EarlyStopping(score=loss; MEAN) then EarlyStopping(score=accuracy; MEAN) then Checkpoint(MAX) on $last"
+want[es_order]="Engine::Run differ across ranks: synchronized handlers at EPOCH_COMPLETED is EarlyStopping(score=accuracy, patience=5; MEAN) then EarlyStopping(score=loss, patience=5; MEAN) then Checkpoint(MAX) on $others, EarlyStopping(score=loss, patience=5; MEAN) then EarlyStopping(score=accuracy, patience=5; MEAN) then Checkpoint(MAX) on $last"
 want[filter_args]="Engine::Run differ across ranks: synchronized handlers at EPOCH_COMPLETED is $es then Checkpoint(MAX; every=2) on $others, $es then Checkpoint(MAX; every=3) on $last"
-want[score_fn]="Engine::Run differ across ranks: synchronized handlers at EPOCH_COMPLETED is EarlyStopping(score_function=Run()::{lambda()#N}; MEAN) then Checkpoint(MAX) on $others, EarlyStopping(score_function=Run()::{lambda()#N}; MEAN) then Checkpoint(MAX) on $last"
+want[score_fn]="Engine::Run differ across ranks: synchronized handlers at EPOCH_COMPLETED is $es then Checkpoint(MAX) on $others, $es then Checkpoint(MAX) on $last"
+want[es_patience]="Engine::Run differ across ranks: synchronized handlers at EPOCH_COMPLETED is $es then Checkpoint(MAX) on $others, EarlyStopping(score_function=Run()::{lambda()#N}, patience=3; MEAN) then Checkpoint(MAX) on $last"
 want[filter_fn]="Engine::Run differ across ranks: synchronized handlers at EPOCH_COMPLETED is $es then Checkpoint(MAX; event_filter=Run()::{lambda()#N}) on $others, $es then Checkpoint(MAX; event_filter=Run()::{lambda()#N}) on $last"
 want[sharded]="ShardedSource options differ across ranks: global_batch is 8 on $others, 16 on $last"
 
@@ -40,7 +41,7 @@ expect_split() {
 }
 
 kinds=(same engine_order engine_attach engine_none engine_none_strict engine_epochs ddp_shape save_on_rank sharded
-  metrics_order es_order filter_args score_fn filter_fn)
+  metrics_order es_order es_patience filter_args score_fn filter_fn)
 if [[ $n -gt 2 ]]; then
   # Above 2 ranks, the cases whose path differs with the world: several ranks on one side of the
   # difference ("ranks 0-2"), the all-gathered header and description exchange of an agreement,

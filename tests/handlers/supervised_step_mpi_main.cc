@@ -227,14 +227,18 @@ TEST(SupervisedStepMpi, GradScalerOverflowOnOneRankSkipsTheStepOnEveryRank) {
             absl::OkStatus());
 }
 
-int Mismatch() {
+// "mismatch": rank 1 asks for accumulation_steps 3, the others 2. "mismatch_lr": rank 1's SGD has
+// lr 0.05 and momentum 0.9, the others' lr 0.1 and momentum 0.
+int Mismatch(const std::string& kind) {
   ember::dist::Communicator& comm = ember::testing::MpiWorld();
   Net net;
   ember::DataParallel ddp(*net, {.comm = &comm, .overlap = false});
   if (!ddp.status().ok()) return 2;
-  torch::optim::SGD opt(net->parameters(), 0.1);
+  const bool odd_lr = kind == "mismatch_lr" && comm.rank() == 1;
+  torch::optim::SGD opt(net->parameters(), torch::optim::SGDOptions(odd_lr ? 0.05 : 0.1).momentum(odd_lr ? 0.9 : 0));
+  const int steps = kind == "mismatch" && comm.rank() == 1 ? 3 : 2;
   auto step = ember::SupervisedStep::Create([&](const torch::Tensor& x) { return net->forward(x); }, opt, CrossEntropy(),
-                                            {.accumulation_steps = comm.rank() == 1 ? 3 : 2, .data_parallel = &ddp});
+                                            {.accumulation_steps = steps, .data_parallel = &ddp});
   std::fprintf(stderr, "rank %d: %s\n", comm.rank(), step.ok() ? "OK" : step.status().ToString().c_str());
   std::fflush(stderr);
   return ember::testing::ExitLettingOthersReport(step.ok() ? 0 : 1);
@@ -245,7 +249,7 @@ int Mismatch() {
 int main(int argc, char** argv) {
   return ember::testing::RunTestsOnEveryRank(
       argc, argv, [](ember::dist::Communicator&, int argc, char** argv) -> std::optional<int> {
-        if (argc == 2 && std::string(argv[1]) == "mismatch") return Mismatch();
+        if (argc == 2 && std::string(argv[1]).rfind("mismatch", 0) == 0) return Mismatch(argv[1]);
         return std::nullopt;
       });
 }

@@ -25,4 +25,15 @@ for ((r = 0; r < n; ++r)); do
   grep -q "SupervisedStep.*differ across ranks: accumulation_steps is 2 on rank.*3 on rank 1" <<<"$line" ||
     { echo "$out" | tail -n 30; fail "rank $r did not name the differing accumulation_steps: $line"; }
 done
+
+out=$(timeout 60 "${mpi[@]}" "$binary" mismatch_lr 2>&1)
+rc=$?
+echo "== rank 1's SGD has lr 0.05 and momentum 0.9, the others' lr 0.1 and momentum 0: exit $rc"
+grep -E "^rank " <<<"$out"
+[[ $rc -ne 0 && $rc -ne 124 ]] || fail "mismatch_lr: the job exited $rc"
+for ((r = 0; r < n; ++r)); do
+  line=$(grep "^rank $r: " <<<"$out")
+  grep -q "SupervisedStep.*differ across ranks: optimizer.param_groups\[0\] is [0-9]* tensors, lr=0.1 momentum=0 dampening=0 weight_decay=0 nesterov=0 on rank.*, [0-9]* tensors, lr=0.05 momentum=0.9 dampening=0 weight_decay=0 nesterov=0 on rank 1" <<<"$line" ||
+    { echo "$out" | tail -n 30; fail "mismatch_lr: rank $r did not name the differing optimizer settings: $line"; }
+done
 echo OK

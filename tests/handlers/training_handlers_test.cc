@@ -358,5 +358,31 @@ TEST(Timer, EngineAttachFakeClock) {
   EXPECT_DOUBLE_EQ(unattached.value(), 27.5);
 }
 
+// The label enters the layout the ranks agree on at the start of a run: the stopping options that
+// differ from their defaults are in it, so a rank with another patience is told apart.
+TEST(EarlyStoppingLabel, NamesTheNonDefaultOptions) {
+  Engine trainer(Identity);
+  auto plain = EarlyStopping::Create({.score_name = "acc"}, trainer);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ((*plain)->label(), "score=acc");
+  auto tuned = EarlyStopping::Create({.patience = 3,
+                                      .score_name = "loss",
+                                      .min_delta = 0.01,
+                                      .cumulative_delta = true,
+                                      .mode = EarlyStoppingOptions::Mode::kMin,
+                                      .threshold_mode = EarlyStoppingOptions::ThresholdMode::kRel,
+                                      .stopping_threshold = 0.25,
+                                      .divergence_threshold = 4.0,
+                                      .check_finite = true},
+                                     trainer);
+  ASSERT_TRUE(tuned.ok()) << tuned.status();
+  EXPECT_EQ((*tuned)->label(),
+            "score=loss, patience=3, min_delta=0.01, cumulative_delta=true, mode=min, threshold_mode=rel, "
+            "stopping_threshold=0.25, divergence_threshold=4, check_finite=true");
+  auto five = EarlyStopping::Create({.patience = 5, .score_name = "acc"}, trainer);
+  ASSERT_TRUE(five.ok());
+  EXPECT_NE((*five)->label(), (*plain)->label());
+}
+
 }  // namespace
 }  // namespace ember
