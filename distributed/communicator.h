@@ -15,8 +15,9 @@
 // control channel). A rank waiting in a collective, now or later, fails with kAborted and that
 // text (IsPeerFailure() is true of it) instead of waiting out its deadline or completing with a
 // value a failed rank never contributed. Fail() is the entry for an error outside a collective (a
-// handler's error that ended Engine::Run on this rank only). The MPI and fake backends carry the
-// notices; NCCL (no side channel of its own) and the single process do not.
+// handler's error that ended Engine::Run on this rank only). The MPI, Gloo and fake backends carry
+// the notices (Gloo's also resets the failed rank's connections, which is what ends a peer's
+// wait: gloo_communicator.h); NCCL (no side channel of its own) and the single process do not.
 //
 // Matching spaces: control traffic (Meet, the notices) never matches training collectives. The
 // MPI backend gives each kind of collective a duplicate of MPI_COMM_WORLD of its own (gradient
