@@ -22,12 +22,20 @@
 namespace ember::dist {
 namespace {
 
+absl::Status AgreeOnStrictMode(Communicator& comm, absl::Time deadline);
+
 // An NCCL communicator together with the MPI communicator that bootstrapped it (kept alive so
-// that MPI is finalised after NCCL is torn down).
+// that MPI is finalised after NCCL is torn down). Every collective is NCCL's, gradient buffers on
+// the device included (device_buffers, StartAllReduce); the control traffic is MPI's: the failure
+// notices (NCCL has no side channel) and the shutdown meeting, on the bootstrap's control channel,
+// where it can never complete a training collective. Strict mode's fingerprints are this
+// communicator's (NCCL's own are off: one exchange per collective, not two).
 class BootstrappedCommunicator final : public Communicator {
  public:
   BootstrappedCommunicator(std::unique_ptr<Communicator> bootstrap, std::unique_ptr<Communicator> main)
-      : bootstrap_(std::move(bootstrap)), main_(std::move(main)) {}
+      : bootstrap_(std::move(bootstrap)), main_(std::move(main)) {
+    main_->set_strict(false);
+  }
   ~BootstrappedCommunicator() override {
     // After a failed NCCL collective the peers' state is unknown: the bootstrap (MPI) must not
     // finalise either, or MPI_Finalize can block on a stalled peer.
@@ -39,6 +47,7 @@ class BootstrappedCommunicator final : public Communicator {
   int world_size() const override { return main_->world_size(); }
   int local_rank() const override { return main_->local_rank(); }
   std::string backend() const override { return main_->backend(); }
+  bool device_buffers() const override { return main_->device_buffers(); }
 
  protected:
   absl::Status DoAllReduce(absl::Span<double> v, ReduceOp op, absl::Time d) override {
@@ -47,6 +56,9 @@ class BootstrappedCommunicator final : public Communicator {
   absl::Status DoAllReduce(absl::Span<float> v, ReduceOp op, absl::Time d) override {
     return main_->AllReduce(v, op, d);
   }
+  absl::StatusOr<std::unique_ptr<Pending>> DoStartAllReduce(const Buffer& b, ReduceOp op, absl::Time d) override {
+    return main_->StartAllReduce(b, op, d);
+  }
   absl::Status DoAllGather(absl::Span<const double> s, absl::Span<double> r, absl::Time d) override {
     return main_->AllGather(s, r, d);
   }
@@ -54,6 +66,22 @@ class BootstrappedCommunicator final : public Communicator {
     return main_->Broadcast(b, root, d);
   }
   absl::Status DoBarrier(absl::Time d) override { return main_->Barrier(d); }
+  // The notice goes out on the bootstrap's control channel: a peer waiting in an NCCL collective
+  // does not see it (it fails at its deadline), a peer at the shutdown meeting does.
+  void DoNotifyFailure(const absl::Status& error) override { bootstrap_->Fail(error); }
+  // The meeting is the bootstrap's: OK when no rank failed; otherwise the failure it reports
+  // (a peer's notice, or the ranks that failed), which becomes this rank's error.
+  absl::StatusOr<std::vector<int>> DoMeet(bool failed, absl::Time deadline) override {
+    if (failed) bootstrap_->Poison(poisoned());  // a notice unless a deadline, as here
+    absl::Status met = bootstrap_->Meet(deadline);
+    std::vector<int> flags(static_cast<size_t>(world_size()), 0);
+    if (failed) {
+      flags[static_cast<size_t>(rank())] = 1;
+      return flags;
+    }
+    if (!met.ok()) return met;
+    return flags;
+  }
 
  private:
   std::unique_ptr<Communicator> bootstrap_;
@@ -86,6 +114,11 @@ absl::StatusOr<std::unique_ptr<Communicator>> LaunchNccl(const LaunchOptions& op
   std::unique_ptr<Communicator> bootstrap;
   if (info.mpi_launched) {
     EMBER_ASSIGN_OR_RETURN(bootstrap, LaunchMpi(options, info));
+    // Strict mode is agreed on the bootstrap first, before the NCCL id goes through it (a rank in
+    // strict mode alone would otherwise send a fingerprint against the others' broadcast and wait
+    // out the init timeout); the bootstrap's few collectives are not fingerprinted.
+    EMBER_RETURN_IF_ERROR(AgreeOnStrictMode(*bootstrap, absl::Now() + options.init_timeout));
+    bootstrap->set_strict(false);
     nccl.rank = bootstrap->rank();
     nccl.world_size = bootstrap->world_size();
     nccl.local_rank = bootstrap->local_rank();
@@ -97,8 +130,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> LaunchNccl(const LaunchOptions& op
   }
   EMBER_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, CreateNcclCommunicator(nccl));
   if (!bootstrap) return comm;
-  return std::unique_ptr<Communicator>(
-      new BootstrappedCommunicator(std::move(bootstrap), std::move(comm)));
+  return CombineWithBootstrap(std::move(bootstrap), std::move(comm));
 }
 
 bool IsLoopback(const std::string& addr) {
@@ -225,6 +257,11 @@ absl::StatusOr<std::unique_ptr<Communicator>> LaunchBackend(const LaunchOptions&
 }
 
 }  // namespace
+
+std::unique_ptr<Communicator> CombineWithBootstrap(std::unique_ptr<Communicator> bootstrap,
+                                                   std::unique_ptr<Communicator> main) {
+  return std::unique_ptr<Communicator>(new BootstrappedCommunicator(std::move(bootstrap), std::move(main)));
+}
 
 absl::StatusOr<std::unique_ptr<Communicator>> Launch(const LaunchOptions& options,
                                                      const LaunchInfo& info) {

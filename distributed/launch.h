@@ -87,6 +87,13 @@ class World {
   bool met_ = false;
 };
 
+// What backend "nccl" returns under an MPI launcher: `main` (NCCL) runs every collective, device
+// buffers included; `bootstrap` (MPI, which carried the NCCL id) carries the failure notices and
+// runs the shutdown meeting on its control channel, and is destroyed after `main`. Public for
+// tests (any two communicators of the same ranks).
+std::unique_ptr<Communicator> CombineWithBootstrap(std::unique_ptr<Communicator> bootstrap,
+                                                   std::unique_ptr<Communicator> main);
+
 absl::StatusOr<std::unique_ptr<World>> LaunchWorld(const LaunchOptions& options = {});
 
 }  // namespace ember::dist
