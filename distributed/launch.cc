@@ -265,6 +265,16 @@ std::unique_ptr<Communicator> CombineWithBootstrap(std::unique_ptr<Communicator>
 
 absl::StatusOr<std::unique_ptr<Communicator>> Launch(const LaunchOptions& options,
                                                      const LaunchInfo& info) {
+  // PyTorch's levels (TORCH_DISTRIBUTED_DEBUG): anything else is a typo that would silently leave
+  // strict mode off.
+  if (const char* debug = std::getenv("EMBER_DISTRIBUTED_DEBUG"); debug != nullptr && *debug != '\0') {
+    const std::string level = debug;
+    if (level != "OFF" && level != "INFO" && level != "DETAIL") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "EMBER_DISTRIBUTED_DEBUG=", level, ": not a debug level; allowed: OFF, INFO (both: no checks beyond the "
+          "default), DETAIL (strict mode: every collective compared across ranks before it runs)"));
+    }
+  }
   EMBER_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, LaunchBackend(options, info));
   EMBER_RETURN_IF_ERROR(AgreeOnStrictMode(*comm, absl::Now() + options.init_timeout));
   return comm;

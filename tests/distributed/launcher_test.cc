@@ -221,6 +221,13 @@ TEST(Launch, BackendChoiceAndErrors) {
   EXPECT_EQ((*c)->backend(), "single");
   EXPECT_THAT(std::string(Launch({.backend = "gl00"}, single).status().message()),
               HasSubstr("unknown backend 'gl00'; allowed: auto, single, mpi, nccl, gloo"));
+  // A debug level that is not one would leave strict mode silently off.
+  ::setenv("EMBER_DISTRIBUTED_DEBUG", "detail", 1);
+  EXPECT_THAT(std::string(Launch({.backend = "auto"}, single).status().message()),
+              HasSubstr("EMBER_DISTRIBUTED_DEBUG=detail: not a debug level; allowed: OFF, INFO"));
+  ::setenv("EMBER_DISTRIBUTED_DEBUG", "OFF", 1);
+  EXPECT_TRUE(Launch({.backend = "auto"}, single).ok());
+  ::unsetenv("EMBER_DISTRIBUTED_DEBUG");
   // Gloo on one rank: no peers, nothing to exchange.
   absl::StatusOr<std::unique_ptr<Communicator>> one = Launch({.backend = "gloo"}, single);
   ASSERT_TRUE(one.ok()) << one.status();
