@@ -32,6 +32,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/crc32.h"
 #include "base/directory_lock.h"
 #include "base/file_system.h"
 #include "base/status_macros.h"
@@ -146,6 +147,23 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
   if (data.val.size() < world_size) {
     return absl::InvalidArgumentError(absl::StrCat("the validation split has ", data.val.size(),
                                                    " samples, fewer than the ", world_size, " ranks"));
+  }
+  // The data itself, not only --data's text: ranks that read another file under the same path (a
+  // stale copy on one node) would train their replicas on other samples under one global order.
+  // One CRC-32 of each split's samples and labels, compared across ranks like the flags.
+  if (world_size > 1) {
+    dist::SettingList content;
+    for (const auto& [name, split] : {std::pair<const char*, const Split*>{"train split", &data.train},
+                                      std::pair<const char*, const Split*>{"validation split", &data.val}}) {
+      const torch::Tensor x = split->x.contiguous().cpu();
+      const torch::Tensor y = split->y.contiguous().cpu();
+      uint32_t crc = Crc32(0, x.data_ptr(), static_cast<size_t>(x.numel()) * x.element_size());
+      crc = Crc32(crc, y.data_ptr(), static_cast<size_t>(y.numel()) * y.element_size());
+      content.Add(name, absl::StrCat(split->size(), " samples of ", x.dim() > 1 ? x.size(1) : 1, " features, crc32 ",
+                                     absl::Hex(crc, absl::kZeroPad8)));
+    }
+    EMBER_RETURN_IF_ERROR(dist::AgreeOnSettings(comm, absl::StrCat("training data (--data=", flags.data, ")"),
+                                                content, deadline));
   }
   torch::Device device = flags.device == "cuda"
                              ? torch::Device(torch::kCUDA, comm.local_rank())  // Launch checked one GPU per local rank

@@ -650,6 +650,21 @@ agree)
   [[ $(finals "$out" | grep -c '"stopped_by": "error"') -eq 2 ]] || fail "not 2 error final lines: $out"
   [[ $took -lt 30 ]] || fail "one rank's bad data: took ${took}s (the deadline was waited out)"
   echo "ok: one rank's bad data ends both ranks in ${took}s, rank 0 naming rank 1's error"
+  # The same --data text, another content on rank 1 (one label changed, well-formed: a stale copy
+  # on one node): the data's content is agreed at start (M5), both ranks name each rank's CRC.
+  mkdir -p "$work/wc"
+  sed '3s/^0,/1,/' "$work/wa/d.csv" >"$work/wc/d.csv"
+  rm -rf "$work/d"
+  out=$(timeout 300 mpirun --oversubscribe --mca btl self,vader -np 1 -wdir "$work/wa" "$train" --data=csv:d.csv --deadline_s=60 \
+    --progress=none --output_dir="$work/d" : -np 1 -wdir "$work/wc" "$train" --data=csv:d.csv --deadline_s=60 \
+    --progress=none --output_dir="$work/d" 2>&1); rc=$?
+  [[ $rc -eq 1 ]] || fail "one rank's other data: exit $rc: $(tail -n 5 <<<"$out")"
+  for r in 0 1; do
+    grep -qE "train: rank $r: error: training data \(--data=csv:d.csv\) differ across ranks: (train|validation) split is [0-9]+ samples of 2 features, crc32 [0-9a-f]{8} on rank 0, [0-9]+ samples of 2 features, crc32 [0-9a-f]{8} on rank 1" <<<"$out" ||
+      fail "one rank's other data: rank $r does not name the data's difference: $out"
+  done
+  [[ ! -e $work/d ]] || [[ -z $(ls "$work/d"/*.pt 2>/dev/null) ]] || fail "one rank's other data: a checkpoint was written"
+  echo "ok: the same --data with another content on rank 1 is refused at start, naming both CRCs"
   ;;
 finished)
   # Issue 24.5: a run that ended by a decision (early stopping) is finished: --resume changes
