@@ -491,7 +491,10 @@ absl::Status Engine::AgreeOnRun(const absl::Status& prepared) {
       .Add("epoch_length", OptionalToString(state_.epoch_length))
       .Add("max_epochs", OptionalToString(state_.max_epochs))
       .Add("max_iters", OptionalToString(state_.max_iters))
-      .AddInt("starting iteration", state_.iteration);
+      .AddInt("starting iteration", state_.iteration)
+      // A rank that verifies issues one more collective per synchronized firing than one that
+      // does not.
+      .AddBool("verify_agreement", verify_agreement_);
   for (size_t id = 0; id < handlers_.size(); ++id) {
     std::vector<std::string> layout;
     for (const auto& h : handlers_[id]) {

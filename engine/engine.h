@@ -269,7 +269,8 @@ class Engine {
   void set_collective_timeout(absl::Duration timeout) { collective_timeout_ = timeout; }
   absl::Duration collective_timeout() const { return collective_timeout_; }
   // Debug: after each agreement, all-gather a digest of every rank's resulting decisions and
-  // fail if any rank differs (one more collective per synchronized firing).
+  // fail if any rank differs (one more collective per synchronized firing). Agreed at the start
+  // of Run like the handlers: it must be set alike on every rank.
   void set_verify_agreement(bool verify) { verify_agreement_ = verify; }
   // Number of agreements (collectives issued for synchronized handlers) so far.
   int64_t agreements() const { return agreements_; }

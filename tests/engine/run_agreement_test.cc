@@ -87,6 +87,7 @@ std::vector<RankResult> RunWorld(int n, const std::string& divergent) {
     options.max_epochs = 2;
     if (divergent == "max_epochs" && odd) options.max_epochs = 3;
     if (divergent == "invalid" && odd) options.max_epochs = 0;
+    if (divergent == "verify" && odd) engine.set_verify_agreement(true);
     res.status = engine.Run(data, options);
     res.collectives = c.collectives();
     res.after = c.Barrier(absl::Now() + absl::Seconds(20));
@@ -116,6 +117,9 @@ std::string Expected(const std::string& divergent, int n) {
     return "Engine::Run differ across ranks: synchronized handlers at EPOCH_COMPLETED is VoteA(MAX) on " + others +
            ", (absent) on " + last;
   }
+  if (divergent == "verify") {
+    return "Engine::Run differ across ranks: verify_agreement is false on " + others + ", true on " + last;
+  }
   if (divergent == "filtered") {
     return "Engine::Run differ across ranks: synchronized handlers at ITERATION_COMPLETED is VoteB(MIN,SUM) on " +
            others + ", VoteB(MIN,SUM; every=2) on " + last;
@@ -138,7 +142,7 @@ TEST_P(RunAgreement, TheSameRunOnEveryRankAgreesInOneCollective) {
 
 TEST_P(RunAgreement, ADivergentRankFailsEveryRankBeforeAnyEvent) {
   const int n = GetParam();
-  for (const std::string divergent : {"epoch_length", "max_epochs", "invalid", "order", "one_rank_only", "filtered"}) {
+  for (const std::string divergent : {"epoch_length", "max_epochs", "invalid", "order", "one_rank_only", "filtered", "verify"}) {
     SCOPED_TRACE(divergent);
     const std::vector<RankResult> results = RunWorld(n, divergent);
     for (int r = 0; r < n; ++r) {
