@@ -88,6 +88,13 @@ void Communicator::Poison(absl::Status error) {
   }
 }
 
+void Communicator::Fail(absl::Status error) {
+  if (!poison_.ok() || error.ok()) return;
+  poison_ = std::move(error);
+  failed_locally_ = true;
+  if (world_size() > 1 && !IsPeerFailure(poison_)) DoNotifyFailure(poison_);
+}
+
 bool Communicator::IsPeerFailure(const absl::Status& error) {
   return error.GetPayload(kPeerFailureUrl).has_value();
 }
@@ -115,7 +122,7 @@ void Communicator::CollectiveFailed(absl::Status error) {
 }
 
 bool Communicator::may_meet() const {
-  return !broken_ && poison_.code() != absl::StatusCode::kDeadlineExceeded;
+  return !broken_ && (failed_locally_ || poison_.code() != absl::StatusCode::kDeadlineExceeded);
 }
 
 absl::StatusOr<std::vector<int>> Communicator::DoMeet(bool failed, absl::Time deadline) {

@@ -9,10 +9,11 @@
 // hanging. After any non-OK result the communicator is poisoned: every later call returns
 // kFailedPrecondition naming the first error (the peers' state is unknown; the job must end).
 //
-// Failure notices: the first error that poisons a communicator of several ranks (but a missed
-// deadline, which every peer waiting on the same stalled rank detects by itself, and a peer's own
-// notice) is also sent to every other rank (a short non-blocking message, "rank R failed: <error>", on the backend's
-// control channel). A rank waiting in a collective, now or later, fails with kAborted and that
+// Failure notices: the first error that poisons a communicator of several ranks (but a
+// collective's missed deadline, which every peer waiting on the same stalled rank detects by
+// itself, and a peer's own notice) is also sent to every other rank (a short message, "rank R
+// failed: <error>", on the backend's control channel; MPI does not wait for it, Gloo waits at
+// most 600 ms and then resets this rank's connections). A rank waiting in a collective, now or later, fails with kAborted and that
 // text (IsPeerFailure() is true of it) instead of waiting out its deadline or completing with a
 // value a failed rank never contributed. Fail() is the entry for an error outside a collective (a
 // handler's error that ended Engine::Run on this rank only). The MPI, Gloo and fake backends carry
@@ -138,8 +139,8 @@ class Communicator {
   // no rank failed; kAborted naming the ranks that did (with a failure notice's text when one
   // came) otherwise. Also runs on a poisoned communicator when may_meet() says it can.
   absl::Status Meet(absl::Time deadline);
-  // Whether Meet can still complete: false after a deadline passed (any kDeadlineExceeded
-  // poison) or a collective's transport failed (kInternal, kUnavailable, kUnknown from a
+  // Whether Meet can still complete: false after a deadline passed (a kDeadlineExceeded poison
+  // that did not come through Fail) or a collective's transport failed (kInternal, kUnavailable, kUnknown from a
   // collective: a peer may be stuck for good), true otherwise (not poisoned; a local failure,
   // whatever its code; a peer's notice; a mismatch that every rank detected).
   bool may_meet() const;
@@ -174,9 +175,10 @@ class Communicator {
   // of several ranks sends the failure notice (above) unless the error is itself a peer's notice.
   void Poison(absl::Status error);
   // This rank failed outside a collective (`error`): poisons the communicator and tells the
-  // peers, so that they fail promptly with "rank R failed: <error>". Same as Poison; the name
-  // says why it is called.
-  void Fail(absl::Status error) { Poison(std::move(error)); }
+  // peers, so that they fail promptly with "rank R failed: <error>", whatever the error's code (a
+  // DEADLINE_EXCEEDED of the user's own, say, which no peer saw). The rank may still meet at
+  // shutdown (may_meet). The first error is kept; a second call does nothing.
+  void Fail(absl::Status error);
   // A collective failed with `error` (Guard, a Pending's Wait): Poison, and when the transport
   // failed (kInternal, kUnavailable, kUnknown) or a deadline passed, the shutdown meeting is
   // skipped (may_meet()).
@@ -220,6 +222,7 @@ class Communicator {
   absl::Status CheckFingerprint(int kind, uint64_t count, int dtype, int op, absl::Time deadline);
   absl::Status poison_;
   bool broken_ = false;  // a collective's transport failed
+  bool failed_locally_ = false;  // the poison came through Fail()
   bool strict_ = StrictFromEnvironment();
   uint64_t strict_seq_ = 0;
   static bool StrictFromEnvironment();

@@ -85,6 +85,20 @@ class MeshContext final : public gloo::Context {
  public:
   MeshContext(int rank, int size) : gloo::Context(rank, size) {}
 
+  // Fails every pending operation and closes every connection with a normal close (FIN: bytes
+  // still queued, a notice, reach the peer before its end of file), as Gloo does when a wait times
+  // out: which is how it is done (a receive that is never posted, waited for 1 ms), the transport
+  // context's own signalException being out of reach (Debian's libgloo-dev lacks a header it
+  // needs). Context::closeConnections would reset them (SO_LINGER 0), which may drop what is queued.
+  void Reset() {
+    char byte = 0;
+    try {
+      std::unique_ptr<gloo::transport::UnboundBuffer> never = createUnboundBuffer(&byte, 1);
+      never->waitRecv(nullptr, std::chrono::milliseconds(1));
+    } catch (const std::exception&) {  // the expected timeout: every pair is now failed and closed
+    }
+  }
+
   absl::Status Connect(std::shared_ptr<gloo::transport::Device> device, const AddressExchange& exchange,
                        absl::Time deadline) {
     const auto timeout = std::chrono::milliseconds(std::max<int64_t>(1, absl::ToInt64Milliseconds(deadline - absl::Now())));
@@ -144,12 +158,17 @@ class GlooCommunicator final : public Communicator {
     where_ = absl::StrCat(" on rank ", rank_, " of ", world_size_, " (peers ", absl::StrJoin(peers, ", "), ")");
     // Every rank listens for one failure notice from any peer for the communicator's life.
     if (world_size_ > 1) {
-      notices_ = std::make_shared<Notices>();
+      // One receive per peer, each into its own bytes (one receive from any peer would take the
+      // first sender only: a second failing rank's send would never complete).
+      notices_ = std::make_shared<Notices>(static_cast<size_t>(world_size_));
       try {
-        notices_->in = context_->createUnboundBuffer(notices_->in_bytes, kNoticeBytes);
-        notices_->in->recv(peers, gloo::Slot::build(kNoticeSlotPrefix, 0));
+        for (int r : peers) {
+          Notices::Peer& p = notices_->peers[static_cast<size_t>(r)];
+          p.in = context_->createUnboundBuffer(p.in_bytes, kNoticeBytes);
+          p.in->recv(r, gloo::Slot::build(kNoticeSlotPrefix, 0));
+        }
       } catch (const std::exception& e) {
-        notices_.reset();  // no notices: peers then see closed connections only
+        notices_.reset();  // no notices: peers then see the connections reset only
       }
     }
   }
@@ -284,62 +303,72 @@ class GlooCommunicator final : public Communicator {
       const uint32_t n = static_cast<uint32_t>(text.size());
       std::memcpy(notices_->out_bytes, &n, 4);
       std::memcpy(notices_->out_bytes + 4, text.data(), text.size());
-      try {
-        notices_->out = context_->createUnboundBuffer(notices_->out_bytes, kNoticeBytes);
-        int sent = 0;
-        for (int r = 0; r < world_size_; ++r) {
-          if (r == rank_) continue;
-          try {
-            notices_->out->send(r, gloo::Slot::build(kNoticeSlotPrefix, 0));
-            ++sent;
-          } catch (const std::exception&) {  // that peer's connection is gone already
-          }
+      // One send buffer per peer: a peer's lost connection fails that send only.
+      std::vector<int> sending;
+      for (int r = 0; r < world_size_; ++r) {
+        if (r == rank_) continue;
+        Notices::Peer& p = notices_->peers[static_cast<size_t>(r)];
+        try {
+          p.out = context_->createUnboundBuffer(notices_->out_bytes, kNoticeBytes);
+          p.out->send(r, gloo::Slot::build(kNoticeSlotPrefix, 0));
+          sending.push_back(r);
+        } catch (const std::exception&) {  // that peer's connection is gone already
         }
-        const auto until = std::chrono::steady_clock::now() + kNoticeSendBudget;
-        for (int i = 0; i < sent; ++i) {
-          const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
-          if (left.count() <= 0) break;
-          notices_->out->waitSend(left);
-        }
-        std::this_thread::sleep_for(kNoticeReadGrace);
-      } catch (const std::exception&) {  // a peer stalled or gone: the others may have it
       }
+      const auto until = std::chrono::steady_clock::now() + kNoticeSendBudget;
+      for (int r : sending) {
+        const auto left =
+            std::max(std::chrono::milliseconds(1), std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                       until - std::chrono::steady_clock::now()));
+        try {
+          notices_->peers[static_cast<size_t>(r)].out->waitSend(left);
+        } catch (const std::exception&) {  // a peer stalled or gone: the others may have it
+        }
+      }
+      std::this_thread::sleep_for(kNoticeReadGrace);
     }
     CloseConnections();
   }
 
  private:
   struct Notices {
-    char in_bytes[kNoticeBytes] = {};
+    struct Peer {
+      char in_bytes[kNoticeBytes] = {};
+      std::unique_ptr<gloo::transport::UnboundBuffer> in, out;
+    };
+    explicit Notices(size_t world) : peers(world) {}
+    std::vector<Peer> peers;  // by rank; this rank's entry is unused
     char out_bytes[kNoticeBytes] = {};
-    std::unique_ptr<gloo::transport::UnboundBuffer> in, out;
   };
 
   // After this rank's collective failed: the first peer's notice, if one arrived (it arrives
   // before the sender resets its connections, so before the failure it explains).
   absl::Status TakeNotice() {
-    if (!peer_failure_.ok() || notices_ == nullptr || notices_->in == nullptr) return peer_failure_;
-    int from = -1;
-    try {
-      if (!notices_->in->waitRecv(&from, std::chrono::milliseconds(50))) return absl::OkStatus();
-    } catch (const std::exception&) {
-      return absl::OkStatus();  // none came (the wait fails the context, which has failed already)
+    if (!peer_failure_.ok() || notices_ == nullptr) return peer_failure_;
+    // The first wait that times out fails the context (Gloo), which has failed already; a receive
+    // that completed before still returns at once, so the lowest rank with a notice is found.
+    for (int r = 0; r < world_size_; ++r) {
+      Notices::Peer& p = notices_->peers[static_cast<size_t>(r)];
+      if (r == rank_ || p.in == nullptr) continue;
+      try {
+        if (!p.in->waitRecv(nullptr, std::chrono::milliseconds(20))) continue;
+      } catch (const std::exception&) {
+        continue;  // none came from that peer
+      }
+      uint32_t n = 0;
+      std::memcpy(&n, p.in_bytes, 4);
+      n = std::min<uint32_t>(n, kNoticeBytes - 4);
+      peer_failure_ = PeerFailure(r, std::string(p.in_bytes + 4, n));
+      return peer_failure_;
     }
-    uint32_t n = 0;
-    std::memcpy(&n, notices_->in_bytes, 4);
-    n = std::min<uint32_t>(n, kNoticeBytes - 4);
-    peer_failure_ = PeerFailure(from, std::string(notices_->in_bytes + 4, n));
-    return peer_failure_;
+    return absl::OkStatus();
   }
 
   // Resets every connection of this rank (once): a peer waiting on one fails at once.
   void CloseConnections() {
     if (closed_) return;
     closed_ = true;
-    try {
-      context_->closeConnections();
-    } catch (const std::exception&) {
-    }
+    context_->Reset();
   }
 
   class DonePending final : public Pending {
@@ -386,6 +415,9 @@ class GlooCommunicator final : public Communicator {
             "gloo ", what, where_, ": not every rank joined before the deadline (a rank stalled, died or is running a "
             "different collective): ", text));
       }
+      // Every peer sees the lost connection (or this rank's reset) by itself: no notice, which
+      // would name this rank as the one that failed.
+      CloseConnections();
       return absl::UnavailableError(absl::StrCat("gloo ", what, where_, ": ", text));
     }
   }

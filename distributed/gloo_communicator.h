@@ -29,16 +29,17 @@
 // memory that a failure leaves to the transport (AbandonToTransport), and StartAllReduce's caller
 // does the same for its buffer (communicator.h).
 //
-// Failure notices (communicator.h): carried. Every rank keeps one receive posted, from any peer,
-// on a slot of its own (outside the slots of Gloo's collectives). A rank that fails outside a
-// collective (Fail) or in one (but at a deadline, which every peer sees by itself) sends "rank R
-// failed: <error>" to every peer (at most 500 ms: a peer may be stalled or gone), waits 100 ms for
-// their transport threads to read it, then resets its connections. A peer waiting in a collective
-// then fails at once; it reads the notice (Gloo cannot test a receive without failing the context
-// when nothing came, so the notice is read only once a collective has failed) and returns ABORTED
-// "rank R failed: <error> (while this rank waited in gloo <collective> on rank r of N ...)", and
-// resets its own connections, so that a peer waiting on it (a ring's far side) learns it too. A
-// rank whose connections were reset skips the shutdown meeting.
+// Failure notices (communicator.h): carried. Every rank keeps one receive posted per peer, on a
+// slot of its own (outside the slots of Gloo's collectives). A rank that fails outside a
+// collective (Fail) sends "rank R failed: <error>" to every peer (at most 500 ms: a peer may be
+// stalled or gone), waits 100 ms, then closes its connections (a normal close: what is queued is
+// delivered first). A peer waiting in a collective then fails at once; it reads the notice (Gloo
+// cannot test a receive without failing the context when nothing came, so notices are read only
+// once a collective has failed) and returns ABORTED "rank R failed: <error> (while this rank
+// waited in gloo <collective> on rank r of N ...)". A rank whose collective fails (a notice, a
+// lost connection, a deadline) closes its own connections and sends nothing: a peer waiting on it
+// (a ring's far side) fails at once too, and nobody is named as failed who did not. A rank whose
+// connections are closed skips the shutdown meeting.
 //
 // Thread safety: one thread at a time (the training thread); Gloo's own transport thread runs
 // inside. StartAllReduce completes before it returns (the default of communicator.h).

@@ -72,7 +72,8 @@ class BootstrappedCommunicator final : public Communicator {
   // The meeting is the bootstrap's: OK when no rank failed; otherwise the failure it reports
   // (a peer's notice, or the ranks that failed), which becomes this rank's error.
   absl::StatusOr<std::vector<int>> DoMeet(bool failed, absl::Time deadline) override {
-    if (failed) bootstrap_->Poison(poisoned());  // a notice unless a deadline, as here
+    // The outer communicator meets only when it may (not after a missed deadline): so may this.
+    if (failed) bootstrap_->Fail(poisoned());
     absl::Status met = bootstrap_->Meet(deadline);
     std::vector<int> flags(static_cast<size_t>(world_size()), 0);
     if (failed) {

@@ -27,7 +27,8 @@
 // (Communicator::Meet: a barrier there cannot complete a training collective a peer left
 // pending), each rank saying whether it failed, and then finalizes the backend. A rank that
 // failed (its communicator poisoned) still comes to the meeting unless a collective missed its
-// deadline or the transport broke, so that every rank's last words are out before mpirun ends
+// deadline or the transport broke (on Gloo, whose failed ranks close their connections, it never
+// comes), so that every rank's last words are out before mpirun ends
 // the job; Shutdown then returns the failure (this rank's, or kAborted "rank R failed: ..." for
 // a peer's) and does not finalize (MPI_Finalize would wait for the lost rank forever), so the
 // process can always exit.

@@ -502,8 +502,18 @@ absl::Status Engine::AgreeOnRun(const absl::Status& prepared) {
       layout.push_back(h->sync_layout);
     }
     if (layout.empty()) continue;
-    settings.Add(absl::StrCat("synchronized handlers at ", Event(static_cast<uint16_t>(id)).name()),
-                 absl::StrJoin(layout, " then "));
+    const std::string event = Event(static_cast<uint16_t>(id)).name();
+    std::string joined = absl::StrJoin(layout, " then ");
+    if (joined.size() <= static_cast<size_t>(dist::kMaxValueChars)) {
+      settings.Add(absl::StrCat("synchronized handlers at ", event), joined);
+    } else {
+      // Too long to show whole in an error (handlers with many options): one setting per handler,
+      // so that the one that differs is shown, not a cut prefix that looks the same.
+      settings.AddInt(absl::StrCat("number of synchronized handlers at ", event), static_cast<int64_t>(layout.size()));
+      for (size_t k = 0; k < layout.size(); ++k) {
+        settings.Add(absl::StrCat("synchronized handler ", k + 1, " at ", event), layout[k]);
+      }
+    }
   }
   absl::Status agreed = dist::AgreeOnSettings(*consensus_.comm(), "Engine::Run", settings, collective_timeout_);
   if (absl::IsDeadlineExceeded(agreed)) {

@@ -201,9 +201,13 @@ int RunFaultScenario(Communicator& comm, const std::string& kind, int victim) {
         // A stopped process dies only once continued: a watchdog continues it after the
         // survivors have reported (at their 3 s deadline), so that the launcher tearing the job
         // down does not wait out its kill timeout (torchrun: 30 s) for it.
+        const pid_t stopped = ::getpid();
         if (::fork() == 0) {
+          // None of the parent's sockets or pipes (its output included): a peer or the launcher
+          // must see them close when the parent dies, not 8 s later.
+          ::close_range(0, ~0U, 0);
           ::sleep(8);
-          ::kill(::getppid(), SIGCONT);
+          ::kill(stopped, SIGCONT);
           ::_exit(0);
         }
         ::raise(SIGSTOP);
@@ -257,9 +261,11 @@ int RunDivergenceScenario(std::unique_ptr<Communicator> comm, const std::string&
   probes::AccuracyProbe accuracy;
   probes::LossProbe loss, extra;
   accuracy.decided = loss.decided = extra.decided = &decided;
-  if (kind == "handler_error") {
-    evaluator.On(ember::Events::Completed(), [&](ember::Engine&) -> absl::Status {
-      if (rank == victim) return absl::InternalError("handler failed on purpose");
+  if (kind == "handler_error" || kind == "handler_error_two") {
+    // handler_error_two: ranks victim - 1 and victim fail at once.
+    const bool fails = rank == victim || (kind == "handler_error_two" && rank == victim - 1);
+    evaluator.On(ember::Events::Completed(), [&, fails](ember::Engine&) -> absl::Status {
+      if (fails) return absl::InternalError("handler failed on purpose");
       return absl::OkStatus();
     });
     evaluator.On(ember::Events::Completed(), accuracy);

@@ -40,7 +40,7 @@ int RunKindsScenario(Communicator& comm, int victim);
 // The issue's divergent programs, on a World made of `comm`: an evaluator run of 4 iterations
 // whose COMPLETED has two synchronized probes (a MAX "accuracy" and a MEAN "loss"); rank
 // `victim` "handler_error": returns an error from a plain handler at COMPLETED (before the
-// probes propose), "order": registers the probes in the other order, "extra": one more probe
+// probes propose; "handler_error_two": ranks victim - 1 and victim both do), "order": registers the probes in the other order, "extra": one more probe
 // (both after the run's start). Each rank prints "rank R: run: <status> after <S>s (decided N
 // time(s): ...)" and "rank R: shutdown: <status>"; returns 0 when both were OK, 1 otherwise.
 int RunDivergenceScenario(std::unique_ptr<Communicator> comm, const std::string& kind, int victim);

@@ -206,6 +206,29 @@ TEST(FakeWorldNotices, ARankThatFailsOutsideACollectiveTellsThePeers) {
   }
 }
 
+// A DEADLINE_EXCEEDED of this rank's own (a user handler's, another communicator's) that ends its
+// run is news to the peers: unlike a collective's missed deadline, no peer saw it.
+TEST(FakeWorldNotices, ALocalDeadlineErrorIsSentToo) {
+  testing::FakeWorld world(2);
+  absl::Status got[2], met[2];
+  world.RunOnEveryRank([&](Communicator& c) {
+    if (c.rank() == 1) {
+      absl::SleepFor(absl::Milliseconds(50));
+      c.Fail(absl::DeadlineExceededError("the data loader timed out"));
+      got[1] = c.poisoned();
+    } else {
+      double v = 1;
+      got[0] = c.AllReduce(absl::MakeSpan(&v, 1), ReduceOp::kSum, absl::Now() + absl::Seconds(60));
+    }
+    EXPECT_TRUE(c.may_meet()) << c.rank();
+    met[c.rank()] = c.Meet(absl::Now() + absl::Seconds(60));
+  });
+  EXPECT_EQ(got[0].code(), absl::StatusCode::kAborted) << got[0];
+  EXPECT_THAT(std::string(got[0].message()), HasSubstr("rank 1 failed: DEADLINE_EXCEEDED: the data loader timed out"));
+  EXPECT_EQ(met[1].code(), absl::StatusCode::kDeadlineExceeded) << met[1];
+  EXPECT_EQ(met[0].code(), absl::StatusCode::kAborted) << met[0];
+}
+
 // Matching spaces: a barrier never completes another kind of collective (the case 1: the
 // shutdown barrier completed a pending all-gather), and the shutdown meeting tells a rank that
 // finished that another failed.

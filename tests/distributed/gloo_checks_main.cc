@@ -148,7 +148,7 @@ int main(int argc, char** argv) {
   g_comm = comm->get();
   if (fault) {
     const std::string kind = argv[1];
-    if (kind == "handler_error" || kind == "order" || kind == "extra") {
+    if (kind == "handler_error" || kind == "handler_error_two" || kind == "order" || kind == "extra") {
       const int rc = ember::dist::testing::RunDivergenceScenario(*std::move(comm), kind, std::atoi(argv[2]));
       std::fflush(nullptr);
       if (rc != 0) absl::SleepFor(absl::Seconds(4));  // as below

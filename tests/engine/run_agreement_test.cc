@@ -88,6 +88,16 @@ std::vector<RankResult> RunWorld(int n, const std::string& divergent) {
     if (divergent == "max_epochs" && odd) options.max_epochs = 3;
     if (divergent == "invalid" && odd) options.max_epochs = 0;
     if (divergent == "verify" && odd) engine.set_verify_agreement(true);
+    // Many handlers at one event (a layout longer than an error shows whole), the last differing.
+    std::vector<std::unique_ptr<VoteA>> many;
+    if (divergent == "long") {
+      for (int k = 0; k < 30; ++k) engine.On(Events::Started(), *many.emplace_back(std::make_unique<VoteA>()));
+      if (odd) {
+        engine.On(Events::Started(), b);
+      } else {
+        engine.On(Events::Started(), a);
+      }
+    }
     res.status = engine.Run(data, options);
     res.collectives = c.collectives();
     res.after = c.Barrier(absl::Now() + absl::Seconds(20));
@@ -117,6 +127,10 @@ std::string Expected(const std::string& divergent, int n) {
     return "Engine::Run differ across ranks: synchronized handlers at EPOCH_COMPLETED is VoteA(MAX) on " + others +
            ", (absent) on " + last;
   }
+  if (divergent == "long") {
+    return "Engine::Run differ across ranks: synchronized handler 31 at STARTED is VoteA(MAX) on " + others +
+           ", VoteB(MIN,SUM) on " + last;
+  }
   if (divergent == "verify") {
     return "Engine::Run differ across ranks: verify_agreement is false on " + others + ", true on " + last;
   }
@@ -142,7 +156,7 @@ TEST_P(RunAgreement, TheSameRunOnEveryRankAgreesInOneCollective) {
 
 TEST_P(RunAgreement, ADivergentRankFailsEveryRankBeforeAnyEvent) {
   const int n = GetParam();
-  for (const std::string divergent : {"epoch_length", "max_epochs", "invalid", "order", "one_rank_only", "filtered", "verify"}) {
+  for (const std::string divergent : {"epoch_length", "max_epochs", "invalid", "order", "one_rank_only", "filtered", "verify", "long"}) {
     SCOPED_TRACE(divergent);
     const std::vector<RankResult> results = RunWorld(n, divergent);
     for (int r = 0; r < n; ++r) {
