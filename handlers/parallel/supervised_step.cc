@@ -148,7 +148,8 @@ AutocastScope::~AutocastScope() {
 namespace {
 
 // A parameter group's hyperparameters, as text the ranks compare: every option of torch's
-// optimizers (SGD, Adam, AdamW, RMSprop, Adagrad), the lr of any other.
+// optimizers (SGD, Adam, AdamW, RMSprop, Adagrad, LBFGS), the lr of any other (and of a user's
+// optimizer whose options have none, "unknown": its type is compared beside).
 std::string GroupOptions(const torch::optim::OptimizerOptions& o) {
   using dist::CanonicalDouble;
   if (const auto* s = dynamic_cast<const torch::optim::SGDOptions*>(&o)) {
@@ -176,6 +177,14 @@ std::string GroupOptions(const torch::optim::OptimizerOptions& o) {
                         " weight_decay=", CanonicalDouble(g->weight_decay()),
                         " initial_accumulator_value=", CanonicalDouble(g->initial_accumulator_value()),
                         " eps=", CanonicalDouble(g->eps()));
+  }
+  if (const auto* l = dynamic_cast<const torch::optim::LBFGSOptions*>(&o)) {
+    return absl::StrCat("lr=", CanonicalDouble(l->lr()), " max_iter=", l->max_iter(),
+                        " max_eval=", l->max_eval() ? absl::StrCat(*l->max_eval()) : "None",
+                        " tolerance_grad=", CanonicalDouble(l->tolerance_grad()),
+                        " tolerance_change=", CanonicalDouble(l->tolerance_change()),
+                        " history_size=", l->history_size(),
+                        " line_search_fn=", l->line_search_fn() ? *l->line_search_fn() : "None");
   }
   try {
     return absl::StrCat("lr=", CanonicalDouble(o.get_lr()));
