@@ -1,5 +1,7 @@
 #include "distributed/root_action.h"
 
+#include <algorithm>
+
 #include <cstdint>
 #include <string>
 
@@ -10,14 +12,16 @@
 namespace ember::dist {
 
 absl::Status RunOnRoot(Communicator& comm, int root, absl::Time deadline,
-                       const std::function<absl::Status()>& action) {
+                       const std::function<absl::Status()>& action, absl::Duration outcome_timeout) {
   std::string outcome;
   absl::Status local;
+  absl::Time broadcast_deadline = deadline;
   if (comm.rank() == root) {
     local = action();
     outcome = std::string(1, static_cast<char>(local.code())) + std::string(local.message());
+    broadcast_deadline = std::min(deadline, absl::Now() + outcome_timeout);
   }
-  if (absl::Status s = comm.Broadcast(outcome, root, deadline); !s.ok()) {
+  if (absl::Status s = comm.Broadcast(outcome, root, broadcast_deadline); !s.ok()) {
     return comm.rank() == root && !local.ok() ? local : s;
   }
   if (comm.rank() == root) return local;

@@ -17,8 +17,13 @@
 
 namespace ember::dist {
 
+// `outcome_timeout` bounds the root's broadcast of the outcome once its action is done (the
+// other ranks are waiting in it by then): a rank that stalled meanwhile fails the root within it,
+// not at `deadline` (the action's own bound, a save's 30 minutes). The others wait until
+// `deadline`: they wait for the action too.
 absl::Status RunOnRoot(Communicator& comm, int root, absl::Time deadline,
-                       const std::function<absl::Status()>& action);
+                       const std::function<absl::Status()>& action,
+                       absl::Duration outcome_timeout = absl::InfiniteDuration());
 
 // BroadcastChecked: Broadcast of `bytes` from `root`, then a check that every rank holds the same
 // bytes: each rank computes their CRC-32 (hardware-accelerated where the CPU allows: about 10 GB/s

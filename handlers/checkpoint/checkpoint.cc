@@ -941,7 +941,7 @@ absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
         background_ns_.fetch_add(absl::ToInt64Nanoseconds(absl::Now() - start), std::memory_order_relaxed);
       });
       return absl::OkStatus();
-    });
+    }, engine.collective_timeout());
     EMBER_RETURN_IF_ERROR(started);
     pending_saved_ = std::move(next);  // recorded by Flush once the write succeeded
     // The run that caused this save awaits it, whatever engine the checkpoint is registered on
@@ -958,8 +958,11 @@ absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
       return absl::OkStatus();
     });
   } else {
+    // The peers wait for the save until `deadline`; the saving rank waits for them only as long as
+    // for any collective once it is done (a peer that stalled meanwhile fails it then, not in 30 min).
     absl::Status saved = dist::RunOnRoot(comm, options_.save_on_rank, deadline,
-                                         [&]() { return save_then_remove(*checkpoint); });
+                                         [&]() { return save_then_remove(*checkpoint); },
+                                         engine.collective_timeout());
     if (!saved.ok()) return saved;  // nothing recorded: saved_ still names only files that exist
     saved_ = std::move(next);
   }
