@@ -81,8 +81,11 @@ for kind in "${kinds[@]}"; do
     continue
   fi
   if [[ $kind == engine_none_strict ]]; then
-    # Well before the 10 s deadline; every rank names the collective each rank is in.
-    [[ $took -lt 10 ]] || fail "$kind: took ${took}s, not at once (the deadline is 10 s)"
+    # Every rank names the collective each rank is in: FAILED_PRECONDITION, which only the
+    # fingerprint comparison gives (a waited-out deadline is DEADLINE_EXCEEDED). The time, launch
+    # included, is a loose check only: under ASan on a loaded 2-core machine the launch alone took
+    # seconds (11 s in all once, against a 10 s deadline).
+    [[ $took -lt 25 ]] || fail "$kind: took ${took}s, not at once (the deadline is 10 s)"
     expect_split "FAILED_PRECONDITION: agreeing on Engine::Run: collective #[0-9]+ differs across ranks \(EMBER_DISTRIBUTED_DEBUG=DETAIL\): .* StartAllReduce of [0-9]+ float32 \(SUM\)" \
       "FAILED_PRECONDITION: DataParallel: step 1: gradient all-reduce of bucket 0 .* differs across ranks"
     continue
