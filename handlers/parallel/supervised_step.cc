@@ -157,16 +157,14 @@ std::string GroupOptions(const torch::optim::OptimizerOptions& o) {
                         " dampening=", CanonicalDouble(s->dampening()),
                         " weight_decay=", CanonicalDouble(s->weight_decay()), " nesterov=", s->nesterov() ? 1 : 0);
   }
-  if (const auto* a = dynamic_cast<const torch::optim::AdamOptions*>(&o)) {
-    return absl::StrCat("lr=", CanonicalDouble(a->lr()), " betas=", CanonicalDouble(std::get<0>(a->betas())), ",",
-                        CanonicalDouble(std::get<1>(a->betas())), " eps=", CanonicalDouble(a->eps()),
-                        " weight_decay=", CanonicalDouble(a->weight_decay()), " amsgrad=", a->amsgrad() ? 1 : 0);
-  }
-  if (const auto* a = dynamic_cast<const torch::optim::AdamWOptions*>(&o)) {
-    return absl::StrCat("lr=", CanonicalDouble(a->lr()), " betas=", CanonicalDouble(std::get<0>(a->betas())), ",",
-                        CanonicalDouble(std::get<1>(a->betas())), " eps=", CanonicalDouble(a->eps()),
-                        " weight_decay=", CanonicalDouble(a->weight_decay()), " amsgrad=", a->amsgrad() ? 1 : 0);
-  }
+  // Adam and AdamW have the same options.
+  auto adam = [](const auto& a) {
+    return absl::StrCat("lr=", CanonicalDouble(a.lr()), " betas=", CanonicalDouble(std::get<0>(a.betas())), ",",
+                        CanonicalDouble(std::get<1>(a.betas())), " eps=", CanonicalDouble(a.eps()),
+                        " weight_decay=", CanonicalDouble(a.weight_decay()), " amsgrad=", a.amsgrad() ? 1 : 0);
+  };
+  if (const auto* a = dynamic_cast<const torch::optim::AdamOptions*>(&o)) return adam(*a);
+  if (const auto* a = dynamic_cast<const torch::optim::AdamWOptions*>(&o)) return adam(*a);
   if (const auto* r = dynamic_cast<const torch::optim::RMSpropOptions*>(&o)) {
     return absl::StrCat("lr=", CanonicalDouble(r->lr()), " alpha=", CanonicalDouble(r->alpha()),
                         " eps=", CanonicalDouble(r->eps()), " weight_decay=", CanonicalDouble(r->weight_decay()),
