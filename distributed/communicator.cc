@@ -105,6 +105,12 @@ absl::Status Communicator::PeerFailure(int rank, absl::string_view message) {
   return s;
 }
 
+absl::Status Communicator::WhileWaiting(const absl::Status& notice, absl::string_view what) {
+  absl::Status s(notice.code(), absl::StrCat(notice.message(), " (while this rank waited in ", what, ")"));
+  notice.ForEachPayload([&s](absl::string_view url, const absl::Cord& payload) { s.SetPayload(url, payload); });
+  return s;
+}
+
 void Communicator::CollectiveFailed(absl::Status error) {
   if (error.ok()) return;
   if (poison_.ok()) {

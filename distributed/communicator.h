@@ -18,7 +18,9 @@
 // value a failed rank never contributed. Fail() is the entry for an error outside a collective (a
 // handler's error that ended Engine::Run on this rank only). The MPI, Gloo and fake backends carry
 // the notices (Gloo's also resets the failed rank's connections, which is what ends a peer's
-// wait: gloo_communicator.h); NCCL (no side channel of its own) and the single process do not.
+// wait: gloo_communicator.h); NCCL has no side channel of its own: under an MPI launcher its
+// notices go out on the MPI bootstrap's, which its waits poll (NcclOptions::notices); under a
+// TCP or file rendezvous it has none, and its peers wait for their deadline.
 //
 // Matching spaces: control traffic (Meet, the notices) never matches training collectives. The
 // MPI backend gives each kind of collective a duplicate of MPI_COMM_WORLD of its own (gradient
@@ -183,10 +185,17 @@ class Communicator {
   // failed (kInternal, kUnavailable, kUnknown) or a deadline passed, the shutdown meeting is
   // skipped (may_meet()).
   void CollectiveFailed(absl::Status error);
+  // The first failure notice that arrived from a peer (PeerFailure), or OK if none did (yet):
+  // checks the control channel once, without waiting. A backend with no side channel of its own
+  // (NCCL) polls the one of the communicator that bootstrapped it (NcclOptions::notices).
+  absl::Status PeerNotice() { return ReceivedNotice(); }
   // Whether `error` is a failure notice from another rank (kAborted, "rank R failed: ...").
   static bool IsPeerFailure(const absl::Status& error);
   // The error a backend returns for rank `rank`'s notice `message`.
   static absl::Status PeerFailure(int rank, absl::string_view message);
+  // `notice` (a PeerFailure) with " (while this rank waited in <what>)" appended: still a peer
+  // failure (IsPeerFailure), so that it is not sent on as this rank's own failure.
+  static absl::Status WhileWaiting(const absl::Status& notice, absl::string_view what);
 
  protected:
   virtual absl::Status DoAllReduce(absl::Span<double> values, ReduceOp op, absl::Time deadline) = 0;

@@ -406,8 +406,7 @@ class GlooCommunicator final : public Communicator {
       // A peer that failed sent its notice before resetting its connections (DoNotifyFailure).
       if (absl::Status notice = TakeNotice(); !notice.ok()) {
         CloseConnections();  // so that a peer waiting on this rank learns it too
-        return absl::Status(notice.code(),
-                            absl::StrCat(notice.message(), " (while this rank waited in gloo ", what, where_, ")"));
+        return WhileWaiting(notice, absl::StrCat("gloo ", what, where_));
       }
       if (timed_out) {
         CloseConnections();  // Gloo has failed the context; the peers time out or see the reset

@@ -66,8 +66,8 @@ class BootstrappedCommunicator final : public Communicator {
     return main_->Broadcast(b, root, d);
   }
   absl::Status DoBarrier(absl::Time d) override { return main_->Barrier(d); }
-  // The notice goes out on the bootstrap's control channel: a peer waiting in an NCCL collective
-  // does not see it (it fails at its deadline), a peer at the shutdown meeting does.
+  // The notice goes out on the bootstrap's control channel, which a peer's NCCL waits poll
+  // (NcclOptions::notices, set by LaunchNccl), as does a peer at the shutdown meeting.
   void DoNotifyFailure(const absl::Status& error) override { bootstrap_->Fail(error); }
   // The meeting is the bootstrap's: OK when no rank failed; otherwise the failure it reports
   // (a peer's notice, or the ranks that failed), which becomes this rank's error.
@@ -124,6 +124,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> LaunchNccl(const LaunchOptions& op
     nccl.world_size = bootstrap->world_size();
     nccl.local_rank = bootstrap->local_rank();
     nccl.bootstrap = bootstrap.get();
+    nccl.notices = bootstrap.get();  // a peer's notice ends an NCCL wait at once
   } else {
     nccl.master_addr = info.master_addr;
     nccl.rendezvous_port = info.rendezvous_port;

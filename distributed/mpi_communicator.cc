@@ -112,8 +112,7 @@ absl::Status MpiCommunicator::Wait(void* request_ptr, const char* what, absl::Ti
     if (done) return absl::OkStatus();
     if (watch && (polls & 63) == 0) {
       if (absl::Status notice = ReceivedNotice(); !notice.ok()) {
-        return absl::Status(notice.code(), absl::StrCat(notice.message(), " (while this rank waited in ", what,
-                                                        ")"));
+        return WhileWaiting(notice, what);
       }
     }
     if (polls < 64) continue;

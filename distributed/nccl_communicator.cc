@@ -73,6 +73,7 @@ class NcclCommunicator final : public Communicator {
     c->rank_ = o.rank;
     c->world_size_ = o.world_size;
     c->local_rank_ = o.local_rank;
+    c->notices_ = o.notices;
     int devices = 0;
     cudaError_t e = cudaGetDeviceCount(&devices);
     if (e != cudaSuccess || devices == 0) {
@@ -288,6 +289,7 @@ class NcclCommunicator final : public Communicator {
       cudaError_t e = cudaEventQuery(event);
       if (e == cudaSuccess) return absl::OkStatus();
       if (e != cudaErrorNotReady) return Abort(CudaError(what, e));
+      EMBER_RETURN_IF_ERROR(CheckNotices(what, polls));
       if (absl::Now() > deadline) {
         return Abort(absl::DeadlineExceededError(
             absl::StrCat(what, ": not every rank joined before the deadline; NCCL communicator aborted")));
@@ -296,16 +298,26 @@ class NcclCommunicator final : public Communicator {
     }
   }
 
+  // Every 64 polls of a wait (the first included): a peer's failure notice (NcclOptions::notices)
+  // aborts the communicator and fails the wait with it.
+  absl::Status CheckNotices(const char* what, int64_t polls) {
+    if (notices_ == nullptr || (polls & 63) != 0) return absl::OkStatus();
+    absl::Status notice = notices_->PeerNotice();
+    if (notice.ok()) return notice;
+    return Abort(WhileWaiting(notice, absl::StrCat(what, "; NCCL communicator aborted")));
+  }
+
   // Waits until the communicator has no operation in progress; an NCCL error or the deadline
   // aborts it.
   absl::Status WaitComm(const char* what, absl::Time deadline) {
-    while (true) {
+    for (int64_t polls = 0;; ++polls) {
       EMBER_RETURN_IF_ERROR(Usable(what));
       ncclResult_t state = ncclSuccess;
       ncclResult_t r = ncclCommGetAsyncError(comm_, &state);
       if (r != ncclSuccess) return Abort(NcclError(what, r));
       if (state == ncclSuccess) return absl::OkStatus();
       if (state != ncclInProgress) return Abort(NcclError(what, state));
+      EMBER_RETURN_IF_ERROR(CheckNotices(what, polls));
       if (absl::Now() > deadline) {
         return Abort(absl::DeadlineExceededError(
             absl::StrCat(what, ": not every rank joined before the deadline; NCCL communicator aborted")));
@@ -387,6 +399,7 @@ class NcclCommunicator final : public Communicator {
   int rank_ = 0;
   int world_size_ = 1;
   int local_rank_ = 0;
+  Communicator* notices_ = nullptr;  // NcclOptions::notices (not owned)
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
   ncclComm_t comm_ = nullptr;

@@ -6,7 +6,8 @@
 // (torchrun-style launches), or a file on a shared filesystem. The NCCL communicator is created
 // non-blocking; every operation is polled (cudaStreamQuery, ncclCommGetAsyncError) until it
 // completes or the deadline passes, and then ncclCommAbort() frees the GPU and the call returns
-// kDeadlineExceeded: a dead peer never hangs a rank.
+// kDeadlineExceeded: a dead peer never hangs a rank. With NcclOptions::notices (the MPI bootstrap
+// under an MPI launcher), a peer that failed outside a collective ends the wait at once instead.
 //
 // Failures: on any NCCL error (returned, or asynchronous from ncclCommGetAsyncError), a CUDA error
 // while a collective is in flight, or a deadline, the communicator is aborted (ncclCommAbort;
@@ -40,6 +41,12 @@ struct NcclOptions {
   int local_rank = 0;
   // How rank 0's ncclUniqueId reaches the others: the first that is set is used.
   Communicator* bootstrap = nullptr;  // e.g. an MpiCommunicator (not owned)
+  // Where the peers' failure notices arrive (not owned; must outlive the NCCL communicator): every
+  // wait (a collective's event, init, an enqueue) checks it every 64 polls and, once a notice
+  // came, aborts the NCCL communicator and fails with kAborted "rank R failed: <its error>
+  // (while this rank waited in ...)" instead of waiting out its deadline. dist::Launch passes the
+  // MPI bootstrap, whose control channel carries the notices (CombineWithBootstrap sends them).
+  Communicator* notices = nullptr;
   std::string master_addr;            // TCP rendezvous (torchrun-style): rank 0 listens on
   int rendezvous_port = 0;            //   rendezvous_port (LaunchInfo says which port)
   std::string rendezvous_port_from;   //   which variables chose it, for the error messages

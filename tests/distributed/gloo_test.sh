@@ -88,6 +88,9 @@ for case in handler_error:4 handler_error_two:4 order:2 extra:2; do
   grep -E "rank [0-9]+: (run|shutdown): " <<<"$out" | sed 's/^\[[^]]*\]:*//' | head -n 20
   [[ $rc -ne 0 && $rc -ne 124 ]] || fail "$kind: the job exited $rc"
   grep -q "decided [1-9]" <<<"$out" && fail "$kind: a rank decided on the agreement"
+  # A peer that received the notice must not send it on as a failure of its own (the relay named a
+  # healthy rank as failed: "rank 0 failed: ABORTED: rank 3 failed: ...").
+  grep -qE "rank [0-9]+ failed: ABORTED" <<<"$out" && fail "$kind: a peer's notice was relayed as another rank's failure"
   if [[ $kind == handler_error_two ]]; then
     # Two ranks fail at once: each sends its notice to every peer (one receive per peer), so
     # neither waits out its send budget; the others report one of them.

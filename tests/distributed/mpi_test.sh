@@ -62,6 +62,9 @@ done
 grep -q "^rank $victim: shutdown: INTERNAL: handler failed on purpose" <<<"$out" ||
   fail "handler_error: the failing rank's shutdown line is missing"
 grep -q "decided [1-9]" <<<"$out" && fail "handler_error: a rank decided on the agreement"
+# A peer that received the notice must not send it on as a failure of its own (the relay named a
+# healthy rank as failed: "rank 0 failed: ABORTED: rank 3 failed: ...").
+grep -qE "rank [0-9]+ failed: ABORTED" <<<"$out" && fail "handler_error: a peer's notice was relayed as another rank's failure"
 
 # The issue's cases 3 and 4: handlers in another order, or one more, on the last rank (attached
 # after the run's start): the same error on every rank, naming each side, before any decision.

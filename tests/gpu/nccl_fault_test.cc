@@ -5,7 +5,9 @@
 //   - a failed non-blocking init is aborted (ncclCommAbort), never destroyed;
 //   - an asynchronous NCCL error aborts the communicator and poisons it before the call returns;
 //   - a collective whose event completed still fails once another one aborted the communicator;
-//   - staging buffers grow without a device-wide cudaFree, and a large one-off is released.
+//   - staging buffers grow without a device-wide cudaFree, and a large one-off is released;
+//   - a peer's failure notice on the bootstrap's channel (NcclOptions::notices: a fake world
+//     stands in for the MPI bootstrap) ends a stuck wait at once, with the peer's error.
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
@@ -13,9 +15,11 @@
 #include <cstring>
 #include <set>
 #include <string>
+#include <thread>
 
 #include "absl/time/clock.h"
 #include "distributed/nccl_communicator.h"
+#include "distributed/testing/fake_world.h"
 #include "gtest/gtest.h"
 
 namespace fake {
@@ -239,6 +243,74 @@ TEST(NcclFaults, StagingGrowsWithoutCudaFreeAndALargeOneOffIsReleased) {
   EXPECT_GE(fake::async_frees, 1);
   ASSERT_TRUE(c->AllReduce(absl::MakeSpan(small), ReduceOp::kSum, deadline).ok());
   EXPECT_EQ(small, (std::vector<double>{1, 2}));
+}
+
+TEST(NcclFaults, APeersNoticeOnTheBootstrapEndsAStuckWaitAtOnce) {
+  fake::Reset();
+  testing::FakeWorld bootstrap(2);  // rank 0 is this process's MPI bootstrap; rank 1 a peer
+  absl::StatusOr<std::unique_ptr<Communicator>> made = CreateNcclCommunicator(
+      {.rank = 0, .world_size = 1, .local_rank = 0, .notices = bootstrap.comm(0), .init_timeout = absl::Seconds(5)});
+  ASSERT_TRUE(made.ok()) << made.status();
+  std::unique_ptr<Communicator> c = *std::move(made);
+  std::vector<float> a(4, 1.f);
+  auto pending = c->StartAllReduce(Buffer{a.data(), DType::kFloat32, a.size(), 0}, ReduceOp::kSum,
+                                   absl::Now() + absl::Seconds(60));
+  ASSERT_TRUE(pending.ok()) << pending.status();
+  fake::stuck.insert(fake::last_event);  // the peer never joins this all-reduce
+  std::thread peer([&] {
+    absl::SleepFor(absl::Milliseconds(200));
+    bootstrap.comm(1)->Fail(absl::InternalError("handler failed on purpose"));
+  });
+  const absl::Time start = absl::Now();
+  absl::Status s = (*pending)->Wait();
+  const absl::Duration waited = absl::Now() - start;
+  peer.join();
+  EXPECT_EQ(s.code(), absl::StatusCode::kAborted) << s;
+  EXPECT_TRUE(Communicator::IsPeerFailure(s)) << s;
+  EXPECT_NE(s.message().find("rank 1 failed: INTERNAL: handler failed on purpose"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("while this rank waited in ncclAllReduce of"), std::string::npos) << s;
+  EXPECT_LT(waited, absl::Seconds(10)) << "the wait ran toward its 60 s deadline";
+  EXPECT_EQ(fake::aborts, 1) << "the NCCL communicator must be aborted (its kernel may be stuck)";
+  EXPECT_TRUE(Communicator::IsPeerFailure(c->poisoned())) << c->poisoned();
+  EXPECT_TRUE(c->may_meet()) << "a peer's notice leaves the shutdown meeting possible";
+  c.reset();
+  EXPECT_EQ(fake::destroys, 0);
+}
+
+TEST(NcclFaults, ANoticeThatCameEarlierFailsTheNextStuckCollective) {
+  fake::Reset();
+  testing::FakeWorld bootstrap(2);
+  absl::StatusOr<std::unique_ptr<Communicator>> made = CreateNcclCommunicator(
+      {.rank = 0, .world_size = 1, .local_rank = 0, .notices = bootstrap.comm(0), .init_timeout = absl::Seconds(5)});
+  ASSERT_TRUE(made.ok()) << made.status();
+  std::unique_ptr<Communicator> c = *std::move(made);
+  bootstrap.comm(1)->Fail(absl::DeadlineExceededError("the user's own timeout"));
+  std::vector<float> a(4, 1.f);
+  auto pending = c->StartAllReduce(Buffer{a.data(), DType::kFloat32, a.size(), 0}, ReduceOp::kSum,
+                                   absl::Now() + absl::Seconds(60));
+  ASSERT_TRUE(pending.ok()) << pending.status();
+  fake::stuck.insert(fake::last_event);
+  absl::Status s = (*pending)->Wait();
+  EXPECT_EQ(s.code(), absl::StatusCode::kAborted) << s;
+  EXPECT_NE(s.message().find("rank 1 failed: DEADLINE_EXCEEDED: the user's own timeout"), std::string::npos) << s;
+  EXPECT_EQ(fake::aborts, 1);
+}
+
+TEST(NcclFaults, WithoutANoticeAStuckWaitStillEndsAtItsDeadline) {
+  fake::Reset();
+  testing::FakeWorld bootstrap(2);
+  absl::StatusOr<std::unique_ptr<Communicator>> made = CreateNcclCommunicator(
+      {.rank = 0, .world_size = 1, .local_rank = 0, .notices = bootstrap.comm(0), .init_timeout = absl::Seconds(5)});
+  ASSERT_TRUE(made.ok()) << made.status();
+  std::unique_ptr<Communicator> c = *std::move(made);
+  std::vector<float> a(4, 1.f);
+  auto pending = c->StartAllReduce(Buffer{a.data(), DType::kFloat32, a.size(), 0}, ReduceOp::kSum,
+                                   absl::Now() + absl::Milliseconds(300));
+  ASSERT_TRUE(pending.ok()) << pending.status();
+  fake::stuck.insert(fake::last_event);
+  absl::Status s = (*pending)->Wait();
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+  EXPECT_FALSE(Communicator::IsPeerFailure(s)) << s;
 }
 
 }  // namespace

@@ -2,7 +2,8 @@
 // the same run. Run it under mpirun:
 //   bazel build -c opt //tools/bench:consensus_benchmark
 //   mpirun --oversubscribe -np 2 bazel-bin/tools/bench/consensus_benchmark
-// Rank 0 prints one JSON line per measurement (median of 5 repetitions, microseconds).
+// Rank 0 prints one JSON line per measurement (median of 5 repetitions, microseconds), strict
+// mode's firing (EMBER_DISTRIBUTED_DEBUG=DETAIL) beside the default one.
 #include <mpi.h>
 
 #include <algorithm>
@@ -118,6 +119,20 @@ int main() {
     const double per_firing = static_cast<double>((*comm)->collectives() - before) / (kIterations * kRepeats);
     report("engine firing with " + std::to_string(n) + " synchronized handler(s), minus the bare engine",
            synced_us - bare_us, per_firing);
+    // Strict mode (EMBER_DISTRIBUTED_DEBUG=DETAIL, communicator.h): the same firings, each
+    // preceded by the all-gather of its collective's fingerprint.
+    (*comm)->set_strict(true);
+    const int64_t strict_before = (*comm)->collectives();
+    const double strict_us = TimeUs([&] {
+      engine.state().max_epochs.reset();
+      absl::Status s = engine.Run(data);
+      if (!s.ok()) std::abort();
+    });
+    (*comm)->set_strict(false);
+    report("engine firing with " + std::to_string(n) +
+               " synchronized handler(s) in strict mode (EMBER_DISTRIBUTED_DEBUG=DETAIL), minus the bare engine",
+           strict_us - bare_us,
+           static_cast<double>((*comm)->collectives() - strict_before) / (kIterations * kRepeats));
   }
   // What the agreement's identity costs (consensus.h): a firing exchanges a fixed
   // kAgreementSlots doubles per rank (header and values) instead of n; the same non-blocking call
