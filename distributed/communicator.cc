@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <strings.h>
 #include <memory>
 #include <string>
 #include <utility>
@@ -78,21 +79,37 @@ namespace {
 constexpr char kPeerFailureUrl[] = "type.ember.dev/dist.PeerFailure";
 }  // namespace
 
+void Communicator::Notify(const absl::Status& error) {
+  if (notified_ || world_size() == 1) return;
+  notified_ = true;
+  DoNotifyFailure(error);
+}
+
 void Communicator::Poison(absl::Status error) {
   if (!poison_.ok() || error.ok()) return;
   poison_ = std::move(error);
   // A missed deadline is not news: the peers wait on the same stalled rank, each with its own
-  // deadline, and each reports it itself.
-  if (world_size() > 1 && !IsPeerFailure(poison_) && poison_.code() != absl::StatusCode::kDeadlineExceeded) {
-    DoNotifyFailure(poison_);
+  // deadline, and each reports it itself. Nor is a transport failure (CollectiveFailed).
+  if (!IsPeerFailure(poison_) && poison_.code() != absl::StatusCode::kDeadlineExceeded && !broken_) {
+    Notify(poison_);
   }
 }
 
 void Communicator::Fail(absl::Status error) {
-  if (!poison_.ok() || error.ok()) return;
-  poison_ = std::move(error);
-  failed_locally_ = true;
-  if (world_size() > 1 && !IsPeerFailure(poison_)) DoNotifyFailure(poison_);
+  if (error.ok() || IsPeerFailure(error)) {
+    if (poison_.ok() && !error.ok()) poison_ = std::move(error);
+    return;
+  }
+  if (poison_.ok()) {
+    poison_ = error;
+    failed_locally_ = true;
+    Notify(error);
+    return;
+  }
+  // Already poisoned. A peer's notice is not sent on; an error of this rank's own that the
+  // collective's failure did not tell the peers (its code differs: not the same deadline or
+  // transport failure, wrapped by the caller) is.
+  if (!IsPeerFailure(poison_) && error.code() != poison_.code()) Notify(error);
 }
 
 bool Communicator::IsPeerFailure(const absl::Status& error) {
@@ -103,6 +120,23 @@ absl::Status Communicator::PeerFailure(int rank, absl::string_view message) {
   absl::Status s = absl::AbortedError(absl::StrCat("rank ", rank, " failed: ", message));
   s.SetPayload(kPeerFailureUrl, absl::Cord(absl::StrCat(rank)));
   return s;
+}
+
+std::string Communicator::NoticeText(const absl::Status& error, size_t max_bytes) {
+  std::string text = absl::StrCat(absl::StatusCodeToString(error.code()), ": ", error.message());
+  if (text.size() <= max_bytes) return text;
+  // A UTF-8 continuation byte is 10xxxxxx: a cut never leaves one at either edge.
+  auto continuation = [&](size_t i) { return (static_cast<unsigned char>(text[i]) & 0xC0) == 0x80; };
+  const size_t marker_room = 40;  // " [... 123456789 bytes cut ...] "
+  const size_t keep = max_bytes > marker_room ? max_bytes - marker_room : 0;
+  size_t head = keep * 2 / 3;
+  while (head > 0 && continuation(head)) --head;
+  size_t tail_start = text.size() - (keep - head);
+  while (tail_start < text.size() && continuation(tail_start)) ++tail_start;
+  std::string out = text.substr(0, head);
+  absl::StrAppend(&out, " [... ", tail_start - head, " bytes cut ...] ", absl::string_view(text).substr(tail_start));
+  if (out.size() > max_bytes) out.resize(max_bytes);  // max_bytes below the marker's room
+  return out;
 }
 
 absl::Status Communicator::WhileWaiting(const absl::Status& notice, absl::string_view what) {
@@ -269,7 +303,7 @@ std::string DescribeFingerprint(const double* f) {
 
 bool Communicator::StrictFromEnvironment() {
   const char* v = std::getenv("EMBER_DISTRIBUTED_DEBUG");
-  return v != nullptr && std::strcmp(v, "DETAIL") == 0;
+  return v != nullptr && strcasecmp(v, "DETAIL") == 0;
 }
 
 absl::Status Communicator::CheckFingerprint(int kind, uint64_t count, int dtype, int op, absl::Time deadline) {

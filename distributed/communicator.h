@@ -10,14 +10,16 @@
 // kFailedPrecondition naming the first error (the peers' state is unknown; the job must end).
 //
 // Failure notices: the first error that poisons a communicator of several ranks (but a
-// collective's missed deadline, which every peer waiting on the same stalled rank detects by
-// itself, and a peer's own notice) is also sent to every other rank (a short message, "rank R
-// failed: <error>", on the backend's control channel; MPI does not wait for it, Gloo waits at
-// most 600 ms and then resets this rank's connections). A rank waiting in a collective, now or later, fails with kAborted and that
+// collective's missed deadline or lost transport, which every peer waiting on the same collective
+// detects by itself, and a peer's own notice) is also sent to every other rank (a short message,
+// "rank R failed: <error>", at most 1 KiB: a longer one keeps its beginning and its end, see
+// NoticeText; on the backend's control channel; MPI does not wait for it, Gloo waits at most
+// 600 ms and then closes this rank's connections). A rank waiting in a collective, now or later,
+// fails with kAborted and that
 // text (IsPeerFailure() is true of it) instead of waiting out its deadline or completing with a
 // value a failed rank never contributed. Fail() is the entry for an error outside a collective (a
 // handler's error that ended Engine::Run on this rank only). The MPI, Gloo and fake backends carry
-// the notices (Gloo's also resets the failed rank's connections, which is what ends a peer's
+// the notices (Gloo's also closes the failed rank's connections, which is what ends a peer's
 // wait: gloo_communicator.h); NCCL has no side channel of its own: under an MPI launcher its
 // notices go out on the MPI bootstrap's, which its waits poll (NcclOptions::notices); under a
 // TCP or file rendezvous it has none, and its peers wait for their deadline.
@@ -179,11 +181,16 @@ class Communicator {
   // This rank failed outside a collective (`error`): poisons the communicator and tells the
   // peers, so that they fail promptly with "rank R failed: <error>", whatever the error's code (a
   // DEADLINE_EXCEEDED of the user's own, say, which no peer saw). The rank may still meet at
-  // shutdown (may_meet). The first error is kept; a second call does nothing.
+  // shutdown (may_meet). The first error is kept as the poison. The peers are told once: also
+  // when a collective failed first without telling them (a deadline, a lost transport) and this
+  // error has another code (a save that failed on the root while a peer stalled: the peers learn
+  // the save's error, not only that a collective was given up on); never after a peer's notice
+  // (that would send it on as this rank's own failure).
   void Fail(absl::Status error);
   // A collective failed with `error` (Guard, a Pending's Wait): Poison, and when the transport
   // failed (kInternal, kUnavailable, kUnknown) or a deadline passed, the shutdown meeting is
-  // skipped (may_meet()).
+  // skipped (may_meet()). A transport failure tells no peer (every rank whose collective
+  // failed sees its own; naming this rank as failed could blame a healthy one).
   void CollectiveFailed(absl::Status error);
   // The first failure notice that arrived from a peer (PeerFailure), or OK if none did (yet):
   // checks the control channel once, without waiting. A backend with no side channel of its own
@@ -196,6 +203,10 @@ class Communicator {
   // `notice` (a PeerFailure) with " (while this rank waited in <what>)" appended: still a peer
   // failure (IsPeerFailure), so that it is not sent on as this rank's own failure.
   static absl::Status WhileWaiting(const absl::Status& notice, absl::string_view what);
+  // The text a backend sends for `error` ("CODE: message"), at most `max_bytes` bytes: a longer
+  // one keeps its beginning and its end (where the engine puts "[at EVENT, epoch E, iteration
+  // I]") around " [... N bytes cut ...] ", cut on UTF-8 character boundaries.
+  static std::string NoticeText(const absl::Status& error, size_t max_bytes);
 
  protected:
   virtual absl::Status DoAllReduce(absl::Span<double> values, ReduceOp op, absl::Time deadline) = 0;
@@ -232,6 +243,9 @@ class Communicator {
   absl::Status poison_;
   bool broken_ = false;  // a collective's transport failed
   bool failed_locally_ = false;  // the poison came through Fail()
+  bool notified_ = false;  // DoNotifyFailure was called (once at most)
+  // Sends `error`'s notice unless one was sent already (or the world is one rank).
+  void Notify(const absl::Status& error);
   bool strict_ = StrictFromEnvironment();
   uint64_t strict_seq_ = 0;
   static bool StrictFromEnvironment();

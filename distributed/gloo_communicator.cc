@@ -298,8 +298,7 @@ class GlooCommunicator final : public Communicator {
   void DoNotifyFailure(const absl::Status& error) override {
     if (closed_) return;
     if (notices_ != nullptr) {
-      std::string text = absl::StrCat(absl::StatusCodeToString(error.code()), ": ", error.message());
-      if (text.size() > kNoticeBytes - 4) text.resize(kNoticeBytes - 4);
+      const std::string text = NoticeText(error, kNoticeBytes - 4);
       const uint32_t n = static_cast<uint32_t>(text.size());
       std::memcpy(notices_->out_bytes, &n, 4);
       std::memcpy(notices_->out_bytes + 4, text.data(), text.size());

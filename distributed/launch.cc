@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/types/span.h"
@@ -40,7 +41,8 @@ class BootstrappedCommunicator final : public Communicator {
     // After a failed NCCL collective the peers' state is unknown: the bootstrap (MPI) must not
     // finalise either, or MPI_Finalize can block on a stalled peer.
     absl::Status failed = poisoned().ok() ? main_->poisoned() : poisoned();
-    if (!failed.ok()) bootstrap_->Poison(failed);
+    // No notice from here: the peers were told when it failed (DoNotifyFailure), if at all.
+    if (!failed.ok()) bootstrap_->PoisonDetectedEverywhere(failed);
     main_.reset();
   }
   int rank() const override { return main_->rank(); }
@@ -130,9 +132,16 @@ absl::StatusOr<std::unique_ptr<Communicator>> LaunchNccl(const LaunchOptions& op
     nccl.rendezvous_port = info.rendezvous_port;
     nccl.rendezvous_port_from = info.rendezvous_port_from;
   }
-  EMBER_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, CreateNcclCommunicator(nccl));
+  absl::StatusOr<std::unique_ptr<Communicator>> comm = CreateNcclCommunicator(nccl);
   if (!bootstrap) return comm;
-  return CombineWithBootstrap(std::move(bootstrap), std::move(comm));
+  if (!comm.ok()) {
+    // NCCL failed to start on this rank (no device, an init error): the peers learn it at once
+    // through the bootstrap (their NCCL init polls its notices) instead of waiting out the init
+    // timeout, and the poisoned bootstrap skips MPI_Finalize, which would wait for them.
+    bootstrap->Fail(absl::Status(comm.status().code(), absl::StrCat("starting NCCL: ", comm.status().message())));
+    return comm.status();
+  }
+  return CombineWithBootstrap(std::move(bootstrap), *std::move(comm));
 }
 
 bool IsLoopback(const std::string& addr) {
@@ -230,15 +239,48 @@ namespace {
 // without it does not run, so the two would pair one's fingerprint with the other's collective and
 // wait out a deadline. Agreed once, right after the communicator is made (one all-gather of one
 // value per rank, itself not fingerprinted): a difference fails every rank, naming the ranks.
+constexpr char kDebugLevels[] =
+    "allowed, in any case: OFF, INFO (both: no checks beyond the default), DETAIL (strict mode: every "
+    "collective compared across ranks before it runs)";
+
+// EMBER_DISTRIBUTED_DEBUG's value, or "" when unset; whether it is one of PyTorch's levels
+// (TORCH_DISTRIBUTED_DEBUG: OFF, INFO, DETAIL, in any case) or empty (unset).
+std::string DebugValue() {
+  const char* v = std::getenv("EMBER_DISTRIBUTED_DEBUG");
+  return v == nullptr ? "" : v;
+}
+bool IsDebugLevel(const std::string& v) {
+  return v.empty() || absl::EqualsIgnoreCase(v, "OFF") || absl::EqualsIgnoreCase(v, "INFO") ||
+         absl::EqualsIgnoreCase(v, "DETAIL");
+}
+
 absl::Status AgreeOnStrictMode(Communicator& comm, absl::Time deadline) {
-  if (comm.world_size() == 1) return absl::OkStatus();
+  // A value that is no level is a typo that would leave strict mode off on that rank: refused on
+  // every rank (each rank's value goes into the same all-gather).
+  const std::string value = DebugValue();
+  const bool invalid = !IsDebugLevel(value);
+  if (comm.world_size() == 1) {
+    if (!invalid) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat("EMBER_DISTRIBUTED_DEBUG=", value, ": not a debug level; ", kDebugLevels));
+  }
   const bool mine = comm.strict();
-  const double v = mine ? 1 : 0;
+  const double v = invalid ? 2 : mine ? 1 : 0;
   std::vector<double> all(static_cast<size_t>(comm.world_size()));
   comm.set_strict(false);
   absl::Status gathered = comm.AllGather(absl::MakeConstSpan(&v, 1), absl::MakeSpan(all), deadline);
   comm.set_strict(mine);
   if (!gathered.ok()) return gathered;
+  std::vector<std::string> bad;
+  for (size_t r = 0; r < all.size(); ++r) {
+    if (all[r] == 2) bad.push_back(std::to_string(r));
+  }
+  if (!bad.empty()) {
+    absl::Status refused = absl::InvalidArgumentError(absl::StrCat(
+        "EMBER_DISTRIBUTED_DEBUG is not a debug level on rank(s) ", absl::StrJoin(bad, ", "), " (this rank's: ",
+        value.empty() ? "unset" : absl::StrCat("'", value, "'"), "); ", kDebugLevels));
+    comm.PoisonDetectedEverywhere(refused);
+    return refused;
+  }
   std::vector<std::string> on, off;
   for (size_t r = 0; r < all.size(); ++r) (all[r] != 0 ? on : off).push_back(std::to_string(r));
   if (on.empty() || off.empty()) return absl::OkStatus();
@@ -267,16 +309,9 @@ std::unique_ptr<Communicator> CombineWithBootstrap(std::unique_ptr<Communicator>
 
 absl::StatusOr<std::unique_ptr<Communicator>> Launch(const LaunchOptions& options,
                                                      const LaunchInfo& info) {
-  // PyTorch's levels (TORCH_DISTRIBUTED_DEBUG): anything else is a typo that would silently leave
-  // strict mode off.
-  if (const char* debug = std::getenv("EMBER_DISTRIBUTED_DEBUG"); debug != nullptr && *debug != '\0') {
-    const std::string level = debug;
-    if (level != "OFF" && level != "INFO" && level != "DETAIL") {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "EMBER_DISTRIBUTED_DEBUG=", level, ": not a debug level; allowed: OFF, INFO (both: no checks beyond the "
-          "default), DETAIL (strict mode: every collective compared across ranks before it runs)"));
-    }
-  }
+  // EMBER_DISTRIBUTED_DEBUG is checked once the communicator exists (AgreeOnStrictMode), so that
+  // a typo on one rank fails every rank at once, naming it, instead of leaving the others to wait
+  // for it at their first collective.
   EMBER_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, LaunchBackend(options, info));
   EMBER_RETURN_IF_ERROR(AgreeOnStrictMode(*comm, absl::Now() + options.init_timeout));
   return comm;

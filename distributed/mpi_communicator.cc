@@ -144,9 +144,7 @@ absl::Status MpiCommunicator::ReceivedNotice() {
 
 void MpiCommunicator::DoNotifyFailure(const absl::Status& error) {
   if (channels_ == nullptr || channels_->comm[kControl] == MPI_COMM_NULL || !channels_->sent.empty()) return;
-  std::string text = absl::StrCat(absl::StatusCodeToString(error.code()), ": ", error.message());
-  if (text.size() > static_cast<size_t>(kNoticeBytes)) text.resize(kNoticeBytes);
-  channels_->sent = std::move(text);
+  channels_->sent = NoticeText(error, kNoticeBytes);
   for (int r = 0; r < world_size_; ++r) {
     if (r == rank_) continue;
     MPI_Request request;

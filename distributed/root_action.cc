@@ -22,7 +22,9 @@ absl::Status RunOnRoot(Communicator& comm, int root, absl::Time deadline,
     broadcast_deadline = std::min(deadline, absl::Now() + outcome_timeout);
   }
   if (absl::Status s = comm.Broadcast(outcome, root, broadcast_deadline); !s.ok()) {
-    return comm.rank() == root && !local.ok() ? local : s;
+    if (comm.rank() != root || local.ok()) return s;
+    comm.Fail(local);  // the broadcast's failure told the peers nothing of the action's error
+    return local;
   }
   if (comm.rank() == root) return local;
   if (outcome.empty()) return absl::DataLossError("RunOnRoot: empty outcome from the root");

@@ -139,18 +139,11 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
     time_limit = *std::move(made);
   }
   EMBER_ASSIGN_OR_RETURN(Dataset data, LoadDataset(flags.data, seed));
-  if (data.train.size() < global_batch) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the ", data.train.size(), " training samples of ", data.name, " cannot be sharded over ", world_size,
-        " ranks with --batch_size=", batch_size, " (each rank needs at least one full batch)"));
-  }
-  if (data.val.size() < world_size) {
-    return absl::InvalidArgumentError(absl::StrCat("the validation split has ", data.val.size(),
-                                                   " samples, fewer than the ", world_size, " ranks"));
-  }
   // The data itself, not only --data's text: ranks that read another file under the same path (a
   // stale copy on one node) would train their replicas on other samples under one global order.
-  // One CRC-32 of each split's samples and labels, compared across ranks like the flags.
+  // One CRC-32 of each split's samples and labels, compared across ranks like the flags, before
+  // any check of the data's size: a rank with a smaller stale copy gets the same error as its
+  // peers, naming the difference, not an error of its own about too few samples.
   if (world_size > 1) {
     dist::SettingList content;
     for (const auto& [name, split] : {std::pair<const char*, const Split*>{"train split", &data.train},
@@ -164,6 +157,15 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
     }
     EMBER_RETURN_IF_ERROR(dist::AgreeOnSettings(comm, absl::StrCat("training data (--data=", flags.data, ")"),
                                                 content, deadline));
+  }
+  if (data.train.size() < global_batch) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the ", data.train.size(), " training samples of ", data.name, " cannot be sharded over ", world_size,
+        " ranks with --batch_size=", batch_size, " (each rank needs at least one full batch)"));
+  }
+  if (data.val.size() < world_size) {
+    return absl::InvalidArgumentError(absl::StrCat("the validation split has ", data.val.size(),
+                                                   " samples, fewer than the ", world_size, " ranks"));
   }
   torch::Device device = flags.device == "cuda"
                              ? torch::Device(torch::kCUDA, comm.local_rank())  // Launch checked one GPU per local rank

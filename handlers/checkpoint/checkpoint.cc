@@ -455,7 +455,8 @@ Checkpoint::~Checkpoint() {
 
 absl::Status Checkpoint::Attach(Engine& engine, const EventList& events) {
   EMBER_RETURN_IF_ERROR(engine.AddEventHandler(events, *this).status());
-  return engine.AddEventHandler(Events::Completed(), [this](Engine& e) { return Flush(e.communicator()); })
+  return engine.AddEventHandler(Events::Completed(),
+                                [this](Engine& e) { return Flush(e.communicator(), e.collective_timeout()); })
       .status();
 }
 
@@ -726,19 +727,23 @@ void Checkpoint::WaitLocally(bool saving_rank) {
   pending_saved_.reset();
 }
 
-absl::Status Checkpoint::Flush(dist::Communicator& comm) {
+absl::Status Checkpoint::Flush(dist::Communicator& comm, absl::Duration outcome_timeout) {
   if (!options_.async_save) return absl::OkStatus();
+  bool written = false;  // the saving rank's write succeeded (and removed what it replaced)
   absl::Status outcome = dist::RunOnRoot(comm, options_.save_on_rank, absl::Now() + options_.save_timeout,
                                          [&]() -> absl::Status {
                                            if (writer_.joinable()) writer_.join();
                                            absl::Status s = writer_status_;
                                            writer_status_ = absl::OkStatus();
+                                           written = s.ok();
                                            return s;
-                                         });
+                                         }, outcome_timeout);
   // The background save is recorded only now that it succeeded (on every rank, from the saving
   // rank's verdict); after a failure the list stays what it was: the files it names still exist
-  // (nothing is removed before the new file is durable), so retention goes on tracking them.
-  if (pending_saved_.has_value() && outcome.ok()) saved_ = *std::move(pending_saved_);
+  // (nothing is removed before the new file is durable), so retention goes on tracking them. The
+  // saving rank records a save it completed even when the verdict could not be shared (a peer
+  // stalled): the files it replaced are gone, and last_checkpoint() must not name them.
+  if (pending_saved_.has_value() && (outcome.ok() || written)) saved_ = *std::move(pending_saved_);
   pending_saved_.reset();
   return outcome;
 }
@@ -767,7 +772,7 @@ absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
     restored_ = true;
     EMBER_RETURN_IF_ERROR(RestoreFromHandler(comm));
   }
-  EMBER_RETURN_IF_ERROR(Flush(comm));
+  EMBER_RETURN_IF_ERROR(Flush(comm, engine.collective_timeout()));
 
   std::optional<int64_t> global_step;
   if (options_.global_step_transform) {
@@ -952,18 +957,30 @@ absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
     // made per epoch); a job's communicator outlives its engines. Skipped once this checkpoint
     // is destroyed (its owner token expires).
     dist::Communicator* flush_comm = comm.world_size() == 1 ? &alone_ : &comm;
-    Engine::AtOutermostRunEnd(std::weak_ptr<const void>(alive_), [this, flush_comm](bool run_ok) -> absl::Status {
-      if (run_ok) return Flush(*flush_comm);
+    Engine::AtOutermostRunEnd(std::weak_ptr<const void>(alive_),
+                              [this, flush_comm, timeout = engine.collective_timeout()](bool run_ok) -> absl::Status {
+      if (run_ok) return Flush(*flush_comm, timeout);
       WaitLocally(flush_comm->rank() == options_.save_on_rank);
       return absl::OkStatus();
     });
   } else {
     // The peers wait for the save until `deadline`; the saving rank waits for them only as long as
     // for any collective once it is done (a peer that stalled meanwhile fails it then, not in 30 min).
+    bool written = false;  // on the saving rank: the file is durable, what it replaced removed
     absl::Status saved = dist::RunOnRoot(comm, options_.save_on_rank, deadline,
-                                         [&]() { return save_then_remove(*checkpoint); },
+                                         [&]() {
+                                           absl::Status s = save_then_remove(*checkpoint);
+                                           written = s.ok();
+                                           return s;
+                                         },
                                          engine.collective_timeout());
-    if (!saved.ok()) return saved;  // nothing recorded: saved_ still names only files that exist
+    // After a failed save nothing is recorded: saved_ still names only files that exist. A save
+    // that succeeded on the saving rank whose verdict could not be shared (a peer stalled) is
+    // recorded there: the files it replaced are gone.
+    if (!saved.ok()) {
+      if (written) saved_ = std::move(next);
+      return saved;
+    }
     saved_ = std::move(next);
   }
   ++next_index_;

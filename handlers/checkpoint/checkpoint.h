@@ -95,6 +95,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "distributed/communicator.h"
+#include "distributed/root_action.h"
 #include "distributed/settings_agreement.h"
 #include "distributed/single_process_communicator.h"
 #include "engine/engine.h"
@@ -221,8 +222,10 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
     return absl::Nanoseconds(background_ns_.load(std::memory_order_relaxed));
   }
 
-  // Waits for an asynchronous save and returns its outcome on every rank (a collective).
-  absl::Status Flush(dist::Communicator& comm);
+  // Waits for an asynchronous save and returns its outcome on every rank (a collective). The
+  // saving rank waits for the others at most `outcome_timeout` once the save is done (a peer that
+  // stalled meanwhile fails it then; dist::RunOnRoot).
+  absl::Status Flush(dist::Communicator& comm, absl::Duration outcome_timeout = dist::kDefaultOutcomeTimeout);
   absl::Status Flush();
   void Reset();
 

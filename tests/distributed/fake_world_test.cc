@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "distributed/consensus.h"
 #include "distributed/root_action.h"
@@ -227,6 +228,110 @@ TEST(FakeWorldNotices, ALocalDeadlineErrorIsSentToo) {
   EXPECT_THAT(std::string(got[0].message()), HasSubstr("rank 1 failed: DEADLINE_EXCEEDED: the data loader timed out"));
   EXPECT_EQ(met[1].code(), absl::StatusCode::kDeadlineExceeded) << met[1];
   EXPECT_EQ(met[0].code(), absl::StatusCode::kAborted) << met[0];
+}
+
+// A save that fails on the root while a peer stalls: the outcome's broadcast cannot complete, and
+// the root tells the healthy peers the save's error instead of leaving them to a deadline or a bare
+// "broadcast given up on".
+TEST(FakeWorldNotices, ARootsFailedActionReachesTheHealthyPeersWhenAnotherStalls) {
+  testing::FakeWorld world(3);
+  absl::Status got[3];
+  absl::Duration took[3];
+  world.Stall(2);
+  world.RunOnEveryRank([&](Communicator& c) {
+    if (c.rank() == 2) return;  // a stalled process never comes to the outcome's broadcast
+    const absl::Time start = absl::Now();
+    got[c.rank()] = RunOnRoot(
+        c, 0, absl::Now() + absl::Seconds(60),
+        [] {
+          absl::SleepFor(absl::Milliseconds(100));
+          return absl::ResourceExhaustedError("write /ckpt/model_3.pt: No space left on device");
+        },
+        /*outcome_timeout=*/absl::Milliseconds(300));
+    took[c.rank()] = absl::Now() - start;
+  });
+  EXPECT_EQ(got[0].code(), absl::StatusCode::kResourceExhausted) << got[0];
+  EXPECT_EQ(got[1].code(), absl::StatusCode::kAborted) << got[1];
+  EXPECT_THAT(std::string(got[1].message()),
+              HasSubstr("rank 0 failed: RESOURCE_EXHAUSTED: write /ckpt/model_3.pt: No space left on device"));
+  EXPECT_LT(took[1], absl::Seconds(10)) << "the healthy peer waited toward its 60 s deadline";
+}
+
+// A peer's notice is not sent on: a rank that received one and then fails its run with it
+// (wrapped by the engine, which drops the status's payload) tells nobody.
+TEST(FakeWorldNotices, APeersNoticeIsNeverSentOnAsThisRanksFailure) {
+  testing::FakeWorld world(3);
+  absl::Status got[3];
+  world.RunOnEveryRank([&](Communicator& c) {
+    if (c.rank() == 2) {
+      c.Fail(absl::InternalError("handler failed on purpose"));
+      return;
+    }
+    double v = 1;
+    if (c.rank() == 1) {
+      absl::Status s = c.AllReduce(absl::MakeSpan(&v, 1), ReduceOp::kSum, absl::Now() + absl::Seconds(60));
+      EXPECT_TRUE(Communicator::IsPeerFailure(s)) << s;
+      // As Engine::Run does, wrapped (the payload is gone), here even with another code.
+      c.Fail(absl::InternalError(absl::StrCat("agreement failed: ", s.message())));
+      return;
+    }
+    absl::SleepFor(absl::Milliseconds(300));  // rank 1 has failed and called Fail by now
+    got[0] = c.AllReduce(absl::MakeSpan(&v, 1), ReduceOp::kSum, absl::Now() + absl::Seconds(60));
+  });
+  EXPECT_THAT(std::string(got[0].message()), HasSubstr("rank 2 failed: INTERNAL: handler failed on purpose"));
+  EXPECT_THAT(std::string(got[0].message()), ::testing::Not(HasSubstr("rank 1 failed")));
+}
+
+// Fail() after a collective's deadline: the peers were told nothing by the deadline, and an error
+// of another code is news to them; the same code (the deadline, wrapped) is not.
+TEST(FakeWorldNotices, FailAfterADeadlineTellsThePeersOnlyNews) {
+  for (bool news : {true, false}) {
+    testing::FakeWorld world(2);
+    absl::Status got;
+    world.RunOnEveryRank([&](Communicator& c) {
+      double v = 1;
+      if (c.rank() == 0) {
+        absl::Status s = c.Barrier(absl::Now() + absl::Milliseconds(100));  // rank 1 never comes
+        EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+        c.Fail(news ? absl::ResourceExhaustedError("disk full")
+                    : absl::DeadlineExceededError(absl::StrCat("the run: ", s.message())));
+        EXPECT_EQ(c.poisoned().code(), absl::StatusCode::kDeadlineExceeded) << "the first error stays the poison";
+        return;
+      }
+      absl::SleepFor(absl::Milliseconds(400));
+      got = c.AllReduce(absl::MakeSpan(&v, 1), ReduceOp::kSum, absl::Now() + absl::Milliseconds(500));
+    });
+    if (news) {
+      EXPECT_EQ(got.code(), absl::StatusCode::kAborted) << got;
+      EXPECT_THAT(std::string(got.message()), HasSubstr("rank 0 failed: RESOURCE_EXHAUSTED: disk full"));
+    } else {
+      EXPECT_EQ(got.code(), absl::StatusCode::kDeadlineExceeded) << "a deadline was sent on as news: " << got;
+    }
+  }
+}
+
+TEST(NoticeText, ALongErrorKeepsItsBeginningAndEndOnCharacterBoundaries) {
+  std::string message(991, 'x');
+  for (int i = 0; i < 200; ++i) message += "\xc3\xa9";  // 'é', two bytes
+  message += " [at COMPLETED, epoch 1, iteration 4]";
+  const std::string text = Communicator::NoticeText(absl::InternalError(message), 1020);
+  EXPECT_LE(text.size(), 1020u);
+  EXPECT_THAT(text, ::testing::StartsWith("INTERNAL: xxx"));
+  EXPECT_THAT(text, ::testing::EndsWith("\xc3\xa9 [at COMPLETED, epoch 1, iteration 4]"));
+  EXPECT_THAT(text, HasSubstr(" bytes cut ...] "));
+  // Valid UTF-8: every continuation byte follows a lead byte or another continuation byte.
+  for (size_t i = 0; i < text.size(); ++i) {
+    const unsigned char b = static_cast<unsigned char>(text[i]);
+    if ((b & 0xC0) == 0x80) {
+      ASSERT_GT(i, 0u);
+      const unsigned char prev = static_cast<unsigned char>(text[i - 1]);
+      EXPECT_TRUE((prev & 0xC0) == 0x80 || (prev & 0xE0) == 0xC0) << "a cut character at byte " << i;
+    } else if ((b & 0xE0) == 0xC0) {
+      ASSERT_LT(i + 1, text.size()) << "a lead byte without its continuation at the end";
+      EXPECT_EQ(static_cast<unsigned char>(text[i + 1]) & 0xC0, 0x80) << "a cut character at byte " << i;
+    }
+  }
+  EXPECT_EQ(Communicator::NoticeText(absl::InternalError("short"), 1020), "INTERNAL: short");
 }
 
 // Matching spaces: a barrier never completes another kind of collective (the case 1: the

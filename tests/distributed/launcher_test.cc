@@ -222,11 +222,15 @@ TEST(Launch, BackendChoiceAndErrors) {
   EXPECT_THAT(std::string(Launch({.backend = "gl00"}, single).status().message()),
               HasSubstr("unknown backend 'gl00'; allowed: auto, single, mpi, nccl, gloo"));
   // A debug level that is not one would leave strict mode silently off.
-  ::setenv("EMBER_DISTRIBUTED_DEBUG", "detail", 1);
+  ::setenv("EMBER_DISTRIBUTED_DEBUG", "detial", 1);
   EXPECT_THAT(std::string(Launch({.backend = "auto"}, single).status().message()),
-              HasSubstr("EMBER_DISTRIBUTED_DEBUG=detail: not a debug level; allowed: OFF, INFO"));
-  ::setenv("EMBER_DISTRIBUTED_DEBUG", "OFF", 1);
-  EXPECT_TRUE(Launch({.backend = "auto"}, single).ok());
+              HasSubstr("EMBER_DISTRIBUTED_DEBUG=detial: not a debug level; allowed, in any case: OFF, INFO"));
+  for (const char* level : {"OFF", "INFO", "off", "Info", "", "DETAIL", "detail"}) {  // PyTorch's levels, any case
+    ::setenv("EMBER_DISTRIBUTED_DEBUG", level, 1);
+    absl::StatusOr<std::unique_ptr<Communicator>> made = Launch({.backend = "auto"}, single);
+    ASSERT_TRUE(made.ok()) << level << ": " << made.status();
+    EXPECT_EQ((*made)->strict(), std::string(level) == "DETAIL" || std::string(level) == "detail") << level;
+  }
   ::unsetenv("EMBER_DISTRIBUTED_DEBUG");
   // Gloo on one rank: no peers, nothing to exchange.
   absl::StatusOr<std::unique_ptr<Communicator>> one = Launch({.backend = "gloo"}, single);

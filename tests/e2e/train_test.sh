@@ -629,6 +629,19 @@ agree)
   (( SECONDS - start < 15 )) || fail "strict mode on rank 1 only: took $((SECONDS - start)) s (a deadline was waited out)"
   [[ ! -e $work/d ]] || fail "strict mode on rank 1 only: the output directory was created"
   echo "ok: EMBER_DISTRIBUTED_DEBUG=DETAIL on rank 1 only -> both ranks name it"
+  # A value that is no level (a typo) on rank 1 only: refused on both ranks at once, naming rank 1
+  # (it used to be refused on rank 1 before any communicator existed, and rank 0 waited for it).
+  rm -rf "$work/d"
+  start=$SECONDS
+  out=$(timeout 300 mpirun --oversubscribe --mca btl self,vader -np 1 "$train" "${base[@]}" --output_dir="$work/d" : \
+    -np 1 -x EMBER_DISTRIBUTED_DEBUG=detial "$train" "${base[@]}" --output_dir="$work/d" 2>&1); rc=$?
+  [[ $rc -eq 1 ]] || fail "a bad EMBER_DISTRIBUTED_DEBUG on rank 1: exit $rc, expected 1: $(tail -n 5 <<<"$out")"
+  [[ $(grep -cF "train: error: EMBER_DISTRIBUTED_DEBUG is not a debug level on rank(s) 1 (this rank's: " <<<"$out") -eq 2 ]] ||
+    fail "a bad EMBER_DISTRIBUTED_DEBUG on rank 1: not both ranks named it: $out"
+  grep -qF "(this rank's: 'detial'); allowed, in any case: OFF, INFO" <<<"$out" || fail "rank 1 did not show its value: $out"
+  (( SECONDS - start < 15 )) || fail "a bad EMBER_DISTRIBUTED_DEBUG on rank 1: took $((SECONDS - start)) s"
+  [[ ! -e $work/d ]] || fail "a bad EMBER_DISTRIBUTED_DEBUG on rank 1: the output directory was created"
+  echo "ok: EMBER_DISTRIBUTED_DEBUG=detial on rank 1 only -> both ranks name it"
   # A flag error on one rank only: the other rank names it instead of waiting.
   mpmd "--n_saved is 2 on rank 0, 0 on rank 1; flag error is (absent) on rank 0, --n_saved must be >= 1, got 0 on rank 1" -- --n_saved=0
   # A failure of one rank alone, outside any collective (the same --data=csv:d.csv, but each
@@ -665,6 +678,20 @@ agree)
   done
   [[ ! -e $work/d ]] || [[ -z $(ls "$work/d"/*.pt 2>/dev/null) ]] || fail "one rank's other data: a checkpoint was written"
   echo "ok: the same --data with another content on rank 1 is refused at start, naming both CRCs"
+  # A smaller stale copy on rank 1 (50 rows: too few training samples for 2 ranks of 64): the
+  # same agreement error on both ranks, not rank 1's own "cannot be sharded" (rank 0 waiting).
+  mkdir -p "$work/wd"
+  head -n 50 "$work/wa/d.csv" >"$work/wd/d.csv"
+  rm -rf "$work/d"
+  out=$(timeout 300 mpirun --oversubscribe --mca btl self,vader -np 1 -wdir "$work/wa" "$train" --data=csv:d.csv --deadline_s=60 \
+    --progress=none --output_dir="$work/d" : -np 1 -wdir "$work/wd" "$train" --data=csv:d.csv --deadline_s=60 \
+    --progress=none --output_dir="$work/d" 2>&1); rc=$?
+  [[ $rc -eq 1 ]] || fail "one rank's smaller data: exit $rc: $(tail -n 5 <<<"$out")"
+  for r in 0 1; do
+    grep -qE "train: rank $r: error: training data \(--data=csv:d.csv\) differ across ranks: .* on rank 0, [0-9]+ samples of 2 features, crc32 [0-9a-f]{8} on rank 1" <<<"$out" ||
+      fail "one rank's smaller data: rank $r does not name the data's difference: $out"
+  done
+  echo "ok: a smaller stale copy on rank 1 is refused at start on both ranks, naming the difference"
   ;;
 finished)
   # Issue 24.5: a run that ended by a decision (early stopping) is finished: --resume changes
