@@ -90,27 +90,39 @@ void Communicator::Poison(absl::Status error) {
   poison_ = std::move(error);
   // A missed deadline is not news: the peers wait on the same stalled rank, each with its own
   // deadline, and each reports it itself. Nor is a transport failure (CollectiveFailed).
-  if (!IsPeerFailure(poison_) && poison_.code() != absl::StatusCode::kDeadlineExceeded && !broken_) {
+  if (!IsPeerFailure(poison_) && poison_.code() != absl::StatusCode::kDeadlineExceeded &&
+      (!broken_ || IsLocalFault(poison_))) {
     Notify(poison_);
   }
 }
 
 void Communicator::Fail(absl::Status error) {
-  if (error.ok() || IsPeerFailure(error)) {
-    if (poison_.ok() && !error.ok()) poison_ = std::move(error);
-    return;
-  }
-  if (poison_.ok()) {
-    poison_ = error;
-    failed_locally_ = true;
-    Notify(error);
-    return;
-  }
-  // Already poisoned. A peer's notice is not sent on; an error of this rank's own that the
-  // collective's failure did not tell the peers (its code differs: not the same deadline or
-  // transport failure, wrapped by the caller) is.
-  if (!IsPeerFailure(poison_) && error.code() != poison_.code()) Notify(error);
+  if (!poison_.ok() || error.ok()) return;
+  poison_ = std::move(error);
+  if (IsPeerFailure(poison_)) return;  // not this rank's own: never sent on
+  failed_locally_ = true;
+  Notify(poison_);
 }
+
+void Communicator::TellPeers(absl::Status error) {
+  if (error.ok() || IsPeerFailure(error) || IsPeerFailure(poison_)) return;
+  if (poison_.ok()) {
+    Fail(std::move(error));
+    return;
+  }
+  Notify(error);
+}
+
+namespace {
+constexpr char kLocalFaultUrl[] = "type.ember.dev/dist.LocalFault";
+}  // namespace
+
+absl::Status Communicator::LocalFault(absl::Status error) {
+  if (!error.ok()) error.SetPayload(kLocalFaultUrl, absl::Cord("1"));
+  return error;
+}
+
+bool Communicator::IsLocalFault(const absl::Status& error) { return error.GetPayload(kLocalFaultUrl).has_value(); }
 
 bool Communicator::IsPeerFailure(const absl::Status& error) {
   return error.GetPayload(kPeerFailureUrl).has_value();

@@ -181,12 +181,22 @@ class Communicator {
   // This rank failed outside a collective (`error`): poisons the communicator and tells the
   // peers, so that they fail promptly with "rank R failed: <error>", whatever the error's code (a
   // DEADLINE_EXCEEDED of the user's own, say, which no peer saw). The rank may still meet at
-  // shutdown (may_meet). The first error is kept as the poison. The peers are told once: also
-  // when a collective failed first without telling them (a deadline, a lost transport) and this
-  // error has another code (a save that failed on the root while a peer stalled: the peers learn
-  // the save's error, not only that a collective was given up on); never after a peer's notice
-  // (that would send it on as this rank's own failure).
+  // shutdown (may_meet). The first error is kept; on a communicator poisoned already it does
+  // nothing (the error is then usually that poison, wrapped by a caller: Engine::Run's error
+  // after a missed deadline must not name this rank as the one that failed).
   void Fail(absl::Status error);
+  // Sends `error` to the peers as this rank's failure even when a collective failed first
+  // without telling them (a deadline, a lost transport), for an error that does not come from
+  // that failure: a save that failed on the root while a peer stalled (RunOnRoot), so that the
+  // healthy peers learn the save's error, not only that a broadcast was given up on. Poisons
+  // with it when not poisoned yet. Once per communicator (with the other notices); never
+  // after a peer's notice (it would be sent on as this rank's own failure).
+  void TellPeers(absl::Status error);
+  // Marks `error` (a status of a collective's failure) as a fault of this rank's own (a CUDA
+  // error of its kernels, an invalid call), not of the transport: CollectiveFailed tells the
+  // peers about it, as Fail would, although its code is a transport's (kInternal).
+  static absl::Status LocalFault(absl::Status error);
+  static bool IsLocalFault(const absl::Status& error);
   // A collective failed with `error` (Guard, a Pending's Wait): Poison, and when the transport
   // failed (kInternal, kUnavailable, kUnknown) or a deadline passed, the shutdown meeting is
   // skipped (may_meet()). A transport failure tells no peer (every rank whose collective

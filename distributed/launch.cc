@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -135,11 +136,20 @@ absl::StatusOr<std::unique_ptr<Communicator>> LaunchNccl(const LaunchOptions& op
   absl::StatusOr<std::unique_ptr<Communicator>> comm = CreateNcclCommunicator(nccl);
   if (!bootstrap) return comm;
   if (!comm.ok()) {
-    // NCCL failed to start on this rank (no device, an init error): the peers learn it at once
-    // through the bootstrap (their NCCL init polls its notices) instead of waiting out the init
-    // timeout, and the poisoned bootstrap skips MPI_Finalize, which would wait for them.
-    bootstrap->Fail(absl::Status(comm.status().code(), absl::StrCat("starting NCCL: ", comm.status().message())));
-    return comm.status();
+    // The bootstrap is poisoned either way, so that it skips MPI_Finalize, which would wait for
+    // the peers. A failure of this rank's own (no device, a CUDA or NCCL error) is told to the
+    // peers through it (their NCCL init polls its notices) instead of leaving them to the init
+    // timeout; a missed deadline or a peer's notice is not (every rank sees the first itself, and
+    // the second would be sent on as this rank's failure, naming a healthy rank).
+    const absl::Status& s = comm.status();
+    absl::Status failed(s.code(), absl::StrCat("starting NCCL: ", s.message()));
+    s.ForEachPayload([&failed](absl::string_view url, const absl::Cord& p) { failed.SetPayload(url, p); });
+    if (Communicator::IsPeerFailure(s) || s.code() == absl::StatusCode::kDeadlineExceeded) {
+      bootstrap->PoisonDetectedEverywhere(failed);
+    } else {
+      bootstrap->Fail(failed);
+    }
+    return failed;
   }
   return CombineWithBootstrap(std::move(bootstrap), *std::move(comm));
 }

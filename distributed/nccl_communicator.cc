@@ -27,12 +27,20 @@
 namespace ember::dist {
 namespace {
 
+// A CUDA error is this rank's own (its kernels, its device): the peers are told of it
+// (Communicator::LocalFault), although its code is kInternal, a transport's.
 absl::Status CudaError(const char* what, cudaError_t e) {
-  return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(e)));
+  return Communicator::LocalFault(absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(e))));
 }
 
+// An NCCL error: an invalid call or a CUDA error under NCCL is this rank's own fault (told to the
+// peers); a system, internal or remote error is the transport's (each rank sees its own).
 absl::Status NcclError(const char* what, ncclResult_t r) {
-  return absl::InternalError(absl::StrCat(what, ": ", ncclGetErrorString(r)));
+  absl::Status s = absl::InternalError(absl::StrCat(what, ": ", ncclGetErrorString(r)));
+  if (r == ncclInvalidArgument || r == ncclInvalidUsage || r == ncclUnhandledCudaError) {
+    return Communicator::LocalFault(std::move(s));
+  }
+  return s;
 }
 
 ncclRedOp_t ToNccl(ReduceOp op) {
@@ -301,7 +309,10 @@ class NcclCommunicator final : public Communicator {
   // Every 64 polls of a wait (the first included): a peer's failure notice (NcclOptions::notices)
   // aborts the communicator and fails the wait with it.
   absl::Status CheckNotices(const char* what, int64_t polls) {
-    if (notices_ == nullptr || (polls & 63) != 0) return absl::OkStatus();
+    // Only on the thread that made this communicator (the training thread): the MPI bootstrap is
+    // initialised MPI_THREAD_FUNNELED, and a gradient hook may start a bucket on autograd's
+    // device thread.
+    if (notices_ == nullptr || (polls & 63) != 0 || std::this_thread::get_id() != owner_) return absl::OkStatus();
     absl::Status notice = notices_->PeerNotice();
     if (notice.ok()) return notice;
     return Abort(WhileWaiting(notice, absl::StrCat(what, "; NCCL communicator aborted")));
@@ -400,6 +411,7 @@ class NcclCommunicator final : public Communicator {
   int world_size_ = 1;
   int local_rank_ = 0;
   Communicator* notices_ = nullptr;  // NcclOptions::notices (not owned)
+  std::thread::id owner_ = std::this_thread::get_id();  // polls notices_ (CheckNotices)
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
   ncclComm_t comm_ = nullptr;

@@ -23,7 +23,7 @@ absl::Status RunOnRoot(Communicator& comm, int root, absl::Time deadline,
   }
   if (absl::Status s = comm.Broadcast(outcome, root, broadcast_deadline); !s.ok()) {
     if (comm.rank() != root || local.ok()) return s;
-    comm.Fail(local);  // the broadcast's failure told the peers nothing of the action's error
+    comm.TellPeers(local);  // the broadcast's failure told the peers nothing of the action's error
     return local;
   }
   if (comm.rank() == root) return local;

@@ -19,17 +19,17 @@ namespace ember::dist {
 
 // `outcome_timeout` bounds the root's broadcast of the outcome once its action is done (the
 // other ranks are waiting in it by then): a rank that stalled meanwhile fails the root within it,
-// not at `deadline` (the action's own bound, a save's 30 minutes). Its default is the engine's
-// default collective timeout (Engine::collective_timeout); a caller with an engine passes the
-// engine's. The others wait until `deadline`: they wait for the action too.
+// not at `deadline` (the action's own bound, a save's 30 minutes: Checkpoint passes its engine's
+// collective timeout). Unbounded by default: the broadcast then waits until `deadline`, which
+// suits a caller whose deadline is a collective's. The others wait until `deadline`: they wait for
+// the action too.
 // When the action failed and its outcome could not be broadcast (a peer stalled meanwhile), the
-// root still tells the peers its action's error (Communicator::Fail: a failure notice, on the
-// backends that carry one), so that a healthy peer learns why the job ends, not only that a
+// root still tells the peers its action's error (Communicator::TellPeers: a failure notice, on
+// the backends that carry one), so that a healthy peer learns why the job ends, not only that a
 // broadcast was given up on.
-inline constexpr absl::Duration kDefaultOutcomeTimeout = absl::Seconds(300);
 absl::Status RunOnRoot(Communicator& comm, int root, absl::Time deadline,
                        const std::function<absl::Status()>& action,
-                       absl::Duration outcome_timeout = kDefaultOutcomeTimeout);
+                       absl::Duration outcome_timeout = absl::InfiniteDuration());
 
 // BroadcastChecked: Broadcast of `bytes` from `root`, then a check that every rank holds the same
 // bytes: each rank computes their CRC-32 (hardware-accelerated where the CPU allows: about 10 GB/s

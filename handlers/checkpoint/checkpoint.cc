@@ -456,7 +456,10 @@ Checkpoint::~Checkpoint() {
 absl::Status Checkpoint::Attach(Engine& engine, const EventList& events) {
   EMBER_RETURN_IF_ERROR(engine.AddEventHandler(events, *this).status());
   return engine.AddEventHandler(Events::Completed(),
-                                [this](Engine& e) { return Flush(e.communicator(), e.collective_timeout()); })
+                                [this](Engine& e) {
+                                  outcome_timeout_ = e.collective_timeout();
+                                  return Flush(e.communicator());
+                                })
       .status();
 }
 
@@ -592,7 +595,7 @@ absl::Status Checkpoint::VerifyFiles(dist::Communicator& comm, const std::vector
       absl::StrAppend(&dropped, f, "\n");
     }
     return absl::OkStatus();
-  }));
+  }, outcome_timeout_));
   EMBER_RETURN_IF_ERROR(comm.Broadcast(dropped, options_.save_on_rank, deadline));
   std::set<std::string> gone;
   for (absl::string_view f : absl::StrSplit(dropped, '\n', absl::SkipEmpty())) gone.insert(std::string(f));
@@ -637,7 +640,7 @@ absl::Status Checkpoint::RestoreFromHandler(dist::Communicator& comm, bool verif
                             meta.global_step ? absl::StrCat(*meta.global_step) : "-");
     }
     return absl::OkStatus();
-  });
+  }, outcome_timeout_);
   EMBER_RETURN_IF_ERROR(s);
   EMBER_RETURN_IF_ERROR(comm.Broadcast(listing, options_.save_on_rank, deadline));
   for (absl::string_view line : absl::StrSplit(listing, '\n', absl::SkipEmpty())) {
@@ -706,7 +709,7 @@ absl::StatusOr<std::vector<std::string>> Checkpoint::SetAsideLater(dist::Communi
           ": set aside as ", *aside, ", not ranked, resumed from or deleted"));
     }
     return absl::OkStatus();
-  }));
+  }, outcome_timeout_));
   for (const auto& [f, its] : later) {
     where.push_back(save_handler_->Location(f));
     std::erase_if(saved_, [&f = f](const Item& i) { return i.filename == f; });  // init-capture: clang 14
@@ -727,7 +730,7 @@ void Checkpoint::WaitLocally(bool saving_rank) {
   pending_saved_.reset();
 }
 
-absl::Status Checkpoint::Flush(dist::Communicator& comm, absl::Duration outcome_timeout) {
+absl::Status Checkpoint::Flush(dist::Communicator& comm) {
   if (!options_.async_save) return absl::OkStatus();
   bool written = false;  // the saving rank's write succeeded (and removed what it replaced)
   absl::Status outcome = dist::RunOnRoot(comm, options_.save_on_rank, absl::Now() + options_.save_timeout,
@@ -737,7 +740,7 @@ absl::Status Checkpoint::Flush(dist::Communicator& comm, absl::Duration outcome_
                                            writer_status_ = absl::OkStatus();
                                            written = s.ok();
                                            return s;
-                                         }, outcome_timeout);
+                                         }, outcome_timeout_);
   // The background save is recorded only now that it succeeded (on every rank, from the saving
   // rank's verdict); after a failure the list stays what it was: the files it names still exist
   // (nothing is removed before the new file is durable), so retention goes on tracking them. The
@@ -749,6 +752,7 @@ absl::Status Checkpoint::Flush(dist::Communicator& comm, absl::Duration outcome_
 }
 
 absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
+  outcome_timeout_ = engine.collective_timeout();
   const absl::Time entered = absl::Now();
   struct Blocked {
     std::atomic<int64_t>& ns;
@@ -772,7 +776,7 @@ absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
     restored_ = true;
     EMBER_RETURN_IF_ERROR(RestoreFromHandler(comm));
   }
-  EMBER_RETURN_IF_ERROR(Flush(comm, engine.collective_timeout()));
+  EMBER_RETURN_IF_ERROR(Flush(comm));
 
   std::optional<int64_t> global_step;
   if (options_.global_step_transform) {
@@ -946,7 +950,7 @@ absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
         background_ns_.fetch_add(absl::ToInt64Nanoseconds(absl::Now() - start), std::memory_order_relaxed);
       });
       return absl::OkStatus();
-    }, engine.collective_timeout());
+    }, outcome_timeout_);
     EMBER_RETURN_IF_ERROR(started);
     pending_saved_ = std::move(next);  // recorded by Flush once the write succeeded
     // The run that caused this save awaits it, whatever engine the checkpoint is registered on
@@ -958,8 +962,8 @@ absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
     // is destroyed (its owner token expires).
     dist::Communicator* flush_comm = comm.world_size() == 1 ? &alone_ : &comm;
     Engine::AtOutermostRunEnd(std::weak_ptr<const void>(alive_),
-                              [this, flush_comm, timeout = engine.collective_timeout()](bool run_ok) -> absl::Status {
-      if (run_ok) return Flush(*flush_comm, timeout);
+                              [this, flush_comm](bool run_ok) -> absl::Status {
+      if (run_ok) return Flush(*flush_comm);
       WaitLocally(flush_comm->rank() == options_.save_on_rank);
       return absl::OkStatus();
     });
@@ -973,7 +977,7 @@ absl::Status Checkpoint::Decide(Engine& engine, const Agreement& agreement) {
                                            written = s.ok();
                                            return s;
                                          },
-                                         engine.collective_timeout());
+                                         outcome_timeout_);
     // After a failed save nothing is recorded: saved_ still names only files that exist. A save
     // that succeeded on the saving rank whose verdict could not be shared (a peer stalled) is
     // recorded there: the files it replaced are gone.
@@ -1114,7 +1118,7 @@ absl::StatusOr<std::optional<std::string>> Checkpoint::ResumeLatest(dist::Commun
           absl::StrJoin(rejected, "; "), "); move them away, or ask to start over"));
     }
     return absl::OkStatus();
-  }));
+  }, outcome_timeout_));
   EMBER_RETURN_IF_ERROR(comm.Broadcast(dropped, options_.save_on_rank, deadline));
   for (absl::string_view f : absl::StrSplit(dropped, '\n', absl::SkipEmpty())) {
     std::erase_if(saved_, [&](const Item& i) { return i.filename == f; });

@@ -223,9 +223,10 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
   }
 
   // Waits for an asynchronous save and returns its outcome on every rank (a collective). The
-  // saving rank waits for the others at most `outcome_timeout` once the save is done (a peer that
-  // stalled meanwhile fails it then; dist::RunOnRoot).
-  absl::Status Flush(dist::Communicator& comm, absl::Duration outcome_timeout = dist::kDefaultOutcomeTimeout);
+  // saving rank waits for the others at most the collective timeout of the engine it last fired
+  // on (300 s before any) once the save is done: a peer that stalled meanwhile fails it then, not
+  // after save_timeout (dist::RunOnRoot).
+  absl::Status Flush(dist::Communicator& comm);
   absl::Status Flush();
   void Reset();
 
@@ -283,6 +284,10 @@ class Checkpoint : public SynchronizedHandler, public Stateful {
   dist::Communicator* world_at_create_ = nullptr;
   int world_size_at_create_ = 1;
   dist::SingleProcessCommunicator alone_;  // no World at Create: this process alone
+  // How long the saving rank waits for the others once its part of a collective step is done
+  // (RunOnRoot's outcome_timeout): the collective timeout of the engine it was last attached to or
+  // fired on. Every RunOnRoot of this checkpoint passes it (their deadline is save_timeout).
+  absl::Duration outcome_timeout_ = absl::Seconds(300);
   std::shared_ptr<SaveHandler> save_handler_;
   CheckpointOptions options_;
   std::vector<Item> saved_;

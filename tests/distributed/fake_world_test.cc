@@ -282,30 +282,62 @@ TEST(FakeWorldNotices, APeersNoticeIsNeverSentOnAsThisRanksFailure) {
   EXPECT_THAT(std::string(got[0].message()), ::testing::Not(HasSubstr("rank 1 failed")));
 }
 
-// Fail() after a collective's deadline: the peers were told nothing by the deadline, and an error
-// of another code is news to them; the same code (the deadline, wrapped) is not.
-TEST(FakeWorldNotices, FailAfterADeadlineTellsThePeersOnlyNews) {
-  for (bool news : {true, false}) {
-    testing::FakeWorld world(2);
+// After a collective's deadline (rank 2 stalled), rank 0's run fails with that deadline, wrapped
+// by the engine, even with another code (an exception in a step becomes INTERNAL): Fail tells
+// nobody, or rank 1, still waiting on rank 2, would name the healthy rank 0 as failed. An error
+// that does not come from the deadline (a root's failed save) goes out through TellPeers.
+TEST(FakeWorldNotices, AfterASilentDeadlineOnlyTellPeersSendsNews) {
+  for (bool tell : {false, true}) {
+    testing::FakeWorld world(3);
     absl::Status got;
+    world.Stall(2);
     world.RunOnEveryRank([&](Communicator& c) {
+      if (c.rank() == 2) return;
       double v = 1;
       if (c.rank() == 0) {
-        absl::Status s = c.Barrier(absl::Now() + absl::Milliseconds(100));  // rank 1 never comes
+        absl::Status s = c.AllReduce(absl::MakeSpan(&v, 1), ReduceOp::kSum, absl::Now() + absl::Milliseconds(100));
         EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
-        c.Fail(news ? absl::ResourceExhaustedError("disk full")
-                    : absl::DeadlineExceededError(absl::StrCat("the run: ", s.message())));
+        if (tell) {
+          c.TellPeers(absl::ResourceExhaustedError("disk full"));
+        } else {
+          c.Fail(absl::InternalError(absl::StrCat("gradient sync failed: ", s.message())));
+        }
         EXPECT_EQ(c.poisoned().code(), absl::StatusCode::kDeadlineExceeded) << "the first error stays the poison";
         return;
       }
-      absl::SleepFor(absl::Milliseconds(400));
-      got = c.AllReduce(absl::MakeSpan(&v, 1), ReduceOp::kSum, absl::Now() + absl::Milliseconds(500));
+      got = c.AllReduce(absl::MakeSpan(&v, 1), ReduceOp::kSum, absl::Now() + absl::Milliseconds(1500));
     });
-    if (news) {
+    if (tell) {
       EXPECT_EQ(got.code(), absl::StatusCode::kAborted) << got;
       EXPECT_THAT(std::string(got.message()), HasSubstr("rank 0 failed: RESOURCE_EXHAUSTED: disk full"));
     } else {
-      EXPECT_EQ(got.code(), absl::StatusCode::kDeadlineExceeded) << "a deadline was sent on as news: " << got;
+      EXPECT_EQ(got.code(), absl::StatusCode::kDeadlineExceeded) << "a healthy rank was named: " << got;
+      EXPECT_THAT(std::string(got.message()), ::testing::Not(HasSubstr("rank 0 failed")));
+    }
+  }
+}
+
+// A collective that failed in the transport (every rank in it sees its own failure) tells nobody;
+// one that failed through this rank's own fault (a CUDA error of its kernels: LocalFault) does.
+TEST(FakeWorldNotices, OnlyALocalFaultOfAFailedCollectiveIsSent) {
+  for (bool local : {false, true}) {
+    testing::FakeWorld world(2);
+    absl::Status got;
+    world.RunOnEveryRank([&](Communicator& c) {
+      if (c.rank() == 1) {
+        absl::Status fault = absl::InternalError("cudaEventQuery: an illegal memory access was encountered");
+        c.CollectiveFailed(local ? Communicator::LocalFault(fault) : fault);
+        return;
+      }
+      absl::SleepFor(absl::Milliseconds(100));
+      double v = 1;
+      got = c.AllReduce(absl::MakeSpan(&v, 1), ReduceOp::kSum, absl::Now() + absl::Milliseconds(500));
+    });
+    if (local) {
+      EXPECT_EQ(got.code(), absl::StatusCode::kAborted) << got;
+      EXPECT_THAT(std::string(got.message()), HasSubstr("rank 1 failed: INTERNAL: cudaEventQuery: an illegal memory"));
+    } else {
+      EXPECT_EQ(got.code(), absl::StatusCode::kDeadlineExceeded) << "a transport failure was sent as news: " << got;
     }
   }
 }

@@ -28,6 +28,7 @@ ncclResult_t async_state = ncclSuccess;  // what ncclCommGetAsyncError reports o
 ncclResult_t init_state = ncclSuccess;   // what it reports after ncclCommInitRankConfig
 bool initialising = false;
 std::set<cudaEvent_t> stuck;  // events that never complete
+std::set<cudaEvent_t> faulted;  // events whose query reports a sticky CUDA error
 int next_event = 1;
 cudaEvent_t last_event = nullptr;
 long long device_bytes = 0, pinned_bytes = 0;  // live staging allocations
@@ -37,6 +38,7 @@ void Reset() {
   async_state = init_state = ncclSuccess;
   initialising = false;
   stuck.clear();
+  faulted.clear();
   device_bytes = pinned_bytes = max_device_bytes = max_pinned_bytes = 0;
 }
 struct Block {
@@ -76,7 +78,10 @@ cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned int) {
 }
 cudaError_t cudaEventDestroy(cudaEvent_t) { return cudaSuccess; }
 cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaEventQuery(cudaEvent_t e) { return fake::stuck.count(e) ? cudaErrorNotReady : cudaSuccess; }
+cudaError_t cudaEventQuery(cudaEvent_t e) {
+  if (fake::faulted.count(e)) return cudaErrorIllegalAddress;
+  return fake::stuck.count(e) ? cudaErrorNotReady : cudaSuccess;
+}
 cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned int) { return cudaSuccess; }
 cudaError_t cudaMalloc(void** p, size_t n) {
   *p = fake::Alloc(n, fake::device_bytes, fake::max_device_bytes);
@@ -311,6 +316,54 @@ TEST(NcclFaults, WithoutANoticeAStuckWaitStillEndsAtItsDeadline) {
   absl::Status s = (*pending)->Wait();
   EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
   EXPECT_FALSE(Communicator::IsPeerFailure(s)) << s;
+}
+
+// The notices are polled only on the thread that made the communicator (the MPI bootstrap is
+// MPI_THREAD_FUNNELED): a wait on another thread (a gradient hook on autograd's device thread)
+// ends at its deadline instead.
+TEST(NcclFaults, NoticesArePolledOnlyOnTheCommunicatorsThread) {
+  fake::Reset();
+  testing::FakeWorld bootstrap(2);
+  absl::StatusOr<std::unique_ptr<Communicator>> made = CreateNcclCommunicator(
+      {.rank = 0, .world_size = 1, .local_rank = 0, .notices = bootstrap.comm(0), .init_timeout = absl::Seconds(5)});
+  ASSERT_TRUE(made.ok()) << made.status();
+  std::unique_ptr<Communicator> c = *std::move(made);
+  bootstrap.comm(1)->Fail(absl::InternalError("handler failed on purpose"));
+  std::vector<float> a(4, 1.f);
+  absl::Status s;
+  std::thread other([&] {
+    auto pending = c->StartAllReduce(Buffer{a.data(), DType::kFloat32, a.size(), 0}, ReduceOp::kSum,
+                                     absl::Now() + absl::Milliseconds(300));
+    ASSERT_TRUE(pending.ok()) << pending.status();
+    fake::stuck.insert(fake::last_event);
+    s = (*pending)->Wait();
+  });
+  other.join();
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+}
+
+// A sticky CUDA error seen while waiting is this rank's own fault: marked so (LocalFault), so that
+// the communicator tells the peers (a transport's error would not be).
+TEST(NcclFaults, ACudaErrorIsALocalFaultAnNcclRemoteErrorIsNot) {
+  fake::Reset();
+  std::unique_ptr<Communicator> c = Make();
+  ASSERT_NE(c, nullptr);
+  std::vector<float> a(4, 1.f);
+  auto pending = c->StartAllReduce(Buffer{a.data(), DType::kFloat32, a.size(), 0}, ReduceOp::kSum,
+                                   absl::Now() + absl::Seconds(5));
+  ASSERT_TRUE(pending.ok()) << pending.status();
+  fake::faulted.insert(fake::last_event);
+  absl::Status s = (*pending)->Wait();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
+  EXPECT_TRUE(Communicator::IsLocalFault(s)) << s;
+  fake::Reset();
+  std::unique_ptr<Communicator> d = Make();
+  ASSERT_NE(d, nullptr);
+  fake::async_state = ncclRemoteError;
+  std::vector<double> v = {1};
+  absl::Status r = d->AllReduce(absl::MakeSpan(v), ReduceOp::kSum, absl::Now() + absl::Seconds(5));
+  EXPECT_FALSE(r.ok());
+  EXPECT_FALSE(Communicator::IsLocalFault(r)) << r;
 }
 
 }  // namespace
