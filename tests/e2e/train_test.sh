@@ -491,14 +491,17 @@ resume_anywhere)
   done
   # 0. Issue 13: --async_save (the copy and the write on a background thread, the step waiting
   #    at the fence before optimizer.step()) ends bitwise equal to synchronous saves, with the
-  #    write time of the previous epoch's file accounted as background time.
+  #    write time of its files accounted as background time.
   out=$(mpi 2 "$train" "${c[@]}" --async_save --output_dir="$work/async" 2>&1) || fail "--async_save: $out"
   [[ "$(state "$work/async")" == "$(state "$work/u2")" ]] || { diff <(state "$work/async") <(state "$work/u2"); fail "--async_save differs from synchronous saves"; }
   /usr/bin/python3 - "$work/async/metrics.jsonl" <<'PY' || fail "--async_save: no background write time in metrics.jsonl"
 import json, sys
-for raw in open(sys.argv[1]):
-    line = json.loads(raw)
-    assert line["epoch"] == 1 or line["checkpoint_background_s"] > 0, line  # the previous epoch's write
+lines = [json.loads(raw) for raw in open(sys.argv[1])]
+# Each background write is counted in the window of the epoch in which it ended: the same epoch's
+# line when it ended before that line was written (a small state on a fast disk), else the next
+# one's. So the total, not each line, says the writes were accounted.
+assert all(l["checkpoint_background_s"] >= 0 for l in lines), lines
+assert sum(l["checkpoint_background_s"] for l in lines) > 0, lines
 PY
   "$ckpt" verify "$work"/async/*.pt || fail "--async_save wrote a file that does not verify"
   # 1. 2 -> 2 ranks, preempted at iteration 100 (epoch 2 of 85-iteration epochs): bitwise.
