@@ -650,14 +650,19 @@ agree)
   # A failure of one rank alone, outside any collective (the same --data=csv:d.csv, but each
   # rank's working directory holds another file, as per-node paths do; rank 1's is malformed):
   # rank 0 fails at once with rank 1's error, not after --deadline_s=60.
+  # The trainer on 2 ranks, each in its own working directory (per-node paths), both reading
+  # --data=csv:d.csv there.
+  two_dirs() {
+    timeout 300 mpirun --oversubscribe --mca btl self,vader -np 1 -wdir "$work/$1" "$train" --data=csv:d.csv \
+      --deadline_s=60 --progress=none --output_dir="$work/d" : -np 1 -wdir "$work/$2" "$train" --data=csv:d.csv \
+      --deadline_s=60 --progress=none --output_dir="$work/d" 2>&1
+  }
   mkdir -p "$work/wa" "$work/wb"
   /usr/bin/python3 -c 'import sys; sys.stdout.write("".join("%d,%d,%d\n" % (i % 2, i % 7, i % 5) for i in range(600)))' >"$work/wa/d.csv"
   sed '3s/.*/1,2/' "$work/wa/d.csv" >"$work/wb/d.csv"
   rm -rf "$work/d"
   start=$(date +%s)
-  out=$(timeout 300 mpirun --oversubscribe --mca btl self,vader -np 1 -wdir "$work/wa" "$train" --data=csv:d.csv --deadline_s=60 \
-    --progress=none --output_dir="$work/d" : -np 1 -wdir "$work/wb" "$train" --data=csv:d.csv --deadline_s=60 \
-    --progress=none --output_dir="$work/d" 2>&1); rc=$?
+  out=$(two_dirs wa wb); rc=$?
   took=$(( $(date +%s) - start ))
   [[ $rc -eq 1 ]] || fail "one rank's bad data: exit $rc: $(tail -n 5 <<<"$out")"
   grep -q "train: rank 1: error: d.csv:3: 1 features, expected 2" <<<"$out" || fail "rank 1 does not name its error: $out"
@@ -671,9 +676,7 @@ agree)
   mkdir -p "$work/wc"
   sed '3s/^0,/1,/' "$work/wa/d.csv" >"$work/wc/d.csv"
   rm -rf "$work/d"
-  out=$(timeout 300 mpirun --oversubscribe --mca btl self,vader -np 1 -wdir "$work/wa" "$train" --data=csv:d.csv --deadline_s=60 \
-    --progress=none --output_dir="$work/d" : -np 1 -wdir "$work/wc" "$train" --data=csv:d.csv --deadline_s=60 \
-    --progress=none --output_dir="$work/d" 2>&1); rc=$?
+  out=$(two_dirs wa wc); rc=$?
   [[ $rc -eq 1 ]] || fail "one rank's other data: exit $rc: $(tail -n 5 <<<"$out")"
   for r in 0 1; do
     grep -qE "train: rank $r: error: training data \(--data=csv:d.csv\) differ across ranks: (train|validation) split is [0-9]+ samples of 2 features, crc32 [0-9a-f]{8} on rank 0, [0-9]+ samples of 2 features, crc32 [0-9a-f]{8} on rank 1" <<<"$out" ||
@@ -686,9 +689,7 @@ agree)
   mkdir -p "$work/wd"
   head -n 50 "$work/wa/d.csv" >"$work/wd/d.csv"
   rm -rf "$work/d"
-  out=$(timeout 300 mpirun --oversubscribe --mca btl self,vader -np 1 -wdir "$work/wa" "$train" --data=csv:d.csv --deadline_s=60 \
-    --progress=none --output_dir="$work/d" : -np 1 -wdir "$work/wd" "$train" --data=csv:d.csv --deadline_s=60 \
-    --progress=none --output_dir="$work/d" 2>&1); rc=$?
+  out=$(two_dirs wa wd); rc=$?
   [[ $rc -eq 1 ]] || fail "one rank's smaller data: exit $rc: $(tail -n 5 <<<"$out")"
   for r in 0 1; do
     grep -qE "train: rank $r: error: training data \(--data=csv:d.csv\) differ across ranks: .* on rank 0, [0-9]+ samples of 2 features, crc32 [0-9a-f]{8} on rank 1" <<<"$out" ||

@@ -167,6 +167,24 @@ std::unique_ptr<Communicator> Make() {
   return c.ok() ? *std::move(c) : nullptr;
 }
 
+// An NCCL communicator of one rank whose notices come from rank 0 of `bootstrap` (standing in for
+// the MPI bootstrap under an MPI launcher).
+std::unique_ptr<Communicator> MakeWithNotices(testing::FakeWorld& bootstrap) {
+  absl::StatusOr<std::unique_ptr<Communicator>> c = CreateNcclCommunicator(
+      {.rank = 0, .world_size = 1, .local_rank = 0, .notices = bootstrap.comm(0), .init_timeout = absl::Seconds(5)});
+  EXPECT_TRUE(c.ok()) << c.status();
+  return c.ok() ? *std::move(c) : nullptr;
+}
+
+// A device all-reduce of `a` whose completion event never fires (a peer that never joins).
+std::unique_ptr<Pending> StartStuck(Communicator& c, std::vector<float>& a, absl::Duration timeout) {
+  auto pending = c.StartAllReduce(Buffer{a.data(), DType::kFloat32, a.size(), 0}, ReduceOp::kSum, absl::Now() + timeout);
+  EXPECT_TRUE(pending.ok()) << pending.status();
+  if (!pending.ok()) return nullptr;
+  fake::stuck.insert(fake::last_event);
+  return *std::move(pending);
+}
+
 TEST(NcclFaults, AFailedNonBlockingInitIsAbortedNotDestroyed) {
   fake::Reset();
   fake::init_state = ncclSystemError;
@@ -253,21 +271,17 @@ TEST(NcclFaults, StagingGrowsWithoutCudaFreeAndALargeOneOffIsReleased) {
 TEST(NcclFaults, APeersNoticeOnTheBootstrapEndsAStuckWaitAtOnce) {
   fake::Reset();
   testing::FakeWorld bootstrap(2);  // rank 0 is this process's MPI bootstrap; rank 1 a peer
-  absl::StatusOr<std::unique_ptr<Communicator>> made = CreateNcclCommunicator(
-      {.rank = 0, .world_size = 1, .local_rank = 0, .notices = bootstrap.comm(0), .init_timeout = absl::Seconds(5)});
-  ASSERT_TRUE(made.ok()) << made.status();
-  std::unique_ptr<Communicator> c = *std::move(made);
+  std::unique_ptr<Communicator> c = MakeWithNotices(bootstrap);
+  ASSERT_NE(c, nullptr);
   std::vector<float> a(4, 1.f);
-  auto pending = c->StartAllReduce(Buffer{a.data(), DType::kFloat32, a.size(), 0}, ReduceOp::kSum,
-                                   absl::Now() + absl::Seconds(60));
-  ASSERT_TRUE(pending.ok()) << pending.status();
-  fake::stuck.insert(fake::last_event);  // the peer never joins this all-reduce
+  std::unique_ptr<Pending> pending = StartStuck(*c, a, absl::Seconds(60));
+  ASSERT_NE(pending, nullptr);  // the peer never joins this all-reduce
   std::thread peer([&] {
     absl::SleepFor(absl::Milliseconds(200));
     bootstrap.comm(1)->Fail(absl::InternalError("handler failed on purpose"));
   });
   const absl::Time start = absl::Now();
-  absl::Status s = (*pending)->Wait();
+  absl::Status s = pending->Wait();
   const absl::Duration waited = absl::Now() - start;
   peer.join();
   EXPECT_EQ(s.code(), absl::StatusCode::kAborted) << s;
@@ -284,18 +298,14 @@ TEST(NcclFaults, APeersNoticeOnTheBootstrapEndsAStuckWaitAtOnce) {
 
 TEST(NcclFaults, ANoticeThatCameEarlierFailsTheNextStuckCollective) {
   fake::Reset();
-  testing::FakeWorld bootstrap(2);
-  absl::StatusOr<std::unique_ptr<Communicator>> made = CreateNcclCommunicator(
-      {.rank = 0, .world_size = 1, .local_rank = 0, .notices = bootstrap.comm(0), .init_timeout = absl::Seconds(5)});
-  ASSERT_TRUE(made.ok()) << made.status();
-  std::unique_ptr<Communicator> c = *std::move(made);
+  testing::FakeWorld bootstrap(2);  // rank 0 is this process's MPI bootstrap; rank 1 a peer
+  std::unique_ptr<Communicator> c = MakeWithNotices(bootstrap);
+  ASSERT_NE(c, nullptr);
   bootstrap.comm(1)->Fail(absl::DeadlineExceededError("the user's own timeout"));
   std::vector<float> a(4, 1.f);
-  auto pending = c->StartAllReduce(Buffer{a.data(), DType::kFloat32, a.size(), 0}, ReduceOp::kSum,
-                                   absl::Now() + absl::Seconds(60));
-  ASSERT_TRUE(pending.ok()) << pending.status();
-  fake::stuck.insert(fake::last_event);
-  absl::Status s = (*pending)->Wait();
+  std::unique_ptr<Pending> pending = StartStuck(*c, a, absl::Seconds(60));
+  ASSERT_NE(pending, nullptr);
+  absl::Status s = pending->Wait();
   EXPECT_EQ(s.code(), absl::StatusCode::kAborted) << s;
   EXPECT_NE(s.message().find("rank 1 failed: DEADLINE_EXCEEDED: the user's own timeout"), std::string::npos) << s;
   EXPECT_EQ(fake::aborts, 1);
@@ -303,17 +313,13 @@ TEST(NcclFaults, ANoticeThatCameEarlierFailsTheNextStuckCollective) {
 
 TEST(NcclFaults, WithoutANoticeAStuckWaitStillEndsAtItsDeadline) {
   fake::Reset();
-  testing::FakeWorld bootstrap(2);
-  absl::StatusOr<std::unique_ptr<Communicator>> made = CreateNcclCommunicator(
-      {.rank = 0, .world_size = 1, .local_rank = 0, .notices = bootstrap.comm(0), .init_timeout = absl::Seconds(5)});
-  ASSERT_TRUE(made.ok()) << made.status();
-  std::unique_ptr<Communicator> c = *std::move(made);
+  testing::FakeWorld bootstrap(2);  // rank 0 is this process's MPI bootstrap; rank 1 a peer
+  std::unique_ptr<Communicator> c = MakeWithNotices(bootstrap);
+  ASSERT_NE(c, nullptr);
   std::vector<float> a(4, 1.f);
-  auto pending = c->StartAllReduce(Buffer{a.data(), DType::kFloat32, a.size(), 0}, ReduceOp::kSum,
-                                   absl::Now() + absl::Milliseconds(300));
-  ASSERT_TRUE(pending.ok()) << pending.status();
-  fake::stuck.insert(fake::last_event);
-  absl::Status s = (*pending)->Wait();
+  std::unique_ptr<Pending> pending = StartStuck(*c, a, absl::Milliseconds(300));
+  ASSERT_NE(pending, nullptr);
+  absl::Status s = pending->Wait();
   EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
   EXPECT_FALSE(Communicator::IsPeerFailure(s)) << s;
 }
@@ -323,20 +329,16 @@ TEST(NcclFaults, WithoutANoticeAStuckWaitStillEndsAtItsDeadline) {
 // ends at its deadline instead.
 TEST(NcclFaults, NoticesArePolledOnlyOnTheCommunicatorsThread) {
   fake::Reset();
-  testing::FakeWorld bootstrap(2);
-  absl::StatusOr<std::unique_ptr<Communicator>> made = CreateNcclCommunicator(
-      {.rank = 0, .world_size = 1, .local_rank = 0, .notices = bootstrap.comm(0), .init_timeout = absl::Seconds(5)});
-  ASSERT_TRUE(made.ok()) << made.status();
-  std::unique_ptr<Communicator> c = *std::move(made);
+  testing::FakeWorld bootstrap(2);  // rank 0 is this process's MPI bootstrap; rank 1 a peer
+  std::unique_ptr<Communicator> c = MakeWithNotices(bootstrap);
+  ASSERT_NE(c, nullptr);
   bootstrap.comm(1)->Fail(absl::InternalError("handler failed on purpose"));
   std::vector<float> a(4, 1.f);
   absl::Status s;
   std::thread other([&] {
-    auto pending = c->StartAllReduce(Buffer{a.data(), DType::kFloat32, a.size(), 0}, ReduceOp::kSum,
-                                     absl::Now() + absl::Milliseconds(300));
-    ASSERT_TRUE(pending.ok()) << pending.status();
-    fake::stuck.insert(fake::last_event);
-    s = (*pending)->Wait();
+    std::unique_ptr<Pending> pending = StartStuck(*c, a, absl::Milliseconds(300));
+    ASSERT_NE(pending, nullptr);
+    s = pending->Wait();
   });
   other.join();
   EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
@@ -349,11 +351,10 @@ TEST(NcclFaults, ACudaErrorIsALocalFaultAnNcclRemoteErrorIsNot) {
   std::unique_ptr<Communicator> c = Make();
   ASSERT_NE(c, nullptr);
   std::vector<float> a(4, 1.f);
-  auto pending = c->StartAllReduce(Buffer{a.data(), DType::kFloat32, a.size(), 0}, ReduceOp::kSum,
-                                   absl::Now() + absl::Seconds(5));
-  ASSERT_TRUE(pending.ok()) << pending.status();
-  fake::faulted.insert(fake::last_event);
-  absl::Status s = (*pending)->Wait();
+  std::unique_ptr<Pending> pending = StartStuck(*c, a, absl::Seconds(5));
+  ASSERT_NE(pending, nullptr);
+  fake::faulted.insert(fake::last_event);  // its query reports the fault (checked before "stuck")
+  absl::Status s = pending->Wait();
   EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
   EXPECT_TRUE(Communicator::IsLocalFault(s)) << s;
   fake::Reset();
