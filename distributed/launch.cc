@@ -244,11 +244,6 @@ absl::StatusOr<std::string> ChooseBackend(const LaunchOptions& options, const La
 
 namespace {
 
-// Strict mode (EMBER_DISTRIBUTED_DEBUG=DETAIL, communicator.h) is read from each process's
-// environment; a rank in it runs a fingerprint all-gather before every collective, which a rank
-// without it does not run, so the two would pair one's fingerprint with the other's collective and
-// wait out a deadline. Agreed once, right after the communicator is made (one all-gather of one
-// value per rank, itself not fingerprinted): a difference fails every rank, naming the ranks.
 constexpr char kDebugLevels[] =
     "allowed, in any case: OFF, INFO (both: no checks beyond the default), DETAIL (strict mode: every "
     "collective compared across ranks before it runs)";
@@ -264,6 +259,11 @@ bool IsDebugLevel(const std::string& v) {
          absl::EqualsIgnoreCase(v, "DETAIL");
 }
 
+// Strict mode (EMBER_DISTRIBUTED_DEBUG=DETAIL, communicator.h) is read from each process's
+// environment; a rank in it runs a fingerprint all-gather before every collective, which a rank
+// without it does not run, so the two would pair one's fingerprint with the other's collective and
+// wait out a deadline. Agreed once, right after the communicator is made (one all-gather of one
+// value per rank, itself not fingerprinted): a difference fails every rank, naming the ranks.
 absl::Status AgreeOnStrictMode(Communicator& comm, absl::Time deadline) {
   // A value that is no level is a typo that would leave strict mode off on that rank: refused on
   // every rank (each rank's value goes into the same all-gather).
