@@ -21,8 +21,9 @@
 // handler's error that ended Engine::Run on this rank only). The MPI, Gloo and fake backends carry
 // the notices (Gloo's also closes the failed rank's connections, which is what ends a peer's
 // wait: gloo_communicator.h); NCCL has no side channel of its own: under an MPI launcher its
-// notices go out on the MPI bootstrap's, which its waits poll (NcclOptions::notices); under a
-// TCP or file rendezvous it has none, and its peers wait for their deadline.
+// notices go out on the MPI bootstrap's, which its waits poll (NcclOptions::notices); under a TCP
+// rendezvous (torchrun) on the rendezvous's connections, kept open (tcp_notices.h); under a file
+// rendezvous it has none, and its peers wait for their deadline.
 //
 // Matching spaces: control traffic (Meet, the notices) never matches training collectives. The
 // MPI backend gives each kind of collective a duplicate of MPI_COMM_WORLD of its own (gradient

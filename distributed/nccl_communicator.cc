@@ -10,11 +10,13 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <utility>
 #include <fstream>
 #include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -22,6 +24,7 @@
 #include "base/large_buffer.h"
 #include "base/status_macros.h"
 #include "distributed/file_rendezvous.h"
+#include "distributed/tcp_notices.h"
 #include "distributed/tcp_rendezvous.h"
 
 namespace ember::dist {
@@ -107,8 +110,17 @@ class NcclCommunicator final : public Communicator {
     if (o.bootstrap != nullptr) {
       EMBER_RETURN_IF_ERROR(o.bootstrap->Broadcast(bytes, 0, deadline));
     } else if (!o.master_addr.empty()) {
-      absl::StatusOr<std::string> shared = ShareFromRank0(o.rank, o.world_size, o.master_addr,
-                                                          o.rendezvous_port, bytes, deadline);
+      // The rendezvous's connections stay open: the failure notices' channel (tcp_notices.h).
+      std::vector<int> connections;
+      absl::StatusOr<std::string> shared = ShareFromRank0KeepingConnections(
+          o.rank, o.world_size, o.master_addr, o.rendezvous_port, bytes, deadline, &connections);
+      if (shared.ok() && o.world_size > 1 && o.notices == nullptr) {
+        c->tcp_notices_ = std::make_unique<TcpNotices>(o.rank, o.world_size, std::move(connections));
+      } else {
+        for (int fd : connections) {
+          if (fd >= 0) ::close(fd);
+        }
+      }
       if (!shared.ok()) {
         return absl::Status(shared.status().code(),
                             absl::StrCat("NCCL unique id: ", shared.status().message(),
@@ -142,6 +154,23 @@ class NcclCommunicator final : public Communicator {
   int world_size() const override { return world_size_; }
   int local_rank() const override { return local_rank_; }
   std::string backend() const override { return "nccl"; }
+
+ protected:
+  // Under a TCP rendezvous the notices go over its connections (tcp_notices.h); under an MPI
+  // launcher the combined communicator sends them on the bootstrap (launch.cc), not this.
+  void DoNotifyFailure(const absl::Status& error) override {
+    if (tcp_notices_ != nullptr) tcp_notices_->Send(NoticeText(error, TcpNotices::kMaxNoticeBytes));
+  }
+  absl::Status ReceivedNotice() override {
+    if (peer_failure_.ok() && tcp_notices_ != nullptr) {
+      if (std::optional<std::pair<int, std::string>> n = tcp_notices_->Poll(); n.has_value()) {
+        peer_failure_ = PeerFailure(n->first, n->second);
+      }
+    }
+    return peer_failure_;
+  }
+
+ public:
   bool device_buffers() const override { return true; }
 
  protected:
@@ -312,8 +341,11 @@ class NcclCommunicator final : public Communicator {
     // Only on the thread that made this communicator (the training thread): the MPI bootstrap is
     // initialised MPI_THREAD_FUNNELED, and a gradient hook may start a bucket on autograd's
     // device thread.
-    if (notices_ == nullptr || (polls & 63) != 0 || std::this_thread::get_id() != owner_) return absl::OkStatus();
-    absl::Status notice = notices_->PeerNotice();
+    if ((notices_ == nullptr && tcp_notices_ == nullptr) || (polls & 63) != 0 ||
+        std::this_thread::get_id() != owner_) {
+      return absl::OkStatus();
+    }
+    absl::Status notice = notices_ != nullptr ? notices_->PeerNotice() : ReceivedNotice();
     if (notice.ok()) return notice;
     return Abort(WhileWaiting(notice, absl::StrCat(what, "; NCCL communicator aborted")));
   }
@@ -411,6 +443,9 @@ class NcclCommunicator final : public Communicator {
   int world_size_ = 1;
   int local_rank_ = 0;
   Communicator* notices_ = nullptr;  // NcclOptions::notices (not owned)
+  // Without NcclOptions::notices, under a TCP rendezvous: the notices over its connections.
+  std::unique_ptr<TcpNotices> tcp_notices_;
+  absl::Status peer_failure_;  // the first notice tcp_notices_ brought
   std::thread::id owner_ = std::this_thread::get_id();  // polls notices_ (CheckNotices)
   int device_ = 0;
   cudaStream_t stream_ = nullptr;

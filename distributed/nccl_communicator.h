@@ -6,8 +6,9 @@
 // (torchrun-style launches), or a file on a shared filesystem. The NCCL communicator is created
 // non-blocking; every operation is polled (cudaStreamQuery, ncclCommGetAsyncError) until it
 // completes or the deadline passes, and then ncclCommAbort() frees the GPU and the call returns
-// kDeadlineExceeded: a dead peer never hangs a rank. With NcclOptions::notices (the MPI bootstrap
-// under an MPI launcher), a peer that failed outside a collective ends the wait at once instead.
+// kDeadlineExceeded: a dead peer never hangs a rank. A peer that failed outside a collective ends
+// the wait at once instead, through NcclOptions::notices (the MPI bootstrap under an MPI
+// launcher) or, under a TCP rendezvous, the rendezvous's connections kept open (tcp_notices.h).
 //
 // Failures: on any NCCL error (returned, or asynchronous from ncclCommGetAsyncError), a CUDA error
 // while a collective is in flight, or a deadline, the communicator is aborted (ncclCommAbort;

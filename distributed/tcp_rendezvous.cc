@@ -41,6 +41,11 @@ class Fd {
     return *this;
   }
   int get() const { return fd_; }
+  int release() {
+    const int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
 
  private:
   int fd_;
@@ -160,7 +165,7 @@ absl::StatusOr<Fd> Listen(int port, int backlog) {
 // served yet, until every other rank is served. Connections that close, send anything else or
 // stay silent for kHelloTimeout are dropped, uncounted.
 absl::StatusOr<std::string> ServeRank0(int world_size, int port, const std::string& payload, absl::Time deadline,
-                                       const std::string& where) {
+                                       const std::string& where, std::vector<int>* keep = nullptr) {
   absl::StatusOr<Fd> listener = Listen(port, std::max(world_size, 16));
   if (!listener.ok()) return listener.status();
   struct Pending {
@@ -213,6 +218,7 @@ absl::StatusOr<std::string> ServeRank0(int world_size, int port, const std::stri
           if (absl::Status s = SendAll(p.fd.get(), Frame(payload), deadline); !s.ok()) return s;
           served[r] = true;
           ++count;
+          if (keep != nullptr) (*keep)[r] = p.fd.release();
         } else {
           ++dropped;
         }
@@ -459,6 +465,41 @@ absl::StatusOr<std::string> ShareFromRank0(int rank, int world_size, const std::
   if (!fd.ok()) return fd.status();
   if (absl::Status s = SendAll(fd->get(), Hello(rank), deadline); !s.ok()) return s;
   return ReceiveFrame(fd->get(), where, deadline, kMaxGatherPayload);
+}
+
+absl::StatusOr<std::string> ShareFromRank0KeepingConnections(int rank, int world_size, const std::string& addr,
+                                                             int port, const std::string& payload,
+                                                             absl::Time deadline, std::vector<int>* connections) {
+  connections->assign(static_cast<size_t>(std::max(world_size, 1)), -1);
+  const std::string where = absl::StrCat(addr, ":", port);
+  if (world_size <= 1) return payload;
+  if (payload.size() > kMaxGatherPayload) {
+    return absl::InvalidArgumentError(absl::StrCat("rendezvous: a payload of ", payload.size(), " bytes (at most ",
+                                                   kMaxGatherPayload, ")"));
+  }
+  std::vector<int> kept(static_cast<size_t>(world_size), -1);
+  auto close_kept = [&kept] {
+    for (int& fd : kept) {
+      if (fd >= 0) ::close(fd);
+      fd = -1;
+    }
+  };
+  if (rank == 0) {
+    absl::StatusOr<std::string> served = ServeRank0(world_size, port, payload, deadline, where, &kept);
+    if (!served.ok()) {
+      close_kept();
+      return served.status();
+    }
+    *connections = kept;
+    return served;
+  }
+  absl::StatusOr<Fd> fd = ConnectToRank0(addr, port, deadline);
+  if (!fd.ok()) return fd.status();
+  if (absl::Status s = SendAll(fd->get(), Hello(rank), deadline); !s.ok()) return s;
+  absl::StatusOr<std::string> got = ReceiveFrame(fd->get(), where, deadline, kMaxGatherPayload);
+  if (!got.ok()) return got.status();
+  (*connections)[0] = fd->release();
+  return got;
 }
 
 absl::StatusOr<std::vector<std::string>> GatherThroughRank0(int rank, int world_size,

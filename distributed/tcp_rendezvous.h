@@ -28,6 +28,14 @@ absl::StatusOr<std::string> ShareFromRank0(int rank, int world_size, const std::
                                            int port, const std::string& payload,
                                            absl::Time deadline);
 
+// ShareFromRank0, keeping the rendezvous's connections open afterwards as a control channel of the
+// job (tcp_notices.h): `connections` gets world_size entries, the caller's to close: on rank 0 the
+// connection to each other rank at its index (-1 at 0), elsewhere the connection to rank 0 at
+// index 0 (-1 elsewhere). On failure nothing stays open.
+absl::StatusOr<std::string> ShareFromRank0KeepingConnections(int rank, int world_size, const std::string& addr,
+                                                             int port, const std::string& payload,
+                                                             absl::Time deadline, std::vector<int>* connections);
+
 // GatherThroughRank0: an all-gather of one string per rank through rank 0 (how the Gloo backend
 // exchanges its connection addresses, gloo_communicator.h). Rank 0 listens on `port`; each other
 // rank connects, says a hello of its own kind (magic "EMBG", version, rank, WORLD_SIZE: never

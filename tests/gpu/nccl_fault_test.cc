@@ -11,7 +11,9 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#include <atomic>
 #include <cstdlib>
+#include <unistd.h>
 #include <cstring>
 #include <set>
 #include <string>
@@ -26,11 +28,11 @@ namespace fake {
 int aborts = 0, destroys = 0, device_frees = 0, async_frees = 0;
 ncclResult_t async_state = ncclSuccess;  // what ncclCommGetAsyncError reports once init is done
 ncclResult_t init_state = ncclSuccess;   // what it reports after ncclCommInitRankConfig
-bool initialising = false;
+std::atomic<bool> initialising{false};  // two ranks' threads start communicators at once
 std::set<cudaEvent_t> stuck;  // events that never complete
 std::set<cudaEvent_t> faulted;  // events whose query reports a sticky CUDA error
-int next_event = 1;
-cudaEvent_t last_event = nullptr;
+std::atomic<int> next_event{1};
+std::atomic<cudaEvent_t> last_event{nullptr};
 long long device_bytes = 0, pinned_bytes = 0;  // live staging allocations
 long long max_device_bytes = 0, max_pinned_bytes = 0;
 void Reset() {
@@ -365,6 +367,40 @@ TEST(NcclFaults, ACudaErrorIsALocalFaultAnNcclRemoteErrorIsNot) {
   absl::Status r = d->AllReduce(absl::MakeSpan(v), ReduceOp::kSum, absl::Now() + absl::Seconds(5));
   EXPECT_FALSE(r.ok());
   EXPECT_FALSE(Communicator::IsLocalFault(r)) << r;
+}
+
+// NCCL under torchrun (a TCP rendezvous, no MPI): the rendezvous's connections stay open and carry
+// the notices (tcp_notices.h). Two ranks of the production backend in one process.
+TEST(NcclFaults, UnderATcpRendezvousAPeersNoticeEndsAStuckWait) {
+  fake::Reset();
+  const int port = 20000 + ((::getpid() + 6151) % 20000);
+  auto make = [port](int r) {
+    absl::StatusOr<std::unique_ptr<Communicator>> made =
+        CreateNcclCommunicator({.rank = r, .world_size = 2, .local_rank = r, .master_addr = "127.0.0.1",
+                                .rendezvous_port = port, .init_timeout = absl::Seconds(20)});
+    EXPECT_TRUE(made.ok()) << r << ": " << made.status();
+    return made.ok() ? *std::move(made) : nullptr;
+  };
+  // Rank 0 on this thread (its notices are polled on the thread that made it), rank 1 on another.
+  std::unique_ptr<Communicator> rank1;
+  std::thread other([&] { rank1 = make(1); });
+  std::unique_ptr<Communicator> rank0 = make(0);
+  other.join();
+  ASSERT_TRUE(rank0 != nullptr && rank1 != nullptr);
+  std::vector<float> a(4, 1.f);
+  std::unique_ptr<Pending> pending = StartStuck(*rank0, a, absl::Seconds(60));
+  ASSERT_NE(pending, nullptr);
+  std::thread peer([&] {
+    absl::SleepFor(absl::Milliseconds(200));
+    rank1->Fail(absl::InternalError("handler failed on purpose"));
+  });
+  const absl::Time start = absl::Now();
+  absl::Status s = pending->Wait();
+  const absl::Duration waited = absl::Now() - start;
+  peer.join();
+  EXPECT_EQ(s.code(), absl::StatusCode::kAborted) << s;
+  EXPECT_NE(s.message().find("rank 1 failed: INTERNAL: handler failed on purpose"), std::string::npos) << s;
+  EXPECT_LT(waited, absl::Seconds(10)) << "the wait ran toward its 60 s deadline";
 }
 
 }  // namespace
