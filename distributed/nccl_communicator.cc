@@ -161,6 +161,15 @@ class NcclCommunicator final : public Communicator {
   void DoNotifyFailure(const absl::Status& error) override {
     if (tcp_notices_ != nullptr) tcp_notices_->Send(NoticeText(error, TcpNotices::kMaxNoticeBytes));
   }
+  // Under a TCP rendezvous a rank that failed does not meet: its peers abort their NCCL
+  // communicator on its notice (a meeting on NCCL would wait for them until its deadline, or pair
+  // with a peer's collective); they learned of the failure from the notice.
+  absl::StatusOr<std::vector<int>> DoMeet(bool failed, absl::Time deadline) override {
+    if (tcp_notices_ == nullptr || !failed) return Communicator::DoMeet(failed, deadline);
+    std::vector<int> flags(static_cast<size_t>(world_size_), 0);
+    flags[static_cast<size_t>(rank_)] = 1;
+    return flags;
+  }
   absl::Status ReceivedNotice() override {
     if (peer_failure_.ok() && tcp_notices_ != nullptr) {
       if (std::optional<std::pair<int, std::string>> n = tcp_notices_->Poll(); n.has_value()) {
@@ -221,6 +230,7 @@ class NcclCommunicator final : public Communicator {
                                                             absl::Time deadline) override {
     if (b.on_host()) return Communicator::DoStartAllReduce(b, op, deadline);
     EMBER_RETURN_IF_ERROR(Usable("ncclAllReduce"));
+    EMBER_RETURN_IF_ERROR(CheckNotices("ncclAllReduce", 0));  // as in Staged
     if (b.device != device_) {
       return absl::InvalidArgumentError(absl::StrCat("AllReduce of ", b.DebugString(), ": this rank's NCCL communicator is on cuda:",
                                                      device_, "; move the buffer there"));
@@ -417,6 +427,10 @@ class NcclCommunicator final : public Communicator {
   absl::Status Staged(const void* in, size_t in_bytes, void* out, size_t out_bytes,
                       absl::Time deadline, Op op, size_t input_offset = 0) {
     EMBER_RETURN_IF_ERROR(Usable("NCCL collective"));
+    // A notice that came already fails the collective before it is issued: one that could
+    // complete at once would not poll for it, and a failed rank's shutdown meeting must never
+    // pair with it.
+    EMBER_RETURN_IF_ERROR(CheckNotices("an NCCL collective", 0));
     const size_t need = std::max(in_bytes + input_offset, out_bytes);
     EMBER_RETURN_IF_ERROR(Reserve(need, deadline));
     char* buf = static_cast<char*>(device_buffer_);

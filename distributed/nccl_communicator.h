@@ -42,8 +42,9 @@ struct NcclOptions {
   int local_rank = 0;
   // How rank 0's ncclUniqueId reaches the others: the first that is set is used.
   Communicator* bootstrap = nullptr;  // e.g. an MpiCommunicator (not owned)
-  // Where the peers' failure notices arrive (not owned; must outlive the NCCL communicator): every
-  // wait (a collective's event, init, an enqueue) checks it every 64 polls and, once a notice
+  // Where the peers' failure notices arrive (not owned; must outlive the NCCL communicator): each
+  // collective checks it before it is issued, and every wait (a collective's event, init, an
+  // enqueue) every 64 polls, on the thread that made the communicator; once a notice
   // came, aborts the NCCL communicator and fails with kAborted "rank R failed: <its error>
   // (while this rank waited in ...)" instead of waiting out its deadline. dist::Launch passes the
   // MPI bootstrap, whose control channel carries the notices (CombineWithBootstrap sends them).

@@ -51,34 +51,47 @@ void TcpNotices::SendFrame(const std::string& frame, int except) {
     if (r == except || p.fd < 0) continue;
     size_t sent = 0;
     while (sent < frame.size()) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
-      if (left.count() <= 0) return;  // the budget is spent: a stalled peer holds nobody
-      pollfd w{p.fd, POLLOUT, 0};
-      const int rc = ::poll(&w, 1, static_cast<int>(left.count()));
-      if (rc < 0 && errno == EINTR) continue;
-      if (rc <= 0) return;
       const ssize_t n = ::send(p.fd, frame.data() + sent, frame.size() - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
       if (n > 0) {
         sent += static_cast<size_t>(n);
-      } else if (n < 0 && errno != EINTR && errno != EAGAIN) {
-        Drop(p);  // gone: the others may still hear it
-        break;
+        continue;
       }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) break;  // gone: the others may still hear it
+      // Its buffer is full (a peer that does not read): wait while the budget lasts. Once it is
+      // spent, each later peer gets one non-blocking try, so a stalled peer holds nobody.
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+      if (left.count() <= 0) break;
+      pollfd w{p.fd, POLLOUT, 0};
+      if (::poll(&w, 1, static_cast<int>(left.count())) == 0) break;
     }
+    // A frame cut off would be misread with whatever follows it: that peer is dropped.
+    if (sent < frame.size()) Drop(p);
   }
 }
 
 void TcpNotices::Send(const std::string& text) {
+  MutexLock lock(&mu_);
   if (sent_ || world_size_ <= 1) return;
   sent_ = true;
   SendFrame(NoticeFrame(rank_, text.size() > kMaxNoticeBytes ? text.substr(0, kMaxNoticeBytes) : text), -1);
 }
 
 std::optional<std::pair<int, std::string>> TcpNotices::Poll() {
+  MutexLock lock(&mu_);
   if (first_.has_value()) return first_;
+  // One poll() for every connection (a check costs one system call, however many ranks): only
+  // those with something to read (or closed) are read.
+  std::vector<pollfd> polled;
+  for (const Peer& p : peers_) polled.push_back({p.fd, POLLIN, 0});  // a negative fd is skipped
+  int ready;
+  do {
+    ready = ::poll(polled.data(), polled.size(), 0);
+  } while (ready < 0 && errno == EINTR);
+  if (ready <= 0) return std::nullopt;
   for (int r = 0; r < static_cast<int>(peers_.size()); ++r) {
     Peer& p = peers_[static_cast<size_t>(r)];
-    if (p.fd < 0) continue;
+    if (p.fd < 0 || polled[static_cast<size_t>(r)].revents == 0) continue;
     char buf[4096];
     while (true) {
       const ssize_t n = ::recv(p.fd, buf, sizeof(buf), MSG_DONTWAIT);
@@ -107,7 +120,10 @@ std::optional<std::pair<int, std::string>> TcpNotices::Poll() {
     std::memcpy(&length, p.in.data() + 8, 4);
     origin = ntohl(origin);
     length = ntohl(length);
-    if (length > kMaxNoticeBytes || origin >= static_cast<uint32_t>(world_size_) || static_cast<int>(origin) == rank_) {
+    // Rank 0 hears each rank on that rank's own connection only (a frame naming another rank
+    // would blame a healthy one); the others hear anyone's through rank 0.
+    if (length > kMaxNoticeBytes || origin >= static_cast<uint32_t>(world_size_) || static_cast<int>(origin) == rank_ ||
+        (rank_ == 0 && static_cast<int>(origin) != r)) {
       Drop(p);
       continue;
     }

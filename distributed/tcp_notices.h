@@ -15,7 +15,8 @@
 // Frame: "EMBN", origin rank (uint32, network order), length (uint32, network order, at most
 // kMaxNoticeBytes), the text. Anything else on a connection (another service) drops it.
 //
-// Thread safety: one thread at a time (the training thread).
+// Thread safety: thread-safe (one mutex): the training thread polls; a failure on autograd's device
+// thread may send.
 #ifndef EMBER_DISTRIBUTED_TCP_NOTICES_H_
 #define EMBER_DISTRIBUTED_TCP_NOTICES_H_
 
@@ -24,6 +25,8 @@
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "base/mutex.h"
 
 namespace ember::dist {
 
@@ -40,24 +43,25 @@ class TcpNotices {
 
   // This rank's failure (`text`, cut to kMaxNoticeBytes): to rank 0, or from rank 0 to every
   // rank. Once; later calls do nothing.
-  void Send(const std::string& text);
+  void Send(const std::string& text) ABSL_LOCKS_EXCLUDED(mu_);
   // The first notice that arrived (origin rank and text), or nullopt. On rank 0, a notice from a
   // rank is passed on to the others first.
-  std::optional<std::pair<int, std::string>> Poll();
+  std::optional<std::pair<int, std::string>> Poll() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   struct Peer {
     int fd = -1;
     std::string in;  // bytes received, not yet a whole frame
   };
-  void SendFrame(const std::string& frame, int except);
-  void Drop(Peer& p);
+  void SendFrame(const std::string& frame, int except) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  static void Drop(Peer& p);
 
   const int rank_;
   const int world_size_;
-  std::vector<Peer> peers_;  // by rank; rank 0 holds every other rank, the others only rank 0
-  bool sent_ = false;
-  std::optional<std::pair<int, std::string>> first_;
+  Mutex mu_;
+  std::vector<Peer> peers_ ABSL_GUARDED_BY(mu_);  // by rank; rank 0 holds every other rank, the others only rank 0
+  bool sent_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<std::pair<int, std::string>> first_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ember::dist

@@ -2,6 +2,7 @@
 // rendezvous's connections kept open: a star through rank 0, which passes a rank's notice on.
 #include "distributed/tcp_notices.h"
 
+#include <arpa/inet.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -97,6 +98,31 @@ TEST(TcpNotices, BytesThatAreNotANoticeDropTheConnection) {
   EXPECT_FALSE(at0.Poll().has_value());
   EXPECT_FALSE(at0.Poll().has_value());
   ::close(pair[1]);
+}
+
+// Rank 0 hears each rank on that rank's own connection only: a frame on rank 2's connection that
+// names rank 1 would blame a healthy rank (and would reach rank 1 naming itself).
+TEST(TcpNotices, Rank0TakesANoticeOnlyFromTheRankItNames) {
+  int pair1[2], pair2[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, pair1), 0);
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, pair2), 0);
+  TcpNotices at0(0, 3, {-1, pair1[0], pair2[0]});
+  auto frame = [](uint32_t origin, const std::string& text) {
+    const uint32_t o = htonl(origin), n = htonl(static_cast<uint32_t>(text.size()));
+    return std::string("EMBN") + std::string(reinterpret_cast<const char*>(&o), 4) +
+           std::string(reinterpret_cast<const char*>(&n), 4) + text;
+  };
+  const std::string forged = frame(1, "INTERNAL: not mine to say");
+  ASSERT_EQ(::write(pair2[1], forged.data(), forged.size()), static_cast<ssize_t>(forged.size()));
+  EXPECT_FALSE(PollFor(at0).has_value()) << "a frame naming another rank was believed";
+  const std::string own = frame(1, "INTERNAL: mine");
+  ASSERT_EQ(::write(pair1[1], own.data(), own.size()), static_cast<ssize_t>(own.size()));
+  auto got = PollFor(at0);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->first, 1);
+  EXPECT_EQ(got->second, "INTERNAL: mine");
+  ::close(pair1[1]);
+  ::close(pair2[1]);
 }
 
 // The production path: the NCCL id's rendezvous (ShareFromRank0KeepingConnections) leaves the

@@ -18,6 +18,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "absl/time/clock.h"
 #include "distributed/nccl_communicator.h"
@@ -298,18 +299,22 @@ TEST(NcclFaults, APeersNoticeOnTheBootstrapEndsAStuckWaitAtOnce) {
   EXPECT_EQ(fake::destroys, 0);
 }
 
-TEST(NcclFaults, ANoticeThatCameEarlierFailsTheNextStuckCollective) {
+// A notice that came before a device all-reduce fails it before it is issued (its event is never
+// waited for).
+TEST(NcclFaults, ANoticeThatCameEarlierFailsTheNextCollectiveBeforeItIsIssued) {
   fake::Reset();
   testing::FakeWorld bootstrap(2);  // rank 0 is this process's MPI bootstrap; rank 1 a peer
   std::unique_ptr<Communicator> c = MakeWithNotices(bootstrap);
   ASSERT_NE(c, nullptr);
   bootstrap.comm(1)->Fail(absl::DeadlineExceededError("the user's own timeout"));
   std::vector<float> a(4, 1.f);
-  std::unique_ptr<Pending> pending = StartStuck(*c, a, absl::Seconds(60));
-  ASSERT_NE(pending, nullptr);
-  absl::Status s = pending->Wait();
-  EXPECT_EQ(s.code(), absl::StatusCode::kAborted) << s;
-  EXPECT_NE(s.message().find("rank 1 failed: DEADLINE_EXCEEDED: the user's own timeout"), std::string::npos) << s;
+  auto pending = c->StartAllReduce(Buffer{a.data(), DType::kFloat32, a.size(), 0}, ReduceOp::kSum,
+                                   absl::Now() + absl::Seconds(60));
+  ASSERT_FALSE(pending.ok());
+  EXPECT_EQ(pending.status().code(), absl::StatusCode::kAborted) << pending.status();
+  EXPECT_NE(pending.status().message().find("rank 1 failed: DEADLINE_EXCEEDED: the user's own timeout"),
+            std::string::npos)
+      << pending.status();
   EXPECT_EQ(fake::aborts, 1);
 }
 
@@ -370,10 +375,11 @@ TEST(NcclFaults, ACudaErrorIsALocalFaultAnNcclRemoteErrorIsNot) {
 }
 
 // NCCL under torchrun (a TCP rendezvous, no MPI): the rendezvous's connections stay open and carry
-// the notices (tcp_notices.h). Two ranks of the production backend in one process.
-TEST(NcclFaults, UnderATcpRendezvousAPeersNoticeEndsAStuckWait) {
-  fake::Reset();
-  const int port = 20000 + ((::getpid() + 6151) % 20000);
+// the notices (tcp_notices.h). Two ranks of the production backend in one process: rank 0 made on
+// the calling thread (notices are polled on the thread that made a communicator), rank 1 on
+// another. `salt` keeps each test's port its own.
+std::pair<std::unique_ptr<Communicator>, std::unique_ptr<Communicator>> MakeTcpPair(int salt) {
+  const int port = 20000 + ((::getpid() + salt) % 20000);
   auto make = [port](int r) {
     absl::StatusOr<std::unique_ptr<Communicator>> made =
         CreateNcclCommunicator({.rank = r, .world_size = 2, .local_rank = r, .master_addr = "127.0.0.1",
@@ -381,11 +387,16 @@ TEST(NcclFaults, UnderATcpRendezvousAPeersNoticeEndsAStuckWait) {
     EXPECT_TRUE(made.ok()) << r << ": " << made.status();
     return made.ok() ? *std::move(made) : nullptr;
   };
-  // Rank 0 on this thread (its notices are polled on the thread that made it), rank 1 on another.
   std::unique_ptr<Communicator> rank1;
   std::thread other([&] { rank1 = make(1); });
   std::unique_ptr<Communicator> rank0 = make(0);
   other.join();
+  return {std::move(rank0), std::move(rank1)};
+}
+
+TEST(NcclFaults, UnderATcpRendezvousAPeersNoticeEndsAStuckWait) {
+  fake::Reset();
+  auto [rank0, rank1] = MakeTcpPair(6151);
   ASSERT_TRUE(rank0 != nullptr && rank1 != nullptr);
   std::vector<float> a(4, 1.f);
   std::unique_ptr<Pending> pending = StartStuck(*rank0, a, absl::Seconds(60));
@@ -401,6 +412,40 @@ TEST(NcclFaults, UnderATcpRendezvousAPeersNoticeEndsAStuckWait) {
   EXPECT_EQ(s.code(), absl::StatusCode::kAborted) << s;
   EXPECT_NE(s.message().find("rank 1 failed: INTERNAL: handler failed on purpose"), std::string::npos) << s;
   EXPECT_LT(waited, absl::Seconds(10)) << "the wait ran toward its 60 s deadline";
+}
+
+// A notice that came already fails the next collective before it is issued, also one that would
+// complete at once (it would not poll); and the rank that failed does not wait at the shutdown
+// meeting for peers that aborted on its notice.
+TEST(NcclFaults, UnderATcpRendezvousANoticeFailsEveryLaterCollectiveAndTheFailedRankDoesNotMeet) {
+  fake::Reset();
+  auto [rank0, rank1] = MakeTcpPair(7177);
+  ASSERT_TRUE(rank0 != nullptr && rank1 != nullptr);
+  rank1->Fail(absl::InternalError("handler failed on purpose"));
+  absl::SleepFor(absl::Milliseconds(200));
+  std::vector<double> v = {1};  // a host all-reduce whose events complete at once
+  absl::Status s = rank0->AllReduce(absl::MakeSpan(v), ReduceOp::kSum, absl::Now() + absl::Seconds(5));
+  EXPECT_EQ(s.code(), absl::StatusCode::kAborted) << s;
+  EXPECT_NE(s.message().find("rank 1 failed: INTERNAL: handler failed on purpose"), std::string::npos) << s;
+  const absl::Time start = absl::Now();
+  absl::Status met = rank1->Meet(absl::Now() + absl::Seconds(5));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(1)) << "the failed rank waited at the meeting: " << met;
+  EXPECT_FALSE(met.ok());
+  absl::Status met0 = rank0->Meet(absl::Now() + absl::Seconds(5));
+  EXPECT_TRUE(Communicator::IsPeerFailure(met0)) << met0;
+}
+
+// The same under an MPI launcher (the notice on the bootstrap's channel).
+TEST(NcclFaults, ANoticeThatCameAlreadyFailsACollectiveThatWouldCompleteAtOnce) {
+  fake::Reset();
+  testing::FakeWorld bootstrap(2);
+  std::unique_ptr<Communicator> c = MakeWithNotices(bootstrap);
+  ASSERT_NE(c, nullptr);
+  bootstrap.comm(1)->Fail(absl::InternalError("handler failed on purpose"));
+  std::vector<double> v = {1};
+  absl::Status s = c->AllReduce(absl::MakeSpan(v), ReduceOp::kSum, absl::Now() + absl::Seconds(5));
+  EXPECT_EQ(s.code(), absl::StatusCode::kAborted) << s;
+  EXPECT_NE(s.message().find("rank 1 failed: INTERNAL: handler failed on purpose"), std::string::npos) << s;
 }
 
 }  // namespace
