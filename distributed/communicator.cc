@@ -151,10 +151,14 @@ std::string Communicator::NoticeText(const absl::Status& error, size_t max_bytes
   return out;
 }
 
-absl::Status Communicator::WhileWaiting(const absl::Status& notice, absl::string_view what) {
-  absl::Status s(notice.code(), absl::StrCat(notice.message(), " (while this rank waited in ", what, ")"));
-  notice.ForEachPayload([&s](absl::string_view url, const absl::Cord& payload) { s.SetPayload(url, payload); });
+absl::Status Communicator::WithMessage(const absl::Status& error, absl::string_view message) {
+  absl::Status s(error.code(), message);
+  error.ForEachPayload([&s](absl::string_view url, const absl::Cord& payload) { s.SetPayload(url, payload); });
   return s;
+}
+
+absl::Status Communicator::WhileWaiting(const absl::Status& notice, absl::string_view what) {
+  return WithMessage(notice, absl::StrCat(notice.message(), " (while this rank waited in ", what, ")"));
 }
 
 void Communicator::CollectiveFailed(absl::Status error) {

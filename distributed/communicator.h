@@ -214,6 +214,9 @@ class Communicator {
   // `notice` (a PeerFailure) with " (while this rank waited in <what>)" appended: still a peer
   // failure (IsPeerFailure), so that it is not sent on as this rank's own failure.
   static absl::Status WhileWaiting(const absl::Status& notice, absl::string_view what);
+  // `error` with `message` instead of its own, its code and payloads kept (a peer's notice stays
+  // one, a local fault stays one).
+  static absl::Status WithMessage(const absl::Status& error, absl::string_view message);
   // The text a backend sends for `error` ("CODE: message"), at most `max_bytes` bytes: a longer
   // one keeps its beginning and its end (where the engine puts "[at EVENT, epoch E, iteration
   // I]") around " [... N bytes cut ...] ", cut on UTF-8 character boundaries.

@@ -7,7 +7,6 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/strings/cord.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -142,8 +141,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> LaunchNccl(const LaunchOptions& op
     // timeout; a missed deadline or a peer's notice is not (every rank sees the first itself, and
     // the second would be sent on as this rank's failure, naming a healthy rank).
     const absl::Status& s = comm.status();
-    absl::Status failed(s.code(), absl::StrCat("starting NCCL: ", s.message()));
-    s.ForEachPayload([&failed](absl::string_view url, const absl::Cord& p) { failed.SetPayload(url, p); });
+    const absl::Status failed = Communicator::WithMessage(s, absl::StrCat("starting NCCL: ", s.message()));
     if (Communicator::IsPeerFailure(s) || s.code() == absl::StatusCode::kDeadlineExceeded) {
       bootstrap->PoisonDetectedEverywhere(failed);
     } else {
