@@ -1,8 +1,15 @@
 #include "distributed/gloo_communicator.h"
 
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cstdlib>
+#include <map>
 #include <thread>
 #include <chrono>
 #include <cstdint>
@@ -27,6 +34,7 @@
 #include "gloo/transport/context.h"
 #include "gloo/transport/device.h"
 #include "gloo/transport/pair.h"
+#include "gloo/transport/tcp/address.h"
 #include "gloo/transport/tcp/attr.h"
 #include "gloo/transport/tcp/device.h"
 #include "gloo/transport/unbound_buffer.h"
@@ -142,9 +150,62 @@ class MeshContext final : public gloo::Context {
       } catch (const std::exception& e) {
         return absl::UnavailableError(absl::StrCat("connecting to rank ", i, ": ", e.what()));
       }
+      // Gloo's errors name the address at a connection's other end ("Connection closed by peer
+      // [addr]:port"): the peer's listening address where this rank connected to it,
+      peer_addresses_.emplace_back(i, gloo::transport::tcp::Address(address).str());
+    }
+    // and the peer's own port where it connected to this rank: found from this rank's sockets
+    // accepted on the listening port of the pair to that peer.
+    std::map<int, int> listening;  // this rank's port -> the peer its pair is to
+    for (int i = 0; i < size; ++i) {
+      if (i == rank) continue;
+      const int port = Port(gloo::transport::tcp::Address(transportContext_->getPair(i)->address().bytes()).getSockaddr());
+      if (port <= 0) continue;
+      // One listener shared by every pair (a Gloo that tells connections apart by a sequence
+      // number) cannot say which peer a socket is from: such a port names none.
+      auto [it, added] = listening.emplace(port, i);
+      if (!added) it->second = -1;
+    }
+    if (DIR* fds = ::opendir("/proc/self/fd"); fds != nullptr) {
+      while (const dirent* e = ::readdir(fds)) {
+        const int fd = std::atoi(e->d_name);
+        if (fd <= 2 || fd == ::dirfd(fds)) continue;
+        sockaddr_storage local{}, remote{};
+        socklen_t local_len = sizeof(local), remote_len = sizeof(remote);
+        if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_len) != 0 ||
+            ::getpeername(fd, reinterpret_cast<sockaddr*>(&remote), &remote_len) != 0) {
+          continue;
+        }
+        auto it = listening.find(Port(local));
+        if (it == listening.end() || it->second < 0) continue;
+        peer_addresses_.emplace_back(
+            it->second, gloo::transport::tcp::Address(reinterpret_cast<const sockaddr*>(&remote), remote_len).str());
+      }
+      ::closedir(fds);
     }
     return absl::OkStatus();
   }
+
+  static int Port(const sockaddr_storage& a) {
+    if (a.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in&>(a).sin_port);
+    if (a.ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6&>(a).sin6_port);
+    return -1;
+  }
+
+  // The peer whose address Gloo's error `text` names, or -1.
+  int PeerNamedIn(const std::string& text) const {
+    for (const auto& [peer, address] : peer_addresses_) {
+      // The address followed by what ends it in Gloo's text (":" or the end), not a longer port.
+      for (size_t at = text.find(address); at != std::string::npos; at = text.find(address, at + 1)) {
+        const size_t end = at + address.size();
+        if (end == text.size() || !std::isdigit(static_cast<unsigned char>(text[end]))) return peer;
+      }
+    }
+    return -1;
+  }
+
+ private:
+  std::vector<std::pair<int, std::string>> peer_addresses_;  // (rank, Gloo's name of its address)
 };
 
 class GlooCommunicator final : public Communicator {
@@ -414,9 +475,14 @@ class GlooCommunicator final : public Communicator {
             "different collective): ", text));
       }
       // Every peer sees the lost connection (or this rank's reset) by itself: no notice, which
-      // would name this rank as the one that failed.
+      // would name this rank as the one that failed. The rank at the other end is named: the one
+      // that died, or a survivor that closed its connections on seeing a loss of its own.
       CloseConnections();
-      return absl::UnavailableError(absl::StrCat("gloo ", what, where_, ": ", text));
+      const int peer = context_->PeerNamedIn(text);
+      if (peer < 0) return absl::UnavailableError(absl::StrCat("gloo ", what, where_, ": ", text));
+      return absl::UnavailableError(absl::StrCat("gloo ", what, where_, ": the connection to rank ", peer,
+                                                 " was lost (rank ", peer,
+                                                 " died, or closed it on a failure it saw first): ", text));
     }
   }
 

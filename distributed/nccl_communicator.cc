@@ -79,74 +79,90 @@ class NcclCommunicator final : public Communicator {
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
   }
 
+  // Start-up failures are told, not left to the peers' init timeout. A rank whose own start
+  // failed (no device, a CUDA call, ncclGetUniqueId) still takes part in sharing the id: rank 0
+  // shares its failure in place of the id (kFailedTag: every peer fails at once with "rank 0
+  // failed: ..."), another rank sends it as a notice once the rendezvous's connections exist
+  // (under a TCP rendezvous; under an MPI launcher launch.cc sends it on the bootstrap). A failure
+  // during ncclCommInitRank is told the same way, unless it is a missed deadline (every rank sees
+  // its own) or a peer's notice. With a file rendezvous only rank 0's failure reaches the others.
   static absl::StatusOr<std::unique_ptr<Communicator>> Create(const NcclOptions& o) {
     std::unique_ptr<NcclCommunicator> c(new NcclCommunicator());
     c->rank_ = o.rank;
     c->world_size_ = o.world_size;
     c->local_rank_ = o.local_rank;
     c->notices_ = o.notices;
-    int devices = 0;
-    cudaError_t e = cudaGetDeviceCount(&devices);
-    if (e != cudaSuccess || devices == 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "NCCL backend: no CUDA device visible to rank ", o.rank, " (",
-          e == cudaSuccess ? "0 devices" : cudaGetErrorString(e), ")"));
-    }
-    c->device_ = o.local_rank % devices;
-    if ((e = cudaSetDevice(c->device_)) != cudaSuccess) return CudaError("cudaSetDevice", e);
-    if ((e = cudaStreamCreateWithFlags(&c->stream_, cudaStreamNonBlocking)) != cudaSuccess) {
-      return CudaError("cudaStreamCreate", e);
-    }
-    if ((e = cudaEventCreateWithFlags(&c->staged_done_, cudaEventDisableTiming)) != cudaSuccess) {
-      return CudaError("cudaEventCreate", e);
-    }
     const absl::Time deadline = absl::Now() + o.init_timeout;
     ncclUniqueId id;
-    if (o.rank == 0) {
+    std::memset(&id, 0, sizeof(id));
+    absl::Status local = c->SetUpDevice(o);
+    if (local.ok() && o.rank == 0) {
       ncclResult_t r = ncclGetUniqueId(&id);
-      if (r != ncclSuccess) return NcclError("ncclGetUniqueId", r);
+      if (r != ncclSuccess) local = NcclError("ncclGetUniqueId", r);
     }
-    std::string bytes(reinterpret_cast<const char*>(&id), sizeof(id));
-    if (o.bootstrap != nullptr) {
-      EMBER_RETURN_IF_ERROR(o.bootstrap->Broadcast(bytes, 0, deadline));
+    std::string bytes;
+    if (o.rank == 0) {
+      bytes = local.ok() ? std::string(1, kIdTag) + std::string(reinterpret_cast<const char*>(&id), sizeof(id))
+                         : std::string(1, kFailedTag) + NoticeText(local, TcpNotices::kMaxNoticeBytes);
+    }
+    absl::Status shared = absl::OkStatus();
+    if (o.world_size == 1) {
+      // nothing to share
+    } else if (o.bootstrap != nullptr) {
+      shared = o.bootstrap->Broadcast(bytes, 0, deadline);
     } else if (!o.master_addr.empty()) {
       // The rendezvous's connections stay open: the failure notices' channel (tcp_notices.h).
       std::vector<int> connections;
-      absl::StatusOr<std::string> shared = ShareFromRank0KeepingConnections(
+      absl::StatusOr<std::string> got = ShareFromRank0KeepingConnections(
           o.rank, o.world_size, o.master_addr, o.rendezvous_port, bytes, deadline, &connections);
-      if (shared.ok() && o.world_size > 1 && o.notices == nullptr) {
+      if (got.ok() && o.notices == nullptr) {
         c->tcp_notices_ = std::make_unique<TcpNotices>(o.rank, o.world_size, std::move(connections));
       } else {
         for (int fd : connections) {
           if (fd >= 0) ::close(fd);
         }
       }
-      if (!shared.ok()) {
-        return absl::Status(shared.status().code(),
-                            absl::StrCat("NCCL unique id: ", shared.status().message(),
-                                         " (the port is ", o.rendezvous_port_from.empty() ? "given"
-                                                                                        : o.rendezvous_port_from,
-                                         "; EMBER_RENDEZVOUS_PORT chooses another)"));
+      if (got.ok()) {
+        bytes = *std::move(got);
+      } else {
+        shared = absl::Status(got.status().code(),
+                              absl::StrCat("NCCL unique id: ", got.status().message(), " (the port is ",
+                                           o.rendezvous_port_from.empty() ? "given" : o.rendezvous_port_from,
+                                           "; EMBER_RENDEZVOUS_PORT chooses another)"));
       }
-      bytes = *std::move(shared);
     } else if (!o.rendezvous_file.empty()) {
-      EMBER_ASSIGN_OR_RETURN(bytes, ShareThroughFile(o.rank, o.rendezvous_file, o.rendezvous_run_id,
-                                                     bytes, deadline));
-    } else if (o.world_size > 1) {
+      if (!local.ok() && o.rank != 0) return local;  // no channel back to the others
+      absl::StatusOr<std::string> got = ShareThroughFile(o.rank, o.rendezvous_file, o.rendezvous_run_id, bytes, deadline);
+      if (got.ok()) {
+        bytes = *std::move(got);
+      } else {
+        shared = got.status();
+      }
+    } else {
       return absl::InvalidArgumentError(
           "NCCL backend: no way to share the ncclUniqueId (give a bootstrap communicator, "
           "MASTER_ADDR and a rendezvous port, or a rendezvous file)");
     }
-    if (bytes.size() != sizeof(id)) return absl::DataLossError("NCCL rendezvous: bad unique id");
-    std::memcpy(&id, bytes.data(), sizeof(id));
-    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-    config.blocking = 0;
-    ncclResult_t r = ncclCommInitRankConfig(&c->comm_, o.world_size, id, o.rank, &config);
-    if (r != ncclSuccess && r != ncclInProgress) {
-      // A failed non-blocking init may leave a communicator behind: abort it, never destroy it.
-      return c->Abort(NcclError("ncclCommInitRankConfig", r));
+    if (!local.ok()) {
+      c->Fail(local);  // to the peers (a rank other than 0 under a TCP rendezvous; see above)
+      return local;
     }
-    EMBER_RETURN_IF_ERROR(c->WaitComm("ncclCommInitRank", deadline));
+    EMBER_RETURN_IF_ERROR(shared);
+    if (o.world_size > 1) {
+      if (!bytes.empty() && bytes[0] == kFailedTag) {
+        return WhileWaiting(PeerFailure(0, absl::string_view(bytes).substr(1)), "sharing NCCL's unique id");
+      }
+      if (bytes.size() != 1 + sizeof(id) || bytes[0] != kIdTag) {
+        return absl::DataLossError(absl::StrCat("NCCL rendezvous: rank 0 sent ", bytes.size(),
+                                                " bytes that are not an NCCL unique id"));
+      }
+      std::memcpy(&id, bytes.data() + 1, sizeof(id));
+    }
+    absl::Status started = c->StartComm(o, id, deadline);
+    if (!started.ok()) {
+      if (!IsPeerFailure(started) && started.code() != absl::StatusCode::kDeadlineExceeded) c->TellPeers(started);
+      return started;
+    }
     return std::unique_ptr<Communicator>(std::move(c));
   }
 
@@ -297,6 +313,42 @@ class NcclCommunicator final : public Communicator {
     return ncclFloat32;
   }
   static ncclRedOp_t ToNccl(ReduceOp op) { return ::ember::dist::ToNccl(op); }
+
+  // What rank 0 shares: kIdTag and the ncclUniqueId, or kFailedTag and its start-up failure.
+  static constexpr char kIdTag = 'I';
+  static constexpr char kFailedTag = 'F';
+
+  // This rank's device, stream and event (before the id is shared).
+  absl::Status SetUpDevice(const NcclOptions& o) {
+    int devices = 0;
+    cudaError_t e = cudaGetDeviceCount(&devices);
+    if (e != cudaSuccess || devices == 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "NCCL backend: no CUDA device visible to rank ", o.rank, " (",
+          e == cudaSuccess ? "0 devices" : cudaGetErrorString(e), ")"));
+    }
+    device_ = o.local_rank % devices;
+    if ((e = cudaSetDevice(device_)) != cudaSuccess) return CudaError("cudaSetDevice", e);
+    if ((e = cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)) != cudaSuccess) {
+      return CudaError("cudaStreamCreate", e);
+    }
+    if ((e = cudaEventCreateWithFlags(&staged_done_, cudaEventDisableTiming)) != cudaSuccess) {
+      return CudaError("cudaEventCreate", e);
+    }
+    return absl::OkStatus();
+  }
+
+  // The non-blocking ncclCommInitRank, polled until done (notices, deadline).
+  absl::Status StartComm(const NcclOptions& o, const ncclUniqueId& id, absl::Time deadline) {
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    config.blocking = 0;
+    ncclResult_t r = ncclCommInitRankConfig(&comm_, o.world_size, id, o.rank, &config);
+    if (r != ncclSuccess && r != ncclInProgress) {
+      // A failed non-blocking init may leave a communicator behind: abort it, never destroy it.
+      return Abort(NcclError("ncclCommInitRankConfig", r));
+    }
+    return WaitComm("ncclCommInitRank", deadline);
+  }
 
   // Whether the communicator can still be used: not aborted (by a deadline or an NCCL error in
   // any collective) and not poisoned.

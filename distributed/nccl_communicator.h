@@ -9,6 +9,11 @@
 // kDeadlineExceeded: a dead peer never hangs a rank. A peer that failed outside a collective ends
 // the wait at once instead, through NcclOptions::notices (the MPI bootstrap under an MPI
 // launcher) or, under a TCP rendezvous, the rendezvous's connections kept open (tcp_notices.h).
+// A rank whose start fails (no device, a CUDA call, ncclGetUniqueId, ncclCommInitRank) tells the
+// others the same way rather than leave them to the init timeout: rank 0 hands out its failure
+// in place of the id (also through a rendezvous file), every peer then failing with "rank 0
+// failed: ..."; another rank still joins the rendezvous, then sends a notice (none through a
+// file). A missed init deadline is not told: every rank sees its own.
 //
 // Failures: on any NCCL error (returned, or asynchronous from ncclCommGetAsyncError), a CUDA error
 // while a collective is in flight, or a deadline, the communicator is aborted (ncclCommAbort;

@@ -8,7 +8,8 @@
 #  - a stray connection to the rendezvous port (silent, or sending junk) never counts as a rank;
 #  - the fault matrix, on 4 ranks: a rank that stalls (SIGSTOP), is killed, or leaves early (exit 0) at
 #    iteration 3: every survivor fails by itself within the 3 s deadline, naming the event and
-#    the iteration (the stall: DEADLINE_EXCEEDED); a metric all-reduce against a gradient bucket
+#    the iteration (the stall: DEADLINE_EXCEEDED; a lost connection: the rank at its other end,
+#    and some survivor names the victim); a metric all-reduce against a gradient bucket
 #    never matches (DEADLINE_EXCEEDED on every rank), nor do all-reduces of different counts (4 vs
 #    4096 doubles) or of different types of the same byte size (8 doubles vs 16 floats): every
 #    rank reports DEADLINE_EXCEEDED within the deadline, none is killed by a signal, none is OK.
@@ -177,7 +178,17 @@ for n in 4; do
         grep -q "DEADLINE_EXCEEDED: agreement of 1 value(s) from 1 synchronized handler(s) at ITERATION_COMPLETED failed on rank $r " <<<"$line" ||
           fail "stall: rank $r did not report the deadline itself: $line"
       fi
+      # A lost connection names the rank at its other end (the victim, or a survivor that closed
+      # its connections on seeing the loss first), never Gloo's address alone.
+      if grep -q "UNAVAILABLE: .*gloo " <<<"$line"; then
+        grep -qE "gloo .*: the connection to rank [0-9]+ was lost \(rank [0-9]+ died, or closed it on a failure it saw first\): " <<<"$line" ||
+          fail "$kind: rank $r's lost connection names no rank: $line"
+      fi
     done
+    if [[ $kind == exit || $kind == leave ]]; then
+      grep -qE "rank [0-9]+: UNAVAILABLE: .*the connection to rank $victim was lost" <<<"$out" ||
+        fail "$kind: no survivor named rank $victim, whose connections were lost"
+    fi
   done
 done
 echo OK

@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <unistd.h>
 #include <cstring>
+#include <functional>
 #include <set>
 #include <string>
 #include <thread>
@@ -30,6 +31,10 @@ int aborts = 0, destroys = 0, device_frees = 0, async_frees = 0;
 ncclResult_t async_state = ncclSuccess;  // what ncclCommGetAsyncError reports once init is done
 ncclResult_t init_state = ncclSuccess;   // what it reports after ncclCommInitRankConfig
 std::atomic<bool> initialising{false};  // two ranks' threads start communicators at once
+// Per rank (each rank of a two-rank test starts on its own thread):
+thread_local bool no_device = false;      // cudaGetDeviceCount finds none
+thread_local bool init_stuck = false;     // ncclCommInitRank never completes (a peer never came)
+thread_local ncclResult_t init_fails = ncclSuccess;  // what this rank's init ends with, if set
 std::set<cudaEvent_t> stuck;  // events that never complete
 std::set<cudaEvent_t> faulted;  // events whose query reports a sticky CUDA error
 std::atomic<int> next_event{1};
@@ -65,7 +70,7 @@ void Free(void* p, long long& live) {
 extern "C" {
 const char* cudaGetErrorString(cudaError_t) { return "fake CUDA error"; }
 cudaError_t cudaGetDeviceCount(int* n) {
-  *n = 1;
+  *n = fake::no_device ? 0 : 1;
   return cudaSuccess;
 }
 cudaError_t cudaSetDevice(int) { return cudaSuccess; }
@@ -129,6 +134,10 @@ ncclResult_t ncclCommInitRankConfig(ncclComm_t* comm, int, ncclUniqueId, int, nc
   return ncclInProgress;
 }
 ncclResult_t ncclCommGetAsyncError(ncclComm_t, ncclResult_t* state) {
+  if (fake::init_stuck || fake::init_fails != ncclSuccess) {
+    *state = fake::init_stuck ? ncclInProgress : fake::init_fails;
+    return ncclSuccess;
+  }
   if (fake::initialising) {
     fake::initialising = false;
     *state = fake::init_state;
@@ -433,6 +442,116 @@ TEST(NcclFaults, UnderATcpRendezvousANoticeFailsEveryLaterCollectiveAndTheFailed
   EXPECT_FALSE(met.ok());
   absl::Status met0 = rank0->Meet(absl::Now() + absl::Seconds(5));
   EXPECT_TRUE(Communicator::IsPeerFailure(met0)) << met0;
+}
+
+// Start-up failures under a TCP rendezvous (torchrun) are told: a rank that cannot start still
+// joins the rendezvous and tells the others, who would otherwise wait out their init timeout.
+// `setup0` / `setup1` script each rank's thread before it starts.
+std::pair<absl::Status, absl::Status> StartTcpPair(int salt, const std::function<void()>& setup0,
+                                                   const std::function<void()>& setup1,
+                                                   absl::Duration* rank0_took) {
+  const int port = 20000 + ((::getpid() + salt) % 20000);
+  auto start = [port](int r) {
+    return CreateNcclCommunicator({.rank = r, .world_size = 2, .local_rank = r, .master_addr = "127.0.0.1",
+                                   .rendezvous_port = port, .init_timeout = absl::Seconds(60)})
+        .status();
+  };
+  absl::Status s1;
+  std::thread other([&] {
+    setup1();
+    s1 = start(1);
+  });
+  setup0();
+  const absl::Time began = absl::Now();
+  absl::Status s0 = start(0);
+  *rank0_took = absl::Now() - began;
+  other.join();
+  fake::no_device = false;
+  fake::init_stuck = false;
+  fake::init_fails = ncclSuccess;
+  return {s0, s1};
+}
+
+TEST(NcclFaults, UnderATcpRendezvousARankWithoutADeviceTellsRank0WhileItsInitWaits) {
+  fake::Reset();
+  absl::Duration took;
+  auto [s0, s1] = StartTcpPair(
+      8111, [] { fake::init_stuck = true; }, [] { fake::no_device = true; }, &took);
+  EXPECT_EQ(s1.code(), absl::StatusCode::kFailedPrecondition) << s1;
+  EXPECT_NE(s1.message().find("no CUDA device visible to rank 1"), std::string::npos) << s1;
+  EXPECT_EQ(s0.code(), absl::StatusCode::kAborted) << s0;
+  EXPECT_NE(s0.message().find("rank 1 failed: FAILED_PRECONDITION: NCCL backend: no CUDA device visible to rank 1"),
+            std::string::npos)
+      << s0;
+  EXPECT_NE(s0.message().find("ncclCommInitRank"), std::string::npos) << s0;
+  EXPECT_LT(took, absl::Seconds(15)) << "rank 0 waited toward its 60 s init timeout";
+}
+
+TEST(NcclFaults, UnderATcpRendezvousRank0sStartUpFailureReachesEveryPeerInPlaceOfTheId) {
+  fake::Reset();
+  absl::Duration took;
+  auto [s0, s1] = StartTcpPair(
+      8233, [] { fake::no_device = true; }, [] {}, &took);
+  EXPECT_EQ(s0.code(), absl::StatusCode::kFailedPrecondition) << s0;
+  EXPECT_EQ(s1.code(), absl::StatusCode::kAborted) << s1;
+  EXPECT_TRUE(Communicator::IsPeerFailure(s1)) << s1;
+  EXPECT_NE(s1.message().find("rank 0 failed: FAILED_PRECONDITION: NCCL backend: no CUDA device visible to rank 0"),
+            std::string::npos)
+      << s1;
+}
+
+TEST(NcclFaults, UnderATcpRendezvousAFailedInitIsToldToAPeerStillInItsInit) {
+  fake::Reset();
+  absl::Duration took;
+  auto [s0, s1] = StartTcpPair(
+      8357, [] { fake::init_stuck = true; }, [] { fake::init_fails = ncclSystemError; }, &took);
+  EXPECT_EQ(s1.code(), absl::StatusCode::kInternal) << s1;
+  EXPECT_EQ(s0.code(), absl::StatusCode::kAborted) << s0;
+  EXPECT_NE(s0.message().find("rank 1 failed: INTERNAL: ncclCommInitRank: fake NCCL error"), std::string::npos) << s0;
+  EXPECT_LT(took, absl::Seconds(15)) << "rank 0 waited toward its 60 s init timeout";
+}
+
+// A missed init deadline is not told (every rank sees its own; a notice would name a healthy rank).
+TEST(NcclFaults, UnderATcpRendezvousAMissedInitDeadlineIsNotSentAsAFailure) {
+  fake::Reset();
+  const int port = 20000 + ((::getpid() + 8479) % 20000);
+  auto start = [port](int r, absl::Duration timeout) {
+    return CreateNcclCommunicator({.rank = r, .world_size = 2, .local_rank = r, .master_addr = "127.0.0.1",
+                                   .rendezvous_port = port, .init_timeout = timeout})
+        .status();
+  };
+  absl::Status s1;
+  std::thread other([&] {
+    fake::init_stuck = true;
+    s1 = start(1, absl::Seconds(1));
+    fake::init_stuck = false;
+  });
+  fake::init_stuck = true;
+  absl::Status s0 = start(0, absl::Seconds(3));
+  fake::init_stuck = false;
+  other.join();
+  EXPECT_EQ(s1.code(), absl::StatusCode::kDeadlineExceeded) << s1;
+  EXPECT_EQ(s0.code(), absl::StatusCode::kDeadlineExceeded) << s0 << " (rank 1's missed deadline was sent as a failure)";
+}
+
+// With a file rendezvous, rank 0's start-up failure reaches the others in place of the id.
+TEST(NcclFaults, UnderAFileRendezvousRank0sStartUpFailureReachesThePeers) {
+  fake::Reset();
+  const std::string path = ::testing::TempDir() + "/nccl_rendezvous_" + std::to_string(::getpid());
+  auto start = [&](int r) {
+    return CreateNcclCommunicator({.rank = r, .world_size = 2, .local_rank = r, .rendezvous_file = path,
+                                   .rendezvous_run_id = "job-1", .init_timeout = absl::Seconds(20)})
+        .status();
+  };
+  absl::Status s1;
+  std::thread other([&] { s1 = start(1); });
+  fake::no_device = true;
+  absl::Status s0 = start(0);
+  fake::no_device = false;
+  other.join();
+  EXPECT_EQ(s0.code(), absl::StatusCode::kFailedPrecondition) << s0;
+  EXPECT_TRUE(Communicator::IsPeerFailure(s1)) << s1;
+  EXPECT_NE(s1.message().find("rank 0 failed: FAILED_PRECONDITION"), std::string::npos) << s1;
 }
 
 // The same under an MPI launcher (the notice on the bootstrap's channel).
