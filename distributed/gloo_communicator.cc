@@ -116,9 +116,17 @@ class MeshContext final : public gloo::Context {
     setTimeout(timeout);
     // This rank's table: for each peer, a 4-byte length and the address of the pair to it.
     std::string mine;
+    std::map<int, int> listening;  // this rank's listening port -> the peer its pair is to
     for (int i = 0; i < size; ++i) {
       if (i == rank) continue;
       std::vector<char> bytes = transportContext_->createPair(i)->address().bytes();
+      // Before the pair connects (a pair that dials out reports its outgoing port afterwards).
+      if (const int port = Port(gloo::transport::tcp::Address(bytes).getSockaddr()); port > 0) {
+        // One listener shared by every pair (a Gloo that tells connections apart by a sequence
+        // number) cannot say which peer a socket is from: such a port names none.
+        auto [it, added] = listening.emplace(port, i);
+        if (!added) it->second = -1;
+      }
       const uint32_t n = static_cast<uint32_t>(bytes.size());
       mine.append(reinterpret_cast<const char*>(&n), 4);
       mine.append(bytes.data(), bytes.size());
@@ -156,16 +164,6 @@ class MeshContext final : public gloo::Context {
     }
     // and the peer's own port where it connected to this rank: found from this rank's sockets
     // accepted on the listening port of the pair to that peer.
-    std::map<int, int> listening;  // this rank's port -> the peer its pair is to
-    for (int i = 0; i < size; ++i) {
-      if (i == rank) continue;
-      const int port = Port(gloo::transport::tcp::Address(transportContext_->getPair(i)->address().bytes()).getSockaddr());
-      if (port <= 0) continue;
-      // One listener shared by every pair (a Gloo that tells connections apart by a sequence
-      // number) cannot say which peer a socket is from: such a port names none.
-      auto [it, added] = listening.emplace(port, i);
-      if (!added) it->second = -1;
-    }
     if (DIR* fds = ::opendir("/proc/self/fd"); fds != nullptr) {
       while (const dirent* e = ::readdir(fds)) {
         const int fd = std::atoi(e->d_name);

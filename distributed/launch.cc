@@ -136,16 +136,17 @@ absl::StatusOr<std::unique_ptr<Communicator>> LaunchNccl(const LaunchOptions& op
   if (!bootstrap) return comm;
   if (!comm.ok()) {
     // The bootstrap is poisoned either way, so that it skips MPI_Finalize, which would wait for
-    // the peers. A failure of this rank's own (no device, a CUDA or NCCL error) is told to the
-    // peers through it (their NCCL init polls its notices) instead of leaving them to the init
-    // timeout; a missed deadline or a peer's notice is not (every rank sees the first itself, and
-    // the second would be sent on as this rank's failure, naming a healthy rank).
+    // the peers. A failure of this rank's own (Communicator::IsLocalFault: no device, a CUDA
+    // error, an invalid NCCL call) is told to the peers through it (their NCCL init polls its
+    // notices) instead of leaving them to the init timeout. Nothing else is: a missed deadline or
+    // an NCCL system or remote error is what every rank sees of a lost or stalled peer, and a
+    // peer's notice would be sent on as this rank's failure; either would name a healthy rank.
     const absl::Status& s = comm.status();
     const absl::Status failed = Communicator::WithMessage(s, absl::StrCat("starting NCCL: ", s.message()));
-    if (Communicator::IsPeerFailure(s) || s.code() == absl::StatusCode::kDeadlineExceeded) {
-      bootstrap->PoisonDetectedEverywhere(failed);
-    } else {
+    if (Communicator::IsLocalFault(s) && !Communicator::IsPeerFailure(s)) {
       bootstrap->Fail(failed);
+    } else {
+      bootstrap->PoisonDetectedEverywhere(failed);
     }
     return failed;
   }

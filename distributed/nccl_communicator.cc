@@ -20,8 +20,12 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
+#include "absl/time/time.h"
 #include "absl/time/clock.h"
 #include "base/large_buffer.h"
+#include "base/log.h"
 #include "base/status_macros.h"
 #include "distributed/file_rendezvous.h"
 #include "distributed/tcp_notices.h"
@@ -79,13 +83,16 @@ class NcclCommunicator final : public Communicator {
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
   }
 
-  // Start-up failures are told, not left to the peers' init timeout. A rank whose own start
-  // failed (no device, a CUDA call, ncclGetUniqueId) still takes part in sharing the id: rank 0
-  // shares its failure in place of the id (kFailedTag: every peer fails at once with "rank 0
-  // failed: ..."), another rank sends it as a notice once the rendezvous's connections exist
-  // (under a TCP rendezvous; under an MPI launcher launch.cc sends it on the bootstrap). A failure
-  // during ncclCommInitRank is told the same way, unless it is a missed deadline (every rank sees
-  // its own) or a peer's notice. With a file rendezvous only rank 0's failure reaches the others.
+  // Start-up failures of this rank's own are told, not left to the peers' init timeout. A rank
+  // whose start failed (no device, a CUDA call, ncclGetUniqueId) logs it at once, then still
+  // takes part in sharing the id (waiting at most kToldFailureWait for it): rank 0 shares its
+  // failure in place of the id (kFailedMagic: every peer fails at once with "rank 0 failed:
+  // ..."), another rank sends it as a notice once the rendezvous's connections exist (under a TCP
+  // rendezvous; under an MPI launcher launch.cc sends it on the bootstrap). A failure of
+  // ncclCommInitRank is told only when it is this rank's own (LocalFault: invalid use, a CUDA
+  // error; Abort sends it): a system or remote error is what every rank sees of a lost peer, and
+  // a notice of it would name a healthy rank. Nothing is told through a rendezvous file: a file
+  // outlives its job, and a stale failure would fail the next attempt of the same run id.
   static absl::StatusOr<std::unique_ptr<Communicator>> Create(const NcclOptions& o) {
     std::unique_ptr<NcclCommunicator> c(new NcclCommunicator());
     c->rank_ = o.rank;
@@ -98,23 +105,33 @@ class NcclCommunicator final : public Communicator {
     absl::Status local = c->SetUpDevice(o);
     if (local.ok() && o.rank == 0) {
       ncclResult_t r = ncclGetUniqueId(&id);
-      if (r != ncclSuccess) local = NcclError("ncclGetUniqueId", r);
+      if (r != ncclSuccess) local = LocalFault(NcclError("ncclGetUniqueId", r));  // rank 0's own
+    }
+    absl::Time share_deadline = deadline;
+    if (!local.ok() && o.world_size > 1) {
+      share_deadline = std::min(deadline, absl::Now() + kToldFailureWait);
+      if (o.rendezvous_file.empty() || o.bootstrap != nullptr || !o.master_addr.empty()) {
+        Log(LogSeverity::kError,
+            absl::StrCat("rank ", o.rank, " of ", o.world_size, ": NCCL start-up failed: ", local.ToString(),
+                         "; telling the other ranks (waiting at most ",
+                         absl::FormatDuration(share_deadline - absl::Now()), " for them)"));
+      }
     }
     std::string bytes;
     if (o.rank == 0) {
-      bytes = local.ok() ? std::string(1, kIdTag) + std::string(reinterpret_cast<const char*>(&id), sizeof(id))
-                         : std::string(1, kFailedTag) + NoticeText(local, TcpNotices::kMaxNoticeBytes);
+      bytes = local.ok() ? absl::StrCat(kIdMagic, absl::string_view(reinterpret_cast<const char*>(&id), sizeof(id)))
+                         : absl::StrCat(kFailedMagic, NoticeText(local, TcpNotices::kMaxNoticeBytes));
     }
     absl::Status shared = absl::OkStatus();
     if (o.world_size == 1) {
       // nothing to share
     } else if (o.bootstrap != nullptr) {
-      shared = o.bootstrap->Broadcast(bytes, 0, deadline);
+      shared = o.bootstrap->Broadcast(bytes, 0, share_deadline);
     } else if (!o.master_addr.empty()) {
       // The rendezvous's connections stay open: the failure notices' channel (tcp_notices.h).
       std::vector<int> connections;
       absl::StatusOr<std::string> got = ShareFromRank0KeepingConnections(
-          o.rank, o.world_size, o.master_addr, o.rendezvous_port, bytes, deadline, &connections);
+          o.rank, o.world_size, o.master_addr, o.rendezvous_port, bytes, share_deadline, &connections);
       if (got.ok() && o.notices == nullptr) {
         c->tcp_notices_ = std::make_unique<TcpNotices>(o.rank, o.world_size, std::move(connections));
       } else {
@@ -131,7 +148,7 @@ class NcclCommunicator final : public Communicator {
                                            "; EMBER_RENDEZVOUS_PORT chooses another)"));
       }
     } else if (!o.rendezvous_file.empty()) {
-      if (!local.ok() && o.rank != 0) return local;  // no channel back to the others
+      if (!local.ok()) return local;  // told through no file (see above)
       absl::StatusOr<std::string> got = ShareThroughFile(o.rank, o.rendezvous_file, o.rendezvous_run_id, bytes, deadline);
       if (got.ok()) {
         bytes = *std::move(got);
@@ -148,21 +165,9 @@ class NcclCommunicator final : public Communicator {
       return local;
     }
     EMBER_RETURN_IF_ERROR(shared);
-    if (o.world_size > 1) {
-      if (!bytes.empty() && bytes[0] == kFailedTag) {
-        return WhileWaiting(PeerFailure(0, absl::string_view(bytes).substr(1)), "sharing NCCL's unique id");
-      }
-      if (bytes.size() != 1 + sizeof(id) || bytes[0] != kIdTag) {
-        return absl::DataLossError(absl::StrCat("NCCL rendezvous: rank 0 sent ", bytes.size(),
-                                                " bytes that are not an NCCL unique id"));
-      }
-      std::memcpy(&id, bytes.data() + 1, sizeof(id));
-    }
-    absl::Status started = c->StartComm(o, id, deadline);
-    if (!started.ok()) {
-      if (!IsPeerFailure(started) && started.code() != absl::StatusCode::kDeadlineExceeded) c->TellPeers(started);
-      return started;
-    }
+    if (o.world_size > 1) EMBER_RETURN_IF_ERROR(ParseSharedId(bytes, &id));
+    // A failure of this rank's own (LocalFault) was told by Abort (Poison); nothing else is.
+    EMBER_RETURN_IF_ERROR(c->StartComm(o, id, deadline));
     return std::unique_ptr<Communicator>(std::move(c));
   }
 
@@ -314,18 +319,52 @@ class NcclCommunicator final : public Communicator {
   }
   static ncclRedOp_t ToNccl(ReduceOp op) { return ::ember::dist::ToNccl(op); }
 
-  // What rank 0 shares: kIdTag and the ncclUniqueId, or kFailedTag and its start-up failure.
-  static constexpr char kIdTag = 'I';
-  static constexpr char kFailedTag = 'F';
+  // What rank 0 shares: kIdMagic and the ncclUniqueId, or kFailedMagic and its start-up failure
+  // (NoticeText: at most TcpNotices::kMaxNoticeBytes of UTF-8).
+  static constexpr absl::string_view kIdMagic = "EMBER-NCCL-ID1\n";
+  static constexpr absl::string_view kFailedMagic = "EMBER-NCCL-FAILED1\n";
+  // How long a rank whose own start failed waits to tell the others (for the rendezvous).
+  static constexpr absl::Duration kToldFailureWait = absl::Seconds(60);
+
+  // `bytes` from rank 0: its id (into *id), or its failure (a PeerFailure); anything else, such
+  // as another build's rank 0, is kDataLoss, its bytes never printed.
+  static absl::Status ParseSharedId(absl::string_view bytes, ncclUniqueId* id) {
+    if (absl::ConsumePrefix(&bytes, kFailedMagic)) {
+      if (bytes.size() <= TcpNotices::kMaxNoticeBytes && IsPrintableUtf8(bytes)) {
+        return WhileWaiting(PeerFailure(0, bytes), "sharing NCCL's unique id");
+      }
+    } else if (absl::ConsumePrefix(&bytes, kIdMagic) && bytes.size() == sizeof(*id)) {
+      std::memcpy(id, bytes.data(), sizeof(*id));
+      return absl::OkStatus();
+    }
+    return absl::DataLossError(absl::StrCat(
+        "NCCL rendezvous: rank 0 sent ", bytes.size(),
+        " bytes that are neither an NCCL unique id nor a failure of Ember's (does every rank run the same build?)"));
+  }
+
+  // Well-formed UTF-8 without control characters but tab and newline.
+  static bool IsPrintableUtf8(absl::string_view text) {
+    for (size_t i = 0; i < text.size();) {
+      const unsigned char c = static_cast<unsigned char>(text[i]);
+      size_t n = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
+      if (n == 0 || i + n > text.size() || (n == 2 && c < 0xC2)) return false;
+      if (n == 1 && (c < 0x20 || c == 0x7F) && c != '\t' && c != '\n') return false;
+      for (size_t k = 1; k < n; ++k) {
+        if ((static_cast<unsigned char>(text[i + k]) & 0xC0) != 0x80) return false;
+      }
+      i += n;
+    }
+    return true;
+  }
 
   // This rank's device, stream and event (before the id is shared).
   absl::Status SetUpDevice(const NcclOptions& o) {
     int devices = 0;
     cudaError_t e = cudaGetDeviceCount(&devices);
     if (e != cudaSuccess || devices == 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
+      return LocalFault(absl::FailedPreconditionError(absl::StrCat(
           "NCCL backend: no CUDA device visible to rank ", o.rank, " (",
-          e == cudaSuccess ? "0 devices" : cudaGetErrorString(e), ")"));
+          e == cudaSuccess ? "0 devices" : cudaGetErrorString(e), ")")));
     }
     device_ = o.local_rank % devices;
     if ((e = cudaSetDevice(device_)) != cudaSuccess) return CudaError("cudaSetDevice", e);

@@ -181,8 +181,10 @@ for n in 4; do
       # A lost connection names the rank at its other end (the victim, or a survivor that closed
       # its connections on seeing the loss first), never Gloo's address alone.
       if grep -q "UNAVAILABLE: .*gloo " <<<"$line"; then
-        grep -qE "gloo .*: the connection to rank [0-9]+ was lost \(rank [0-9]+ died, or closed it on a failure it saw first\): " <<<"$line" ||
-          fail "$kind: rank $r's lost connection names no rank: $line"
+        named=$(grep -oE "gloo .*: the connection to rank [0-9]+ was lost \(rank [0-9]+ died, or closed it on a failure it saw first\): " <<<"$line" |
+          grep -oE "connection to rank [0-9]+" | grep -oE "[0-9]+$")
+        [[ -n $named ]] || fail "$kind: rank $r's lost connection names no rank: $line"
+        (( named < n && named != r )) || fail "$kind: rank $r named rank $named, not one of its peers: $line"
       fi
     done
     if [[ $kind == exit || $kind == leave ]]; then

@@ -23,6 +23,7 @@
 
 #include "absl/time/clock.h"
 #include "distributed/nccl_communicator.h"
+#include "distributed/tcp_rendezvous.h"
 #include "distributed/testing/fake_world.h"
 #include "gtest/gtest.h"
 
@@ -449,11 +450,13 @@ TEST(NcclFaults, UnderATcpRendezvousANoticeFailsEveryLaterCollectiveAndTheFailed
 // `setup0` / `setup1` script each rank's thread before it starts.
 std::pair<absl::Status, absl::Status> StartTcpPair(int salt, const std::function<void()>& setup0,
                                                    const std::function<void()>& setup1,
-                                                   absl::Duration* rank0_took) {
+                                                   absl::Duration* rank0_took,
+                                                   absl::Duration rank0_timeout = absl::Seconds(60)) {
   const int port = 20000 + ((::getpid() + salt) % 20000);
-  auto start = [port](int r) {
+  auto start = [port, rank0_timeout](int r) {
     return CreateNcclCommunicator({.rank = r, .world_size = 2, .local_rank = r, .master_addr = "127.0.0.1",
-                                   .rendezvous_port = port, .init_timeout = absl::Seconds(60)})
+                                   .rendezvous_port = port,
+                                   .init_timeout = r == 0 ? rank0_timeout : absl::Seconds(60)})
         .status();
   };
   absl::Status s1;
@@ -500,15 +503,68 @@ TEST(NcclFaults, UnderATcpRendezvousRank0sStartUpFailureReachesEveryPeerInPlaceO
       << s1;
 }
 
-TEST(NcclFaults, UnderATcpRendezvousAFailedInitIsToldToAPeerStillInItsInit) {
+TEST(NcclFaults, UnderATcpRendezvousAnInitFailureOfTheRanksOwnIsToldToAPeerStillInItsInit) {
   fake::Reset();
   absl::Duration took;
   auto [s0, s1] = StartTcpPair(
-      8357, [] { fake::init_stuck = true; }, [] { fake::init_fails = ncclSystemError; }, &took);
+      8357, [] { fake::init_stuck = true; }, [] { fake::init_fails = ncclInvalidUsage; }, &took);
   EXPECT_EQ(s1.code(), absl::StatusCode::kInternal) << s1;
   EXPECT_EQ(s0.code(), absl::StatusCode::kAborted) << s0;
   EXPECT_NE(s0.message().find("rank 1 failed: INTERNAL: ncclCommInitRank: fake NCCL error"), std::string::npos) << s0;
   EXPECT_LT(took, absl::Seconds(15)) << "rank 0 waited toward its 60 s init timeout";
+}
+
+// A system or remote error in init is what every rank sees of a lost peer: not told (it would
+// name this healthy rank), so the peer still in its init ends at its own deadline.
+TEST(NcclFaults, UnderATcpRendezvousARemoteErrorInInitIsNotToldAsThisRanksFailure) {
+  fake::Reset();
+  absl::Duration took;
+  auto [s0, s1] = StartTcpPair(
+      8599, [] { fake::init_stuck = true; }, [] { fake::init_fails = ncclRemoteError; }, &took,
+      /*rank0_timeout=*/absl::Seconds(3));
+  EXPECT_EQ(s1.code(), absl::StatusCode::kInternal) << s1;
+  EXPECT_FALSE(Communicator::IsPeerFailure(s0)) << s0;
+  EXPECT_EQ(s0.code(), absl::StatusCode::kDeadlineExceeded) << s0 << " (rank 1's remote error was sent as its failure)";
+}
+
+// A rank whose start failed waits for the rendezvous only to tell the others, within its init
+// timeout (and at most a minute), then returns its own error, not the rendezvous's deadline.
+TEST(NcclFaults, ARankWhoseStartFailedReturnsItsOwnErrorWhenNoPeerCameToHearIt) {
+  fake::Reset();
+  const int port = 20000 + ((::getpid() + 8641) % 20000);
+  fake::no_device = true;
+  const absl::Time began = absl::Now();
+  absl::Status s = CreateNcclCommunicator({.rank = 1, .world_size = 2, .local_rank = 1, .master_addr = "127.0.0.1",
+                                           .rendezvous_port = port, .init_timeout = absl::Seconds(2)})
+                       .status();
+  fake::no_device = false;
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("no CUDA device visible to rank 1"), std::string::npos) << s;
+  EXPECT_LT(absl::Now() - began, absl::Seconds(10));
+}
+
+// What rank 0 shares is checked: another build's raw id, or a failure text that is not printable
+// UTF-8, is kDataLoss and its bytes are never printed.
+TEST(NcclFaults, BytesFromRank0ThatAreNeitherAnIdNorAFailureAreDataLoss) {
+  const std::string raw_id = std::string("F\x01\xff\x00", 4) + std::string(124, '\x07');
+  const std::string bad_text = std::string("EMBER-NCCL-FAILED1\nbroken \xc3", 27);
+  int salt = 8701;
+  for (const std::string& payload : {raw_id, bad_text, std::string("EMBER-NCCL-ID1\nshort")}) {
+    fake::Reset();
+    const int port = 20000 + ((::getpid() + salt++) % 20000);
+    std::thread rank0([&] {
+      absl::StatusOr<std::string> sent = ShareFromRank0(0, 2, "127.0.0.1", port, payload, absl::Now() + absl::Seconds(10));
+      EXPECT_TRUE(sent.ok()) << sent.status();
+    });
+    absl::Status s = CreateNcclCommunicator({.rank = 1, .world_size = 2, .local_rank = 1, .master_addr = "127.0.0.1",
+                                             .rendezvous_port = port, .init_timeout = absl::Seconds(10)})
+                         .status();
+    rank0.join();
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+    EXPECT_FALSE(Communicator::IsPeerFailure(s)) << s;
+    EXPECT_EQ(s.message().find("broken"), std::string::npos) << s;
+    EXPECT_NE(s.message().find("neither an NCCL unique id nor a failure"), std::string::npos) << s;
+  }
 }
 
 // A missed init deadline is not told (every rank sees its own; a notice would name a healthy rank).
@@ -534,24 +590,26 @@ TEST(NcclFaults, UnderATcpRendezvousAMissedInitDeadlineIsNotSentAsAFailure) {
   EXPECT_EQ(s0.code(), absl::StatusCode::kDeadlineExceeded) << s0 << " (rank 1's missed deadline was sent as a failure)";
 }
 
-// With a file rendezvous, rank 0's start-up failure reaches the others in place of the id.
-TEST(NcclFaults, UnderAFileRendezvousRank0sStartUpFailureReachesThePeers) {
+// Nothing is told through a rendezvous file (a file outlives its job: a stale failure would fail
+// the next attempt of the same run id): rank 0 returns at once and writes nothing, its peer ends
+// at its deadline.
+TEST(NcclFaults, UnderAFileRendezvousAStartUpFailureWritesNoFile) {
   fake::Reset();
   const std::string path = ::testing::TempDir() + "/nccl_rendezvous_" + std::to_string(::getpid());
-  auto start = [&](int r) {
+  auto start = [&](int r, absl::Duration timeout) {
     return CreateNcclCommunicator({.rank = r, .world_size = 2, .local_rank = r, .rendezvous_file = path,
-                                   .rendezvous_run_id = "job-1", .init_timeout = absl::Seconds(20)})
+                                   .rendezvous_run_id = "job-1", .init_timeout = timeout})
         .status();
   };
-  absl::Status s1;
-  std::thread other([&] { s1 = start(1); });
   fake::no_device = true;
-  absl::Status s0 = start(0);
+  const absl::Time began = absl::Now();
+  absl::Status s0 = start(0, absl::Seconds(20));
   fake::no_device = false;
-  other.join();
+  EXPECT_LT(absl::Now() - began, absl::Seconds(2));
   EXPECT_EQ(s0.code(), absl::StatusCode::kFailedPrecondition) << s0;
-  EXPECT_TRUE(Communicator::IsPeerFailure(s1)) << s1;
-  EXPECT_NE(s1.message().find("rank 0 failed: FAILED_PRECONDITION"), std::string::npos) << s1;
+  EXPECT_NE(::access(path.c_str(), F_OK), 0) << "rank 0 wrote " << path;
+  absl::Status s1 = start(1, absl::Milliseconds(500));
+  EXPECT_EQ(s1.code(), absl::StatusCode::kDeadlineExceeded) << s1;
 }
 
 // The same under an MPI launcher (the notice on the bootstrap's channel).
