@@ -110,9 +110,10 @@ class NcclCommunicator final : public Communicator {
     absl::Time share_deadline = deadline;
     if (!local.ok() && o.world_size > 1) {
       share_deadline = std::min(deadline, absl::Now() + kToldFailureWait);
-      if (o.rendezvous_file.empty() || o.bootstrap != nullptr || !o.master_addr.empty()) {
+      if (o.bootstrap != nullptr || !o.master_addr.empty()) {  // a channel to tell them on
         Log(LogSeverity::kError,
-            absl::StrCat("rank ", o.rank, " of ", o.world_size, ": NCCL start-up failed: ", local.ToString(),
+            absl::StrCat("rank ", o.rank, " of ", o.world_size, ": NCCL start-up failed: ",
+                         local.ToString(absl::StatusToStringMode::kWithNoExtraData),
                          "; telling the other ranks (waiting at most ",
                          absl::FormatDuration(share_deadline - absl::Now()), " for them)"));
       }
@@ -156,6 +157,7 @@ class NcclCommunicator final : public Communicator {
         shared = got.status();
       }
     } else {
+      if (!local.ok()) return local;
       return absl::InvalidArgumentError(
           "NCCL backend: no way to share the ncclUniqueId (give a bootstrap communicator, "
           "MASTER_ADDR and a rendezvous port, or a rendezvous file)");
@@ -326,35 +328,61 @@ class NcclCommunicator final : public Communicator {
   // How long a rank whose own start failed waits to tell the others (for the rendezvous).
   static constexpr absl::Duration kToldFailureWait = absl::Seconds(60);
 
-  // `bytes` from rank 0: its id (into *id), or its failure (a PeerFailure); anything else, such
-  // as another build's rank 0, is kDataLoss, its bytes never printed.
+  // `bytes` from rank 0: its id (into *id), or its failure (a PeerFailure, its text printed with
+  // anything but well-formed printable UTF-8 escaped as \xNN); anything else, such as another
+  // build's rank 0, is kDataLoss, its bytes never printed.
   static absl::Status ParseSharedId(absl::string_view bytes, ncclUniqueId* id) {
+    const size_t size = bytes.size();
     if (absl::ConsumePrefix(&bytes, kFailedMagic)) {
-      if (bytes.size() <= TcpNotices::kMaxNoticeBytes && IsPrintableUtf8(bytes)) {
-        return WhileWaiting(PeerFailure(0, bytes), "sharing NCCL's unique id");
+      if (bytes.size() > TcpNotices::kMaxNoticeBytes) {
+        return absl::DataLossError(absl::StrCat("NCCL rendezvous: rank 0 sent a failure of ", bytes.size(),
+                                                " bytes, more than the ", TcpNotices::kMaxNoticeBytes, " a failure has"));
       }
-    } else if (absl::ConsumePrefix(&bytes, kIdMagic) && bytes.size() == sizeof(*id)) {
+      return WhileWaiting(PeerFailure(0, EscapedText(bytes)), "sharing NCCL's unique id");
+    }
+    if (absl::ConsumePrefix(&bytes, kIdMagic) && bytes.size() == sizeof(*id)) {
       std::memcpy(id, bytes.data(), sizeof(*id));
       return absl::OkStatus();
     }
     return absl::DataLossError(absl::StrCat(
-        "NCCL rendezvous: rank 0 sent ", bytes.size(),
+        "NCCL rendezvous: rank 0 sent ", size,
         " bytes that are neither an NCCL unique id nor a failure of Ember's (does every rank run the same build?)"));
   }
 
-  // Well-formed UTF-8 without control characters but tab and newline.
-  static bool IsPrintableUtf8(absl::string_view text) {
+  // `text` with every byte that is not part of a well-formed UTF-8 character (no overlong form,
+  // surrogate or code point above U+10FFFF), or that is a control character (C0 but tab and
+  // newline, DEL, C1), written as \xNN.
+  static std::string EscapedText(absl::string_view text) {
+    std::string out;
     for (size_t i = 0; i < text.size();) {
-      const unsigned char c = static_cast<unsigned char>(text[i]);
-      size_t n = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-      if (n == 0 || i + n > text.size() || (n == 2 && c < 0xC2)) return false;
-      if (n == 1 && (c < 0x20 || c == 0x7F) && c != '\t' && c != '\n') return false;
-      for (size_t k = 1; k < n; ++k) {
-        if ((static_cast<unsigned char>(text[i + k]) & 0xC0) != 0x80) return false;
+      const auto byte = [&](size_t k) { return static_cast<unsigned char>(text[i + k]); };
+      const unsigned char c = byte(0);
+      size_t n = 0;
+      if (c < 0x80) {
+        n = (c >= 0x20 && c != 0x7F) || c == '\t' || c == '\n' ? 1 : 0;
+      } else if (c >= 0xC2 && c <= 0xF4) {
+        n = c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+        if (i + n > text.size()) {
+          n = 0;
+        } else {
+          const unsigned char second = byte(1);
+          const unsigned char lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80;
+          const unsigned char hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
+          if (second < lo || second > hi || (c == 0xC2 && second < 0xA0)) n = 0;  // C2 80-9F: C1 controls
+          for (size_t k = 2; k < n; ++k) {
+            if ((byte(k) & 0xC0) != 0x80) n = 0;
+          }
+        }
       }
-      i += n;
+      if (n == 0) {
+        absl::StrAppend(&out, "\\x", absl::Hex(c, absl::kZeroPad2));
+        ++i;
+      } else {
+        out.append(text.data() + i, n);
+        i += n;
+      }
     }
-    return true;
+    return out;
   }
 
   // This rank's device, stream and event (before the id is shared).

@@ -528,7 +528,8 @@ TEST(NcclFaults, UnderATcpRendezvousARemoteErrorInInitIsNotToldAsThisRanksFailur
 }
 
 // A rank whose start failed waits for the rendezvous only to tell the others, within its init
-// timeout (and at most a minute), then returns its own error, not the rendezvous's deadline.
+// timeout, then returns its own error, not the rendezvous's deadline. (The one-minute cap below
+// a longer init timeout is not tested: it would take a minute.)
 TEST(NcclFaults, ARankWhoseStartFailedReturnsItsOwnErrorWhenNoPeerCameToHearIt) {
   fake::Reset();
   const int port = 20000 + ((::getpid() + 8641) % 20000);
@@ -543,51 +544,47 @@ TEST(NcclFaults, ARankWhoseStartFailedReturnsItsOwnErrorWhenNoPeerCameToHearIt) 
   EXPECT_LT(absl::Now() - began, absl::Seconds(10));
 }
 
-// What rank 0 shares is checked: another build's raw id, or a failure text that is not printable
-// UTF-8, is kDataLoss and its bytes are never printed.
-TEST(NcclFaults, BytesFromRank0ThatAreNeitherAnIdNorAFailureAreDataLoss) {
-  const std::string raw_id = std::string("F\x01\xff\x00", 4) + std::string(124, '\x07');
-  const std::string bad_text = std::string("EMBER-NCCL-FAILED1\nbroken \xc3", 27);
-  int salt = 8701;
-  for (const std::string& payload : {raw_id, bad_text, std::string("EMBER-NCCL-ID1\nshort")}) {
-    fake::Reset();
-    const int port = 20000 + ((::getpid() + salt++) % 20000);
-    std::thread rank0([&] {
-      absl::StatusOr<std::string> sent = ShareFromRank0(0, 2, "127.0.0.1", port, payload, absl::Now() + absl::Seconds(10));
-      EXPECT_TRUE(sent.ok()) << sent.status();
-    });
-    absl::Status s = CreateNcclCommunicator({.rank = 1, .world_size = 2, .local_rank = 1, .master_addr = "127.0.0.1",
-                                             .rendezvous_port = port, .init_timeout = absl::Seconds(10)})
-                         .status();
-    rank0.join();
-    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
-    EXPECT_FALSE(Communicator::IsPeerFailure(s)) << s;
-    EXPECT_EQ(s.message().find("broken"), std::string::npos) << s;
-    EXPECT_NE(s.message().find("neither an NCCL unique id nor a failure"), std::string::npos) << s;
-  }
+// What rank 0 shares is checked: another build's raw id, a short id or an oversize failure is
+// kDataLoss and its bytes are never printed; a failure's text is printed with anything that is
+// not printable UTF-8 (a cut character, a terminal escape, a C1 control) escaped as \xNN.
+absl::Status FromRank0(const std::string& payload, int salt) {
+  fake::Reset();
+  const int port = 20000 + ((::getpid() + salt) % 20000);
+  std::thread rank0([&] {
+    absl::StatusOr<std::string> sent = ShareFromRank0(0, 2, "127.0.0.1", port, payload, absl::Now() + absl::Seconds(10));
+    EXPECT_TRUE(sent.ok()) << sent.status();
+  });
+  absl::Status s = CreateNcclCommunicator({.rank = 1, .world_size = 2, .local_rank = 1, .master_addr = "127.0.0.1",
+                                           .rendezvous_port = port, .init_timeout = absl::Seconds(10)})
+                       .status();
+  rank0.join();
+  return s;
 }
 
-// A missed init deadline is not told (every rank sees its own; a notice would name a healthy rank).
-TEST(NcclFaults, UnderATcpRendezvousAMissedInitDeadlineIsNotSentAsAFailure) {
-  fake::Reset();
-  const int port = 20000 + ((::getpid() + 8479) % 20000);
-  auto start = [port](int r, absl::Duration timeout) {
-    return CreateNcclCommunicator({.rank = r, .world_size = 2, .local_rank = r, .master_addr = "127.0.0.1",
-                                   .rendezvous_port = port, .init_timeout = timeout})
-        .status();
-  };
-  absl::Status s1;
-  std::thread other([&] {
-    fake::init_stuck = true;
-    s1 = start(1, absl::Seconds(1));
-    fake::init_stuck = false;
-  });
-  fake::init_stuck = true;
-  absl::Status s0 = start(0, absl::Seconds(3));
-  fake::init_stuck = false;
-  other.join();
-  EXPECT_EQ(s1.code(), absl::StatusCode::kDeadlineExceeded) << s1;
-  EXPECT_EQ(s0.code(), absl::StatusCode::kDeadlineExceeded) << s0 << " (rank 1's missed deadline was sent as a failure)";
+TEST(NcclFaults, BytesFromRank0ThatAreNeitherAnIdNorAFailureAreDataLoss) {
+  const std::string raw_id = std::string("F\x01\xff\x00", 4) + std::string(124, '\x07');
+  const std::string short_id = "EMBER-NCCL-ID1\nshort";
+  const std::string oversize = "EMBER-NCCL-FAILED1\n" + std::string(1025, 'a');
+  int salt = 8701;
+  for (const std::string& payload : {raw_id, short_id, oversize}) {
+    absl::Status s = FromRank0(payload, salt++);
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+    EXPECT_FALSE(Communicator::IsPeerFailure(s)) << s;
+    EXPECT_EQ(s.message().find("aaaa"), std::string::npos) << s;
+    EXPECT_NE(s.message().find(payload == oversize ? "a failure of 1025 bytes" : "neither an NCCL unique id nor a failure"),
+              std::string::npos)
+        << s;
+  }
+  EXPECT_NE(FromRank0(short_id, salt++).message().find("sent 20 bytes"), std::string::npos);
+}
+
+TEST(NcclFaults, ARank0FailuresTextIsPrintedWithWhatIsNotPrintableUtf8Escaped) {
+  const std::string text = "INTERNAL: broken \xc3 \x1b[31m \xc2\x9b \xed\xa0\x80 ok \xc3\xa9 \xe2\x82\xac";
+  absl::Status s = FromRank0("EMBER-NCCL-FAILED1\n" + text, 8731);
+  EXPECT_TRUE(Communicator::IsPeerFailure(s)) << s;
+  EXPECT_NE(s.message().find("rank 0 failed: INTERNAL: broken \\xc3 \\x1b[31m \\xc2\\x9b \\xed\\xa0\\x80 ok \xc3\xa9 \xe2\x82\xac"),
+            std::string::npos)
+      << s;
 }
 
 // Nothing is told through a rendezvous file (a file outlives its job: a stale failure would fail
