@@ -33,6 +33,61 @@ alignas(16) constexpr uint64_t kFold4[2] = {0x0154442bd4, 0x01c6e41596};
 alignas(16) constexpr uint64_t kFold1[2] = {0x01751997d0, 0x00ccaa009e};
 alignas(16) constexpr uint64_t kFold64[2] = {0x0163cd6124, 0};
 alignas(16) constexpr uint64_t kBarrett[2] = {0x01db710641, 0x01f7011641};
+// x^(16*128+32) and x^(16*128-32) mod P, as above: the fold of four 512-bit lanes (VPCLMULQDQ);
+// each constant four times, once per 128-bit lane (loaded whole: GCC 12's broadcast and extract
+// intrinsics trip its own -Wuninitialized).
+alignas(64) constexpr uint64_t kFold16x4[8] = {0x011542778a, 0x01322d1430, 0x011542778a, 0x01322d1430,
+                                                0x011542778a, 0x01322d1430, 0x011542778a, 0x01322d1430};
+alignas(64) constexpr uint64_t kFold4x4[8] = {0x0154442bd4, 0x01c6e41596, 0x0154442bd4, 0x01c6e41596,
+                                               0x0154442bd4, 0x01c6e41596, 0x0154442bd4, 0x01c6e41596};
+
+// Where the CPU has VPCLMULQDQ and AVX-512 (and the OS saves its state): 256 bytes a step, in
+// four 512-bit lanes, about three times the 128-bit fold's speed. Used from kWideBytes up.
+constexpr size_t kWideBytes = 1024;
+
+__attribute__((target("avx512f,vpclmulqdq"))) inline __m512i Fold512(__m512i x, __m512i k, __m512i next) {
+  // a ^ b ^ c in one instruction (truth table 0x96).
+  return _mm512_ternarylogic_epi64(_mm512_clmulepi64_epi128(x, k, 0x00), _mm512_clmulepi64_epi128(x, k, 0x11), next,
+                                   0x96);
+}
+
+// Folds the first bytes of `p` (`size` >= 256; a multiple of 256 of them, returned), `crc` the
+// inverted running value, into the four 128-bit lanes the 128-bit fold goes on with: the same
+// state as if that fold had consumed them.
+__attribute__((target("avx512f,vpclmulqdq"))) size_t FoldWide(uint32_t crc, const unsigned char* p, size_t size,
+                                                             __m128i lanes[4]) {
+  alignas(64) uint32_t first[16] = {crc};  // the running value into the first 32 bits
+  __m512i z0 = _mm512_xor_si512(_mm512_loadu_si512(p), _mm512_load_si512(first));
+  __m512i z1 = _mm512_loadu_si512(p + 64);
+  __m512i z2 = _mm512_loadu_si512(p + 128);
+  __m512i z3 = _mm512_loadu_si512(p + 192);
+  size_t done = 256;
+  const __m512i k16 = _mm512_load_si512(kFold16x4);
+  while (size - done >= 256) {
+    z0 = Fold512(z0, k16, _mm512_loadu_si512(p + done));
+    z1 = Fold512(z1, k16, _mm512_loadu_si512(p + done + 64));
+    z2 = Fold512(z2, k16, _mm512_loadu_si512(p + done + 128));
+    z3 = Fold512(z3, k16, _mm512_loadu_si512(p + done + 192));
+    done += 256;
+  }
+  // The four lanes into one, 512 bits apart: the 128-bit fold's four-lane constant.
+  const __m512i k4 = _mm512_load_si512(kFold4x4);
+  __m512i z = Fold512(z0, k4, z1);
+  z = Fold512(z, k4, z2);
+  z = Fold512(z, k4, z3);
+  _mm512_storeu_si512(lanes, z);
+  return done;
+}
+
+bool DetectWide() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("vpclmulqdq");
+}
+
+bool HasWide() {
+  static const bool has = DetectWide();
+  return has;
+}
 
 __attribute__((target("pclmul,sse4.1"))) inline __m128i Fold(__m128i x, __m128i k, __m128i next) {
   return _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x00), _mm_clmulepi64_si128(x, k, 0x11)),
@@ -43,12 +98,24 @@ __attribute__((target("pclmul,sse4.1"))) inline __m128i Fold(__m128i x, __m128i 
 __attribute__((target("pclmul,sse4.1"))) uint32_t FoldCrc(uint32_t crc, const unsigned char* p,
                                                          size_t size) {
   auto load = [](const unsigned char* q) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(q)); };
-  __m128i x0 = _mm_xor_si128(load(p), _mm_cvtsi32_si128(static_cast<int>(crc)));
-  __m128i x1 = load(p + 16);
-  __m128i x2 = load(p + 32);
-  __m128i x3 = load(p + 48);
-  p += 64;
-  size -= 64;
+  __m128i x0, x1, x2, x3;
+  if (size >= kWideBytes && HasWide()) {
+    __m128i lanes[4];
+    const size_t done = FoldWide(crc, p, size, lanes);
+    x0 = lanes[0];
+    x1 = lanes[1];
+    x2 = lanes[2];
+    x3 = lanes[3];
+    p += done;
+    size -= done;
+  } else {
+    x0 = _mm_xor_si128(load(p), _mm_cvtsi32_si128(static_cast<int>(crc)));
+    x1 = load(p + 16);
+    x2 = load(p + 32);
+    x3 = load(p + 48);
+    p += 64;
+    size -= 64;
+  }
   const __m128i k4 = _mm_load_si128(reinterpret_cast<const __m128i*>(kFold4));
   while (size >= 64) {
     x0 = Fold(x0, k4, load(p));

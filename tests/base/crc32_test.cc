@@ -32,6 +32,25 @@ TEST(Crc32, MatchesZlibEverywhere) {
   }
 }
 
+// The 512-bit fold (VPCLMULQDQ, from 1 KiB where the CPU has it) hands its lanes to the 128-bit
+// fold at every length, alignment and starting value: one step of 256 bytes and none more, many,
+// and every tail of 16-byte blocks and bytes after them.
+TEST(Crc32, TheWideFoldMatchesZlibFromOneKibibyteUp) {
+  std::mt19937 rng(7);
+  std::vector<unsigned char> buf((1 << 20) + 64);
+  for (auto& b : buf) b = static_cast<unsigned char>(rng());
+  for (size_t offset : {0, 1, 5, 16, 63}) {
+    for (size_t n = 1000; n < 1800; ++n) {
+      const uint32_t start = static_cast<uint32_t>(rng());
+      ASSERT_EQ(Crc32(start, buf.data() + offset, n), Reference(start, buf.data() + offset, n))
+          << "offset " << offset << " length " << n;
+    }
+  }
+  for (size_t n : {size_t{1} << 20, (size_t{1} << 20) - 16, size_t{777777}, size_t{1024}, size_t{1279}, size_t{1280}}) {
+    EXPECT_EQ(Crc32(0, buf.data(), n), Reference(0, buf.data(), n)) << n;
+  }
+}
+
 TEST(Crc32, KnownValueAndChaining) {
   const std::string s = "123456789";
   EXPECT_EQ(Crc32(0, s.data(), s.size()), 0xCBF43926u);  // the standard check value
