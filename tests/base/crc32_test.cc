@@ -36,6 +36,7 @@ TEST(Crc32, MatchesZlibEverywhere) {
 // fold at every length, alignment and starting value: one step of 256 bytes and none more, many,
 // and every tail of 16-byte blocks and bytes after them.
 TEST(Crc32, TheWideFoldMatchesZlibFromOneKibibyteUp) {
+  if (!crc32_internal::WideFoldInUse()) GTEST_SKIP() << "this CPU has no VPCLMULQDQ with AVX-512";
   std::mt19937 rng(7);
   std::vector<unsigned char> buf((1 << 20) + 64);
   for (auto& b : buf) b = static_cast<unsigned char>(rng());
@@ -49,6 +50,21 @@ TEST(Crc32, TheWideFoldMatchesZlibFromOneKibibyteUp) {
   for (size_t n : {size_t{1} << 20, (size_t{1} << 20) - 16, size_t{777777}, size_t{1024}, size_t{1279}, size_t{1280}}) {
     EXPECT_EQ(Crc32(0, buf.data(), n), Reference(0, buf.data(), n)) << n;
   }
+}
+
+// Where the 512-bit fold runs, the 128-bit fold's own long path (from 1 KiB) is checked too.
+TEST(Crc32, The128BitFoldAloneMatchesZlibFromOneKibibyteUp) {
+  std::mt19937 rng(11);
+  std::vector<unsigned char> buf((1 << 16) + 64);
+  for (auto& b : buf) b = static_cast<unsigned char>(rng());
+  for (size_t offset : {0, 3, 16}) {
+    for (size_t n = 1000; n < 1400; ++n) {
+      const uint32_t start = static_cast<uint32_t>(rng());
+      ASSERT_EQ(crc32_internal::Crc32WithoutWideFold(start, buf.data() + offset, n), Reference(start, buf.data() + offset, n))
+          << "offset " << offset << " length " << n;
+    }
+  }
+  EXPECT_EQ(crc32_internal::Crc32WithoutWideFold(0, buf.data(), 1 << 16), Reference(0, buf.data(), 1 << 16));
 }
 
 TEST(Crc32, KnownValueAndChaining) {
