@@ -108,15 +108,15 @@ class NcclCommunicator final : public Communicator {
       if (r != ncclSuccess) local = LocalFault(NcclError("ncclGetUniqueId", r));  // rank 0's own
     }
     absl::Time share_deadline = deadline;
-    if (!local.ok() && o.world_size > 1) {
+    if (!local.ok()) {
+      // A channel to tell the others on: the bootstrap or the TCP rendezvous (never a file).
+      if (o.world_size == 1 || (o.bootstrap == nullptr && o.master_addr.empty())) return local;
       share_deadline = std::min(deadline, absl::Now() + kToldFailureWait);
-      if (o.bootstrap != nullptr || !o.master_addr.empty()) {  // a channel to tell them on
-        Log(LogSeverity::kError,
-            absl::StrCat("rank ", o.rank, " of ", o.world_size, ": NCCL start-up failed: ",
-                         local.ToString(absl::StatusToStringMode::kWithNoExtraData),
-                         "; telling the other ranks (waiting at most ",
-                         absl::FormatDuration(share_deadline - absl::Now()), " for them)"));
-      }
+      Log(LogSeverity::kError,
+          absl::StrCat("rank ", o.rank, " of ", o.world_size, ": NCCL start-up failed: ",
+                       local.ToString(absl::StatusToStringMode::kWithNoExtraData),
+                       "; telling the other ranks (waiting at most ",
+                       absl::FormatDuration(share_deadline - absl::Now()), " for them)"));
     }
     std::string bytes;
     if (o.rank == 0) {
@@ -149,7 +149,6 @@ class NcclCommunicator final : public Communicator {
                                            "; EMBER_RENDEZVOUS_PORT chooses another)"));
       }
     } else if (!o.rendezvous_file.empty()) {
-      if (!local.ok()) return local;  // told through no file (see above)
       absl::StatusOr<std::string> got = ShareThroughFile(o.rank, o.rendezvous_file, o.rendezvous_run_id, bytes, deadline);
       if (got.ok()) {
         bytes = *std::move(got);
@@ -157,7 +156,6 @@ class NcclCommunicator final : public Communicator {
         shared = got.status();
       }
     } else {
-      if (!local.ok()) return local;
       return absl::InvalidArgumentError(
           "NCCL backend: no way to share the ncclUniqueId (give a bootstrap communicator, "
           "MASTER_ADDR and a rendezvous port, or a rendezvous file)");
