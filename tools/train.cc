@@ -179,8 +179,12 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
   torch::optim::SGD optimizer(model->parameters(),
                               torch::optim::SGDOptions(flags.lr).momentum(flags.momentum));
   // Parameters broadcast from rank 0; gradients averaged in buckets (one collective each),
-  // overlapping backward unless several backward passes precede one reduce (--accumulate).
-  DataParallel ddp(*model, {.deadline = deadline, .overlap = flags.accumulate == 1});
+  // overlapping backward unless several backward passes precede one reduce (--accumulate); at
+  // world size 1 only with --reduce_alone (the side-by-side with PyTorch DDP).
+  DataParallel ddp(*model, {.bucket_bytes = flags.bucket_bytes,
+                            .deadline = deadline,
+                            .overlap = flags.accumulate == 1,
+                            .reduce_alone = flags.reduce_alone});
   EMBER_RETURN_IF_ERROR(ddp.status());
 
   // The step: ignite's supervised update (SupervisedStep) with --accumulate micro-batches per
@@ -389,10 +393,12 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
   struct Spent {
     absl::Time at;
     absl::Duration blocked, background, collectives;
+    int64_t buckets = 0;
   };
   auto spent_now = [&] {
-    if (ckpt == nullptr) return Spent{absl::Now(), {}, {}, comm.collective_time()};  // --eval_only
-    return Spent{absl::Now(), ckpt->blocked_time(), ckpt->background_write_time(), comm.collective_time()};
+    if (ckpt == nullptr) return Spent{absl::Now(), {}, {}, comm.collective_time(), ddp.buckets_reduced()};  // --eval_only
+    return Spent{absl::Now(), ckpt->blocked_time(), ckpt->background_write_time(), comm.collective_time(),
+                 ddp.buckets_reduced()};
   };
   Spent epoch_began = spent_now();
   trainer.On(Events::EpochStarted(), [&] { epoch_began = spent_now(); });
@@ -437,6 +443,7 @@ absl::Status Train(const TrainFlags& flags, dist::Communicator& comm, Preemption
     line["checkpoint_blocked_share"] = epoch_s > 0 ? blocked_s / epoch_s : 0.0;
     line["checkpoint_background_s"] = absl::ToDoubleSeconds(now.background - epoch_began.background);
     line["collectives_s"] = absl::ToDoubleSeconds(now.collectives - epoch_began.collectives);
+    line["gradient_buckets_reduced"] = now.buckets - epoch_began.buckets;
     if (absl::Status s = metrics_log->Append(line); !s.ok()) {
       std::fprintf(stderr, "train: warning: %s\n", std::string(s.message()).c_str());
     }

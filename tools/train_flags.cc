@@ -44,6 +44,12 @@ ABSL_FLAG(std::string, lr_schedule, "constant",
           "constant | cosine (--lr down to 0 over the run) | piecewise:ITERATION=LR,... (linear between milestones)");
 ABSL_FLAG(int, accumulate, 1,
           "micro-batches per optimizer step (>= 1): gradients accumulated over them, then averaged over the ranks once");
+ABSL_FLAG(double, bucket_mib, 16,
+          "gradient bucket size in MiB, in (0, 1024]: one all-reduce per bucket (PyTorch DDP's bucket_cap_mb; "
+          "tools/gpu/ddp_baseline.py --bucket_cap_mb takes the same number)");
+ABSL_FLAG(bool, reduce_alone, false,
+          "at world size 1, average the gradients through the communicator anyway (hooks, buckets, one all-reduce "
+          "each), as PyTorch DDP does alone: for a fair side-by-side; no effect with several ranks");
 ABSL_FLAG(double, clip_grad_norm, 0,
           "clip the averaged gradients to this global 2-norm before each optimizer step (0: no clipping)");
 ABSL_FLAG(double, ema, 0,
@@ -140,6 +146,10 @@ absl::Status ValidateFlags() {
     return bad(absl::StrCat("--accumulate must be >= 1 (micro-batches per optimizer step), got ",
                             absl::GetFlag(FLAGS_accumulate)));
   }
+  const double bucket_mib = absl::GetFlag(FLAGS_bucket_mib);
+  if (!(bucket_mib > 0 && bucket_mib <= 1024) || std::llround(bucket_mib * 1048576.0) < 1) {
+    return bad(absl::StrCat("--bucket_mib must be in (0, 1024] (MiB of gradients per all-reduce), got ", bucket_mib));
+  }
   const double clip = absl::GetFlag(FLAGS_clip_grad_norm);
   if (!(clip >= 0) || !std::isfinite(clip)) {
     return bad(absl::StrCat("--clip_grad_norm must be 0 (no clipping) or a finite norm > 0, got ", clip));
@@ -174,7 +184,7 @@ absl::Status ValidateFlags() {
 dist::SettingList RunDefiningFlags(const std::string& flag_error) {
   dist::SettingList list;
   for (const char* name : {"data", "model", "hidden", "seed", "epochs", "batch_size", "global_batch", "lr", "momentum",
-                           "lr_schedule", "warmup_iters", "accumulate", "clip_grad_norm", "ema", "precision",
+                           "lr_schedule", "warmup_iters", "accumulate", "bucket_mib", "reduce_alone", "clip_grad_norm", "ema", "precision",
                            "time_limit", "patience", "n_saved", "async_save", "ledger", "output_dir", "resume", "resume_from",
                            "start_over", "eval_only", "backend", "device", "inject_nan", "inject_preempt"}) {
     const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
@@ -234,6 +244,8 @@ absl::StatusOr<TrainFlags> ReadTrainFlags(int world_size) {
   f.momentum = absl::GetFlag(FLAGS_momentum);
   f.momentum_given = Given("momentum");
   f.accumulate = absl::GetFlag(FLAGS_accumulate);
+  f.bucket_bytes = std::llround(absl::GetFlag(FLAGS_bucket_mib) * 1048576.0);
+  f.reduce_alone = absl::GetFlag(FLAGS_reduce_alone);
   f.clip_grad_norm = absl::GetFlag(FLAGS_clip_grad_norm);
   f.precision = absl::GetFlag(FLAGS_precision);
   f.ema = absl::GetFlag(FLAGS_ema);

@@ -51,6 +51,8 @@ struct TrainFlags {
   bool momentum_given = false;
   LrSchedule lr_schedule;             // --lr_schedule and --warmup_iters
   int accumulate = 1;                 // micro-batches per optimizer step
+  int64_t bucket_bytes = 0;           // --bucket_mib, in bytes
+  bool reduce_alone = false;          // world size 1: the bucket path anyway
   double clip_grad_norm = 0;          // 0: no clipping
   std::string precision;              // float32 | bfloat16 | float16 (CUDA)
   double ema = 0;                     // EMA momentum; 0: none
@@ -84,7 +86,7 @@ struct TrainFlags {
 // communicates. `flag_error` is this rank's flag error (empty: none): a rank whose flags are
 // invalid takes part in the agreement too, so that its peers name it instead of waiting.
 // Run-defining: --data, --model, --hidden, --seed, --epochs, --batch_size, --global_batch, --lr,
-// --momentum, --lr_schedule, --warmup_iters, --accumulate, --clip_grad_norm, --ema, --precision,
+// --momentum, --lr_schedule, --warmup_iters, --accumulate, --bucket_mib, --reduce_alone, --clip_grad_norm, --ema, --precision,
 // --time_limit,
 // --patience, --n_saved, --async_save, --ledger, --output_dir, --resume,
 // --resume_from, --start_over, --eval_only, --backend, --device, --inject_nan, --inject_preempt

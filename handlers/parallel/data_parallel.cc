@@ -16,6 +16,7 @@
 #include "base/status_macros.h"
 #include "distributed/default_communicator.h"
 #include "distributed/settings_agreement.h"
+#include "distributed/single_process_communicator.h"
 #include "handlers/checkpoint/snapshot_fence.h"
 
 namespace ember {
@@ -66,6 +67,17 @@ DataParallel::DataParallel(torch::nn::Module& module, DataParallelOptions option
       without_world_ = true;
       return;
     }
+    if (options_.reduce_alone) {
+      // This process is the whole job, and the bucket path is asked for: it reduces through a
+      // communicator of one rank.
+      own_comm_ = std::make_unique<dist::SingleProcessCommunicator>();
+      comm_ = own_comm_.get();
+    }
+  }
+  if (options_.bucket_bytes < 1) {
+    status_ = absl::InvalidArgumentError(absl::StrCat("DataParallel: bucket_bytes = ", options_.bucket_bytes,
+                                                      "; allowed: >= 1 (bytes of gradients per all-reduce)"));
+    return;
   }
   for (const auto& p : module.named_parameters()) {
     if (!p.value().requires_grad()) continue;
@@ -107,7 +119,7 @@ DataParallel::DataParallel(torch::nn::Module& module, DataParallelOptions option
   }
   ready_.assign(params_.size(), false);
   status_ = Broadcast(module);
-  if (!status_.ok() || world_size() == 1 || !options_.overlap) return;
+  if (!status_.ok() || !reduces() || !options_.overlap) return;
   // The hooks may issue collectives themselves when they run on this thread (autograd runs CPU
   // work on the caller's thread) or when the backend is thread-agnostic while this thread waits
   // (NCCL); otherwise they only mark readiness and AllReduceGradients starts the buckets.
@@ -301,8 +313,8 @@ absl::Status DataParallel::Reduce(Engine* engine, const std::any* step_output) {
     ~Fence() { WaitForSnapshots(); }
   } fence;
   if (without_world_) return status_;  // one rank of several, alone: never a silent success
-  if (world_size() == 1) return absl::OkStatus();
   EMBER_RETURN_IF_ERROR(status_);
+  if (!reduces()) return absl::OkStatus();
   torch::NoGradGuard no_grad;
   absl::Status result = hook_error_;
   // The buckets backward did not complete (parameters without a gradient this step), in order,
@@ -318,7 +330,7 @@ absl::Status DataParallel::Reduce(Engine* engine, const std::any* step_output) {
     } else {
       result = mine.status();
     }
-  } else if (result.ok()) {
+  } else if (result.ok() && comm_->world_size() > 1) {
     // The step's own identity, in the same slots (the last bucket has one size on every rank).
     if (own_ == nullptr) own_ = std::make_unique<dist::Consensus>(comm_);
     own_slots_.resize(dist::kAgreementSlots);

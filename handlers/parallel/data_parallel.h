@@ -52,6 +52,14 @@
 // given (without either, this process is the whole job and nothing is exchanged). Every wait is
 // bounded by `deadline`; an error names the bucket, its parameters and the step.
 //
+// World size 1: by default nothing is packed or reduced (the average of one rank's gradients is
+// itself). `reduce_alone` runs the bucket path anyway, as PyTorch DDP's Reducer does at world
+// size 1: the hooks, the packing, one all-reduce per bucket through the communicator (NCCL's
+// kernels on a GPU; a SingleProcessCommunicator of its own when there is none) and the copy back.
+// The gradients are bitwise the same either way; it exists to compare step times fairly with DDP
+// at world size 1 (tools/gpu/gpu_checks.sh, tools/bench/ddp_side_by_side.sh). With several ranks
+// it changes nothing.
+//
 // AllReduceGradients() is also the step's fence for background checkpoint snapshots: on its way
 // out (every world size, errors included) it calls ember::WaitForSnapshots() (snapshot_fence.h),
 // so the optimizer step that follows never changes a tensor a Checkpoint with
@@ -96,6 +104,7 @@ struct DataParallelOptions {
   absl::Duration deadline = absl::Seconds(300);  // per collective, from the moment it starts
   dist::Communicator* comm = nullptr;            // default: dist::DefaultCommunicator()
   bool overlap = true;                           // start buckets during backward
+  bool reduce_alone = false;                     // world size 1: reduce through the communicator anyway
 };
 
 class DataParallel {
@@ -119,6 +128,8 @@ class DataParallel {
   absl::Status AllReduceGradients(Engine& engine, const std::any& step_output);
 
   int world_size() const { return comm_ != nullptr ? comm_->world_size() : 1; }
+  // Whether the gradients go through the communicator: several ranks, or reduce_alone.
+  bool reduces() const { return comm_ != nullptr && (comm_->world_size() > 1 || options_.reduce_alone); }
   // The communicator the gradients are averaged through (nullptr: this process is the whole
   // job), and whether buckets start during backward (accumulating gradients over several
   // backward passes before one AllReduceGradients, as SupervisedStep does, needs overlap false).
@@ -159,6 +170,7 @@ class DataParallel {
   std::string Describe(size_t bucket) const;
 
   dist::Communicator* comm_;  // nullptr: no World, one process
+  std::unique_ptr<dist::Communicator> own_comm_;  // reduce_alone without a communicator
   DataParallelOptions options_;
   std::vector<torch::Tensor> params_;
   std::vector<std::string> names_;

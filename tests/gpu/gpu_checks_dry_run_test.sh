@@ -14,7 +14,8 @@ cat "$TEST_TMPDIR/run.log"
 files=$(cd "$out" && ls -A | sort | tr '\n' ' ')
 [[ $files == "logs.tar.gz summary.txt " ]] || fail "OUT holds '$files'; only logs.tar.gz and summary.txt may come back"
 grep -q 'DRY RUN' "$out/summary.txt" || fail "the summary does not say DRY RUN"
-for s in machine smoke_prebuilt ddp build conformance dp_device train_nccl train_alone load_gpu peer_missing; do
+for s in machine smoke_prebuilt ddp build conformance dp_device peer_missing ddp_nccl_1 train_nccl_1 ddp_nccl_2 train_nccl_2 \
+    ddp_nccl_3 train_nccl_3 ddp_big train_big train_alone load_gpu; do
   n=$(grep -c "^$s " "$out/summary.txt")
   [[ $n -eq 1 ]] || fail "step $s appears $n times"
   grep -E "^$s +NOT RUN +0 s  .+" "$out/summary.txt" >/dev/null || fail "step $s needs the GPU machine but is not reported NOT RUN with a reason"

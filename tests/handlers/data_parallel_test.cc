@@ -6,6 +6,9 @@
 #include <memory>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "distributed/default_communicator.h"
+#include "distributed/single_process_communicator.h"
 #include "distributed/testing/fake_world.h"
 #include "engine/engine.h"
 #include "handlers/terminate_on_nan.h"
@@ -65,13 +68,14 @@ TEST(DataParallel, AStalledRankFailsTheOthersNamingTheBucket) {
 // 64-byte buckets, the step's output NaN on `nan_rank` at `nan_at`.
 struct RankRun {
   torch::Tensor weights;
-  int64_t stopped_at = 0, agreements = 0, carried = 0, ddp_carried = 0, collectives = 0;
+  int64_t stopped_at = 0, agreements = 0, carried = 0, ddp_carried = 0, collectives = 0, reduced = 0, started_early = 0;
   size_t buckets = 0;
   std::vector<int> bad_ranks;
   absl::Status status;
 };
 
-RankRun TrainOnRank(dist::Communicator& c, bool carry, bool filtered_too, int nan_rank, int64_t nan_at) {
+RankRun TrainOnRank(dist::Communicator& c, bool carry, bool filtered_too, int nan_rank, int64_t nan_at,
+                    bool reduce_alone = false) {
   RankRun out;
   torch::nn::Sequential model(torch::nn::Linear(5, 4), torch::nn::ReLU(), torch::nn::Linear(4, 3));
   {  // the same weights in every run (the ranks' threads share one random generator)
@@ -79,7 +83,7 @@ RankRun TrainOnRank(dist::Communicator& c, bool carry, bool filtered_too, int na
     for (torch::Tensor& p : model->parameters()) p.copy_(torch::linspace(-0.5, 0.7, p.numel()).view_as(p));
   }
   torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
-  DataParallel ddp(*model, {.bucket_bytes = 64, .comm = &c});
+  DataParallel ddp(*model, {.bucket_bytes = 64, .comm = &c, .reduce_alone = reduce_alone});
   if (!ddp.status().ok()) {
     out.status = ddp.status();
     return out;
@@ -110,6 +114,8 @@ RankRun TrainOnRank(dist::Communicator& c, bool carry, bool filtered_too, int na
   out.carried = trainer.carried_agreements();
   out.ddp_carried = ddp.carried_agreements();
   out.buckets = ddp.num_buckets();
+  out.reduced = ddp.buckets_reduced();
+  out.started_early = ddp.buckets_started_early();
   out.bad_ranks = ton.bad_ranks();
   return out;
 }
@@ -157,6 +163,61 @@ TEST(DataParallelCarry, AFiringWithAHandlerThatCannotRideAgreesInItsOwnCollectiv
     EXPECT_EQ(runs[r].agreements, 2);
     EXPECT_EQ(runs[r].carried, 5);
     EXPECT_EQ(runs[r].collectives, 7 * static_cast<int64_t>(runs[r].buckets) + 2 + 1);  // + the Run's agreement
+  }
+}
+
+// World size 1: nothing is reduced by default; reduce_alone runs the bucket path (hooks start every
+// bucket but the last during backward, one all-reduce per bucket through the communicator), as
+// PyTorch DDP does alone, and changes no result.
+TEST(DataParallelAlone, ReduceAloneRunsTheBucketPathAtWorldSizeOneAndChangesNothing) {
+  dist::SingleProcessCommunicator plain_comm, alone_comm;
+  const RankRun plain = TrainOnRank(plain_comm, true, false, 0, 6);
+  const RankRun alone = TrainOnRank(alone_comm, true, false, 0, 6, /*reduce_alone=*/true);
+  ASSERT_TRUE(plain.status.ok()) << plain.status;
+  ASSERT_TRUE(alone.status.ok()) << alone.status;
+  ASSERT_GT(alone.buckets, 1u);
+  EXPECT_EQ(plain.reduced, 0);
+  EXPECT_EQ(plain.started_early, 0);
+  EXPECT_EQ(alone.reduced, 6 * static_cast<int64_t>(alone.buckets));
+  EXPECT_EQ(alone.started_early, 6 * static_cast<int64_t>(alone.buckets - 1));  // the last is AllReduceGradients'
+  EXPECT_EQ(alone.collectives - plain.collectives, 6 * static_cast<int64_t>(alone.buckets));
+  // Nothing rides in a bucket alone (there is no one to agree with), and NaN still stops the run.
+  EXPECT_EQ(alone.ddp_carried, 0);
+  EXPECT_EQ(plain.stopped_at, 6);
+  EXPECT_EQ(alone.stopped_at, 6);
+  EXPECT_TRUE(torch::equal(plain.weights, alone.weights));
+}
+
+TEST(DataParallelAlone, WithoutACommunicatorReduceAloneUsesOneOfItsOwn) {
+  ASSERT_EQ(dist::DefaultCommunicator(), nullptr) << "this test needs a process without a World";
+  torch::nn::Sequential model(torch::nn::Linear(5, 4), torch::nn::ReLU(), torch::nn::Linear(4, 3));
+  DataParallel plain(*model, {.bucket_bytes = 64});
+  ASSERT_TRUE(plain.status().ok()) << plain.status();
+  EXPECT_EQ(plain.communicator(), nullptr);
+  EXPECT_FALSE(plain.reduces());
+  DataParallel alone(*model, {.bucket_bytes = 64, .reduce_alone = true});
+  ASSERT_TRUE(alone.status().ok()) << alone.status();
+  ASSERT_NE(alone.communicator(), nullptr);
+  EXPECT_EQ(alone.communicator()->backend(), "single");
+  EXPECT_TRUE(alone.reduces());
+  model->forward(torch::ones({2, 5})).sum().backward();
+  const torch::Tensor before = model->parameters()[0].grad().clone();
+  ASSERT_TRUE(alone.AllReduceGradients().ok());
+  EXPECT_EQ(alone.buckets_reduced(), static_cast<int64_t>(alone.num_buckets()));
+  EXPECT_TRUE(torch::equal(model->parameters()[0].grad(), before));
+}
+
+TEST(DataParallelAlone, ABucketSizeBelowOneByteIsRefusedNamingIt) {
+  dist::SingleProcessCommunicator c;
+  torch::nn::Linear model(3, 2);
+  for (int64_t bad : {int64_t{0}, int64_t{-5}}) {
+    DataParallel ddp(*model, {.bucket_bytes = bad, .comm = &c});
+    ASSERT_FALSE(ddp.status().ok());
+    EXPECT_EQ(ddp.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(ddp.status().message()),
+                ::testing::HasSubstr(absl::StrCat("bucket_bytes = ", bad, "; allowed: >= 1")));
+    model->forward(torch::ones({1, 3})).sum().backward();
+    EXPECT_FALSE(ddp.AllReduceGradients().ok()) << "a refused DataParallel must not average silently";
   }
 }
 

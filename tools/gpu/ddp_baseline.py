@@ -2,11 +2,16 @@
 Ember's trainer is compared with on a GPU machine (issue 15; tools/gpu/gpu_checks.sh runs both).
 
   torchrun --nproc_per_node=1 tools/gpu/ddp_baseline.py --data=DIR [--epochs=2] [--device=cuda]
+      [--bucket_cap_mb=16]
 
 Same as `train --data=mnist:DIR`: Fashion-MNIST's IDX files, pixels / 255, an MLP 784-256-128-10
 with ReLU, SGD lr 0.05 momentum 0.9, 64 samples per rank per step, a new permutation every epoch,
 loss.item() every step (Ember's trainer reads it too). Prints one JSON line per epoch from rank 0
 with samples/s of that epoch's training time (no evaluation), as Ember's metrics.jsonl does.
+--bucket_cap_mb is DDP's own (MiB, despite the name) and the trainer's --bucket_mib: give both the
+same number (16 by default here, the trainer's default; DDP's own default is 25). DDP runs its
+Reducer at world size 1 too; the trainer does so with --reduce_alone (tools/bench/ddp_side_by_side.sh
+and tools/gpu/gpu_checks.sh run the two side by side).
 """
 import argparse
 import gzip
@@ -46,9 +51,13 @@ def main():
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--backend", default=None, help="nccl for cuda, gloo for cpu by default")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--bucket_cap_mb", type=float, default=16.0,
+                   help="DDP's bucket size in MiB, in (0, 1024]: the trainer's --bucket_mib")
     a = p.parse_args()
     if a.epochs < 1 or a.batch_size < 1:
         raise SystemExit(f"ddp_baseline.py: --epochs={a.epochs} and --batch_size={a.batch_size} must be >= 1")
+    if not (0 < a.bucket_cap_mb <= 1024):
+        raise SystemExit(f"ddp_baseline.py: --bucket_cap_mb={a.bucket_cap_mb} must be in (0, 1024] (MiB per bucket)")
     torch.set_num_threads(a.threads)
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29511")
@@ -72,7 +81,8 @@ def main():
         if i < len(sizes) - 2:
             layers.append(torch.nn.ReLU())
     model = torch.nn.Sequential(*layers).to(device)
-    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local] if a.device == "cuda" else None)
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local] if a.device == "cuda" else None,
+                                                    bucket_cap_mb=a.bucket_cap_mb)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
     global_batch = a.batch_size * world
     steps = x.shape[0] // global_batch
@@ -93,7 +103,7 @@ def main():
         seconds = time.perf_counter() - start
         if rank == 0:
             print(json.dumps({"baseline": "PyTorch DistributedDataParallel", "torch": torch.__version__, "backend": backend,
-                              "device": str(device), "world_size": world, "epoch": epoch, "train_loss": total / steps,
+                              "device": str(device), "world_size": world, "bucket_cap_mb": a.bucket_cap_mb, "epoch": epoch, "train_loss": total / steps,
                               "samples_per_s": steps * global_batch / seconds}), flush=True)
     dist.destroy_process_group()
 

@@ -18,10 +18,16 @@
 #   build          tools/gpu/build.sh (missing CUDA or NCCL is a configure error there)
 #   conformance    the communicator conformance suite on NCCL (tests/gpu), gtest XML parsed
 #   dp_device      DataParallel's buckets reduced on the device, gtest XML parsed
-#   train_nccl     the trainer, --backend=nccl --device=cuda, world size 1, under torchrun
-#   train_alone    the same with --backend=single: the step without communication
-#   load_gpu       torch.load(weights_only=True) of train_nccl's newest checkpoint
 #   peer_missing   rank 0 of 2 whose peer never starts: must fail (non-zero) within its deadline
+#   ddp_N, train_nccl_N (N = 1, 2, 3, interleaved) the side by side: PyTorch DDP and the trainer
+#                  (--backend=nccl --device=cuda --reduce_alone, under torchrun), world size 1, the
+#                  same MLP, batch and bucket size (EMBER_GPU_BUCKET_MIB, 16), both reducing every
+#                  bucket through NCCL; a launch-bound step (784-256-128-10, batch 64)
+#   ddp_big, train_big  once each, a compute-bound step (784-4096-4096-10, batch 512)
+#   train_alone    the trainer with --backend=single: the step without communication
+#   load_gpu       torch.load(weights_only=True) of train_nccl_1's newest checkpoint
+# The figures (summary lines 'figure:'): each side's samples/s over its runs, min / median / max,
+# the ratio of the medians and ms per step (tools/bench/side_by_side.py), from the runs that passed.
 # --dry-run (for this machine, without a GPU): runs what needs neither a GPU nor PyTorch 2.x (the
 # prebuilt rendezvous, the load of the carried checkpoint with this machine's torch) and reports
 # every other step NOT RUN with the reason; it fakes no result. Exit status: 0 when no step FAILed
@@ -39,6 +45,8 @@ for arg in "$@"; do
 done
 [[ $dry == 0 || $dry == 1 ]] || { echo "gpu_checks.sh: DRY_RUN='$dry'; allowed: 0 or 1" >&2; exit 2; }
 budget=${EMBER_GPU_BUDGET_S:-420}
+bucket=${EMBER_GPU_BUCKET_MIB:-16}
+[[ $bucket =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "gpu_checks.sh: EMBER_GPU_BUCKET_MIB='$bucket' is not a number of MiB" >&2; exit 2; }
 [[ $budget =~ ^[1-9][0-9]*$ ]] || { echo "gpu_checks.sh: EMBER_GPU_BUDGET_S='$budget' is not a positive integer" >&2; exit 2; }
 out=${OUT:-/tmp/ember-gpu}
 mkdir -p "$out"
@@ -160,7 +168,7 @@ else
   step load_carried 60 "$py" tools/gpu/load_check.py "$src/cpu_checkpoint"
 fi
 if [[ -d $data ]]; then
-  gpu_step ddp 90 "${torchrun[@]}" --nproc_per_node=1 --master_port=29542 tools/gpu/ddp_baseline.py --data="$data" --epochs="$epochs" --device=cuda
+  gpu_step ddp 90 "${torchrun[@]}" --nproc_per_node=1 --master_port=29542 tools/gpu/ddp_baseline.py --data="$data" --epochs="$epochs" --device=cuda --bucket_cap_mb="$bucket"
 else
   not_run ddp "no $data: run tools/gpu/fetch_sources.sh and carry $src"
 fi
@@ -179,21 +187,38 @@ need_build() {  # need_build NAME ...: the step, or NOT RUN without a build
 }
 need_build conformance 90 --gtest "$bin/nccl_communicator_test"
 need_build dp_device 90 --gtest "$bin/data_parallel_gpu_test"
-common=(--data="mnist:$data" --epochs="$epochs" --patience=100 --progress=lines --device=cuda)
-need_build train_nccl 120 "${torchrun[@]}" --nproc_per_node=1 --master_port=29543 --no_python "$bin/train" --backend=nccl "${common[@]}" --output_dir="$work/train_nccl"
-need_build train_alone 90 "$bin/train" --backend=single "${common[@]}" --output_dir="$work/train_alone"
-if [[ $dry == 1 ]]; then
-  not_run load_gpu "dry run: loads train_nccl's checkpoint, written on the GPU machine"
-elif [[ -d $work/train_nccl ]]; then
-  step load_gpu 60 "$py" tools/gpu/load_check.py "$work/train_nccl"
-else
-  not_run load_gpu "train_nccl wrote no checkpoint folder"
-fi
 # Must fail: a world of 2 whose rank 1 never starts ends at its deadline with a non-zero exit.
 need_build peer_missing 60 bash -c "env RANK=0 LOCAL_RANK=0 WORLD_SIZE=2 LOCAL_WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 \
   MASTER_PORT=29533 TORCHELASTIC_RUN_ID=ember-peer-missing $bin/train --backend=nccl --data=mnist:$data --epochs=1 \
   --device=cuda --deadline_s=20 --init_timeout_s=20 --output_dir=$work/peer_missing; rc=\$?;
   if [[ \$rc -eq 0 ]]; then echo 'rank 0 of 2 succeeded without its peer'; exit 1; fi; echo \"failed as it must (exit \$rc)\""
+# The side by side: both sides reduce every bucket through NCCL at world size 1 (DDP's Reducer
+# always does; the trainer with --reduce_alone), the same bucket size, interleaved runs.
+common=(--data="mnist:$data" --epochs="$epochs" --patience=100 --progress=lines --device=cuda)
+ddp_runs=() ember_runs=()
+side_by_side() {  # side_by_side SUFFIX PORT [--hidden=H --batch_size=B]: one DDP run, then one trainer run
+  local suffix=$1 port=$2
+  shift 2
+  if [[ -d $data ]]; then
+    gpu_step "ddp_$suffix" 90 "${torchrun[@]}" --nproc_per_node=1 --master_port="$port" tools/gpu/ddp_baseline.py \
+      --data="$data" --epochs="$epochs" --device=cuda --bucket_cap_mb="$bucket" "$@" && ddp_runs+=("$suffix")
+  else
+    not_run "ddp_$suffix" "no $data: run tools/gpu/fetch_sources.sh and carry $src"
+  fi
+  need_build "train_$suffix" 120 "${torchrun[@]}" --nproc_per_node=1 --master_port="$((port + 1))" --no_python \
+    "$bin/train" --backend=nccl --reduce_alone --bucket_mib="$bucket" "${common[@]}" "$@" \
+    --output_dir="$work/train_$suffix" && ember_runs+=("$suffix")
+}
+for r in 1 2 3; do side_by_side "nccl_$r" $((29543 + 2 * r)); done
+side_by_side big 29553 --hidden=4096,4096 --batch_size=512
+need_build train_alone 90 "$bin/train" --backend=single "${common[@]}" --output_dir="$work/train_alone"
+if [[ $dry == 1 ]]; then
+  not_run load_gpu "dry run: loads train_nccl_1's checkpoint, written on the GPU machine"
+elif [[ -d $work/train_nccl_1 ]]; then
+  step load_gpu 60 "$py" tools/gpu/load_check.py "$work/train_nccl_1"
+else
+  not_run load_gpu "train_nccl_1 wrote no checkpoint folder"
+fi
 
 # ---- figures, logs -------------------------------------------------------------------------------
 rate() {
@@ -202,14 +227,27 @@ lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 r = [l["samples_per_s"] for l in lines if "samples_per_s" in l]
 print("%.0f samples/s (median of %d epochs after the first)" % (statistics.median(r[1:] or r), len(r[1:] or r)))' "$1" 2>/dev/null
 }
+compare() {  # compare TITLE GLOBAL_BATCH SUFFIX...: the side by side of the runs that passed
+  local title=$1 batch=$2 e=() d=() x
+  shift 2
+  for x in "$@"; do
+    [[ " ${ember_runs[*]} " == *" $x "* ]] && e+=("$work/train_$x/metrics.jsonl")
+    [[ " ${ddp_runs[*]} " == *" $x "* ]] && d+=("$logs/ddp_$x.log")
+  done
+  ((${#e[@]} && ${#d[@]})) || return 0
+  local IFS=,
+  echo "figure: $title (bucket $bucket MiB; ${#e[@]} trainer and ${#d[@]} DDP run(s) passed):"
+  "$py" tools/bench/side_by_side.py --global_batch="$batch" "ember:${e[*]}" "ddp:${d[*]}" 2>&1 | sed 's/^/figure:   /'
+}
 {
-  [[ -f $work/train_nccl/metrics.jsonl ]] && echo "figure: Ember trainer, NCCL, world size 1: $(rate "$work/train_nccl/metrics.jsonl")"
+  compare "world size 1, NCCL, launch-bound MLP 784-256-128-10, batch 64, interleaved" 64 nccl_1 nccl_2 nccl_3
+  compare "world size 1, NCCL, compute-bound MLP 784-4096-4096-10, batch 512, one run each" 512 big
   [[ -f $work/train_alone/metrics.jsonl ]] && echo "figure: Ember trainer, no communicator: $(rate "$work/train_alone/metrics.jsonl")"
   if [[ -f $logs/ddp.log ]]; then
-    grep -h '"baseline"' "$logs/ddp.log" >"$work/ddp.jsonl" 2>/dev/null && echo "figure: PyTorch DDP, NCCL, world size 1: $(rate "$work/ddp.jsonl")"
+    grep -h '"baseline"' "$logs/ddp.log" >"$work/ddp.jsonl" 2>/dev/null && echo "figure: PyTorch DDP before the build: $(rate "$work/ddp.jsonl")"
   fi
 } | tee -a "$summary"
-for d in train_nccl train_alone peer_missing; do
+for d in train_nccl_1 train_nccl_2 train_nccl_3 train_big train_alone peer_missing; do
   [[ -f $work/$d/metrics.jsonl ]] && cp "$work/$d/metrics.jsonl" "$logs/$d.metrics.jsonl"
 done
 [[ -f $bin/CMakeCache.txt ]] && grep -E '^(TORCH_HOME|NCCL_|CUDA|JSON_INCLUDE|EMBER_)' "$bin/CMakeCache.txt" >"$logs/build.cmakecache.txt"
