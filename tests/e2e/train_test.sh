@@ -608,6 +608,7 @@ agree)
   mpmd "--seed is 1 on rank 0, 7 on rank 1" --seed=1 -- --seed=7
   mpmd "--hidden is 64 on rank 0, 32 on rank 1" --hidden=64 -- --hidden=32
   mpmd "--eval_only is false on rank 0, true on rank 1" --resume -- --resume --eval_only
+  mpmd "--bucket_mib is 1 on rank 0, 2 on rank 1" --bucket_mib=1 -- --bucket_mib=2
   mpmd "--output_dir is $work/d on rank 0, $work/e on rank 1" -- --output_dir="$work/e"
   # --lr given on one rank only: on a resume it would replace the checkpoint's there and not on
   # the other rank, so it differs even at the default's value.
@@ -966,10 +967,25 @@ PY
   # Malformed values are named with what is allowed.
   for bad in "--ema=1|--ema must be 0 (none) or a momentum in (0, 1)" "--accumulate=0|--accumulate must be >= 1" "--clip_grad_norm=nan|--clip_grad_norm must be 0" \
              "--precision=fp16|allowed: float32, bfloat16, float16" "--precision=float16|--precision=float16 needs --device=cuda" "--time_limit=2h|allowed: a whole number of seconds >= 1, or 'slurm'" \
-             "--time_limit=slurm|SLURM_JOB_END_TIME"; do
+             "--time_limit=slurm|SLURM_JOB_END_TIME" "--bucket_mib=0|--bucket_mib must be in (0, 1024]" \
+             "--bucket_mib=2000|--bucket_mib must be in (0, 1024]" "--bucket_mib=nan|--bucket_mib must be in (0, 1024]"; do
     out=$(env -u SLURM_JOB_END_TIME "$train" --data=synthetic "${bad%%|*}" --output_dir="$work/bad" --progress=none 2>&1); rc=$?
     [[ $rc -eq 1 ]] && grep -qF -- "${bad#*|}" <<<"$out" || fail "${bad%%|*} (rc $rc): $out"
   done
+  # Issue 25.10: --reduce_alone runs the bucket path at world size 1 (as PyTorch DDP does alone),
+  # here in buckets of 1 KiB, and changes no number; without it nothing is reduced.
+  one=(--data=synthetic --epochs=1 --global_batch=96 --patience=100 --progress=none)
+  "$train" "${one[@]}" --output_dir="$work/plain" >/dev/null 2>&1 || fail "world size 1 without --reduce_alone"
+  out=$("$train" "${one[@]}" --output_dir="$work/alone" --reduce_alone --bucket_mib=0.001 2>&1) || fail "--reduce_alone: $out"
+  p=$(tail -n 1 "$work/plain/metrics.jsonl"); a=$(tail -n 1 "$work/alone/metrics.jsonl")
+  [[ $(field "$p" gradient_buckets_reduced) == 0 ]] || fail "without --reduce_alone, buckets were reduced: $p"
+  its=$(field "$a" iteration); nb=$(field "$a" gradient_buckets_reduced)
+  # 6 parameter tensors (64-256-128-10), each over 1 KiB with the one before it: a bucket each.
+  [[ $its -gt 0 && $nb -eq $((its * 6)) ]] || fail "--reduce_alone --bucket_mib=0.001: $nb buckets in $its steps, expected 6 a step: $a"
+  for k in train_loss val_loss val_accuracy; do
+    [[ $(field "$p" $k) == "$(field "$a" $k)" ]] || fail "--reduce_alone changed $k: $(field "$p" $k) against $(field "$a" $k)"
+  done
+  echo "reduce_alone: $((nb / its)) buckets a step, the same losses and accuracy as without"
   ;;
 *) fail "unknown mode $mode" ;;
 esac
