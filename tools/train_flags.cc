@@ -49,7 +49,8 @@ ABSL_FLAG(double, bucket_mib, 16,
           "tools/gpu/ddp_baseline.py --bucket_cap_mb takes the same number)");
 ABSL_FLAG(bool, reduce_alone, false,
           "at world size 1, average the gradients through the communicator anyway (hooks, buckets, one all-reduce "
-          "each), as PyTorch DDP does alone: for a fair side-by-side; no effect with several ranks");
+          "each), as PyTorch DDP does alone: for a fair side-by-side (on a GPU with --backend=nccl); no effect with "
+          "several ranks");
 ABSL_FLAG(double, clip_grad_norm, 0,
           "clip the averaged gradients to this global 2-norm before each optimizer step (0: no clipping)");
 ABSL_FLAG(double, ema, 0,
@@ -148,7 +149,8 @@ absl::Status ValidateFlags() {
   }
   const double bucket_mib = absl::GetFlag(FLAGS_bucket_mib);
   if (!(bucket_mib > 0 && bucket_mib <= 1024) || std::llround(bucket_mib * 1048576.0) < 1) {
-    return bad(absl::StrCat("--bucket_mib must be in (0, 1024] (MiB of gradients per all-reduce), got ", bucket_mib));
+    return bad(absl::StrCat("--bucket_mib must be in (0, 1024] and at least one byte (MiB of gradients per all-reduce), got ",
+                            bucket_mib));
   }
   const double clip = absl::GetFlag(FLAGS_clip_grad_norm);
   if (!(clip >= 0) || !std::isfinite(clip)) {

@@ -366,9 +366,13 @@ absl::Status DataParallel::Reduce(Engine* engine, const std::any* step_output) {
       torch::Tensor averaged = bucket.flat.slice(0, at, at + n).view_as(params_[i]);
       if (params_[i].grad().defined()) {
         params_[i].mutable_grad().copy_(averaged);
-      } else {
+      } else if (comm_->world_size() > 1) {
+        // Another rank may have one: this rank takes the average like every other.
         params_[i].mutable_grad() = averaged.to(params_[i].options()).clone();
       }
+      // Alone (reduce_alone), a parameter without a gradient keeps none, as without reducing
+      // and as in PyTorch DDP (an optimizer skips it; a zero gradient would still move it
+      // through momentum or weight decay).
       at += n;
     }
   }

@@ -56,9 +56,11 @@
 // itself). `reduce_alone` runs the bucket path anyway, as PyTorch DDP's Reducer does at world
 // size 1: the hooks, the packing, one all-reduce per bucket through the communicator (NCCL's
 // kernels on a GPU; a SingleProcessCommunicator of its own when there is none) and the copy back.
-// The gradients are bitwise the same either way; it exists to compare step times fairly with DDP
-// at world size 1 (tools/gpu/gpu_checks.sh, tools/bench/ddp_side_by_side.sh). With several ranks
-// it changes nothing.
+// The gradients are bitwise the same either way (a parameter without a gradient keeps none); it
+// exists to compare step times fairly with DDP at world size 1 (tools/gpu/gpu_checks.sh,
+// tools/bench/ddp_side_by_side.sh). On a GPU that needs the NCCL backend: a communicator that
+// reduces host buffers only (a SingleProcessCommunicator included) stages every bucket through
+// the host, which DDP does not. With several ranks it changes nothing.
 //
 // AllReduceGradients() is also the step's fence for background checkpoint snapshots: on its way
 // out (every world size, errors included) it calls ember::WaitForSnapshots() (snapshot_fence.h),

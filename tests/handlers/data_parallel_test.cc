@@ -188,6 +188,24 @@ TEST(DataParallelAlone, ReduceAloneRunsTheBucketPathAtWorldSizeOneAndChangesNoth
   EXPECT_TRUE(torch::equal(plain.weights, alone.weights));
 }
 
+// A parameter unused in a step keeps no gradient alone, as without reduce_alone (an optimizer
+// skips it; a zero gradient would move it through momentum).
+TEST(DataParallelAlone, AParameterWithoutAGradientKeepsNone) {
+  dist::SingleProcessCommunicator c;
+  torch::nn::Linear used(3, 2), unused(3, 2);
+  torch::nn::Sequential model(used, unused);
+  DataParallel ddp(*model, {.bucket_bytes = 1 << 20, .comm = &c, .reduce_alone = true});
+  ASSERT_TRUE(ddp.status().ok()) << ddp.status();
+  for (int step = 0; step < 2; ++step) {
+    used->forward(torch::ones({1, 3})).sum().backward();
+    ASSERT_TRUE(ddp.AllReduceGradients().ok());
+    EXPECT_FALSE(unused->weight.grad().defined()) << "step " << step;
+    EXPECT_FALSE(unused->bias.grad().defined()) << "step " << step;
+    EXPECT_TRUE(used->weight.grad().defined());
+  }
+  EXPECT_EQ(ddp.buckets_reduced(), 2);
+}
+
 TEST(DataParallelAlone, WithoutACommunicatorReduceAloneUsesOneOfItsOwn) {
   ASSERT_EQ(dist::DefaultCommunicator(), nullptr) << "this test needs a process without a World";
   torch::nn::Sequential model(torch::nn::Linear(5, 4), torch::nn::ReLU(), torch::nn::Linear(4, 3));

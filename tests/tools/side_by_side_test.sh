@@ -32,7 +32,21 @@ grep -q "min 777, median 777, max 777" "$t/out1" || fail "one epoch's figure: $(
 echo "train: rank 0: error: boom" >"$t/crashed"
 python3 "$script" "ember:$t/e1,$t/crashed" "ddp:$t/d1" >"$t/out2" 2>&1 && fail "a crashed run was accepted"
 grep -q "$t/crashed has no epoch line" "$t/out2" || fail "the crashed run is not named: $(cat "$t/out2")"
-for bad in "ember" "ember:" ":$t/e1" "--global_batch=0" "--global_batch=x"; do
+# An unreadable run, a rate that is not > 0, an empty entry and a side given twice are refused.
+python3 "$script" "ember:$t/nonexistent" >"$t/out4" 2>&1 && fail "a missing run was accepted"
+grep -q "cannot read $t/nonexistent" "$t/out4" || fail "the missing run is not named: $(cat "$t/out4")"
+ember "$t/zero" 100 0
+python3 "$script" "ember:$t/zero" >"$t/out5" 2>&1 && fail "a rate of 0 was accepted"
+grep -q "epoch 2 has samples_per_s 0, not > 0" "$t/out5" || fail "the zero rate is not named: $(cat "$t/out5")"
+python3 "$script" "ember:$t/e1" "ember:$t/e2" >"$t/out6" 2>&1 && fail "a side given twice was accepted"
+grep -q "the side 'ember' is given twice" "$t/out6" || fail "$(cat "$t/out6")"
+# All-reduces a step: Ember's from gradient_buckets_reduced over the epoch's steps, DDP's sizes.
+printf '%s\n' '{"epoch": 1, "iteration": 10, "train_loss": 0.5, "samples_per_s": 100, "gradient_buckets_reduced": 40}' \
+  '{"epoch": 2, "iteration": 20, "train_loss": 0.4, "samples_per_s": 200, "gradient_buckets_reduced": 40}' >"$t/eb"
+printf '%s\n' '{"baseline": "x", "epoch": 1, "train_loss": 0.5, "samples_per_s": 100, "bucket_bytes": [1071144, 1607680]}' >"$t/db"
+python3 "$script" "ember:$t/eb" "ddp:$t/db" >"$t/out7" 2>&1 || fail "buckets: $(cat "$t/out7")"
+grep -q "^ember .*all-reduces a step: 4$" "$t/out7" && grep -q "^ddp .*all-reduces a step: 2$" "$t/out7" || fail "buckets: $(cat "$t/out7")"
+for bad in "ember" "ember:" ":$t/e1" "ember:$t/e1,,$t/e2" "--global_batch=0" "--global_batch=x"; do
   python3 "$script" "$bad" "ddp:$t/d1" >"$t/out3" 2>&1 && fail "'$bad' was accepted"
   grep -q "side_by_side.py" "$t/out3" || fail "'$bad': no message naming the script: $(cat "$t/out3")"
 done

@@ -12,7 +12,7 @@
 # (default: python3, else /usr/bin/python3) must have torch. Each side's samples/s is rank 0's
 # training time per epoch (no evaluation). Run it on a quiet machine.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+repo=$(cd "$(dirname "$0")/../.." && pwd)
 device=cpu ranks=1 runs=3 epochs=2 hidden=256,128 batch=64 bucket=16 data=/usr/share/datasets/fashion-mnist train=""
 out=""
 for a in "$@"; do
@@ -34,7 +34,13 @@ done
 for v in ranks runs epochs batch; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "ddp_side_by_side.sh: --${v/batch/batch_size}='${!v}' must be a positive integer" >&2; exit 2; }
 done
-[[ $bucket =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "ddp_side_by_side.sh: --bucket_mib='$bucket' must be a number of MiB" >&2; exit 2; }
+awk -v b="$bucket" 'BEGIN { exit !(b ~ /^([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$/ && b * 1048576 >= 1 && b <= 1024) }' ||
+  { echo "ddp_side_by_side.sh: --bucket_mib='$bucket' must be a number of MiB in (0, 1024], at least one byte" >&2; exit 2; }
+# Paths as the user gave them (relative to where the script was started), then the repository.
+data=$(realpath -m -- "$data")
+[[ -z $train ]] || train=$(realpath -m -- "$train")
+[[ -z $out ]] || out=$(realpath -m -- "$out")
+cd "$repo"
 [[ -f $data/train-images-idx3-ubyte.gz || -f $data/train-images-idx3-ubyte ]] ||
   { echo "ddp_side_by_side.sh: --data='$data' has no Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz])" >&2; exit 2; }
 py=${PYTHON:-python3}

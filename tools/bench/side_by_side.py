@@ -17,7 +17,11 @@ import sys
 
 def epochs_of(path):
     lines = []
-    with open(path) as f:
+    try:
+        f = open(path)
+    except OSError as e:
+        raise SystemExit(f"side_by_side.py: cannot read {path}: {e.strerror} (did that run fail?)")
+    with f:
         for raw in f:
             raw = raw.strip()
             if not raw.startswith("{"):
@@ -30,7 +34,22 @@ def epochs_of(path):
                 lines.append(line)
     if not lines:
         raise SystemExit(f"side_by_side.py: {path} has no epoch line with samples_per_s (did that run fail?)")
+    for l in lines:
+        if not isinstance(l["samples_per_s"], (int, float)) or not l["samples_per_s"] > 0:
+            raise SystemExit(f"side_by_side.py: {path}: epoch {l['epoch']} has samples_per_s {l['samples_per_s']}, not > 0")
     return lines
+
+
+def buckets_per_step(lines):
+    """Gradient all-reduces per step: Ember's from gradient_buckets_reduced, DDP's from its sizes."""
+    last = lines[-1]
+    if "bucket_bytes" in last:
+        return len(last["bucket_bytes"]) if last["bucket_bytes"] else None
+    if "gradient_buckets_reduced" in last and "iteration" in last:
+        before = lines[-2]["iteration"] if len(lines) > 1 else 0
+        steps = last["iteration"] - before
+        return last["gradient_buckets_reduced"] / steps if steps > 0 else None
+    return None
 
 
 def figure(lines):
@@ -49,8 +68,10 @@ def main(argv):
                 raise SystemExit(f"side_by_side.py: {arg}: must be >= 1")
             continue
         name, sep, files = arg.partition(":")
-        if not sep or not name or not files:
+        if not sep or not name or not files or "" in files.split(","):
             raise SystemExit(f"side_by_side.py: '{arg}' is not NAME:FILE[,FILE...]")
+        if name in [n for n, _ in sides]:
+            raise SystemExit(f"side_by_side.py: the side '{name}' is given twice")
         runs = [epochs_of(p) for p in files.split(",")]
         sides.append((name, runs))
     if not sides:
@@ -61,9 +82,11 @@ def main(argv):
         medians[name] = statistics.median(figures)
         loss = runs[0][0].get("train_loss")
         step = " (%.3f ms/step)" % (1000.0 * global_batch / medians[name]) if global_batch else ""
-        print("%-6s %d run(s): %s samples/s; min %.0f, median %.0f%s, max %.0f; train loss after epoch 1: %s" %
+        b = buckets_per_step(runs[0])
+        print("%-6s %d run(s): %s samples/s; min %.0f, median %.0f%s, max %.0f; train loss after epoch 1: %s%s" %
               (name, len(figures), ", ".join("%.0f" % f for f in figures), min(figures), medians[name], step,
-               max(figures), "%.7f" % loss if loss is not None else "?"))
+               max(figures), "%.7f" % loss if loss is not None else "?",
+               "; all-reduces a step: %g" % b if b is not None else ""))
     if "ember" in medians and "ddp" in medians:
         print("ember / ddp (medians): %.3fx" % (medians["ember"] / medians["ddp"]))
 

@@ -9,7 +9,11 @@ with ReLU, SGD lr 0.05 momentum 0.9, 64 samples per rank per step, a new permuta
 loss.item() every step (Ember's trainer reads it too). Prints one JSON line per epoch from rank 0
 with samples/s of that epoch's training time (no evaluation), as Ember's metrics.jsonl does.
 --bucket_cap_mb is DDP's own (MiB, despite the name) and the trainer's --bucket_mib: give both the
-same number (16 by default here, the trainer's default; DDP's own default is 25). DDP runs its
+same number (16 by default here, the trainer's default; DDP's own default is 25). The two cut
+buckets differently: DDP closes a bucket once it has passed the cap and caps its first bucket at
+1 MiB (after rebuilding them in the first iteration), Ember opens a new bucket before the cap
+would be passed; so the counts can differ (784-512-512-10 at 1 MiB: DDP 2, Ember 4). Each JSON
+line carries DDP's bucket sizes ("bucket_bytes"), and side_by_side.py prints both counts. DDP runs its
 Reducer at world size 1 too; the trainer does so with --reduce_alone (tools/bench/ddp_side_by_side.sh
 and tools/gpu/gpu_checks.sh run the two side by side).
 """
@@ -101,9 +105,16 @@ def main():
             opt.step()
             total += loss.item()
         seconds = time.perf_counter() - start
+        buckets = None
+        try:  # DDP's own record of its buckets (rebuilt after the first iteration, 1 MiB first)
+            info = ddp._get_ddp_logging_data()
+            sizes = info.get("rebuilt_bucket_sizes") or info.get("bucket_sizes")
+            buckets = [int(b) for b in str(sizes).split(",")] if sizes else None
+        except Exception:
+            pass
         if rank == 0:
             print(json.dumps({"baseline": "PyTorch DistributedDataParallel", "torch": torch.__version__, "backend": backend,
-                              "device": str(device), "world_size": world, "bucket_cap_mb": a.bucket_cap_mb, "epoch": epoch, "train_loss": total / steps,
+                              "device": str(device), "world_size": world, "bucket_cap_mb": a.bucket_cap_mb, "bucket_bytes": buckets, "epoch": epoch, "train_loss": total / steps,
                               "samples_per_s": steps * global_batch / seconds}), flush=True)
     dist.destroy_process_group()
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Ember's GPU checks as ONE command for a lent GPU machine (CUDA, PyTorch 2.x, CMake; no Bazel, no
 # network), shaped by that machine's rules: every step under its own `timeout`, the whole within
-# EMBER_GPU_BUDGET_S seconds (default 420, under the 8 minutes a run may take here); only two files
+# EMBER_GPU_BUDGET_S seconds (default 460, under the 8 minutes a run may take here); only two files
 # come back in $OUT: summary.txt (short) and logs.tar.gz (every log, metrics, no checkpoints).
 #   tools/gpu/gpu_checks.sh [--dry-run] [EPOCHS=3]          (or DRY_RUN=1)
 # With the device tool, after tools/gpu/fetch_sources.sh here:
-#   run(command="tools/gpu/gpu_checks.sh", carry=["third_party/gpu_sources"], timeout_s=500)
+#   run(command="tools/gpu/gpu_checks.sh", carry=["third_party/gpu_sources"], timeout_s=520)
 # Each step ends PASS, FAIL (exit status, or "timed out after N s"), SKIPPED (a gtest skipped a
 # test: its reason is shown; never counted as a pass) or NOT RUN (why: dry run, no build, no
 # prebuilt binary, no time left). Steps that need no build come first, so a failed build stops
@@ -19,10 +19,12 @@
 #   conformance    the communicator conformance suite on NCCL (tests/gpu), gtest XML parsed
 #   dp_device      DataParallel's buckets reduced on the device, gtest XML parsed
 #   peer_missing   rank 0 of 2 whose peer never starts: must fail (non-zero) within its deadline
-#   ddp_N, train_nccl_N (N = 1, 2, 3, interleaved) the side by side: PyTorch DDP and the trainer
+#   ddp_nccl_N, train_nccl_N (N = 1, 2, 3, interleaved) the side by side: PyTorch DDP and the trainer
 #                  (--backend=nccl --device=cuda --reduce_alone, under torchrun), world size 1, the
 #                  same MLP, batch and bucket size (EMBER_GPU_BUCKET_MIB, 16), both reducing every
-#                  bucket through NCCL; a launch-bound step (784-256-128-10, batch 64)
+#                  bucket through NCCL (DDP cuts its buckets differently: tools/gpu/ddp_baseline.py;
+#                  each side's all-reduces per step are printed); a launch-bound step
+#                  (784-256-128-10, batch 64); 2 epochs a run, the figure is the second
 #   ddp_big, train_big  once each, a compute-bound step (784-4096-4096-10, batch 512)
 #   train_alone    the trainer with --backend=single: the step without communication
 #   load_gpu       torch.load(weights_only=True) of train_nccl_1's newest checkpoint
@@ -44,9 +46,10 @@ for arg in "$@"; do
   esac
 done
 [[ $dry == 0 || $dry == 1 ]] || { echo "gpu_checks.sh: DRY_RUN='$dry'; allowed: 0 or 1" >&2; exit 2; }
-budget=${EMBER_GPU_BUDGET_S:-420}
+budget=${EMBER_GPU_BUDGET_S:-460}
 bucket=${EMBER_GPU_BUCKET_MIB:-16}
-[[ $bucket =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "gpu_checks.sh: EMBER_GPU_BUCKET_MIB='$bucket' is not a number of MiB" >&2; exit 2; }
+awk -v b="$bucket" 'BEGIN { exit !(b ~ /^([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$/ && b * 1048576 >= 1 && b <= 1024) }' ||
+  { echo "gpu_checks.sh: EMBER_GPU_BUCKET_MIB='$bucket' is not a number of MiB in (0, 1024], at least one byte" >&2; exit 2; }
 [[ $budget =~ ^[1-9][0-9]*$ ]] || { echo "gpu_checks.sh: EMBER_GPU_BUDGET_S='$budget' is not a positive integer" >&2; exit 2; }
 out=${OUT:-/tmp/ember-gpu}
 mkdir -p "$out"
@@ -195,18 +198,19 @@ need_build peer_missing 60 bash -c "env RANK=0 LOCAL_RANK=0 WORLD_SIZE=2 LOCAL_W
 # The side by side: both sides reduce every bucket through NCCL at world size 1 (DDP's Reducer
 # always does; the trainer with --reduce_alone), the same bucket size, interleaved runs.
 common=(--data="mnist:$data" --epochs="$epochs" --patience=100 --progress=lines --device=cuda)
+sbs_epochs=2  # a run's figure is its second epoch; 8 runs must fit the budget
 ddp_runs=() ember_runs=()
 side_by_side() {  # side_by_side SUFFIX PORT [--hidden=H --batch_size=B]: one DDP run, then one trainer run
   local suffix=$1 port=$2
   shift 2
   if [[ -d $data ]]; then
     gpu_step "ddp_$suffix" 90 "${torchrun[@]}" --nproc_per_node=1 --master_port="$port" tools/gpu/ddp_baseline.py \
-      --data="$data" --epochs="$epochs" --device=cuda --bucket_cap_mb="$bucket" "$@" && ddp_runs+=("$suffix")
+      --data="$data" --epochs="$sbs_epochs" --device=cuda --bucket_cap_mb="$bucket" "$@" && ddp_runs+=("$suffix")
   else
     not_run "ddp_$suffix" "no $data: run tools/gpu/fetch_sources.sh and carry $src"
   fi
   need_build "train_$suffix" 120 "${torchrun[@]}" --nproc_per_node=1 --master_port="$((port + 1))" --no_python \
-    "$bin/train" --backend=nccl --reduce_alone --bucket_mib="$bucket" "${common[@]}" "$@" \
+    "$bin/train" --backend=nccl --reduce_alone --bucket_mib="$bucket" "${common[@]}" --epochs="$sbs_epochs" "$@" \
     --output_dir="$work/train_$suffix" && ember_runs+=("$suffix")
 }
 for r in 1 2 3; do side_by_side "nccl_$r" $((29543 + 2 * r)); done
