@@ -3,7 +3,10 @@
 
 #include <cuda_runtime_api.h>
 #include <nccl.h>
+#include <fcntl.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <chrono>
@@ -19,6 +22,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
@@ -166,6 +170,11 @@ class NcclCommunicator final : public Communicator {
     }
     EMBER_RETURN_IF_ERROR(shared);
     if (o.world_size > 1) EMBER_RETURN_IF_ERROR(ParseSharedId(bytes, &id));
+    if (o.world_size > 1 && o.bootstrap == nullptr && o.master_addr.empty() && o.notices == nullptr) {
+      // Shared through the rendezvous file: the notices go through a file beside it, named by this
+      // attempt's id (a new id each attempt, so a notice left by an earlier one is never read).
+      c->file_notices_ = NoticeFileFor(o.rendezvous_file, id);
+    }
     // A failure of this rank's own (LocalFault) was told by Abort (Poison); nothing else is.
     EMBER_RETURN_IF_ERROR(c->StartComm(o, id, deadline));
     return std::unique_ptr<Communicator>(std::move(c));
@@ -179,14 +188,16 @@ class NcclCommunicator final : public Communicator {
  protected:
   // Under a TCP rendezvous the notices go over its connections (tcp_notices.h); under an MPI
   // launcher the combined communicator sends them on the bootstrap (launch.cc), not this.
+  // Under a file rendezvous, in a file beside it (WriteFileNotice).
   void DoNotifyFailure(const absl::Status& error) override {
     if (tcp_notices_ != nullptr) tcp_notices_->Send(NoticeText(error, TcpNotices::kMaxNoticeBytes));
+    if (!file_notices_.empty()) WriteFileNotice(NoticeText(error, TcpNotices::kMaxNoticeBytes));
   }
   // Under a TCP rendezvous a rank that failed does not meet: its peers abort their NCCL
   // communicator on its notice (a meeting on NCCL would wait for them until its deadline, or pair
   // with a peer's collective); they learned of the failure from the notice.
   absl::StatusOr<std::vector<int>> DoMeet(bool failed, absl::Time deadline) override {
-    if (tcp_notices_ == nullptr || !failed) return Communicator::DoMeet(failed, deadline);
+    if ((tcp_notices_ == nullptr && file_notices_.empty()) || !failed) return Communicator::DoMeet(failed, deadline);
     std::vector<int> flags(static_cast<size_t>(world_size_), 0);
     flags[static_cast<size_t>(rank_)] = 1;
     return flags;
@@ -194,6 +205,13 @@ class NcclCommunicator final : public Communicator {
   absl::Status ReceivedNotice() override {
     if (peer_failure_.ok() && tcp_notices_ != nullptr) {
       if (std::optional<std::pair<int, std::string>> n = tcp_notices_->Poll(); n.has_value()) {
+        peer_failure_ = PeerFailure(n->first, n->second);
+      }
+    }
+    if (peer_failure_.ok() && !file_notices_.empty() && absl::Now() >= next_file_poll_) {
+      // At most every kFileNoticePoll: on a shared filesystem each look is a round trip.
+      next_file_poll_ = absl::Now() + kFileNoticePoll;
+      if (std::optional<std::pair<int, std::string>> n = ReadFileNotice(); n.has_value()) {
         peer_failure_ = PeerFailure(n->first, n->second);
       }
     }
@@ -325,6 +343,67 @@ class NcclCommunicator final : public Communicator {
   static constexpr absl::string_view kFailedMagic = "EMBER-NCCL-FAILED1\n";
   // How long a rank whose own start failed waits to tell the others (for the rendezvous).
   static constexpr absl::Duration kToldFailureWait = absl::Seconds(60);
+  // Under a file rendezvous: how often a wait looks for a peer's notice file.
+  static constexpr absl::Duration kFileNoticePoll = absl::Milliseconds(500);
+  static constexpr char kFileNoticeMagic[] = "EMBER-NCCL-NOTICE1\n";
+
+  // The notice file of the attempt whose id is `id`: the rendezvous file's path, then the id's
+  // FNV-1a digest (ncclGetUniqueId draws a new id every attempt).
+  static std::string NoticeFileFor(const std::string& rendezvous_file, const ncclUniqueId& id) {
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < sizeof(id.internal); ++i) {
+      h = (h ^ static_cast<unsigned char>(id.internal[i])) * 1099511628211ull;
+    }
+    char hex[17];
+    std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(h));
+    return absl::StrCat(rendezvous_file, ".notice-", hex);
+  }
+
+  // Best effort, bounded by the filesystem: a temporary file of this rank's, then rename(2), so a
+  // reader sees a whole notice or none (two ranks failing at once: the last rename stays).
+  void WriteFileNotice(const std::string& text) {
+    const std::string tmp = absl::StrCat(file_notices_, ".rank", rank_, ".tmp");
+    const std::string body = absl::StrCat(kFileNoticeMagic, rank_, "\n", text);
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    bool ok = fd >= 0;
+    for (size_t at = 0; ok && at < body.size();) {
+      const ssize_t n = ::write(fd, body.data() + at, body.size() - at);
+      if (n < 0 && errno == EINTR) continue;
+      ok = n > 0;
+      if (ok) at += static_cast<size_t>(n);
+    }
+    if (fd >= 0 && ::close(fd) != 0) ok = false;
+    if (ok && ::rename(tmp.c_str(), file_notices_.c_str()) == 0) return;
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    Log(LogSeverity::kWarning, absl::StrCat("rank ", rank_, ": could not write the failure notice ", file_notices_, ": ",
+                                            std::strerror(err), " (the other ranks will end at their deadline)"));
+  }
+
+  // A peer's notice: (its rank, its text), or nothing (no file yet, this rank's own, or a file
+  // that is not a notice of this job's ranks, which is logged once and otherwise ignored).
+  std::optional<std::pair<int, std::string>> ReadFileNotice() {
+    std::ifstream in(file_notices_, std::ios::binary);
+    if (!in) return std::nullopt;
+    std::string bytes(TcpNotices::kMaxNoticeBytes + 64, '\0');
+    in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    bytes.resize(static_cast<size_t>(in.gcount()));
+    absl::string_view rest = bytes;
+    int rank = -1;
+    const size_t eol = rest.find('\n', sizeof(kFileNoticeMagic) - 1);
+    if (absl::ConsumePrefix(&rest, kFileNoticeMagic) && eol != absl::string_view::npos &&
+        absl::SimpleAtoi(absl::string_view(bytes).substr(sizeof(kFileNoticeMagic) - 1, eol - (sizeof(kFileNoticeMagic) - 1)), &rank) &&
+        rank >= 0 && rank < world_size_) {
+      if (rank == rank_) return std::nullopt;
+      return std::make_pair(rank, EscapedText(absl::string_view(bytes).substr(eol + 1)));
+    }
+    if (!malformed_notice_logged_) {
+      malformed_notice_logged_ = true;
+      Log(LogSeverity::kWarning, absl::StrCat("rank ", rank_, ": ", file_notices_, " (", bytes.size(),
+                                              " bytes) is not a failure notice of this job's ranks; ignored"));
+    }
+    return std::nullopt;
+  }
 
   // `bytes` from rank 0: its id (into *id), or its failure (a PeerFailure, its text printed with
   // anything but well-formed printable UTF-8 escaped as \xNN); anything else, such as another
@@ -468,7 +547,7 @@ class NcclCommunicator final : public Communicator {
     // Only on the thread that made this communicator (the training thread): the MPI bootstrap is
     // initialised MPI_THREAD_FUNNELED, and a gradient hook may start a bucket on autograd's
     // device thread.
-    if ((notices_ == nullptr && tcp_notices_ == nullptr) || (polls & 63) != 0 ||
+    if ((notices_ == nullptr && tcp_notices_ == nullptr && file_notices_.empty()) || (polls & 63) != 0 ||
         std::this_thread::get_id() != owner_) {
       return absl::OkStatus();
     }
@@ -576,7 +655,11 @@ class NcclCommunicator final : public Communicator {
   Communicator* notices_ = nullptr;  // NcclOptions::notices (not owned)
   // Without NcclOptions::notices, under a TCP rendezvous: the notices over its connections.
   std::unique_ptr<TcpNotices> tcp_notices_;
-  absl::Status peer_failure_;  // the first notice tcp_notices_ brought
+  absl::Status peer_failure_;  // the first notice tcp_notices_ or file_notices_ brought
+  // Under a file rendezvous (no bootstrap, no MASTER_ADDR): the notice file (NoticeFileFor).
+  std::string file_notices_;
+  absl::Time next_file_poll_ = absl::InfinitePast();
+  bool malformed_notice_logged_ = false;
   std::thread::id owner_ = std::this_thread::get_id();  // polls notices_ (CheckNotices)
   int device_ = 0;
   cudaStream_t stream_ = nullptr;

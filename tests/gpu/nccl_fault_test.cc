@@ -13,7 +13,9 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <dirent.h>
 #include <unistd.h>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <set>
@@ -126,7 +128,11 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind
 // ---- the scripted NCCL (one rank: every collective leaves its buffer as it is) ------------------
 const char* ncclGetErrorString(ncclResult_t) { return "fake NCCL error"; }
 ncclResult_t ncclGetUniqueId(ncclUniqueId* id) {
+  // A new id every call, as NCCL's (a file rendezvous names its notices by it).
+  static std::atomic<uint64_t> ids{0};
   std::memset(id, 0, sizeof(*id));
+  const uint64_t n = ++ids;
+  std::memcpy(id->internal, &n, sizeof(n));
   return ncclSuccess;
 }
 ncclResult_t ncclCommInitRankConfig(ncclComm_t* comm, int, ncclUniqueId, int, ncclConfig_t*) {
@@ -607,6 +613,134 @@ TEST(NcclFaults, UnderAFileRendezvousAStartUpFailureWritesNoFile) {
   EXPECT_NE(::access(path.c_str(), F_OK), 0) << "rank 0 wrote " << path;
   absl::Status s1 = start(1, absl::Milliseconds(500));
   EXPECT_EQ(s1.code(), absl::StatusCode::kDeadlineExceeded) << s1;
+}
+
+// Under a file rendezvous (no MPI, no MASTER_ADDR) a failure after the start is told through a
+// notice file beside the rendezvous file, named by the attempt's id. Two ranks of the production
+// backend in one process, rank 0 on the calling thread (it polls the notices).
+std::pair<std::unique_ptr<Communicator>, std::unique_ptr<Communicator>> MakeFilePair(const std::string& path,
+                                                                                     const std::string& run_id) {
+  auto make = [&](int r) {
+    absl::StatusOr<std::unique_ptr<Communicator>> made =
+        CreateNcclCommunicator({.rank = r, .world_size = 2, .local_rank = r, .rendezvous_file = path,
+                                .rendezvous_run_id = run_id, .init_timeout = absl::Seconds(20)});
+    EXPECT_TRUE(made.ok()) << r << ": " << made.status();
+    return made.ok() ? *std::move(made) : nullptr;
+  };
+  std::unique_ptr<Communicator> rank1;
+  std::thread other([&] { rank1 = make(1); });
+  std::unique_ptr<Communicator> rank0 = make(0);
+  other.join();
+  return {std::move(rank0), std::move(rank1)};
+}
+
+// The notice files beside `path` (their names: "<path>.notice-<16 hex digits>").
+std::vector<std::string> NoticeFiles(const std::string& path) {
+  std::vector<std::string> found;
+  const std::string dir = path.substr(0, path.rfind('/'));
+  const std::string stem = path.substr(path.rfind('/') + 1) + ".notice-";
+  if (DIR* d = ::opendir(dir.c_str())) {
+    while (dirent* e = ::readdir(d)) {
+      const std::string name = e->d_name;
+      if (name.rfind(stem, 0) == 0) found.push_back(dir + "/" + name);
+    }
+    ::closedir(d);
+  }
+  return found;
+}
+
+TEST(NcclFaults, UnderAFileRendezvousAPeersNoticeEndsAStuckWaitAndTheFailedRankDoesNotMeet) {
+  fake::Reset();
+  const std::string path = ::testing::TempDir() + "/nccl_notice_" + std::to_string(::getpid());
+  auto [rank0, rank1] = MakeFilePair(path, "job-7");
+  ASSERT_TRUE(rank0 != nullptr && rank1 != nullptr);
+  EXPECT_TRUE(NoticeFiles(path).empty()) << "a healthy start wrote a notice";
+  std::vector<float> a(4, 1.f);
+  std::unique_ptr<Pending> pending = StartStuck(*rank0, a, absl::Seconds(60));
+  ASSERT_NE(pending, nullptr);
+  std::thread peer([&] {
+    absl::SleepFor(absl::Milliseconds(200));
+    rank1->Fail(absl::InternalError("handler failed on purpose"));
+  });
+  const absl::Time start = absl::Now();
+  absl::Status s = pending->Wait();
+  const absl::Duration waited = absl::Now() - start;
+  peer.join();
+  EXPECT_EQ(s.code(), absl::StatusCode::kAborted) << s;
+  EXPECT_NE(s.message().find("rank 1 failed: INTERNAL: handler failed on purpose"), std::string::npos) << s;
+  EXPECT_LT(waited, absl::Seconds(10)) << "the wait ran toward its 60 s deadline";
+  EXPECT_EQ(NoticeFiles(path).size(), 1u);
+  // The failed rank does not wait at the shutdown meeting for a peer that aborted on its notice.
+  const absl::Time met_at = absl::Now();
+  absl::Status met = rank1->Meet(absl::Now() + absl::Seconds(5));
+  EXPECT_LT(absl::Now() - met_at, absl::Seconds(1)) << "the failed rank waited at the meeting: " << met;
+  // A healthy rank never reads its own notice as a peer's: rank 1's later calls fail with its error.
+  std::vector<double> v = {1};
+  absl::Status own = rank1->AllReduce(absl::MakeSpan(v), ReduceOp::kSum, absl::Now() + absl::Seconds(2));
+  EXPECT_FALSE(own.ok());
+  EXPECT_EQ(own.message().find("rank 1 failed"), std::string::npos) << own;
+}
+
+// A new attempt (a new id) never reads the notice an earlier attempt left: its stuck wait ends at
+// its own deadline, not with the old failure. A file that is not a notice is ignored too.
+TEST(NcclFaults, UnderAFileRendezvousAnEarlierAttemptsNoticeIsNotRead) {
+  fake::Reset();
+  const std::string path = ::testing::TempDir() + "/nccl_stale_" + std::to_string(::getpid());
+  {
+    auto [rank0, rank1] = MakeFilePair(path, "attempt-1");
+    ASSERT_TRUE(rank0 != nullptr && rank1 != nullptr);
+    rank1->Fail(absl::InternalError("the first attempt failed"));
+    ASSERT_EQ(NoticeFiles(path).size(), 1u);
+  }
+  auto [rank0, rank1] = MakeFilePair(path, "attempt-2");
+  ASSERT_TRUE(rank0 != nullptr && rank1 != nullptr);
+  std::vector<float> a(4, 1.f);
+  std::unique_ptr<Pending> pending = StartStuck(*rank0, a, absl::Milliseconds(1500));
+  ASSERT_NE(pending, nullptr);
+  absl::Status s = pending->Wait();
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+  EXPECT_EQ(s.message().find("first attempt"), std::string::npos) << s;
+}
+
+// The notice file is parsed, never trusted: bytes that are not a notice of this job's ranks are
+// ignored (logged once; the wait ends at its deadline), and a notice's text is printed with what
+// is not printable UTF-8 escaped.
+TEST(NcclFaults, UnderAFileRendezvousANoticeFileIsParsedNotTrusted) {
+  const std::string path = ::testing::TempDir() + "/nccl_parse_" + std::to_string(::getpid());
+  int attempt = 0;
+  auto wait_with = [&](const std::string& bytes) {
+    fake::Reset();
+    auto [rank0, rank1] = MakeFilePair(path, "parse-" + std::to_string(++attempt));
+    EXPECT_TRUE(rank0 != nullptr && rank1 != nullptr);
+    if (rank0 == nullptr || rank1 == nullptr) return absl::InternalError("no pair");
+    rank1->Fail(absl::InternalError("to be overwritten"));  // names the file; then its bytes replaced
+    const std::vector<std::string> files = NoticeFiles(path);
+    EXPECT_EQ(files.size(), 1u);
+    if (files.size() != 1) return absl::InternalError("not one notice file");
+    std::FILE* f = std::fopen(files[0].c_str(), "wb");
+    std::fwrite(bytes.data(), 1, bytes.size(), f);
+    std::fclose(f);
+    // A notice that is there already fails the collective as it is issued; otherwise its wait.
+    std::vector<float> a(4, 1.f);
+    auto pending = rank0->StartAllReduce(Buffer{a.data(), DType::kFloat32, a.size(), 0}, ReduceOp::kSum,
+                                         absl::Now() + absl::Milliseconds(1200));
+    absl::Status s = pending.status();
+    if (pending.ok()) {
+      fake::stuck.insert(fake::last_event);
+      s = (*pending)->Wait();
+    }
+    ::unlink(files[0].c_str());  // the next attempt's is then the only one
+    return s;
+  };
+  for (const std::string& bad : {std::string("garbage"), std::string("EMBER-NCCL-NOTICE1\n"),
+                                std::string("EMBER-NCCL-NOTICE1\n7\nrank out of range"),
+                                std::string("EMBER-NCCL-NOTICE1\n-1\nnegative"), std::string("EMBER-NCCL-NOTICE1\nx\ny")}) {
+    absl::Status s = wait_with(bad);
+    EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << "'" << bad << "': " << s;
+  }
+  absl::Status s = wait_with(std::string("EMBER-NCCL-NOTICE1\n1\nbad \xff byte"));
+  EXPECT_EQ(s.code(), absl::StatusCode::kAborted) << s;
+  EXPECT_NE(s.message().find("rank 1 failed: bad \\xff byte"), std::string::npos) << s;
 }
 
 // The same under an MPI launcher (the notice on the bootstrap's channel).
