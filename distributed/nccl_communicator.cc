@@ -4,11 +4,13 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -95,8 +97,10 @@ class NcclCommunicator final : public Communicator {
   // rendezvous; under an MPI launcher launch.cc sends it on the bootstrap). A failure of
   // ncclCommInitRank is told only when it is this rank's own (LocalFault: invalid use, a CUDA
   // error; Abort sends it): a system or remote error is what every rank sees of a lost peer, and
-  // a notice of it would name a healthy rank. Nothing is told through a rendezvous file: a file
-  // outlives its job, and a stale failure would fail the next attempt of the same run id.
+  // a notice of it would name a healthy rank. Under a rendezvous file nothing is told before the
+  // id is shared (a file outlives its job, and before the id there is no name unique to the
+  // attempt: a stale failure would fail the next attempt of the same run id); from
+  // ncclCommInitRank on, as under TCP, through the notice file (NoticeFileFor).
   static absl::StatusOr<std::unique_ptr<Communicator>> Create(const NcclOptions& o) {
     std::unique_ptr<NcclCommunicator> c(new NcclCommunicator());
     c->rank_ = o.rank;
@@ -153,6 +157,9 @@ class NcclCommunicator final : public Communicator {
                                            "; EMBER_RENDEZVOUS_PORT chooses another)"));
       }
     } else if (!o.rendezvous_file.empty()) {
+      // An id can repeat (NCCL_COMM_ID fixes it): a notice an earlier attempt left under this id's
+      // name goes before the id is published, so no peer of this attempt can read it.
+      if (o.rank == 0 && local.ok()) ::unlink(NoticeFileFor(o.rendezvous_file, id).c_str());
       absl::StatusOr<std::string> got = ShareThroughFile(o.rank, o.rendezvous_file, o.rendezvous_run_id, bytes, deadline);
       if (got.ok()) {
         bytes = *std::move(got);
@@ -172,8 +179,9 @@ class NcclCommunicator final : public Communicator {
     if (o.world_size > 1) EMBER_RETURN_IF_ERROR(ParseSharedId(bytes, &id));
     if (o.world_size > 1 && o.bootstrap == nullptr && o.master_addr.empty() && o.notices == nullptr) {
       // Shared through the rendezvous file: the notices go through a file beside it, named by this
-      // attempt's id (a new id each attempt, so a notice left by an earlier one is never read).
+      // attempt's id (rank 0 removed an earlier attempt's before publishing the id).
       c->file_notices_ = NoticeFileFor(o.rendezvous_file, id);
+      c->file_poll_every_ = kFileNoticePoll + absl::Milliseconds(o.world_size);
     }
     // A failure of this rank's own (LocalFault) was told by Abort (Poison); nothing else is.
     EMBER_RETURN_IF_ERROR(c->StartComm(o, id, deadline));
@@ -191,13 +199,15 @@ class NcclCommunicator final : public Communicator {
   // Under a file rendezvous, in a file beside it (WriteFileNotice).
   void DoNotifyFailure(const absl::Status& error) override {
     if (tcp_notices_ != nullptr) tcp_notices_->Send(NoticeText(error, TcpNotices::kMaxNoticeBytes));
-    if (!file_notices_.empty()) WriteFileNotice(NoticeText(error, TcpNotices::kMaxNoticeBytes));
+    if (!file_notices_.empty()) file_notice_sent_ = WriteFileNotice(NoticeText(error, TcpNotices::kMaxNoticeBytes));
   }
   // Under a TCP rendezvous a rank that failed does not meet: its peers abort their NCCL
   // communicator on its notice (a meeting on NCCL would wait for them until its deadline, or pair
   // with a peer's collective); they learned of the failure from the notice.
   absl::StatusOr<std::vector<int>> DoMeet(bool failed, absl::Time deadline) override {
-    if ((tcp_notices_ == nullptr && file_notices_.empty()) || !failed) return Communicator::DoMeet(failed, deadline);
+    // (Under a file rendezvous only when its notice was written: otherwise the meeting is how the
+    // peers learn of it.)
+    if ((tcp_notices_ == nullptr && !file_notice_sent_) || !failed) return Communicator::DoMeet(failed, deadline);
     std::vector<int> flags(static_cast<size_t>(world_size_), 0);
     flags[static_cast<size_t>(rank_)] = 1;
     return flags;
@@ -209,8 +219,9 @@ class NcclCommunicator final : public Communicator {
       }
     }
     if (peer_failure_.ok() && !file_notices_.empty() && absl::Now() >= next_file_poll_) {
-      // At most every kFileNoticePoll: on a shared filesystem each look is a round trip.
-      next_file_poll_ = absl::Now() + kFileNoticePoll;
+      // At most every file_poll_every_ (0.5 s, plus 1 ms per rank): on a shared filesystem each
+      // look is a round trip to its server, made by every waiting rank.
+      next_file_poll_ = absl::Now() + file_poll_every_;
       if (std::optional<std::pair<int, std::string>> n = ReadFileNotice(); n.has_value()) {
         peer_failure_ = PeerFailure(n->first, n->second);
       }
@@ -359,50 +370,72 @@ class NcclCommunicator final : public Communicator {
     return absl::StrCat(rendezvous_file, ".notice-", hex);
   }
 
-  // Best effort, bounded by the filesystem: a temporary file of this rank's, then rename(2), so a
-  // reader sees a whole notice or none (two ranks failing at once: the last rename stays).
-  void WriteFileNotice(const std::string& text) {
+  // Best effort, bounded by the filesystem: a temporary file of this rank's (O_EXCL, no symlink
+  // followed), then link(2) to the notice's name, which fails if a notice is there already: the
+  // first failure told stays (a later one is often a consequence of it). Whether it was written.
+  bool WriteFileNotice(const std::string& text) {
     const std::string tmp = absl::StrCat(file_notices_, ".rank", rank_, ".tmp");
     const std::string body = absl::StrCat(kFileNoticeMagic, rank_, "\n", text);
-    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    bool ok = fd >= 0;
-    for (size_t at = 0; ok && at < body.size();) {
+    ::unlink(tmp.c_str());  // a crashed attempt's
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    int err = fd >= 0 ? 0 : errno;
+    for (size_t at = 0; err == 0 && at < body.size();) {
       const ssize_t n = ::write(fd, body.data() + at, body.size() - at);
       if (n < 0 && errno == EINTR) continue;
-      ok = n > 0;
-      if (ok) at += static_cast<size_t>(n);
+      if (n <= 0) err = n < 0 ? errno : EIO;
+      if (n > 0) at += static_cast<size_t>(n);
     }
-    if (fd >= 0 && ::close(fd) != 0) ok = false;
-    if (ok && ::rename(tmp.c_str(), file_notices_.c_str()) == 0) return;
-    const int err = errno;
+    if (fd >= 0 && ::close(fd) != 0 && err == 0) err = errno;
+    if (err == 0 && ::link(tmp.c_str(), file_notices_.c_str()) != 0 && errno != EEXIST) err = errno;
     ::unlink(tmp.c_str());
+    if (err == 0) return true;
     Log(LogSeverity::kWarning, absl::StrCat("rank ", rank_, ": could not write the failure notice ", file_notices_, ": ",
-                                            std::strerror(err), " (the other ranks will end at their deadline)"));
+                                            std::strerror(err), " (the other ranks learn of it at the shutdown meeting, "
+                                            "or end at their deadline)"));
+    return false;
   }
 
-  // A peer's notice: (its rank, its text), or nothing (no file yet, this rank's own, or a file
-  // that is not a notice of this job's ranks, which is logged once and otherwise ignored).
+  // A peer's notice: (its rank, its text), or nothing: no file yet, this rank's own, or bytes that
+  // are not a notice of this job's ranks (not a regular file, no magic, a rank line that is not
+  // exactly a rank of this job, an empty text, more than kMaxNoticeBytes), or a file that cannot
+  // be read; the last two are logged once and otherwise ignored.
   std::optional<std::pair<int, std::string>> ReadFileNotice() {
-    std::ifstream in(file_notices_, std::ios::binary);
-    if (!in) return std::nullopt;
-    std::string bytes(TcpNotices::kMaxNoticeBytes + 64, '\0');
-    in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    bytes.resize(static_cast<size_t>(in.gcount()));
+    const int fd = ::open(file_notices_.c_str(), O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+      if (errno != ENOENT) IgnoredNotice(std::strerror(errno));
+      return std::nullopt;
+    }
+    struct stat st;
+    std::string bytes;
+    const size_t limit = sizeof(kFileNoticeMagic) + 16 + TcpNotices::kMaxNoticeBytes;
+    bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+    if (regular) {
+      bytes.resize(limit + 1);  // one byte past the limit: an oversize file is not a notice
+      size_t got = 0;
+      for (ssize_t n; got < bytes.size() && ((n = ::read(fd, bytes.data() + got, bytes.size() - got)) > 0 ||
+                                             (n < 0 && errno == EINTR));) {
+        if (n > 0) got += static_cast<size_t>(n);
+      }
+      bytes.resize(got);
+    }
+    ::close(fd);
+    const absl::string_view magic(kFileNoticeMagic);
     absl::string_view rest = bytes;
+    const size_t eol = rest.find('\n', magic.size());
     int rank = -1;
-    const size_t eol = rest.find('\n', sizeof(kFileNoticeMagic) - 1);
-    if (absl::ConsumePrefix(&rest, kFileNoticeMagic) && eol != absl::string_view::npos &&
-        absl::SimpleAtoi(absl::string_view(bytes).substr(sizeof(kFileNoticeMagic) - 1, eol - (sizeof(kFileNoticeMagic) - 1)), &rank) &&
-        rank >= 0 && rank < world_size_) {
+    if (regular && bytes.size() <= limit && absl::ConsumePrefix(&rest, magic) && eol != absl::string_view::npos &&
+        absl::SimpleAtoi(rest.substr(0, eol - magic.size()), &rank) && rank >= 0 && rank < world_size_ &&
+        rest.substr(0, eol - magic.size()) == std::to_string(rank) && eol + 1 < bytes.size()) {
       if (rank == rank_) return std::nullopt;
       return std::make_pair(rank, EscapedText(absl::string_view(bytes).substr(eol + 1)));
     }
-    if (!malformed_notice_logged_) {
-      malformed_notice_logged_ = true;
-      Log(LogSeverity::kWarning, absl::StrCat("rank ", rank_, ": ", file_notices_, " (", bytes.size(),
-                                              " bytes) is not a failure notice of this job's ranks; ignored"));
-    }
+    IgnoredNotice(absl::StrCat(regular ? "" : "not a regular file; ", bytes.size(), " bytes, not a failure notice of this job's ranks"));
     return std::nullopt;
+  }
+  void IgnoredNotice(const std::string& why) {
+    if (malformed_notice_logged_) return;
+    malformed_notice_logged_ = true;
+    Log(LogSeverity::kWarning, absl::StrCat("rank ", rank_, ": ", file_notices_, ": ", why, "; ignored"));
   }
 
   // `bytes` from rank 0: its id (into *id), or its failure (a PeerFailure, its text printed with
@@ -658,7 +691,9 @@ class NcclCommunicator final : public Communicator {
   absl::Status peer_failure_;  // the first notice tcp_notices_ or file_notices_ brought
   // Under a file rendezvous (no bootstrap, no MASTER_ADDR): the notice file (NoticeFileFor).
   std::string file_notices_;
+  absl::Duration file_poll_every_ = kFileNoticePoll;
   absl::Time next_file_poll_ = absl::InfinitePast();
+  std::atomic<bool> file_notice_sent_{false};  // WriteFileNotice wrote this rank's (DoMeet; set on any thread)
   bool malformed_notice_logged_ = false;
   std::thread::id owner_ = std::this_thread::get_id();  // polls notices_ (CheckNotices)
   int device_ = 0;

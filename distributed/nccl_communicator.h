@@ -10,16 +10,19 @@
 // the wait at once instead, through NcclOptions::notices (the MPI bootstrap under an MPI
 // launcher), under a TCP rendezvous the rendezvous's connections kept open (tcp_notices.h), or
 // under a file rendezvous a notice file beside it ("<rendezvous_file>.notice-<digest of this
-// attempt's id>", written by rename, looked for at most every 0.5 s while a rank waits: one
-// small file per failed attempt stays there; a new attempt has a new id and never reads it).
+// attempt's id>": written by link(2) from a temporary file, so the first failure told stays and a
+// reader never sees half a notice; looked for at most every 0.5 s plus 1 ms per rank while a rank
+// waits; one small file per failed attempt stays there; rank 0 removes a notice of the same id
+// before publishing it, so an attempt never reads an earlier one's, also when NCCL_COMM_ID makes
+// ids repeat). A failed rank whose notice file could not be written comes to the shutdown meeting.
 // A rank whose start fails by its own fault (no device, a CUDA call, ncclGetUniqueId, an invalid
 // NCCL call) tells the others the same way rather than leave them to the init timeout: it logs
 // the error, then rank 0 hands out its failure in place of the id, every peer then failing with
 // "rank 0 failed: ..."; another rank still joins the rendezvous (for at most a minute), then
 // sends a notice. Not told: a missed init deadline or an NCCL system or remote error (what every
-// rank sees of a lost peer), and no start-up failure through a rendezvous file (before the id is
-// shared there is no attempt-unique name: a stale one would fail the next attempt of the same
-// run id).
+// rank sees of a lost peer), and under a rendezvous file nothing before the id is shared (there
+// is no attempt-unique name yet: a stale one would fail the next attempt of the same run id);
+// from ncclCommInitRank on, as under TCP.
 //
 // Failures: on any NCCL error (returned, or asynchronous from ncclCommGetAsyncError), a CUDA error
 // while a collective is in flight, or a deadline, the communicator is aborted (ncclCommAbort;

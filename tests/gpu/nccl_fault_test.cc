@@ -14,10 +14,13 @@
 #include <atomic>
 #include <cstdlib>
 #include <dirent.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <set>
 #include <string>
 #include <thread>
@@ -42,12 +45,16 @@ std::set<cudaEvent_t> stuck;  // events that never complete
 std::set<cudaEvent_t> faulted;  // events whose query reports a sticky CUDA error
 std::atomic<int> next_event{1};
 std::atomic<cudaEvent_t> last_event{nullptr};
+std::atomic<int> allgathers{0};     // ncclAllGather calls (a shutdown meeting runs one)
+std::atomic<bool> fixed_id{false};  // ncclGetUniqueId returns one id every time (as with NCCL_COMM_ID)
 long long device_bytes = 0, pinned_bytes = 0;  // live staging allocations
 long long max_device_bytes = 0, max_pinned_bytes = 0;
 void Reset() {
   aborts = destroys = device_frees = async_frees = 0;
   async_state = init_state = ncclSuccess;
   initialising = false;
+  allgathers = 0;
+  fixed_id = false;
   stuck.clear();
   faulted.clear();
   device_bytes = pinned_bytes = max_device_bytes = max_pinned_bytes = 0;
@@ -131,7 +138,7 @@ ncclResult_t ncclGetUniqueId(ncclUniqueId* id) {
   // A new id every call, as NCCL's (a file rendezvous names its notices by it).
   static std::atomic<uint64_t> ids{0};
   std::memset(id, 0, sizeof(*id));
-  const uint64_t n = ++ids;
+  const uint64_t n = fake::fixed_id ? 0 : ++ids;
   std::memcpy(id->internal, &n, sizeof(n));
   return ncclSuccess;
 }
@@ -171,6 +178,7 @@ ncclResult_t ncclBroadcast(const void* s, void* r, size_t n, ncclDataType_t, int
   return ncclSuccess;
 }
 ncclResult_t ncclAllGather(const void* s, void* r, size_t n, ncclDataType_t, ncclComm_t, cudaStream_t) {
+  ++fake::allgathers;
   if (s != r) std::memmove(r, s, n * 8);
   return ncclSuccess;
 }
@@ -670,15 +678,77 @@ TEST(NcclFaults, UnderAFileRendezvousAPeersNoticeEndsAStuckWaitAndTheFailedRankD
   EXPECT_NE(s.message().find("rank 1 failed: INTERNAL: handler failed on purpose"), std::string::npos) << s;
   EXPECT_LT(waited, absl::Seconds(10)) << "the wait ran toward its 60 s deadline";
   EXPECT_EQ(NoticeFiles(path).size(), 1u);
-  // The failed rank does not wait at the shutdown meeting for a peer that aborted on its notice.
-  const absl::Time met_at = absl::Now();
+  // The failed rank does not come to the shutdown meeting (an all-gather on NCCL) that its peers,
+  // aborted on its notice, would never join.
+  const int gathers = fake::allgathers;
   absl::Status met = rank1->Meet(absl::Now() + absl::Seconds(5));
-  EXPECT_LT(absl::Now() - met_at, absl::Seconds(1)) << "the failed rank waited at the meeting: " << met;
-  // A healthy rank never reads its own notice as a peer's: rank 1's later calls fail with its error.
-  std::vector<double> v = {1};
-  absl::Status own = rank1->AllReduce(absl::MakeSpan(v), ReduceOp::kSum, absl::Now() + absl::Seconds(2));
-  EXPECT_FALSE(own.ok());
-  EXPECT_EQ(own.message().find("rank 1 failed"), std::string::npos) << own;
+  EXPECT_FALSE(met.ok());
+  EXPECT_EQ(fake::allgathers, gathers) << "the failed rank ran the meeting's all-gather: " << met;
+}
+
+// The first notice stays: a later failure of another rank (often a consequence of the first, seen
+// before that rank looked for notices) does not replace it.
+TEST(NcclFaults, UnderAFileRendezvousTheFirstNoticeStays) {
+  fake::Reset();
+  const std::string path = ::testing::TempDir() + "/nccl_first_" + std::to_string(::getpid());
+  auto [rank0, rank1] = MakeFilePair(path, "first");
+  ASSERT_TRUE(rank0 != nullptr && rank1 != nullptr);
+  rank1->Fail(absl::InternalError("the first failure"));
+  rank0->Fail(absl::InternalError("a later failure"));  // rank 0 has not looked yet: it tells too
+  const std::vector<std::string> files = NoticeFiles(path);
+  ASSERT_EQ(files.size(), 1u);
+  std::ifstream in(files[0]);
+  const std::string kept((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(kept.find("\n1\nINTERNAL: the first failure"), std::string::npos) << kept;
+}
+
+// The notice file's name of an id of zeros (fake::fixed_id), as NoticeFileFor makes it.
+std::string FixedIdNoticeFile(const std::string& path) {
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 0; i < sizeof(ncclUniqueId); ++i) h = (h ^ 0u) * 1099511628211ull;
+  char hex[17];
+  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(h));
+  return path + ".notice-" + hex;
+}
+
+// An id can repeat (NCCL_COMM_ID): rank 0 removes the earlier attempt's notice before it publishes
+// the id, so the new attempt's wait ends at its own deadline, not with the old failure.
+TEST(NcclFaults, UnderAFileRendezvousARepeatedIdsOldNoticeIsRemovedBeforeTheIdIsShared) {
+  fake::Reset();
+  fake::fixed_id = true;
+  const std::string path = ::testing::TempDir() + "/nccl_fixed_" + std::to_string(::getpid());
+  {
+    auto [rank0, rank1] = MakeFilePair(path, "fixed-1");
+    ASSERT_TRUE(rank0 != nullptr && rank1 != nullptr);
+    rank1->Fail(absl::InternalError("the first attempt failed"));
+    ASSERT_EQ(::access(FixedIdNoticeFile(path).c_str(), F_OK), 0);
+  }
+  auto [rank0, rank1] = MakeFilePair(path, "fixed-2");
+  ASSERT_TRUE(rank0 != nullptr && rank1 != nullptr);
+  std::vector<float> a(4, 1.f);
+  std::unique_ptr<Pending> pending = StartStuck(*rank0, a, absl::Milliseconds(1500));
+  ASSERT_NE(pending, nullptr);
+  absl::Status s = pending->Wait();
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+  EXPECT_EQ(s.message().find("first attempt"), std::string::npos) << s;
+}
+
+// A notice that cannot be written (here its temporary name is taken by a directory) is logged, and
+// the failed rank then does come to the shutdown meeting: that is how its peers learn of it.
+TEST(NcclFaults, UnderAFileRendezvousAFailedRankWhoseNoticeCouldNotBeWrittenStillMeets) {
+  fake::Reset();
+  fake::fixed_id = true;
+  const std::string path = ::testing::TempDir() + "/nccl_unwritable_" + std::to_string(::getpid());
+  auto [rank0, rank1] = MakeFilePair(path, "unwritable");
+  ASSERT_TRUE(rank0 != nullptr && rank1 != nullptr);
+  const std::string blocker = FixedIdNoticeFile(path) + ".rank1.tmp";
+  ASSERT_EQ(::mkdir(blocker.c_str(), 0755), 0);
+  rank1->Fail(absl::InternalError("handler failed on purpose"));
+  EXPECT_NE(::access(FixedIdNoticeFile(path).c_str(), F_OK), 0) << "a notice was written";
+  const int gathers = fake::allgathers;
+  absl::Status met = rank1->Meet(absl::Now() + absl::Seconds(5));
+  EXPECT_GT(fake::allgathers, gathers) << "the failed rank skipped the meeting though no notice was written: " << met;
+  ::rmdir(blocker.c_str());
 }
 
 // A new attempt (a new id) never reads the notice an earlier attempt left: its stuck wait ends at
@@ -732,9 +802,12 @@ TEST(NcclFaults, UnderAFileRendezvousANoticeFileIsParsedNotTrusted) {
     ::unlink(files[0].c_str());  // the next attempt's is then the only one
     return s;
   };
-  for (const std::string& bad : {std::string("garbage"), std::string("EMBER-NCCL-NOTICE1\n"),
-                                std::string("EMBER-NCCL-NOTICE1\n7\nrank out of range"),
-                                std::string("EMBER-NCCL-NOTICE1\n-1\nnegative"), std::string("EMBER-NCCL-NOTICE1\nx\ny")}) {
+  for (const std::string& bad :
+       {std::string("garbage"), std::string("EMBER-NCCL-NOTICE1\n"), std::string("EMBER-NCCL-NOTICE1\n7\nrank out of range"),
+        std::string("EMBER-NCCL-NOTICE1\n-1\nnegative"), std::string("EMBER-NCCL-NOTICE1\nx\ny"),
+        std::string("EMBER-NCCL-NOTICE1\n +1 \nspaces"), std::string("EMBER-NCCL-NOTICE1\n01\nleading zero"),
+        std::string("EMBER-NCCL-NOTICE1\n1\r\ncarriage return"), std::string("EMBER-NCCL-NOTICE1\n1\n"),
+        std::string("EMBER-NCCL-NOTICE1\n0\nrank 0's own"), "EMBER-NCCL-NOTICE1\n1\n" + std::string(3000, 'x')}) {
     absl::Status s = wait_with(bad);
     EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << "'" << bad << "': " << s;
   }
