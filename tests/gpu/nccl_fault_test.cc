@@ -402,12 +402,10 @@ TEST(NcclFaults, ACudaErrorIsALocalFaultAnNcclRemoteErrorIsNot) {
 // the notices (tcp_notices.h). Two ranks of the production backend in one process: rank 0 made on
 // the calling thread (notices are polled on the thread that made a communicator), rank 1 on
 // another. `salt` keeps each test's port its own.
-std::pair<std::unique_ptr<Communicator>, std::unique_ptr<Communicator>> MakeTcpPair(int salt) {
-  const int port = 20000 + ((::getpid() + salt) % 20000);
-  auto make = [port](int r) {
-    absl::StatusOr<std::unique_ptr<Communicator>> made =
-        CreateNcclCommunicator({.rank = r, .world_size = 2, .local_rank = r, .master_addr = "127.0.0.1",
-                                .rendezvous_port = port, .init_timeout = absl::Seconds(20)});
+std::pair<std::unique_ptr<Communicator>, std::unique_ptr<Communicator>> MakePair(
+    const std::function<NcclOptions(int)>& options) {
+  auto make = [&](int r) {
+    absl::StatusOr<std::unique_ptr<Communicator>> made = CreateNcclCommunicator(options(r));
     EXPECT_TRUE(made.ok()) << r << ": " << made.status();
     return made.ok() ? *std::move(made) : nullptr;
   };
@@ -417,17 +415,23 @@ std::pair<std::unique_ptr<Communicator>, std::unique_ptr<Communicator>> MakeTcpP
   other.join();
   return {std::move(rank0), std::move(rank1)};
 }
+std::pair<std::unique_ptr<Communicator>, std::unique_ptr<Communicator>> MakeTcpPair(int salt) {
+  const int port = 20000 + ((::getpid() + salt) % 20000);
+  return MakePair([port](int r) {
+    return NcclOptions{.rank = r, .world_size = 2, .local_rank = r, .master_addr = "127.0.0.1",
+                       .rendezvous_port = port, .init_timeout = absl::Seconds(20)};
+  });
+}
 
-TEST(NcclFaults, UnderATcpRendezvousAPeersNoticeEndsAStuckWait) {
-  fake::Reset();
-  auto [rank0, rank1] = MakeTcpPair(6151);
-  ASSERT_TRUE(rank0 != nullptr && rank1 != nullptr);
+// Rank 0 waits in a device all-reduce that never completes (60 s deadline); 200 ms in, rank 1
+// fails outside any collective: rank 0's wait must end within seconds, naming rank 1 and its error.
+void ExpectRank1sFailureEndsRank0sStuckWait(Communicator& rank0, Communicator& rank1) {
   std::vector<float> a(4, 1.f);
-  std::unique_ptr<Pending> pending = StartStuck(*rank0, a, absl::Seconds(60));
+  std::unique_ptr<Pending> pending = StartStuck(rank0, a, absl::Seconds(60));
   ASSERT_NE(pending, nullptr);
   std::thread peer([&] {
     absl::SleepFor(absl::Milliseconds(200));
-    rank1->Fail(absl::InternalError("handler failed on purpose"));
+    rank1.Fail(absl::InternalError("handler failed on purpose"));
   });
   const absl::Time start = absl::Now();
   absl::Status s = pending->Wait();
@@ -436,6 +440,13 @@ TEST(NcclFaults, UnderATcpRendezvousAPeersNoticeEndsAStuckWait) {
   EXPECT_EQ(s.code(), absl::StatusCode::kAborted) << s;
   EXPECT_NE(s.message().find("rank 1 failed: INTERNAL: handler failed on purpose"), std::string::npos) << s;
   EXPECT_LT(waited, absl::Seconds(10)) << "the wait ran toward its 60 s deadline";
+}
+
+TEST(NcclFaults, UnderATcpRendezvousAPeersNoticeEndsAStuckWait) {
+  fake::Reset();
+  auto [rank0, rank1] = MakeTcpPair(6151);
+  ASSERT_TRUE(rank0 != nullptr && rank1 != nullptr);
+  ExpectRank1sFailureEndsRank0sStuckWait(*rank0, *rank1);
 }
 
 // A notice that came already fails the next collective before it is issued, also one that would
@@ -628,18 +639,10 @@ TEST(NcclFaults, UnderAFileRendezvousAStartUpFailureWritesNoFile) {
 // backend in one process, rank 0 on the calling thread (it polls the notices).
 std::pair<std::unique_ptr<Communicator>, std::unique_ptr<Communicator>> MakeFilePair(const std::string& path,
                                                                                      const std::string& run_id) {
-  auto make = [&](int r) {
-    absl::StatusOr<std::unique_ptr<Communicator>> made =
-        CreateNcclCommunicator({.rank = r, .world_size = 2, .local_rank = r, .rendezvous_file = path,
-                                .rendezvous_run_id = run_id, .init_timeout = absl::Seconds(20)});
-    EXPECT_TRUE(made.ok()) << r << ": " << made.status();
-    return made.ok() ? *std::move(made) : nullptr;
-  };
-  std::unique_ptr<Communicator> rank1;
-  std::thread other([&] { rank1 = make(1); });
-  std::unique_ptr<Communicator> rank0 = make(0);
-  other.join();
-  return {std::move(rank0), std::move(rank1)};
+  return MakePair([&](int r) {
+    return NcclOptions{.rank = r, .world_size = 2, .local_rank = r, .rendezvous_file = path,
+                       .rendezvous_run_id = run_id, .init_timeout = absl::Seconds(20)};
+  });
 }
 
 // The notice files beside `path` (their names: "<path>.notice-<16 hex digits>").
@@ -663,20 +666,7 @@ TEST(NcclFaults, UnderAFileRendezvousAPeersNoticeEndsAStuckWaitAndTheFailedRankD
   auto [rank0, rank1] = MakeFilePair(path, "job-7");
   ASSERT_TRUE(rank0 != nullptr && rank1 != nullptr);
   EXPECT_TRUE(NoticeFiles(path).empty()) << "a healthy start wrote a notice";
-  std::vector<float> a(4, 1.f);
-  std::unique_ptr<Pending> pending = StartStuck(*rank0, a, absl::Seconds(60));
-  ASSERT_NE(pending, nullptr);
-  std::thread peer([&] {
-    absl::SleepFor(absl::Milliseconds(200));
-    rank1->Fail(absl::InternalError("handler failed on purpose"));
-  });
-  const absl::Time start = absl::Now();
-  absl::Status s = pending->Wait();
-  const absl::Duration waited = absl::Now() - start;
-  peer.join();
-  EXPECT_EQ(s.code(), absl::StatusCode::kAborted) << s;
-  EXPECT_NE(s.message().find("rank 1 failed: INTERNAL: handler failed on purpose"), std::string::npos) << s;
-  EXPECT_LT(waited, absl::Seconds(10)) << "the wait ran toward its 60 s deadline";
+  ExpectRank1sFailureEndsRank0sStuckWait(*rank0, *rank1);
   EXPECT_EQ(NoticeFiles(path).size(), 1u);
   // The failed rank does not come to the shutdown meeting (an all-gather on NCCL) that its peers,
   // aborted on its notice, would never join.
@@ -711,19 +701,21 @@ std::string FixedIdNoticeFile(const std::string& path) {
   return path + ".notice-" + hex;
 }
 
-// An id can repeat (NCCL_COMM_ID): rank 0 removes the earlier attempt's notice before it publishes
-// the id, so the new attempt's wait ends at its own deadline, not with the old failure.
-TEST(NcclFaults, UnderAFileRendezvousARepeatedIdsOldNoticeIsRemovedBeforeTheIdIsShared) {
+// A new attempt never reads the notice an earlier attempt left: its stuck wait ends at its own
+// deadline, not with the old failure. NCCL draws a new id each attempt (the name differs); with
+// `fixed_id` the id repeats (NCCL_COMM_ID), and rank 0 removes the old notice before it publishes
+// the id.
+void ExpectAnEarlierAttemptsNoticeIsNotRead(bool fixed_id, const std::string& tag) {
   fake::Reset();
-  fake::fixed_id = true;
-  const std::string path = ::testing::TempDir() + "/nccl_fixed_" + std::to_string(::getpid());
+  fake::fixed_id = fixed_id;
+  const std::string path = ::testing::TempDir() + "/nccl_" + tag + "_" + std::to_string(::getpid());
   {
-    auto [rank0, rank1] = MakeFilePair(path, "fixed-1");
+    auto [rank0, rank1] = MakeFilePair(path, tag + "-1");
     ASSERT_TRUE(rank0 != nullptr && rank1 != nullptr);
     rank1->Fail(absl::InternalError("the first attempt failed"));
-    ASSERT_EQ(::access(FixedIdNoticeFile(path).c_str(), F_OK), 0);
+    ASSERT_EQ(NoticeFiles(path).size(), 1u);
   }
-  auto [rank0, rank1] = MakeFilePair(path, "fixed-2");
+  auto [rank0, rank1] = MakeFilePair(path, tag + "-2");
   ASSERT_TRUE(rank0 != nullptr && rank1 != nullptr);
   std::vector<float> a(4, 1.f);
   std::unique_ptr<Pending> pending = StartStuck(*rank0, a, absl::Milliseconds(1500));
@@ -731,6 +723,14 @@ TEST(NcclFaults, UnderAFileRendezvousARepeatedIdsOldNoticeIsRemovedBeforeTheIdIs
   absl::Status s = pending->Wait();
   EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
   EXPECT_EQ(s.message().find("first attempt"), std::string::npos) << s;
+}
+
+TEST(NcclFaults, UnderAFileRendezvousAnEarlierAttemptsNoticeIsNotRead) {
+  ExpectAnEarlierAttemptsNoticeIsNotRead(false, "stale");
+}
+
+TEST(NcclFaults, UnderAFileRendezvousARepeatedIdsOldNoticeIsRemovedBeforeTheIdIsShared) {
+  ExpectAnEarlierAttemptsNoticeIsNotRead(true, "fixed");
 }
 
 // A notice that cannot be written (here its temporary name is taken by a directory) is logged, and
@@ -749,27 +749,6 @@ TEST(NcclFaults, UnderAFileRendezvousAFailedRankWhoseNoticeCouldNotBeWrittenStil
   absl::Status met = rank1->Meet(absl::Now() + absl::Seconds(5));
   EXPECT_GT(fake::allgathers, gathers) << "the failed rank skipped the meeting though no notice was written: " << met;
   ::rmdir(blocker.c_str());
-}
-
-// A new attempt (a new id) never reads the notice an earlier attempt left: its stuck wait ends at
-// its own deadline, not with the old failure. A file that is not a notice is ignored too.
-TEST(NcclFaults, UnderAFileRendezvousAnEarlierAttemptsNoticeIsNotRead) {
-  fake::Reset();
-  const std::string path = ::testing::TempDir() + "/nccl_stale_" + std::to_string(::getpid());
-  {
-    auto [rank0, rank1] = MakeFilePair(path, "attempt-1");
-    ASSERT_TRUE(rank0 != nullptr && rank1 != nullptr);
-    rank1->Fail(absl::InternalError("the first attempt failed"));
-    ASSERT_EQ(NoticeFiles(path).size(), 1u);
-  }
-  auto [rank0, rank1] = MakeFilePair(path, "attempt-2");
-  ASSERT_TRUE(rank0 != nullptr && rank1 != nullptr);
-  std::vector<float> a(4, 1.f);
-  std::unique_ptr<Pending> pending = StartStuck(*rank0, a, absl::Milliseconds(1500));
-  ASSERT_NE(pending, nullptr);
-  absl::Status s = pending->Wait();
-  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
-  EXPECT_EQ(s.message().find("first attempt"), std::string::npos) << s;
 }
 
 // The notice file is parsed, never trusted: bytes that are not a notice of this job's ranks are
