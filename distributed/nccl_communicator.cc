@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
@@ -181,7 +182,6 @@ class NcclCommunicator final : public Communicator {
       // Shared through the rendezvous file: the notices go through a file beside it, named by this
       // attempt's id (rank 0 removed an earlier attempt's before publishing the id).
       c->file_notices_ = NoticeFileFor(o.rendezvous_file, id);
-      c->file_poll_every_ = kFileNoticePoll + absl::Milliseconds(o.world_size);
     }
     // A failure of this rank's own (LocalFault) was told by Abort (Poison); nothing else is.
     EMBER_RETURN_IF_ERROR(c->StartComm(o, id, deadline));
@@ -219,9 +219,9 @@ class NcclCommunicator final : public Communicator {
       }
     }
     if (peer_failure_.ok() && !file_notices_.empty() && absl::Now() >= next_file_poll_) {
-      // At most every file_poll_every_ (0.5 s, plus 1 ms per rank): on a shared filesystem each
-      // look is a round trip to its server, made by every waiting rank.
-      next_file_poll_ = absl::Now() + file_poll_every_;
+      // At most every 0.5 s plus 1 ms per rank: on a shared filesystem each look is a round trip
+      // to its server, made by every waiting rank.
+      next_file_poll_ = absl::Now() + kFileNoticePoll + absl::Milliseconds(world_size_);
       if (std::optional<std::pair<int, std::string>> n = ReadFileNotice(); n.has_value()) {
         peer_failure_ = PeerFailure(n->first, n->second);
       }
@@ -419,13 +419,14 @@ class NcclCommunicator final : public Communicator {
       bytes.resize(got);
     }
     ::close(fd);
+    // "<magic><rank>\n<text>": the rank line exactly a rank of this job, the text not empty.
     const absl::string_view magic(kFileNoticeMagic);
-    absl::string_view rest = bytes;
-    const size_t eol = rest.find('\n', magic.size());
+    const size_t eol = bytes.find('\n', magic.size());
+    const absl::string_view line =
+        eol == std::string::npos ? absl::string_view() : absl::string_view(bytes).substr(magic.size(), eol - magic.size());
     int rank = -1;
-    if (regular && bytes.size() <= limit && absl::ConsumePrefix(&rest, magic) && eol != absl::string_view::npos &&
-        absl::SimpleAtoi(rest.substr(0, eol - magic.size()), &rank) && rank >= 0 && rank < world_size_ &&
-        rest.substr(0, eol - magic.size()) == std::to_string(rank) && eol + 1 < bytes.size()) {
+    if (regular && bytes.size() <= limit && absl::StartsWith(bytes, magic) && absl::SimpleAtoi(line, &rank) &&
+        rank >= 0 && rank < world_size_ && line == std::to_string(rank) && eol + 1 < bytes.size()) {
       if (rank == rank_) return std::nullopt;
       return std::make_pair(rank, EscapedText(absl::string_view(bytes).substr(eol + 1)));
     }
@@ -691,7 +692,6 @@ class NcclCommunicator final : public Communicator {
   absl::Status peer_failure_;  // the first notice tcp_notices_ or file_notices_ brought
   // Under a file rendezvous (no bootstrap, no MASTER_ADDR): the notice file (NoticeFileFor).
   std::string file_notices_;
-  absl::Duration file_poll_every_ = kFileNoticePoll;
   absl::Time next_file_poll_ = absl::InfinitePast();
   std::atomic<bool> file_notice_sent_{false};  // WriteFileNotice wrote this rank's (DoMeet; set on any thread)
   bool malformed_notice_logged_ = false;
